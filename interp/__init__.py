@@ -1,0 +1,29 @@
+"""interp: train small TransformerLens models with checkpoints and probe how
+their circuits form, fade and come back.
+
+    from interp import Run, probe
+    from interp.metrics import circuits
+
+    run = Run.open("runs/induction")
+    model = run.load(step=run.steps[-1])
+    table = probe(run, {"ind": circuits.induction_probe(layers=[1], period=16)}, batch)
+"""
+
+from interp.checkpoints import CheckpointError, Run
+from interp.configs import ConfigError
+from interp.model import ModelConfig, build_model
+from interp.probing import Probe, ProbeTable, probe
+from interp.train import TrainConfig, train
+
+__all__ = [
+    "CheckpointError",
+    "ConfigError",
+    "ModelConfig",
+    "Probe",
+    "ProbeTable",
+    "Run",
+    "TrainConfig",
+    "build_model",
+    "probe",
+    "train",
+]

@@ -1,0 +1,195 @@
+"""The `interp` command: list and run analyses, inspect, probe and plot runs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from interp.analysis import get_analysis, registry, run_analysis
+from interp.checkpoints import CheckpointError, Run
+from interp.configs import ConfigError, parse_overrides
+from interp.metrics import circuits
+from interp.probing import probe
+from interp.train import step_generator
+from interp.viz import plot_curves, plot_head_curves, save_figure
+
+BUILTIN_PROBES = ("prev-token", "induction")
+
+
+def _find_runs(path: Path) -> list[Run]:
+    """The run at `path`, or every run directory below it (an analysis output)."""
+    if (path / "config.json").exists() and (path / "manifest.json").exists():
+        return [Run.open(path)]
+    runs = [Run.open(p.parent) for p in sorted(path.rglob("manifest.json"))]
+    if not runs:
+        raise FileNotFoundError(f"{path}: no run directory (config.json + manifest.json) found")
+    return runs
+
+
+def cmd_list(args: argparse.Namespace) -> None:
+    for name, analysis in registry().items():
+        print(f"{name:24s} {analysis.description}")
+        print(f"{'':24s} presets: {', '.join(analysis.presets)}")
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    overrides = parse_overrides(args.set)
+    if args.seed is not None:
+        overrides["seed"] = str(args.seed)
+    get_analysis(args.name)
+    out = Path(args.out or f"runs/{args.name}")
+    results = run_analysis(args.name, out, args.preset, overrides, device=args.device,
+                           progress=not args.quiet, resume=args.resume)
+    print(json.dumps(results, indent=2))
+    print(f"\nreport: {out / 'report.md'}\nfigures: {out / 'figures'}")
+
+
+def cmd_info(args: argparse.Namespace) -> None:
+    for run in _find_runs(Path(args.dir)):
+        config = run.config
+        model = config["model"]
+        print(f"run {run.path}")
+        print(f"  model: {model['n_layers']} layers, d_model={model['d_model']}, {model['n_heads']} heads, "
+              f"vocab={model['d_vocab']}, n_ctx={model['n_ctx']}, attn_only={model['attn_only']}")
+        train_cfg = config["train"]
+        print(f"  train: {train_cfg['steps']} steps, {train_cfg['optimizer']} lr={train_cfg['lr']}, "
+              f"batch={train_cfg['batch_size']}, seed={train_cfg['seed']}")
+        steps = run.steps
+        print(f"  checkpoints: {len(steps)} ({steps[0] if steps else '-'} .. {steps[-1] if steps else '-'})")
+        rows = run.metrics()
+        last: dict[str, float] = {}
+        for row in rows:
+            last.update({k: v for k, v in row.items() if k != "step"})
+        for key, value in sorted(last.items()):
+            print(f"  {key:28s} {value:.4g} (last logged)")
+        probes = sorted(p.stem for p in (run.path / "probes").glob("*.jsonl"))
+        if probes:
+            print(f"  cached probes: {', '.join(probes)}")
+
+
+def cmd_probe(args: argparse.Namespace) -> None:
+    run = _find_runs(Path(args.dir))[0]
+    model_cfg = run.model_config
+    layers = args.layers if args.layers is not None else list(range(model_cfg.n_layers))
+    bad = [layer for layer in layers if not 0 <= layer < model_cfg.n_layers]
+    if bad:
+        raise ConfigError("--layers", f"layers in [0, {model_cfg.n_layers - 1}]", bad)
+    period = args.period or model_cfg.n_ctx // 2
+    if not 2 <= period <= model_cfg.n_ctx // 2:
+        raise ConfigError("--period", f"between 2 and n_ctx/2 = {model_cfg.n_ctx // 2}", period)
+    tokens = circuits.repeated_tokens(args.sequences, period, model_cfg.d_vocab, step_generator(args.seed, 0, 2))
+    if args.metric == "prev-token":
+        probe_obj = circuits.previous_token_probe(layers)
+    else:
+        probe_obj = circuits.induction_probe(layers, period)
+    key = args.metric.replace("-", "_")
+    table = probe(run, {key: probe_obj}, {"tokens": tokens}, steps=args.steps, device=args.device,
+                  progress=True).select(key)
+    print("step  " + " ".join(f"{c:>7s}" for c in table.columns))
+    for step, row in zip(table.steps, table.values, strict=True):
+        print(f"{int(step):<5d} " + " ".join(f"{v:7.3f}" for v in row))
+    if args.csv:
+        table.to_csv(args.csv)
+        print(f"wrote {args.csv}")
+
+
+def cmd_plot(args: argparse.Namespace) -> None:
+    for run in _find_runs(Path(args.dir)):
+        rows = run.metrics()
+        groups: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = defaultdict(dict)
+        for key in sorted({k for r in rows for k in r} - {"step"}):
+            groups[key.split("/")[0] if "/" in key else key][key] = run.series(key)
+        fig_dir = run.path / "figures"
+        for group, series in groups.items():
+            path = save_figure(plot_curves(series, title=f"{run.path.name}: {group}", logx=args.logx),
+                               fig_dir / f"metrics_{group}.png")
+            print(f"wrote {path}")
+        for cache in sorted((run.path / "probes").glob("*.jsonl")):
+            path = _plot_cached_probe(run, cache, fig_dir, args.logx)
+            if path:
+                print(f"wrote {path}")
+
+
+def _plot_cached_probe(run: Run, cache: Path, fig_dir: Path, logx: bool) -> Path | None:
+    """Per-head curves of a cached `L{l}H{h}` probe (latest probe name and batch)."""
+    rows = [json.loads(line) for line in cache.read_text().splitlines() if line.strip()]
+    if not rows:
+        return None
+    latest = (rows[-1]["probe"], rows[-1]["batch"])
+    by_step = {r["step"]: r["values"] for r in rows if (r["probe"], r["batch"]) == latest}
+    names = sorted(next(iter(by_step.values())))
+    if not all(n.startswith("L") and "H" in n for n in names):
+        return None
+    cfg = run.model_config
+    steps = np.array(sorted(by_step))
+    grid = np.full((len(steps), cfg.n_layers, cfg.n_heads), np.nan)
+    for i, step in enumerate(steps):
+        for name, value in by_step[step].items():
+            layer, head = (int(x) for x in name[1:].split("H"))
+            grid[i, layer, head] = value
+    title = f"{run.path.name}: {latest[0]}"
+    return save_figure(plot_head_curves(grid, steps, title=title, logx=logx), fig_dir / f"probe_{cache.stem}.png")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="interp", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log library progress messages")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("list", help="list the available analyses and their presets").set_defaults(fn=cmd_list)
+
+    p = sub.add_parser("run", help="run an analysis end to end (train, probe, plot, report)")
+    p.add_argument("name", help="analysis name (see `interp list`)")
+    p.add_argument("--preset", default="quick", help="named configuration (default: quick)")
+    p.add_argument("--out", help="output directory (default: runs/NAME)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA if present)")
+    p.add_argument("--seed", type=int, default=None, help="one seed for model init, data and evaluation")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override, e.g. --set train.lr=1e-3 --set model.d_model=128")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(fn=cmd_run)
+
+    p = sub.add_parser("info", help="summarize a run directory (or every run below a directory)")
+    p.add_argument("dir")
+    p.set_defaults(fn=cmd_info)
+
+    p = sub.add_parser("probe", help="compute a built-in head score at every checkpoint of a run")
+    p.add_argument("dir")
+    p.add_argument("metric", choices=BUILTIN_PROBES)
+    p.add_argument("--layers", type=int, nargs="+", default=None)
+    p.add_argument("--steps", type=int, nargs="+", default=None, help="checkpoint steps (default: all)")
+    p.add_argument("--period", type=int, default=0, help="repeat period of the probe tokens (default n_ctx/2)")
+    p.add_argument("--sequences", type=int, default=32)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None)
+    p.add_argument("--csv", help="also write the table to this CSV file")
+    p.set_defaults(fn=cmd_probe)
+
+    p = sub.add_parser("plot", help="plot logged metrics and cached probes of a run into its figures/")
+    p.add_argument("dir")
+    p.add_argument("--logx", action="store_true")
+    p.set_defaults(fn=cmd_plot)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
+    try:
+        args.fn(args)
+    except (ConfigError, CheckpointError, KeyError, FileNotFoundError, FileExistsError, ValueError) as err:
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"interp {args.command}: error: {message}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,144 @@
+"""Frozen-dataclass configs: validation, JSON round trip and `key=value` overrides.
+
+Every config in the toolkit is a frozen dataclass so that a run directory's
+`config.json` is the complete, re-runnable description of the run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A config field holds a value outside what it accepts."""
+
+    def __init__(self, field: str, expected: str, got: Any):
+        super().__init__(f"{field}: expected {expected}, got {got!r}")
+        self.field = field
+
+
+def require(ok: bool, field: str, expected: str, got: Any) -> None:
+    """Raise `ConfigError(field, expected, got)` unless `ok`."""
+    if not ok:
+        raise ConfigError(field, expected, got)
+
+
+def require_positive(obj: Any, *fields: str) -> None:
+    for name in fields:
+        value = getattr(obj, name)
+        require(isinstance(value, int) and value > 0, name, "a positive integer", value)
+
+
+def require_choice(obj: Any, field: str, choices: tuple[str, ...]) -> None:
+    value = getattr(obj, field)
+    require(value in choices, field, f"one of {choices}", value)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """A JSON-ready dict of a (possibly nested) dataclass config."""
+    return dataclasses.asdict(cfg)
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _coerce(value: Any, annotation: Any, field: str) -> Any:
+    """Turn a JSON value (or a CLI string) into the field's declared type."""
+    origin = typing.get_origin(annotation)
+    if dataclasses.is_dataclass(annotation):
+        if isinstance(value, annotation):
+            return value
+        require(isinstance(value, Mapping), field, f"a mapping for {annotation.__name__}", value)
+        return from_dict(annotation, value, prefix=f"{field}.")
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v.strip()]
+        args = typing.get_args(annotation)
+        item_type = args[0] if args else Any
+        return tuple(_coerce(v, item_type, field) for v in value)
+    if origin in (typing.Union, types.UnionType):
+        options = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if value is None or value == "None":
+            return None
+        return _coerce(value, options[0], field)
+    if annotation is bool:
+        if isinstance(value, str):
+            lowered = value.lower()
+            require(lowered in ("true", "false", "1", "0"), field, "true or false", value)
+            return lowered in ("true", "1")
+        return bool(value)
+    if annotation in (int, float, str):
+        try:
+            converted = annotation(value)
+        except (TypeError, ValueError):
+            raise ConfigError(field, f"a value of type {annotation.__name__}", value) from None
+        if annotation is int and isinstance(value, float) and value != converted:
+            raise ConfigError(field, "an integer", value)
+        return converted
+    return value
+
+
+def from_dict(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
+    """Build config `cls` from a dict, refusing unknown keys by name."""
+    hints = _field_types(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"{prefix}{unknown[0]}", f"one of the fields {sorted(known)}", "unknown field")
+    kwargs = {k: _coerce(v, hints[k], f"{prefix}{k}") for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def with_overrides(cfg: T, overrides: Mapping[str, Any]) -> T:
+    """Return `cfg` with dotted-key overrides applied (`"train.lr": "3e-4"`).
+
+    The key `seed` sets every field named `seed` in the tree, so one seed drives
+    model initialization, data and evaluation alike.
+    """
+    for key, value in overrides.items():
+        cfg = _set_seed(cfg, value) if key == "seed" else _set_path(cfg, key.split("."), value, key)
+    return cfg
+
+
+def _set_path(cfg: Any, path: list[str], value: Any, full_key: str) -> Any:
+    names = {f.name for f in dataclasses.fields(cfg)}
+    head = path[0]
+    if head not in names:
+        raise ConfigError(full_key, f"a field of {type(cfg).__name__}: {sorted(names)}", "unknown field")
+    if len(path) == 1:
+        new_value = _coerce(value, _field_types(type(cfg))[head], full_key)
+    else:
+        child = getattr(cfg, head)
+        if not dataclasses.is_dataclass(child):
+            raise ConfigError(full_key, f"{head} to be a nested config", type(child).__name__)
+        new_value = _set_path(child, path[1:], value, full_key)
+    return dataclasses.replace(cfg, **{head: new_value})
+
+
+def _set_seed(cfg: Any, seed: Any) -> Any:
+    changes: dict[str, Any] = {}
+    for f in dataclasses.fields(cfg):
+        current = getattr(cfg, f.name)
+        if f.name == "seed":
+            changes["seed"] = _coerce(seed, int, "seed")
+        elif dataclasses.is_dataclass(current):
+            changes[f.name] = _set_seed(current, seed)
+    return dataclasses.replace(cfg, **changes)
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, str]:
+    """Parse CLI `key=value` strings into a dict, naming the malformed one."""
+    out: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError("--set", "key=value", pair)
+        out[key.strip()] = value.strip()
+    return out

@@ -1,0 +1,5 @@
+"""Per-checkpoint measurements: circuit scores and the probes built on them."""
+
+from interp.metrics import circuits
+
+__all__ = ["circuits"]

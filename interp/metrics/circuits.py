@@ -1,0 +1,202 @@
+"""Attention-circuit metrics on patterns `[batch, head, query, key]`, and probes
+built from them.
+
+The scalar metrics are task-agnostic: they take position offsets or boolean
+position sets, so a task only has to say which positions matter. Each returns
+one number per head; probes flatten them to `"L{layer}H{head}"` keys.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from jaxtyping import Bool, Float, Int
+from torch import Tensor
+from transformer_lens.model_bridge import TransformerBridge
+
+from interp.model import Batch, forward, scored_positions, token_losses
+from interp.probing import Probe, ProbeContext
+
+Pattern = Float[Tensor, "batch head query key"]
+
+
+def head_key(layer: int, head: int) -> str:
+    return f"L{layer}H{head}"
+
+
+def pattern_hook(layer: int) -> str:
+    return f"blocks.{layer}.attn.hook_pattern"
+
+
+def attention_to_offset(pattern: Pattern, offset: int, min_query: int | None = None) -> Float[Tensor, " head"]:
+    """Mean attention from each query `q >= min_query` to key `q - offset`.
+
+    `min_query` defaults to `offset` (the first query that has such a key).
+    """
+    n_query = pattern.shape[-2]
+    start = offset if min_query is None else min_query
+    if offset < 0 or start < offset or start >= n_query:
+        raise ValueError(
+            f"offset={offset}, min_query={min_query}: need 0 <= offset <= min_query < n_query={n_query}"
+        )
+    queries = torch.arange(start, n_query, device=pattern.device)
+    return pattern[:, :, queries, queries - offset].mean(dim=(0, 2))
+
+
+def previous_token_score(pattern: Pattern) -> Float[Tensor, " head"]:
+    """Mean attention to the immediately preceding token (queries 1..)."""
+    return attention_to_offset(pattern, 1)
+
+
+def induction_score(pattern: Pattern, period: int) -> Float[Tensor, " head"]:
+    """On a sequence repeated with `period`, mean attention from each query in a
+    repeat to the token after its earlier occurrence (`q - period + 1`)."""
+    if period < 2:
+        raise ValueError(f"period: expected >= 2, got {period}")
+    return attention_to_offset(pattern, period - 1, min_query=period)
+
+
+def attention_mass(
+    pattern: Pattern,
+    query_mask: Bool[Tensor, "batch query"],
+    key_mask: Bool[Tensor, "batch key"] | Bool[Tensor, "batch query key"],
+) -> Float[Tensor, " head"]:
+    """Attention mass each selected query puts on the selected keys, averaged
+    over selected queries (and the batch). Key sets may differ per query."""
+    if key_mask.dim() == 2:
+        key_mask = key_mask[:, None, :].expand(-1, pattern.shape[-2], -1)
+    if query_mask.shape != pattern.shape[:1] + pattern.shape[2:3] or key_mask.shape != (
+        pattern.shape[:1] + pattern.shape[2:]
+    ):
+        raise ValueError(
+            f"masks do not fit pattern {tuple(pattern.shape)}: "
+            f"query_mask {tuple(query_mask.shape)}, key_mask {tuple(key_mask.shape)}"
+        )
+    if not query_mask.any():
+        raise ValueError("query_mask selects no position")
+    mass = (pattern * key_mask[:, None].to(pattern.dtype)).sum(-1)  # batch head query
+    weights = query_mask[:, None, :].to(pattern.dtype)
+    return (mass * weights).sum(dim=(0, 2)) / weights.sum(dim=(0, 2))
+
+
+def per_head(scores: Float[Tensor, " head"], layer: int) -> dict[str, float]:
+    return {head_key(layer, h): float(s) for h, s in enumerate(scores)}
+
+
+def repeated_tokens(
+    n_batch: int, period: int, d_vocab: int, generator: torch.Generator, repeats: int = 2
+) -> Int[Tensor, "batch pos"]:
+    """Uniform random tokens of length `period`, repeated `repeats` times."""
+    segment = torch.randint(0, d_vocab, (n_batch, period), generator=generator)
+    return segment.repeat(1, repeats)
+
+
+# --- probes ----------------------------------------------------------------------
+
+
+def _layer_probe(
+    name: str, layers: Sequence[int], score: Callable[[Pattern, Batch], Float[Tensor, " head"]]
+) -> Probe:
+    def fn(ctx: ProbeContext) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for layer in layers:
+            out.update(per_head(score(ctx.acts[pattern_hook(layer)], ctx.batch), layer))
+        return out
+
+    return Probe(name=name, hooks=tuple(pattern_hook(layer) for layer in layers), fn=fn)
+
+
+def previous_token_probe(layers: Sequence[int]) -> Probe:
+    layers = tuple(layers)
+    return _layer_probe(f"prev_token(layers={layers})", layers, lambda p, b: previous_token_score(p))
+
+
+def offset_probe(layers: Sequence[int], offset: int, min_query: int | None = None) -> Probe:
+    """Attention to the key `offset` positions back (see `attention_to_offset`)."""
+    layers = tuple(layers)
+    return _layer_probe(
+        f"offset(layers={layers},offset={offset},min_query={min_query})",
+        layers,
+        lambda p, b: attention_to_offset(p, offset, min_query),
+    )
+
+
+def induction_probe(layers: Sequence[int], period: int) -> Probe:
+    """Induction score; the probe batch must be `repeated_tokens(..., period)`."""
+    layers = tuple(layers)
+    return _layer_probe(
+        f"induction(layers={layers},period={period})", layers, lambda p, b: induction_score(p, period)
+    )
+
+
+def attention_mass_probe(layers: Sequence[int], query_key: str, key_key: str) -> Probe:
+    """Attention mass from the positions in `batch[query_key]` to those in `batch[key_key]`."""
+    layers = tuple(layers)
+    return _layer_probe(
+        f"attention_mass(layers={layers},{query_key}->{key_key})",
+        layers,
+        lambda p, b: attention_mass(p, b[query_key].bool(), b[key_key].bool()),
+    )
+
+
+def loss_probe(mask_key: str | None = None) -> Probe:
+    """Mean loss over scored positions, optionally restricted to `batch[mask_key]`."""
+
+    def fn(ctx: ProbeContext) -> dict[str, float]:
+        mask = scored_positions(ctx.batch)
+        if mask_key is not None:
+            mask = mask & ctx.batch[mask_key].bool()
+        return {"loss": float(token_losses(ctx.logits, ctx.batch)[mask].mean())}
+
+    return Probe(name=f"loss(mask={mask_key})", hooks=(), fn=fn)
+
+
+# --- ablation --------------------------------------------------------------------
+
+ABLATIONS = ("zero", "mean")
+
+
+def head_ablation_effect(
+    model: TransformerBridge,
+    batch: Batch,
+    metric: Callable[[Float[Tensor, "batch pos vocab"], Batch], float],
+    kind: str = "zero",
+    layers: Sequence[int] | None = None,
+) -> dict[str, float]:
+    """`metric(ablated) - metric(clean)` for each head, ablating its output
+    (`hook_z`) to zero or to its mean over batch and positions."""
+    if kind not in ABLATIONS:
+        raise ValueError(f"kind: expected one of {ABLATIONS}, got {kind!r}")
+    layers = range(model.cfg.n_layers) if layers is None else layers
+    with torch.no_grad():
+        clean = metric(forward(model, batch), batch)
+        effects: dict[str, float] = {}
+        for layer in layers:
+            for head in range(model.cfg.n_heads):
+
+                def ablate(z: Tensor, hook, head: int = head) -> Tensor:
+                    z = z.clone()
+                    if kind == "zero":
+                        z[:, :, head] = 0.0
+                    else:
+                        z[:, :, head] = z[:, :, head].mean(dim=(0, 1))
+                    return z
+
+                logits = forward(model, batch, [(f"blocks.{layer}.attn.hook_z", ablate)])
+                effects[head_key(layer, head)] = metric(logits, batch) - clean
+    return effects
+
+
+def ablation_probe(
+    metric: Callable[[Float[Tensor, "batch pos vocab"], Batch], float],
+    name: str,
+    kind: str = "zero",
+    layers: Sequence[int] | None = None,
+) -> Probe:
+    """Per-head ablation effect as a probe (one extra forward per head)."""
+    return Probe(
+        name=f"ablation({name},{kind},layers={tuple(layers) if layers else None})",
+        hooks=(),
+        fn=lambda ctx: head_ablation_effect(ctx.model, ctx.batch, metric, kind, layers),
+    )

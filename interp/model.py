@@ -1,0 +1,273 @@
+"""Model configuration, construction and the forward passes used for training.
+
+A `ModelConfig` becomes a TransformerLens `TransformerBridge` built with
+`boot_native`, so every checkpoint is probed with TransformerLens hook names
+(`blocks.{l}.attn.hook_pattern`, `blocks.{l}.hook_resid_pre`, ...).
+
+Batches are dicts of tensors (see `Batch`). A task may feed continuous vectors
+instead of token embeddings at chosen positions (`vectors`, `vector_mask`): they
+pass through a learned projection, `model.input_proj`, present when
+`ModelConfig.d_input > 0`. The bridge's own `parameters()`/`state_dict()` do not
+see modules attached to it, so use `trainable_parameters` and
+`model_state_dict`/`load_model_state_dict` from this module.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Bool, Float, Int
+from torch import Tensor, nn
+from transformer_lens.config import TransformerBridgeConfig
+from transformer_lens.model_bridge import TransformerBridge
+
+from interp.configs import require, require_choice, require_positive
+
+Batch = dict[str, Tensor]
+"""Keys: `tokens` [batch, pos] (required); `targets` [batch, pos], the label the
+prediction at each position is scored against (default: the next token, -100 at
+the last position); `loss_mask` [batch, pos], which predictions count in the loss;
+`vectors` [batch, pos, d_input] with `vector_mask` [batch, pos] for continuous
+inputs."""
+
+FwdHook = tuple[str, Callable[..., Any]]
+
+IGNORE_INDEX = -100
+NORMALIZATIONS = ("LN", "RMS", "none")
+POSITIONAL = ("standard", "rotary")
+ACTIVATIONS = ("gelu", "gelu_new", "relu", "silu")
+INIT_MODES = ("gpt2", "xavier_uniform", "xavier_normal", "kaiming_uniform", "kaiming_normal")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Shape and initialization of a small transformer.
+
+    `d_head=0` means `d_model // n_heads`; `d_mlp=0` means `4 * d_model`;
+    `d_input > 0` adds a learned projection for continuous input vectors;
+    `init_range=0` keeps TransformerLens's default scale for `init`.
+    """
+
+    n_layers: int = 2
+    d_model: int = 64
+    n_heads: int = 4
+    d_head: int = 0
+    d_mlp: int = 0
+    d_vocab: int = 64
+    n_ctx: int = 64
+    attn_only: bool = False
+    activation: str = "gelu"
+    normalization: str = "LN"
+    positional: str = "standard"
+    init: str = "gpt2"
+    init_range: float = 0.0
+    d_input: int = 0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        require_positive(self, "n_layers", "d_model", "n_heads", "d_vocab", "n_ctx")
+        for name in ("d_head", "d_mlp", "d_input"):
+            value = getattr(self, name)
+            require(isinstance(value, int) and value >= 0, name, "an integer >= 0", value)
+        if self.d_head == 0:
+            require(
+                self.d_model % self.n_heads == 0,
+                "d_model",
+                f"a multiple of n_heads={self.n_heads} (or set d_head explicitly)",
+                self.d_model,
+            )
+        require_choice(self, "activation", ACTIVATIONS)
+        require_choice(self, "normalization", NORMALIZATIONS)
+        require_choice(self, "positional", POSITIONAL)
+        require_choice(self, "init", INIT_MODES)
+        require(self.init_range >= 0, "init_range", "a number >= 0", self.init_range)
+        if self.positional == "rotary":
+            require(self.head_dim % 2 == 0, "d_head", "an even head size for rotary", self.head_dim)
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_head or self.d_model // self.n_heads
+
+    def bridge_config(self) -> TransformerBridgeConfig:
+        return TransformerBridgeConfig(
+            n_layers=self.n_layers,
+            d_model=self.d_model,
+            n_heads=self.n_heads,
+            d_head=self.head_dim,
+            d_mlp=self.d_mlp or 4 * self.d_model,
+            d_vocab=self.d_vocab,
+            n_ctx=self.n_ctx,
+            attn_only=self.attn_only,
+            act_fn=self.activation,
+            normalization_type=None if self.normalization == "none" else self.normalization,
+            positional_embedding_type=self.positional,
+            init_mode=self.init,
+            initializer_range=self.init_range or -1.0,
+            seed=self.seed,
+        )
+
+
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """`None`/`"auto"`: CUDA when present, else CPU."""
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def build_model(cfg: ModelConfig, device: str | torch.device | None = None) -> TransformerBridge:
+    """A freshly initialized bridge; the caller's global RNG is left untouched."""
+    device = resolve_device(device)
+    model = TransformerBridge.boot_native(cfg.bridge_config(), device=device)
+    if cfg.d_input:
+        # fork_rng: nn.Linear's default init draws from the global RNG before ours replaces it.
+        with torch.random.fork_rng(devices=[]):
+            projection = nn.Linear(cfg.d_input, cfg.d_model)
+        generator = torch.Generator().manual_seed(cfg.seed + 1)
+        with torch.no_grad():
+            bound = cfg.d_input**-0.5
+            projection.weight.uniform_(-bound, bound, generator=generator)
+            projection.bias.zero_()
+        model.add_module("input_proj", projection.to(device))
+    return model
+
+
+def trainable_parameters(model: TransformerBridge) -> list[nn.Parameter]:
+    params = list(model.parameters())
+    if hasattr(model, "input_proj"):
+        params += list(model.input_proj.parameters())
+    return params
+
+
+def count_parameters(model: TransformerBridge) -> int:
+    return sum(p.numel() for p in trainable_parameters(model))
+
+
+def model_state_dict(model: TransformerBridge) -> dict[str, Tensor]:
+    state = dict(model.state_dict())
+    if hasattr(model, "input_proj"):
+        state.update({f"input_proj.{k}": v for k, v in model.input_proj.state_dict().items()})
+    return state
+
+
+def load_model_state_dict(model: TransformerBridge, state: dict[str, Tensor]) -> None:
+    """Strict load: every key must match, including the input projection."""
+    proj = {k.removeprefix("input_proj."): v for k, v in state.items() if k.startswith("input_proj.")}
+    rest = {k: v for k, v in state.items() if not k.startswith("input_proj.")}
+    has_proj = hasattr(model, "input_proj")
+    if bool(proj) != has_proj:
+        raise KeyError(f"input_proj weights {'missing' if has_proj else 'unexpected'} in state dict")
+    model.load_state_dict(rest, strict=True)
+    if has_proj:
+        model.input_proj.load_state_dict(proj, strict=True)
+
+
+# --- forward passes ---------------------------------------------------------
+
+
+def _raw(module: nn.Module) -> nn.Module:
+    """The plain torch module inside a bridge component (TL keeps it as
+    `_original_component`); the bridge wrappers add hook overhead that a
+    training step without hooks does not need."""
+    return getattr(module, "_original_component", module)
+
+
+def _embed(model: TransformerBridge, batch: Batch, token_embeddings: Tensor) -> Tensor:
+    """Token embeddings with continuous vectors substituted where asked."""
+    if "vectors" not in batch:
+        return token_embeddings
+    if not hasattr(model, "input_proj"):
+        raise ValueError("batch has 'vectors' but the model was built with d_input=0")
+    projected = model.input_proj(batch["vectors"].to(token_embeddings.dtype))
+    return torch.where(batch["vector_mask"].unsqueeze(-1), projected, token_embeddings)
+
+
+def input_hooks(model: TransformerBridge, batch: Batch) -> list[FwdHook]:
+    """Hooks that make a bridge forward read the batch's continuous vectors."""
+    if "vectors" not in batch:
+        return []
+    return [("hook_embed", lambda act, hook: _embed(model, batch, act))]
+
+
+def fused_forward(model: TransformerBridge, batch: Batch) -> Float[Tensor, "batch pos vocab"]:
+    """Same function as `model(tokens)`, computed on the bridge's own weights with
+    fused QKV and `scaled_dot_product_attention` and without hook points.
+
+    This is the training fast path (about 2x the bridge's speed on CPU at small
+    widths); `tests/test_model.py` pins it to the bridge's logits for every
+    `ModelConfig` variant.
+    """
+    native = model.original_model
+    tokens = batch["tokens"]
+    n_batch, n_pos = tokens.shape
+    h = _embed(model, batch, _raw(native.tok_embed)(tokens))
+    if native.pos is not None:
+        h = h + _raw(native.pos).weight[:n_pos]
+    for wrapped_block in native.layers:
+        block = _raw(wrapped_block)
+        attn = _raw(block.attn)
+        x = _raw(block.ln1)(h)
+        q_lin, k_lin, v_lin = _raw(attn.q), _raw(attn.k), _raw(attn.v)
+        weight = torch.cat([q_lin.weight, k_lin.weight, v_lin.weight])
+        bias = torch.cat([q_lin.bias, k_lin.bias, v_lin.bias])
+        qkv = F.linear(x, weight, bias).view(n_batch, n_pos, 3, attn.n_heads, attn.d_head)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)
+        if attn.rotary is not None:
+            q, k = attn.rotary.apply_rope(q, k)
+        z = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=1.0 / attn.scale)
+        h = h + _raw(attn.o)(z.transpose(1, 2).reshape(n_batch, n_pos, -1))
+        if not block.cfg.attn_only:
+            mlp = _raw(block.mlp)
+            mid = mlp.act(_raw(mlp.fc_in)(_raw(block.ln2)(h)))
+            h = h + _raw(mlp.fc_out)(mid)
+    return _raw(native.head)(_raw(native.ln_out)(h))
+
+
+def forward(
+    model: TransformerBridge, batch: Batch, fwd_hooks: Sequence[FwdHook] = ()
+) -> Float[Tensor, "batch pos vocab"]:
+    """Logits for a batch: the fused path when no hooks are needed, else the bridge."""
+    if not fwd_hooks:
+        return fused_forward(model, batch)
+    hooks = list(fwd_hooks) + input_hooks(model, batch)
+    return model.run_with_hooks(batch["tokens"], fwd_hooks=hooks)
+
+
+def targets_of(batch: Batch) -> Int[Tensor, "batch pos"]:
+    if "targets" in batch:
+        return batch["targets"]
+    tokens = batch["tokens"]
+    pad = torch.full_like(tokens[:, :1], IGNORE_INDEX)
+    return torch.cat([tokens[:, 1:], pad], dim=1)
+
+
+def token_losses(logits: Float[Tensor, "batch pos vocab"], batch: Batch) -> Float[Tensor, "batch pos"]:
+    """Cross-entropy of each position's prediction; 0 where there is no target."""
+    targets = targets_of(batch)
+    losses = F.cross_entropy(
+        logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="none"
+    )
+    return losses.view(targets.shape)
+
+
+def scored_positions(batch: Batch) -> Bool[Tensor, "batch pos"]:
+    """Positions whose prediction counts: a target exists and the loss mask allows it."""
+    mask = targets_of(batch) != IGNORE_INDEX
+    if "loss_mask" in batch:
+        mask = mask & batch["loss_mask"].bool()
+    return mask
+
+
+def masked_mean_loss(logits: Float[Tensor, "batch pos vocab"], batch: Batch) -> Tensor:
+    """Mean cross-entropy over the scored positions of the batch."""
+    mask = scored_positions(batch)
+    if not mask.any():
+        raise ValueError("batch has no scored positions: loss_mask and targets leave nothing to score")
+    return token_losses(logits, batch)[mask].mean()
+
+
+def batch_to(batch: Batch, device: torch.device) -> Batch:
+    return {k: v.to(device) for k, v in batch.items()}

@@ -1,0 +1,161 @@
+"""Run probes over a run's checkpoints: one forward pass per checkpoint.
+
+A `Probe` declares the hook names it reads and maps a `ProbeContext` (the
+cached activations, the logits, the batch and the model) to a flat dict of named
+numbers. `probe()` takes the union of the hooks of every probe still to be
+computed at a checkpoint, runs `run_with_cache(names_filter=...)` once, and
+hands the same activations to each probe. Results are cached per checkpoint in
+`probes/<key>.jsonl`, keyed by the probe's name, the batch contents and the
+checkpoint's hash, so re-probing a finished run costs nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+from transformer_lens.model_bridge import TransformerBridge
+
+from interp.checkpoints import Run, append_jsonl, read_jsonl
+from interp.model import Batch, batch_to, input_hooks, resolve_device
+
+
+@dataclass(frozen=True)
+class ProbeContext:
+    acts: Mapping[str, Tensor]
+    logits: Tensor
+    batch: Batch
+    model: TransformerBridge
+
+
+@dataclass(frozen=True)
+class Probe:
+    """`name` identifies the probe and its parameters (it keys the cache);
+    `hooks` are the activation names `fn` reads from `ctx.acts`."""
+
+    name: str
+    hooks: tuple[str, ...]
+    fn: Callable[[ProbeContext], Mapping[str, float]]
+
+
+@dataclass(frozen=True)
+class ProbeTable:
+    """Probe results: one row per step, one column per `"<key>/<metric>"`."""
+
+    steps: np.ndarray
+    columns: tuple[str, ...]
+    values: np.ndarray
+
+    def __getitem__(self, column: str) -> np.ndarray:
+        if column not in self.columns:
+            raise KeyError(f"no column {column!r}; columns: {list(self.columns)}")
+        return self.values[:, self.columns.index(column)]
+
+    def select(self, prefix: str) -> ProbeTable:
+        """Columns under `prefix/`, with the prefix stripped."""
+        keep = [i for i, c in enumerate(self.columns) if c.startswith(prefix + "/")]
+        if not keep:
+            raise KeyError(f"no column under {prefix!r}; columns: {list(self.columns)}")
+        names = tuple(self.columns[i][len(prefix) + 1 :] for i in keep)
+        return ProbeTable(self.steps, names, self.values[:, keep])
+
+    def head_grid(self, prefix: str, n_layers: int, n_heads: int) -> np.ndarray:
+        """`[step, layer, head]` array of an `"L{l}H{h}"`-keyed probe (NaN where absent)."""
+        grid = np.full((len(self.steps), n_layers, n_heads), np.nan)
+        for name, column in zip(self.select(prefix).columns, self.select(prefix).values.T, strict=True):
+            layer, head = (int(x) for x in name[1:].split("H"))
+            grid[:, layer, head] = column
+        return grid
+
+    def to_rows(self) -> list[dict[str, float]]:
+        return [
+            {"step": int(step), **dict(zip(self.columns, row, strict=True))}
+            for step, row in zip(self.steps, self.values, strict=True)
+        ]
+
+    def to_csv(self, path: str | Path) -> None:
+        header = "step," + ",".join(self.columns)
+        np.savetxt(path, np.column_stack([self.steps, self.values]), delimiter=",", header=header, comments="")
+
+
+def batch_hash(batch: Batch) -> str:
+    digest = hashlib.sha256()
+    for key in sorted(batch):
+        tensor = batch[key].detach().cpu().contiguous()
+        digest.update(f"{key}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def run_probes(model: TransformerBridge, probes: Mapping[str, Probe], batch: Batch) -> dict[str, float]:
+    """Evaluate probes on one model with a single cached forward pass."""
+    hooks = sorted({h for p in probes.values() for h in p.hooks})
+    with torch.no_grad(), model.hooks(fwd_hooks=input_hooks(model, batch)):
+        logits, cache = model.run_with_cache(batch["tokens"], names_filter=hooks)
+        ctx = ProbeContext(acts=cache, logits=logits, batch=batch, model=model)
+        return {f"{key}/{name}": float(v) for key, p in probes.items() for name, v in p.fn(ctx).items()}
+
+
+def probe(
+    run: Run | str | Path,
+    probes: Mapping[str, Probe],
+    batch: Batch,
+    steps: Sequence[int] | None = None,
+    device: str | torch.device | None = None,
+    use_cache: bool = True,
+    progress: bool = False,
+) -> ProbeTable:
+    """Compute `probes` at each checkpoint (default: all) of `run`.
+
+    Returns a step x metric `ProbeTable` with columns `"<key>/<metric>"`.
+    """
+    run = run if isinstance(run, Run) else Run.open(run)
+    device = resolve_device(device)
+    steps = list(run.steps if steps is None else steps)
+    missing = sorted(set(steps) - set(run.steps))
+    if missing:
+        raise KeyError(f"steps {missing} have no checkpoint in {run.path}; available: {run.steps}")
+    batch_id = batch_hash(batch)
+    device_batch = batch_to(batch, device)
+    probe_dir = run.path / "probes"
+    probe_dir.mkdir(exist_ok=True)
+
+    def cache_key(key: str, step: int) -> tuple[str, str, str, int]:
+        return (probes[key].name, batch_id, run.checkpoint_hash(step), step)
+
+    cached: dict[tuple[str, str, str, int], dict[str, float]] = {}
+    if use_cache:
+        for key in probes:
+            for row in read_jsonl(probe_dir / f"{key}.jsonl"):
+                cached[(row["probe"], row["batch"], row["weights"], row["step"])] = row["values"]
+
+    rows: list[dict[str, float]] = []
+    model: TransformerBridge | None = None
+    for step in tqdm(steps, disable=not progress, desc="probing", leave=False):
+        todo = {k: p for k, p in probes.items() if cache_key(k, step) not in cached}
+        values: dict[str, float] = {}
+        if todo:
+            model = run.load(step, device=device, into=model)
+            values = run_probes(model, todo, device_batch)
+            for key in todo:
+                own = {name[len(key) + 1 :]: v for name, v in values.items() if name.startswith(key + "/")}
+                cached[cache_key(key, step)] = own
+                record = {"step": step, "probe": probes[key].name, "batch": batch_id,
+                          "weights": run.checkpoint_hash(step), "values": own}
+                append_jsonl(probe_dir / f"{key}.jsonl", [record])
+        for key in probes:
+            values.update({f"{key}/{n}": v for n, v in cached[cache_key(key, step)].items()})
+        rows.append(values)
+
+    columns = tuple(sorted({c for row in rows for c in row}))
+    table = np.array([[row.get(c, np.nan) for c in columns] for row in rows], dtype=float)
+    return ProbeTable(np.array(steps), columns, table.reshape(len(steps), len(columns)))
+
+
+__all__ = ["Probe", "ProbeContext", "ProbeTable", "probe", "run_probes", "batch_hash"]

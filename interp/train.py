@@ -1,0 +1,310 @@
+"""The training loop: one loop for every experiment in the toolkit.
+
+Data comes from a `DataSource`: `batch(step, batch_size, generator)` must depend
+only on its arguments. The trainer seeds `generator` from `(seed, step)`, so the
+data position is the step itself and a resumed run sees exactly the batches an
+uninterrupted one would.
+
+Structured regimes use the same loop:
+- phases (pre-train, then fine-tune): a fine-tuning run is its own run directory
+  with `init_from="path/to/base@step"`;
+- fixed-order episodes with K steps per item: the data source serves item
+  `(step // K) % T`, and `episode_steps=K` with `reset_optimizer_each_episode`
+  restarts the optimizer at each item.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import platform
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+import transformer_lens
+from torch import Tensor
+from tqdm.auto import tqdm
+from transformer_lens.model_bridge import TransformerBridge
+
+from interp.checkpoints import CONFIG_FILE, Run
+from interp.configs import require, require_choice, require_positive, to_dict
+from interp.model import (
+    Batch,
+    FwdHook,
+    ModelConfig,
+    batch_to,
+    build_model,
+    forward,
+    load_model_state_dict,
+    masked_mean_loss,
+    resolve_device,
+    trainable_parameters,
+)
+
+logger = logging.getLogger(__name__)
+
+OPTIMIZERS = ("adamw", "adam", "sgd")
+SCHEDULES = ("constant", "cosine")
+
+
+class DataSource(Protocol):
+    def batch(self, step: int, batch_size: int, generator: torch.Generator) -> Batch:
+        """The training batch for `step`; a pure function of its arguments."""
+        ...
+
+
+Evaluator = Callable[[TransformerBridge], Mapping[str, float]]
+"""Called in eval mode without gradients; returns named numbers to log."""
+
+StepCallback = Callable[[int, TransformerBridge, float], None]
+"""Called after each optimizer step with (steps done, model, training loss)."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimization, schedule, logging and checkpointing of one training run.
+
+    `l2` adds `l2/2 * ||theta||^2` to the loss (explicit penalty), distinct from
+    decoupled `weight_decay`. Checkpoints are taken at step 0, the last step,
+    `checkpoint_log` log-spaced steps, every `checkpoint_every` steps and at each
+    of `checkpoint_steps`. `init_from` is `"run_dir"` (last step) or `"run_dir@step"`.
+    """
+
+    steps: int = 1000
+    batch_size: int = 32
+    optimizer: str = "adamw"
+    lr: float = 1e-3
+    momentum: float = 0.0
+    beta1: float = 0.9
+    beta2: float = 0.999
+    weight_decay: float = 0.0
+    l2: float = 0.0
+    schedule: str = "constant"
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.0
+    grad_clip: float = 0.0
+    log_every: int = 10
+    eval_every: int = 0
+    checkpoint_log: int = 10
+    checkpoint_every: int = 0
+    checkpoint_steps: tuple[int, ...] = ()
+    episode_steps: int = 0
+    reset_optimizer_each_episode: bool = False
+    init_from: str = ""
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        require_positive(self, "steps", "batch_size", "log_every")
+        require(self.lr > 0, "lr", "a positive learning rate", self.lr)
+        require_choice(self, "optimizer", OPTIMIZERS)
+        require_choice(self, "schedule", SCHEDULES)
+        for name in ("momentum", "weight_decay", "l2", "grad_clip"):
+            value = getattr(self, name)
+            require(value >= 0, name, "a number >= 0", value)
+        for name in ("beta1", "beta2", "min_lr_ratio"):
+            value = getattr(self, name)
+            require(0 <= value <= 1, name, "a number in [0, 1]", value)
+        for name in ("warmup_steps", "eval_every", "checkpoint_log", "checkpoint_every", "episode_steps"):
+            value = getattr(self, name)
+            require(isinstance(value, int) and value >= 0, name, "an integer >= 0", value)
+        bad = [s for s in self.checkpoint_steps if not 0 <= s <= self.steps]
+        require(not bad, "checkpoint_steps", f"steps within [0, {self.steps}]", bad)
+        require(
+            not self.reset_optimizer_each_episode or self.episode_steps > 0,
+            "episode_steps",
+            "a positive episode length when reset_optimizer_each_episode is set",
+            self.episode_steps,
+        )
+
+
+def checkpoint_schedule(cfg: TrainConfig) -> list[int]:
+    """Sorted checkpoint steps: 0, the end, log-spaced, linear and explicit ones."""
+    steps = {0, cfg.steps, *cfg.checkpoint_steps}
+    if cfg.checkpoint_log:
+        steps.update(int(round(s)) for s in np.geomspace(1, cfg.steps, cfg.checkpoint_log))
+    if cfg.checkpoint_every:
+        steps.update(range(0, cfg.steps + 1, cfg.checkpoint_every))
+    return sorted(steps)
+
+
+def lr_at(cfg: TrainConfig, step: int) -> float:
+    """Learning rate for the update taken at `step` (0-based)."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    if cfg.schedule == "cosine":
+        span = max(1, cfg.steps - cfg.warmup_steps)
+        progress = min(1.0, (step - cfg.warmup_steps) / span)
+        return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+    return cfg.lr
+
+
+def make_optimizer(cfg: TrainConfig, params: Sequence[Tensor]) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    betas = (cfg.beta1, cfg.beta2)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, betas=betas, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.lr, betas=betas, weight_decay=cfg.weight_decay)
+
+
+def step_generator(seed: int, step: int, stream: int = 0) -> torch.Generator:
+    """A generator determined by (seed, step, stream) alone."""
+    state = np.random.SeedSequence([seed, stream, step]).generate_state(1, dtype=np.uint64)[0]
+    return torch.Generator().manual_seed(int(state) & 0x7FFF_FFFF_FFFF_FFFF)
+
+
+def parse_init_from(spec: str) -> tuple[Run, int]:
+    path, _, step = spec.partition("@")
+    parent = Run.open(path)
+    if not parent.steps:
+        raise ValueError(f"init_from: {path} has no checkpoints")
+    return parent, int(step) if step else parent.steps[-1]
+
+
+def versions() -> dict[str, str]:
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformer_lens": getattr(transformer_lens, "__version__", "unknown"),
+        "numpy": np.__version__,
+    }
+
+
+def _run_config(model_cfg: ModelConfig, train_cfg: TrainConfig, extra: Mapping[str, Any]) -> dict[str, Any]:
+    config: dict[str, Any] = {"model": to_dict(model_cfg), "train": to_dict(train_cfg), **extra}
+    if train_cfg.init_from:
+        parent, step = parse_init_from(train_cfg.init_from)
+        config["init_from"] = {"run": str(parent.path), "step": step, "sha256": parent.checkpoint_hash(step)}
+    return config
+
+
+def _identity(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The parts of a run config that define its results (not where it ran)."""
+    return {k: v for k, v in config.items() if k not in ("versions", "device")}
+
+
+def _json_roundtrip(obj: Any) -> Any:
+    return json.loads(json.dumps(obj))
+
+
+def train(
+    run_dir: str | Path,
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    data: DataSource,
+    *,
+    evaluators: Mapping[str, Evaluator] | None = None,
+    config_extra: Mapping[str, Any] | None = None,
+    fwd_hooks: Sequence[FwdHook] = (),
+    callbacks: Sequence[StepCallback] = (),
+    resume: bool = False,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+) -> Run:
+    """Train a model into `run_dir` and return the `Run`.
+
+    With `resume=True` an existing run continues from its last complete
+    checkpoint and ends with the weights an uninterrupted run would have; a
+    finished run is returned as is. Without it, a directory that already holds
+    checkpoints is refused rather than overwritten.
+    """
+    device = resolve_device(device)
+    evaluators = dict(evaluators or {})
+    config = _run_config(model_cfg, train_cfg, config_extra or {})
+    run = Run(run_dir)
+    start = 0
+    resuming = run.path.joinpath(CONFIG_FILE).exists() and bool(run.steps)
+    if resuming:
+        if not resume:
+            raise FileExistsError(f"{run.path} already holds a run; resume it or choose another directory")
+        if _identity(run.config) != _identity(_json_roundtrip(config)):
+            raise ValueError(f"resume: the config differs from {run.path / CONFIG_FILE}; start a new run instead")
+        start = run.steps[-1]
+    else:
+        run = Run.create(run_dir, {**config, "device": str(device), "versions": versions()})
+
+    model = build_model(model_cfg, device=device)
+    params = trainable_parameters(model)
+    optimizer = make_optimizer(train_cfg, params)
+    loss_sum, loss_count = 0.0, 0
+    if resuming:
+        load_model_state_dict(model, run.load_state_dict(start))
+        state = run.load_training_state(start)
+        optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["torch_rng"])
+        loss_sum, loss_count = state["loss_sum"], state["loss_count"]
+        run.truncate_metrics(start)
+        logger.info("resuming %s from step %d", run.path, start)
+    elif train_cfg.init_from:
+        parent, parent_step = parse_init_from(train_cfg.init_from)
+        load_model_state_dict(model, parent.load_state_dict(parent_step))
+
+    def evaluate(step: int) -> dict[str, float]:
+        model.eval()
+        with torch.no_grad():
+            row = {f"{name}/{key}": float(v) for name, fn in evaluators.items() for key, v in fn(model).items()}
+        model.train()
+        return row
+
+    def checkpoint(step: int) -> None:
+        # The running train-loss average rides along so a resumed log matches an uninterrupted one.
+        state = {"step": step, "optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state(),
+                 "loss_sum": loss_sum, "loss_count": loss_count}
+        run.save_checkpoint(step, model, state)
+
+    schedule = set(checkpoint_schedule(train_cfg))
+    total = train_cfg.steps
+    pending: list[dict[str, Any]] = []
+    if not resuming:
+        if evaluators:
+            pending.append({"step": 0, **evaluate(0)})
+        run.log_metrics(pending)
+        pending = []
+        checkpoint(0)
+
+    model.train()
+    bar = tqdm(total=total, initial=start, disable=not progress, desc=run.path.name, leave=False)
+    for step in range(start, total):
+        if train_cfg.reset_optimizer_each_episode and step > 0 and step % train_cfg.episode_steps == 0:
+            optimizer = make_optimizer(train_cfg, params)
+        lr = lr_at(train_cfg, step)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        batch = batch_to(data.batch(step, train_cfg.batch_size, step_generator(train_cfg.seed, step)), device)
+        loss = masked_mean_loss(forward(model, batch, fwd_hooks), batch)
+        objective = loss
+        if train_cfg.l2:
+            objective = loss + 0.5 * train_cfg.l2 * sum(p.pow(2).sum() for p in params)
+        optimizer.zero_grad(set_to_none=True)
+        objective.backward()
+        if train_cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(params, train_cfg.grad_clip)
+        optimizer.step()
+
+        done = step + 1
+        loss_value = loss.item()
+        loss_sum, loss_count = loss_sum + loss_value, loss_count + 1
+        row: dict[str, Any] = {}
+        if done % train_cfg.log_every == 0 or done == total:
+            row.update({"train/loss": loss_sum / loss_count, "lr": lr})
+            loss_sum, loss_count = 0.0, 0
+            bar.set_postfix(loss=f"{row['train/loss']:.3f}")
+        if evaluators and (done == total or (train_cfg.eval_every and done % train_cfg.eval_every == 0)):
+            row.update(evaluate(done))
+        if row:
+            pending.append({"step": done, **row})
+        if done in schedule:
+            run.log_metrics(pending)
+            pending = []
+            checkpoint(done)
+        bar.update(1)
+        for callback in callbacks:
+            callback(done, model, loss_value)
+    bar.close()
+    run.log_metrics(pending)
+    return run

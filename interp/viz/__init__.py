@@ -1,0 +1,11 @@
+"""Matplotlib figures for training dynamics and circuits.
+
+Functions return a `matplotlib.figure.Figure` (built without pyplot, so no
+global state or display backend is touched); `save_figure` writes it.
+"""
+
+from interp.viz.attention import plot_attention
+from interp.viz.curves import plot_curves, save_figure
+from interp.viz.heads import plot_head_curves, plot_head_grids
+
+__all__ = ["plot_attention", "plot_curves", "plot_head_curves", "plot_head_grids", "save_figure"]

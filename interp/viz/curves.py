@@ -1,0 +1,53 @@
+"""Metric-over-steps curves."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+
+
+def save_figure(fig: Figure, path: str | Path, dpi: int = 120) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi, bbox_inches="tight")
+    return path
+
+
+def plot_curves(
+    series: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    *,
+    title: str = "",
+    ylabel: str = "",
+    logx: bool = False,
+    vlines: Mapping[str, float] | None = None,
+    hlines: Mapping[str, float] | None = None,
+    xlabel: str = "training step",
+    figsize: tuple[float, float] = (6.4, 4.0),
+) -> Figure:
+    """One line per named `(steps, values)` series; optional labelled marker lines.
+
+    With `logx`, step 0 is drawn at the first positive step's position so the
+    initial value stays visible.
+    """
+    fig = Figure(figsize=figsize)
+    ax = fig.add_subplot()
+    for name, (steps, values) in series.items():
+        steps = np.asarray(steps, dtype=float)
+        if logx and len(steps) > 1:
+            steps = np.where(steps <= 0, steps[steps > 0].min() / 2, steps)
+        ax.plot(steps, values, label=name, lw=1.6)
+    for i, (name, x) in enumerate((vlines or {}).items()):
+        ax.axvline(x, color=f"C{i + 3}", ls="--", lw=1, label=name)
+    for i, (name, y) in enumerate((hlines or {}).items()):
+        ax.axhline(y, color=f"C{i + 6}", ls=":", lw=1, label=name)
+    if logx:
+        ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return fig

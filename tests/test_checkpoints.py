@@ -1,0 +1,295 @@
+"""The run directory: listing, strict hash-verified loading, crash leftovers,
+metrics reading, refusing to overwrite, config-checked resume and init_from."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from helpers import RandomTokens, assert_state_equal, tiny_model_config, tiny_train_config
+
+from interp.checkpoints import (
+    MANIFEST_FILE,
+    STATE_FILE,
+    WEIGHTS_FILE,
+    CheckpointError,
+    Run,
+    read_jsonl,
+    sha256_file,
+)
+from interp.model import build_model, fused_forward, load_model_state_dict
+from interp.train import train
+
+EXPECTED_STEPS = [0, 2, 4, 6, 8]
+
+
+def test_run_lists_steps_and_config(trained_run):
+    run = trained_run.run
+    assert run.steps == EXPECTED_STEPS
+    assert run.model_config == trained_run.model_cfg
+    config = run.config
+    assert config["train"]["steps"] == 8
+    assert {"versions", "device"} <= set(config)
+    assert "steps=5" in repr(run)
+
+
+def test_manifest_hashes_match_files(trained_run):
+    run = trained_run.run
+    for step in run.steps:
+        for name in (WEIGHTS_FILE, STATE_FILE):
+            assert run.manifest[str(step)][name] == sha256_file(run.checkpoint_dir(step) / name)
+        assert run.checkpoint_hash(step) == run.manifest[str(step)][WEIGHTS_FILE]
+    # training changes the weights, so no two checkpoints share a hash
+    assert len({run.checkpoint_hash(s) for s in run.steps}) == len(run.steps)
+
+
+@pytest.mark.parametrize("step", EXPECTED_STEPS)
+def test_loaded_weights_are_the_trained_weights(trained_run, step):
+    assert_state_equal(trained_run.run.load_state_dict(step), trained_run.states[step])
+
+
+@pytest.mark.parametrize("step", EXPECTED_STEPS)
+def test_load_round_trip_gives_identical_logits(trained_run, step):
+    model = trained_run.run.load(step, device="cpu")
+    assert not model.training
+    tokens = trained_run.tokens
+    with torch.no_grad():
+        assert torch.equal(fused_forward(model, {"tokens": tokens}), trained_run.fused_logits[step])
+        assert torch.equal(model(tokens), trained_run.bridge_logits[step])
+
+
+def test_load_default_is_last_step_and_iteration_covers_all(trained_run):
+    run = trained_run.run
+    tokens = trained_run.tokens
+    with torch.no_grad():
+        assert torch.equal(fused_forward(run.load(device="cpu"), {"tokens": tokens}), trained_run.fused_logits[8])
+    seen = []
+    for step, model in run:
+        seen.append(step)
+        with torch.no_grad():
+            assert torch.equal(fused_forward(model, {"tokens": tokens}), trained_run.fused_logits[step])
+    assert seen == EXPECTED_STEPS
+
+
+def test_two_loads_and_manual_strict_load_agree(trained_run):
+    run = trained_run.run
+    a, b = run.load(4, device="cpu"), run.load(4, device="cpu")
+    manual = build_model(trained_run.model_cfg, device="cpu").eval()
+    load_model_state_dict(manual, run.load_state_dict(4))
+    tokens = trained_run.tokens
+    with torch.no_grad():
+        la = a(tokens)
+        assert torch.equal(la, b(tokens))
+        assert torch.equal(la, manual(tokens))
+
+
+def test_state_pt_loads_with_weights_only(trained_run):
+    run = trained_run.run
+    path = run.checkpoint_dir(4) / STATE_FILE
+    state = torch.load(path, weights_only=True)
+    assert state["step"] == 4
+    assert set(state) >= {"step", "optimizer", "torch_rng"}
+    assert isinstance(state["torch_rng"], torch.Tensor)
+    assert state["optimizer"]["state"], "adam state after 4 steps must not be empty"
+    via_run = run.load_training_state(4)
+    assert via_run["step"] == 4
+    assert torch.equal(via_run["torch_rng"], state["torch_rng"])
+
+
+# --- integrity -------------------------------------------------------------------------
+
+
+def flip_byte(path, offset: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("where", ["middle", "last"])
+def test_one_changed_byte_is_refused(run_copy, where):
+    path = run_copy.checkpoint_dir(4) / WEIGHTS_FILE
+    size = path.stat().st_size
+    flip_byte(path, size // 2 if where == "middle" else size - 1)
+    with pytest.raises(CheckpointError) as info:
+        run_copy.load(4, device="cpu")
+    assert str(path) in str(info.value)
+    with pytest.raises(CheckpointError):
+        run_copy.load_state_dict(4)
+    # other checkpoints still load
+    run_copy.load(2, device="cpu")
+
+
+def test_changed_state_file_is_refused(run_copy):
+    path = run_copy.checkpoint_dir(6) / STATE_FILE
+    flip_byte(path, path.stat().st_size // 2)
+    with pytest.raises(CheckpointError) as info:
+        run_copy.load_training_state(6)
+    assert str(path) in str(info.value)
+
+
+def test_missing_file_is_refused(run_copy):
+    path = run_copy.checkpoint_dir(2) / WEIGHTS_FILE
+    path.unlink()
+    with pytest.raises(CheckpointError) as info:
+        run_copy.load(2, device="cpu")
+    assert str(path) in str(info.value)
+
+
+def test_missing_step_lists_available_steps(trained_run):
+    run = trained_run.run
+    with pytest.raises(CheckpointError) as info:
+        run.load(3, device="cpu")
+    message = str(info.value)
+    assert "3" in message
+    assert str(EXPECTED_STEPS) in message
+    with pytest.raises(CheckpointError):
+        run.load_training_state(99)
+
+
+def test_open_non_run_directory(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a run directory"):
+        Run.open(tmp_path)
+    with pytest.raises(FileNotFoundError):
+        Run.open(tmp_path / "does-not-exist")
+
+
+def test_leftovers_outside_the_manifest_are_ignored(run_copy):
+    checkpoints = run_copy.path / "checkpoints"
+    # a checkpoint killed while being written
+    tmp = checkpoints / ".tmp_step_000005"
+    tmp.mkdir()
+    (tmp / WEIGHTS_FILE).write_bytes(b"partial")
+    # a complete-looking directory that was never committed to the manifest
+    shutil.copytree(run_copy.checkpoint_dir(4), checkpoints / "step_000005")
+    shutil.copytree(run_copy.checkpoint_dir(6), checkpoints / "step_000007")
+    # a stray temporary manifest
+    (run_copy.path / f".{MANIFEST_FILE}.tmp").write_text("{not json")
+
+    reopened = Run.open(run_copy.path)
+    assert reopened.steps == EXPECTED_STEPS
+    with pytest.raises(CheckpointError):
+        reopened.load(5, device="cpu")
+    assert [s for s, _ in reopened] == EXPECTED_STEPS
+
+
+def test_run_without_manifest_has_no_steps(tmp_path):
+    run = Run.create(tmp_path / "fresh", {"model": {}})
+    assert Run.open(run.path).steps == []
+    assert run.metrics() == []
+
+
+# --- metrics ----------------------------------------------------------------------------
+
+
+def test_read_jsonl_drops_torn_last_line(tmp_path):
+    path = tmp_path / "m.jsonl"
+    path.write_text('{"step": 1, "a": 1.0}\n{"step": 2, "a": 2.0}\n{"step": 3, "a"')
+    assert read_jsonl(path) == [{"step": 1, "a": 1.0}, {"step": 2, "a": 2.0}]
+    assert read_jsonl(tmp_path / "missing.jsonl") == []
+
+
+def test_metrics_and_series(run_copy):
+    rows = run_copy.metrics()
+    assert [r["step"] for r in rows] == list(range(1, 9))  # log_every=1, no evaluators
+    steps, losses = run_copy.series("train/loss")
+    assert steps.tolist() == list(range(1, 9))
+    assert np.isfinite(losses).all()
+    with pytest.raises(KeyError, match="train/loss"):
+        run_copy.series("nope")
+    # a torn last line (killed mid-append) does not break reading
+    with open(run_copy.path / "metrics.jsonl", "a") as f:
+        f.write('{"step": 9, "train/lo')
+    assert run_copy.metrics() == rows
+
+
+# --- writing rules ----------------------------------------------------------------------
+
+
+def test_train_refuses_existing_run_without_resume(run_copy, trained_run):
+    manifest_before = (run_copy.path / MANIFEST_FILE).read_text()
+    with pytest.raises(FileExistsError):
+        train(run_copy.path, trained_run.model_cfg, trained_run.train_cfg, RandomTokens(), device="cpu", progress=False)
+    assert (run_copy.path / MANIFEST_FILE).read_text() == manifest_before
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        dict(train=dict(lr=0.5)),
+        dict(train=dict(steps=10)),
+        dict(model=dict(d_model=32)),
+        dict(model=dict(seed=1)),
+    ],
+)
+def test_resume_with_different_config_is_refused(run_copy, trained_run, change):
+    model_cfg = tiny_model_config(**change.get("model", {}))
+    train_cfg = tiny_train_config(**change.get("train", {}))
+    with pytest.raises(ValueError, match="config differs"):
+        train(run_copy.path, model_cfg, train_cfg, RandomTokens(), resume=True, device="cpu", progress=False)
+
+
+def test_resume_with_different_config_extra_is_refused(run_copy, trained_run):
+    with pytest.raises(ValueError, match="config differs"):
+        train(
+            run_copy.path,
+            trained_run.model_cfg,
+            trained_run.train_cfg,
+            RandomTokens(),
+            resume=True,
+            config_extra={"task": "other"},
+            device="cpu",
+            progress=False,
+        )
+
+
+def test_resume_of_finished_run_returns_it_unchanged(run_copy, trained_run):
+    manifest_before = (run_copy.path / MANIFEST_FILE).read_text()
+    metrics_before = run_copy.metrics()
+    run = train(
+        run_copy.path,
+        trained_run.model_cfg,
+        trained_run.train_cfg,
+        RandomTokens(),
+        resume=True,
+        device="cpu",
+        progress=False,
+    )
+    assert run.steps == EXPECTED_STEPS
+    assert (run_copy.path / MANIFEST_FILE).read_text() == manifest_before
+    assert run.metrics() == metrics_before
+
+
+# --- init_from ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("parent_step", [4, None])
+def test_init_from_loads_parent_weights(trained_run, tmp_path, parent_step):
+    spec = str(trained_run.path) + ("" if parent_step is None else f"@{parent_step}")
+    expected_step = 8 if parent_step is None else parent_step
+    child_cfg = tiny_train_config(steps=2, init_from=spec, lr=1e-2)
+    child = train(tmp_path / "child", trained_run.model_cfg, child_cfg, RandomTokens(), device="cpu", progress=False)
+    assert child.steps == [0, 2]
+    assert_state_equal(child.load_state_dict(0), trained_run.states[expected_step])
+    # the child's step-0 checkpoint is byte-for-byte the parent's weights file
+    assert child.checkpoint_hash(0) == trained_run.run.checkpoint_hash(expected_step)
+    recorded = child.config["init_from"]
+    assert recorded["step"] == expected_step
+    assert recorded["sha256"] == trained_run.run.checkpoint_hash(expected_step)
+    # and the child then trains away from it
+    after = child.load_state_dict(2)
+    assert any(not torch.equal(after[k], trained_run.states[expected_step][k]) for k in after)
+
+
+def test_init_from_a_run_without_checkpoints(tmp_path, trained_run):
+    empty = Run.create(tmp_path / "empty", {"model": {}})
+    cfg = tiny_train_config(steps=2, init_from=str(empty.path))
+    with pytest.raises(ValueError, match="no checkpoints"):
+        train(tmp_path / "child", trained_run.model_cfg, cfg, RandomTokens(), device="cpu", progress=False)
+
+
+def test_init_from_missing_step_is_a_checkpoint_error(tmp_path, trained_run):
+    cfg = tiny_train_config(steps=2, init_from=f"{trained_run.path}@3")
+    with pytest.raises(CheckpointError, match=r"available steps"):
+        train(tmp_path / "child", trained_run.model_cfg, cfg, RandomTokens(), device="cpu", progress=False)

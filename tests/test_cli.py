@@ -1,0 +1,84 @@
+"""CLI smoke test: the whole induction-heads pipeline on the `tiny` preset, in seconds."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from analyses.induction_heads import phase_change
+from interp.cli import main
+
+
+@pytest.fixture(scope="module")
+def tiny_out(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "induction"
+    assert main(["run", "induction-heads", "--preset", "tiny", "--out", str(out), "--quiet", "--seed", "3"]) == 0
+    return out
+
+
+def test_run_writes_results_report_and_figures(tiny_out):
+    results = json.loads((tiny_out / "results.json").read_text())
+    for key in (
+        "phase_change_step",
+        "induction_score_final",
+        "prev_token_score_final",
+        "repeated_loss_before",
+        "repeated_loss_after",
+    ):
+        assert key in results
+    assert 0.0 <= results["induction_score_final"] <= 1.0
+    assert (tiny_out / "report.md").read_text().startswith("# Induction heads")
+    figures = {p.name for p in (tiny_out / "figures").glob("*.png")}
+    assert {"loss_curves.png", "induction_scores.png", "prev_scores.png", "induction_grids.png"} <= figures
+    config = json.loads((tiny_out / "run" / "config.json").read_text())
+    assert config["model"]["seed"] == 3 and config["train"]["seed"] == 3
+
+
+def test_info_probe_plot(tiny_out, capsys, tmp_path):
+    assert main(["info", str(tiny_out)]) == 0
+    assert "checkpoints: " in capsys.readouterr().out
+    csv = tmp_path / "prev.csv"
+    assert main(["probe", str(tiny_out), "prev-token", "--layers", "0", "--csv", str(csv)]) == 0
+    table = np.loadtxt(csv, delimiter=",", skiprows=1)
+    assert table.shape[1] == 1 + 2  # step + two heads of layer 0
+    assert main(["plot", str(tiny_out)]) == 0
+    assert (tiny_out / "run" / "figures" / "metrics_train.png").exists()
+
+
+def test_list_names_the_analysis(capsys):
+    assert main(["list"]) == 0
+    assert "induction-heads" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["run", "no-such-analysis"], "unknown analysis"),
+        (["run", "induction-heads", "--preset", "huge"], "preset"),
+        (["run", "induction-heads", "--preset", "tiny", "--set", "train.lr=-1"], "lr"),
+        (["run", "induction-heads", "--preset", "tiny", "--set", "model.bogus=1"], "model.bogus"),
+        (["run", "induction-heads", "--preset", "tiny", "--set", "noequals"], "key=value"),
+        (["info", "/nonexistent/run"], "no run directory"),
+    ],
+)
+def test_bad_input_gives_a_named_error(argv, message, capsys, tmp_path):
+    if argv[0] == "run":
+        argv = [*argv, "--out", str(tmp_path / "out"), "--quiet"]
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_probe_rejects_a_layer_out_of_range(tiny_out, capsys):
+    assert main(["probe", str(tiny_out), "induction", "--layers", "5"]) == 2
+    assert "--layers" in capsys.readouterr().err
+
+
+def test_phase_change_on_a_known_curve():
+    steps = np.arange(0, 1001, 10)
+    loss = np.where(steps < 600, 4.0, 1.0)
+    loss[0] = 5.0
+    step, before, after = phase_change(steps, loss)
+    assert (step, before, after) == (600, 4.0, 1.0)
+    assert phase_change(steps, np.full(len(steps), 4.0))[0] is None
