@@ -6,7 +6,7 @@ Layout (see README):
     metrics.jsonl        one JSON object per logged step
     manifest.json        step -> file -> sha256; a checkpoint exists once listed here
     checkpoints/step_000123/weights.safetensors   model weights
-    checkpoints/step_000123/state.pt              optimizer + RNG state (tensors only)
+    checkpoints/step_000123/state.pt              optimizer state, step, running loss (no code)
     probes/*.jsonl, figures/*.png, report.md, results.json
 
 Every write is atomic (temporary name, fsync, rename), and a checkpoint is
@@ -190,7 +190,7 @@ class Run:
         return model.eval()
 
     def load_training_state(self, step: int) -> dict[str, Any]:
-        """Optimizer/RNG/data-position state, loaded without unpickling code."""
+        """Optimizer state and step (the data position), loaded without unpickling code."""
         return torch.load(self._verified_file(step, STATE_FILE), weights_only=True)
 
     def checkpoint_hash(self, step: int) -> str:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from interp.analysis import get_analysis, registry, run_analysis
+from interp.analysis import registry, run_analysis
 from interp.checkpoints import CheckpointError, Run
 from interp.configs import ConfigError, parse_overrides
 from interp.metrics import circuits
@@ -42,7 +42,6 @@ def cmd_run(args: argparse.Namespace) -> None:
     overrides = parse_overrides(args.set)
     if args.seed is not None:
         overrides["seed"] = str(args.seed)
-    get_analysis(args.name)
     out = Path(args.out or f"runs/{args.name}")
     results = run_analysis(args.name, out, args.preset, overrides, device=args.device,
                            progress=not args.quiet, resume=args.resume)

@@ -236,7 +236,6 @@ def train(
         load_model_state_dict(model, run.load_state_dict(start))
         state = run.load_training_state(start)
         optimizer.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["torch_rng"])
         loss_sum, loss_count = state["loss_sum"], state["loss_count"]
         run.truncate_metrics(start)
         logger.info("resuming %s from step %d", run.path, start)
@@ -253,8 +252,9 @@ def train(
 
     def checkpoint(step: int) -> None:
         # The running train-loss average rides along so a resumed log matches an uninterrupted one.
-        state = {"step": step, "optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state(),
-                 "loss_sum": loss_sum, "loss_count": loss_count}
+        # No RNG state: every random draw comes from step_generator(seed, step), so the
+        # data position is the step and the caller's global RNG is never touched.
+        state = {"step": step, "optimizer": optimizer.state_dict(), "loss_sum": loss_sum, "loss_count": loss_count}
         run.save_checkpoint(step, model, state)
 
     schedule = set(checkpoint_schedule(train_cfg))
