@@ -1,8 +1,10 @@
 """Induction-head formation in a 2-layer attention-only model (Olsson et al. 2022).
 
-Train on random-token sequences containing a repeated segment; the loss on the
-second copy stays at the no-information level ln(V), then drops in a phase
-change as a layer-1 induction head forms on top of a layer-0 previous-token head.
+Train on random tokens in which per-sequence trigger tokens recur, each followed
+by its own output token (Bietti et al. 2023). The loss on repeated triggers'
+outputs sits on a plateau, then drops in a phase change as layer-1 induction
+heads form on top of a layer-0 previous-token head. Head scores are measured on
+uniform random tokens repeated with a period P (the standard induction score).
 
     interp run induction-heads --preset quick --out runs/induction
 """
@@ -25,7 +27,7 @@ from interp.model import Batch, forward, scored_positions, token_losses
 from interp.probing import ProbeTable
 from interp.train import step_generator
 from interp.viz import plot_attention, plot_curves, plot_head_curves, plot_head_grids, save_figure
-from tasks.induction import RepeatedSegments, RepeatedSegmentsConfig
+from tasks.induction import RecurringPairs, RecurringPairsConfig
 
 EVAL_STREAM, PROBE_STREAM = 1, 2
 SHIFTS = (-3, -2, -1, 0, 1)  # offsets P+d around the period P at which layer-1 attention is reported
@@ -34,12 +36,12 @@ MIN_HEAD_SCORE = 0.2  # below this a head "score" is noise, and its emergence st
 
 @dataclass(frozen=True)
 class InductionHeadsConfig:
-    """`probe_period`: length of the random segment repeated in the probe batch
-    on which induction and previous-token scores are measured."""
+    """`probe_period`: length of the random token sequence repeated in the probe
+    batch on which induction and previous-token scores are measured."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    task: RepeatedSegmentsConfig = field(default_factory=RepeatedSegmentsConfig)
+    task: RecurringPairsConfig = field(default_factory=RecurringPairsConfig)
     eval_sequences: int = 128
     probe_sequences: int = 32
     probe_period: int = 24
@@ -57,34 +59,32 @@ class InductionHeadsConfig:
 
 
 def _preset(
-    model: ModelConfig, train_cfg: TrainConfig, task: RepeatedSegmentsConfig, **kw: Any
+    model: ModelConfig, train_cfg: TrainConfig, task: RecurringPairsConfig, **kw: Any
 ) -> InductionHeadsConfig:
     return InductionHeadsConfig(model=model, train=train_cfg, task=task, **kw)
 
 
 PRESETS = {
-    # ~2-3 minutes on 2 CPU cores. The skip-bigram filler makes a previous-token head pay
-    # off on its own (as text does); on uniform filler the model escapes the plateau with
-    # positional shortcuts instead (see the issue notes).
+    # ~2-3 minutes on 2 CPU cores; the phase change lands around step 5000.
     "quick": _preset(
         ModelConfig(n_layers=2, d_model=64, n_heads=4, d_vocab=64, n_ctx=64, attn_only=True),
         TrainConfig(steps=8000, batch_size=32, optimizer="adamw", lr=3e-3, warmup_steps=50, eval_every=100,
                     checkpoint_log=12, checkpoint_every=400),
-        RepeatedSegmentsConfig(d_vocab=64, seq_len=64, min_segment=8, max_segment=21, skip_bigram=0.5),
+        RecurringPairsConfig(d_vocab=64, seq_len=64, n_triggers=4, pair_rate=0.15),
     ),
     # seconds: for smoke tests of the whole pipeline, not for the phenomenon.
     "tiny": _preset(
         ModelConfig(n_layers=2, d_model=16, n_heads=2, d_vocab=16, n_ctx=16, attn_only=True),
         TrainConfig(steps=20, batch_size=8, lr=3e-3, eval_every=5, checkpoint_log=3, checkpoint_every=10),
-        RepeatedSegmentsConfig(d_vocab=16, seq_len=16, min_segment=3, max_segment=6),
+        RecurringPairsConfig(d_vocab=16, seq_len=16, n_triggers=2, pair_rate=0.3),
         eval_sequences=16, probe_sequences=8, probe_period=6,
     ),
-    # Larger width, vocabulary and context for a GPU (minutes on one GPU).
+    # Larger width, vocabulary and context for a GPU (not yet run on one).
     "gpu": _preset(
         ModelConfig(n_layers=2, d_model=256, n_heads=8, d_vocab=512, n_ctx=256, attn_only=True),
         TrainConfig(steps=20000, batch_size=64, optimizer="adamw", lr=1e-3, warmup_steps=500, eval_every=100,
                     checkpoint_log=20, checkpoint_every=500),
-        RepeatedSegmentsConfig(d_vocab=512, seq_len=256, min_segment=16, max_segment=96, skip_bigram=0.5),
+        RecurringPairsConfig(d_vocab=512, seq_len=256, n_triggers=16, pair_rate=0.15),
         eval_sequences=256, probe_sequences=64, probe_period=64,
     ),
 }
@@ -126,13 +126,13 @@ def _evaluator(eval_batch: Batch):
 
 
 def run(cfg: InductionHeadsConfig, out: Path, options: RunOptions) -> dict[str, Any]:
-    task = RepeatedSegments(cfg.task)
+    task = RecurringPairs(cfg.task)
     eval_batch = task.sample(cfg.eval_sequences, step_generator(cfg.seed, 0, EVAL_STREAM))
     run_dir = out / "run"
     trained = train(
         run_dir, cfg.model, cfg.train, task,
         evaluators={"eval": _evaluator(eval_batch)},
-        config_extra={"task": {"name": "repeated_segments", **to_dict(cfg.task)}},
+        config_extra={"task": {"name": "recurring_pairs", **to_dict(cfg.task)}},
         resume=options.resume and (run_dir / "config.json").exists(),
         device=options.device, progress=options.progress,
     )
@@ -213,8 +213,8 @@ def make_figures(cfg: InductionHeadsConfig, run_: Run, table: ProbeTable, probe_
     curves = {name: run_.series(f"eval/{name}") for name in ("repeated_loss", "other_loss")}
     curves["train loss"] = run_.series("train/loss")
     figures = {
-        "loss": save_figure(plot_curves(curves, title="Loss on repeated vs other tokens", ylabel="loss (nats)",
-                                        vlines=marks, hlines={"ln V": results["uniform_loss"]}),
+        "loss": save_figure(plot_curves(curves, title="Loss on repeated-trigger outputs vs other tokens",
+                                        ylabel="loss (nats)", vlines=marks, hlines={"ln V": results["uniform_loss"]}),
                             fig_dir / "loss_curves.png"),
     }
     for key, label in (("induction", "Induction score"), ("prev", "Previous-token score")):
@@ -267,11 +267,12 @@ def write_report(cfg: InductionHeadsConfig, results: dict[str, Any], figures: di
     report = Report("Induction heads: phase change in a 2-layer attention-only model")
     report.text(f"{cfg.model.n_layers}-layer attention-only transformer (d_model={cfg.model.d_model}, "
                 f"{cfg.model.n_heads} heads, {results['n_params']} parameters) trained for {cfg.train.steps} steps "
-                f"on random-token sequences (V={cfg.task.d_vocab}, skip-bigram filler p={cfg.task.skip_bigram}) "
-                f"with a repeated segment of {cfg.task.min_segment}-{cfg.task.max_segment} tokens. Head scores are "
-                f"measured on uniform random tokens repeated with period P={cfg.probe_period}. {verdict}")
+                f"on random-token sequences (V={cfg.task.d_vocab}) in which {cfg.task.n_triggers} per-sequence "
+                f"trigger tokens recur, each followed by its own output token (pair rate {cfg.task.pair_rate}). "
+                f"'Repeated' loss is the loss on the outputs of triggers seen before. Head scores are measured on "
+                f"uniform random tokens repeated with period P={cfg.probe_period}. {verdict}")
     report.table([(k, v) for k, v in results.items()])
-    for key, caption in (("loss", "Eval loss on repeated-segment tokens vs the rest"),
+    for key, caption in (("loss", "Eval loss on outputs of repeated triggers vs all other tokens"),
                          ("induction_curves", "Induction score per head over training (log steps)"),
                          ("prev_curves", "Previous-token score per head over training"),
                          ("induction_grids", "Induction score, layer x head, at checkpoints"),

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from interp.configs import ConfigError
-from tasks.induction import RepeatedSegments, RepeatedSegmentsConfig
+from tasks.induction import RecurringPairs, RecurringPairsConfig, RepeatedSegments, RepeatedSegmentsConfig
 
 
 def mask_runs(row: torch.Tensor) -> list[tuple[int, int]]:
@@ -156,3 +156,45 @@ def test_skip_bigram_filler_follows_the_permutation_at_the_set_rate(p):
 def test_skip_bigram_must_be_a_probability():
     with pytest.raises(ConfigError, match="skip_bigram"):
         RepeatedSegmentsConfig(skip_bigram=1.5)
+
+
+# --- RecurringPairs ---------------------------------------------------------------------------
+
+PAIRS = RecurringPairsConfig(d_vocab=32, seq_len=48, n_triggers=3, pair_rate=0.3)
+
+
+def test_repeated_triggers_are_followed_by_the_output_seen_before():
+    batch = RecurringPairs(PAIRS).sample(64, torch.Generator().manual_seed(0))
+    tokens, mask = batch["tokens"], batch["repeat_mask"]
+    assert mask.any(dim=1).float().mean() > 0.8, "most sequences hold a repeated trigger"
+    for row, row_mask in zip(tokens, mask, strict=True):
+        for t in torch.nonzero(row_mask).flatten().tolist():
+            assert t + 1 < PAIRS.seq_len
+            earlier = [s for s in range(t) if row[s] == row[t] and row[s + 1] == row[t + 1]]
+            assert earlier, f"position {t}: trigger {int(row[t])} -> {int(row[t + 1])} never occurred before"
+
+
+def test_first_occurrences_are_not_marked():
+    batch = RecurringPairs(PAIRS).sample(64, torch.Generator().manual_seed(1))
+    for row, row_mask in zip(batch["tokens"], batch["repeat_mask"], strict=True):
+        for t in torch.nonzero(row_mask).flatten().tolist():
+            assert (row[:t] == row[t]).any(), "a marked trigger must have appeared earlier"
+        assert not row_mask[-1], "the last position has no output to predict"
+
+
+def test_pairs_are_deterministic_and_leave_the_global_rng_alone():
+    task = RecurringPairs(PAIRS)
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    a = task.sample(8, torch.Generator().manual_seed(5))
+    b = task.sample(8, torch.Generator().manual_seed(5))
+    assert torch.equal(torch.get_rng_state(), before)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"), [("n_triggers", 0), ("n_triggers", 40), ("pair_rate", 0.0), ("pair_rate", 1.0), ("seq_len", 3)]
+)
+def test_pairs_config_errors_name_the_field(field, value):
+    with pytest.raises(ConfigError, match=field):
+        RecurringPairsConfig(**{"d_vocab": 32, "seq_len": 48, field: value})
