@@ -1,5 +1,6 @@
-"""Per-checkpoint measurements: circuit scores and the probes built on them."""
+"""Per-checkpoint measurements: circuit scores and probes, and forgetting/recovery
+statistics of loss matrices."""
 
-from interp.metrics import circuits
+from interp.metrics import circuits, recovery
 
-__all__ = ["circuits"]
+__all__ = ["circuits", "recovery"]

@@ -1,0 +1,80 @@
+"""interp.metrics.recovery on hand-built loss matrices with known answers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from interp.metrics.recovery import prequential_loss, recovery_scores, shift_averaged_curve, training_episodes
+
+CYCLIC_3x2 = np.array([0, 1, 2, 0, 1, 2])  # T=3 items, 2 epochs
+
+
+def matrix_with(item: int, column: list[float], n_items: int = 3) -> np.ndarray:
+    losses = np.full((len(column), n_items), 5.0)
+    losses[:, item] = column
+    return losses
+
+
+def test_half_recovered_gap():
+    # item 0: trained in episodes 0 and 3; rows 1..3 are after, peak, before.
+    losses = matrix_with(0, [5.0, 1.0, 4.0, 2.5, 1.0, 1.5, 2.0])
+    assert recovery_scores(losses, CYCLIC_3x2)[0, 0] == pytest.approx((4.0 - 2.5) / (4.0 - 1.0))
+
+
+def test_no_recovery_and_full_recovery():
+    rising = matrix_with(0, [5.0, 1.0, 2.0, 3.0, 1.0, 1.0, 1.0])
+    assert recovery_scores(rising, CYCLIC_3x2)[0, 0] == pytest.approx(0.0)
+    back = matrix_with(0, [5.0, 1.0, 3.0, 1.0, 1.0, 1.0, 1.0])
+    assert recovery_scores(back, CYCLIC_3x2)[0, 0] == pytest.approx(1.0)
+
+
+def test_no_forgetting_is_nan_not_a_division_by_zero():
+    flat = matrix_with(0, [5.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0])
+    assert np.isnan(recovery_scores(flat, CYCLIC_3x2)[0, 0])
+
+
+def test_one_column_per_gap():
+    schedule = np.tile(np.arange(4), 5)  # 5 epochs -> 4 gaps
+    rng = np.random.default_rng(0)
+    scores = recovery_scores(rng.random((len(schedule) + 1, 4)), schedule)
+    assert scores.shape == (4, 4)
+
+
+def test_shift_averaged_curve_aligns_first_trainings():
+    schedule = np.array([0, 1, 0, 1])
+    # item 0 first trained at episode 0, item 1 at episode 1: rows from there on
+    losses = np.array([[3.0, 9.0], [1.0, 3.0], [2.0, 1.0], [0.5, 2.0], [0.4, 0.5]])
+    x, curve = shift_averaged_curve(losses, schedule)
+    np.testing.assert_array_equal(x, np.arange(4))
+    np.testing.assert_allclose(curve, [(3.0 + 3.0) / 2, (1.0 + 1.0) / 2, (2.0 + 2.0) / 2, (0.5 + 0.5) / 2])
+
+
+def test_prequential_loss_reads_the_item_about_to_be_trained():
+    schedule = np.array([0, 1, 0, 1])
+    losses = np.array([[3.0, 9.0], [1.0, 4.0], [2.0, 1.0], [0.5, 6.0], [0.4, 0.5]])
+    assert prequential_loss(losses, schedule) == pytest.approx((3.0 + 4.0 + 2.0 + 6.0) / 4)
+    assert prequential_loss(losses, schedule, from_episode=2) == pytest.approx((2.0 + 6.0) / 2)
+
+
+def test_training_episodes():
+    np.testing.assert_array_equal(training_episodes(CYCLIC_3x2, 2), [2, 5])
+
+
+@pytest.mark.parametrize(
+    ("losses", "schedule", "message"),
+    [
+        (np.zeros((6, 3)), CYCLIC_3x2, "losses"),  # one row short
+        (np.zeros((7, 2)), CYCLIC_3x2, "schedule"),  # item 2 has no column
+    ],
+)
+def test_bad_shapes_name_the_argument(losses, schedule, message):
+    with pytest.raises(ValueError, match=message):
+        recovery_scores(losses, schedule)
+
+
+def test_untrained_item_and_bad_start_are_refused():
+    with pytest.raises(ValueError, match="never trained"):
+        shift_averaged_curve(np.zeros((3, 3)), np.array([0, 1]))
+    with pytest.raises(ValueError, match="from_episode"):
+        prequential_loss(np.zeros((3, 2)), np.array([0, 1]), from_episode=2)
