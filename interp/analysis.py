@@ -98,10 +98,6 @@ class Report:
         self.lines += [paragraph, ""]
         return self
 
-    def heading(self, text: str) -> Report:
-        self.lines += [f"## {text}", ""]
-        return self
-
     def table(self, rows: Sequence[tuple[str, Any]], header: tuple[str, str] = ("quantity", "value")) -> Report:
         self.lines += [f"| {header[0]} | {header[1]} |", "|---|---|"]
         self.lines += [f"| {k} | {_fmt(v)} |" for k, v in rows]

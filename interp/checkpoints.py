@@ -240,9 +240,3 @@ class Run:
 
     def log_metrics(self, rows: list[dict[str, Any]]) -> None:
         append_jsonl(self.path / METRICS_FILE, rows)
-
-    def write_json(self, name: str, obj: Any) -> Path:
-        path = self.path / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(path, obj)
-        return path

@@ -325,3 +325,23 @@ def test_batch_hash_depends_on_contents_dtype_and_keys():
     assert probing.batch_hash(a) != probing.batch_hash({"tokens": torch.tensor([[1, 2, 3]], dtype=torch.int32)})
     assert probing.batch_hash(a) != probing.batch_hash({"tokens": torch.tensor([[1], [2], [3]])})
     assert probing.batch_hash(a) != probing.batch_hash({**a, "mask": torch.tensor([[True, False, True]])})
+
+
+def test_attention_mass_and_ablation_probes_match_the_direct_metrics(run_copy):
+    batch = probe_batch()
+    n, pos = batch["tokens"].shape
+    positions = torch.arange(pos).expand(n, pos)
+    batch = {**batch, "query": positions >= pos // 2, "key": positions < 2}
+    metric = lambda logits, b: float(logits.mean())  # noqa: E731
+    table = probe(run_copy, {
+        "mass": circuits.attention_mass_probe([0, 1], "query", "key"),
+        "abl": circuits.ablation_probe(metric, "mean_logit", "zero", layers=[1]),
+    }, batch, steps=[run_copy.steps[-1]])
+    model = run_copy.load()
+    with torch.no_grad():
+        _, cache = model.run_with_cache(batch["tokens"], names_filter=[circuits.pattern_hook(1)])
+    direct_mass = circuits.attention_mass(cache[circuits.pattern_hook(1)], batch["query"], batch["key"])
+    assert table["mass/L1H0"][0] == pytest.approx(float(direct_mass[0]), abs=1e-6)
+    direct_ablation = circuits.head_ablation_effect(model, batch, metric, "zero", layers=[1])
+    assert table["abl/L1H1"][0] == pytest.approx(direct_ablation["L1H1"], abs=1e-6)
+    assert not any(c.startswith("abl/L0") for c in table.columns)
