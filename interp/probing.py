@@ -158,4 +158,33 @@ def probe(
     return ProbeTable(np.array(steps), columns, table.reshape(len(steps), len(columns)))
 
 
-__all__ = ["Probe", "ProbeContext", "ProbeTable", "probe", "run_probes", "batch_hash"]
+def collect_activations(
+    run: Run | str | Path,
+    hook: str,
+    batch: Batch,
+    steps: Sequence[int] | None = None,
+    device: str | torch.device | None = None,
+) -> np.ndarray:
+    """One activation tensor per checkpoint, stacked: `[len(steps), *shape]`.
+
+    For measurements that compare checkpoints with each other (activation
+    drift, similarity across training), which per-checkpoint probes cannot
+    express. One filtered forward per checkpoint into one reused model.
+    """
+    run = run if isinstance(run, Run) else Run.open(run)
+    device = resolve_device(device)
+    steps = list(run.steps if steps is None else steps)
+    device_batch = batch_to(batch, device)
+    model: TransformerBridge | None = None
+    stacked = []
+    for step in steps:
+        model = run.load(step, device=device, into=model)
+        if hook not in model.hook_dict:
+            raise KeyError(f"hook: {hook!r} is not a hook point of this model")
+        with torch.no_grad(), model.hooks(fwd_hooks=input_hooks(model, device_batch)):
+            _, cache = model.run_with_cache(device_batch["tokens"], names_filter=[hook])
+        stacked.append(cache[hook].float().cpu().numpy())
+    return np.stack(stacked)
+
+
+__all__ = ["Probe", "ProbeContext", "ProbeTable", "probe", "run_probes", "batch_hash", "collect_activations"]

@@ -192,6 +192,61 @@ def _json_roundtrip(obj: Any) -> Any:
     return json.loads(json.dumps(obj))
 
 
+class Stepper:
+    """The optimizer step of `train`: learning-rate schedule, explicit L2,
+    gradient clipping and the per-episode optimizer reset. `take_steps` uses
+    the same object, so in-memory fine-tuning updates exactly as a run does."""
+
+    def __init__(self, model: TransformerBridge, cfg: TrainConfig, fwd_hooks: Sequence[FwdHook] = ()):
+        self.model, self.cfg, self.fwd_hooks = model, cfg, fwd_hooks
+        self.params = trainable_parameters(model)
+        self.optimizer = make_optimizer(cfg, self.params)
+
+    def step(self, step: int, batch: Batch) -> float:
+        """Update on `batch` as the `step`-th (0-based) step; returns the loss before the update."""
+        cfg = self.cfg
+        if cfg.reset_optimizer_each_episode and step > 0 and step % cfg.episode_steps == 0:
+            self.optimizer = make_optimizer(cfg, self.params)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr_at(cfg, step)
+        loss = masked_mean_loss(forward(self.model, batch, self.fwd_hooks), batch)
+        objective = loss
+        if cfg.l2:
+            objective = loss + 0.5 * cfg.l2 * sum(p.pow(2).sum() for p in self.params)
+        self.optimizer.zero_grad(set_to_none=True)
+        objective.backward()
+        if cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
+        self.optimizer.step()
+        return loss.item()
+
+
+def take_steps(
+    model: TransformerBridge,
+    train_cfg: TrainConfig,
+    data: DataSource,
+    steps: Sequence[int],
+    *,
+    fwd_hooks: Sequence[FwdHook] = (),
+) -> list[float]:
+    """Train `model` in place on `data`'s batches for `steps`, with a fresh
+    optimizer and no run directory; returns the training losses.
+
+    For short what-if fine-tuning from a checkpoint (e.g. a pairwise recovery
+    matrix), where writing a run per probe would cost more than the training.
+    The update is `train`'s own (`Stepper`); the model is left in eval mode.
+    """
+    device = next(model.parameters()).device
+    stepper = Stepper(model, train_cfg, fwd_hooks)
+    model.train()
+    losses = []
+    for step in steps:
+        batch = data.batch(step, train_cfg.batch_size, step_generator(train_cfg.seed, step))
+        losses.append(stepper.step(step, batch_to(batch, device)))
+    model.eval()
+    return losses
+
+
 def train(
     run_dir: str | Path,
     model_cfg: ModelConfig,
@@ -229,13 +284,13 @@ def train(
         run = Run.create(run_dir, {**config, "device": str(device), "versions": versions()})
 
     model = build_model(model_cfg, device=device)
-    params = trainable_parameters(model)
-    optimizer = make_optimizer(train_cfg, params)
+    stepper = Stepper(model, train_cfg, fwd_hooks)
     loss_sum, loss_count = 0.0, 0
     if resuming:
         load_model_state_dict(model, run.load_state_dict(start))
         state = run.load_training_state(start)
-        optimizer.load_state_dict(state["optimizer"])
+        if state["optimizer"] is not None:
+            stepper.optimizer.load_state_dict(state["optimizer"])
         loss_sum, loss_count = state["loss_sum"], state["loss_count"]
         run.truncate_metrics(start)
         logger.info("resuming %s from step %d", run.path, start)
@@ -254,7 +309,11 @@ def train(
         # The running train-loss average rides along so a resumed log matches an uninterrupted one.
         # No RNG state: every random draw comes from step_generator(seed, step), so the
         # data position is the step and the caller's global RNG is never touched.
-        state = {"step": step, "optimizer": optimizer.state_dict(), "loss_sum": loss_sum, "loss_count": loss_count}
+        # At an episode boundary of a resetting run the optimizer state is about to be
+        # discarded, so it is not stored (it would double the size of dense checkpoints).
+        discarded = train_cfg.reset_optimizer_each_episode and step % train_cfg.episode_steps == 0
+        state = {"step": step, "optimizer": None if discarded else stepper.optimizer.state_dict(),
+                 "loss_sum": loss_sum, "loss_count": loss_count}
         run.save_checkpoint(step, model, state)
 
     schedule = set(checkpoint_schedule(train_cfg))
@@ -270,24 +329,10 @@ def train(
     model.train()
     bar = tqdm(total=total, initial=start, disable=not progress, desc=run.path.name, leave=False)
     for step in range(start, total):
-        if train_cfg.reset_optimizer_each_episode and step > 0 and step % train_cfg.episode_steps == 0:
-            optimizer = make_optimizer(train_cfg, params)
-        lr = lr_at(train_cfg, step)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
         batch = batch_to(data.batch(step, train_cfg.batch_size, step_generator(train_cfg.seed, step)), device)
-        loss = masked_mean_loss(forward(model, batch, fwd_hooks), batch)
-        objective = loss
-        if train_cfg.l2:
-            objective = loss + 0.5 * train_cfg.l2 * sum(p.pow(2).sum() for p in params)
-        optimizer.zero_grad(set_to_none=True)
-        objective.backward()
-        if train_cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_(params, train_cfg.grad_clip)
-        optimizer.step()
-
+        loss_value = stepper.step(step, batch)
+        lr = lr_at(train_cfg, step)
         done = step + 1
-        loss_value = loss.item()
         loss_sum, loss_count = loss_sum + loss_value, loss_count + 1
         row: dict[str, Any] = {}
         if done % train_cfg.log_every == 0 or done == total:

@@ -97,6 +97,12 @@ class CyclicDocuments:
         doc = int(self._schedule[step // self.cfg.steps_per_doc])
         return {"tokens": self.documents[doc].expand(batch_size, -1).clone()}
 
+    def only(self, doc: int) -> SingleDocument:
+        """A data source that serves document `doc` at every step."""
+        if not 0 <= doc < self.cfg.n_docs:
+            raise ValueError(f"doc: expected an index in [0, {self.cfg.n_docs - 1}], got {doc}")
+        return SingleDocument(self.documents[doc])
+
     def evaluator(self) -> Callable[[TransformerBridge], dict[str, float]]:
         """Mean token loss on every document, one forward for all of them."""
 
@@ -106,6 +112,16 @@ class CyclicDocuments:
             return {f"doc{i}": float(v) for i, v in enumerate(per_token.mean(dim=1))}
 
         return evaluate
+
+
+class SingleDocument:
+    """Data source: the same document at every step (fine-tuning probes)."""
+
+    def __init__(self, tokens: torch.Tensor):
+        self.tokens = tokens
+
+    def batch(self, step: int, batch_size: int, generator: torch.Generator) -> Batch:
+        return {"tokens": self.tokens.expand(batch_size, -1).clone()}
 
 
 def loss_matrix(rows: list[dict[str, float]], n_docs: int, steps_per_doc: int, prefix: str = "docs") -> np.ndarray:

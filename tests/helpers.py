@@ -76,3 +76,10 @@ class TrainedRun:
     @property
     def run(self) -> Run:
         return Run.open(self.path)
+
+
+def square_and_threads(x: int) -> tuple[int, int]:
+    """A job for process-pool tests: its result and the worker's torch thread count."""
+    if x < 0:
+        raise ValueError(f"negative job {x}")
+    return x * x, torch.get_num_threads()

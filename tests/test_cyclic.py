@@ -83,3 +83,13 @@ def test_episodic_training_yields_a_full_loss_matrix(tmp_path):
     schedule = task.schedule()
     drops = [losses[e + 1, d] < losses[e, d] for e, d in enumerate(schedule)]
     assert np.mean(drops) > 0.9
+
+
+def test_only_serves_one_document_at_every_step():
+    data = CyclicDocuments(CyclicDocumentsConfig(n_docs=4, doc_len=6, d_vocab=50, epochs=2, steps_per_doc=2))
+    source = data.only(2)
+    for step in (0, 5, 17):
+        batch = source.batch(step, 3, torch.Generator())
+        assert torch.equal(batch["tokens"], data.documents[2].expand(3, -1))
+    with pytest.raises(ValueError, match="doc"):
+        data.only(4)

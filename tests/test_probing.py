@@ -345,3 +345,17 @@ def test_attention_mass_and_ablation_probes_match_the_direct_metrics(run_copy):
     direct_ablation = circuits.head_ablation_effect(model, batch, metric, "zero", layers=[1])
     assert table["abl/L1H1"][0] == pytest.approx(direct_ablation["L1H1"], abs=1e-6)
     assert not any(c.startswith("abl/L0") for c in table.columns)
+
+
+def test_collect_activations_stacks_one_tensor_per_checkpoint(run_copy):
+    batch = probe_batch()
+    acts = probing.collect_activations(run_copy, "blocks.0.hook_resid_post", batch, steps=SOME)
+    assert acts.shape == (len(SOME), *batch["tokens"].shape, run_copy.model_config.d_model)
+    for i, step in enumerate(SOME):
+        _, cache = run_copy.load(step).run_with_cache(batch["tokens"], names_filter=["blocks.0.hook_resid_post"])
+        np.testing.assert_allclose(acts[i], cache["blocks.0.hook_resid_post"].numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_collect_activations_unknown_hook(run_copy):
+    with pytest.raises(KeyError, match="hook_nonexistent"):
+        probing.collect_activations(run_copy, "blocks.0.hook_nonexistent", probe_batch(), steps=[0])

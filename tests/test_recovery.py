@@ -5,7 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from interp.metrics.recovery import prequential_loss, recovery_scores, shift_averaged_curve, training_episodes
+from interp.metrics.recovery import (
+    gap_losses,
+    prequential_loss,
+    recovery_ratio,
+    recovery_scores,
+    shift_averaged_curve,
+    training_episodes,
+)
 
 CYCLIC_3x2 = np.array([0, 1, 2, 0, 1, 2])  # T=3 items, 2 epochs
 
@@ -78,3 +85,24 @@ def test_untrained_item_and_bad_start_are_refused():
         shift_averaged_curve(np.zeros((3, 3)), np.array([0, 1]))
     with pytest.raises(ValueError, match="from_episode"):
         prequential_loss(np.zeros((3, 2)), np.array([0, 1]), from_episode=2)
+
+
+def test_gap_losses_and_recovery_ratio():
+    # item 0 forgets 3 and recovers 1.5; item 1 forgets 1 and recovers 1; item 2 never forgets.
+    losses = np.array([
+        [5.0, 5.0, 5.0],
+        [1.0, 5.0, 5.0],  # after episode 0 (item 0)
+        [4.0, 1.0, 5.0],  # after episode 1 (item 1)
+        [2.5, 2.0, 1.0],  # after episode 2 (item 2)
+        [1.0, 1.0, 1.0],  # after episode 3 (item 0 again)
+        [1.0, 1.0, 1.0],
+        [1.0, 1.0, 1.0],
+    ])
+    after, peak, before = gap_losses(losses, CYCLIC_3x2)
+    assert after[:, 0].tolist() == [1.0, 1.0, 1.0]
+    assert peak[:, 0].tolist() == [4.0, 2.0, 1.0]
+    assert before[:, 0].tolist() == [2.5, 1.0, 1.0]
+    scores = recovery_scores(losses, CYCLIC_3x2)[:, 0]
+    assert scores[0] == pytest.approx(0.5) and scores[1] == pytest.approx(1.0) and np.isnan(scores[2])
+    # weighted by forgetting: (1.5 + 1) / (3 + 1)
+    assert recovery_ratio(losses, CYCLIC_3x2)[0] == pytest.approx(2.5 / 4.0)

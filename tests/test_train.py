@@ -26,9 +26,10 @@ from interp.model import (
     fused_forward,
     load_model_state_dict,
     masked_mean_loss,
+    model_state_dict,
     trainable_parameters,
 )
-from interp.train import TrainConfig, checkpoint_schedule, lr_at, step_generator, train
+from interp.train import TrainConfig, checkpoint_schedule, lr_at, step_generator, take_steps, train
 from tasks.induction import RepeatedSegments, RepeatedSegmentsConfig
 
 
@@ -536,3 +537,37 @@ def test_train_config_error_names_bad_value():
     with pytest.raises(ConfigError, match="2000"):
         TrainConfig(steps=1000, checkpoint_steps=(2000,))
     TrainConfig(reset_optimizer_each_episode=True, episode_steps=3)  # valid with a length
+
+
+# --- in-memory fine-tuning ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("optim", [dict(optimizer="adam", lr=1e-2),
+                                   dict(optimizer="sgd", lr=0.05, momentum=0.9, grad_clip=0.5, l2=1e-2)])
+def test_take_steps_updates_exactly_as_train(tmp_path, optim):
+    """From the same weights, `take_steps` over steps 0..5 gives train()'s weights at step 6."""
+    model_cfg = tiny_model_config()
+    train_cfg = tiny_train_config(steps=6, checkpoint_every=0, **optim)
+    run = run_train(tmp_path / "run", model_cfg, train_cfg)
+    model = run.load(0)
+    losses = take_steps(model, train_cfg, RandomTokens(), range(6))
+    assert len(losses) == 6 and not model.training
+    assert_state_equal(model_state_dict(model), last_weights(run))
+
+
+def test_take_steps_restarts_the_optimizer_at_episodes(tmp_path):
+    model_cfg = tiny_model_config()
+    train_cfg = tiny_train_config(steps=6, checkpoint_every=0, optimizer="adam", lr=1e-2, episode_steps=3,
+                                  reset_optimizer_each_episode=True)
+    run = run_train(tmp_path / "run", model_cfg, train_cfg)
+    model = run.load(0)
+    take_steps(model, train_cfg, RandomTokens(), range(6))
+    assert_state_equal(model_state_dict(model), last_weights(run))
+
+
+def test_episode_boundary_checkpoints_of_a_resetting_run_skip_the_optimizer_state(tmp_path):
+    train_cfg = tiny_train_config(steps=6, checkpoint_every=0, checkpoint_steps=(2, 3, 4), optimizer="adam",
+                                  episode_steps=3, reset_optimizer_each_episode=True)
+    run = run_train(tmp_path / "run", tiny_model_config(), train_cfg)
+    assert [s for s in run.steps if run.load_training_state(s)["optimizer"] is None] == [0, 3, 6]
+    assert run.load_training_state(4)["optimizer"]["state"]

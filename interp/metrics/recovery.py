@@ -25,30 +25,51 @@ def training_episodes(schedule: Int[np.ndarray, " episode"], item: int) -> np.nd
     return np.flatnonzero(np.asarray(schedule) == item)
 
 
+def gap_losses(
+    losses: Float[np.ndarray, "row item"], schedule: Int[np.ndarray, " episode"]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`(after, peak, before)`, each `[item, gap]`: for the gap after an item's
+    n-th training (column n-1), its loss just after that training, the highest
+    loss until the next one, and the loss just before it. NaN where an item has
+    fewer trainings than the most-trained item."""
+    losses, schedule = np.asarray(losses, dtype=float), np.asarray(schedule)
+    _check(losses, schedule)
+    episodes = [training_episodes(schedule, i) for i in range(losses.shape[1])]
+    n_gaps = max((len(e) - 1 for e in episodes), default=0)
+    after, peak, before = (np.full((losses.shape[1], max(n_gaps, 0)), np.nan) for _ in range(3))
+    for item, trained in enumerate(episodes):
+        for gap, (start, end) in enumerate(zip(trained[:-1], trained[1:], strict=True)):
+            window = losses[start + 1 : end + 1, item]  # from just after training to just before the next
+            after[item, gap], peak[item, gap], before[item, gap] = window[0], window.max(), window[-1]
+    return after, peak, before
+
+
 def recovery_scores(
     losses: Float[np.ndarray, "row item"], schedule: Int[np.ndarray, " episode"]
 ) -> Float[np.ndarray, "item gap"]:
     """Recovery score of each item in each gap between two of its trainings.
 
-    For the gap after the item's n-th training (column n-1):
-    `RS = (l_max - l_before) / (l_max - l_after)`, with `l_after` the loss just
-    after the n-th training, `l_before` just before the (n+1)-th, and `l_max`
-    the highest loss in between. 0: nothing recovered before the re-encounter;
-    1: all forgetting recovered. NaN where the item was not forgotten at all
-    (`l_max == l_after`) or has fewer trainings than the widest item.
+    `RS = (l_max - l_before) / (l_max - l_after)` (Yang et al. 2024), from
+    `gap_losses`. 0: nothing recovered before the re-encounter; 1: all
+    forgetting recovered. NaN where the item was not forgotten at all
+    (`l_max == l_after`) or has fewer trainings than the most-trained item.
+    The paper's RS(n) is the mean over items of column n-1 (`np.nanmean(scores, axis=0)`).
     """
-    losses, schedule = np.asarray(losses, dtype=float), np.asarray(schedule)
-    _check(losses, schedule)
-    episodes = [training_episodes(schedule, i) for i in range(losses.shape[1])]
-    n_gaps = max((len(e) - 1 for e in episodes), default=0)
-    scores = np.full((losses.shape[1], max(n_gaps, 0)), np.nan)
-    for item, trained in enumerate(episodes):
-        for gap, (start, end) in enumerate(zip(trained[:-1], trained[1:], strict=True)):
-            window = losses[start + 1 : end + 1, item]  # from just after training to just before the next
-            after, before, peak = window[0], window[-1], window.max()
-            if peak > after:
-                scores[item, gap] = (peak - before) / (peak - after)
-    return scores
+    after, peak, before = gap_losses(losses, schedule)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(peak > after, (peak - before) / (peak - after), np.nan)
+
+
+def recovery_ratio(
+    losses: Float[np.ndarray, "row item"], schedule: Int[np.ndarray, " episode"]
+) -> Float[np.ndarray, " gap"]:
+    """Forgetting-weighted recovery per gap: `sum(l_max - l_before) / sum(l_max - l_after)`
+    over items. Equals the mean RS when every item forgets equally, and stays
+    finite when a few items barely forget (where their own RS explodes)."""
+    after, peak, before = gap_losses(losses, schedule)
+    forgotten = np.nansum(peak - after, axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(forgotten > 0, np.nansum(peak - before, axis=0) / forgotten, np.nan)
 
 
 def shift_averaged_curve(

@@ -24,13 +24,16 @@ def plot_curves(
     logx: bool = False,
     vlines: Mapping[str, float] | None = None,
     hlines: Mapping[str, float] | None = None,
+    bands: Mapping[str, np.ndarray] | None = None,
+    markers: bool = False,
     xlabel: str = "training step",
     figsize: tuple[float, float] = (6.4, 4.0),
 ) -> Figure:
     """One line per named `(steps, values)` series; optional labelled marker lines.
 
     With `logx`, step 0 is drawn at the first positive step's position so the
-    initial value stays visible.
+    initial value stays visible. `bands[name]` (e.g. a standard deviation over
+    seeds) shades `values ± band` around the series of that name.
     """
     fig = Figure(figsize=figsize)
     ax = fig.add_subplot()
@@ -38,7 +41,10 @@ def plot_curves(
         steps = np.asarray(steps, dtype=float)
         if logx and len(steps) > 1:
             steps = np.where(steps <= 0, steps[steps > 0].min() / 2, steps)
-        ax.plot(steps, values, label=name, lw=1.6)
+        (line,) = ax.plot(steps, values, label=name, lw=1.6, marker="o" if markers else None, ms=4)
+        if bands and name in bands:
+            values, band = np.asarray(values, dtype=float), np.asarray(bands[name], dtype=float)
+            ax.fill_between(steps, values - band, values + band, color=line.get_color(), alpha=0.2, lw=0)
     for i, (name, x) in enumerate((vlines or {}).items()):
         ax.axvline(x, color=f"C{i + 3}", ls="--", lw=1, label=name)
     for i, (name, y) in enumerate((hlines or {}).items()):

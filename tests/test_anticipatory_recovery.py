@@ -1,0 +1,88 @@
+"""analyses.anticipatory_recovery: config validation, helpers and a smoke run of the tiny preset."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from analyses.anticipatory_recovery import (
+    PRESETS,
+    circular_offset_means,
+    lag_means,
+    model_config,
+    parse_size,
+    train_config,
+)
+from interp.analysis import run_analysis
+from interp.checkpoints import Run
+from interp.configs import ConfigError, with_overrides
+
+
+def test_parse_size():
+    assert parse_size("4x128") == (4, 128)
+    for bad in ("4", "x128", "4x", "0x8", "ax8", "4*128"):
+        with pytest.raises(ValueError, match="sizes"):
+            parse_size(bad)
+
+
+def test_config_validation_names_the_field():
+    quick = PRESETS["quick"]
+    with pytest.raises(ValueError, match="sizes"):
+        with_overrides(quick, {"sizes": "4x128,big"})
+    with pytest.raises(ConfigError, match="pairwise_epoch"):
+        with_overrides(quick, {"pairwise_epoch": 6})
+    with pytest.raises(ConfigError, match="gradient_layer"):
+        with_overrides(quick, {"gradient_layer": 4})
+    with pytest.raises(ConfigError, match="task.epochs"):
+        with_overrides(quick, {"task.epochs": 1})
+    with pytest.raises(ConfigError, match="reference_size"):
+        with_overrides(quick, {"reference_size": "8x512"})
+
+
+def test_largest_smallest_and_reference_follow_parameter_cost():
+    cfg = with_overrides(PRESETS["quick"], {"sizes": "4x128,1x8,2x64"})
+    assert (cfg.largest, cfg.smallest, cfg.reference) == ("4x128", "1x8", "4x128")
+    assert with_overrides(cfg, {"reference_size": "2x64"}).reference == "2x64"
+
+
+def test_sizes_map_to_models_and_episodes_to_the_trainer():
+    cfg = PRESETS["quick"]
+    model = model_config(cfg, "2x128", seed=3)
+    assert (model.n_layers, model.d_model, model.n_heads, model.d_mlp, model.seed) == (2, 128, 2, 512, 3)
+    assert (model.d_vocab, model.n_ctx) == (cfg.task.d_vocab, cfg.task.doc_len)
+    assert model_config(cfg, "1x8", seed=0).n_heads == 1
+    train = train_config(cfg, seed=3, every_episode=True)
+    assert (train.steps, train.batch_size, train.episode_steps, train.checkpoint_every) == (1000, 1, 10, 10)
+    assert train.checkpoint_steps == (800,) and train_config(cfg, 0, False).checkpoint_every == 0
+
+
+def test_offset_and_lag_means_known_values():
+    matrix = np.arange(9, dtype=float).reshape(3, 3)
+    # offset 1: (0,1),(1,2),(2,0) -> 1, 5, 6; offset 2: (0,2),(1,0),(2,1) -> 2, 3, 7
+    assert circular_offset_means(matrix).tolist() == [4.0, 4.0]
+    assert lag_means(matrix).tolist() == [4.0, 3.0, 2.0]
+
+
+def test_tiny_preset_end_to_end(tmp_path):
+    results = run_analysis("anticipatory-recovery", tmp_path, preset="tiny", progress=False)
+    cfg = PRESETS["tiny"]
+    gaps = cfg.task.epochs - 1
+    for key in ("rs_cyclic", "rs_shuffled", "toy_rs"):
+        assert len(results[key]) == (gaps if key != "toy_rs" else cfg.toy.epochs - 1)
+    assert [p["size"] for p in results["size_sweep"]] == list(cfg.sizes)
+    assert {"params", "rs_cyclic", "rs_shuffled", "seed_std"} <= set(results["size_sweep"][0])
+    def reject(constant):
+        raise AssertionError(f"results.json holds {constant}, which is not JSON")
+
+    json.loads((tmp_path / "results.json").read_text(), parse_constant=reject)
+    assert (tmp_path / "report.md").exists()
+    assert len(list((tmp_path / "figures").glob("*.png"))) == 13
+    reference = Run.open(tmp_path / "runs" / f"{cfg.sizes[-1]}-cyclic-s0")
+    episode = cfg.task.steps_per_doc
+    assert reference.steps == list(range(0, cfg.task.total_steps + 1, episode))
+    saved = json.loads((reference.path / "loss_matrix.json").read_text())
+    assert np.array(saved["losses"]).shape == (cfg.task.epochs * cfg.task.n_docs + 1, cfg.task.n_docs)
+    other = Run.open(tmp_path / "runs" / f"{cfg.sizes[0]}-shuffled-s1")
+    assert other.steps == [0, cfg.pairwise_epoch * cfg.task.n_docs * episode, cfg.task.total_steps]

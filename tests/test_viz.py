@@ -1,0 +1,30 @@
+"""interp.viz: figures carry the data they are given; bad shapes are refused."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from interp.viz import plot_curves, plot_matrix, plot_trajectory, save_figure
+
+
+def test_plot_matrix_numbers_cells_from_start(tmp_path):
+    fig = plot_matrix(np.arange(12.0).reshape(3, 4), start=20, gridlines=[22], symmetric=True)
+    ax = fig.axes[0]
+    assert ax.get_xlim() == (19.5, 23.5)
+    assert ax.get_ylim() == (22.5, 19.5)  # row 0 on top
+    assert ax.images[0].get_clim() == (-11.0, 11.0)
+    assert save_figure(fig, tmp_path / "m.png").stat().st_size > 0
+
+
+def test_plot_trajectory_2d_and_3d_and_bad_shape():
+    assert plot_trajectory(np.zeros((5, 2))).axes[0].name == "rectilinear"
+    assert plot_trajectory(np.zeros((5, 3))).axes[0].name == "3d"
+    with pytest.raises(ValueError, match="coords"):
+        plot_trajectory(np.zeros((5, 4)))
+
+
+def test_plot_curves_band_surrounds_the_line():
+    fig = plot_curves({"a": (np.arange(3), np.array([1.0, 2.0, 3.0]))}, bands={"a": np.array([0.5, 0.5, 0.5])})
+    band = fig.axes[0].collections[0].get_paths()[0].vertices
+    assert band[:, 1].min() == pytest.approx(0.5) and band[:, 1].max() == pytest.approx(3.5)
