@@ -461,12 +461,9 @@ def write_report(cfg: AnticipatoryRecoveryConfig, results: dict[str, Any], figur
     report.text("Size sweep (RS in the last scored epoch and prequential loss, means over seeds; "
                 "gap = RS cyclic - RS shuffled, with its sd over seeds):")
     columns = [f"RS {o}" for o in cfg.orders] + ["gap", "gap sd"] + [f"prequential {o}" for o in cfg.orders]
-    report.lines += ["| size | params | " + " | ".join(columns) + " |", "|---" * (len(columns) + 2) + "|"]
-    for p in results["size_sweep"]:
-        values = ([p[f"rs_{o}"] for o in cfg.orders] + [p["gap"], p["seed_std"]]
-                  + [p[f"prequential_{o}"] for o in cfg.orders])
-        report.lines.append(f"| {p['size']} | {p['params']} | " + " | ".join(str(v) for v in values) + " |")
-    report.lines.append("")
+    report.grid(["size", "params", *columns],
+                [[p["size"], p["params"], *[p[f"rs_{o}"] for o in cfg.orders], p["gap"], p["seed_std"],
+                  *[p[f"prequential_{o}"] for o in cfg.orders]] for p in results["size_sweep"]])
     report.text(
         f"Representation analyses on {results['reference_size']}, cyclic, seed {cfg.seed}: pairwise recovery by "
         f"circular offset j - i = 1, 2, 3: {results['pairwise_by_offset'][:3]}, "
@@ -475,7 +472,7 @@ def write_report(cfg: AnticipatoryRecoveryConfig, results: dict[str, Any], figur
         f"activation cosine at lag T {results['activation_cosine_lag_T']} vs T/2 "
         f"{results['activation_cosine_lag_half_T']}; unembedding PCA explained variance "
         f"{results['unembedding_pca_explained']}.")
-    captions = {
+    report.figures(figures, out, {
         "loss_curves": "Loss on documents 0 and T/2 after every episode, cyclic vs shuffled",
         "shift_averaged": "Shift-averaged loss: x = 0 just before each document's first training",
         "rs_by_epoch": "Recovery score by epoch at the reference size",
@@ -489,9 +486,7 @@ def write_report(cfg: AnticipatoryRecoveryConfig, results: dict[str, Any], figur
         "toy_losses": "Toy model: loss curves",
         "toy_rs": "Toy model: recovery score by epoch",
         "toy_pca": "Toy model: w trajectory (2-D PCA)",
-    }
-    for key, caption in captions.items():
-        report.figure(figures[key], out, caption)
+    })
     report.write(out / "report.md")
 
 

@@ -8,6 +8,7 @@ directory: its training runs, `figures/*.png`, `results.json` and `report.md`.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -81,10 +82,22 @@ def run_analysis(
     atomic_write_json(out / "analysis.json", {"analysis": name, "preset": preset, "config": to_dict(config)})
     started = time.perf_counter()
     results = analysis.run(config, out, options)
-    results = {"analysis": name, "preset": preset, **results,
-               "wall_seconds": round(time.perf_counter() - started, 1), "device": str(options.device)}
+    results = json_safe({"analysis": name, "preset": preset, **results,
+                         "wall_seconds": round(time.perf_counter() - started, 1), "device": str(options.device)})
     atomic_write_json(out / "results.json", results)
     return results
+
+
+def json_safe(obj: Any) -> Any:
+    """`obj` with NaN and infinities replaced by None, so `results.json` is strict JSON
+    (an undefined statistic, e.g. a correlation of a constant, reads as null)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, Mapping):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [json_safe(v) for v in obj]
+    return obj
 
 
 @dataclass
@@ -104,8 +117,21 @@ class Report:
         self.lines.append("")
         return self
 
+    def grid(self, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> Report:
+        """A table with any number of columns."""
+        self.lines += ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+        self.lines += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows]
+        self.lines.append("")
+        return self
+
     def figure(self, path: Path, root: Path, caption: str) -> Report:
         self.lines += [f"![{caption}]({path.relative_to(root).as_posix()})", "", f"*{caption}*", ""]
+        return self
+
+    def figures(self, paths: Mapping[str, Path], root: Path, captions: Mapping[str, str]) -> Report:
+        """Every figure named in `captions`, in that order."""
+        for key, caption in captions.items():
+            self.figure(paths[key], root, caption)
         return self
 
     def write(self, path: Path) -> Path:

@@ -57,3 +57,32 @@ def plot_curves(
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return fig
+
+
+def plot_bars(
+    values: Mapping[str, float],
+    *,
+    errors: Mapping[str, float] | None = None,
+    title: str = "",
+    ylabel: str = "",
+    reference: float | None = None,
+    reference_label: str = "",
+    figsize: tuple[float, float] = (6.4, 4.0),
+) -> Figure:
+    """One bar per named value, with optional error bars (e.g. a 95% interval)
+    and a labelled horizontal reference line."""
+    fig = Figure(figsize=figsize)
+    ax = fig.add_subplot()
+    names = list(values)
+    heights = [values[n] for n in names]
+    yerr = [errors.get(n, 0.0) for n in names] if errors else None
+    ax.bar(range(len(names)), heights, yerr=yerr, capsize=4, color=[f"C{i}" for i in range(len(names))])
+    ax.set_xticks(range(len(names)), names, rotation=20, ha="right")
+    if reference is not None:
+        ax.axhline(reference, color="0.3", ls="--", lw=1, label=reference_label or None)
+        if reference_label:
+            ax.legend(fontsize=8)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3, axis="y")
+    return fig
