@@ -10,6 +10,11 @@ baselines. Finally it replays upstream examples while fine-tuning held-out
 tasks (none, random, predicted, oracle) and measures forgetting on a
 never-replayed set.
 
+Besides the report it writes `z.npy` (tasks x pool examples), `z_heldout.npy`,
+`tasks.json` (each task's domain weights, strength, steps and lr) and the base
+run in `base/`; the pool and held-out examples are those of
+`UpstreamCorpus(cfg.upstream)`.
+
     interp run lowrank-forgetting --preset quick --out runs/lowrank
 """
 
@@ -26,6 +31,7 @@ from scipy import stats
 
 from interp import ModelConfig, Run, TrainConfig, train
 from interp.analysis import Analysis, Report, RunOptions
+from interp.checkpoints import atomic_write_json
 from interp.configs import require, require_positive, to_dict
 from interp.metrics import lowrank
 from interp.model import forward, scored_positions, token_losses
@@ -185,6 +191,9 @@ def run(cfg: LowRankForgettingConfig, out: Path, options: RunOptions) -> dict[st
     after = map_processes(run_finetune, jobs, workers=workers)
     z = lowrank.forgetting_matrix(before_pool, np.stack([a["pool"] for a in after]))
     z_heldout = lowrank.forgetting_matrix(before_heldout, np.stack([a["heldout"] for a in after]))
+    np.save(out / "z.npy", z, allow_pickle=False)
+    np.save(out / "z_heldout.npy", z_heldout, allow_pickle=False)
+    atomic_write_json(out / "tasks.json", [to_dict(spec) for spec in specs])
 
     rng = np.random.default_rng([cfg.seed, 7])
     test_rows = np.sort(rng.choice(len(specs), cfg.test_tasks, replace=False))
@@ -279,6 +288,7 @@ def summarize(cfg, z, z_heldout, specs, fits, shuffled_rank1, completion, replay
         "r2_row_only": rounded(fits["r2_row_only"]),
         "r2_column_only": rounded(fits["r2_column_only"]),
         "r2_shuffled_rank1": round(float(np.mean(shuffled_rank1)), 4),
+        "r2_shuffled_rank1_std": round(float(np.std(shuffled_rank1)), 4),
         "singular_values": rounded(lowrank.singular_values(z)[:10].tolist()),
         "test_tasks": test_rows.tolist(),
         "completion": rounded(completion),
@@ -334,7 +344,8 @@ def write_report(cfg: LowRankForgettingConfig, results: dict[str, Any], figures:
         ("R² by rank 1-5", results["r2_by_rank"]), ("R² additive", results["r2_additive"]),
         ("R² multiplicative (rank 1)", results["r2_multiplicative"]),
         ("R² task-only / example-only", f"{results['r2_row_only']} / {results['r2_column_only']}"),
-        ("R² rank 1, row-shuffled control", results["r2_shuffled_rank1"]),
+        ("R² rank 1, row-shuffled control (mean ± sd over shuffles)",
+         f"{results['r2_shuffled_rank1']} ± {results['r2_shuffled_rank1_std']}"),
     ])
     report.text(f"Completion of held-out rows from {cfg.revealed} revealed entries "
                 f"({cfg.completion_seeds} seeds; F1 of the top {cfg.top_fraction:.0%} most forgotten):")
