@@ -64,6 +64,10 @@ Evaluator = Callable[[TransformerBridge], Mapping[str, float]]
 StepCallback = Callable[[int, TransformerBridge, float], None]
 """Called after each optimizer step with (steps done, model, training loss)."""
 
+BatchHooks = Callable[[Batch], Sequence[FwdHook]]
+"""Forward hooks that depend on the batch (e.g. attention patterns a reference
+model computes on it); added to the static `fwd_hooks` at every training step."""
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -197,8 +201,9 @@ class Stepper:
     gradient clipping and the per-episode optimizer reset. `take_steps` uses
     the same object, so in-memory fine-tuning updates exactly as a run does."""
 
-    def __init__(self, model: TransformerBridge, cfg: TrainConfig, fwd_hooks: Sequence[FwdHook] = ()):
-        self.model, self.cfg, self.fwd_hooks = model, cfg, fwd_hooks
+    def __init__(self, model: TransformerBridge, cfg: TrainConfig, fwd_hooks: Sequence[FwdHook] = (),
+                 batch_hooks: BatchHooks | None = None):
+        self.model, self.cfg, self.fwd_hooks, self.batch_hooks = model, cfg, fwd_hooks, batch_hooks
         self.params = trainable_parameters(model)
         self.optimizer = make_optimizer(cfg, self.params)
 
@@ -209,7 +214,8 @@ class Stepper:
             self.optimizer = make_optimizer(cfg, self.params)
         for group in self.optimizer.param_groups:
             group["lr"] = lr_at(cfg, step)
-        loss = masked_mean_loss(forward(self.model, batch, self.fwd_hooks), batch)
+        hooks = [*self.fwd_hooks, *(self.batch_hooks(batch) if self.batch_hooks else ())]
+        loss = masked_mean_loss(forward(self.model, batch, hooks), batch)
         objective = loss
         if cfg.l2:
             objective = loss + 0.5 * cfg.l2 * sum(p.pow(2).sum() for p in self.params)
@@ -228,6 +234,7 @@ def take_steps(
     steps: Sequence[int],
     *,
     fwd_hooks: Sequence[FwdHook] = (),
+    batch_hooks: BatchHooks | None = None,
 ) -> list[float]:
     """Train `model` in place on `data`'s batches for `steps`, with a fresh
     optimizer and no run directory; returns the training losses.
@@ -237,7 +244,7 @@ def take_steps(
     The update is `train`'s own (`Stepper`); the model is left in eval mode.
     """
     device = next(model.parameters()).device
-    stepper = Stepper(model, train_cfg, fwd_hooks)
+    stepper = Stepper(model, train_cfg, fwd_hooks, batch_hooks)
     model.train()
     losses = []
     for step in steps:
@@ -256,6 +263,7 @@ def train(
     evaluators: Mapping[str, Evaluator] | None = None,
     config_extra: Mapping[str, Any] | None = None,
     fwd_hooks: Sequence[FwdHook] = (),
+    batch_hooks: BatchHooks | None = None,
     callbacks: Sequence[StepCallback] = (),
     resume: bool = False,
     device: str | torch.device | None = None,
@@ -284,7 +292,7 @@ def train(
         run = Run.create(run_dir, {**config, "device": str(device), "versions": versions()})
 
     model = build_model(model_cfg, device=device)
-    stepper = Stepper(model, train_cfg, fwd_hooks)
+    stepper = Stepper(model, train_cfg, fwd_hooks, batch_hooks)
     loss_sum, loss_count = 0.0, 0
     if resuming:
         load_model_state_dict(model, run.load_state_dict(start))

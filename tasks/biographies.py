@@ -1,0 +1,263 @@
+"""Synthetic biographies for fact-learning dynamics (Zucchet et al. 2025, after
+Allen-Zhu & Li's bioS data).
+
+A population of `n_individuals` people with unique three-part names and six
+attributes (birth date, birth city, current city, university, major,
+company). A biography is the six attribute sentences, each from a random
+template, in shuffled order; a fresh one is drawn for every sample. Each
+attribute has `templates_per_attribute` templates, the last
+`heldout_templates` of which are never used in training (evaluation only).
+Name and attribute words always precede the value. Word-level tokens: one per
+word, name part and value, and the date is three tokens (month, day, year).
+
+Batches carry, besides `tokens` and `loss_mask` (padding excluded):
+- `attribute_of` [batch, pos]: the attribute index (0-5) of a value token, else -1;
+- `name_mask` [batch, pos]: name tokens;
+- `sentence_of` [batch, pos]: the sentence index (0-5) of each token, -1 for BOS/padding;
+- `individual` [batch]: who the biography is about.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from interp.configs import require, require_choice, require_positive
+from interp.model import Batch
+
+ATTRIBUTES = ("birth_date", "birth_city", "current_city", "university", "major", "company")
+SPECIAL = ("<pad>", "<bos>", ".")
+MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
+          "November", "December")
+
+# Ten templates per attribute; "{name}" is the three name tokens, the value follows the last word.
+TEMPLATES = {
+    "birth_date": ["{name} was born on", "{name} came into this world on", "{name} celebrates a birthday on",
+                   "the birth date of {name} is", "{name} entered life on", "{name} was brought into the world on",
+                   "{name} has the birth date", "records show {name} was born on", "{name} first saw daylight on",
+                   "the birthday of {name} falls on"],
+    "birth_city": ["{name} was born in", "{name} spent early years in", "the birthplace of {name} is",
+                   "{name} hails from", "{name} originates from", "{name} came into this world in",
+                   "{name} grew up as a child in", "the home town of {name} is", "{name} was raised in",
+                   "{name} first lived in"],
+    "current_city": ["{name} lives in", "{name} now resides in", "the current home of {name} is",
+                     "{name} has settled in", "{name} is based in", "{name} currently stays in",
+                     "these days {name} lives in", "{name} makes a home in", "the present city of {name} is",
+                     "{name} has moved to"],
+    "university": ["{name} studied at", "{name} graduated from", "{name} received an education at",
+                   "the alma mater of {name} is", "{name} attended", "{name} completed a degree at",
+                   "{name} was a student at", "{name} spent college years at", "{name} enrolled at",
+                   "the university of {name} was"],
+    "major": ["{name} majored in", "{name} focused studies on", "the major of {name} was",
+              "{name} earned a degree in", "{name} specialized in", "{name} concentrated on",
+              "the field of {name} is", "{name} studied the subject", "{name} trained in",
+              "the discipline chosen by {name} was"],
+    "company": ["{name} works for", "{name} is employed by", "the employer of {name} is", "{name} has a job at",
+                "{name} earns a living at", "{name} is on the staff of", "{name} draws a salary from",
+                "the company of {name} is", "{name} joined the team at", "{name} holds a position at"],
+}
+DISTRIBUTIONS = ("uniform", "power_law", "celebrities")
+
+
+@dataclass(frozen=True)
+class BiographiesConfig:
+    """Pool sizes set the value vocabularies; `distribution` weights who is sampled:
+    `power_law` p(i) ∝ (i+1)^-alpha, `celebrities` makes the first `n_celebrities`
+    `celebrity_boost` times as likely. `warmup_individuals` > 0 trains only on the
+    first that many individuals for `warmup_steps` steps (the warm-up curriculum).
+    `n_unseen` extra individuals are never trained on (hallucination probes) and
+    `n_finetune` more are the fine-tuning split."""
+
+    n_individuals: int = 1000
+    n_unseen: int = 200
+    n_finetune: int = 200
+    first_names: int = 60
+    middle_names: int = 60
+    last_names: int = 80
+    cities: int = 100
+    universities: int = 50
+    majors: int = 30
+    companies: int = 60
+    years: int = 50
+    templates_per_attribute: int = 10
+    heldout_templates: int = 2
+    distribution: str = "uniform"
+    alpha: float = 0.0
+    n_celebrities: int = 0
+    celebrity_boost: float = 1.0
+    warmup_individuals: int = 0
+    warmup_steps: int = 0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        require_positive(self, "n_individuals", "first_names", "middle_names", "last_names", "cities",
+                         "universities", "majors", "companies", "years")
+        require_choice(self, "distribution", DISTRIBUTIONS)
+        require(1 <= self.templates_per_attribute <= 10, "templates_per_attribute", "1..10",
+                self.templates_per_attribute)
+        require(0 <= self.heldout_templates < self.templates_per_attribute, "heldout_templates",
+                f"0..{self.templates_per_attribute - 1}", self.heldout_templates)
+        total = self.n_individuals + self.n_unseen + self.n_finetune
+        names = self.first_names * self.middle_names * self.last_names
+        require(total <= names, "n_individuals", f"with n_unseen and n_finetune at most {names} unique names", total)
+        require(self.alpha >= 0, "alpha", "a number >= 0", self.alpha)
+        require(0 <= self.n_celebrities <= self.n_individuals and self.celebrity_boost >= 1, "n_celebrities",
+                "0..n_individuals celebrities with celebrity_boost >= 1", (self.n_celebrities, self.celebrity_boost))
+        require(0 <= self.warmup_individuals <= self.n_individuals, "warmup_individuals", "0..n_individuals",
+                self.warmup_individuals)
+        for name in ("n_unseen", "n_finetune", "warmup_steps"):
+            require(getattr(self, name) >= 0, name, "an integer >= 0", getattr(self, name))
+
+
+class Vocabulary:
+    """Word-level tokenizer: a fixed list of words, saved with a run as JSON."""
+
+    def __init__(self, words: list[str]):
+        if len(set(words)) != len(words):
+            raise ValueError("words: the vocabulary has duplicates")
+        self.words = words
+        self.index = {w: i for i, w in enumerate(words)}
+
+    def encode(self, words: list[str]) -> list[int]:
+        try:
+            return [self.index[w] for w in words]
+        except KeyError as missing:
+            raise KeyError(f"word {missing} is not in the vocabulary") from None
+
+    def decode(self, ids) -> str:
+        return " ".join(self.words[int(i)] for i in ids if self.words[int(i)] != "<pad>")
+
+    def __len__(self) -> int:
+        return len(self.words)
+
+
+class Biographies:
+    """The population, the tokenizer and samplers of biographies (a data source)."""
+
+    def __init__(self, cfg: BiographiesConfig):
+        self.cfg = cfg
+        rng = np.random.default_rng([cfg.seed, 0])
+        self.pools = {
+            "first": [f"F{i}" for i in range(cfg.first_names)],
+            "middle": [f"M{i}" for i in range(cfg.middle_names)],
+            "last": [f"L{i}" for i in range(cfg.last_names)],
+            "city": [f"city{i}" for i in range(cfg.cities)],
+            "university": [f"uni{i}" for i in range(cfg.universities)],
+            "major": [f"major{i}" for i in range(cfg.majors)],
+            "company": [f"company{i}" for i in range(cfg.companies)],
+            "day": [str(d) for d in range(1, 29)],
+            "year": [str(1950 + y) for y in range(cfg.years)],
+        }
+        templates = {a: [t.split() for t in TEMPLATES[a][: cfg.templates_per_attribute]] for a in ATTRIBUTES}
+        self.train_templates = {a: ts[: len(ts) - cfg.heldout_templates] for a, ts in templates.items()}
+        self.eval_templates = {a: ts[len(ts) - cfg.heldout_templates :] or ts for a, ts in templates.items()}
+        template_words = sorted({w for ts in templates.values() for t in ts for w in t if w != "{name}"})
+        pool_words = [w for key in ("first", "middle", "last", "city", "university", "major", "company", "day",
+                                    "year") for w in self.pools[key]]
+        self.vocab = Vocabulary([*SPECIAL, *template_words, *MONTHS, *pool_words])
+
+        total = cfg.n_individuals + cfg.n_unseen + cfg.n_finetune
+        codes = rng.choice(cfg.first_names * cfg.middle_names * cfg.last_names, total, replace=False)
+        self.names = [[self.pools["first"][c // (cfg.middle_names * cfg.last_names)],
+                       self.pools["middle"][(c // cfg.last_names) % cfg.middle_names],
+                       self.pools["last"][c % cfg.last_names]] for c in codes]
+        self.values = []  # per individual: attribute -> list of value words
+        for _ in range(total):
+            self.values.append({
+                "birth_date": [MONTHS[rng.integers(12)], self.pools["day"][rng.integers(28)],
+                               self.pools["year"][rng.integers(cfg.years)]],
+                "birth_city": [self.pools["city"][rng.integers(cfg.cities)]],
+                "current_city": [self.pools["city"][rng.integers(cfg.cities)]],
+                "university": [self.pools["university"][rng.integers(cfg.universities)]],
+                "major": [self.pools["major"][rng.integers(cfg.majors)]],
+                "company": [self.pools["company"][rng.integers(cfg.companies)]],
+            })
+        self.seq_len = 1 + sum(max(len(t) for t in ts) + 2 + 1 + len(self.values[0][a])
+                               for a, ts in templates.items())
+
+    # --- who is sampled -----------------------------------------------------------------
+
+    @property
+    def trained(self) -> np.ndarray:
+        return np.arange(self.cfg.n_individuals)
+
+    @property
+    def unseen(self) -> np.ndarray:
+        return np.arange(self.cfg.n_individuals, self.cfg.n_individuals + self.cfg.n_unseen)
+
+    @property
+    def finetune(self) -> np.ndarray:
+        start = self.cfg.n_individuals + self.cfg.n_unseen
+        return np.arange(start, start + self.cfg.n_finetune)
+
+    def probabilities(self, step: int = 0) -> np.ndarray:
+        """Sampling distribution over the trained individuals at `step`."""
+        cfg = self.cfg
+        n = cfg.warmup_individuals if cfg.warmup_individuals and step < cfg.warmup_steps else cfg.n_individuals
+        weights = np.ones(n)
+        if cfg.distribution == "power_law":
+            weights = np.arange(1, n + 1, dtype=float) ** -cfg.alpha
+        elif cfg.distribution == "celebrities":
+            weights[: min(cfg.n_celebrities, n)] *= cfg.celebrity_boost
+        return weights / weights.sum()
+
+    # --- biographies --------------------------------------------------------------------
+
+    def biography(self, person: int, rng: np.random.Generator, heldout: bool = False) -> Batch:
+        """One encoded biography with its per-token annotations (unbatched, unpadded)."""
+        templates = self.eval_templates if heldout else self.train_templates
+        words, attribute_of, name_mask, sentence_of = ["<bos>"], [-1], [False], [-1]
+        for sentence, a in enumerate(rng.permutation(len(ATTRIBUTES))):
+            attribute = ATTRIBUTES[a]
+            template = templates[attribute][rng.integers(len(templates[attribute]))]
+            for word in template:
+                parts = self.names[person] if word == "{name}" else [word]
+                words += parts
+                attribute_of += [-1] * len(parts)
+                name_mask += [word == "{name}"] * len(parts)
+            value = self.values[person][attribute]
+            words += [*value, "."]
+            attribute_of += [int(a)] * len(value) + [-1]
+            name_mask += [False] * (len(value) + 1)
+            sentence_of += [sentence] * (len(words) - len(sentence_of))
+        return {"tokens": torch.tensor(self.vocab.encode(words)), "attribute_of": torch.tensor(attribute_of),
+                "name_mask": torch.tensor(name_mask), "sentence_of": torch.tensor(sentence_of)}
+
+    def collate(self, bios: list[Batch], people: np.ndarray) -> Batch:
+        """Pad to `seq_len` (padding is never scored)."""
+        batch = {
+            "tokens": torch.zeros((len(bios), self.seq_len), dtype=torch.long),
+            "attribute_of": torch.full((len(bios), self.seq_len), -1, dtype=torch.long),
+            "name_mask": torch.zeros((len(bios), self.seq_len), dtype=torch.bool),
+            "sentence_of": torch.full((len(bios), self.seq_len), -1, dtype=torch.long),
+        }
+        for row, bio in enumerate(bios):
+            for key, value in bio.items():
+                batch[key][row, : len(value)] = value
+        batch["loss_mask"] = batch["tokens"] != self.vocab.index["<pad>"]
+        batch["individual"] = torch.from_numpy(np.asarray(people, dtype=np.int64))
+        return batch
+
+    def sample(self, people: np.ndarray, rng: np.random.Generator, heldout: bool = False) -> Batch:
+        return self.collate([self.biography(int(p), rng, heldout) for p in people], people)
+
+    def batch(self, step: int, batch_size: int, generator: torch.Generator) -> Batch:
+        rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,), generator=generator)))
+        people = rng.choice(len(self.probabilities(step)), batch_size, p=self.probabilities(step))
+        return self.sample(people, rng)
+
+    def baseline(self) -> float:
+        """No-knowledge attribute loss: mean over attributes of the entropy of the value
+        marginal among the trained individuals. Value tokens are drawn independently
+        (month, day, year), so a value's entropy is the sum of its tokens' marginal entropies."""
+        entropies = []
+        for attribute in ATTRIBUTES:
+            total = 0.0
+            for position in range(len(self.values[0][attribute])):
+                _, counts = np.unique([self.values[i][attribute][position] for i in self.trained], return_counts=True)
+                p = counts / counts.sum()
+                total += float(-(p * np.log(p)).sum())
+            entropies.append(total)
+        return float(np.mean(entropies))

@@ -1,0 +1,91 @@
+"""tasks.biographies: population, templates, annotations, distributions and baseline."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from interp.configs import ConfigError
+from tasks.biographies import ATTRIBUTES, Biographies, BiographiesConfig
+
+CFG = BiographiesConfig(n_individuals=50, n_unseen=10, n_finetune=10, seed=3)
+TASK = Biographies(CFG)
+
+
+def test_names_are_unique_and_splits_disjoint():
+    names = {tuple(n) for n in TASK.names}
+    assert len(names) == 70
+    assert set(TASK.trained) | set(TASK.unseen) | set(TASK.finetune) == set(range(70))
+    assert TASK.unseen[0] == 50 and TASK.finetune[0] == 60
+
+
+def test_biography_annotations_match_the_words():
+    bio = TASK.biography(7, np.random.default_rng(0))
+    words = TASK.vocab.decode(bio["tokens"]).split()
+    assert words[0] == "<bos>" and words.count(".") == 6
+    for a, attribute in enumerate(ATTRIBUTES):
+        value = [w for w, s in zip(words, bio["attribute_of"].tolist(), strict=True) if s == a]
+        assert value == TASK.values[7][attribute]
+    names = [w for w, m in zip(words, bio["name_mask"].tolist(), strict=True) if m]
+    assert names == TASK.names[7] * 6
+    assert sorted(set(bio["sentence_of"].tolist()) - {-1}) == list(range(6))
+
+
+def sentence_templates(task: Biographies, bio) -> list[tuple[str, ...]]:
+    """Each sentence's words with the name and value removed: its template's own words."""
+    words = task.vocab.words
+    out = []
+    for sentence in range(6):
+        keep = (bio["sentence_of"] == sentence) & ~bio["name_mask"] & (bio["attribute_of"] < 0)
+        out.append(tuple(words[t] for t in bio["tokens"][keep].tolist() if words[t] != "."))
+    return out
+
+
+def test_heldout_templates_are_never_used_in_training():
+    def bare(templates):
+        return {tuple(w for w in t if w != "{name}") for ts in templates.values() for t in ts}
+
+    train, heldout = bare(TASK.train_templates), bare(TASK.eval_templates)
+    assert not train & heldout
+    rng = np.random.default_rng(1)
+    used = {t for i in range(200) for t in sentence_templates(TASK, TASK.biography(i % 50, rng))}
+    assert used <= train and len(used) > 30
+    used_eval = {t for i in range(50) for t in sentence_templates(TASK, TASK.biography(i, rng, heldout=True))}
+    assert used_eval <= heldout
+
+
+def test_batch_is_padded_masked_and_pure():
+    batch = TASK.batch(4, 5, torch.Generator().manual_seed(9))
+    assert batch["tokens"].shape == (5, TASK.seq_len)
+    assert (batch["loss_mask"] == (batch["tokens"] != 0)).all()
+    again = TASK.batch(4, 5, torch.Generator().manual_seed(9))
+    assert all(torch.equal(batch[k], again[k]) for k in batch)
+
+
+def test_distributions_and_warmup_curriculum():
+    power = Biographies(BiographiesConfig(n_individuals=50, distribution="power_law", alpha=1.0))
+    p = power.probabilities()
+    assert p[0] / p[1] == pytest.approx(2.0) and p.sum() == pytest.approx(1.0)
+    celeb = Biographies(BiographiesConfig(n_individuals=50, distribution="celebrities", n_celebrities=5,
+                                          celebrity_boost=4.0))
+    assert celeb.probabilities()[0] / celeb.probabilities()[10] == pytest.approx(4.0)
+    warm = Biographies(BiographiesConfig(n_individuals=50, warmup_individuals=10, warmup_steps=100))
+    assert len(warm.probabilities(99)) == 10 and len(warm.probabilities(100)) == 50
+
+
+def test_baseline_of_uniform_pools_approaches_log_pool_sizes():
+    big = Biographies(BiographiesConfig(n_individuals=20000, n_unseen=0, n_finetune=0, first_names=100,
+                                        middle_names=100, last_names=100))
+    expected = np.mean([math.log(12) + math.log(28) + math.log(50), math.log(100), math.log(100), math.log(50),
+                        math.log(30), math.log(60)])
+    assert big.baseline() == pytest.approx(expected, abs=0.02)
+
+
+@pytest.mark.parametrize("field, value", [("distribution", "zipf"), ("heldout_templates", 10), ("alpha", -1.0),
+                                          ("n_individuals", 10**6)])
+def test_bad_config_names_the_field(field, value):
+    with pytest.raises(ConfigError, match=field):
+        BiographiesConfig(**{field: value})

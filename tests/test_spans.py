@@ -1,0 +1,63 @@
+"""interp.metrics.spans on hand-built sequences with known answers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from interp.metrics import spans
+
+# tokens:      bos  a  b  X  Y  .  c  Z  .
+# span_of:     -1  -1 -1  0  0 -1 -1  1 -1     (X Y is span 0, Z is span 1)
+SPAN_OF = torch.tensor([[-1, -1, -1, 0, 0, -1, -1, 1, -1]])
+TOKENS = torch.tensor([[0, 1, 2, 3, 4, 5, 6, 7, 5]])
+
+
+def test_target_spans_shift_left():
+    assert spans.target_spans(SPAN_OF).tolist() == [[-1, -1, 0, 0, -1, -1, 1, -1, -1]]
+
+
+def test_span_losses_sum_the_losses_predicting_each_span():
+    losses = torch.arange(9, dtype=torch.float).view(1, 9)
+    out = spans.span_losses(losses, SPAN_OF, 3)
+    assert out[0, 0] == 2 + 3 and out[0, 1] == 6
+    assert torch.isnan(out[0, 2])
+
+
+def test_span_correct_needs_every_token_right():
+    logits = torch.full((1, 9, 10), -5.0)
+    for p in range(8):  # predict the true next token everywhere
+        logits[0, p, TOKENS[0, p + 1]] = 5.0
+    assert spans.span_correct(logits, TOKENS, SPAN_OF, 2).tolist() == [[1.0, 1.0]]
+    logits[0, 3, TOKENS[0, 4]] = -10.0  # the second token of span 0 is now wrong
+    assert spans.span_correct(logits, TOKENS, SPAN_OF, 2).tolist() == [[0.0, 1.0]]
+
+
+def test_span_start_positions_are_the_queries():
+    assert spans.span_start_positions(SPAN_OF).nonzero()[:, 1].tolist() == [2, 6]
+
+
+def test_confidence_of_uniform_and_peaked_predictions():
+    logits = torch.zeros((1, 2, 4))
+    logits[0, 1, 0] = 100.0
+    uniform = spans.confidence(logits, torch.tensor([[True, False]]))
+    assert uniform["max_prob"] == pytest.approx(0.25) and uniform["entropy"] == pytest.approx(np.log(4))
+    peaked = spans.confidence(logits, torch.tensor([[False, True]]))
+    assert peaked["max_prob"] == pytest.approx(1.0) and peaked["entropy"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_phase_boundaries_of_a_three_phase_curve():
+    steps = np.arange(0, 1000, 10)
+    curve = np.where(steps < 100, 8 - 3 * steps / 100, 5.0)  # phase 1 reaches the baseline 5 at step 100
+    curve = np.where(steps >= 600, 5 - (steps - 600) / 100, curve)  # knowledge from step 600
+    assert spans.phase_boundaries(steps, curve, baseline=5.0, delta=0.1) == (100, 620)
+    assert spans.phase_boundaries(steps, np.full(100, 9.0), baseline=5.0) == (None, None)
+    assert spans.phase_boundaries(steps, np.full(100, 5.0), baseline=5.0) == (0, None)
+    with pytest.raises(ValueError, match="steps"):
+        spans.phase_boundaries(steps, curve[:5], 5.0)
+
+
+def test_smooth_keeps_a_constant_and_averages_a_spike():
+    assert spans.smooth(np.ones(7), 3).tolist() == [1.0] * 7
+    assert spans.smooth(np.array([0, 0, 3.0, 0, 0]), 3).tolist() == [0, 1, 1, 1, 0]
