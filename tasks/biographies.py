@@ -5,8 +5,8 @@ A population of `n_individuals` people with unique three-part names and six
 attributes (birth date, birth city, current city, university, major,
 company). A biography is the six attribute sentences, each from a random
 template, in shuffled order; a fresh one is drawn for every sample. Each
-attribute has `templates_per_attribute` templates, the last
-`heldout_templates` of which are never used in training (evaluation only).
+attribute has 25 templates; `heldout_templates` of them are never used in
+training (evaluation only).
 Name and attribute words always precede the value. Word-level tokens: one per
 word, name part and value, and the date is three tokens (month, day, year).
 
@@ -32,32 +32,39 @@ SPECIAL = ("<pad>", "<bos>", ".")
 MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
           "November", "December")
 
-# Ten templates per attribute; "{name}" is the three name tokens, the value follows the last word.
-TEMPLATES = {
-    "birth_date": ["{name} was born on", "{name} came into this world on", "{name} celebrates a birthday on",
-                   "the birth date of {name} is", "{name} entered life on", "{name} was brought into the world on",
-                   "{name} has the birth date", "records show {name} was born on", "{name} first saw daylight on",
-                   "the birthday of {name} falls on"],
-    "birth_city": ["{name} was born in", "{name} spent early years in", "the birthplace of {name} is",
-                   "{name} hails from", "{name} originates from", "{name} came into this world in",
-                   "{name} grew up as a child in", "the home town of {name} is", "{name} was raised in",
-                   "{name} first lived in"],
-    "current_city": ["{name} lives in", "{name} now resides in", "the current home of {name} is",
-                     "{name} has settled in", "{name} is based in", "{name} currently stays in",
-                     "these days {name} lives in", "{name} makes a home in", "the present city of {name} is",
-                     "{name} has moved to"],
-    "university": ["{name} studied at", "{name} graduated from", "{name} received an education at",
-                   "the alma mater of {name} is", "{name} attended", "{name} completed a degree at",
-                   "{name} was a student at", "{name} spent college years at", "{name} enrolled at",
-                   "the university of {name} was"],
-    "major": ["{name} majored in", "{name} focused studies on", "the major of {name} was",
-              "{name} earned a degree in", "{name} specialized in", "{name} concentrated on",
-              "the field of {name} is", "{name} studied the subject", "{name} trained in",
-              "the discipline chosen by {name} was"],
-    "company": ["{name} works for", "{name} is employed by", "the employer of {name} is", "{name} has a job at",
-                "{name} earns a living at", "{name} is on the staff of", "{name} draws a salary from",
-                "the company of {name} is", "{name} joined the team at", "{name} holds a position at"],
+# Templates are an opener, the name and a relation phrase that names the attribute with
+# its own keyword (birthday, birthplace, residence, university, major, employer) before
+# the value, as in the bioS data: 5 openers x 5 phrases = 25 per attribute. The held-out
+# templates are pairings (opener i, phrase i) never seen in training, built from parts
+# that are, so an evaluation sentence still says which attribute it asks for.
+OPENERS = ("", "records show that", "it is known that", "friends say that", "as noted ,")
+PHRASES = {
+    "birth_date": ("has the birthday", "celebrates the birthday on", "was born with the birthday",
+                   "marks the birthday on", "lists the birthday as"),
+    "birth_city": ("has the birthplace", "names as birthplace", "was born in the birthplace",
+                   "calls the birthplace", "lists the birthplace as"),
+    "current_city": ("has the residence", "names as residence", "keeps a residence in", "calls the residence",
+                     "lists the residence as"),
+    "university": ("attended the university", "names as university", "graduated from the university",
+                   "calls the university", "lists the university as"),
+    "major": ("has the major", "names as major", "completed the major", "calls the major", "lists the major as"),
+    "company": ("has the employer", "names as employer", "works for the employer", "calls the employer",
+                "lists the employer as"),
 }
+MAX_HELDOUT_TEMPLATES = len(OPENERS)
+
+
+def templates(attribute: str, heldout: int) -> tuple[list[list[str]], list[list[str]]]:
+    """(training, held-out) templates of `attribute` as word lists; the held-out ones
+    are the first `heldout` diagonal pairings (opener i, phrase i)."""
+    train, held = [], []
+    for i, opener in enumerate(OPENERS):
+        for j, phrase in enumerate(PHRASES[attribute]):
+            words = [*opener.split(), "{name}", *phrase.split()]
+            (held if i == j and i < heldout else train).append(words)
+    return train, held
+
+
 DISTRIBUTIONS = ("uniform", "power_law", "celebrities")
 
 
@@ -81,8 +88,7 @@ class BiographiesConfig:
     majors: int = 30
     companies: int = 60
     years: int = 50
-    templates_per_attribute: int = 10
-    heldout_templates: int = 2
+    heldout_templates: int = 5
     distribution: str = "uniform"
     alpha: float = 0.0
     n_celebrities: int = 0
@@ -95,10 +101,8 @@ class BiographiesConfig:
         require_positive(self, "n_individuals", "first_names", "middle_names", "last_names", "cities",
                          "universities", "majors", "companies", "years")
         require_choice(self, "distribution", DISTRIBUTIONS)
-        require(1 <= self.templates_per_attribute <= 10, "templates_per_attribute", "1..10",
-                self.templates_per_attribute)
-        require(0 <= self.heldout_templates < self.templates_per_attribute, "heldout_templates",
-                f"0..{self.templates_per_attribute - 1}", self.heldout_templates)
+        require(0 <= self.heldout_templates <= MAX_HELDOUT_TEMPLATES, "heldout_templates",
+                f"0..{MAX_HELDOUT_TEMPLATES}", self.heldout_templates)
         total = self.n_individuals + self.n_unseen + self.n_finetune
         names = self.first_names * self.middle_names * self.last_names
         require(total <= names, "n_individuals", f"with n_unseen and n_finetune at most {names} unique names", total)
@@ -150,10 +154,11 @@ class Biographies:
             "day": [str(d) for d in range(1, 29)],
             "year": [str(1950 + y) for y in range(cfg.years)],
         }
-        templates = {a: [t.split() for t in TEMPLATES[a][: cfg.templates_per_attribute]] for a in ATTRIBUTES}
-        self.train_templates = {a: ts[: len(ts) - cfg.heldout_templates] for a, ts in templates.items()}
-        self.eval_templates = {a: ts[len(ts) - cfg.heldout_templates :] or ts for a, ts in templates.items()}
-        template_words = sorted({w for ts in templates.values() for t in ts for w in t if w != "{name}"})
+        split = {a: templates(a, cfg.heldout_templates) for a in ATTRIBUTES}
+        self.train_templates = {a: train for a, (train, _) in split.items()}
+        self.eval_templates = {a: held or train for a, (train, held) in split.items()}
+        all_templates = {a: train + held for a, (train, held) in split.items()}
+        template_words = sorted({w for ts in all_templates.values() for t in ts for w in t if w != "{name}"})
         pool_words = [w for key in ("first", "middle", "last", "city", "university", "major", "company", "day",
                                     "year") for w in self.pools[key]]
         self.vocab = Vocabulary([*SPECIAL, *template_words, *MONTHS, *pool_words])
@@ -175,7 +180,7 @@ class Biographies:
                 "company": [self.pools["company"][rng.integers(cfg.companies)]],
             })
         self.seq_len = 1 + sum(max(len(t) for t in ts) + 2 + 1 + len(self.values[0][a])
-                               for a, ts in templates.items())
+                               for a, ts in all_templates.items())
 
     # --- who is sampled -----------------------------------------------------------------
 
