@@ -243,10 +243,12 @@ def replay_experiment(cfg, z, test_rows, base_dir, before_heldout, workers, devi
     increase = {key: float((o["heldout"] - before_heldout).mean()) for key, o in zip(keys, outcomes, strict=True)}
     by_condition = {c: np.array([v for (cond, _, _), v in increase.items() if cond == c]) for c in CONDITIONS}
     predicted, random = by_condition["predicted"], by_condition["random"]
+    differs = len(predicted) > 1 and not np.allclose(predicted, random, rtol=0, atol=1e-12)
     return {
         "increase": by_condition,
-        "p_value_predicted_vs_random": float(stats.ttest_rel(predicted, random).pvalue),
-        "p_value_wilcoxon": float(stats.wilcoxon(predicted, random).pvalue),
+        # No test when the two conditions gave identical outcomes (nothing to compare).
+        "p_value_predicted_vs_random": float(stats.ttest_rel(predicted, random).pvalue) if differs else None,
+        "p_value_wilcoxon": float(stats.wilcoxon(predicted, random).pvalue) if differs else None,
         "pairs": len(predicted),
     }
 
@@ -357,8 +359,11 @@ def write_report(cfg: LowRankForgettingConfig, results: dict[str, Any], figures:
     report.grid(["condition", "NLL increase", "95% CI", "reduced forgetting vs none"],
                 [[c, replay[c]["mean_heldout_nll_increase"], f"±{replay[c]['ci95']}",
                   replay[c].get("reduced_forgetting", "")] for c in CONDITIONS])
-    report.text(f"Predicted vs random replay: paired t-test p = {replay['p_value_predicted_vs_random']:.3g}, "
-                f"Wilcoxon p = {replay['p_value_wilcoxon']:.3g}.")
+    def p_value(value: float | None) -> str:
+        return "n/a (identical outcomes)" if value is None else f"{value:.3g}"
+
+    report.text(f"Predicted vs random replay: paired t-test p = {p_value(replay['p_value_predicted_vs_random'])}, "
+                f"Wilcoxon p = {p_value(replay['p_value_wilcoxon'])}.")
     report.figures(figures, out, {
         "z_heatmap": "Forgetting matrix sorted by its first singular vectors",
         "spectrum": "Singular-value spectrum",
