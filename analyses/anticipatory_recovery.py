@@ -22,8 +22,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from transformer_lens.model_bridge import TransformerBridge
 
-from analyses.toys import CyclicToyConfig, cyclic_toy
+from analyses.toys import CyclicToyConfig, CyclicToyResult, cyclic_toy
 from interp import ModelConfig, Run, TrainConfig, train
 from interp.analysis import Analysis, Report, RunOptions
 from interp.checkpoints import atomic_write_json
@@ -193,7 +194,7 @@ def lag_means(matrix: np.ndarray) -> np.ndarray:
     return np.array([np.nanmean(np.diagonal(matrix, k)) for k in range(matrix.shape[0])])
 
 
-def document_losses(model, data: CyclicDocuments) -> np.ndarray:
+def document_losses(model: TransformerBridge, data: CyclicDocuments) -> np.ndarray:
     """Mean token loss on every document, `[n_docs]`."""
     with torch.no_grad():
         return np.array(list(data.evaluator()(model).values()))
@@ -295,7 +296,9 @@ def _by_seed(stats: dict, size: str, order: str, seeds: list[int], key: str) -> 
     return np.array([stats[(size, order, s)][key] for s in seeds], dtype=float)
 
 
-def summarize(cfg, stats, params, seeds, pairwise, gradients, trajectory, toy) -> dict[str, Any]:
+def summarize(cfg: AnticipatoryRecoveryConfig, stats: dict, params: dict[str, int], seeds: list[int],
+              pairwise: np.ndarray, gradients: np.ndarray, trajectory: dict[str, Any],
+              toy: CyclicToyResult) -> dict[str, Any]:
     def mean_list(values: np.ndarray) -> list[float]:
         return [round(float(v), 4) for v in np.nanmean(values, axis=0)]
 
@@ -349,7 +352,9 @@ def summarize(cfg, stats, params, seeds, pairwise, gradients, trajectory, toy) -
     }
 
 
-def make_figures(cfg, out, stats, params, seeds, curves, pairwise, gradients, trajectory, toy) -> dict[str, Path]:
+def make_figures(cfg: AnticipatoryRecoveryConfig, out: Path, stats: dict, params: dict[str, int], seeds: list[int],
+                 curves: dict, pairwise: np.ndarray, gradients: np.ndarray, trajectory: dict[str, Any],
+                 toy: CyclicToyResult) -> dict[str, Path]:
     fig_dir = out / "figures"
     n, epochs = cfg.task.n_docs, cfg.task.epochs
     largest = cfg.largest

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 from scipy import stats
+from transformer_lens.model_bridge import TransformerBridge
 
 from interp import ModelConfig, Run, TrainConfig, train
 from interp.analysis import Analysis, Report, RunOptions
@@ -102,7 +103,7 @@ class LowRankForgettingConfig:
         require(0 < self.top_fraction < 1, "top_fraction", "a fraction in (0, 1)", self.top_fraction)
 
 
-def example_losses(model, tokens: torch.Tensor, batch_size: int = 512) -> np.ndarray:
+def example_losses(model: TransformerBridge, tokens: torch.Tensor, batch_size: int = 512) -> np.ndarray:
     """Mean token loss of each sequence (all predicted positions)."""
     out = []
     with torch.no_grad():
@@ -143,14 +144,15 @@ def run_finetune(job: FineTuneJob) -> dict[str, np.ndarray]:
             "heldout": example_losses(model, corpus.sequences[corpus.heldout])}
 
 
-def pooled_representations(model, tokens: torch.Tensor) -> np.ndarray:
+def pooled_representations(model: TransformerBridge, tokens: torch.Tensor) -> np.ndarray:
     """Mean over positions of the final normalized residual stream, one row per sequence."""
     with torch.no_grad():
         _, cache = model.run_with_cache(tokens.to(next(model.parameters()).device), names_filter=[POOLED_HOOK])
     return cache[POOLED_HOOK].mean(dim=1).cpu().numpy()
 
 
-def representation_similarity(model, corpus: UpstreamCorpus, specs: list[TaskSpec], cfg) -> np.ndarray:
+def representation_similarity(model: TransformerBridge, corpus: UpstreamCorpus, specs: list[TaskSpec],
+                              cfg: LowRankForgettingConfig) -> np.ndarray:
     """`S[i, j]`: cosine between task i's mean pooled representation (over a batch
     of its examples) and upstream example j's, under the base model."""
     examples = pooled_representations(model, corpus.sequences[corpus.pool])
@@ -212,13 +214,14 @@ def run(cfg: LowRankForgettingConfig, out: Path, options: RunOptions) -> dict[st
                                              top_fraction=cfg.top_fraction)
 
     replay = replay_experiment(cfg, z, test_rows, base_dir, before_heldout, workers, device)
-    results = summarize(cfg, z, z_heldout, specs, fits, shuffled_rank1, completion, replay, test_rows)
-    figures = make_figures(cfg, out, z, specs, fits, shuffled_rank1, completion, replay)
+    results = summarize(z, z_heldout, fits, shuffled_rank1, completion, replay, test_rows)
+    figures = make_figures(cfg, out, z, fits, shuffled_rank1, completion, replay)
     write_report(cfg, results, figures, out)
     return results
 
 
-def replay_experiment(cfg, z, test_rows, base_dir, before_heldout, workers, device) -> dict[str, Any]:
+def replay_experiment(cfg: LowRankForgettingConfig, z: np.ndarray, test_rows: np.ndarray, base_dir: Path,
+                      before_heldout: np.ndarray, workers: int, device: str) -> dict[str, Any]:
     """Fine-tune each held-out task under every replay condition and seed; the
     mean held-out NLL increase per (condition, task, seed)."""
     jobs, keys = [], []
@@ -260,7 +263,8 @@ def _mean_ci(values: np.ndarray) -> tuple[float, float]:
     return float(values.mean()), float(stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / len(values) ** 0.5)
 
 
-def summarize(cfg, z, z_heldout, specs, fits, shuffled_rank1, completion, replay, test_rows) -> dict[str, Any]:
+def summarize(z: np.ndarray, z_heldout: np.ndarray, fits: dict[str, Any], shuffled_rank1: list[float],
+              completion: dict[str, dict[str, float]], replay: dict[str, Any], test_rows: np.ndarray) -> dict[str, Any]:
     def rounded(x: Any) -> Any:
         if isinstance(x, dict):
             return {k: rounded(v) for k, v in x.items()}
@@ -299,7 +303,9 @@ def summarize(cfg, z, z_heldout, specs, fits, shuffled_rank1, completion, replay
     }
 
 
-def make_figures(cfg, out, z, specs, fits, shuffled_rank1, completion, replay) -> dict[str, Path]:
+def make_figures(cfg: LowRankForgettingConfig, out: Path, z: np.ndarray, fits: dict[str, Any],
+                 shuffled_rank1: list[float], completion: dict[str, dict[str, float]],
+                 replay: dict[str, Any]) -> dict[str, Path]:
     fig_dir = out / "figures"
     figures: dict[str, Path] = {}
     u, _, vt = np.linalg.svd(z, full_matrices=False)
