@@ -6,6 +6,11 @@ examples"). Pool examples are drawn without replacement in an order that is
 uniform, or sequential sampling proportional to `weights` (e.g.
 `softmax_weights(predicted_forgetting, temperature)`); when the pool is used
 up a new order starts. Like every data source, a batch depends only on the step.
+
+Replayed rows are appended to the source's batch key by key, so the pool must
+carry the same keys as the source's batches (annotations included, e.g. a
+biography's `attribute_of`); only `loss_mask` may be missing on either side
+(everything scored).
 """
 
 from __future__ import annotations
@@ -16,8 +21,6 @@ import numpy as np
 import torch
 
 from interp.model import Batch
-
-MERGEABLE_KEYS = ("tokens", "loss_mask")
 
 
 def softmax_weights(scores: np.ndarray, temperature: float) -> np.ndarray:
@@ -43,10 +46,12 @@ def sampling_order(n: int, weights: np.ndarray | None, seed: int, round_index: i
 
 class Replay:
     def __init__(self, source, pool: Batch, ratio: float, weights: np.ndarray | None = None, seed: int = 0):
-        unknown = sorted(set(pool) - set(MERGEABLE_KEYS))
-        if unknown:
-            raise ValueError(f"pool: keys {unknown} cannot be merged; expected only {MERGEABLE_KEYS}")
+        if "tokens" not in pool:
+            raise ValueError(f"pool: expected a 'tokens' tensor, got keys {sorted(pool)}")
         n = pool["tokens"].shape[0]
+        ragged = sorted(key for key, value in pool.items() if value.shape[0] != n)
+        if ragged:
+            raise ValueError(f"pool: keys {ragged} do not have {n} rows like 'tokens'")
         if not 0 < ratio <= 1:
             raise ValueError(f"ratio: expected replayed examples per source example in (0, 1], got {ratio}")
         if weights is not None:
@@ -73,16 +78,28 @@ class Replay:
 
     def batch(self, step: int, batch_size: int, generator: torch.Generator) -> Batch:
         batch = self.source.batch(step, batch_size, generator)
-        unknown = sorted(set(batch) - set(MERGEABLE_KEYS))
-        if unknown:
-            raise ValueError(f"source batch: keys {unknown} cannot be merged with replay; expected {MERGEABLE_KEYS}")
         indices = torch.from_numpy(self.replayed(step, batch_size))
         if len(indices) == 0:
             return batch
-        replay = {key: value[indices] for key, value in self.pool.items()}
-        merged = {"tokens": torch.cat([batch["tokens"], replay["tokens"]])}
-        if "loss_mask" in batch or "loss_mask" in replay:
-            masks = [part.get("loss_mask", torch.ones_like(part["tokens"], dtype=torch.bool)).bool()
-                     for part in (batch, replay)]
-            merged["loss_mask"] = torch.cat(masks)
-        return merged
+        return merge_batches(batch, {key: value[indices] for key, value in self.pool.items()})
+
+
+def merge_batches(first: Batch, second: Batch) -> Batch:
+    """Rows of `second` appended to `first`, key by key; a missing `loss_mask`
+    means every position is scored."""
+    missing = sorted((set(first) ^ set(second)) - {"loss_mask"})
+    if missing:
+        raise ValueError(f"replay: keys {missing} are in only one of the source batch and the pool; "
+                         "give the pool the same keys as the source's batches")
+    merged = {}
+    for key in first.keys() - {"loss_mask"}:
+        a, b = first[key], second[key]
+        if a.shape[1:] != b.shape[1:]:
+            raise ValueError(f"replay: key {key!r} has row shape {tuple(a.shape[1:])} in the source batch "
+                             f"but {tuple(b.shape[1:])} in the pool")
+        merged[key] = torch.cat([a, b.to(a.dtype)])
+    if "loss_mask" in first or "loss_mask" in second:
+        masks = [part.get("loss_mask", torch.ones_like(part["tokens"], dtype=torch.bool)).bool()
+                 for part in (first, second)]
+        merged["loss_mask"] = torch.cat(masks)
+    return merged

@@ -64,6 +64,10 @@ Evaluator = Callable[[TransformerBridge], Mapping[str, float]]
 StepCallback = Callable[[int, TransformerBridge, float], None]
 """Called after each optimizer step with (steps done, model, training loss)."""
 
+StopCondition = Callable[[int, Mapping[str, float]], bool]
+"""Called after each evaluation with (steps done, that evaluation's row); True ends
+the run there (e.g. once a loss has left its plateau)."""
+
 BatchHooks = Callable[[Batch], Sequence[FwdHook]]
 """Forward hooks that depend on the batch (e.g. attention patterns a reference
 model computes on it); added to the static `fwd_hooks` at every training step."""
@@ -265,6 +269,7 @@ def train(
     fwd_hooks: Sequence[FwdHook] = (),
     batch_hooks: BatchHooks | None = None,
     callbacks: Sequence[StepCallback] = (),
+    stop_when: StopCondition | None = None,
     resume: bool = False,
     device: str | torch.device | None = None,
     progress: bool = True,
@@ -275,6 +280,10 @@ def train(
     checkpoint and ends with the weights an uninterrupted run would have; a
     finished run is returned as is. Without it, a directory that already holds
     checkpoints is refused rather than overwritten.
+
+    `stop_when` ends the run early at an evaluation step, with a checkpoint
+    there; the learning-rate schedule is still the one of `train_cfg.steps`, so
+    a stopped run is the prefix of the full one. A stopped run counts as finished.
     """
     device = resolve_device(device)
     evaluators = dict(evaluators or {})
@@ -288,6 +297,8 @@ def train(
         if _identity(run.config) != _identity(_json_roundtrip(config)):
             raise ValueError(f"resume: the config differs from {run.path / CONFIG_FILE}; start a new run instead")
         start = run.steps[-1]
+        if run.load_training_state(start).get("stopped"):
+            return run
     else:
         run = Run.create(run_dir, {**config, "device": str(device), "versions": versions()})
 
@@ -313,7 +324,7 @@ def train(
         model.train()
         return row
 
-    def checkpoint(step: int) -> None:
+    def checkpoint(step: int, stopped: bool = False) -> None:
         # The running train-loss average rides along so a resumed log matches an uninterrupted one.
         # No RNG state: every random draw comes from step_generator(seed, step), so the
         # data position is the step and the caller's global RNG is never touched.
@@ -321,7 +332,7 @@ def train(
         # discarded, so it is not stored (it would double the size of dense checkpoints).
         discarded = train_cfg.reset_optimizer_each_episode and step % train_cfg.episode_steps == 0
         state = {"step": step, "optimizer": None if discarded else stepper.optimizer.state_dict(),
-                 "loss_sum": loss_sum, "loss_count": loss_count}
+                 "loss_sum": loss_sum, "loss_count": loss_count, "stopped": stopped}
         run.save_checkpoint(step, model, state)
 
     schedule = set(checkpoint_schedule(train_cfg))
@@ -347,15 +358,21 @@ def train(
             row.update({"train/loss": loss_sum / loss_count, "lr": lr})
             loss_sum, loss_count = 0.0, 0
             bar.set_postfix(loss=f"{row['train/loss']:.3f}")
+        stop = False
         if evaluators and (done == total or (train_cfg.eval_every and done % train_cfg.eval_every == 0)):
-            row.update(evaluate(done))
+            evaluation = evaluate(done)
+            row.update(evaluation)
+            stop = stop_when is not None and done < total and stop_when(done, evaluation)
         if row:
             pending.append({"step": done, **row})
-        if done in schedule:
+        if done in schedule or stop:
             run.log_metrics(pending)
             pending = []
-            checkpoint(done)
+            checkpoint(done, stopped=stop)
         bar.update(1)
+        if stop:
+            logger.info("%s: stop condition met at step %d", run.path, done)
+            break
         for callback in callbacks:
             callback(done, model, loss_value)
     bar.close()

@@ -15,41 +15,53 @@ Batches carry, besides `tokens` and `loss_mask` (padding excluded):
 - `name_mask` [batch, pos]: name tokens;
 - `sentence_of` [batch, pos]: the sentence index (0-5) of each token, -1 for BOS/padding;
 - `individual` [batch]: who the biography is about.
+
+`recall_masks` turns these into the position sets of the recall circuit's
+attention signatures, and `evaluate_attributes` scores a model on a batch
+(attribute loss and accuracy, confidence where a value is recalled).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from interp.configs import require, require_choice, require_positive
-from interp.model import Batch
+from interp.metrics import spans
+from interp.model import Batch, FwdHook, forward, token_losses
 
 ATTRIBUTES = ("birth_date", "birth_city", "current_city", "university", "major", "company")
 SPECIAL = ("<pad>", "<bos>", ".")
 MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
           "November", "December")
 
-# Templates are an opener, the name and a relation phrase that names the attribute with
-# its own keyword (birthday, birthplace, residence, university, major, employer) before
-# the value, as in the bioS data: 5 openers x 5 phrases = 25 per attribute. The held-out
-# templates are pairings (opener i, phrase i) never seen in training, built from parts
-# that are, so an evaluation sentence still says which attribute it asks for.
+# Templates are an opener, the name and a relation phrase that ends with the attribute's
+# own keyword (birthday, birthplace, residence, university, major, employer), which is
+# always the word right before the value, as in the bioS data: 5 openers x 5 phrases =
+# 25 per attribute. Ending every phrase on its keyword makes "a value comes next, of
+# this attribute" a one-token cue; with words after the keyword in some phrases only
+# ("lists the birthday as"), the no-knowledge loss is reached slowly, which blurs the
+# end of the first phase. The held-out templates are pairings (opener i, phrase i)
+# never seen in training, built from parts that are, so an evaluation sentence still
+# says which attribute it asks for.
 OPENERS = ("", "records show that", "it is known that", "friends say that", "as noted ,")
 PHRASES = {
-    "birth_date": ("has the birthday", "celebrates the birthday on", "was born with the birthday",
-                   "marks the birthday on", "lists the birthday as"),
+    "birth_date": ("has the birthday", "celebrates on the birthday", "was born on the birthday",
+                   "marks as birthday", "lists as the birthday"),
     "birth_city": ("has the birthplace", "names as birthplace", "was born in the birthplace",
-                   "calls the birthplace", "lists the birthplace as"),
-    "current_city": ("has the residence", "names as residence", "keeps a residence in", "calls the residence",
-                     "lists the residence as"),
+                   "calls the birthplace", "lists as the birthplace"),
+    "current_city": ("has the residence", "names as residence", "keeps a residence", "calls the residence",
+                     "lists as the residence"),
     "university": ("attended the university", "names as university", "graduated from the university",
-                   "calls the university", "lists the university as"),
-    "major": ("has the major", "names as major", "completed the major", "calls the major", "lists the major as"),
+                   "calls the university", "lists as the university"),
+    "major": ("has the major", "names as major", "completed the major", "calls the major", "lists as the major"),
     "company": ("has the employer", "names as employer", "works for the employer", "calls the employer",
-                "lists the employer as"),
+                "lists as the employer"),
 }
 MAX_HELDOUT_TEMPLATES = len(OPENERS)
 
@@ -115,6 +127,37 @@ class BiographiesConfig:
             require(getattr(self, name) >= 0, name, "an integer >= 0", getattr(self, name))
 
 
+def recall_masks(batch: Batch) -> Batch:
+    """Position sets of the recall circuit (Zucchet et al.), as boolean tensors:
+    - `attribute_query` [batch, pos]: positions that predict an attribute's first value token;
+    - `name` [batch, pos]: name tokens (any sentence: every sentence repeats the name);
+    - `text` [batch, pos]: the other real tokens (neither name, BOS nor padding);
+    - `last_name` [batch, pos]: the last token of each occurrence of the name;
+    - `same_name` [batch, query, key]: the other name tokens of the query's own sentence."""
+    name = batch["name_mask"].bool()
+    real = batch["tokens"] != 0
+    real[:, 0] = False
+    following = torch.cat([name[:, 1:], torch.zeros_like(name[:, :1])], dim=1)
+    last_name = name & ~following
+    sentence = batch["sentence_of"]
+    same_sentence = (sentence[:, :, None] == sentence[:, None, :]) & (sentence[:, :, None] >= 0)
+    not_self = ~torch.eye(name.shape[1], dtype=torch.bool, device=name.device)[None]
+    return {"attribute_query": spans.span_start_positions(batch["attribute_of"]), "name": name,
+            "text": real & ~name, "last_name": last_name, "same_name": same_sentence & name[:, None, :] & not_self}
+
+
+def evaluate_attributes(model, batch: Batch, fwd_hooks: Sequence[FwdHook] = ()) -> dict[str, float]:
+    """Attribute loss (summed over a value's tokens, averaged over attributes and
+    biographies), attribute accuracy (every value token the argmax) and the
+    confidence (max-probability, entropy) of the prediction of each first value token."""
+    with torch.no_grad():
+        logits = forward(model, batch, fwd_hooks)
+        losses = spans.span_losses(token_losses(logits, batch), batch["attribute_of"], len(ATTRIBUTES))
+        correct = spans.span_correct(logits, batch["tokens"], batch["attribute_of"], len(ATTRIBUTES))
+    return {"loss": float(losses.nanmean()), "accuracy": float(correct.nanmean()),
+            **spans.confidence(logits, spans.span_start_positions(batch["attribute_of"]))}
+
+
 class Vocabulary:
     """Word-level tokenizer: a fixed list of words, saved with a run as JSON."""
 
@@ -130,11 +173,26 @@ class Vocabulary:
         except KeyError as missing:
             raise KeyError(f"word {missing} is not in the vocabulary") from None
 
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.words))
+
+    @classmethod
+    def load(cls, path: str | Path) -> Vocabulary:
+        return cls(json.loads(Path(path).read_text()))
+
     def decode(self, ids) -> str:
         return " ".join(self.words[int(i)] for i in ids if self.words[int(i)] != "<pad>")
 
     def __len__(self) -> int:
         return len(self.words)
+
+
+def model_shape(cfg: BiographiesConfig) -> tuple[int, int]:
+    """`(d_vocab, n_ctx)` a model needs for this task: they depend on the pools and
+    templates, not on the number of individuals."""
+    task = Biographies(replace(cfg, n_individuals=1, n_unseen=0, n_finetune=0, n_celebrities=0,
+                               warmup_individuals=0))
+    return len(task.vocab), task.seq_len
 
 
 class Biographies:
@@ -253,6 +311,11 @@ class Biographies:
         people = rng.choice(len(self.probabilities(step)), batch_size, p=self.probabilities(step))
         return self.sample(people, rng)
 
+    def population(self, people: np.ndarray) -> Population:
+        """A data source of fresh biographies of `people`, drawn uniformly (e.g. the
+        fine-tuning split)."""
+        return Population(self, np.asarray(people))
+
     def baseline(self) -> float:
         """No-knowledge attribute loss: mean over attributes of the entropy of the value
         marginal among the trained individuals. Value tokens are drawn independently
@@ -266,3 +329,16 @@ class Biographies:
                 total += float(-(p * np.log(p)).sum())
             entropies.append(total)
         return float(np.mean(entropies))
+
+
+class Population:
+    """Biographies of a fixed set of individuals, each equally likely (a data source)."""
+
+    def __init__(self, bios: Biographies, people: np.ndarray):
+        if len(people) == 0:
+            raise ValueError("people: expected at least one individual")
+        self.bios, self.people = bios, people
+
+    def batch(self, step: int, batch_size: int, generator: torch.Generator) -> Batch:
+        rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,), generator=generator)))
+        return self.bios.sample(rng.choice(self.people, batch_size), rng)

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 
 from interp.configs import ConfigError
-from tasks.biographies import ATTRIBUTES, Biographies, BiographiesConfig
+from interp.metrics import spans
+from interp.replay import Replay
+from tasks.biographies import ATTRIBUTES, Biographies, BiographiesConfig, Vocabulary, model_shape, recall_masks
 
 CFG = BiographiesConfig(n_individuals=50, n_unseen=10, n_finetune=10, seed=3)
 TASK = Biographies(CFG)
@@ -89,3 +92,49 @@ def test_baseline_of_uniform_pools_approaches_log_pool_sizes():
 def test_bad_config_names_the_field(field, value):
     with pytest.raises(ConfigError, match=field):
         BiographiesConfig(**{field: value})
+
+
+KEYWORDS = {"birth_date": "birthday", "birth_city": "birthplace", "current_city": "residence",
+            "university": "university", "major": "major", "company": "employer"}
+
+
+def test_the_word_before_every_value_is_its_attribute_keyword():
+    rng = np.random.default_rng(2)
+    for heldout in (False, True):
+        bio = TASK.biography(4, rng, heldout=heldout)
+        words = TASK.vocab.decode(bio["tokens"]).split()
+        starts = spans.span_start_positions(bio["attribute_of"][None])[0]
+        for position in torch.nonzero(starts).flatten().tolist():
+            attribute = ATTRIBUTES[int(bio["attribute_of"][position + 1])]
+            assert words[position] == KEYWORDS[attribute]
+
+
+def test_recall_masks_on_a_known_biography():
+    batch = TASK.sample(np.array([5]), np.random.default_rng(0))
+    masks = recall_masks(batch)
+    words = TASK.vocab.words
+    tokens = batch["tokens"][0]
+    assert sorted(words[t] for t in tokens[masks["attribute_query"][0]]) == sorted(KEYWORDS.values())
+    assert [words[t] for t in tokens[masks["last_name"][0]]] == [TASK.names[5][2]] * 6
+    assert not (masks["name"] & masks["text"]).any() and not masks["text"][0, 0]
+    assert masks["text"][0].sum() + masks["name"][0].sum() == batch["loss_mask"][0].sum() - 1  # all but BOS
+    last = int(torch.nonzero(masks["last_name"][0])[3])
+    assert [words[t] for t in tokens[masks["same_name"][0, last]]] == TASK.names[5][:2]
+
+
+def test_population_draws_only_its_people_and_replay_pools_merge_with_it():
+    source = TASK.population(TASK.finetune[:3])
+    batch = source.batch(0, 16, torch.Generator().manual_seed(0))
+    assert set(batch["individual"].tolist()) <= set(TASK.finetune[:3].tolist())
+    pool = TASK.sample(TASK.trained[:4], np.random.default_rng(0))
+    merged = Replay(source, pool, 0.5).batch(0, 4, torch.Generator().manual_seed(0))
+    assert merged["tokens"].shape[0] == 6 and set(merged) == set(batch)
+    with pytest.raises(ValueError, match="people"):
+        TASK.population(np.array([], dtype=int))
+
+
+def test_vocabulary_round_trip_and_model_shape(tmp_path):
+    TASK.vocab.save(tmp_path / "vocab.json")
+    assert Vocabulary.load(tmp_path / "vocab.json").words == TASK.vocab.words
+    assert model_shape(CFG) == (len(TASK.vocab), TASK.seq_len)
+    assert model_shape(replace(CFG, n_individuals=7)) == model_shape(CFG)

@@ -90,7 +90,7 @@ def test_state_pt_loads_with_weights_only(trained_run):
     path = run.checkpoint_dir(4) / STATE_FILE
     state = torch.load(path, weights_only=True)
     assert state["step"] == 4
-    assert set(state) == {"step", "optimizer", "loss_sum", "loss_count"}
+    assert set(state) == {"step", "optimizer", "loss_sum", "loss_count", "stopped"}
     assert state["optimizer"]["state"], "adam state after 4 steps must not be empty"
     via_run = run.load_training_state(4)
     assert via_run["step"] == 4

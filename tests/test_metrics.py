@@ -381,3 +381,32 @@ def test_loss_probe_respects_batch_loss_mask(model):
         logits = model(tokens)
     manual = F.cross_entropy(logits[:, 2:5].reshape(-1, D_VOCAB), tokens[:, 3:6].reshape(-1))
     assert values["l/loss"] == pytest.approx(float(manual), abs=1e-5)
+
+
+# --- sharpness ---------------------------------------------------------------------
+
+
+def test_sharpness_is_zero_for_one_hot_and_one_for_uniform_attention():
+    n = 6
+    pattern = torch.stack([previous_token_pattern(n), uniform_causal_pattern(n)])[None]  # batch 1, head 2
+    every_query = torch.ones(1, n, dtype=torch.bool)
+    sharp = circuits.attention_sharpness(pattern, every_query)
+    assert sharp.tolist() == pytest.approx([0.0, 1.0], abs=1e-6)
+
+
+def test_sharpness_of_attention_split_over_two_keys():
+    n = 5
+    pattern = torch.zeros(1, 1, n, n)
+    pattern[0, 0, :, 0] = 1.0
+    pattern[0, 0, 4] = torch.tensor([0.5, 0.5, 0.0, 0.0, 0.0])  # query 4: entropy ln 2 over ln 5 keys
+    only_four = torch.zeros(1, n, dtype=torch.bool)
+    only_four[0, 4] = True
+    assert circuits.attention_sharpness(pattern, only_four).item() == pytest.approx(math.log(2) / math.log(5))
+
+
+def test_sharpness_skips_query_zero_and_checks_its_mask():
+    pattern = uniform_causal_pattern(4)[None, None]
+    with pytest.raises(ValueError, match="after 0"):
+        circuits.attention_sharpness(pattern, torch.tensor([[True, False, False, False]]))
+    with pytest.raises(ValueError, match="query_mask"):
+        circuits.attention_sharpness(pattern, torch.ones(1, 5, dtype=torch.bool))

@@ -70,4 +70,20 @@ def test_bad_replay_input_names_the_argument():
     with pytest.raises(ValueError, match="weights"):
         Replay(Ones(), POOL, 0.5, weights=np.ones(3))
     with pytest.raises(ValueError, match="pool"):
-        Replay(Ones(), {**POOL, "vectors": torch.zeros(10, 6, 2)}, 0.5)
+        Replay(Ones(), {**POOL, "vectors": torch.zeros(9, 6, 2)}, 0.5)
+
+
+def test_replay_merges_every_shared_key_and_refuses_keys_on_one_side():
+    annotated = {**POOL, "label": torch.arange(10)}
+
+    class Labelled(Ones):
+        def batch(self, step, batch_size, generator):
+            return {**super().batch(step, batch_size, generator), "label": -torch.ones(batch_size, dtype=torch.long)}
+
+    batch = Replay(Labelled(), annotated, 1.0, seed=0).batch(0, 2, torch.Generator())
+    assert batch["label"][:2].tolist() == [-1, -1]
+    assert torch.equal(batch["tokens"][2:, 0], (batch["label"][2:] * 6 + 100))
+    with pytest.raises(ValueError, match="label"):
+        Replay(Ones(), annotated, 1.0).batch(0, 2, torch.Generator())
+    with pytest.raises(ValueError, match="row shape"):
+        Replay(Labelled(), {**POOL, "label": torch.zeros(10, 3)}, 1.0).batch(0, 2, torch.Generator())

@@ -481,6 +481,34 @@ def test_evaluators_are_logged_under_name_and_key(tmp_path):
     assert [r["step"] for r in rows] == [0, 3, 4, 6]
 
 
+def test_stop_when_ends_the_run_as_a_prefix_of_the_full_run(tmp_path):
+    tokens = fixed_tokens()
+
+    def loss_eval(model):
+        batch = {"tokens": tokens}
+        return {"loss": float(masked_mean_loss(fused_forward(model, batch), batch))}
+
+    cfg = tiny_train_config(steps=8, eval_every=2, checkpoint_every=0, schedule="cosine")
+    seen = []
+
+    def after_four(step, row):
+        seen.append((step, set(row)))
+        return step >= 4
+
+    stopped = run_train(tmp_path / "stopped", tiny_model_config(), cfg, evaluators={"val": loss_eval},
+                        stop_when=after_four)
+    assert seen == [(2, {"val/loss"}), (4, {"val/loss"})]  # never asked at step 0
+    assert stopped.steps[-1] == 4 and max(r["step"] for r in stopped.metrics()) == 4
+    full = run_train(tmp_path / "full", tiny_model_config(), tiny_train_config(
+        steps=8, eval_every=2, checkpoint_steps=(4,), checkpoint_every=0, schedule="cosine"),
+        evaluators={"val": loss_eval})
+    assert full.steps[-1] == 8
+    assert_state_equal(stopped.load_state_dict(4), full.load_state_dict(4))  # same lr schedule
+    again = run_train(tmp_path / "stopped", tiny_model_config(), cfg, evaluators={"val": loss_eval},
+                      stop_when=after_four, resume=True)
+    assert again.steps[-1] == 4  # a stopped run is finished: resume returns it as is
+
+
 def test_train_on_induction_task_smoke(tmp_path):
     data = RepeatedSegments(RepeatedSegmentsConfig(d_vocab=D_VOCAB, seq_len=N_CTX, min_segment=2, max_segment=4))
     run = run_train(tmp_path / "run", tiny_model_config(), tiny_train_config(steps=3), data)

@@ -80,6 +80,26 @@ def attention_mass(
     return (mass * weights).sum(dim=(0, 2)) / weights.sum(dim=(0, 2))
 
 
+def attention_sharpness(pattern: Pattern, query_mask: Bool[Tensor, "batch query"]) -> Float[Tensor, " head"]:
+    """Normalized attention entropy of the selected queries: the entropy of each
+    query's pattern over the log of the number of keys it may attend to (q + 1
+    under the causal mask). 0: all mass on one key; 1: uniform. Queries at
+    position 0 (one key, entropy 0/0) are left out."""
+    if query_mask.shape != pattern.shape[:1] + pattern.shape[2:3]:
+        raise ValueError(f"query_mask {tuple(query_mask.shape)} does not fit pattern {tuple(pattern.shape)}")
+    n_query = pattern.shape[-2]
+    usable = query_mask.clone()
+    usable[:, 0] = False
+    if not usable.any():
+        raise ValueError("query_mask selects no position after 0")
+    p = pattern.float().clamp_min(0)
+    entropy = -(p * torch.log(p.clamp_min(1e-12))).sum(-1)  # batch head query
+    attendable = torch.log(torch.arange(1, n_query + 1, device=pattern.device, dtype=torch.float32))
+    normalized = entropy / attendable.clamp_min(1e-12)
+    weights = usable[:, None, :].float()
+    return (normalized * weights).sum(dim=(0, 2)) / weights.sum(dim=(0, 2))
+
+
 def per_head(scores: Float[Tensor, " head"], layer: int) -> dict[str, float]:
     return {head_key(layer, h): float(s) for h, s in enumerate(scores)}
 
@@ -138,6 +158,13 @@ def attention_mass_probe(layers: Sequence[int], query_key: str, key_key: str) ->
         layers,
         lambda p, b: attention_mass(p, b[query_key].bool(), b[key_key].bool()),
     )
+
+
+def sharpness_probe(layers: Sequence[int], query_key: str) -> Probe:
+    """Normalized attention entropy at the positions in `batch[query_key]`."""
+    layers = tuple(layers)
+    return _layer_probe(f"sharpness(layers={layers},{query_key})", layers,
+                        lambda p, b: attention_sharpness(p, b[query_key].bool()))
 
 
 def loss_probe(mask_key: str | None = None) -> Probe:

@@ -1,0 +1,56 @@
+"""analyses.fact_learning: the power-law fit, config validation and a smoke run of the tiny preset."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from analyses.fact_learning import PRESETS, power_law_fit
+from interp.analysis import run_analysis
+from interp.checkpoints import Run
+from interp.configs import ConfigError, with_overrides
+
+
+def test_power_law_fit_recovers_a_known_law():
+    ns = np.array([250.0, 1000.0, 4000.0])
+    fit = power_law_fit(ns, 0.43 * ns**0.81)
+    assert fit["exponent"] == pytest.approx(0.81) and fit["prefactor"] == pytest.approx(0.43)
+    assert fit["r2"] == pytest.approx(1.0)
+    assert power_law_fit(ns[:1], ns[:1]) is None
+
+
+@pytest.mark.parametrize("key, value, field", [
+    ("model.d_vocab", 10, "model.d_vocab"), ("model.n_ctx", 8, "model.n_ctx"), ("alphas", "0", "alphas"),
+    ("stop_below", 0.05, "stop_below"), ("warmup_steps", 0, "warmup_steps"), ("patch_steps", "99999", "patch_steps"),
+    ("train.eval_every", 0, "train.eval_every"), ("n_sweep", "10", "n_sweep"), ("replay_ratio", 0, "replay_ratio"),
+])
+def test_bad_config_names_the_field(key, value, field):
+    with pytest.raises(ConfigError, match=field):
+        with_overrides(PRESETS["quick"], {key: value})
+
+
+def test_tiny_preset_end_to_end(tmp_path):
+    results = run_analysis("fact-learning", tmp_path, preset="tiny", progress=False)
+    cfg = PRESETS["tiny"]
+    for key in ("baseline", "phase1_end", "plateau_end", "final_accuracy", "unseen_loss_final"):
+        assert key in results
+    assert [r["n_individuals"] for r in results["plateau_by_n"]] == sorted([cfg.data.n_individuals, *cfg.n_sweep])
+    assert [r["alpha"] for r in results["alpha_sweep"]] == [0.0, *cfg.alphas]
+    assert {"none", "replay"} == set(results["finetune"])
+    assert set(results["finetune"]["none"]) >= {"old_loss_before", "old_loss_peak", "old_loss_after"}
+    assert len(results["patching"]) == 3
+
+    def reject(constant):
+        raise AssertionError(f"results.json holds {constant}, which is not JSON")
+
+    json.loads((tmp_path / "results.json").read_text(), parse_constant=reject)
+    assert len(list((tmp_path / "figures").glob("*.png"))) >= 10
+    main = Run.open(tmp_path / "runs" / "main")
+    assert main.steps == list(range(0, cfg.train.steps + 1, cfg.train.checkpoint_every))
+    assert (main.path / "vocab.json").exists()
+    finetuned = Run.open(tmp_path / "runs" / "finetune-none")
+    assert finetuned.config["init_from"]["step"] == cfg.train.steps
+    again = run_analysis("fact-learning", tmp_path, preset="tiny", progress=False, resume=True)
+    assert again["final_loss"] == results["final_loss"]  # finished runs are reused as they are
