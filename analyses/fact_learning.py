@@ -438,7 +438,7 @@ def make_figures(cfg: FactLearningConfig, out: Path, runs: dict[str, Run], resul
             series[f"{fit['prefactor']:.3g} N^{fit['exponent']:.2f} (R² {fit['r2']:.3f})"] = (
                 grid, fit["prefactor"] * grid ** fit["exponent"])
         figures["plateau_by_n"] = save_figure(plot_curves(
-            series, markers=True, logx=True, title="Plateau end vs number of individuals",
+            series, markers=True, logx=True, logy=True, title="Plateau end vs number of individuals",
             ylabel="plateau end (step)", xlabel="individuals N"), fig_dir / "plateau_by_n.png")
 
     budget = results["compare_steps"]

@@ -28,3 +28,9 @@ def test_plot_curves_band_surrounds_the_line():
     fig = plot_curves({"a": (np.arange(3), np.array([1.0, 2.0, 3.0]))}, bands={"a": np.array([0.5, 0.5, 0.5])})
     band = fig.axes[0].collections[0].get_paths()[0].vertices
     assert band[:, 1].min() == pytest.approx(0.5) and band[:, 1].max() == pytest.approx(3.5)
+
+
+def test_plot_curves_log_axes():
+    ax = plot_curves({"a": (np.array([1.0, 10.0]), np.array([2.0, 20.0]))}, logx=True, logy=True).axes[0]
+    assert (ax.get_xscale(), ax.get_yscale()) == ("log", "log")
+    assert plot_curves({"a": (np.arange(2), np.arange(2.0))}).axes[0].get_yscale() == "linear"

@@ -22,6 +22,7 @@ def plot_curves(
     title: str = "",
     ylabel: str = "",
     logx: bool = False,
+    logy: bool = False,
     vlines: Mapping[str, float] | None = None,
     hlines: Mapping[str, float] | None = None,
     bands: Mapping[str, np.ndarray] | None = None,
@@ -51,6 +52,8 @@ def plot_curves(
         ax.axhline(y, color=f"C{i + 6}", ls=":", lw=1, label=name)
     if logx:
         ax.set_xscale("log")
+    if logy:
+        ax.set_yscale("log")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
