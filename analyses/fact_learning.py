@@ -170,21 +170,19 @@ def run_job(job: TrainJob) -> str:
 
         return evaluate
 
-    evaluators: dict[str, Any]
+    known = eval_batch(bios, eval_people(bios, cfg.eval_individuals, cfg.seed), cfg.seed, EVAL_STREAM)
     data: Any = bios
     if job.kind == "finetune":
-        old = eval_batch(bios, eval_people(bios, cfg.eval_individuals, cfg.seed), cfg.seed, EVAL_STREAM)
         new = eval_batch(bios, bios.finetune[: cfg.eval_individuals], cfg.seed, EVAL_STREAM)
-        evaluators = {OLD: evaluator(old), NEW: evaluator(new)}
+        evaluators = {OLD: evaluator(known), NEW: evaluator(new)}
         data = bios.population(bios.finetune)
         if job.replay:
             rng = np.random.default_rng([cfg.seed, REPLAY_STREAM])
             pool = bios.sample(rng.choice(bios.trained, cfg.replay_pool), rng)
             data = Replay(data, pool, cfg.replay_ratio, seed=cfg.seed)
     else:
-        seen = eval_batch(bios, eval_people(bios, cfg.eval_individuals, cfg.seed), cfg.seed, EVAL_STREAM)
         unseen = eval_batch(bios, bios.unseen[: cfg.eval_individuals], cfg.seed, EVAL_STREAM)
-        evaluators = {SEEN: evaluator(seen), UNSEEN: evaluator(unseen)}
+        evaluators = {SEEN: evaluator(known), UNSEEN: evaluator(unseen)}
 
     def stop_when(step: int, row: dict[str, float]) -> bool:
         left_plateau = job.kind in ("n", "patch") and row[f"{SEEN}/loss"] < baseline - cfg.stop_below
@@ -324,9 +322,9 @@ def run(cfg: FactLearningConfig, out: Path, options: RunOptions) -> dict[str, An
     bios = Biographies(base)
     signatures = attention_signatures(main, bios, cfg, options.device)
     atomic_write_json(out / "signatures.json", signatures)
-    results = summarize(cfg, {name: Run.open(path) for name, path in paths.items()}, main_phases, references,
-                        signatures)
-    figures = make_figures(cfg, out, {name: Run.open(path) for name, path in paths.items()}, results, signatures)
+    runs = {name: Run.open(path) for name, path in paths.items()}
+    results = summarize(cfg, runs, main_phases, references, signatures)
+    figures = make_figures(cfg, out, runs, results, signatures)
     write_report(cfg, results, figures, out)
     return results
 
