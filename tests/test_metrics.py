@@ -410,3 +410,77 @@ def test_sharpness_skips_query_zero_and_checks_its_mask():
         circuits.attention_sharpness(pattern, torch.tensor([[True, False, False, False]]))
     with pytest.raises(ValueError, match="query_mask"):
         circuits.attention_sharpness(pattern, torch.ones(1, 5, dtype=torch.bool))
+
+
+# --- corrected previous-token score, induction strength, token-set mass ------------------------------------------
+
+
+def test_corrected_previous_token_score_is_one_for_perfect_and_zero_for_uniform():
+    n = 7
+    pattern = stack_heads(previous_token_pattern(n), uniform_causal_pattern(n), self_pattern(n), batch=1)
+    odd = torch.zeros(1, n, dtype=torch.bool)
+    odd[0, 1::2] = True
+    score = circuits.corrected_previous_token_score(pattern, odd)
+    # A head that never looks back scores -1/p per query: mean over p = 1, 3, 5.
+    assert score.tolist() == pytest.approx([1.0, 0.0, -(1 + 1 / 3 + 1 / 5) / 3], abs=1e-6)
+
+
+def test_corrected_previous_token_score_of_half_attention():
+    n = 5
+    pattern = uniform_causal_pattern(n)[None, None].clone()
+    pattern[0, 0, 4] = torch.tensor([0.0, 0.0, 0.5, 0.5, 0.0])
+    only_four = torch.zeros(1, n, dtype=torch.bool)
+    only_four[0, 4] = True
+    assert circuits.corrected_previous_token_score(pattern, only_four).item() == pytest.approx(0.5 - 0.5 / 4)
+
+
+def test_corrected_previous_token_score_validates_its_mask():
+    pattern = uniform_causal_pattern(4)[None, None]
+    with pytest.raises(ValueError, match="after 0"):
+        circuits.corrected_previous_token_score(pattern, torch.tensor([[True, False, False, False]]))
+    with pytest.raises(ValueError, match="query_mask"):
+        circuits.corrected_previous_token_score(pattern, torch.ones(2, 4, dtype=torch.bool))
+
+
+def few_shot_masks(n: int, query: int, matching: list[int], other: list[int]):
+    query_mask, match, nonmatch = (torch.zeros(1, n, dtype=torch.bool) for _ in range(3))
+    query_mask[0, query] = True
+    match[0, matching] = True
+    nonmatch[0, other] = True
+    return query_mask, match, nonmatch
+
+
+def test_induction_strength_known_values():
+    n = 9  # labels at 1, 3, 5, 7; query at 8
+    query_mask, match, nonmatch = few_shot_masks(n, 8, [1, 5], [3, 7])
+    pattern = uniform_causal_pattern(n)[None, None].repeat(1, 3, 1, 1)
+    pattern[0, 0, 8] = 0.0
+    pattern[0, 0, 8, [1, 5]] = 0.5  # all on the matching labels: 0.5 per key vs 0
+    pattern[0, 1, 8] = 0.0
+    pattern[0, 1, 8, 3] = 1.0  # all on one non-matching label: 0 vs 0.5 per key
+    strength = circuits.induction_strength(pattern, query_mask, match, nonmatch)
+    assert strength.tolist() == pytest.approx([0.5, -0.5, 0.0], abs=1e-6)
+
+
+def test_induction_strength_skips_rows_without_both_kinds_of_key():
+    n = 5
+    query_mask = torch.zeros(2, n, dtype=torch.bool)
+    query_mask[:, 4] = True
+    match = torch.zeros(2, n, dtype=torch.bool)
+    nonmatch = torch.zeros(2, n, dtype=torch.bool)
+    match[0, 1], nonmatch[0, 3] = True, True
+    nonmatch[1, [1, 3]] = True  # row 1 has no matching key: left out
+    pattern = uniform_causal_pattern(n)[None, None].repeat(2, 1, 1, 1)
+    pattern[:, 0, 4] = torch.tensor([0.0, 1.0, 0.0, 0.0, 0.0])
+    assert circuits.induction_strength(pattern, query_mask, match, nonmatch).item() == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="both"):
+        circuits.induction_strength(pattern[1:], query_mask[1:], match[1:], nonmatch[1:])
+
+
+def test_token_set_mass_known_values():
+    logits = torch.log(torch.tensor([[[0.1, 0.2, 0.3, 0.4], [0.25, 0.25, 0.25, 0.25]]]))
+    query_mask = torch.tensor([[True, False]])
+    tokens = torch.tensor([[False, True, False, True]])
+    assert circuits.token_set_mass(logits, query_mask, tokens) == pytest.approx(0.6)
+    with pytest.raises(ValueError, match="token_mask"):
+        circuits.token_set_mass(logits, query_mask, tokens[:, :3])

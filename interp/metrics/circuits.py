@@ -100,6 +100,67 @@ def attention_sharpness(pattern: Pattern, query_mask: Bool[Tensor, "batch query"
     return (normalized * weights).sum(dim=(0, 2)) / weights.sum(dim=(0, 2))
 
 
+def corrected_previous_token_score(pattern: Pattern, query_mask: Bool[Tensor, "batch query"]) -> Float[Tensor, " head"]:
+    """Attention to the preceding position at the selected queries, corrected for
+    what uniform attention would give: `A[p, p-1] - (1 - A[p, p-1]) / p`, averaged.
+
+    0 for uniform attention over the `p + 1` visible keys, 1 for a perfect
+    previous-token head; negative when the head avoids the previous position.
+    """
+    if query_mask.shape != pattern.shape[:1] + pattern.shape[2:3]:
+        raise ValueError(f"query_mask {tuple(query_mask.shape)} does not fit pattern {tuple(pattern.shape)}")
+    usable = query_mask.clone()
+    usable[:, 0] = False
+    if not usable.any():
+        raise ValueError("query_mask selects no position after 0")
+    positions = torch.arange(1, pattern.shape[-2], device=pattern.device)
+    previous = pattern[:, :, positions, positions - 1].float()  # batch head query-1
+    score = previous - (1 - previous) / positions.float()
+    weights = usable[:, None, 1:].float()
+    return (score * weights).sum(dim=(0, 2)) / weights.sum(dim=(0, 2))
+
+
+def induction_strength(
+    pattern: Pattern,
+    query_mask: Bool[Tensor, "batch query"],
+    match_mask: Bool[Tensor, "batch key"],
+    nonmatch_mask: Bool[Tensor, "batch key"],
+) -> Float[Tensor, " head"]:
+    """Mean attention per matching key minus mean attention per non-matching key,
+    at the selected queries (e.g. from a few-shot query to the labels of pairs of
+    its class vs of other classes). Rows with no key of either kind are left out."""
+    for name, mask in (("query_mask", query_mask), ("match_mask", match_mask), ("nonmatch_mask", nonmatch_mask)):
+        if mask.shape != pattern.shape[:1] + pattern.shape[2:3]:
+            raise ValueError(f"{name} {tuple(mask.shape)} does not fit pattern {tuple(pattern.shape)}")
+    rows = query_mask & (match_mask.any(1) & nonmatch_mask.any(1))[:, None]
+    if not rows.any():
+        raise ValueError("no selected query has both a matching and a non-matching key")
+
+    def per_key(mask: Tensor) -> Tensor:  # batch head query
+        mask = mask[:, None, None, :].to(pattern.dtype)
+        return (pattern * mask).sum(-1) / mask.sum(-1).clamp_min(1)
+
+    difference = per_key(match_mask) - per_key(nonmatch_mask)
+    weights = rows[:, None, :].to(pattern.dtype)
+    return (difference * weights).sum(dim=(0, 2)) / weights.sum(dim=(0, 2))
+
+
+def token_set_mass(
+    logits: Float[Tensor, "batch pos vocab"],
+    query_mask: Bool[Tensor, "batch pos"],
+    token_mask: Bool[Tensor, "batch vocab"],
+) -> float:
+    """Probability the model puts on a per-sequence set of tokens (e.g. the labels
+    present in context), averaged over the selected positions."""
+    if query_mask.shape != logits.shape[:2] or token_mask.shape != logits.shape[:1] + logits.shape[2:]:
+        raise ValueError(f"masks do not fit logits {tuple(logits.shape)}: query_mask {tuple(query_mask.shape)}, "
+                         f"token_mask {tuple(token_mask.shape)}")
+    if not query_mask.any():
+        raise ValueError("query_mask selects no position")
+    mass = (logits.float().softmax(-1) * token_mask[:, None, :].float()).sum(-1)
+    return float(mass[query_mask].mean())
+
+
 def per_head(scores: Float[Tensor, " head"], layer: int) -> dict[str, float]:
     return {head_key(layer, h): float(s) for h, s in enumerate(scores)}
 
@@ -165,6 +226,28 @@ def sharpness_probe(layers: Sequence[int], query_key: str) -> Probe:
     layers = tuple(layers)
     return _layer_probe(f"sharpness(layers={layers},{query_key})", layers,
                         lambda p, b: attention_sharpness(p, b[query_key].bool()))
+
+
+def corrected_previous_token_probe(layers: Sequence[int], query_key: str) -> Probe:
+    """Baseline-corrected previous-token score at the positions in `batch[query_key]`."""
+    layers = tuple(layers)
+    return _layer_probe(f"corrected_prev_token(layers={layers},{query_key})", layers,
+                        lambda p, b: corrected_previous_token_score(p, b[query_key].bool()))
+
+
+def induction_strength_probe(layers: Sequence[int], query_key: str, match_key: str, nonmatch_key: str) -> Probe:
+    """`induction_strength` with the position sets named by batch keys."""
+    layers = tuple(layers)
+    return _layer_probe(
+        f"induction_strength(layers={layers},{query_key}->{match_key}-{nonmatch_key})", layers,
+        lambda p, b: induction_strength(p, b[query_key].bool(), b[match_key].bool(), b[nonmatch_key].bool()))
+
+
+def token_set_mass_probe(query_key: str, token_key: str) -> Probe:
+    """Probability on the tokens in `batch[token_key]` at the positions in `batch[query_key]`."""
+    return Probe(name=f"token_set_mass({query_key},{token_key})", hooks=(),
+                 fn=lambda ctx: {"mass": token_set_mass(ctx.logits, ctx.batch[query_key].bool(),
+                                                        ctx.batch[token_key].bool())})
 
 
 def loss_probe(mask_key: str | None = None) -> Probe:

@@ -1,0 +1,288 @@
+"""Bursty few-shot classification on Gaussian clusters (Chan et al. 2022; Reddy 2023;
+Singh et al. 2023), the task of transient in-context learning.
+
+A sequence is `x1 y1 x2 y2 ... xN yN xq`: exemplars `x` are continuous vectors fed
+through the model's input projection, labels `y` are tokens, and only the
+prediction at the query `xq` is scored. Exemplar `i` sits at position `2i`, its
+label at `2i + 1`, the query at `2N`.
+
+Classes have means `mu_k ~ N(0, I/D)`; an exemplar is `(mu_k + eps * eta) / sqrt(1 + eps^2)`
+with `eta ~ N(0, I/D)`, drawn from a finite pool of `exemplars_per_class` per class.
+A class's label is fixed (`class % n_labels`). A bursty training sequence holds
+`burstiness` exemplars of the query's class and as many of one distractor class;
+the other pairs are random classes. The query's class being in context with its
+label lets a model answer either from the context (ICL) or from its weights (IWL).
+
+Evaluation sets separate the two (`EVAL_KINDS`, see `FewShot.evaluation`). Every
+batch carries the position sets the circuit metrics need: `query_mask`,
+`label_mask`, `match_mask` (labels of pairs whose exemplar is of the query's class),
+`nonmatch_mask`, `context_labels` (which label tokens are in context), `answer` and `query_class`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from interp.configs import require, require_positive
+from interp.metrics.circuits import token_set_mass
+from interp.model import IGNORE_INDEX, Batch
+
+EVAL_KINDS = ("icl_novel", "icl_permuted", "iwl", "flip", "ciwl", "train")
+"""- `icl_novel`: two held-out classes, each given a random label in context;
+- `icl_permuted`: two trained classes whose in-context labels are random, never their own;
+- `iwl`: the query's class is absent, the context holds distinct other classes with their labels;
+- `flip`: the query's class and the distractor swap labels in context (ICL answers the swapped label);
+- `ciwl`: the query's class is absent, its true label is attached to another class in context;
+- `train`: sequences from the training distribution.
+The two-class kinds fill the context with `context_pairs / 2` exemplars of each class."""
+
+
+@dataclass(frozen=True)
+class FewShotConfig:
+    """- `n_classes` trained classes, `n_heldout_classes` more for novel-class ICL;
+    - `exemplars_per_class` exemplars in each class's fixed pool, `noise` the within-class eps;
+    - `context_pairs` N, `burstiness` exemplars of the query's class (and of the
+      distractor) in a bursty sequence, `bursty_fraction` of sequences bursty (the rest
+      draw every context class at random);
+    - `zipf_exponent`: class `k` is drawn with probability proportional to `(k + 1)^-alpha`;
+    - `query_copies_context`: the query is one of its class's in-context exemplars (the
+      negative control); otherwise it is a different exemplar of the class;
+    - `structure_seed` draws the class means and pools."""
+
+    n_classes: int = 256
+    n_heldout_classes: int = 64
+    n_labels: int = 0
+    exemplars_per_class: int = 20
+    noise: float = 0.1
+    dim: int = 64
+    context_pairs: int = 8
+    burstiness: int = 3
+    bursty_fraction: float = 1.0
+    zipf_exponent: float = 0.0
+    query_copies_context: bool = False
+    structure_seed: int = 0
+
+    def __post_init__(self) -> None:
+        require_positive(self, "n_classes", "n_heldout_classes", "exemplars_per_class", "dim", "context_pairs",
+                         "burstiness")
+        require(isinstance(self.n_labels, int) and 0 <= self.n_labels <= self.n_classes, "n_labels",
+                f"0 (one label per class) or 4..n_classes={self.n_classes}", self.n_labels)
+        require(self.labels >= 4, "n_labels", "at least 4 labels (evaluations draw two foreign ones)", self.n_labels)
+        require(self.n_heldout_classes >= 2, "n_heldout_classes", "at least 2 novel classes", self.n_heldout_classes)
+        require(self.noise >= 0, "noise", "a number >= 0", self.noise)
+        require(self.context_pairs % 2 == 0, "context_pairs", "an even number (two-class evaluations)",
+                self.context_pairs)
+        require(2 * self.burstiness <= self.context_pairs, "burstiness",
+                f"<= context_pairs / 2 = {self.context_pairs // 2}", self.burstiness)
+        require(self.exemplars_per_class > self.burstiness, "exemplars_per_class",
+                f"> burstiness={self.burstiness} (the query is another exemplar)", self.exemplars_per_class)
+        require(self.exemplars_per_class > self.context_pairs // 2, "exemplars_per_class",
+                f"> context_pairs / 2 = {self.context_pairs // 2}", self.exemplars_per_class)
+        largest_label_group = -(-self.n_classes // self.labels)
+        require(self.n_classes - largest_label_group >= self.context_pairs, "n_classes",
+                f"enough classes to fill {self.context_pairs} pairs without the query's label", self.n_classes)
+        require(0 <= self.bursty_fraction <= 1, "bursty_fraction", "a fraction in [0, 1]", self.bursty_fraction)
+        require(self.zipf_exponent >= 0, "zipf_exponent", "a number >= 0", self.zipf_exponent)
+
+    @property
+    def labels(self) -> int:
+        return self.n_labels or self.n_classes
+
+    @property
+    def d_vocab(self) -> int:
+        """Label tokens plus the placeholder token at exemplar positions."""
+        return self.labels + 1
+
+    @property
+    def n_ctx(self) -> int:
+        return 2 * self.context_pairs + 1
+
+
+class FewShot:
+    """Data source for the trainer and evaluation batches for probes."""
+
+    def __init__(self, cfg: FewShotConfig):
+        self.cfg = cfg
+        generator = torch.Generator().manual_seed(cfg.structure_seed)
+        total = cfg.n_classes + cfg.n_heldout_classes
+        scale = cfg.dim**-0.5
+        means = torch.randn(total, cfg.dim, generator=generator) * scale
+        noise = torch.randn(total, cfg.exemplars_per_class, cfg.dim, generator=generator) * scale
+        self.exemplars = (means[:, None] + cfg.noise * noise) / (1 + cfg.noise**2) ** 0.5
+        self.class_labels = torch.arange(total) % cfg.labels
+        ranks = torch.arange(1, cfg.n_classes + 1, dtype=torch.float64)
+        self.class_weights = ranks ** -cfg.zipf_exponent
+        self.placeholder = cfg.labels
+
+    def batch(self, step: int, batch_size: int, generator: torch.Generator) -> Batch:
+        return self.sample(batch_size, generator)
+
+    # --- sampling ---------------------------------------------------------------------------------
+
+    def _classes(self, shape: tuple[int, ...], generator: torch.Generator) -> Tensor:
+        n = int(torch.tensor(shape).prod())
+        if n == 0:
+            return torch.empty(shape, dtype=torch.long)
+        return torch.multinomial(self.class_weights, n, replacement=True, generator=generator).view(shape)
+
+    @staticmethod
+    def _draw_excluding(excluded: Tensor, count: int, generator: torch.Generator) -> Tensor:
+        """`count` distinct indices per row, uniformly among those not `excluded` [n, pool]."""
+        scores = torch.rand(excluded.shape, generator=generator).masked_fill(excluded, 2.0)
+        return scores.argsort(dim=1)[:, :count]
+
+    def _label_clash(self, labels: Tensor) -> Tensor:
+        """[n, n_classes]: trained classes whose label is one of `labels` [n, k]."""
+        return (self.class_labels[: self.cfg.n_classes][None, None, :] == labels[:, :, None]).any(1)
+
+    def _distinct_exemplars(self, n: int, count: int, generator: torch.Generator) -> Tensor:
+        """`count` distinct pool indices per row."""
+        return torch.rand(n, self.cfg.exemplars_per_class, generator=generator).argsort(dim=1)[:, :count]
+
+    def sample(self, n: int, generator: torch.Generator) -> Batch:
+        """`n` training sequences."""
+        cfg = self.cfg
+        pairs, burst = cfg.context_pairs, cfg.burstiness
+        query = self._classes((n,), generator)
+        distractor = self._classes((n,), generator)
+        clash = distractor == query
+        while clash.any():
+            distractor[clash] = self._classes((int(clash.sum()),), generator)
+            clash = distractor == query
+        rest = self._classes((n, pairs - 2 * burst), generator)
+        bursty = torch.cat([query[:, None].expand(n, burst), distractor[:, None].expand(n, burst), rest], dim=1)
+        random_context = self._classes((n, pairs), generator)
+        is_bursty = torch.rand(n, generator=generator) < cfg.bursty_fraction
+        classes = torch.where(is_bursty[:, None], bursty, random_context)
+        # The query-class copies (the first `burst` slots before shuffling) take distinct
+        # exemplars and the query yet another one, so matching needs class similarity, not identity.
+        picks = self._distinct_exemplars(n, burst + 1, generator)
+        context_index = torch.randint(0, cfg.exemplars_per_class, (n, pairs), generator=generator)
+        context_index[:, :burst] = picks[:, :burst]
+        query_index = picks[:, burst]
+        order = torch.rand(n, pairs, generator=generator).argsort(dim=1)
+        classes, context_index = classes.gather(1, order), context_index.gather(1, order)
+        if cfg.query_copies_context:
+            same = classes == query[:, None]
+            first = torch.where(same.any(1), same.float().argmax(1), torch.zeros(n, dtype=torch.long))
+            copy = context_index.gather(1, first[:, None]).squeeze(1)
+            query_index = torch.where(same.any(1), copy, query_index)
+        labels = self.class_labels[classes]
+        return self._assemble(classes, context_index, labels, query, query_index, self.class_labels[query])
+
+    def evaluation(self, kind: str, n: int, generator: torch.Generator) -> Batch:
+        """`n` sequences of evaluation set `kind` (one of `EVAL_KINDS`)."""
+        if kind not in EVAL_KINDS:
+            raise ValueError(f"kind: expected one of {EVAL_KINDS}, got {kind!r}")
+        if kind == "train":
+            return self.sample(n, generator)
+        if kind == "iwl":
+            return self._iwl(n, generator)
+        cfg = self.cfg
+        half = cfg.context_pairs // 2
+        none = torch.zeros(n, cfg.n_classes, dtype=torch.bool)
+        if kind == "icl_novel":
+            two = cfg.n_classes + self._draw_excluding(none[:, : cfg.n_heldout_classes], 2, generator)
+        else:
+            # Two classes with different labels, so swapping or attaching labels changes the answer.
+            first = self._draw_excluding(none, 1, generator)
+            second = self._draw_excluding(self._label_clash(self.class_labels[first]), 1, generator)
+            two = torch.cat([first, second], dim=1)
+        true = self.class_labels[two]
+        if kind in ("icl_novel", "icl_permuted"):
+            # Two distinct labels that are neither class's own, so only the context says which is which.
+            own = torch.zeros(n, cfg.labels, dtype=torch.bool).scatter_(1, true, True)
+            pair_labels = self._draw_excluding(own, 2, generator)
+        elif kind == "flip":
+            pair_labels = true.flip(1)
+        else:  # ciwl: the query's class is absent; its label is carried by the first class
+            query_class = self._draw_excluding(self._label_clash(true), 1, generator).squeeze(1)
+            pair_labels = torch.stack([self.class_labels[query_class], true[:, 1]], dim=1)
+        slot = torch.arange(cfg.context_pairs).expand(n, -1) % 2
+        order = torch.rand(n, cfg.context_pairs, generator=generator).argsort(dim=1)
+        slot = slot.gather(1, order)
+        classes, labels = two.gather(1, slot), pair_labels.gather(1, slot)
+        picks = self._distinct_exemplars(n, half + 1, generator)
+        rank = _rank_within(slot)
+        context_index = picks.gather(1, rank)
+        if kind == "ciwl":
+            query, query_index = query_class, picks[:, half]
+            answer = self.class_labels[query_class]
+        else:
+            query, query_index = two[:, 0], picks[:, half]
+            answer = pair_labels[:, 0]
+            if cfg.query_copies_context:
+                copy = context_index.gather(1, (slot == 0).float().argmax(1, keepdim=True)).squeeze(1)
+                query_index = copy
+        return self._assemble(classes, context_index, labels, query, query_index, answer)
+
+    def _iwl(self, n: int, generator: torch.Generator) -> Batch:
+        cfg = self.cfg
+        query = self._classes((n,), generator)
+        classes = self._draw_excluding(self._label_clash(self.class_labels[query][:, None]), cfg.context_pairs,
+                                       generator)
+        picks = self._distinct_exemplars(n, 2, generator)
+        context_index = torch.randint(0, cfg.exemplars_per_class, classes.shape, generator=generator)
+        return self._assemble(classes, context_index, self.class_labels[classes], query, picks[:, 0],
+                              self.class_labels[query])
+
+    def _assemble(self, classes: Tensor, context_index: Tensor, labels: Tensor, query: Tensor, query_index: Tensor,
+                  answer: Tensor) -> Batch:
+        cfg = self.cfg
+        n, pairs = classes.shape
+        length = cfg.n_ctx
+        tokens = torch.full((n, length), self.placeholder, dtype=torch.long)
+        tokens[:, 1 : 2 * pairs : 2] = labels
+        vectors = torch.zeros(n, length, cfg.dim)
+        vectors[:, 0 : 2 * pairs : 2] = self.exemplars[classes, context_index]
+        vectors[:, -1] = self.exemplars[query, query_index]
+        vector_mask = torch.zeros(n, length, dtype=torch.bool)
+        vector_mask[:, 0::2] = True
+        targets = torch.full((n, length), IGNORE_INDEX, dtype=torch.long)
+        targets[:, -1] = answer
+        label_mask = torch.zeros(n, length, dtype=torch.bool)
+        label_mask[:, 1 : 2 * pairs : 2] = True
+        match_mask = torch.zeros(n, length, dtype=torch.bool)
+        match_mask[:, 1 : 2 * pairs : 2] = classes == query[:, None]
+        query_mask = torch.zeros(n, length, dtype=torch.bool)
+        query_mask[:, -1] = True
+        context_labels = F.one_hot(labels, cfg.d_vocab).any(dim=1)
+        return {"tokens": tokens, "vectors": vectors, "vector_mask": vector_mask, "targets": targets,
+                "query_mask": query_mask, "label_mask": label_mask, "match_mask": match_mask,
+                "nonmatch_mask": label_mask & ~match_mask, "context_labels": context_labels, "answer": answer,
+                "query_class": query}
+
+
+def _rank_within(slot: Tensor) -> Tensor:
+    """For each position, how many earlier positions hold the same slot value."""
+    one_hot = F.one_hot(slot, 2)
+    return ((one_hot.cumsum(dim=1) - one_hot) * one_hot).sum(-1)
+
+
+# --- scoring -------------------------------------------------------------------------------------
+
+
+def query_logits(logits: Tensor) -> Tensor:
+    """The label logits at the query (the placeholder token cannot be an answer)."""
+    return logits[:, -1, :-1].float()
+
+
+def accuracy(logits: Tensor, batch: Batch, closed: bool = True) -> float:
+    """Query accuracy; `closed` takes the argmax over the labels in context only."""
+    scores = query_logits(logits)
+    if closed:
+        scores = scores.masked_fill(~batch["context_labels"][:, :-1], float("-inf"))
+    return float((scores.argmax(-1) == batch["answer"]).float().mean())
+
+
+def context_label_mass(logits: Tensor, batch: Batch) -> float:
+    """Probability the model puts on the labels present in context."""
+    return token_set_mass(logits, batch["query_mask"], batch["context_labels"])
+
+
+def query_loss(logits: Tensor, batch: Batch) -> float:
+    return float(F.cross_entropy(query_logits(logits), batch["answer"]))

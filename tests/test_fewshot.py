@@ -1,0 +1,119 @@
+"""The bursty few-shot task: sequence layout, what each evaluation set puts in
+context, scoring on hand-built logits, and config errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from interp.configs import ConfigError
+from interp.model import IGNORE_INDEX
+from tasks.fewshot import EVAL_KINDS, FewShot, FewShotConfig, accuracy, context_label_mass
+
+CFG = FewShotConfig(n_classes=40, n_heldout_classes=8, n_labels=10, exemplars_per_class=6, dim=8, context_pairs=4,
+                    burstiness=2)
+
+
+def gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def context_vectors(batch):
+    return batch["vectors"][:, 0:-1:2]
+
+
+def test_layout_of_a_training_batch():
+    task = FewShot(CFG)
+    batch = task.sample(16, gen())
+    n_pos = CFG.n_ctx
+    assert batch["tokens"].shape == (16, n_pos) and batch["vectors"].shape == (16, n_pos, CFG.dim)
+    assert (batch["tokens"][:, 0::2] == task.placeholder).all()
+    assert (batch["tokens"][:, 1::2] < CFG.labels).all()
+    assert batch["vector_mask"][:, 0::2].all() and not batch["vector_mask"][:, 1::2].any()
+    assert (batch["targets"][:, :-1] == IGNORE_INDEX).all()
+    assert torch.equal(batch["targets"][:, -1], batch["answer"])
+    assert torch.equal(batch["answer"], task.class_labels[batch["query_class"]])
+    assert batch["query_mask"][:, -1].all() and batch["query_mask"].sum() == 16
+
+
+def test_bursty_sequences_hold_the_query_class_with_distinct_exemplars():
+    task = FewShot(CFG)
+    batch = task.sample(64, gen(1))
+    assert (batch["match_mask"].sum(1) >= CFG.burstiness).all()
+    matching_labels = batch["tokens"][batch["match_mask"]]
+    assert torch.equal(matching_labels, batch["answer"].repeat_interleave(batch["match_mask"].sum(1)))
+    query = batch["vectors"][:, -1]
+    identical = (context_vectors(batch) == query[:, None]).all(-1)
+    assert not identical.any()
+
+
+def test_negative_control_copies_the_query_from_context():
+    task = FewShot(FewShotConfig(**{**CFG.__dict__, "query_copies_context": True}))
+    for batch in (task.sample(32, gen(2)), task.evaluation("icl_novel", 32, gen(2))):
+        identical = (context_vectors(batch) == batch["vectors"][:, -1][:, None]).all(-1)
+        assert identical.any(1).all()
+
+
+def test_same_generator_same_batch():
+    a, b = FewShot(CFG).sample(8, gen(5)), FewShot(CFG).sample(8, gen(5))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_zipf_sampling_prefers_low_classes():
+    task = FewShot(FewShotConfig(**{**CFG.__dict__, "zipf_exponent": 1.5}))
+    classes = task.sample(2000, gen(3))["query_class"]
+    assert (classes == 0).float().mean() > 5 * (classes == 20).float().mean()
+
+
+@pytest.mark.parametrize("kind", EVAL_KINDS)
+def test_evaluation_sets(kind):
+    task = FewShot(CFG)
+    batch = task.evaluation(kind, 64, gen(4))
+    in_context = batch["context_labels"].gather(1, batch["answer"][:, None]).squeeze(1)
+    true_label = task.class_labels[batch["query_class"]]
+    n_matching = batch["match_mask"].sum(1)
+    if kind == "icl_novel":
+        assert (batch["query_class"] >= CFG.n_classes).all()
+    elif kind != "train":
+        assert (batch["query_class"] < CFG.n_classes).all()
+    if kind in ("icl_novel", "icl_permuted", "flip"):
+        assert in_context.all() and (n_matching == CFG.context_pairs // 2).all()
+        assert (batch["context_labels"][:, :-1].sum(1) == 2).all()
+    if kind in ("icl_novel", "icl_permuted"):
+        assert (batch["answer"] != true_label).all()
+    if kind == "flip":
+        assert (batch["answer"] != true_label).all()
+        assert batch["context_labels"].gather(1, true_label[:, None]).all()
+    if kind == "iwl":
+        assert not in_context.any() and (n_matching == 0).all()
+        assert torch.equal(batch["answer"], true_label)
+    if kind == "ciwl":
+        assert in_context.all() and (n_matching == 0).all()
+        assert torch.equal(batch["answer"], true_label)
+
+
+def test_unknown_evaluation_kind():
+    with pytest.raises(ValueError, match="kind"):
+        FewShot(CFG).evaluation("icl", 4, gen())
+
+
+def test_closed_and_full_accuracy_and_label_mass_on_hand_built_logits():
+    task = FewShot(CFG)
+    batch = task.evaluation("icl_permuted", 4, gen(6))
+    logits = torch.full((4, CFG.n_ctx, CFG.d_vocab), -10.0)
+    outside = (~batch["context_labels"][:, :-1]).float().argmax(1)
+    logits[torch.arange(4), -1, outside] = 5.0  # a label not in context wins overall...
+    logits[torch.arange(4), -1, batch["answer"]] = 4.0  # ...the answer wins among the context labels
+    assert accuracy(logits, batch, closed=True) == 1.0
+    assert accuracy(logits, batch, closed=False) == 0.0
+    mass = context_label_mass(logits, batch)
+    expected = torch.tensor(4.0).exp() / (torch.tensor(4.0).exp() + torch.tensor(5.0).exp())
+    assert mass == pytest.approx(float(expected), abs=1e-3)
+
+
+@pytest.mark.parametrize(("field", "value"), [("context_pairs", 5), ("burstiness", 3), ("n_labels", 3),
+                                               ("exemplars_per_class", 2), ("noise", -1.0), ("n_classes", 4),
+                                               ("bursty_fraction", 1.5), ("n_heldout_classes", 1)])
+def test_bad_config_names_the_field(field, value):
+    with pytest.raises(ConfigError, match=field):
+        FewShotConfig(**{**CFG.__dict__, field: value})
