@@ -404,12 +404,13 @@ def test_sharpness_of_attention_split_over_two_keys():
     assert circuits.attention_sharpness(pattern, only_four).item() == pytest.approx(math.log(2) / math.log(5))
 
 
-def test_sharpness_skips_query_zero_and_checks_its_mask():
+@pytest.mark.parametrize("metric", [circuits.attention_sharpness, circuits.corrected_previous_token_score])
+def test_query_metrics_skip_query_zero_and_check_their_mask(metric):
     pattern = uniform_causal_pattern(4)[None, None]
     with pytest.raises(ValueError, match="after 0"):
-        circuits.attention_sharpness(pattern, torch.tensor([[True, False, False, False]]))
+        metric(pattern, torch.tensor([[True, False, False, False]]))
     with pytest.raises(ValueError, match="query_mask"):
-        circuits.attention_sharpness(pattern, torch.ones(1, 5, dtype=torch.bool))
+        metric(pattern, torch.ones(1, 5, dtype=torch.bool))
 
 
 # --- corrected previous-token score, induction strength, token-set mass ------------------------------------------
@@ -432,14 +433,6 @@ def test_corrected_previous_token_score_of_half_attention():
     only_four = torch.zeros(1, n, dtype=torch.bool)
     only_four[0, 4] = True
     assert circuits.corrected_previous_token_score(pattern, only_four).item() == pytest.approx(0.5 - 0.5 / 4)
-
-
-def test_corrected_previous_token_score_validates_its_mask():
-    pattern = uniform_causal_pattern(4)[None, None]
-    with pytest.raises(ValueError, match="after 0"):
-        circuits.corrected_previous_token_score(pattern, torch.tensor([[True, False, False, False]]))
-    with pytest.raises(ValueError, match="query_mask"):
-        circuits.corrected_previous_token_score(pattern, torch.ones(2, 4, dtype=torch.bool))
 
 
 def few_shot_masks(n: int, query: int, matching: list[int], other: list[int]):

@@ -80,18 +80,24 @@ def attention_mass(
     return (mass * weights).sum(dim=(0, 2)) / weights.sum(dim=(0, 2))
 
 
+def _queries_after_zero(pattern: Pattern, query_mask: Bool[Tensor, "batch query"]) -> Bool[Tensor, "batch query"]:
+    """The selected queries other than position 0 (which has no earlier key)."""
+    if query_mask.shape != pattern.shape[:1] + pattern.shape[2:3]:
+        raise ValueError(f"query_mask {tuple(query_mask.shape)} does not fit pattern {tuple(pattern.shape)}")
+    usable = query_mask.clone()
+    usable[:, 0] = False
+    if not usable.any():
+        raise ValueError("query_mask selects no position after 0")
+    return usable
+
+
 def attention_sharpness(pattern: Pattern, query_mask: Bool[Tensor, "batch query"]) -> Float[Tensor, " head"]:
     """Normalized attention entropy of the selected queries: the entropy of each
     query's pattern over the log of the number of keys it may attend to (q + 1
     under the causal mask). 0: all mass on one key; 1: uniform. Queries at
     position 0 (one key, entropy 0/0) are left out."""
-    if query_mask.shape != pattern.shape[:1] + pattern.shape[2:3]:
-        raise ValueError(f"query_mask {tuple(query_mask.shape)} does not fit pattern {tuple(pattern.shape)}")
+    usable = _queries_after_zero(pattern, query_mask)
     n_query = pattern.shape[-2]
-    usable = query_mask.clone()
-    usable[:, 0] = False
-    if not usable.any():
-        raise ValueError("query_mask selects no position after 0")
     p = pattern.float().clamp_min(0)
     entropy = -(p * torch.log(p.clamp_min(1e-12))).sum(-1)  # batch head query
     attendable = torch.log(torch.arange(1, n_query + 1, device=pattern.device, dtype=torch.float32))
@@ -107,12 +113,7 @@ def corrected_previous_token_score(pattern: Pattern, query_mask: Bool[Tensor, "b
     0 for uniform attention over the `p + 1` visible keys, 1 for a perfect
     previous-token head; negative when the head avoids the previous position.
     """
-    if query_mask.shape != pattern.shape[:1] + pattern.shape[2:3]:
-        raise ValueError(f"query_mask {tuple(query_mask.shape)} does not fit pattern {tuple(pattern.shape)}")
-    usable = query_mask.clone()
-    usable[:, 0] = False
-    if not usable.any():
-        raise ValueError("query_mask selects no position after 0")
+    usable = _queries_after_zero(pattern, query_mask)
     positions = torch.arange(1, pattern.shape[-2], device=pattern.device)
     previous = pattern[:, :, positions, positions - 1].float()  # batch head query-1
     score = previous - (1 - previous) / positions.float()
