@@ -7,6 +7,18 @@ takes one gradient step on P and then sets w ← f_i⁻¹(P x_i) = y_i − P x_i
 the task just trained is solved exactly and the others are disturbed. Cycling
 through the tasks in a fixed order, the loss on a task starts to fall before
 its turn comes: anticipatory recovery from nothing but the order.
+
+`coopetition_toy`: the toy model of strategy coopetition (Singh et al. 2025, §6).
+Two rank-1 tensor factorizations share the factors b and c: mechanism 1
+(a, b, c; the in-context strategy) and mechanism 2 (d, b, c; the in-weights
+one). The loss multiplies their errors and penalizes using both at once:
+
+    L = (L1 + mu1)(L2 + mu2) + alpha * mean((a ⊗ d)^2) / 2,
+    L1 = mean((a* ⊗ b* ⊗ c* - a ⊗ b ⊗ c)^2) / 2, L2 likewise with d.
+
+Mechanism 1 is learned first (its tensor is smaller); once mechanism 2,
+helped by the shared b and c, drives L2 to 0 the penalty removes a, and L1
+rises back: the first strategy is transient.
 """
 
 from __future__ import annotations
@@ -61,3 +73,77 @@ def cyclic_toy(cfg: CyclicToyConfig) -> CyclicToyResult:
         losses.append(task_losses())
         trajectory.append(w)
     return CyclicToyResult(np.array(losses), schedule, np.array(trajectory))
+
+
+@dataclass(frozen=True)
+class CoopetitionToyConfig:
+    """Sizes of a, b, c, d; `alpha` the overlap penalty, `mu1`/`mu2` the loss offsets;
+    plain gradient descent at `lr` for `steps`, recording every `record_every` steps.
+    Targets and initial factors are standard normal."""
+
+    dims: tuple[int, int, int, int] = (20, 20, 20, 160)
+    alpha: float = 0.1
+    mu1: float = 0.1
+    mu2: float = 0.0
+    lr: float = 1.0
+    steps: int = 16000
+    record_every: int = 50
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        require(len(self.dims) == 4 and all(isinstance(n, int) and n > 0 for n in self.dims), "dims",
+                "four positive sizes (a, b, c, d)", self.dims)
+        require(self.alpha >= 0 and self.mu1 >= 0 and self.mu2 >= 0, "alpha", "alpha, mu1 and mu2 >= 0",
+                (self.alpha, self.mu1, self.mu2))
+        require_positive(self, "steps", "record_every")
+        require(self.lr > 0, "lr", "a positive step size", self.lr)
+
+
+@dataclass(frozen=True)
+class CoopetitionToyResult:
+    steps: np.ndarray  # [records]
+    loss1: np.ndarray  # L1, the first mechanism's error
+    loss2: np.ndarray  # L2
+    total: np.ndarray  # L
+    norms: np.ndarray  # [records, 4]: |a|, |b|, |c|, |d|
+
+
+def rank1_error(target: list[np.ndarray], factors: list[np.ndarray]) -> tuple[float, list[np.ndarray]]:
+    """`mean((⊗target - ⊗factors)^2) / 2` and its gradient in each factor, in closed
+    form: the outer products are never built."""
+    size = float(np.prod([len(t) for t in target]))
+    cross = [float(t @ f) for t, f in zip(target, factors, strict=True)]
+    squares = [float(f @ f) for f in factors]
+    target_sq = float(np.prod([t @ t for t in target]))
+    loss = max(0.0, (target_sq - 2 * np.prod(cross) + np.prod(squares)) / (2 * size))  # rounding can dip below 0
+    grads = []
+    for i, (t, f) in enumerate(zip(target, factors, strict=True)):
+        others = [j for j in range(len(factors)) if j != i]
+        grads.append((np.prod([squares[j] for j in others]) * f - np.prod([cross[j] for j in others]) * t) / size)
+    return float(loss), grads
+
+
+def coopetition_toy(cfg: CoopetitionToyConfig) -> CoopetitionToyResult:
+    """Gradient descent on the coopetition loss; L1, L2, L and the factor norms over steps."""
+    rng = np.random.default_rng(cfg.seed)
+    target = [rng.standard_normal(n) for n in cfg.dims]
+    a, b, c, d = (rng.standard_normal(n) for n in cfg.dims)
+    overlap = cfg.alpha / (cfg.dims[0] * cfg.dims[3])
+    records: dict[str, list] = {"steps": [], "loss1": [], "loss2": [], "total": [], "norms": []}
+    for step in range(cfg.steps + 1):
+        loss1, (ga1, gb1, gc1) = rank1_error(target[:3], [a, b, c])
+        loss2, (gd2, gb2, gc2) = rank1_error([target[3], *target[1:3]], [d, b, c])
+        if step % cfg.record_every == 0 or step == cfg.steps:
+            total = (loss1 + cfg.mu1) * (loss2 + cfg.mu2) + overlap / 2 * (a @ a) * (d @ d)
+            for key, value in (("steps", step), ("loss1", loss1), ("loss2", loss2), ("total", total),
+                               ("norms", [np.linalg.norm(v) for v in (a, b, c, d)])):
+                records[key].append(value)
+        if step == cfg.steps:
+            break
+        w1, w2 = loss2 + cfg.mu2, loss1 + cfg.mu1
+        grad_a = w1 * ga1 + overlap * (d @ d) * a
+        grad_d = w2 * gd2 + overlap * (a @ a) * d
+        grad_b = w1 * gb1 + w2 * gb2
+        grad_c = w1 * gc1 + w2 * gc2
+        a, b, c, d = a - cfg.lr * grad_a, b - cfg.lr * grad_b, c - cfg.lr * grad_c, d - cfg.lr * grad_d
+    return CoopetitionToyResult(*(np.array(records[k]) for k in ("steps", "loss1", "loss2", "total", "norms")))

@@ -320,6 +320,23 @@ def test_zero_ablation_equals_removing_the_heads_output_weights(model):
             assert effects[f"L{layer}H{head}"] == pytest.approx(expected, abs=1e-5)
 
 
+def test_joint_ablation_equals_removing_every_chosen_heads_output_weights(model):
+    batch = {"tokens": fixed_tokens()}
+    heads = [(0, 1), (1, 0), (1, 1)]
+    state = {k: v.clone() for k, v in model_state_dict(model).items()}
+    d_head = model.cfg.d_head
+    for layer, head in heads:
+        state[f"blocks.{layer}.attn.o.weight"][:, head * d_head : (head + 1) * d_head] = 0.0
+    edited = build_model(tiny_model_config(seed=99), device="cpu").eval()
+    load_model_state_dict(edited, state)
+    with torch.no_grad():
+        ablated = forward(model, batch, circuits.head_ablation_hooks(heads))
+        expected = fused_forward(edited, batch)
+    assert torch.allclose(ablated, expected, atol=1e-5)
+    with pytest.raises(ValueError, match="kind"):
+        circuits.head_ablation_hooks(heads, kind="bogus")
+
+
 def test_mean_ablation_is_a_no_op_on_a_single_position(model):
     """With one sequence of one position, the mean of z over batch and positions is z itself."""
     batch = {"tokens": torch.tensor([[3]])}
@@ -335,10 +352,7 @@ def test_zero_ablating_all_heads_of_attn_only_model_removes_context():
     tokens_b[:, -1] = tokens_a[:, -1]  # same last token, different context
     assert not torch.equal(tokens_a[:, :-1], tokens_b[:, :-1])
 
-    def zero_all(z, hook):
-        return torch.zeros_like(z)
-
-    hooks = [("blocks.0.attn.hook_z", zero_all)]
+    hooks = circuits.head_ablation_hooks([(0, 0), (0, 1)])
     with torch.no_grad():
         ablated_a = forward(model, {"tokens": tokens_a}, hooks)[:, -1]
         ablated_b = forward(model, {"tokens": tokens_b}, hooks)[:, -1]

@@ -1,11 +1,11 @@
-"""analyses.toys: the linear toy model of anticipatory recovery."""
+"""analyses.toys: the linear toy model of anticipatory recovery and the coopetition toy."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from analyses.toys import CyclicToyConfig, cyclic_toy
+from analyses.toys import CoopetitionToyConfig, CyclicToyConfig, coopetition_toy, cyclic_toy, rank1_error
 from interp.configs import ConfigError
 
 
@@ -29,3 +29,37 @@ def test_same_seed_same_trajectory():
 def test_bad_config_names_the_field(field, value):
     with pytest.raises(ConfigError, match=field):
         CyclicToyConfig(**{field: value})
+
+
+# --- strategy coopetition --------------------------------------------------------------------------
+
+
+def test_rank1_error_matches_the_explicit_tensor_and_autograd():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(3)
+    target = [rng.standard_normal(n) for n in (2, 3, 4)]
+    factors = [rng.standard_normal(n) for n in (2, 3, 4)]
+    loss, grads = rank1_error(target, factors)
+    tensors = [torch.tensor(f, requires_grad=True) for f in factors]
+    explicit = 0.5 * ((torch.einsum("i,j,k->ijk", *map(torch.tensor, target))
+                       - torch.einsum("i,j,k->ijk", *tensors)) ** 2).mean()
+    explicit.backward()
+    assert loss == pytest.approx(float(explicit))
+    for grad, tensor in zip(grads, tensors, strict=True):
+        np.testing.assert_allclose(grad, tensor.grad.numpy(), rtol=1e-10)
+    assert rank1_error(target, target)[0] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_coopetition_first_mechanism_is_learned_then_lost():
+    result = coopetition_toy(CoopetitionToyConfig(steps=8000, record_every=100))
+    best = int(np.argmin(result.loss1))
+    assert result.loss1[best] < 0.02 and result.loss1[-1] > 0.15
+    assert result.loss2[-1] < 1e-3
+    assert result.norms[-1, 0] < 0.05 * result.norms[best, 0]
+    assert result.steps[0] == 0 and result.steps[-1] == 8000
+
+
+@pytest.mark.parametrize("field, value", [("dims", (3, 3, 3)), ("alpha", -1.0), ("steps", 0), ("lr", 0.0)])
+def test_bad_coopetition_config_names_the_field(field, value):
+    with pytest.raises(ConfigError, match=field):
+        CoopetitionToyConfig(**{field: value})

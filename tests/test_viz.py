@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from interp.viz import plot_curves, plot_matrix, plot_trajectory, save_figure
+from interp.viz import plot_curves, plot_head_grids, plot_matrix, plot_trajectory, save_figure
 
 
 def test_plot_matrix_numbers_cells_from_start(tmp_path):
@@ -34,3 +34,20 @@ def test_plot_curves_log_axes():
     ax = plot_curves({"a": (np.array([1.0, 10.0]), np.array([2.0, 20.0]))}, logx=True, logy=True).axes[0]
     assert (ax.get_xscale(), ax.get_yscale()) == ("log", "log")
     assert plot_curves({"a": (np.arange(2), np.arange(2.0))}).axes[0].get_yscale() == "linear"
+
+
+def test_plot_curves_secondary_axis_shares_the_legend():
+    steps = np.arange(5)
+    fig = plot_curves({"accuracy": (steps, steps / 4)}, secondary={"loss": (steps, 5 - steps)},
+                      secondary_label="loss")
+    left, right = fig.axes
+    assert right.get_ylabel() == "loss"
+    assert [t.get_text() for t in left.get_legend().get_texts()] == ["accuracy", "loss"]
+
+
+def test_plot_head_grids_with_titles_draws_every_entry():
+    grid = np.random.default_rng(0).random((3, 2, 4))
+    fig = plot_head_grids(grid, np.array([0, 5, 5]), titles=["a", "b", "c"])
+    assert [ax.get_title() for ax in fig.axes[:3]] == ["a", "b", "c"]
+    with pytest.raises(ValueError, match="titles"):
+        plot_head_grids(grid, np.array([0, 5, 5]), titles=["a"])

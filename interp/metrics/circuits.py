@@ -9,13 +9,14 @@ one number per head; probes flatten them to `"L{layer}H{head}"` keys.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from functools import partial
 
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from transformer_lens.model_bridge import TransformerBridge
 
-from interp.model import Batch, forward, scored_positions, token_losses
+from interp.model import Batch, FwdHook, forward, scored_positions, token_losses
 from interp.probing import Probe, ProbeContext
 
 Pattern = Float[Tensor, "batch head query key"]
@@ -268,6 +269,25 @@ def loss_probe(mask_key: str | None = None) -> Probe:
 ABLATIONS = ("zero", "mean")
 
 
+def head_ablation_hooks(heads: Sequence[tuple[int, int]], kind: str = "zero") -> list[FwdHook]:
+    """Hooks on `hook_z` that ablate every `(layer, head)` in `heads` together, to zero
+    or to the head's mean output over batch and positions."""
+    if kind not in ABLATIONS:
+        raise ValueError(f"kind: expected one of {ABLATIONS}, got {kind!r}")
+    by_layer: dict[int, list[int]] = {}
+    for layer, head in heads:
+        by_layer.setdefault(layer, []).append(head)
+
+    def ablate(z: Tensor, hook, chosen: tuple[int, ...]) -> Tensor:
+        z = z.clone()
+        index = list(chosen)
+        z[:, :, index] = 0.0 if kind == "zero" else z[:, :, index].mean(dim=(0, 1))
+        return z
+
+    return [(f"blocks.{layer}.attn.hook_z", partial(ablate, chosen=tuple(chosen)))
+            for layer, chosen in sorted(by_layer.items())]
+
+
 def head_ablation_effect(
     model: TransformerBridge,
     batch: Batch,
@@ -285,16 +305,7 @@ def head_ablation_effect(
         effects: dict[str, float] = {}
         for layer in layers:
             for head in range(model.cfg.n_heads):
-
-                def ablate(z: Tensor, hook, head: int = head) -> Tensor:
-                    z = z.clone()
-                    if kind == "zero":
-                        z[:, :, head] = 0.0
-                    else:
-                        z[:, :, head] = z[:, :, head].mean(dim=(0, 1))
-                    return z
-
-                logits = forward(model, batch, [(f"blocks.{layer}.attn.hook_z", ablate)])
+                logits = forward(model, batch, head_ablation_hooks([(layer, head)], kind))
                 effects[head_key(layer, head)] = metric(logits, batch) - clean
     return effects
 

@@ -16,6 +16,14 @@ def save_figure(fig: Figure, path: str | Path, dpi: int = 120) -> Path:
     return path
 
 
+def plot_steps(steps: np.ndarray, logx: bool) -> np.ndarray:
+    """Steps as x values; on a log axis step 0 moves to half the first positive step."""
+    steps = np.asarray(steps, dtype=float)
+    if logx and len(steps) > 1:
+        steps = np.where(steps <= 0, steps[steps > 0].min() / 2, steps)
+    return steps
+
+
 def plot_curves(
     series: Mapping[str, tuple[np.ndarray, np.ndarray]],
     *,
@@ -28,20 +36,22 @@ def plot_curves(
     bands: Mapping[str, np.ndarray] | None = None,
     markers: bool = False,
     xlabel: str = "training step",
+    secondary: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
+    secondary_label: str = "",
     figsize: tuple[float, float] = (6.4, 4.0),
 ) -> Figure:
     """One line per named `(steps, values)` series; optional labelled marker lines.
 
     With `logx`, step 0 is drawn at the first positive step's position so the
     initial value stays visible. `bands[name]` (e.g. a standard deviation over
-    seeds) shades `values ± band` around the series of that name.
+    seeds) shades `values ± band` around the series of that name. `secondary`
+    series (e.g. a loss beside accuracies) are drawn dashed on a right-hand axis
+    labelled `secondary_label`.
     """
     fig = Figure(figsize=figsize)
     ax = fig.add_subplot()
     for name, (steps, values) in series.items():
-        steps = np.asarray(steps, dtype=float)
-        if logx and len(steps) > 1:
-            steps = np.where(steps <= 0, steps[steps > 0].min() / 2, steps)
+        steps = plot_steps(steps, logx)
         (line,) = ax.plot(steps, values, label=name, lw=1.6, marker="o" if markers else None, ms=4)
         if bands and name in bands:
             values, band = np.asarray(values, dtype=float), np.asarray(bands[name], dtype=float)
@@ -54,11 +64,19 @@ def plot_curves(
         ax.set_xscale("log")
     if logy:
         ax.set_yscale("log")
+    handles, labels = ax.get_legend_handles_labels()
+    if secondary:
+        right = ax.twinx()
+        for i, (name, (steps, values)) in enumerate(secondary.items()):
+            right.plot(plot_steps(steps, logx), values, label=name, lw=1.4, ls="--", color=f"C{(len(series) + i) % 10}")
+        right.set_ylabel(secondary_label)
+        extra_handles, extra_labels = right.get_legend_handles_labels()
+        handles, labels = handles + extra_handles, labels + extra_labels
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(handles, labels, fontsize=8)
     return fig
 
 

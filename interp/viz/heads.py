@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 from matplotlib.figure import Figure
 
+from interp.viz.curves import plot_steps
+
 
 def _panel_steps(n_steps: int, n_panels: int) -> list[int]:
     """Indices of `n_panels` checkpoints spread log-evenly over training."""
@@ -22,17 +24,22 @@ def plot_head_grids(
     n_panels: int = 6,
     vmin: float = 0.0,
     vmax: float = 1.0,
+    titles: list[str] | None = None,
+    cmap: str = "viridis",
 ) -> Figure:
     """Small multiples of a `[step, layer, head]` score at checkpoints spread over
-    training, on one colour scale."""
-    picks = _panel_steps(len(steps), n_panels)
+    training, on one colour scale. With `titles` (one per entry of `steps`) every
+    entry is drawn, under its own title."""
+    if titles is not None and len(titles) != len(steps):
+        raise ValueError(f"titles: expected one per step ({len(steps)}), got {len(titles)}")
+    picks = list(range(len(steps))) if titles is not None else _panel_steps(len(steps), n_panels)
     n_layers, n_heads = grid.shape[1:]
     fig = Figure(figsize=(2.2 * len(picks) + 0.8, 0.55 * n_layers + 1.4))
     axes = fig.subplots(1, len(picks), squeeze=False)[0]
     image = None
     for ax, i in zip(axes, picks, strict=True):
-        image = ax.imshow(grid[i], vmin=vmin, vmax=vmax, cmap="viridis", aspect="auto")
-        ax.set_title(f"step {int(steps[i])}", fontsize=9)
+        image = ax.imshow(grid[i], vmin=vmin, vmax=vmax, cmap=cmap, aspect="auto")
+        ax.set_title(titles[i] if titles is not None else f"step {int(steps[i])}", fontsize=9)
         ax.set_xticks(range(n_heads))
         ax.set_yticks(range(n_layers))
         ax.set_xlabel("head", fontsize=8)
@@ -54,9 +61,7 @@ def plot_head_curves(
     n_layers, n_heads = grid.shape[1:]
     fig = Figure(figsize=(4.2 * n_layers, 3.4))
     axes = fig.subplots(1, n_layers, squeeze=False, sharey=True)[0]
-    x = np.asarray(steps, dtype=float)
-    if logx and len(x) > 1:
-        x = np.where(x <= 0, x[x > 0].min() / 2, x)
+    x = plot_steps(steps, logx)
     for layer, ax in enumerate(axes):
         for head in range(n_heads):
             ax.plot(x, grid[:, layer, head], label=f"H{head}", lw=1.3)

@@ -1,0 +1,53 @@
+"""analyses.icl_transience: config validation and a smoke run of the tiny preset."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from analyses.icl_transience import PRESETS
+from interp.analysis import run_analysis
+from interp.checkpoints import Run
+from interp.configs import ConfigError, with_overrides
+
+
+@pytest.mark.parametrize("key, value, field", [
+    ("model.d_vocab", 10, "model.d_vocab"), ("model.n_ctx", 4, "model.n_ctx"), ("model.d_input", 3, "model.d_input"),
+    ("model.n_layers", 1, "model.n_layers"), ("train.eval_every", 0, "train.eval_every"),
+    ("l2_sweep", "0", "l2_sweep"), ("icl_kind", "iwl", "icl_kind"), ("ablate_top_heads", 0, "ablate_top_heads"),
+])
+def test_bad_config_names_the_field(key, value, field):
+    with pytest.raises(ConfigError, match=field):
+        with_overrides(PRESETS["quick"], {key: value})
+
+
+def test_l2_sweep_must_not_repeat_the_main_run():
+    with pytest.raises(ConfigError, match="l2_sweep"):
+        with_overrides(PRESETS["quick"], {"train.l2": 1e-4, "l2_sweep": "1e-4,1e-3"})
+
+
+@pytest.mark.slow
+def test_tiny_preset_end_to_end(tmp_path):
+    results = run_analysis("icl-transience", tmp_path, preset="tiny", progress=False)
+    cfg = PRESETS["tiny"]
+    for key in ("icl_peak", "icl_peak_step", "icl_final", "iwl_final", "train_loss_first", "train_loss_final",
+                "circuits_at_peak", "circuits_final", "ablation_at_peak", "negative_control", "coopetition_toy"):
+        assert key in results
+    assert [r["lambda"] for r in results["l2_sweep"]] == [cfg.train.l2, *cfg.l2_sweep]
+    assert 0 <= results["icl_peak"] <= 1 and results["icl_peak"] >= results["icl_final"]
+    drops = results["ablation_at_peak"]["icl_drop_by_head"]
+    assert len(drops) == cfg.model.n_layers and len(drops[0]) == cfg.model.n_heads
+    assert len(results["ablation_at_peak"]["heads"]) == cfg.ablate_top_heads
+
+    def reject(constant):
+        raise AssertionError(f"results.json holds {constant}, which is not JSON")
+
+    json.loads((tmp_path / "results.json").read_text(), parse_constant=reject)
+    figures = sorted(p.name for p in (tmp_path / "figures").glob("*.png"))
+    assert len(figures) == 12
+    report = (tmp_path / "report.md").read_text()
+    assert all(f"figures/{name}" in report for name in figures)
+    main = Run.open(tmp_path / "runs" / "main")
+    assert main.steps == [0, 4, 8]
+    assert Run.open(tmp_path / "runs" / "control").config["fewshot"]["query_copies_context"] is True
