@@ -135,11 +135,17 @@ def build_model(cfg: ModelConfig, device: str | torch.device | None = None) -> T
     return model
 
 
-def trainable_parameters(model: TransformerBridge) -> list[nn.Parameter]:
-    params = list(model.parameters())
+def named_trainable_parameters(model: TransformerBridge) -> list[tuple[str, nn.Parameter]]:
+    """Every trainable parameter under its checkpoint name (`blocks.0.attn.q.weight`, `input_proj.weight`)."""
+    names = {id(v): k for k, v in model.state_dict(keep_vars=True).items()}
+    named = [(names[id(p)], p) for p in model.parameters()]
     if hasattr(model, "input_proj"):
-        params += list(model.input_proj.parameters())
-    return params
+        named += [(f"input_proj.{k}", p) for k, p in model.input_proj.named_parameters()]
+    return named
+
+
+def trainable_parameters(model: TransformerBridge) -> list[nn.Parameter]:
+    return [p for _, p in named_trainable_parameters(model)]
 
 
 def count_parameters(model: TransformerBridge) -> int:

@@ -21,6 +21,7 @@ from interp.model import (
     load_model_state_dict,
     masked_mean_loss,
     model_state_dict,
+    named_trainable_parameters,
     scored_positions,
     targets_of,
     token_losses,
@@ -220,6 +221,17 @@ def test_input_projection_is_a_trainable_parameter_and_in_state_dict():
     assert "input_proj.bias" in state
     proj_ids = {id(p) for p in with_proj.input_proj.parameters()}
     assert proj_ids <= {id(p) for p in trainable_parameters(with_proj)}
+
+
+@pytest.mark.parametrize("d_input", [0, 5])
+def test_trainable_parameters_carry_their_checkpoint_names(d_input):
+    model = build_model(tiny_model_config(d_input=d_input), device="cpu")
+    named = named_trainable_parameters(model)
+    state = model_state_dict(model)
+    assert len(named) == len(trainable_parameters(model))
+    assert {n for n, _ in named} <= set(state)  # the state also holds buffers (the unembedding bias)
+    for name, param in named:
+        assert torch.equal(param.detach(), state[name]), name
 
 
 # --- construction and state dicts ----------------------------------------------------------

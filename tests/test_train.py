@@ -382,6 +382,27 @@ def test_l2_one_sgd_step_is_exact(tmp_path):
         assert torch.allclose(b[key] - a[key], -lr * l2 * theta0[key], atol=1e-6), key
 
 
+def test_decay_only_decays_just_the_matching_parameters(tmp_path):
+    """One SGD step: matching parameters move by -lr * wd * theta_0 more than without
+    weight decay; the others not at all."""
+    model_cfg = tiny_model_config()
+    lr, strength = 0.1, 0.3
+    common = dict(optimizer="sgd", lr=lr, steps=1, checkpoint_every=0)
+    plain = run_train(tmp_path / "plain", model_cfg, tiny_train_config(**common))
+    only_attn = run_train(tmp_path / "attn", model_cfg, tiny_train_config(
+        **common, weight_decay=strength, decay_only=("blocks.*.attn.*",)))
+    theta0, a, b = plain.load_state_dict(0), plain.load_state_dict(1), only_attn.load_state_dict(1)
+    assert any(".attn." in key for key in theta0)
+    for key in theta0:
+        expected = -lr * strength * theta0[key] if ".attn." in key else torch.zeros_like(theta0[key])
+        assert torch.allclose(b[key] - a[key], expected, atol=1e-6), key
+
+
+def test_decay_only_that_matches_nothing_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="decay_only"):
+        run_train(tmp_path / "run", tiny_model_config(), tiny_train_config(weight_decay=0.1, decay_only=("nothing.*",)))
+
+
 # --- loss masks ---------------------------------------------------------------------------------
 
 

@@ -38,6 +38,7 @@ def plot_curves(
     xlabel: str = "training step",
     secondary: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
     secondary_label: str = "",
+    secondary_logy: bool = False,
     figsize: tuple[float, float] = (6.4, 4.0),
 ) -> Figure:
     """One line per named `(steps, values)` series; optional labelled marker lines.
@@ -46,7 +47,7 @@ def plot_curves(
     initial value stays visible. `bands[name]` (e.g. a standard deviation over
     seeds) shades `values ± band` around the series of that name. `secondary`
     series (e.g. a loss beside accuracies) are drawn dashed on a right-hand axis
-    labelled `secondary_label`.
+    labelled `secondary_label`, logarithmic with `secondary_logy`.
     """
     fig = Figure(figsize=figsize)
     ax = fig.add_subplot()
@@ -70,6 +71,8 @@ def plot_curves(
         for i, (name, (steps, values)) in enumerate(secondary.items()):
             right.plot(plot_steps(steps, logx), values, label=name, lw=1.4, ls="--", color=f"C{(len(series) + i) % 10}")
         right.set_ylabel(secondary_label)
+        if secondary_logy:
+            right.set_yscale("log")
         extra_handles, extra_labels = right.get_legend_handles_labels()
         handles, labels = handles + extra_handles, labels + extra_labels
     ax.set_xlabel(xlabel)
