@@ -523,6 +523,7 @@ ANALYSIS = Analysis(
     description="Cyclic fine-tuning: recovery before re-encounter, size sweep, shuffled control, toy model",
     presets=PRESETS,
     run=run,
+    headline=("gap_growth", "prequential_cyclic", "prequential_shuffled"),
 )
 
 __all__ = ["ANALYSIS", "AnticipatoryRecoveryConfig", "parse_size", "pairwise_recovery", "gradient_similarity"]

@@ -597,6 +597,7 @@ ANALYSIS = Analysis(
                 "hallucinations, fine-tuning corruption",
     presets=PRESETS,
     run=run,
+    headline=("plateau_end", "final_accuracy", "unseen_loss_final"),
 )
 
 __all__ = ["ANALYSIS", "FactLearningConfig", "TrainJob", "power_law_fit", "run_job"]

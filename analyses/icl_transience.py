@@ -467,6 +467,7 @@ ANALYSIS = Analysis(
                 "ablations, L2 sweep, negative control and the coopetition toy",
     presets=PRESETS,
     run=run,
+    headline=("icl_peak", "icl_final", "iwl_final"),
 )
 
 __all__ = ["ANALYSIS", "ICLTransienceConfig", "TrainJob", "induction_heads", "run_job"]

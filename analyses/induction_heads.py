@@ -290,6 +290,7 @@ ANALYSIS = Analysis(
     description="Induction-head phase change in a 2-layer attention-only transformer (Olsson et al. 2022)",
     presets=PRESETS,
     run=run,
+    headline=("phase_change_step", "induction_score_final", "repeated_loss_after"),
 )
 
 __all__ = ["ANALYSIS", "InductionHeadsConfig", "phase_change"]

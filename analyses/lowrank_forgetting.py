@@ -411,6 +411,7 @@ ANALYSIS = Analysis(
     description="Forgetting matrices of fine-tuning tasks x upstream examples: low-rank fits, completion, replay",
     presets=PRESETS,
     run=run,
+    headline=("r2_additive", "r2_shuffled_rank1", "z_mean"),
 )
 
 __all__ = ["ANALYSIS", "LowRankForgettingConfig", "example_losses", "run_finetune"]

@@ -35,12 +35,14 @@ class RunOptions:
 @dataclass(frozen=True)
 class Analysis:
     """`run(config, out_dir, options)` trains, probes, plots and returns the
-    results dict (written to `results.json` by `run_analysis`)."""
+    results dict (written to `results.json` by `run_analysis`). `headline` names
+    the results a sweep plots by default."""
 
     name: str
     description: str
     presets: Mapping[str, Any]
     run: Callable[[Any, Path, RunOptions], dict[str, Any]]
+    headline: tuple[str, ...] = ()
 
 
 def registry() -> dict[str, Analysis]:

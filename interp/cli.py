@@ -11,11 +11,12 @@ from pathlib import Path
 
 import numpy as np
 
-from interp.analysis import registry, run_analysis
+from interp.analysis import get_analysis, registry, run_analysis
 from interp.checkpoints import CheckpointError, Run
 from interp.configs import ConfigError, parse_overrides
 from interp.metrics import circuits
 from interp.probing import probe
+from interp.sweep import Backend, LocalBackend, RayBackend, parse_grid, run_sweep
 from interp.train import step_generator
 from interp.viz import plot_curves, plot_head_curves, save_figure
 
@@ -47,6 +48,30 @@ def cmd_run(args: argparse.Namespace) -> None:
                            progress=not args.quiet, resume=args.resume)
     print(json.dumps(results, indent=2))
     print(f"\nreport: {out / 'report.md'}\nfigures: {out / 'figures'}")
+
+
+def cmd_sweep(args: argparse.Namespace) -> None:
+    grid = parse_grid(args.grid)
+    seeds = list(range(args.seeds)) if args.seed_list is None else args.seed_list
+    if args.backend == "ray":
+        backend: Backend = RayBackend(address=args.address, cpus_per_point=args.cpus_per_point,
+                                      gpus_per_point=args.gpus_per_point, torch_threads=args.threads)
+    else:
+        backend = LocalBackend(workers=args.workers, torch_threads=args.threads)
+    out = Path(args.out or f"runs/sweep-{args.name}")
+    metrics = [m for m in args.metrics.split(",") if m] if args.metrics else []
+    table = run_sweep(args.name, out, args.preset, grid, seeds, backend, device=args.device, metrics=metrics)
+    keys = metrics or list(get_analysis(args.name).headline)
+    print("point".ljust(40) + "status   " + " ".join(f"{k[:14]:>14s}" for k in keys))
+    for row in table:
+        values = row.get("results", {})
+        cells = " ".join(f"{values[k]:14.4g}" if values.get(k) is not None else f"{'-':>14s}" for k in keys)
+        note = " (done before)" if row["skipped"] else ""
+        print(f"{row['point'][:39]:40s}{row['status']:9s}{cells}{note}")
+        if row["status"] == "failed":
+            print(f"    {row['error']}")
+    failed = sum(r["status"] == "failed" for r in table)
+    print(f"\n{len(table)} points, {failed} failed; table: {out / 'sweep.jsonl'}; figures: {out / 'figures'}")
 
 
 def cmd_info(args: argparse.Namespace) -> None:
@@ -155,6 +180,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(fn=cmd_run)
 
+    p = sub.add_parser("sweep", help="run an analysis over a grid of overrides x seeds (resumable)")
+    p.add_argument("name", help="analysis name (see `interp list`)")
+    p.add_argument("--preset", default="quick", help="named configuration (default: quick)")
+    p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
+                   help="swept config key and its values, e.g. --grid train.lr=1e-3,2e-3 (repeatable: a product)")
+    p.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1 for every grid point (default 1)")
+    p.add_argument("--seed-list", type=int, nargs="+", default=None, help="explicit seeds instead of --seeds")
+    p.add_argument("--out", help="sweep directory (default: runs/sweep-NAME); re-run it to finish a sweep")
+    p.add_argument("--backend", choices=("local", "ray"), default="local")
+    p.add_argument("--workers", type=int, default=0, help="local processes (default: one per core)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch threads per point (default: cores / workers locally, --cpus-per-point on Ray)")
+    p.add_argument("--address", default=None, help="Ray cluster address (default: start a local Ray instance)")
+    p.add_argument("--cpus-per-point", type=int, default=1)
+    p.add_argument("--gpus-per-point", type=float, default=0.0)
+    p.add_argument("--device", default=None, help="device for every point (default: CUDA if present)")
+    p.add_argument("--metrics", default="", help="comma-separated results to tabulate and plot (default: headline)")
+    p.set_defaults(fn=cmd_sweep)
+
     p = sub.add_parser("info", help="summarize a run directory (or every run below a directory)")
     p.add_argument("dir")
     p.set_defaults(fn=cmd_info)
@@ -183,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
     try:
         args.fn(args)
-    except (ConfigError, CheckpointError, KeyError, FileNotFoundError, FileExistsError, ValueError) as err:
+    except (ConfigError, CheckpointError, KeyError, FileNotFoundError, FileExistsError, ValueError, ImportError) as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"interp {args.command}: error: {message}", file=sys.stderr)
         return 2

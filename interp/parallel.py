@@ -11,8 +11,8 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
-from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Any, TypeVar
 
 import torch
@@ -33,6 +33,26 @@ def _init_worker(torch_threads: int) -> None:
     torch.set_num_threads(torch_threads)
 
 
+def imap_processes(fn: Callable[[Any], T], items: Sequence[Any], workers: int = 0,
+                   torch_threads: int = 0) -> Iterator[tuple[int, T]]:
+    """`(index, fn(items[index]))` for every item, in the order the jobs finish,
+    computed by `workers` processes (see `map_processes`)."""
+    if workers < 0:
+        raise ValueError(f"workers: expected an integer >= 0, got {workers}")
+    workers = min(workers or available_cores(), max(1, len(items)))
+    if workers == 1:
+        for index, item in enumerate(items):
+            yield index, fn(item)
+        return
+    threads = torch_threads or max(1, available_cores() // workers)
+    logger.info("running %d jobs on %d processes with %d torch threads each", len(items), workers, threads)
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(threads,)) as pool:
+        futures = {pool.submit(fn, item): index for index, item in enumerate(items)}
+        for future in as_completed(futures):
+            yield futures[future], future.result()
+
+
 def map_processes(fn: Callable[[Any], T], items: Sequence[Any], workers: int = 0, torch_threads: int = 0) -> list[T]:
     """`[fn(item) for item in items]`, computed by `workers` processes.
 
@@ -40,13 +60,5 @@ def map_processes(fn: Callable[[Any], T], items: Sequence[Any], workers: int = 0
     this process with its current thread count. The first exception raised by
     a job is re-raised here after the running jobs finish.
     """
-    if workers < 0:
-        raise ValueError(f"workers: expected an integer >= 0, got {workers}")
-    workers = min(workers or available_cores(), max(1, len(items)))
-    if workers == 1:
-        return [fn(item) for item in items]
-    threads = torch_threads or max(1, available_cores() // workers)
-    logger.info("running %d jobs on %d processes with %d torch threads each", len(items), workers, threads)
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(threads,)) as pool:
-        return list(pool.map(fn, items))
+    results: dict[int, T] = dict(imap_processes(fn, items, workers, torch_threads))
+    return [results[i] for i in range(len(items))]

@@ -1,0 +1,310 @@
+"""Sweeps: one registered analysis over a grid of config overrides x seeds.
+
+Each point is a normal analysis output directory (`run_analysis`) under the sweep
+directory, so any point opens and probes like a single run:
+
+    DIR/sweep.json             what was asked: analysis, preset, grid, seeds
+    DIR/points/<point>/        the point's runs, figures, results.json, report.md
+    DIR/sweep.jsonl            one row per point: overrides, seed, status, error, scalar results
+    DIR/figures/<metric>_vs_<key>.png   mean over seeds with a +-1 sd band
+
+A point is complete once its `results.json` exists (`run_analysis` writes it last,
+atomically). Re-running a sweep skips complete points and resumes the others from
+their last checkpoints, so a killed sweep finishes only what is missing. A point
+that raises is recorded with its error; the others run on.
+
+Points run on a backend: `LocalBackend` (a process pool; the default) or
+`RayBackend` (a Ray cluster, or a local Ray instance; `pip install ray`). Each
+point gets a fixed number of torch threads, so the same seeds give the same
+numbers on either backend. An analysis's own process pool is set to one worker
+inside a sweep (unless the grid sets `workers`): the sweep already fills the cores.
+
+    interp sweep icl-transience --preset quick --grid train.lr=5e-4,1e-3 --seeds 3 --out runs/lr
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import re
+import time
+import traceback
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+import numpy as np
+import torch
+
+from interp.analysis import get_analysis, resolve_config, run_analysis
+from interp.checkpoints import atomic_write_bytes, atomic_write_json
+from interp.parallel import available_cores, imap_processes
+from interp.viz import plot_curves, save_figure
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+RESULTS_FILE = "results.json"
+
+
+@dataclass(frozen=True)
+class SweepPoint:
+    """One grid point and seed: `overrides` as given to `with_overrides` (with `seed`)."""
+
+    name: str
+    overrides: dict[str, str]
+
+
+def point_name(overrides: Mapping[str, str]) -> str:
+    """A directory name that reads as the overrides (`train.lr=0.001,seed=2`)."""
+    text = ",".join(f"{k}={v}" for k, v in overrides.items())
+    return re.sub(r"[^A-Za-z0-9._=,+-]", "_", text)
+
+
+def grid_points(grid: Mapping[str, Sequence[str]], seeds: Sequence[int]) -> list[SweepPoint]:
+    """The cartesian product of the grid's values, times the seeds, in row-major order."""
+    for key, values in grid.items():
+        if not values:
+            raise ValueError(f"--grid {key}: expected at least one value")
+        if key == "seed":
+            raise ValueError("--grid seed: use --seeds for seeds")
+    if not seeds:
+        raise ValueError("seeds: expected at least one seed")
+    points = []
+    for combination in itertools.product(*grid.values()):
+        for seed in seeds:
+            overrides = {**dict(zip(grid, map(str, combination), strict=True)), "seed": str(seed)}
+            points.append(SweepPoint(point_name(overrides), overrides))
+    names = [p.name for p in points]
+    if len(set(names)) != len(names):
+        raise ValueError(f"grid: two points share a directory name; check for repeated values in {dict(grid)}")
+    return points
+
+
+def parse_grid(specs: Sequence[str]) -> dict[str, list[str]]:
+    """CLI `key=v1,v2,...` strings into a grid, naming the malformed one."""
+    grid: dict[str, list[str]] = {}
+    for spec in specs:
+        key, sep, values = spec.partition("=")
+        if not sep or not key.strip() or not values.strip():
+            raise ValueError(f"--grid: expected key=v1,v2,..., got {spec!r}")
+        grid[key.strip()] = [v.strip() for v in values.split(",") if v.strip()]
+    return grid
+
+
+# --- one point (module-level so worker processes can run it) -------------------------------------
+
+
+@dataclass(frozen=True)
+class PointTask:
+    analysis: str
+    preset: str
+    overrides: dict[str, str]
+    out: str
+    device: str | None = None
+
+
+def run_point(task: PointTask) -> dict[str, Any]:
+    """Run one point; never raises: a failure comes back as its formatted traceback."""
+    started = time.perf_counter()
+    try:
+        results = run_analysis(task.analysis, task.out, task.preset, task.overrides, device=task.device,
+                               progress=False, resume=True)
+        return {"status": "ok", "results": point_results(results),
+                "wall_seconds": round(time.perf_counter() - started, 1)}
+    except Exception as err:  # noqa: BLE001 - a sweep reports every failure and runs on
+        return {"status": "failed", "error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc(),
+                "wall_seconds": round(time.perf_counter() - started, 1)}
+
+
+def point_results(results: Mapping[str, Any]) -> dict[str, float]:
+    """A point's numbers for the table; its timing is a column of its own."""
+    return scalar_results({k: v for k, v in results.items() if k != "wall_seconds"})
+
+
+def scalar_results(results: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
+    """The numbers in a results dict, nested dicts flattened to `outer/inner` (lists are left out)."""
+    out: dict[str, float] = {}
+    for key, value in results.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, int | float):  # bool included
+            out[name] = float(value)
+        elif isinstance(value, Mapping):
+            out.update(scalar_results(value, f"{name}/"))
+    return out
+
+
+# --- backends ------------------------------------------------------------------------------------
+
+
+class Backend(Protocol):
+    def imap(self, fn: Callable[[Any], T], items: Sequence[Any]) -> Iterator[tuple[int, T]]:
+        """`(index, fn(items[index]))` for every item, as they finish."""
+        ...
+
+
+@dataclass(frozen=True)
+class LocalBackend:
+    """A pool of `workers` processes on this machine (0: one per core), each with
+    `torch_threads` threads (0: the cores divided among the workers)."""
+
+    workers: int = 0
+    torch_threads: int = 0
+
+    def imap(self, fn: Callable[[Any], T], items: Sequence[Any]) -> Iterator[tuple[int, T]]:
+        workers = min(self.workers or available_cores(), max(1, len(items)))
+        threads = self.torch_threads or max(1, available_cores() // workers)
+        if workers == 1:
+            for index, item in enumerate(items):
+                yield index, _with_threads(fn, item, threads)
+            return
+        yield from imap_processes(fn, items, workers, threads)
+
+
+def _with_threads(fn: Callable[[Any], T], item: Any, threads: int) -> T:
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return fn(item)
+    finally:
+        torch.set_num_threads(previous)
+
+
+@dataclass(frozen=True)
+class RayBackend:
+    """Ray tasks of `cpus_per_point` CPUs (and `gpus_per_point` GPUs), each with
+    `torch_threads` threads (0: `cpus_per_point`). `address` is a running cluster
+    (`"auto"`, `"ray://host:10001"`); None starts a local instance for the sweep."""
+
+    address: str | None = None
+    cpus_per_point: int = 1
+    gpus_per_point: float = 0.0
+    torch_threads: int = 0
+    init_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def imap(self, fn: Callable[[Any], T], items: Sequence[Any]) -> Iterator[tuple[int, T]]:
+        try:
+            import ray
+        except ImportError as err:
+            raise ImportError("the ray backend needs Ray: pip install 'interp-dynamics[ray]'") from err
+        started = not ray.is_initialized()
+        if started:
+            ray.init(address=self.address, include_dashboard=False, log_to_driver=False, **self.init_kwargs)
+        try:
+            remote = ray.remote(num_cpus=self.cpus_per_point, num_gpus=self.gpus_per_point)(_with_threads)
+            threads = self.torch_threads or self.cpus_per_point
+            index_of = {remote.remote(fn, item, threads): i for i, item in enumerate(items)}
+            pending = list(index_of)
+            while pending:
+                done, pending = ray.wait(pending, num_returns=1)
+                yield index_of[done[0]], ray.get(done[0])
+        finally:
+            if started:
+                ray.shutdown()
+
+
+# --- the sweep -----------------------------------------------------------------------------------
+
+
+def run_sweep(analysis: str, out: str | Path, preset: str = "quick", grid: Mapping[str, Sequence[str]] | None = None,
+              seeds: Sequence[int] = (0,), backend: Backend | None = None, device: str | None = None,
+              metrics: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """Run every point not yet complete, write `sweep.jsonl` and the summary figures;
+    returns the table rows in grid order. `metrics` chooses the figures' results
+    (default: the analysis's `headline` results)."""
+    out = Path(out)
+    grid = {k: list(v) for k, v in (grid or {}).items()}
+    points = grid_points(grid, seeds)
+    spec = get_analysis(analysis)
+    resolve_config(spec, preset, {})  # an unknown preset fails here, before any point runs
+    inner = {} if "workers" in grid else _single_worker(spec, preset)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "sweep.json", {"analysis": analysis, "preset": preset, "grid": grid,
+                                           "seeds": list(seeds), "device": device})
+    rows: dict[str, dict[str, Any]] = {}
+    todo: list[SweepPoint] = []
+    for point in points:
+        done = out / "points" / point.name / RESULTS_FILE
+        if done.exists():
+            results = json.loads(done.read_text())
+            rows[point.name] = _row(point, {"status": "ok", "results": point_results(results),
+                                            "wall_seconds": results.get("wall_seconds")}, skipped=True)
+        else:
+            todo.append(point)
+    logger.info("sweep %s: %d points, %d complete, %d to run", out, len(points), len(rows), len(todo))
+    tasks = [PointTask(analysis, preset, {**inner, **p.overrides}, str(out / "points" / p.name), device) for p in todo]
+    for index, outcome in (backend or LocalBackend()).imap(run_point, tasks):
+        point = todo[index]
+        rows[point.name] = _row(point, outcome, skipped=False)
+        if outcome["status"] == "failed":
+            logger.warning("sweep point %s failed: %s", point.name, outcome["error"])
+        _write_table(out, [rows[p.name] for p in points if p.name in rows])
+    table = [rows[p.name] for p in points]
+    _write_table(out, table)
+    summary_figures(out, table, grid, metrics or spec.headline)
+    return table
+
+
+def _single_worker(spec: Any, preset: str) -> dict[str, str]:
+    config = spec.presets[preset]
+    return {"workers": "1"} if "workers" in {f.name for f in fields(config)} else {}
+
+
+def _row(point: SweepPoint, outcome: Mapping[str, Any], skipped: bool) -> dict[str, Any]:
+    overrides = {k: v for k, v in point.overrides.items() if k != "seed"}
+    row = {"point": point.name, "overrides": overrides, "seed": int(point.overrides["seed"]),
+           "status": outcome["status"], "skipped": skipped, "wall_seconds": outcome.get("wall_seconds")}
+    if outcome["status"] == "ok":
+        row["results"] = outcome["results"]
+    else:
+        row["error"], row["traceback"] = outcome["error"], outcome["traceback"]
+    return row
+
+
+def _write_table(out: Path, rows: Sequence[Mapping[str, Any]]) -> None:
+    atomic_write_bytes(out / "sweep.jsonl", "".join(json.dumps(r) + "\n" for r in rows).encode())
+
+
+def read_table(out: str | Path) -> list[dict[str, Any]]:
+    path = Path(out) / "sweep.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def summary_figures(out: Path, table: Sequence[Mapping[str, Any]], grid: Mapping[str, Sequence[str]],
+                    metrics: Sequence[str]) -> list[Path]:
+    """For each numeric swept key and metric: the metric's mean over seeds against the
+    key, one line per combination of the other keys, with a +-1 sd band."""
+    ok = [r for r in table if r["status"] == "ok"]
+    paths = []
+    for key in grid:
+        try:
+            [float(v) for v in grid[key]]
+        except ValueError:
+            logger.info("sweep figures: %s has non-numeric values; no figure against it", key)
+            continue
+        for metric in metrics:
+            groups: dict[str, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
+            for row in ok:
+                if metric in row["results"]:
+                    others = ", ".join(f"{k}={v}" for k, v in row["overrides"].items() if k != key) or metric
+                    groups[others][float(row["overrides"][key])].append(row["results"][metric])
+            if not groups:
+                continue
+            series, bands = {}, {}
+            for label, by_value in groups.items():
+                xs = np.array(sorted(by_value))
+                series[label] = (xs, np.array([np.mean(by_value[x]) for x in xs]))
+                bands[label] = np.array([np.std(by_value[x]) for x in xs])
+            seeds = len({r["seed"] for r in ok})
+            fig = plot_curves(series, bands=bands, markers=True, xlabel=key, ylabel=metric,
+                              title=f"{metric} vs {key} (mean ± sd over {seeds} seed{'s' * (seeds > 1)})")
+            name = re.sub(r"[^A-Za-z0-9._=-]", "_", f"{metric}_vs_{key}")
+            paths.append(save_figure(fig, out / "figures" / f"{name}.png"))
+    return paths
+
+
+__all__ = ["Backend", "LocalBackend", "PointTask", "RayBackend", "SweepPoint", "grid_points", "parse_grid",
+           "read_table", "run_point", "run_sweep", "scalar_results", "summary_figures"]
