@@ -31,7 +31,7 @@ from interp.checkpoints import atomic_write_json
 from interp.configs import require, require_positive, to_dict
 from interp.metrics import drift, recovery
 from interp.model import forward, masked_mean_loss
-from interp.parallel import map_processes
+from interp.parallel import run_all
 from interp.probing import collect_activations
 from interp.train import take_steps
 from interp.viz import plot_curves, plot_matrix, plot_trajectory, save_figure
@@ -270,8 +270,7 @@ def run(cfg: AnticipatoryRecoveryConfig, out: Path, options: RunOptions) -> dict
         for size in cfg.sizes for order in cfg.orders for seed in seeds
     ]
     ordered = sorted(points, key=lambda p: -size_cost(p.size))  # longest first balances the workers
-    workers = 1 if options.device.type == "cuda" else cfg.workers
-    trained = dict(zip(ordered, map_processes(train_point, ordered, workers=workers), strict=True))
+    trained = dict(zip(ordered, run_all(train_point, ordered, options.jobs(cfg.workers)), strict=True))
 
     stats = {(p.size, p.order, p.seed): run_statistics(r["losses"], r["schedule"], cfg.task.n_docs)
              for p, r in trained.items()}

@@ -39,7 +39,7 @@ from interp.checkpoints import atomic_write_json
 from interp.configs import require, require_positive, to_dict
 from interp.metrics import circuits, spans
 from interp.model import Batch
-from interp.parallel import map_processes
+from interp.parallel import LocalBackend, run_all
 from interp.patching import pattern_patch
 from interp.replay import Replay
 from interp.viz import plot_curves, save_figure
@@ -288,7 +288,7 @@ def finetune_summary(run: Run, baseline: float) -> dict[str, Any]:
 def run(cfg: FactLearningConfig, out: Path, options: RunOptions) -> dict[str, Any]:
     runs_dir = out / "runs"
     device = str(options.device)
-    workers = 1 if options.device.type == "cuda" else cfg.workers
+    backend = options.jobs(cfg.workers)
     base = replace(cfg.data, seed=cfg.seed)
 
     def job(name: str, kind: str, data: BiographiesConfig, **kw: Any) -> TrainJob:
@@ -296,7 +296,7 @@ def run(cfg: FactLearningConfig, out: Path, options: RunOptions) -> dict[str, An
         return TrainJob(name, kind, str(runs_dir / name), cfg, data, kw.pop("train", train_cfg), device=device,
                         resume=options.resume, **kw)
 
-    main_job = job("main", "main", base, progress=options.progress and workers == 1)
+    main_job = job("main", "main", base, progress=options.progress and backend == LocalBackend(1))
     first = [main_job]
     first += [job(f"n{n}", "n", replace(base, n_individuals=n)) for n in cfg.n_sweep]
     budget = cfg.compare_steps or cfg.train.steps
@@ -306,7 +306,7 @@ def run(cfg: FactLearningConfig, out: Path, options: RunOptions) -> dict[str, An
         first.append(job("warmup", "warmup", replace(base, warmup_individuals=cfg.warmup_individuals,
                                                      warmup_steps=cfg.warmup_steps), stop_step=budget))
     # The main run goes first: the second stage waits on it, the others only fill the pool.
-    paths = dict(zip([j.name for j in first], map_processes(run_job, first, workers=workers), strict=True))
+    paths = dict(zip([j.name for j in first], run_all(run_job, first, backend), strict=True))
     main = Run.open(paths["main"])
     main_phases = phases(main, cfg)
 
@@ -317,7 +317,7 @@ def run(cfg: FactLearningConfig, out: Path, options: RunOptions) -> dict[str, An
     finetune_cfg = replace(cfg.finetune, init_from=str(main.path), seed=cfg.seed)
     second += [job(f"finetune-{'replay' if replay else 'none'}", "finetune", base, train=finetune_cfg, replay=replay)
                for replay in (False, True)]
-    paths.update(zip([j.name for j in second], map_processes(run_job, second, workers=workers), strict=True))
+    paths.update(zip([j.name for j in second], run_all(run_job, second, backend), strict=True))
 
     bios = Biographies(base)
     signatures = attention_signatures(main, bios, cfg, options.device)

@@ -38,7 +38,7 @@ from interp.analysis import Analysis, Report, RunOptions
 from interp.configs import require, require_choice, require_positive, to_dict
 from interp.metrics import circuits, spans
 from interp.model import Batch, batch_to, forward
-from interp.parallel import map_processes
+from interp.parallel import LocalBackend, run_all
 from interp.viz import plot_curves, plot_head_curves, plot_head_grids, save_figure
 from tasks.fewshot import EVAL_KINDS, FewShot, FewShotConfig, accuracy, context_label_mass, query_loss
 
@@ -246,18 +246,18 @@ def ablations(run: Run, step: int, task: FewShot, cfg: ICLTransienceConfig, head
 def run(cfg: ICLTransienceConfig, out: Path, options: RunOptions) -> dict[str, Any]:
     runs_dir = out / "runs"
     device = str(options.device)
-    workers = 1 if options.device.type == "cuda" else cfg.workers
+    backend = options.jobs(cfg.workers)
     final_only = replace(cfg.train, checkpoint_every=0, checkpoint_log=0, checkpoint_steps=())
 
     def job(name: str, kind: str, data: FewShotConfig, train_cfg: TrainConfig) -> TrainJob:
         return TrainJob(name, kind, str(runs_dir / name), cfg, data, train_cfg, device=device, resume=options.resume)
 
-    jobs = [replace(job("main", "main", cfg.data, cfg.train), progress=options.progress and workers == 1)]
+    jobs = [replace(job("main", "main", cfg.data, cfg.train), progress=options.progress and backend == LocalBackend(1))]
     jobs += [job(f"l2-{lam:g}", "l2", cfg.data, replace(final_only, l2=lam)) for lam in cfg.l2_sweep]
     if cfg.negative_control:
         jobs.append(job("control", "control", replace(cfg.data, query_copies_context=True), final_only))
     logger.info("training %d runs", len(jobs))
-    runs = {j.name: Run.open(path) for j, path in zip(jobs, map_processes(run_job, jobs, workers), strict=True)}
+    runs = {j.name: Run.open(path) for j, path in zip(jobs, run_all(run_job, jobs, backend), strict=True)}
 
     task = FewShot(cfg.data)
     main = runs["main"]

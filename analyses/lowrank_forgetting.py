@@ -36,7 +36,7 @@ from interp.checkpoints import atomic_write_json
 from interp.configs import require, require_positive, to_dict
 from interp.metrics import lowrank
 from interp.model import forward, scored_positions, token_losses
-from interp.parallel import map_processes
+from interp.parallel import Backend, run_all
 from interp.replay import Replay, softmax_weights
 from interp.train import step_generator, take_steps
 from interp.viz import plot_bars, plot_curves, plot_matrix, save_figure
@@ -187,10 +187,10 @@ def run(cfg: LowRankForgettingConfig, out: Path, options: RunOptions) -> dict[st
     before_heldout = example_losses(model, corpus.sequences[corpus.heldout])
     similarity = representation_similarity(model, corpus, specs, cfg)
 
-    workers = 1 if options.device.type == "cuda" else cfg.workers
+    backend = options.jobs(cfg.workers)
     device = str(options.device)
     jobs = [FineTuneJob(str(base_dir), cfg, i, device=device) for i in range(len(specs))]
-    after = map_processes(run_finetune, jobs, workers=workers)
+    after = run_all(run_finetune, jobs, backend)
     z = lowrank.forgetting_matrix(before_pool, np.stack([a["pool"] for a in after]))
     z_heldout = lowrank.forgetting_matrix(before_heldout, np.stack([a["heldout"] for a in after]))
     np.save(out / "z.npy", z, allow_pickle=False)
@@ -213,7 +213,7 @@ def run(cfg: LowRankForgettingConfig, out: Path, options: RunOptions) -> dict[st
                                              seeds=range(cfg.seed, cfg.seed + cfg.completion_seeds),
                                              top_fraction=cfg.top_fraction)
 
-    replay = replay_experiment(cfg, z, test_rows, base_dir, before_heldout, workers, device)
+    replay = replay_experiment(cfg, z, test_rows, base_dir, before_heldout, backend, device)
     results = summarize(z, z_heldout, fits, shuffled_rank1, completion, replay, test_rows)
     figures = make_figures(cfg, out, z, fits, shuffled_rank1, completion, replay)
     write_report(cfg, results, figures, out)
@@ -221,7 +221,7 @@ def run(cfg: LowRankForgettingConfig, out: Path, options: RunOptions) -> dict[st
 
 
 def replay_experiment(cfg: LowRankForgettingConfig, z: np.ndarray, test_rows: np.ndarray, base_dir: Path,
-                      before_heldout: np.ndarray, workers: int, device: str) -> dict[str, Any]:
+                      before_heldout: np.ndarray, backend: Backend, device: str) -> dict[str, Any]:
     """Fine-tune each held-out task under every replay condition and seed; the
     mean held-out NLL increase per (condition, task, seed)."""
     jobs, keys = [], []
@@ -242,7 +242,7 @@ def replay_experiment(cfg: LowRankForgettingConfig, z: np.ndarray, test_rows: np
                 jobs.append(FineTuneJob(str(base_dir), cfg, int(row), condition,
                                         None if w is None else tuple(float(x) for x in w), seed, device))
                 keys.append((condition, int(row), seed))
-    outcomes = map_processes(run_finetune, jobs, workers=workers)
+    outcomes = run_all(run_finetune, jobs, backend)
     increase = {key: float((o["heldout"] - before_heldout).mean()) for key, o in zip(keys, outcomes, strict=True)}
     by_condition = {c: np.array([v for (cond, _, _), v in increase.items() if cond == c]) for c in CONDITIONS}
     predicted, random = by_condition["predicted"], by_condition["random"]

@@ -31,8 +31,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import environment, median, table, write_result  # noqa: E402
 
 from interp.configs import parse_overrides  # noqa: E402
-from interp.parallel import available_cores  # noqa: E402
-from interp.sweep import LocalBackend, run_sweep  # noqa: E402
+from interp.parallel import (
+    LocalBackend,  # noqa: E402
+    available_cores,  # noqa: E402
+)
+from interp.sweep import run_sweep  # noqa: E402
 
 TARGET = 0.65
 

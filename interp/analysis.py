@@ -21,15 +21,26 @@ import torch
 from interp.checkpoints import atomic_write_bytes, atomic_write_json
 from interp.configs import to_dict, with_overrides
 from interp.model import resolve_device
+from interp.parallel import Backend, LocalBackend
 
 ENTRY_POINT_GROUP = "interp.analyses"
 
 
 @dataclass(frozen=True)
 class RunOptions:
+    """`backend` runs an analysis's independent training runs (None: a local pool of
+    the analysis's `workers` processes)."""
+
     device: torch.device
     progress: bool = True
     resume: bool = False
+    backend: Backend | None = None
+
+    def jobs(self, workers: int) -> Backend:
+        """The backend for independent jobs; on CUDA the local pool is one process."""
+        if self.backend is not None:
+            return self.backend
+        return LocalBackend(1 if self.device.type == "cuda" else workers)
 
 
 @dataclass(frozen=True)
@@ -74,13 +85,14 @@ def run_analysis(
     device: str | None = None,
     progress: bool = True,
     resume: bool = False,
+    backend: Backend | None = None,
 ) -> dict[str, Any]:
     """Run a registered analysis end to end; returns its results."""
     analysis = get_analysis(name)
     config = resolve_config(analysis, preset, overrides or {})
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    options = RunOptions(device=resolve_device(device), progress=progress, resume=resume)
+    options = RunOptions(device=resolve_device(device), progress=progress, resume=resume, backend=backend)
     atomic_write_json(out / "analysis.json", {"analysis": name, "preset": preset, "config": to_dict(config)})
     started = time.perf_counter()
     results = analysis.run(config, out, options)

@@ -15,8 +15,9 @@ from interp.analysis import get_analysis, registry, run_analysis
 from interp.checkpoints import CheckpointError, Run
 from interp.configs import ConfigError, parse_overrides
 from interp.metrics import circuits
+from interp.parallel import Backend, LocalBackend, RayBackend
 from interp.probing import probe
-from interp.sweep import Backend, LocalBackend, RayBackend, parse_grid, run_sweep
+from interp.sweep import parse_grid, run_sweep
 from interp.train import step_generator
 from interp.viz import plot_curves, plot_head_curves, save_figure
 
@@ -45,22 +46,27 @@ def cmd_run(args: argparse.Namespace) -> None:
         overrides["seed"] = str(args.seed)
     out = Path(args.out or f"runs/{args.name}")
     results = run_analysis(args.name, out, args.preset, overrides, device=args.device,
-                           progress=not args.quiet, resume=args.resume)
+                           progress=not args.quiet, resume=args.resume, backend=_backend(args))
     print(json.dumps(results, indent=2))
     print(f"\nreport: {out / 'report.md'}\nfigures: {out / 'figures'}")
+
+
+def _backend(args: argparse.Namespace) -> Backend | None:
+    """The backend the command line asks for; None leaves the choice to the library."""
+    if args.backend == "ray":
+        return RayBackend(address=args.address, cpus_per_job=args.cpus_per_job, gpus_per_job=args.gpus_per_job,
+                          torch_threads=args.threads)
+    if args.workers or args.threads:
+        return LocalBackend(workers=args.workers, torch_threads=args.threads)
+    return None
 
 
 def cmd_sweep(args: argparse.Namespace) -> None:
     grid = parse_grid(args.grid)
     seeds = list(range(args.seeds)) if args.seed_list is None else args.seed_list
-    if args.backend == "ray":
-        backend: Backend = RayBackend(address=args.address, cpus_per_point=args.cpus_per_point,
-                                      gpus_per_point=args.gpus_per_point, torch_threads=args.threads)
-    else:
-        backend = LocalBackend(workers=args.workers, torch_threads=args.threads)
     out = Path(args.out or f"runs/sweep-{args.name}")
     metrics = [m for m in args.metrics.split(",") if m] if args.metrics else []
-    table = run_sweep(args.name, out, args.preset, grid, seeds, backend, device=args.device, metrics=metrics)
+    table = run_sweep(args.name, out, args.preset, grid, seeds, _backend(args), device=args.device, metrics=metrics)
     keys = metrics or list(get_analysis(args.name).headline)
     print("point".ljust(40) + "status   " + " ".join(f"{k[:14]:>14s}" for k in keys))
     for row in table:
@@ -161,6 +167,17 @@ def _plot_cached_probe(run: Run, cache: Path, fig_dir: Path, logx: bool) -> Path
     return save_figure(plot_head_curves(grid, steps, title=title, logx=logx), fig_dir / f"probe_{cache.stem}.png")
 
 
+def _add_backend_args(p: argparse.ArgumentParser, job: str) -> None:
+    p.add_argument("--backend", choices=("local", "ray"), default="local",
+                   help=f"where each independent {job} runs (default: local processes)")
+    p.add_argument("--workers", type=int, default=0, help="local processes (default: one per core)")
+    p.add_argument("--threads", type=int, default=0,
+                   help=f"torch threads per {job} (default: cores / workers locally, --cpus-per-job on Ray)")
+    p.add_argument("--address", default=None, help="Ray cluster address (default: start a local Ray instance)")
+    p.add_argument("--cpus-per-job", type=int, default=1, help="Ray CPUs per job")
+    p.add_argument("--gpus-per-job", type=float, default=0.0, help="Ray GPUs per job")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="interp", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log library progress messages")
@@ -178,6 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="config override, e.g. --set train.lr=1e-3 --set model.d_model=128")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_backend_args(p, "training run of the analysis")
     p.set_defaults(fn=cmd_run)
 
     p = sub.add_parser("sweep", help="run an analysis over a grid of overrides x seeds (resumable)")
@@ -188,13 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1 for every grid point (default 1)")
     p.add_argument("--seed-list", type=int, nargs="+", default=None, help="explicit seeds instead of --seeds")
     p.add_argument("--out", help="sweep directory (default: runs/sweep-NAME); re-run it to finish a sweep")
-    p.add_argument("--backend", choices=("local", "ray"), default="local")
-    p.add_argument("--workers", type=int, default=0, help="local processes (default: one per core)")
-    p.add_argument("--threads", type=int, default=0,
-                   help="torch threads per point (default: cores / workers locally, --cpus-per-point on Ray)")
-    p.add_argument("--address", default=None, help="Ray cluster address (default: start a local Ray instance)")
-    p.add_argument("--cpus-per-point", type=int, default=1)
-    p.add_argument("--gpus-per-point", type=float, default=0.0)
+    _add_backend_args(p, "point")
     p.add_argument("--device", default=None, help="device for every point (default: CUDA if present)")
     p.add_argument("--metrics", default="", help="comma-separated results to tabulate and plot (default: headline)")
     p.set_defaults(fn=cmd_sweep)

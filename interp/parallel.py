@@ -1,4 +1,6 @@
-"""Run independent jobs (one training run each) on several local processes.
+"""Run independent jobs (one training run, or one sweep point, each) on several
+processes: a local pool (`map_processes`, `imap_processes`, `LocalBackend`) or a
+Ray cluster (`RayBackend`). Analyses and sweeps take any `Backend`.
 
 Each worker process gets `torch_threads` intra-op threads (default: the cores
 divided among the workers), because two processes that each use every core
@@ -13,7 +15,8 @@ import multiprocessing
 import os
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from typing import Any, TypeVar
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
 
 import torch
 
@@ -57,8 +60,87 @@ def map_processes(fn: Callable[[Any], T], items: Sequence[Any], workers: int = 0
     """`[fn(item) for item in items]`, computed by `workers` processes.
 
     `workers=0` uses one per core (at most one per item); `workers=1` runs in
-    this process with its current thread count. The first exception raised by
-    a job is re-raised here after the running jobs finish.
+    this process. The first exception raised by a job is re-raised here after
+    the running jobs finish.
     """
-    results: dict[int, T] = dict(imap_processes(fn, items, workers, torch_threads))
+    return run_all(fn, items, LocalBackend(workers, torch_threads))
+
+
+# --- backends: where a list of independent jobs runs ---------------------------------------------
+
+
+class Backend(Protocol):
+    def imap(self, fn: Callable[[Any], T], items: Sequence[Any]) -> Iterator[tuple[int, T]]:
+        """`(index, fn(items[index]))` for every item, as they finish."""
+        ...
+
+
+@dataclass(frozen=True)
+class LocalBackend:
+    """A pool of `workers` processes on this machine (0: one per core), each with
+    `torch_threads` threads (0: the cores divided among the workers)."""
+
+    workers: int = 0
+    torch_threads: int = 0
+
+    def __post_init__(self) -> None:
+        if self.workers < 0:
+            raise ValueError(f"workers: expected an integer >= 0, got {self.workers}")
+        if self.torch_threads < 0:
+            raise ValueError(f"torch_threads: expected an integer >= 0, got {self.torch_threads}")
+
+    def imap(self, fn: Callable[[Any], T], items: Sequence[Any]) -> Iterator[tuple[int, T]]:
+        workers = min(self.workers or available_cores(), max(1, len(items)))
+        if workers == 1:  # in this process, with its threads unless told otherwise
+            for index, item in enumerate(items):
+                yield index, _with_threads(fn, item, self.torch_threads) if self.torch_threads else fn(item)
+            return
+        yield from imap_processes(fn, items, workers, self.torch_threads or max(1, available_cores() // workers))
+
+
+def _with_threads(fn: Callable[[Any], T], item: Any, threads: int) -> T:
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return fn(item)
+    finally:
+        torch.set_num_threads(previous)
+
+
+@dataclass(frozen=True)
+class RayBackend:
+    """Ray tasks (one per job) of `cpus_per_job` CPUs (and `gpus_per_job` GPUs), each with
+    `torch_threads` threads (0: `cpus_per_job`). `address` is a running cluster
+    (`"auto"`, `"ray://host:10001"`); None starts a local instance for these jobs."""
+
+    address: str | None = None
+    cpus_per_job: int = 1
+    gpus_per_job: float = 0.0
+    torch_threads: int = 0
+    init_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def imap(self, fn: Callable[[Any], T], items: Sequence[Any]) -> Iterator[tuple[int, T]]:
+        try:
+            import ray
+        except ImportError as err:
+            raise ImportError("the ray backend needs Ray: pip install 'interp-dynamics[ray]'") from err
+        started = not ray.is_initialized()
+        if started:
+            ray.init(address=self.address, include_dashboard=False, log_to_driver=False, **self.init_kwargs)
+        try:
+            remote = ray.remote(num_cpus=self.cpus_per_job, num_gpus=self.gpus_per_job)(_with_threads)
+            threads = self.torch_threads or self.cpus_per_job
+            index_of = {remote.remote(fn, item, threads): i for i, item in enumerate(items)}
+            pending = list(index_of)
+            while pending:
+                done, pending = ray.wait(pending, num_returns=1)
+                yield index_of[done[0]], ray.get(done[0])
+        finally:
+            if started:
+                ray.shutdown()
+
+
+def run_all(fn: Callable[[Any], T], items: Sequence[Any], backend: Backend) -> list[T]:
+    """`[fn(item) for item in items]` on `backend`, in the order of `items`."""
+    results: dict[int, T] = dict(backend.imap(fn, items))
     return [results[i] for i in range(len(items))]

@@ -13,8 +13,8 @@ atomically). Re-running a sweep skips complete points and resumes the others fro
 their last checkpoints, so a killed sweep finishes only what is missing. A point
 that raises is recorded with its error; the others run on.
 
-Points run on a backend: `LocalBackend` (a process pool; the default) or
-`RayBackend` (a Ray cluster, or a local Ray instance; `pip install ray`). Each
+Points run on a backend of `interp.parallel`: `LocalBackend` (a process pool; the
+default) or `RayBackend` (a Ray cluster, or a local Ray instance). Each
 point gets a fixed number of torch threads, so the same seeds give the same
 numbers on either backend. An analysis's own process pool is set to one worker
 inside a sweep (unless the grid sets `workers`): the sweep already fills the cores.
@@ -31,22 +31,20 @@ import re
 import time
 import traceback
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any
 
 import numpy as np
-import torch
 
 from interp.analysis import get_analysis, resolve_config, run_analysis
 from interp.checkpoints import atomic_write_bytes, atomic_write_json
-from interp.parallel import available_cores, imap_processes
+from interp.parallel import Backend, LocalBackend
 from interp.viz import plot_curves, save_figure
 
 logger = logging.getLogger(__name__)
 
-T = TypeVar("T")
 RESULTS_FILE = "results.json"
 
 
@@ -135,75 +133,6 @@ def scalar_results(results: Mapping[str, Any], prefix: str = "") -> dict[str, fl
         elif isinstance(value, Mapping):
             out.update(scalar_results(value, f"{name}/"))
     return out
-
-
-# --- backends ------------------------------------------------------------------------------------
-
-
-class Backend(Protocol):
-    def imap(self, fn: Callable[[Any], T], items: Sequence[Any]) -> Iterator[tuple[int, T]]:
-        """`(index, fn(items[index]))` for every item, as they finish."""
-        ...
-
-
-@dataclass(frozen=True)
-class LocalBackend:
-    """A pool of `workers` processes on this machine (0: one per core), each with
-    `torch_threads` threads (0: the cores divided among the workers)."""
-
-    workers: int = 0
-    torch_threads: int = 0
-
-    def imap(self, fn: Callable[[Any], T], items: Sequence[Any]) -> Iterator[tuple[int, T]]:
-        workers = min(self.workers or available_cores(), max(1, len(items)))
-        threads = self.torch_threads or max(1, available_cores() // workers)
-        if workers == 1:
-            for index, item in enumerate(items):
-                yield index, _with_threads(fn, item, threads)
-            return
-        yield from imap_processes(fn, items, workers, threads)
-
-
-def _with_threads(fn: Callable[[Any], T], item: Any, threads: int) -> T:
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        return fn(item)
-    finally:
-        torch.set_num_threads(previous)
-
-
-@dataclass(frozen=True)
-class RayBackend:
-    """Ray tasks of `cpus_per_point` CPUs (and `gpus_per_point` GPUs), each with
-    `torch_threads` threads (0: `cpus_per_point`). `address` is a running cluster
-    (`"auto"`, `"ray://host:10001"`); None starts a local instance for the sweep."""
-
-    address: str | None = None
-    cpus_per_point: int = 1
-    gpus_per_point: float = 0.0
-    torch_threads: int = 0
-    init_kwargs: dict[str, Any] = field(default_factory=dict)
-
-    def imap(self, fn: Callable[[Any], T], items: Sequence[Any]) -> Iterator[tuple[int, T]]:
-        try:
-            import ray
-        except ImportError as err:
-            raise ImportError("the ray backend needs Ray: pip install 'interp-dynamics[ray]'") from err
-        started = not ray.is_initialized()
-        if started:
-            ray.init(address=self.address, include_dashboard=False, log_to_driver=False, **self.init_kwargs)
-        try:
-            remote = ray.remote(num_cpus=self.cpus_per_point, num_gpus=self.gpus_per_point)(_with_threads)
-            threads = self.torch_threads or self.cpus_per_point
-            index_of = {remote.remote(fn, item, threads): i for i, item in enumerate(items)}
-            pending = list(index_of)
-            while pending:
-                done, pending = ray.wait(pending, num_returns=1)
-                yield index_of[done[0]], ray.get(done[0])
-        finally:
-            if started:
-                ray.shutdown()
 
 
 # --- the sweep -----------------------------------------------------------------------------------
@@ -306,5 +235,5 @@ def summary_figures(out: Path, table: Sequence[Mapping[str, Any]], grid: Mapping
     return paths
 
 
-__all__ = ["Backend", "LocalBackend", "PointTask", "RayBackend", "SweepPoint", "grid_points", "parse_grid",
-           "read_table", "run_point", "run_sweep", "scalar_results", "summary_figures"]
+__all__ = ["PointTask", "SweepPoint", "grid_points", "parse_grid", "point_results", "read_table", "run_point",
+           "run_sweep", "scalar_results", "summary_figures"]

@@ -34,10 +34,24 @@ def test_induction_heads_are_the_strong_heads_above_layer_zero():
     assert induction_heads(strength, 0.6) == [(1, 1)]  # none reaches it: the strongest alone
 
 
+class Recording:
+    """An in-process backend that remembers the jobs it ran."""
+
+    def __init__(self):
+        self.jobs = []
+
+    def imap(self, fn, items):
+        self.jobs += list(items)
+        for index, item in enumerate(items):
+            yield index, fn(item)
+
+
 @pytest.mark.slow
 def test_tiny_preset_end_to_end(tmp_path):
-    results = run_analysis("icl-transience", tmp_path, preset="tiny", progress=False)
+    backend = Recording()
+    results = run_analysis("icl-transience", tmp_path, preset="tiny", progress=False, backend=backend)
     cfg = PRESETS["tiny"]
+    assert [job.name for job in backend.jobs] == ["main", *(f"l2-{lam:g}" for lam in cfg.l2_sweep), "control"]
     for key in ("icl_peak", "icl_peak_step", "icl_final", "iwl_final", "train_loss_first", "train_loss_final",
                 "circuits_at_peak", "circuits_final", "ablation_at_peak", "negative_control", "coopetition_toy"):
         assert key in results

@@ -6,7 +6,7 @@ import pytest
 import torch
 from helpers import square_and_threads
 
-from interp.parallel import map_processes
+from interp.parallel import LocalBackend, map_processes, run_all
 
 
 def test_two_workers_keep_order_and_split_threads():
@@ -28,3 +28,22 @@ def test_a_failing_job_raises_its_error():
 def test_bad_worker_count():
     with pytest.raises(ValueError, match="workers"):
         map_processes(square_and_threads, [1], workers=-1)
+
+
+class Reversed:
+    """A backend that finishes the jobs in reverse order."""
+
+    def imap(self, fn, items):
+        for index in reversed(range(len(items))):
+            yield index, fn(items[index])
+
+
+def test_run_all_returns_results_in_item_order_whatever_the_backend():
+    assert [r[0] for r in run_all(square_and_threads, [1, 2, 3], Reversed())] == [1, 4, 9]
+    assert [r[0] for r in run_all(square_and_threads, [1, 2, 3], LocalBackend(workers=2, torch_threads=1))] == [1, 4, 9]
+
+
+def test_one_local_worker_with_explicit_threads_sets_them_for_the_job():
+    assert run_all(square_and_threads, [2], LocalBackend(workers=1, torch_threads=1)) == [(4, 1)]
+    with pytest.raises(ValueError, match="torch_threads"):
+        LocalBackend(torch_threads=-1)

@@ -13,7 +13,8 @@ import time
 import pytest
 
 from interp.cli import main
-from interp.sweep import LocalBackend, RayBackend, grid_points, parse_grid, read_table, run_sweep, scalar_results
+from interp.parallel import LocalBackend, RayBackend
+from interp.sweep import grid_points, parse_grid, read_table, run_sweep, scalar_results
 
 ANALYSIS = "induction-heads"
 
