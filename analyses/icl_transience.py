@@ -451,6 +451,17 @@ PRESETS = {
                           checkpoint_every=250),
         l2_sweep=(1e-4, 1e-3, 1e-2),
     ),
+    # Singh et al. 2023's published shape with Gaussian clusters in place of Omniglot: 12 layers,
+    # d_model 64, 8 heads, 8 context pairs (3 of the query's class, 3 of a distractor), one
+    # label per class, Adam 3e-4, batch 32, no weight decay. Not yet run (no GPU in the
+    # development sessions); the paper's ICL peaks after 1e6-1e7 sequences.
+    "paper": _preset(
+        FewShotConfig(n_classes=12800, n_heldout_classes=256, context_pairs=8, burstiness=3),
+        layers=12, width=64, heads=8,
+        train=TrainConfig(steps=1_000_000, batch_size=32, optimizer="adam", lr=3e-4, eval_every=5000,
+                          log_every=1000, checkpoint_log=20, checkpoint_every=25000),
+        l2_sweep=(1e-6, 1e-5, 1e-4, 1e-3), eval_size=1024, probe_size=512,
+    ),
     "tiny": _preset(
         FewShotConfig(n_classes=24, n_heldout_classes=4, n_labels=8, exemplars_per_class=6, dim=8, context_pairs=4,
                       burstiness=1),
