@@ -46,6 +46,9 @@ logger = logging.getLogger(__name__)
 
 ICL_KINDS = ("icl_novel", "icl_permuted")
 EVAL_STREAM, PROBE_STREAM = 1, 2
+CONTROLS = {"control": "negative_control", "no-decay": "no_decay_control"}  # run name -> results key
+CONTROL_LABELS = {"negative_control": "the query copies its in-context exemplar",
+                  "no_decay_control": "no weight decay"}
 CIRCUITS = {
     "prev_token": "corrected previous-token score at label positions",
     "induction": "induction strength at the query (matching minus non-matching label attention)",
@@ -56,8 +59,9 @@ CIRCUITS = {
 @dataclass(frozen=True)
 class ICLTransienceConfig:
     """- `data`/`model`/`train` define the main run; `l2_sweep` adds one run per
-      lambda (> 0, each replacing `train.l2`) and `negative_control` one run whose
-      query copies an in-context exemplar;
+      lambda (> 0, each replacing `train.l2`), `negative_control` one run whose
+      query copies an in-context exemplar, and `no_decay_control` (when
+      `train.weight_decay` > 0) one run without weight decay;
     - evaluation sets hold `eval_size` sequences each; `icl_kind` is the ICL set
       whose closed-class accuracy defines the peak; peaks and final values are read
       from curves smoothed over `smooth_window` evaluations (centred);
@@ -70,6 +74,7 @@ class ICLTransienceConfig:
     data: FewShotConfig = field(default_factory=FewShotConfig)
     l2_sweep: tuple[float, ...] = (1e-5, 1e-4, 1e-3)
     negative_control: bool = True
+    no_decay_control: bool = True
     icl_kind: str = "icl_novel"
     eval_size: int = 512
     smooth_window: int = 5
@@ -256,6 +261,8 @@ def run(cfg: ICLTransienceConfig, out: Path, options: RunOptions) -> dict[str, A
     jobs += [job(f"l2-{lam:g}", "l2", cfg.data, replace(final_only, l2=lam)) for lam in cfg.l2_sweep]
     if cfg.negative_control:
         jobs.append(job("control", "control", replace(cfg.data, query_copies_context=True), final_only))
+    if cfg.no_decay_control and cfg.train.weight_decay > 0:
+        jobs.append(job("no-decay", "no-decay", cfg.data, replace(final_only, weight_decay=0.0)))
     logger.info("training %d runs", len(jobs))
     runs = {j.name: Run.open(path) for j, path in zip(jobs, run_all(run_job, jobs, backend), strict=True)}
 
@@ -274,8 +281,9 @@ def run(cfg: ICLTransienceConfig, out: Path, options: RunOptions) -> dict[str, A
     results["ablation_final"] = ablations(main, end, task, cfg, heads, options.device)
     results["l2_sweep"] = [{"lambda": cfg.train.l2, **_sweep_row(results)}] + [
         {"lambda": lam, **_sweep_row(dynamics(runs[f"l2-{lam:g}"], cfg))} for lam in cfg.l2_sweep]
-    if cfg.negative_control:
-        results["negative_control"] = _sweep_row(dynamics(runs["control"], cfg))
+    for name, key in CONTROLS.items():
+        if name in runs:
+            results[key] = _sweep_row(dynamics(runs[name], cfg))
     toy = coopetition_toy(cfg.toy)
     results["coopetition_toy"] = toy_summary(toy)
     results["targets"] = targets(results)
@@ -361,13 +369,13 @@ def make_figures(cfg: ICLTransienceConfig, out: Path, runs: dict[str, Run], resu
             {f"lambda = {lam:g}": run.series(metric) for lam, run in lambdas.items()},
             hlines={"chance": chance} if chance else None, title=f"L2 regularization: {label}", ylabel="accuracy"),
             fig_dir / f"l2_sweep_{key}.png")
-    if cfg.negative_control:
-        figures["negative_control"] = save_figure(plot_curves(
-            {"ICL, main run": main.series(icl_key(cfg)),
-             "ICL, query copies its in-context exemplar": runs["control"].series(icl_key(cfg)),
-             "IWL, main run": main.series("iwl/full"),
-             "IWL, query copies its in-context exemplar": runs["control"].series("iwl/full")},
-            hlines={"chance": 0.5}, title="Negative control", ylabel="accuracy"), fig_dir / "negative_control.png")
+    for name, key in CONTROLS.items():
+        if name in runs:
+            label = CONTROL_LABELS[key]
+            figures[key] = save_figure(plot_curves(
+                {"ICL, main run": main.series(icl_key(cfg)), f"ICL, {label}": runs[name].series(icl_key(cfg)),
+                 "IWL, main run": main.series("iwl/full"), f"IWL, {label}": runs[name].series("iwl/full")},
+                hlines={"chance": 0.5}, title=f"Control: {label}", ylabel="accuracy"), fig_dir / f"{key}.png")
     figures["coopetition"] = save_figure(plot_curves(
         {"L1 (mechanism 1, a b c)": (toy.steps, toy.loss1), "L2 (mechanism 2, d b c)": (toy.steps, toy.loss2)},
         secondary={"|a|": (toy.steps, toy.norms[:, 0]), "|d|": (toy.steps, toy.norms[:, 3])},
@@ -413,11 +421,12 @@ def write_report(cfg: ICLTransienceConfig, results: dict[str, Any], figures: dic
                 [[r["lambda"], f"{r['icl_peak']:.3f} ({r['icl_peak_step']})", r["icl_final"], r["iwl_final"],
                   r["train_loss_final"]] for r in results["l2_sweep"]])
     report.figures(figures, out, {"l2_sweep_icl": "ICL by L2 strength", "l2_sweep_iwl": "IWL by L2 strength"})
-    if cfg.negative_control:
-        c = results["negative_control"]
-        report.text(f"Negative control (the query is one of its in-context exemplars): ICL peak {c['icl_peak']:.3f} "
-                    f"at step {c['icl_peak_step']}, final {c['icl_final']:.3f}; IWL final {c['iwl_final']:.3f}.")
-        report.figures(figures, out, {"negative_control": "Negative control"})
+    for key, label in CONTROL_LABELS.items():
+        if key in results:
+            c = results[key]
+            report.text(f"Control, {label}: ICL peak {c['icl_peak']:.3f} at step {c['icl_peak_step']}, final "
+                        f"{c['icl_final']:.3f}; IWL final {c['iwl_final']:.3f}.")
+            report.figures(figures, out, {key: f"Control: {label}"})
     toy = results["coopetition_toy"]
     report.text(f"Coopetition toy (dims {cfg.toy.dims}, alpha {cfg.toy.alpha:g}, mu1 {cfg.toy.mu1:g}, "
                 f"mu2 {cfg.toy.mu2:g}, lr {cfg.toy.lr:g}): L1 reaches {toy['loss1_min']:.4f} at step "
@@ -466,7 +475,8 @@ PRESETS = {
         FewShotConfig(n_classes=24, n_heldout_classes=4, n_labels=8, exemplars_per_class=6, dim=8, context_pairs=4,
                       burstiness=1),
         layers=2, width=16, heads=2,
-        train=TrainConfig(steps=8, batch_size=4, eval_every=4, log_every=4, checkpoint_log=0, checkpoint_every=4),
+        train=TrainConfig(steps=8, batch_size=4, eval_every=4, log_every=4, checkpoint_log=0, checkpoint_every=4,
+                          weight_decay=0.1, decay_only=("blocks.*.attn.*",)),
         l2_sweep=(1e-3,), eval_size=16, probe_size=8, workers=1,
         toy=CoopetitionToyConfig(dims=(3, 3, 3, 6), steps=40, record_every=10),
     ),

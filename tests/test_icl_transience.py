@@ -51,9 +51,12 @@ def test_tiny_preset_end_to_end(tmp_path):
     backend = Recording()
     results = run_analysis("icl-transience", tmp_path, preset="tiny", progress=False, backend=backend)
     cfg = PRESETS["tiny"]
-    assert [job.name for job in backend.jobs] == ["main", *(f"l2-{lam:g}" for lam in cfg.l2_sweep), "control"]
+    assert [job.name for job in backend.jobs] == ["main", *(f"l2-{lam:g}" for lam in cfg.l2_sweep), "control",
+                                                  "no-decay"]
+    assert Run.open(tmp_path / "runs" / "no-decay").config["train"]["weight_decay"] == 0
     for key in ("icl_peak", "icl_peak_step", "icl_final", "iwl_final", "train_loss_first", "train_loss_final",
-                "circuits_at_peak", "circuits_final", "ablation_at_peak", "negative_control", "coopetition_toy"):
+                "circuits_at_peak", "circuits_final", "ablation_at_peak", "negative_control", "no_decay_control",
+                "coopetition_toy"):
         assert key in results
     assert [r["lambda"] for r in results["l2_sweep"]] == [cfg.train.l2, *cfg.l2_sweep]
     assert 0 <= results["icl_peak"] <= 1 and results["icl_peak"] >= results["icl_final"]
@@ -66,7 +69,7 @@ def test_tiny_preset_end_to_end(tmp_path):
 
     json.loads((tmp_path / "results.json").read_text(), parse_constant=reject)
     figures = sorted(p.name for p in (tmp_path / "figures").glob("*.png"))
-    assert len(figures) == 13
+    assert len(figures) == 14
     report = (tmp_path / "report.md").read_text()
     assert all(f"figures/{name}" in report for name in figures)
     main = Run.open(tmp_path / "runs" / "main")
