@@ -121,7 +121,7 @@ def evaluate_kind(model, batch: Batch) -> dict[str, float]:
 
 @dataclass(frozen=True)
 class TrainJob:
-    """One training run: `kind` is main, l2 or control."""
+    """One training run: `kind` is main, l2, control or no-decay."""
 
     name: str
     kind: str
