@@ -580,6 +580,22 @@ PRESETS = {
         finetune=TrainConfig(steps=300, batch_size=16, optimizer="adamw", lr=3e-4, beta2=0.95, weight_decay=0.1,
                              eval_every=20, log_every=20, checkpoint_log=0),
     ),
+    # Zucchet et al.'s setup on one GPU: their pools, 8 layers of width 512, AdamW 4e-4
+    # (0.9, 0.95), cosine, 16k steps. They pack ~5 biographies into each 512-token sequence
+    # of a 128-sequence batch; here one biography is one sequence, so a batch of 640 sees as
+    # many biographies per step. Not yet run: cost unmeasured.
+    "paper": _preset(
+        BiographiesConfig(n_individuals=64000, n_unseen=1000, n_finetune=4000, first_names=900, middle_names=900,
+                          last_names=1000, cities=800, universities=200, majors=100, companies=500, years=200),
+        layers=8, width=512, heads=8,
+        train=TrainConfig(steps=16000, batch_size=640, optimizer="adamw", lr=4e-4, beta2=0.95, weight_decay=0.1,
+                          schedule="cosine", eval_every=100, log_every=100, checkpoint_log=0, checkpoint_every=500,
+                          precision="bf16"),
+        n_sweep=(16000, 32000), alphas=(0.4, 0.8), warmup_individuals=8000, warmup_steps=2000, compare_steps=8000,
+        eval_individuals=512, probe_individuals=128, workers=1,
+        finetune=TrainConfig(steps=1000, batch_size=640, optimizer="adamw", lr=3e-5, beta2=0.95, weight_decay=0.1,
+                             eval_every=25, log_every=25, checkpoint_log=0, precision="bf16"),
+    ),
     "tiny": _preset(
         BiographiesConfig(n_individuals=40, n_unseen=8, n_finetune=8, first_names=8, middle_names=8, last_names=8,
                           cities=10, universities=6, majors=5, companies=7, years=6),

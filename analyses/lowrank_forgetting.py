@@ -394,6 +394,19 @@ PRESETS = {
         upstream=UpstreamConfig(),
         tasks=TaskFamilyConfig(n_tasks=40),
     ),
+    # One GPU, closer to the published scale: M = 85 tasks (as for OLMo), a 4-layer base
+    # model pretrained on a 10x larger corpus, a 4000-example pool. Not yet run: cost unmeasured.
+    "gpu": _preset(
+        model=ModelConfig(n_layers=4, d_model=256, n_heads=8, d_vocab=512, n_ctx=64),
+        pretrain=TrainConfig(steps=20000, batch_size=128, optimizer="adamw", lr=6e-4, warmup_steps=500,
+                             schedule="cosine", min_lr_ratio=0.1, eval_every=1000, checkpoint_log=0,
+                             checkpoint_every=5000, precision="bf16"),
+        finetune=TrainConfig(optimizer="adamw", batch_size=32, log_every=10, precision="bf16"),
+        upstream=UpstreamConfig(d_vocab=512, seq_len=64, corpus_size=80000, pool_size=4000, heldout_size=2000,
+                                n_facts=256, modulus=23),
+        tasks=TaskFamilyConfig(n_tasks=85, steps_choices=(100, 200, 400), lr_choices=(1e-4, 3e-4)),
+        test_tasks=20, revealed=200, knn_k=10, mf_rank=8, replay_seeds=5, workers=1,
+    ),
     "tiny": _preset(
         model=ModelConfig(n_layers=1, d_model=16, n_heads=2, d_vocab=32, n_ctx=12),
         pretrain=TrainConfig(steps=20, batch_size=8, eval_every=10, checkpoint_log=0),

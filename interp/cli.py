@@ -15,7 +15,7 @@ from interp.analysis import get_analysis, registry, run_analysis
 from interp.checkpoints import CheckpointError, Run
 from interp.configs import ConfigError, parse_overrides
 from interp.metrics import circuits
-from interp.parallel import Backend, LocalBackend, RayBackend
+from interp.parallel import Backend, JobsFailed, LocalBackend, RayBackend
 from interp.probing import probe
 from interp.sweep import parse_grid, run_sweep
 from interp.train import step_generator
@@ -243,6 +243,10 @@ def main(argv: list[str] | None = None) -> int:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"interp {args.command}: error: {message}", file=sys.stderr)
         return 2
+    except JobsFailed as err:
+        print(f"interp {args.command}: error: {err}\n(tracebacks above; run again with --resume to repeat only "
+              "the failed runs)", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -13,9 +13,11 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import traceback
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Protocol, TypeVar
 
 import torch
@@ -60,8 +62,7 @@ def map_processes(fn: Callable[[Any], T], items: Sequence[Any], workers: int = 0
     """`[fn(item) for item in items]`, computed by `workers` processes.
 
     `workers=0` uses one per core (at most one per item); `workers=1` runs in
-    this process. The first exception raised by a job is re-raised here after
-    the running jobs finish.
+    this process. Failing jobs raise `JobsFailed` once every job has ended.
     """
     return run_all(fn, items, LocalBackend(workers, torch_threads))
 
@@ -140,7 +141,42 @@ class RayBackend:
                 ray.shutdown()
 
 
+class JobsFailed(RuntimeError):
+    """Some jobs of `run_all` raised; every other job ran to its end, so a re-run
+    with resume repeats only these. `errors` maps the failed jobs' indices to
+    `"Type: message"` and `tracebacks` to their formatted tracebacks."""
+
+    def __init__(self, errors: dict[int, str], tracebacks: dict[int, str], labels: dict[int, str], total: int):
+        self.errors, self.tracebacks = errors, tracebacks
+        listed = "; ".join(f"{labels[i]}: {errors[i]}" for i in sorted(errors))
+        super().__init__(f"{len(errors)} of {total} jobs failed (the others finished): {listed}")
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    value: Any = None
+    error: str = ""
+    traceback: str = ""
+
+
+def _capture(fn: Callable[[Any], T], item: Any) -> _Outcome:
+    try:
+        return _Outcome(value=fn(item))
+    except Exception as err:  # noqa: BLE001 - reported with the others in JobsFailed
+        return _Outcome(error=f"{type(err).__name__}: {err}", traceback=traceback.format_exc())
+
+
 def run_all(fn: Callable[[Any], T], items: Sequence[Any], backend: Backend) -> list[T]:
-    """`[fn(item) for item in items]` on `backend`, in the order of `items`."""
-    results: dict[int, T] = dict(backend.imap(fn, items))
-    return [results[i] for i in range(len(items))]
+    """`[fn(item) for item in items]` on `backend`, in the order of `items`.
+
+    A failing job does not stop the others: once all have ended, `JobsFailed`
+    names every failure (by the item's `name` attribute where it has one)."""
+    outcomes: dict[int, _Outcome] = dict(backend.imap(partial(_capture, fn), items))
+    failed = sorted(i for i, outcome in outcomes.items() if outcome.error)
+    if failed:
+        for i in failed:
+            logger.warning("job %d failed:\n%s", i, outcomes[i].traceback)
+        labels = {i: str(getattr(items[i], "name", "") or f"job {i}") for i in failed}
+        raise JobsFailed({i: outcomes[i].error for i in failed}, {i: outcomes[i].traceback for i in failed}, labels,
+                         len(items))
+    return [outcomes[i].value for i in range(len(items))]

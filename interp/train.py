@@ -51,6 +51,7 @@ logger = logging.getLogger(__name__)
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULES = ("constant", "cosine")
+PRECISIONS = ("fp32", "bf16")
 
 
 class DataSource(Protocol):
@@ -85,6 +86,9 @@ class TrainConfig:
     Checkpoints are taken at step 0, the last step,
     `checkpoint_log` log-spaced steps, every `checkpoint_every` steps and at each
     of `checkpoint_steps`. `init_from` is `"run_dir"` (last step) or `"run_dir@step"`.
+    `precision="bf16"` runs the training forward pass under bfloat16 autocast
+    (weights, optimizer state and evaluation stay float32); bfloat16 keeps float32's
+    exponent range, so it needs no loss scaling.
     """
 
     steps: int = 1000
@@ -101,6 +105,7 @@ class TrainConfig:
     warmup_steps: int = 0
     min_lr_ratio: float = 0.0
     grad_clip: float = 0.0
+    precision: str = "fp32"
     log_every: int = 10
     eval_every: int = 0
     checkpoint_log: int = 10
@@ -116,6 +121,7 @@ class TrainConfig:
         require(self.lr > 0, "lr", "a positive learning rate", self.lr)
         require_choice(self, "optimizer", OPTIMIZERS)
         require_choice(self, "schedule", SCHEDULES)
+        require_choice(self, "precision", PRECISIONS)
         for name in ("momentum", "weight_decay", "l2", "grad_clip"):
             value = getattr(self, name)
             require(value >= 0, name, "a number >= 0", value)
@@ -229,6 +235,7 @@ class Stepper:
             names = [n for n, _ in self.named_params]
             raise ValueError(f"decay_only: {list(cfg.decay_only)} matches no parameter; names are {names}")
         self.optimizer = make_optimizer(cfg, self.named_params)
+        self.device_type = self.params[0].device.type
 
     def step(self, step: int, batch: Batch) -> float:
         """Update on `batch` as the `step`-th (0-based) step; returns the loss before the update."""
@@ -238,7 +245,8 @@ class Stepper:
         for group in self.optimizer.param_groups:
             group["lr"] = lr_at(cfg, step)
         hooks = [*self.fwd_hooks, *(self.batch_hooks(batch) if self.batch_hooks else ())]
-        loss = masked_mean_loss(forward(self.model, batch, hooks), batch)
+        with torch.autocast(self.device_type, torch.bfloat16, enabled=cfg.precision == "bf16"):
+            loss = masked_mean_loss(forward(self.model, batch, hooks), batch)
         objective = loss
         if cfg.l2:
             objective = loss + 0.5 * cfg.l2 * sum(p.pow(2).sum() for p in self.params)
@@ -316,7 +324,7 @@ def train(
         if _identity(run.config) != _identity(_json_roundtrip(config)):
             raise ValueError(f"resume: the config differs from {run.path / CONFIG_FILE}; start a new run instead")
         start = run.steps[-1]
-        if run.load_training_state(start).get("stopped"):
+        if start >= train_cfg.steps or run.load_training_state(start).get("stopped"):
             return run
     else:
         run = Run.create(run_dir, {**config, "device": str(device), "versions": versions()})

@@ -78,6 +78,19 @@ class TrainedRun:
         return Run.open(self.path)
 
 
+@dataclass(frozen=True)
+class NamedFile:
+    name: str
+
+
+def write_file_unless_failing(job: NamedFile) -> str:
+    """A job for failure-isolation tests: writes its file unless its name says fail."""
+    if "fail" in Path(job.name).name:
+        raise RuntimeError(f"asked to fail: {job.name}")
+    Path(job.name).write_text("done")
+    return job.name
+
+
 def square_and_threads(x: int) -> tuple[int, int]:
     """A job for process-pool tests: its result and the worker's torch thread count."""
     if x < 0:

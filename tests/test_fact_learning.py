@@ -54,3 +54,30 @@ def test_tiny_preset_end_to_end(tmp_path):
     assert finetuned.config["init_from"]["step"] == cfg.train.steps
     again = run_analysis("fact-learning", tmp_path, preset="tiny", progress=False, resume=True)
     assert again["final_loss"] == results["final_loss"]  # finished runs are reused as they are
+
+
+def test_a_failing_run_leaves_the_others_finished_and_resume_repeats_only_it(tmp_path, monkeypatch):
+    """One internal training run fails: the analysis names it, every other run of that
+    stage ends with its last checkpoint, and a resumed analysis trains only the failed run."""
+    import analyses.fact_learning as fact_learning
+    from interp.parallel import JobsFailed
+
+    real_run_job = fact_learning.run_job
+
+    def alpha_fails(job):
+        if job.kind == "alpha":
+            raise RuntimeError("simulated crash")
+        return real_run_job(job)
+
+    monkeypatch.setattr(fact_learning, "run_job", alpha_fails)
+    with pytest.raises(JobsFailed, match=r"1 of 4 jobs failed .*alpha0\.5: RuntimeError: simulated crash"):
+        run_analysis("fact-learning", tmp_path, preset="tiny", progress=False)
+    cfg = PRESETS["tiny"]
+    finished = {name: Run.open(tmp_path / "runs" / name) for name in ("main", "n20", "warmup")}
+    assert all(run.steps[-1] == cfg.train.steps for run in finished.values())
+    mtimes = {name: (run.path / "metrics.jsonl").stat().st_mtime_ns for name, run in finished.items()}
+
+    monkeypatch.setattr(fact_learning, "run_job", real_run_job)
+    results = run_analysis("fact-learning", tmp_path, preset="tiny", progress=False, resume=True)
+    assert [r["alpha"] for r in results["alpha_sweep"]] == [0.0, *cfg.alphas]
+    assert {name: (run.path / "metrics.jsonl").stat().st_mtime_ns for name, run in finished.items()} == mtimes

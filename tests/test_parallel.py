@@ -1,12 +1,12 @@
-"""interp.parallel: results in order, one torch thread per worker, errors surface."""
+"""interp.parallel: results in order, one torch thread per worker, failures isolated and named."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from helpers import square_and_threads
+from helpers import NamedFile, square_and_threads, write_file_unless_failing
 
-from interp.parallel import LocalBackend, map_processes, run_all
+from interp.parallel import JobsFailed, LocalBackend, map_processes, run_all
 
 
 def test_two_workers_keep_order_and_split_threads():
@@ -21,8 +21,21 @@ def test_one_worker_runs_in_process_with_current_threads():
 
 
 def test_a_failing_job_raises_its_error():
-    with pytest.raises(ValueError, match="negative job -1"):
+    with pytest.raises(JobsFailed, match="1 of 3 jobs failed.*job 1: ValueError: negative job -1") as info:
         map_processes(square_and_threads, [1, -1, 2], workers=2, torch_threads=1)
+    assert list(info.value.errors) == [1]
+    assert "square_and_threads" in info.value.tracebacks[1]
+
+
+@pytest.mark.parametrize("backend", [LocalBackend(workers=1), LocalBackend(workers=2, torch_threads=1)])
+def test_failing_jobs_do_not_stop_the_others(tmp_path, backend):
+    """Every job runs even when earlier ones fail, and the failures are named."""
+    jobs = [NamedFile(str(tmp_path / name)) for name in ("fail-a", "ok-b", "fail-c", "ok-d")]
+    with pytest.raises(JobsFailed) as info:
+        run_all(write_file_unless_failing, jobs, backend)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ok-b", "ok-d"]
+    assert sorted(info.value.errors) == [0, 2]
+    assert str(tmp_path / "fail-a") in str(info.value) and str(tmp_path / "fail-c") in str(info.value)
 
 
 def test_bad_worker_count():

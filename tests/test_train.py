@@ -398,6 +398,21 @@ def test_decay_only_decays_just_the_matching_parameters(tmp_path):
         assert torch.allclose(b[key] - a[key], expected, atol=1e-6), key
 
 
+def test_bf16_training_tracks_fp32_and_keeps_float32_state(tmp_path):
+    """bfloat16 autocast changes the forward pass only: weights and checkpoints stay
+    float32, the losses follow the float32 run closely, and the run still learns."""
+    model_cfg = tiny_model_config()
+    common = dict(optimizer="adam", lr=1e-2, steps=20, checkpoint_every=0)
+    full = run_train(tmp_path / "fp32", model_cfg, tiny_train_config(**common))
+    mixed = run_train(tmp_path / "bf16", model_cfg, tiny_train_config(precision="bf16", **common))
+    assert all(v.dtype == torch.float32 for v in last_weights(mixed).values())
+    full_loss, mixed_loss = full.series("train/loss")[1], mixed.series("train/loss")[1]
+    assert mixed_loss[-1] < mixed_loss[0] - 0.1
+    assert np.abs(mixed_loss - full_loss).max() < 0.05
+    a, b = last_weights(full), last_weights(mixed)
+    assert any(not torch.equal(a[key], b[key]) for key in a)  # the autocast was really on
+
+
 def test_decay_only_that_matches_nothing_is_refused(tmp_path):
     with pytest.raises(ValueError, match="decay_only"):
         run_train(tmp_path / "run", tiny_model_config(), tiny_train_config(weight_decay=0.1, decay_only=("nothing.*",)))
@@ -571,6 +586,7 @@ def test_input_projection_is_trained(tmp_path):
         (dict(warmup_steps=-1), "warmup_steps"),
         (dict(checkpoint_steps=(3, 2000)), "checkpoint_steps"),
         (dict(reset_optimizer_each_episode=True), "episode_steps"),
+        (dict(precision="fp16"), "precision"),
     ],
 )
 def test_train_config_validation_names_the_field(kwargs, field):
