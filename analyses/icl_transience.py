@@ -45,6 +45,8 @@ from tasks.fewshot import EVAL_KINDS, FewShot, FewShotConfig, accuracy, context_
 logger = logging.getLogger(__name__)
 
 ICL_KINDS = ("icl_novel", "icl_permuted")
+# Where an exemplar -> label mapping can be memorized: everything but the attention.
+IN_WEIGHTS_PATHWAY = ("blocks.*.mlp.*", "embed.*", "unembed.*", "input_proj.*")
 EVAL_STREAM, PROBE_STREAM = 1, 2
 CONTROLS = {"control": "negative_control", "no-decay": "no_decay_control"}  # run name -> results key
 CONTROL_LABELS = {"negative_control": "the query copies its in-context exemplar",
@@ -59,7 +61,8 @@ CIRCUITS = {
 @dataclass(frozen=True)
 class ICLTransienceConfig:
     """- `data`/`model`/`train` define the main run; `l2_sweep` adds one run per
-      lambda (> 0, each replacing `train.l2`), `negative_control` one run whose
+      lambda (> 0, each replacing `train.l2`; the penalty applies to the
+      parameters matching `l2_only`, all when empty), `negative_control` one run whose
       query copies an in-context exemplar, and `no_decay_control` (when
       `train.weight_decay` > 0) one run without weight decay;
     - evaluation sets hold `eval_size` sequences each; `icl_kind` is the ICL set
@@ -73,6 +76,7 @@ class ICLTransienceConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     data: FewShotConfig = field(default_factory=FewShotConfig)
     l2_sweep: tuple[float, ...] = (1e-5, 1e-4, 1e-3)
+    l2_only: tuple[str, ...] = ()
     negative_control: bool = True
     no_decay_control: bool = True
     icl_kind: str = "icl_novel"
@@ -258,7 +262,8 @@ def run(cfg: ICLTransienceConfig, out: Path, options: RunOptions) -> dict[str, A
         return TrainJob(name, kind, str(runs_dir / name), cfg, data, train_cfg, device=device, resume=options.resume)
 
     jobs = [replace(job("main", "main", cfg.data, cfg.train), progress=options.progress and backend == LocalBackend(1))]
-    jobs += [job(f"l2-{lam:g}", "l2", cfg.data, replace(final_only, l2=lam)) for lam in cfg.l2_sweep]
+    jobs += [job(f"l2-{lam:g}", "l2", cfg.data, replace(final_only, l2=lam, l2_only=cfg.l2_only))
+             for lam in cfg.l2_sweep]
     if cfg.negative_control:
         jobs.append(job("control", "control", replace(cfg.data, query_copies_context=True), final_only))
     if cfg.no_decay_control and cfg.train.weight_decay > 0:
@@ -363,11 +368,13 @@ def make_figures(cfg: ICLTransienceConfig, out: Path, runs: dict[str, Run], resu
         titles=["ICL drop at the peak", "IWL drop at the peak", "ICL drop at the end", "IWL drop at the end"],
         title="Accuracy drop when one head is ablated"), fig_dir / "ablation.png")
     lambdas = {cfg.train.l2: main, **{lam: runs[f"l2-{lam:g}"] for lam in cfg.l2_sweep}}
+    where = ", ".join(cfg.l2_only) if cfg.l2_only else "all weights"
     for key, label, chance in (("icl", "ICL accuracy (closed)", 0.5), ("iwl", "IWL accuracy (full vocabulary)", None)):
         metric = icl_key(cfg) if key == "icl" else "iwl/full"
         figures[f"l2_sweep_{key}"] = save_figure(plot_curves(
             {f"lambda = {lam:g}": run.series(metric) for lam, run in lambdas.items()},
-            hlines={"chance": chance} if chance else None, title=f"L2 regularization: {label}", ylabel="accuracy"),
+            hlines={"chance": chance} if chance else None, ylabel="accuracy",
+            title=f"L2 on {'the in-weights pathway' if cfg.l2_only == IN_WEIGHTS_PATHWAY else where}: {label}"),
             fig_dir / f"l2_sweep_{key}.png")
     for name, key in CONTROLS.items():
         if name in runs:
@@ -416,7 +423,8 @@ def write_report(cfg: ICLTransienceConfig, results: dict[str, Any], figures: dic
                 "outputs zeroed):")
     report.grid(["checkpoint", "step", "heads", "ICL accuracy", "ICL accuracy, heads ablated"], rows)
     report.figures(figures, out, {"ablation": "Which heads carry ICL and IWL, at the peak and at the end"})
-    report.text("L2 sweep (loss + lambda/2 |theta|^2 over all parameters, on top of the main run's settings):")
+    where = f"the parameters matching {', '.join(cfg.l2_only)}" if cfg.l2_only else "all parameters"
+    report.text(f"L2 sweep (loss + lambda/2 |theta|^2 over {where}, on top of the main run's settings):")
     report.grid(["lambda", "ICL peak (step)", "ICL final", "IWL final", "training loss final"],
                 [[r["lambda"], f"{r['icl_peak']:.3f} ({r['icl_peak_step']})", r["icl_final"], r["iwl_final"],
                   r["train_loss_final"]] for r in results["l2_sweep"]])
@@ -452,13 +460,16 @@ PRESETS = {
     # decay on the attention weights alone (Nguyen & Reddy 2024) then removes the in-context
     # circuit once in-weights learning makes it redundant. Without it ICL only sags (0.97 -> 0.90
     # in 20k steps); with fewer classes or a higher learning rate IWL wins from the start.
+    # The L2 sweep penalizes the in-weights pathway (MLPs, embeddings, input projection): L2 on
+    # every parameter never kept ICL here (it also penalizes the attention, which the decay
+    # already shrinks; lambda 1e-2 stopped ICL from forming at all).
     "quick": _preset(
         FewShotConfig(n_classes=2560, n_labels=32, context_pairs=2, burstiness=1, bursty_fraction=0.9),
         layers=2, width=64, heads=8,
         train=TrainConfig(steps=12000, batch_size=32, optimizer="adamw", lr=1e-3, weight_decay=0.5,
                           decay_only=("blocks.*.attn.*",), eval_every=100, log_every=100, checkpoint_log=0,
                           checkpoint_every=250),
-        l2_sweep=(1e-4, 1e-3, 1e-2),
+        l2_sweep=(1e-4, 1e-3, 1e-2), l2_only=IN_WEIGHTS_PATHWAY,
     ),
     # Singh et al. 2023's published shape with Gaussian clusters in place of Omniglot: 12 layers,
     # d_model 64, 8 heads, 8 context pairs (3 of the query's class, 3 of a distractor), one
@@ -477,7 +488,7 @@ PRESETS = {
         layers=2, width=16, heads=2,
         train=TrainConfig(steps=8, batch_size=4, eval_every=4, log_every=4, checkpoint_log=0, checkpoint_every=4,
                           weight_decay=0.1, decay_only=("blocks.*.attn.*",)),
-        l2_sweep=(1e-3,), eval_size=16, probe_size=8, workers=1,
+        l2_sweep=(1e-3,), l2_only=IN_WEIGHTS_PATHWAY, eval_size=16, probe_size=8, workers=1,
         toy=CoopetitionToyConfig(dims=(3, 3, 3, 6), steps=40, record_every=10),
     ),
 }

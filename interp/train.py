@@ -79,10 +79,10 @@ model computes on it); added to the static `fwd_hooks` at every training step.""
 class TrainConfig:
     """Optimization, schedule, logging and checkpointing of one training run.
 
-    `l2` adds `l2/2 * ||theta||^2` over all parameters to the loss (explicit
-    penalty), distinct from `weight_decay`, which applies to the parameters whose
-    checkpoint names match one of the `decay_only` patterns (fnmatch, e.g.
-    `"blocks.*.attn.*"`: decay the attention only), or to all when it is empty.
+    `l2` adds `l2/2 * ||theta||^2` to the loss (explicit penalty), distinct from
+    decoupled `weight_decay`. Each applies to the parameters whose checkpoint names
+    match one of its patterns, `l2_only` and `decay_only` (fnmatch, e.g.
+    `"blocks.*.attn.*"`: the attention only), or to all when they are empty.
     Checkpoints are taken at step 0, the last step,
     `checkpoint_log` log-spaced steps, every `checkpoint_every` steps and at each
     of `checkpoint_steps`. `init_from` is `"run_dir"` (last step) or `"run_dir@step"`.
@@ -100,6 +100,7 @@ class TrainConfig:
     beta2: float = 0.999
     weight_decay: float = 0.0
     l2: float = 0.0
+    l2_only: tuple[str, ...] = ()
     decay_only: tuple[str, ...] = ()
     schedule: str = "constant"
     warmup_steps: int = 0
@@ -162,9 +163,14 @@ def lr_at(cfg: TrainConfig, step: int) -> float:
     return cfg.lr
 
 
+def selected(patterns: Sequence[str], name: str) -> bool:
+    """Whether the parameter called `name` matches one of `patterns` (all do when there are none)."""
+    return not patterns or any(fnmatchcase(name, pattern) for pattern in patterns)
+
+
 def decayed(cfg: TrainConfig, name: str) -> bool:
     """Whether `weight_decay` applies to the parameter called `name`."""
-    return not cfg.decay_only or any(fnmatchcase(name, pattern) for pattern in cfg.decay_only)
+    return selected(cfg.decay_only, name)
 
 
 def make_optimizer(cfg: TrainConfig, named_params: Sequence[tuple[str, Tensor]]) -> torch.optim.Optimizer:
@@ -231,9 +237,12 @@ class Stepper:
         self.model, self.cfg, self.fwd_hooks, self.batch_hooks = model, cfg, fwd_hooks, batch_hooks
         self.named_params = named_trainable_parameters(model)
         self.params = [p for _, p in self.named_params]
-        if cfg.decay_only and not any(decayed(cfg, n) for n, _ in self.named_params):
-            names = [n for n, _ in self.named_params]
-            raise ValueError(f"decay_only: {list(cfg.decay_only)} matches no parameter; names are {names}")
+        names = [n for n, _ in self.named_params]
+        for field_name in ("decay_only", "l2_only"):
+            patterns = getattr(cfg, field_name)
+            if patterns and not any(selected(patterns, n) for n in names):
+                raise ValueError(f"{field_name}: {list(patterns)} matches no parameter; names are {names}")
+        self.penalized = [p for n, p in self.named_params if selected(cfg.l2_only, n)]
         self.optimizer = make_optimizer(cfg, self.named_params)
         self.device_type = self.params[0].device.type
 
@@ -249,7 +258,7 @@ class Stepper:
             loss = masked_mean_loss(forward(self.model, batch, hooks), batch)
         objective = loss
         if cfg.l2:
-            objective = loss + 0.5 * cfg.l2 * sum(p.pow(2).sum() for p in self.params)
+            objective = loss + 0.5 * cfg.l2 * sum(p.pow(2).sum() for p in self.penalized)
         self.optimizer.zero_grad(set_to_none=True)
         objective.backward()
         if cfg.grad_clip:

@@ -413,9 +413,26 @@ def test_bf16_training_tracks_fp32_and_keeps_float32_state(tmp_path):
     assert any(not torch.equal(a[key], b[key]) for key in a)  # the autocast was really on
 
 
-def test_decay_only_that_matches_nothing_is_refused(tmp_path):
-    with pytest.raises(ValueError, match="decay_only"):
-        run_train(tmp_path / "run", tiny_model_config(), tiny_train_config(weight_decay=0.1, decay_only=("nothing.*",)))
+def test_l2_only_penalizes_just_the_matching_parameters(tmp_path):
+    """One plain SGD step: matching parameters move by -lr * l2 * theta_0 more than
+    without the penalty; the others exactly as without it."""
+    model_cfg = tiny_model_config()
+    lr, l2 = 0.1, 0.3
+    common = dict(optimizer="sgd", lr=lr, steps=1, checkpoint_every=0)
+    plain = run_train(tmp_path / "plain", model_cfg, tiny_train_config(**common))
+    mlp_only = run_train(tmp_path / "mlp", model_cfg, tiny_train_config(**common, l2=l2, l2_only=("blocks.*.mlp.*",)))
+    theta0, a, b = plain.load_state_dict(0), plain.load_state_dict(1), mlp_only.load_state_dict(1)
+    assert any(".mlp." in key for key in theta0)
+    for key in theta0:
+        expected = -lr * l2 * theta0[key] if ".mlp." in key else torch.zeros_like(theta0[key])
+        assert torch.allclose(b[key] - a[key], expected, atol=1e-6), key
+
+
+@pytest.mark.parametrize("field", ["decay_only", "l2_only"])
+def test_parameter_patterns_that_match_nothing_are_refused(tmp_path, field):
+    with pytest.raises(ValueError, match=f"{field}: .*matches no parameter"):
+        run_train(tmp_path / "run", tiny_model_config(),
+                  tiny_train_config(weight_decay=0.1, l2=0.1, **{field: ("nothing.*",)}))
 
 
 # --- loss masks ---------------------------------------------------------------------------------
