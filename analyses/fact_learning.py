@@ -580,6 +580,20 @@ PRESETS = {
         finetune=TrainConfig(steps=300, batch_size=16, optimizer="adamw", lr=3e-4, beta2=0.95, weight_decay=0.1,
                              eval_every=20, log_every=20, checkpoint_log=0),
     ),
+    # A plateau 3x as long as phase 1, on CPU in about 20 minutes: 4000 people and small value
+    # pools (20 cities, 15 universities, 10 majors, 20 employers, 20 years). Calibration: phase 1
+    # ends at step 350 and the plateau at 1450 (3000 steps) or 1700 (6000 steps), but recall is
+    # slow after it: accuracy 0.17 at 3000 steps, 0.45 at 6000.
+    "plateau": _preset(
+        BiographiesConfig(n_individuals=4000, cities=20, universities=15, majors=10, companies=20, years=20),
+        layers=2, width=128, heads=4,
+        train=TrainConfig(steps=4000, batch_size=16, optimizer="adamw", lr=2e-3, beta2=0.95, weight_decay=0.1,
+                          schedule="cosine", eval_every=50, log_every=50, checkpoint_log=0, checkpoint_every=100),
+        n_sweep=(1000, 2000), alphas=(0.6,), warmup_individuals=800, warmup_steps=800, compare_steps=2000,
+        patch_horizon=1.25, eval_individuals=96,
+        finetune=TrainConfig(steps=300, batch_size=16, optimizer="adamw", lr=3e-4, beta2=0.95, weight_decay=0.1,
+                             eval_every=20, log_every=20, checkpoint_log=0),
+    ),
     # Zucchet et al.'s setup on one GPU: their pools, 8 layers of width 512, AdamW 4e-4
     # (0.9, 0.95), cosine, 16k steps. They pack ~5 biographies into each 512-token sequence
     # of a 128-sequence batch; here one biography is one sequence, so a batch of 640 sees as
