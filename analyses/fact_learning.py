@@ -580,10 +580,10 @@ PRESETS = {
         finetune=TrainConfig(steps=300, batch_size=16, optimizer="adamw", lr=3e-4, beta2=0.95, weight_decay=0.1,
                              eval_every=20, log_every=20, checkpoint_log=0),
     ),
-    # A plateau 3x as long as phase 1, on CPU in about 20 minutes: 4000 people and small value
-    # pools (20 cities, 15 universities, 10 majors, 20 employers, 20 years). Calibration: phase 1
-    # ends at step 350 and the plateau at 1450 (3000 steps) or 1700 (6000 steps), but recall is
-    # slow after it: accuracy 0.17 at 3000 steps, 0.45 at 6000.
+    # A plateau 3x as long as phase 1, on 2 CPU cores in 23 minutes: 4000 people and small value
+    # pools (20 cities, 15 universities, 10 majors, 20 employers, 20 years). Measured: phase 1
+    # ends at step 350, the plateau at 1500 (3.3x), but recall is slow after it (accuracy 0.23
+    # at 4000 steps; 0.45 after 6000 in a calibration run).
     "plateau": _preset(
         BiographiesConfig(n_individuals=4000, cities=20, universities=15, majors=10, companies=20, years=20),
         layers=2, width=128, heads=4,
