@@ -567,33 +567,30 @@ def _preset(data: BiographiesConfig, layers: int, width: int, heads: int, **kw: 
     return FactLearningConfig(data=data, model=model, **kw)
 
 
+def _cpu_preset(data: BiographiesConfig, steps: int, **kw: Any) -> FactLearningConfig:
+    """The 2-layer, d_model 128 CPU setup (AdamW 2e-3, cosine, batch 16) for `steps` steps."""
+    return _preset(
+        data, layers=2, width=128, heads=4,
+        train=TrainConfig(steps=steps, batch_size=16, optimizer="adamw", lr=2e-3, beta2=0.95, weight_decay=0.1,
+                          schedule="cosine", eval_every=50, log_every=50, checkpoint_log=0, checkpoint_every=100),
+        alphas=(0.6,), patch_horizon=1.25, eval_individuals=96,
+        finetune=TrainConfig(steps=300, batch_size=16, optimizer="adamw", lr=3e-4, beta2=0.95, weight_decay=0.1,
+                             eval_every=20, log_every=20, checkpoint_log=0),
+        **kw)
+
+
 PRESETS = {
     # Calibrated on 2 CPU cores (see the issue notes): N = 2000 reaches accuracy 0.8 in 3000
     # steps; the plateau is visible but shorter than 3x phase 1 at this scale.
-    "quick": _preset(
-        BiographiesConfig(n_individuals=2000),
-        layers=2, width=128, heads=4,
-        train=TrainConfig(steps=3000, batch_size=16, optimizer="adamw", lr=2e-3, beta2=0.95, weight_decay=0.1,
-                          schedule="cosine", eval_every=50, log_every=50, checkpoint_log=0, checkpoint_every=100),
-        n_sweep=(500, 1000), alphas=(0.6,), warmup_individuals=400, warmup_steps=400, compare_steps=1000,
-        patch_horizon=1.25, eval_individuals=96,
-        finetune=TrainConfig(steps=300, batch_size=16, optimizer="adamw", lr=3e-4, beta2=0.95, weight_decay=0.1,
-                             eval_every=20, log_every=20, checkpoint_log=0),
-    ),
+    "quick": _cpu_preset(BiographiesConfig(n_individuals=2000), steps=3000, n_sweep=(500, 1000),
+                         warmup_individuals=400, warmup_steps=400, compare_steps=1000),
     # A plateau 3x as long as phase 1, on 2 CPU cores in 23 minutes: 4000 people and small value
     # pools (20 cities, 15 universities, 10 majors, 20 employers, 20 years). Measured: phase 1
     # ends at step 350, the plateau at 1500 (3.3x), but recall is slow after it (accuracy 0.23
     # at 4000 steps; 0.45 after 6000 in a calibration run).
-    "plateau": _preset(
+    "plateau": _cpu_preset(
         BiographiesConfig(n_individuals=4000, cities=20, universities=15, majors=10, companies=20, years=20),
-        layers=2, width=128, heads=4,
-        train=TrainConfig(steps=4000, batch_size=16, optimizer="adamw", lr=2e-3, beta2=0.95, weight_decay=0.1,
-                          schedule="cosine", eval_every=50, log_every=50, checkpoint_log=0, checkpoint_every=100),
-        n_sweep=(1000, 2000), alphas=(0.6,), warmup_individuals=800, warmup_steps=800, compare_steps=2000,
-        patch_horizon=1.25, eval_individuals=96,
-        finetune=TrainConfig(steps=300, batch_size=16, optimizer="adamw", lr=3e-4, beta2=0.95, weight_decay=0.1,
-                             eval_every=20, log_every=20, checkpoint_log=0),
-    ),
+        steps=4000, n_sweep=(1000, 2000), warmup_individuals=800, warmup_steps=800, compare_steps=2000),
     # Zucchet et al.'s setup on one GPU: their pools, 8 layers of width 512, AdamW 4e-4
     # (0.9, 0.95), cosine, 16k steps. They pack ~5 biographies into each 512-token sequence
     # of a 128-sequence batch; here one biography is one sequence, so a batch of 640 sees as
