@@ -404,6 +404,18 @@ def _value_at(run: Run, key: str, step: int | None) -> float | None:
 # --- figures and report -------------------------------------------------------------------------
 
 
+def plateau_window(main: Run, cfg: FactLearningConfig, baseline: float, plateau_end: int | None) -> dict:
+    """The seen-people loss minus the baseline, raw and smoothed as the phases are detected,
+    from where the smoothed loss is first within 1 nat of the baseline to twice the plateau's end: the
+    plateau at a scale where the ± delta band is visible."""
+    steps, loss = curve(main, f"{SEEN}/loss")
+    excess, smoothed = loss - baseline, spans.smooth(loss, cfg.smooth_window) - baseline
+    keep = (np.arange(len(steps)) >= np.argmax(smoothed <= 1)) & (steps <= 2 * (plateau_end or steps[-1]))
+    return {"seen people": (steps[keep], excess[keep]),
+            f"smoothed over {cfg.smooth_window} evaluations": (steps[keep], smoothed[keep]),
+            f"baseline ± {cfg.delta:g}": (steps[keep], np.zeros(keep.sum()))}
+
+
 def make_figures(cfg: FactLearningConfig, out: Path, runs: dict[str, Run], results: dict[str, Any],
                  signatures: dict[str, Any]) -> dict[str, Path]:
     fig_dir = out / "figures"
@@ -417,6 +429,12 @@ def make_figures(cfg: FactLearningConfig, out: Path, runs: dict[str, Run], resul
         hlines={"no-knowledge baseline": baseline}, vlines=marks,
         title=f"Attribute loss, N = {cfg.data.n_individuals}", ylabel="attribute loss (nats)"),
         fig_dir / "phases.png")
+    if results["phase1_end"] is not None:
+        figures["plateau"] = save_figure(plot_curves(
+            plateau_window(main, cfg, baseline, results["plateau_end"]),
+            bands={f"baseline ± {cfg.delta:g}": np.asarray(cfg.delta)}, vlines=marks,
+            title="The plateau: attribute loss above the baseline", ylabel="attribute loss − baseline (nats)"),
+            fig_dir / "plateau.png")
     figures["accuracy"] = save_figure(plot_curves(
         {"seen people": curve(main, f"{SEEN}/accuracy"), "never-seen people": curve(main, f"{UNSEEN}/accuracy")},
         vlines=marks, title="Attribute accuracy (held-out templates)", ylabel="accuracy"), fig_dir / "accuracy.png")
@@ -505,8 +523,10 @@ def write_report(cfg: FactLearningConfig, results: dict[str, Any], figures: dict
         ("final entropy, seen / never-seen",
          f"{results['seen_entropy_final']:.3f} / {results['unseen_entropy_final']:.3f}"),
     ])
-    report.figures(figures, out, {"phases": "Three phases: the attribute loss against the no-knowledge baseline",
-                                  "accuracy": "Attribute accuracy"})
+    report.figures(figures, out, {k: v for k, v in {
+        "phases": "Three phases: the attribute loss against the no-knowledge baseline",
+        "plateau": f"The plateau: within {cfg.delta:g} nats of the baseline from the end of phase 1 to its end",
+        "accuracy": "Attribute accuracy"}.items() if k in figures})
     report.text("Plateau by number of individuals (sweep runs stop once the loss is "
                 f"{cfg.stop_below} nats below the baseline):")
     report.grid(["N", "phase 1 end", "plateau end", "final loss", "final accuracy", "last step"],

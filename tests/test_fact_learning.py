@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from analyses.fact_learning import PRESETS, power_law_fit
+from analyses.fact_learning import PRESETS, SEEN, plateau_window, power_law_fit
 from interp.analysis import run_analysis
 from interp.checkpoints import Run
 from interp.configs import ConfigError, with_overrides
@@ -19,6 +19,29 @@ def test_power_law_fit_recovers_a_known_law():
     assert fit["exponent"] == pytest.approx(0.81) and fit["prefactor"] == pytest.approx(0.43)
     assert fit["r2"] == pytest.approx(1.0)
     assert power_law_fit(ns[:1], ns[:1]) is None
+
+
+class _LossCurve:
+    """A stand-in for a run: only the seen-people loss series."""
+
+    def __init__(self, steps, loss):
+        self.steps_values = np.asarray(steps), np.asarray(loss, dtype=float)
+
+    def series(self, key):
+        assert key == f"{SEEN}/loss"
+        return self.steps_values
+
+
+def test_plateau_window_spans_near_baseline_to_twice_the_plateau_end():
+    steps = np.arange(0, 1100, 100)
+    loss = np.array([9.0, 6.0, 3.5, 3.05, 3.0, 3.0, 2.95, 2.5, 2.0, 1.5, 1.0])
+    window = plateau_window(_LossCurve(steps, loss), PRESETS["quick"], baseline=3.0, plateau_end=400)
+    raw_steps, excess = window["seen people"]
+    # smoothed over 3: 7.5, 6.17, 4.18, 3.18, ... first within 1 nat at step 300; kept up to step 800
+    assert raw_steps.tolist() == [300, 400, 500, 600, 700, 800]
+    assert excess == pytest.approx(loss[3:9] - 3.0)
+    assert window["smoothed over 3 evaluations"][1][0] == pytest.approx((3.5 + 3.05 + 3.0) / 3 - 3.0)
+    assert window["baseline ± 0.1"][1].tolist() == [0.0] * 6
 
 
 @pytest.mark.parametrize("key, value, field", [
