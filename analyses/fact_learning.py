@@ -601,7 +601,8 @@ def _cpu_preset(data: BiographiesConfig, steps: int, **kw: Any) -> FactLearningC
 
 PRESETS = {
     # Calibrated on 2 CPU cores (see the issue notes): N = 2000 reaches accuracy 0.8 in 3000
-    # steps; the plateau is visible but shorter than 3x phase 1 at this scale.
+    # steps; the plateau is visible but shorter than 3x phase 1 at this scale. With the plateau
+    # preset's small pools it is 1.1x, but accuracy ends at 0.69 and the preset takes 10 min.
     "quick": _cpu_preset(BiographiesConfig(n_individuals=2000), steps=3000, n_sweep=(500, 1000),
                          warmup_individuals=400, warmup_steps=400, compare_steps=1000),
     # A plateau over 3x as long as phase 1 and recall of nearly every fact, on 2 CPU cores in
