@@ -404,6 +404,10 @@ def _value_at(run: Run, key: str, step: int | None) -> float | None:
 # --- figures and report -------------------------------------------------------------------------
 
 
+def band_label(delta: float) -> str:
+    return f"baseline ± {delta:g}"
+
+
 def plateau_window(main: Run, cfg: FactLearningConfig, baseline: float, plateau_end: int | None) -> dict:
     """The seen-people loss minus the baseline, raw and smoothed as the phases are detected,
     from where the smoothed loss is first within 1 nat of the baseline to twice the plateau's end: the
@@ -413,7 +417,7 @@ def plateau_window(main: Run, cfg: FactLearningConfig, baseline: float, plateau_
     keep = (np.arange(len(steps)) >= np.argmax(smoothed <= 1)) & (steps <= 2 * (plateau_end or steps[-1]))
     return {"seen people": (steps[keep], excess[keep]),
             f"smoothed over {cfg.smooth_window} evaluations": (steps[keep], smoothed[keep]),
-            f"baseline ± {cfg.delta:g}": (steps[keep], np.zeros(keep.sum()))}
+            band_label(cfg.delta): (steps[keep], np.zeros(keep.sum()))}
 
 
 def make_figures(cfg: FactLearningConfig, out: Path, runs: dict[str, Run], results: dict[str, Any],
@@ -432,7 +436,7 @@ def make_figures(cfg: FactLearningConfig, out: Path, runs: dict[str, Run], resul
     if results["phase1_end"] is not None:
         figures["plateau"] = save_figure(plot_curves(
             plateau_window(main, cfg, baseline, results["plateau_end"]),
-            bands={f"baseline ± {cfg.delta:g}": np.asarray(cfg.delta)}, vlines=marks,
+            bands={band_label(cfg.delta): np.asarray(cfg.delta)}, vlines=marks,
             title="The plateau: attribute loss above the baseline", ylabel="attribute loss − baseline (nats)"),
             fig_dir / "plateau.png")
     figures["accuracy"] = save_figure(plot_curves(
