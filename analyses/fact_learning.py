@@ -610,13 +610,14 @@ PRESETS = {
     "quick": _cpu_preset(BiographiesConfig(n_individuals=2000), steps=3000, n_sweep=(500, 1000),
                          warmup_individuals=400, warmup_steps=400, compare_steps=1000),
     # A plateau over 3x as long as phase 1 and recall of nearly every fact, on 2 CPU cores in
-    # 28 minutes: 4000 people, small value pools (20 cities, 15 universities, 10 majors,
-    # 20 employers, 20 years) and 10k steps. Measured: phase 1 ends at step 350, the plateau
-    # at 1700 (3.9x); accuracy 0.45 at step 5000, 0.8 at 7000, 0.98 at the end. Seeds 1 and 2:
-    # 2.9x and 3.0x, accuracy 0.98 and 0.96.
+    # 40 minutes: 5000 people, small value pools (20 cities, 15 universities, 10 majors,
+    # 20 employers, 20 years) and 14k steps. Measured: phase 1 ends at step 600, the plateau
+    # at 2900 (3.8x); accuracy 0.36 at step 7000, 0.81 at 10 500, 0.92 at the end. Main run
+    # with seeds 1 and 2: 3.4x and 4.4x, accuracy 0.97 and 0.97. With 4000 people and 10k
+    # steps (28 minutes) the ratio was 2.9x-3.9x over the same seeds.
     "plateau": _cpu_preset(
-        BiographiesConfig(n_individuals=4000, cities=20, universities=15, majors=10, companies=20, years=20),
-        steps=10000, n_sweep=(1000, 2000), warmup_individuals=800, warmup_steps=800, compare_steps=2000),
+        BiographiesConfig(n_individuals=5000, cities=20, universities=15, majors=10, companies=20, years=20),
+        steps=14000, n_sweep=(1000, 2000), warmup_individuals=1000, warmup_steps=1000, compare_steps=3500),
     # Zucchet et al.'s setup on one GPU: their pools, 8 layers of width 512, AdamW 4e-4
     # (0.9, 0.95), cosine, 16k steps. They pack ~5 biographies into each 512-token sequence
     # of a 128-sequence batch; here one biography is one sequence, so a batch of 640 sees as

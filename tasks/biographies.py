@@ -100,6 +100,8 @@ class BiographiesConfig:
     majors: int = 30
     companies: int = 60
     years: int = 50
+    months: int = 12
+    days: int = 28
     heldout_templates: int = 5
     distribution: str = "uniform"
     alpha: float = 0.0
@@ -111,7 +113,9 @@ class BiographiesConfig:
 
     def __post_init__(self) -> None:
         require_positive(self, "n_individuals", "first_names", "middle_names", "last_names", "cities",
-                         "universities", "majors", "companies", "years")
+                         "universities", "majors", "companies", "years", "months", "days")
+        require(self.months <= len(MONTHS), "months", f"at most {len(MONTHS)}", self.months)
+        require(self.days <= 28, "days", "at most 28 (a day every month has)", self.days)
         require_choice(self, "distribution", DISTRIBUTIONS)
         require(0 <= self.heldout_templates <= MAX_HELDOUT_TEMPLATES, "heldout_templates",
                 f"0..{MAX_HELDOUT_TEMPLATES}", self.heldout_templates)
@@ -209,7 +213,8 @@ class Biographies:
             "university": [f"uni{i}" for i in range(cfg.universities)],
             "major": [f"major{i}" for i in range(cfg.majors)],
             "company": [f"company{i}" for i in range(cfg.companies)],
-            "day": [str(d) for d in range(1, 29)],
+            "month": list(MONTHS[: cfg.months]),
+            "day": [str(d) for d in range(1, cfg.days + 1)],
             "year": [str(1950 + y) for y in range(cfg.years)],
         }
         split = {a: templates(a, cfg.heldout_templates) for a in ATTRIBUTES}
@@ -229,7 +234,7 @@ class Biographies:
         self.values = []  # per individual: attribute -> list of value words
         for _ in range(total):
             self.values.append({
-                "birth_date": [MONTHS[rng.integers(12)], self.pools["day"][rng.integers(28)],
+                "birth_date": [self.pools["month"][rng.integers(cfg.months)], self.pools["day"][rng.integers(cfg.days)],
                                self.pools["year"][rng.integers(cfg.years)]],
                 "birth_city": [self.pools["city"][rng.integers(cfg.cities)]],
                 "current_city": [self.pools["city"][rng.integers(cfg.cities)]],

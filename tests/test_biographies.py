@@ -87,8 +87,20 @@ def test_baseline_of_uniform_pools_approaches_log_pool_sizes():
     assert big.baseline() == pytest.approx(expected, abs=0.02)
 
 
+def test_date_pools_set_the_birth_date_values_and_baseline():
+    small = Biographies(BiographiesConfig(n_individuals=3000, n_unseen=0, n_finetune=0, months=3, days=5, years=2))
+    months, days, years = ({small.values[i]["birth_date"][k] for i in small.trained} for k in range(3))
+    assert months == {"January", "February", "March"} and days == {str(d) for d in range(1, 6)}
+    assert years == {"1950", "1951"}
+    default = Biographies(replace(small.cfg, months=12, days=28))
+    # The baseline is a mean over the six attributes; only the birth date's entropy changed.
+    date_entropy_drop = math.log(12 / 3) + math.log(28 / 5)
+    assert small.baseline() == pytest.approx(default.baseline() - date_entropy_drop / 6, abs=0.01)
+    assert len(small.vocab) == len(default.vocab) - (28 - 5)  # every month name stays a word
+
+
 @pytest.mark.parametrize("field, value", [("distribution", "zipf"), ("heldout_templates", 6), ("alpha", -1.0),
-                                          ("n_individuals", 10**6)])
+                                          ("n_individuals", 10**6), ("months", 13), ("days", 29), ("days", 0)])
 def test_bad_config_names_the_field(field, value):
     with pytest.raises(ConfigError, match=field):
         BiographiesConfig(**{field: value})
