@@ -95,8 +95,8 @@ class FactLearningConfig:
 
     def __post_init__(self) -> None:
         d_vocab, n_ctx = model_shape(self.data)
-        require(self.model.d_vocab == d_vocab, "model.d_vocab", f"the biographies' vocabulary size {d_vocab}",
-                self.model.d_vocab)
+        require(self.model.d_vocab == d_vocab, "model.d_vocab",
+                f"the biographies' vocabulary size {d_vocab} (it follows the pool sizes)", self.model.d_vocab)
         require(self.model.n_ctx >= n_ctx, "model.n_ctx", f">= the biography length {n_ctx}", self.model.n_ctx)
         require_positive(self, "eval_individuals", "probe_individuals", "smooth_window", "replay_pool")
         require(self.train.eval_every > 0, "train.eval_every", "a positive evaluation interval", self.train.eval_every)

@@ -99,27 +99,54 @@ def from_dict(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
 def with_overrides(cfg: T, overrides: Mapping[str, Any]) -> T:
     """Return `cfg` with dotted-key overrides applied (`"train.lr": "3e-4"`).
 
-    The key `seed` sets every field named `seed` in the tree, so one seed drives
-    model initialization, data and evaluation alike.
+    All overrides are applied before any config is validated, so fields that must
+    agree can change together (`task.d_vocab` with `model.d_vocab`): each config in
+    the tree is rebuilt once, with every change below it. The key `seed` sets every
+    field named `seed` in the tree, so one seed drives model initialization, data and
+    evaluation alike; a dotted key (`train.seed`) overrides it.
     """
-    for key, value in overrides.items():
-        cfg = _set_seed(cfg, value) if key == "seed" else _set_path(cfg, key.split("."), value, key)
-    return cfg
+    overrides = dict(overrides)
+    if "seed" in overrides:
+        cfg = _set_seed(cfg, overrides.pop("seed"))
+    tree: dict[str, Any] = {}
+    for key in sorted(overrides, key=lambda k: k.count(".")):
+        *parents, leaf = key.split(".")
+        node = tree
+        for depth, part in enumerate(parents):
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):  # shorter keys come first: `part` itself was set
+                prefix = ".".join(parents[: depth + 1])
+                raise ConfigError(key, f"an override of {prefix} or of its fields, not both", key)
+        node[leaf] = _Override(key, overrides[key])
+    return _apply(cfg, tree)
 
 
-def _set_path(cfg: Any, path: list[str], value: Any, full_key: str) -> Any:
+@dataclasses.dataclass(frozen=True)
+class _Override:
+    key: str
+    value: Any
+
+
+def _first_key(tree: dict[str, Any] | _Override) -> str:
+    return tree.key if isinstance(tree, _Override) else _first_key(next(iter(tree.values())))
+
+
+def _apply(cfg: Any, tree: dict[str, Any]) -> Any:
+    """`cfg` rebuilt once with the overrides in `tree` (field -> `_Override` or subtree)."""
     names = {f.name for f in dataclasses.fields(cfg)}
-    head = path[0]
-    if head not in names:
-        raise ConfigError(full_key, f"a field of {type(cfg).__name__}: {sorted(names)}", "unknown field")
-    if len(path) == 1:
-        new_value = _coerce(value, _field_types(type(cfg))[head], full_key)
-    else:
+    changes = {}
+    for head, node in tree.items():
+        full_key = _first_key(node)
+        if head not in names:
+            raise ConfigError(full_key, f"a field of {type(cfg).__name__}: {sorted(names)}", "unknown field")
+        if isinstance(node, _Override):
+            changes[head] = _coerce(node.value, _field_types(type(cfg))[head], full_key)
+            continue
         child = getattr(cfg, head)
         if not dataclasses.is_dataclass(child):
             raise ConfigError(full_key, f"{head} to be a nested config", type(child).__name__)
-        new_value = _set_path(child, path[1:], value, full_key)
-    return dataclasses.replace(cfg, **{head: new_value})
+        changes[head] = _apply(child, node)
+    return dataclasses.replace(cfg, **changes)
 
 
 def _set_seed(cfg: Any, seed: Any) -> Any:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from interp.configs import ConfigError, from_dict, parse_overrides, to_dict, with_overrides
+from interp.configs import ConfigError, from_dict, parse_overrides, require, to_dict, with_overrides
 from interp.model import ModelConfig
 from interp.train import TrainConfig
 from tasks.induction import RepeatedSegmentsConfig
@@ -212,6 +212,42 @@ def test_seed_override_sets_every_nested_seed():
 def test_seed_override_then_dotted_override():
     cfg = with_overrides(ExperimentConfig(), {"seed": 3, "train.seed": "9"})
     assert (cfg.model.seed, cfg.train.seed, cfg.eval.seed) == (3, 9, 3)
+
+
+def test_seed_override_is_overridden_by_a_dotted_key_in_any_order():
+    cfg = with_overrides(ExperimentConfig(), {"train.seed": "9", "seed": 3})
+    assert (cfg.model.seed, cfg.train.seed, cfg.eval.seed) == (3, 9, 3)
+
+
+@dataclasses.dataclass(frozen=True)
+class Vocab:
+    d_vocab: int = 8
+
+
+@dataclasses.dataclass(frozen=True)
+class Coupled:
+    """Two sibling configs whose fields must agree, checked by the parent."""
+
+    model: Vocab = dataclasses.field(default_factory=Vocab)
+    task: Vocab = dataclasses.field(default_factory=Vocab)
+    note: str = ""
+
+    def __post_init__(self):
+        require(self.model.d_vocab == self.task.d_vocab, "model.d_vocab", f"task.d_vocab={self.task.d_vocab}",
+                self.model.d_vocab)
+
+
+def test_coupled_fields_change_together_in_one_override_set():
+    cfg = with_overrides(Coupled(), {"task.d_vocab": "16", "model.d_vocab": "16"})
+    assert (cfg.model.d_vocab, cfg.task.d_vocab) == (16, 16)
+    with pytest.raises(ConfigError, match="model.d_vocab: expected task.d_vocab=16"):
+        with_overrides(Coupled(), {"task.d_vocab": "16"})
+
+
+def test_a_config_and_its_fields_cannot_both_be_overridden():
+    with pytest.raises(ConfigError) as info:
+        with_overrides(Coupled(), {"model.d_vocab": "4", "model": "x"})
+    assert info.value.field == "model.d_vocab" and "model or of its fields" in str(info.value)
 
 
 def test_seed_override_bad_value():

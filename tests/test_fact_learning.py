@@ -54,6 +54,13 @@ def test_bad_config_names_the_field(key, value, field):
         with_overrides(PRESETS["quick"], {key: value})
 
 
+def test_pool_sizes_are_overridden_with_the_vocabulary_they_imply():
+    with pytest.raises(ConfigError, match="vocabulary size 549"):
+        with_overrides(PRESETS["quick"], {"data.days": "8"})
+    cfg = with_overrides(PRESETS["quick"], {"data.days": "8", "model.d_vocab": "549"})
+    assert (cfg.data.days, cfg.model.d_vocab) == (8, 549)
+
+
 def test_tiny_preset_end_to_end(tmp_path):
     results = run_analysis("fact-learning", tmp_path, preset="tiny", progress=False)
     cfg = PRESETS["tiny"]
