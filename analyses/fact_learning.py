@@ -70,6 +70,8 @@ class FactLearningConfig:
       chooses three from the detected phases (mid phase 1, mid plateau, end).
     - `finetune` trains the final model on `data.n_finetune` new people; with
       replay, `replay_ratio` old biographies per new one are mixed in.
+    - `model.d_vocab` and `model.n_ctx` follow `data` (its vocabulary and longest
+      biography), whatever they are set to.
     """
 
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -95,9 +97,10 @@ class FactLearningConfig:
 
     def __post_init__(self) -> None:
         d_vocab, n_ctx = model_shape(self.data)
-        require(self.model.d_vocab == d_vocab, "model.d_vocab",
-                f"the biographies' vocabulary size {d_vocab} (it follows the pool sizes)", self.model.d_vocab)
-        require(self.model.n_ctx >= n_ctx, "model.n_ctx", f">= the biography length {n_ctx}", self.model.n_ctx)
+        if (self.model.d_vocab, self.model.n_ctx) != (d_vocab, n_ctx):
+            # Derived from the data, so that a pool-size override (or sweep) needs nothing else;
+            # the frozen config is still complete, as saved in every run.
+            object.__setattr__(self, "model", replace(self.model, d_vocab=d_vocab, n_ctx=n_ctx))
         require_positive(self, "eval_individuals", "probe_individuals", "smooth_window", "replay_pool")
         require(self.train.eval_every > 0, "train.eval_every", "a positive evaluation interval", self.train.eval_every)
         require(self.finetune.eval_every > 0, "finetune.eval_every", "a positive evaluation interval",

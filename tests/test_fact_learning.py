@@ -11,6 +11,7 @@ from analyses.fact_learning import PRESETS, SEEN, plateau_window, power_law_fit
 from interp.analysis import run_analysis
 from interp.checkpoints import Run
 from interp.configs import ConfigError, with_overrides
+from tasks.biographies import model_shape
 
 
 def test_power_law_fit_recovers_a_known_law():
@@ -45,7 +46,7 @@ def test_plateau_window_spans_near_baseline_to_twice_the_plateau_end():
 
 
 @pytest.mark.parametrize("key, value, field", [
-    ("model.d_vocab", 10, "model.d_vocab"), ("model.n_ctx", 8, "model.n_ctx"), ("alphas", "0", "alphas"),
+    ("alphas", "0", "alphas"),
     ("stop_below", 0.05, "stop_below"), ("warmup_steps", 0, "warmup_steps"), ("patch_steps", "99999", "patch_steps"),
     ("train.eval_every", 0, "train.eval_every"), ("n_sweep", "10", "n_sweep"), ("replay_ratio", 0, "replay_ratio"),
 ])
@@ -54,11 +55,10 @@ def test_bad_config_names_the_field(key, value, field):
         with_overrides(PRESETS["quick"], {key: value})
 
 
-def test_pool_sizes_are_overridden_with_the_vocabulary_they_imply():
-    with pytest.raises(ConfigError, match="vocabulary size 549"):
-        with_overrides(PRESETS["quick"], {"data.days": "8"})
-    cfg = with_overrides(PRESETS["quick"], {"data.days": "8", "model.d_vocab": "549"})
-    assert (cfg.data.days, cfg.model.d_vocab) == (8, 549)
+def test_the_model_shape_follows_the_pool_sizes():
+    cfg = with_overrides(PRESETS["quick"], {"data.days": "8", "data.cities": "20"})
+    assert (cfg.model.d_vocab, cfg.model.n_ctx) == model_shape(cfg.data) == (PRESETS["quick"].model.d_vocab - 100, 83)
+    assert with_overrides(PRESETS["quick"], {"model.d_vocab": "10", "model.n_ctx": "8"}) == PRESETS["quick"]
 
 
 def test_tiny_preset_end_to_end(tmp_path):
