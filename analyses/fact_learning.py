@@ -589,8 +589,7 @@ def write_report(cfg: FactLearningConfig, results: dict[str, Any], figures: dict
 
 
 def _preset(data: BiographiesConfig, layers: int, width: int, heads: int, **kw: Any) -> FactLearningConfig:
-    d_vocab, n_ctx = model_shape(data)
-    model = ModelConfig(n_layers=layers, d_model=width, n_heads=heads, d_vocab=d_vocab, n_ctx=n_ctx)
+    model = ModelConfig(n_layers=layers, d_model=width, n_heads=heads)  # vocabulary and context: from `data`
     return FactLearningConfig(data=data, model=model, **kw)
 
 

@@ -64,6 +64,7 @@ PHRASES = {
                 "lists as the employer"),
 }
 MAX_HELDOUT_TEMPLATES = len(OPENERS)
+MAX_DAYS = 28  # a day every month has
 
 
 def templates(attribute: str, heldout: int) -> tuple[list[list[str]], list[list[str]]]:
@@ -115,7 +116,7 @@ class BiographiesConfig:
         require_positive(self, "n_individuals", "first_names", "middle_names", "last_names", "cities",
                          "universities", "majors", "companies", "years", "months", "days")
         require(self.months <= len(MONTHS), "months", f"at most {len(MONTHS)}", self.months)
-        require(self.days <= 28, "days", "at most 28 (a day every month has)", self.days)
+        require(self.days <= MAX_DAYS, "days", f"at most {MAX_DAYS} (a day every month has)", self.days)
         require_choice(self, "distribution", DISTRIBUTIONS)
         require(0 <= self.heldout_templates <= MAX_HELDOUT_TEMPLATES, "heldout_templates",
                 f"0..{MAX_HELDOUT_TEMPLATES}", self.heldout_templates)

@@ -219,17 +219,17 @@ def test_seed_override_is_overridden_by_a_dotted_key_in_any_order():
     assert (cfg.model.seed, cfg.train.seed, cfg.eval.seed) == (3, 9, 3)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclass(frozen=True)
 class Vocab:
     d_vocab: int = 8
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclass(frozen=True)
 class Coupled:
     """Two sibling configs whose fields must agree, checked by the parent."""
 
-    model: Vocab = dataclasses.field(default_factory=Vocab)
-    task: Vocab = dataclasses.field(default_factory=Vocab)
+    model: Vocab = field(default_factory=Vocab)
+    task: Vocab = field(default_factory=Vocab)
     note: str = ""
 
     def __post_init__(self):
