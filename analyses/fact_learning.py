@@ -17,8 +17,8 @@ sits on a plateau at the no-knowledge baseline (phase 2), then recalls the facts
   original ones.
 
 Every training run is a normal run directory under `runs/`. Sweep and patching
-runs stop once their plateau is over (`stop_below`), on the main run's
-learning-rate schedule.
+runs stop once their plateau end is known, on the main run's learning-rate
+schedule.
 
     interp run fact-learning --preset quick --out runs/facts
 """
@@ -35,7 +35,7 @@ import torch
 
 from interp import ModelConfig, Run, TrainConfig, probe, train
 from interp.analysis import Analysis, Report, RunOptions
-from interp.checkpoints import atomic_write_json
+from interp.checkpoints import CONFIG_FILE, atomic_write_json
 from interp.configs import require, require_positive, to_dict
 from interp.metrics import circuits, spans
 from interp.model import Batch
@@ -63,11 +63,14 @@ class FactLearningConfig:
       `delta` of the baseline (phase 1 ends) and then `delta` below it (plateau ends).
     - The power-law and warm-up runs, and the uniform run they are compared
       with, are measured at the same budget of `compare_steps` (0: `train.steps`).
-    - Sweep and patching runs stop at the first evaluation `stop_below` nats
-      below the baseline; patching runs also stop at `patch_horizon` x the main
-      run's plateau end.
+    - Sweep and patching runs stop once their plateau end is known (the smoothed
+      loss is `delta` below the baseline, with the evaluations the smoothing needs
+      after it); patching runs also stop at `patch_horizon` x the main run's plateau end.
     - `patch_steps`: main-run checkpoints whose patterns are patched in; empty
-      chooses three from the detected phases (mid phase 1, mid plateau, end).
+      chooses three from the detected phases: mid phase 1, mid plateau, and the
+      main run's first evaluation `pause_below` nats below the baseline (after the
+      plateau; the main run pauses there, and the patching runs train beside the
+      rest of it).
     - `finetune` trains the final model on `data.n_finetune` new people; with
       replay, `replay_ratio` old biographies per new one are mixed in.
     - `model.d_vocab` and `model.n_ctx` follow `data` (its vocabulary and longest
@@ -86,7 +89,7 @@ class FactLearningConfig:
     probe_individuals: int = 64
     delta: float = 0.1
     smooth_window: int = 3
-    stop_below: float = 0.5
+    pause_below: float = 0.5
     patch_steps: tuple[int, ...] = ()
     patch_horizon: float = 1.5
     finetune: TrainConfig = field(default_factory=lambda: TrainConfig(steps=300, lr=3e-4))
@@ -112,8 +115,8 @@ class FactLearningConfig:
         require(smallest >= self.eval_individuals, "n_sweep", f"sizes >= eval_individuals={self.eval_individuals}",
                 self.n_sweep)
         require(all(a > 0 for a in self.alphas), "alphas", "exponents > 0 (alpha 0 is the main run)", self.alphas)
-        require(self.delta > 0 and self.stop_below > self.delta, "stop_below", f"a margin > delta={self.delta}",
-                self.stop_below)
+        require(self.delta > 0 and self.pause_below > self.delta, "pause_below", f"a margin > delta={self.delta}",
+                self.pause_below)
         require(0 <= self.warmup_individuals <= self.data.n_individuals, "warmup_individuals",
                 f"0..data.n_individuals={self.data.n_individuals}", self.warmup_individuals)
         require(self.warmup_individuals == 0 or 0 < self.warmup_steps < self.train.steps, "warmup_steps",
@@ -140,7 +143,8 @@ def eval_people(bios: Biographies, count: int, seed: int) -> np.ndarray:
 
 @dataclass(frozen=True)
 class TrainJob:
-    """One training run of the analysis: `kind` is main, n, alpha, warmup, patch or finetune."""
+    """One training run of the analysis: `kind` is main, n, alpha, warmup, patch or finetune.
+    `pause` ends this call (not the run) once the seen loss is `pause_below` under the baseline."""
 
     name: str
     kind: str
@@ -149,6 +153,7 @@ class TrainJob:
     data: BiographiesConfig
     train: TrainConfig
     stop_step: int = 0
+    pause: bool = False
     patch_from: str = ""
     replay: bool = False
     device: str = "cpu"
@@ -158,18 +163,22 @@ class TrainJob:
 
 def run_job(job: TrainJob) -> str:
     cfg = job.cfg
+    if job.pause and job.resume and Path(job.run_dir, CONFIG_FILE).exists():
+        earlier = Run.open(job.run_dir)
+        if earlier.steps and left_plateau_step(earlier, cfg) is not None:
+            return str(earlier.path)  # paused (or finished) before: resuming would pause again later
     bios = Biographies(job.data)
     baseline = bios.baseline()
-    hooks = None
+    patterns = None
     if job.patch_from:
         reference_run, _, step = job.patch_from.partition("@")
-        hooks = pattern_patch(Run.open(reference_run).load(int(step), device=job.device))
+        patterns = pattern_patch(Run.open(reference_run).load(int(step), device=job.device))
 
     def evaluator(batch: Batch):
         # A patched model never trains its own queries and keys: it is evaluated as trained, patched.
         def evaluate(model) -> dict[str, float]:
             device_batch = {k: v.to(job.device) for k, v in batch.items()}
-            return evaluate_attributes(model, device_batch, hooks(device_batch) if hooks else ())
+            return evaluate_attributes(model, device_batch, patterns=patterns(device_batch) if patterns else None)
 
         return evaluate
 
@@ -184,18 +193,34 @@ def run_job(job: TrainJob) -> str:
             pool = bios.sample(rng.choice(bios.trained, cfg.replay_pool), rng)
             data = Replay(data, pool, cfg.replay_ratio, seed=cfg.seed)
     else:
-        unseen = eval_batch(bios, bios.unseen[: cfg.eval_individuals], cfg.seed, EVAL_STREAM)
-        evaluators = {SEEN: evaluator(known), UNSEEN: evaluator(unseen)}
+        evaluators = {SEEN: evaluator(known)}
+        if job.kind == "main":  # hallucinations are measured on the main run only
+            unseen = eval_batch(bios, bios.unseen[: cfg.eval_individuals], cfg.seed, EVAL_STREAM)
+            evaluators[UNSEEN] = evaluator(unseen)
+
+    def left_plateau(step: int, row: dict[str, float]) -> bool:
+        return row[f"{SEEN}/loss"] < baseline - cfg.pause_below
+
+    evaluated: dict[int, float] = {}
+
+    def plateau_end_known(step: int, row: dict[str, float]) -> bool:
+        # Known once the smoothing window around the detected end is complete; a resumed
+        # run starts a new history, so it may only stop at its `stop_step`.
+        evaluated[step] = row[f"{SEEN}/loss"]
+        steps = np.array(list(evaluated))
+        _, end = spans.phase_boundaries(steps, np.array(list(evaluated.values())), baseline, cfg.delta,
+                                        cfg.smooth_window)
+        return end is not None and int(np.flatnonzero(steps == end)[0]) + cfg.smooth_window // 2 < len(steps)
 
     def stop_when(step: int, row: dict[str, float]) -> bool:
-        left_plateau = job.kind in ("n", "patch") and row[f"{SEEN}/loss"] < baseline - cfg.stop_below
-        return left_plateau or bool(job.stop_step and step >= job.stop_step)
+        return ((job.kind in ("n", "patch") and plateau_end_known(step, row))
+                or bool(job.stop_step and step >= job.stop_step))
 
     run = train(job.run_dir, cfg.model, job.train, data, evaluators=evaluators,
                 config_extra={"biographies": to_dict(job.data), "kind": job.kind, "patch_from": job.patch_from,
                               "replay": job.replay, "baseline": baseline},
-                batch_hooks=hooks, stop_when=stop_when, resume=job.resume, device=job.device,
-                progress=job.progress)
+                batch_patterns=patterns, stop_when=stop_when, pause_when=left_plateau if job.pause else None,
+                resume=job.resume, device=job.device, progress=job.progress)
     bios.vocab.save(run.path / "vocab.json")
     return str(run.path)
 
@@ -254,15 +279,25 @@ def attention_signatures(run: Run, bios: Biographies, cfg: FactLearningConfig, d
     return out
 
 
-def patch_references(main: Run, cfg: FactLearningConfig, main_phases: dict[str, Any]) -> dict[str, int]:
-    """Checkpoints of the main run from before, inside and after the plateau."""
+def left_plateau_step(run: Run, cfg: FactLearningConfig) -> int | None:
+    """The first evaluation at which the seen loss is `pause_below` under the baseline
+    (where the main run pauses, with a checkpoint); None if it never is."""
+    steps, loss = curve(run, f"{SEEN}/loss")
+    below = np.flatnonzero(loss < run.config["baseline"] - cfg.pause_below)
+    return int(steps[below[0]]) if len(below) else None
+
+
+def patch_references(main: Run, cfg: FactLearningConfig, main_phases: dict[str, Any],
+                     after: int | None = None) -> dict[str, int]:
+    """Checkpoints of the main run from before and inside the plateau, and `after` it
+    (default: the last checkpoint)."""
     if cfg.patch_steps:
         return {f"step{s}": nearest(main.steps, s) for s in cfg.patch_steps}
     phase1_end = main_phases["phase1_end"] or cfg.train.steps // 10
     plateau_end = main_phases["plateau_end"] or cfg.train.steps // 2
     return {"before": nearest(main.steps, phase1_end // 2),
             "inside": nearest(main.steps, (phase1_end + plateau_end) // 2),
-            "after": main.steps[-1]}
+            "after": nearest(main.steps, after) if after else main.steps[-1]}
 
 
 def nearest(steps: list[int], target: int) -> int:
@@ -299,28 +334,37 @@ def run(cfg: FactLearningConfig, out: Path, options: RunOptions) -> dict[str, An
         return TrainJob(name, kind, str(runs_dir / name), cfg, data, kw.pop("train", train_cfg), device=device,
                         resume=options.resume, **kw)
 
-    main_job = job("main", "main", base, progress=options.progress and backend == LocalBackend(1))
-    first = [main_job]
-    first += [job(f"n{n}", "n", replace(base, n_individuals=n)) for n in cfg.n_sweep]
+    # Three stages on one pool. The main run pauses once it has left its plateau, so the
+    # patching runs, which need its phases and a post-plateau checkpoint, share the cores
+    # with its second half; fine-tuning needs its end.
+    main_job = job("main", "main", base, pause=not cfg.patch_steps,
+                   progress=options.progress and backend == LocalBackend(1))
+    # Longest runs first, so that the workers finish each stage together.
     budget = cfg.compare_steps or cfg.train.steps
+    first = [main_job]
     first += [job(f"alpha{a:g}", "alpha", replace(base, distribution="power_law", alpha=a), stop_step=budget)
               for a in cfg.alphas]
     if cfg.warmup_individuals:
         first.append(job("warmup", "warmup", replace(base, warmup_individuals=cfg.warmup_individuals,
                                                      warmup_steps=cfg.warmup_steps), stop_step=budget))
-    # The main run goes first: the second stage waits on it, the others only fill the pool.
+    first += [job(f"n{n}", "n", replace(base, n_individuals=n)) for n in sorted(cfg.n_sweep, reverse=True)]
     paths = dict(zip([j.name for j in first], run_all(run_job, first, backend), strict=True))
     main = Run.open(paths["main"])
+    paused_at = left_plateau_step(main, cfg)
+    early_phases = phases(main, cfg, until=paused_at or 0)
+
+    references = patch_references(main, cfg, early_phases, after=paused_at)
+    horizon = int(cfg.patch_horizon * (early_phases["plateau_end"] or cfg.train.steps))
+    second = [replace(main_job, pause=False, resume=True)]
+    second += [job(f"patch-{label}", "patch", base, patch_from=f"{main.path}@{step}", stop_step=horizon)
+               for label, step in references.items()]
+    paths.update(zip([j.name for j in second], run_all(run_job, second, backend), strict=True))
     main_phases = phases(main, cfg)
 
-    references = patch_references(main, cfg, main_phases)
-    horizon = int(cfg.patch_horizon * (main_phases["plateau_end"] or cfg.train.steps))
-    second = [job(f"patch-{label}", "patch", base, patch_from=f"{main.path}@{step}", stop_step=horizon)
-              for label, step in references.items()]
     finetune_cfg = replace(cfg.finetune, init_from=str(main.path), seed=cfg.seed)
-    second += [job(f"finetune-{'replay' if replay else 'none'}", "finetune", base, train=finetune_cfg, replay=replay)
-               for replay in (False, True)]
-    paths.update(zip([j.name for j in second], run_all(run_job, second, backend), strict=True))
+    third = [job(f"finetune-{'replay' if replay else 'none'}", "finetune", base, train=finetune_cfg, replay=replay)
+             for replay in (False, True)]
+    paths.update(zip([j.name for j in third], run_all(run_job, third, backend), strict=True))
 
     bios = Biographies(base)
     signatures = attention_signatures(main, bios, cfg, options.device)
@@ -416,11 +460,19 @@ def plateau_window(main: Run, cfg: FactLearningConfig, baseline: float, plateau_
     from where the smoothed loss is first within 1 nat of the baseline to twice the plateau's end: the
     plateau at a scale where the ± delta band is visible."""
     steps, loss = curve(main, f"{SEEN}/loss")
-    excess, smoothed = loss - baseline, spans.smooth(loss, cfg.smooth_window) - baseline
-    keep = (np.arange(len(steps)) >= np.argmax(smoothed <= 1)) & (steps <= 2 * (plateau_end or steps[-1]))
-    return {"seen people": (steps[keep], excess[keep]),
-            f"smoothed over {cfg.smooth_window} evaluations": (steps[keep], smoothed[keep]),
-            band_label(cfg.delta): (steps[keep], np.zeros(keep.sum()))}
+    steps, excess, smoothed = near_baseline(steps, loss, baseline, cfg.smooth_window, 2 * (plateau_end or steps[-1]))
+    return {"seen people": (steps, excess),
+            f"smoothed over {cfg.smooth_window} evaluations": (steps, smoothed),
+            band_label(cfg.delta): (steps, np.zeros(len(steps)))}
+
+
+def near_baseline(steps: np.ndarray, loss: np.ndarray, baseline: float, window: int,
+                  until: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`(steps, loss - baseline, smoothed loss - baseline)` from where the smoothed loss is
+    first within 1 nat of the baseline up to step `until`."""
+    excess, smoothed = loss - baseline, spans.smooth(loss, window) - baseline
+    keep = (np.arange(len(steps)) >= np.argmax(smoothed <= 1)) & (steps <= until)
+    return steps[keep], excess[keep], smoothed[keep]
 
 
 def make_figures(cfg: FactLearningConfig, out: Path, runs: dict[str, Run], results: dict[str, Any],
@@ -474,12 +526,18 @@ def make_figures(cfg: FactLearningConfig, out: Path, runs: dict[str, Run], resul
         distributions, hlines={"baseline": baseline}, title="Sampling distributions at a fixed budget",
         ylabel="attribute loss, uniform over people (nats)"), fig_dir / "distributions.png")
 
+    # At the scale of the delta band: the patched runs stop once their plateau is over.
     patched = {"no patching": curve(main, f"{SEEN}/loss")}
     patched.update({f"patterns of step {r['reference_step']} ({r['reference']})":
                     curve(runs[f"patch-{r['reference']}"], f"{SEEN}/loss") for r in results["patching"]})
+    until = max(r["last_step"] for r in results["patching"])
+    patched = {name: near_baseline(*series, baseline, cfg.smooth_window, until)[::2]
+               for name, series in patched.items()}
+    patched[band_label(cfg.delta)] = (np.array([0, until]), np.zeros(2))
     figures["patching"] = save_figure(plot_curves(
-        patched, hlines={"baseline": baseline}, title="Training with attention patterns patched in",
-        ylabel="attribute loss (nats)"), fig_dir / "patching.png")
+        patched, bands={band_label(cfg.delta): np.asarray(cfg.delta)},
+        title="Training with attention patterns patched in",
+        ylabel=f"attribute loss − baseline, smoothed over {cfg.smooth_window} (nats)"), fig_dir / "patching.png")
 
     steps = np.array(signatures["steps"])
     for name, label in (("attribute_to_name", "attention from the attribute query to the name"),
@@ -534,8 +592,7 @@ def write_report(cfg: FactLearningConfig, results: dict[str, Any], figures: dict
         "phases": "Three phases: the attribute loss against the no-knowledge baseline",
         "plateau": f"The plateau: within {cfg.delta:g} nats of the baseline from the end of phase 1 to its end",
         "accuracy": "Attribute accuracy"}.items() if k in figures})
-    report.text("Plateau by number of individuals (sweep runs stop once the loss is "
-                f"{cfg.stop_below} nats below the baseline):")
+    report.text("Plateau by number of individuals (sweep runs stop once their plateau end is known):")
     report.grid(["N", "phase 1 end", "plateau end", "final loss", "final accuracy", "last step"],
                 [[r["n_individuals"], r["phase1_end"], r["plateau_end"], r["final_loss"], r["final_accuracy"],
                   r["last_step"]] for r in results["plateau_by_n"]])
@@ -593,33 +650,20 @@ def _preset(data: BiographiesConfig, layers: int, width: int, heads: int, **kw: 
     return FactLearningConfig(data=data, model=model, **kw)
 
 
-def _cpu_preset(data: BiographiesConfig, steps: int, **kw: Any) -> FactLearningConfig:
-    """The 2-layer, d_model 128 CPU setup (AdamW 2e-3, cosine, batch 16) for `steps` steps."""
-    return _preset(
-        data, layers=2, width=128, heads=4,
-        train=TrainConfig(steps=steps, batch_size=16, optimizer="adamw", lr=2e-3, beta2=0.95, weight_decay=0.1,
-                          schedule="cosine", eval_every=50, log_every=50, checkpoint_log=0, checkpoint_every=100),
-        alphas=(0.6,), patch_horizon=1.25, eval_individuals=96,
-        finetune=TrainConfig(steps=300, batch_size=16, optimizer="adamw", lr=3e-4, beta2=0.95, weight_decay=0.1,
-                             eval_every=20, log_every=20, checkpoint_log=0),
-        **kw)
-
-
 PRESETS = {
-    # Calibrated on 2 CPU cores (see the issue notes): N = 2000 reaches accuracy 0.8 in 3000
-    # steps; the plateau is visible but shorter than 3x phase 1 at this scale. With the plateau
-    # preset's small pools it is 1.1x, but accuracy ends at 0.69 and the preset takes 10 min.
-    "quick": _cpu_preset(BiographiesConfig(n_individuals=2000), steps=3000, n_sweep=(500, 1000),
-                         warmup_individuals=400, warmup_steps=400, compare_steps=1000),
-    # A plateau over 3x as long as phase 1 and recall of nearly every fact, on 2 CPU cores in
-    # 40 minutes: 5000 people, small value pools (20 cities, 15 universities, 10 majors,
-    # 20 employers, 20 years) and 14k steps. Measured: phase 1 ends at step 600, the plateau
-    # at 2900 (3.8x); accuracy 0.36 at step 7000, 0.81 at 10 500, 0.92 at the end. Main run
-    # with seeds 1 and 2: 3.4x and 4.4x, accuracy 0.97 and 0.97. With 4000 people and 10k
-    # steps (28 minutes) the ratio was 2.9x-3.9x over the same seeds.
-    "plateau": _cpu_preset(
-        BiographiesConfig(n_individuals=5000, cities=20, universities=15, majors=10, companies=20, years=20),
-        steps=14000, n_sweep=(1000, 2000), warmup_individuals=1000, warmup_steps=1000, compare_steps=3500),
+    # Calibrated on 2 CPU cores (see the issue notes and the README): with pools of 8 values,
+    # 3500 people give a plateau over 3x as long as phase 1 (phase 1 is held at ~300 steps by
+    # batch noise), and width 112 with 9000 cosine steps recalls them (accuracy over 0.8);
+    # the whole analysis takes under 10 minutes.
+    "quick": _preset(
+        BiographiesConfig(n_individuals=3500, cities=8, universities=8, majors=8, companies=8, years=8),
+        layers=2, width=112, heads=4,
+        train=TrainConfig(steps=9000, batch_size=16, optimizer="adamw", lr=2e-3, beta2=0.95, weight_decay=0.1,
+                          schedule="cosine", eval_every=50, log_every=50, checkpoint_log=0, checkpoint_every=100),
+        n_sweep=(1000, 2000), alphas=(0.6,), warmup_individuals=700, warmup_steps=700, compare_steps=2100,
+        patch_horizon=1.1, eval_individuals=96,
+        finetune=TrainConfig(steps=300, batch_size=16, optimizer="adamw", lr=3e-4, beta2=0.95, weight_decay=0.1,
+                             eval_every=20, log_every=20, checkpoint_log=0)),
     # Zucchet et al.'s setup on one GPU: their pools, 8 layers of width 512, AdamW 4e-4
     # (0.9, 0.95), cosine, 16k steps. They pack ~5 biographies into each 512-token sequence
     # of a 128-sequence batch; here one biography is one sequence, so a batch of 640 sees as

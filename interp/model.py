@@ -35,6 +35,9 @@ the last position); `loss_mask` [batch, pos], which predictions count in the los
 inputs."""
 
 FwdHook = tuple[str, Callable[..., Any]]
+Patterns = Sequence[Tensor | None]
+"""Per layer, an attention pattern [batch, head, query, key] to use instead of the
+model's own, or None to keep it."""
 
 IGNORE_INDEX = -100
 NORMALIZATIONS = ("LN", "RMS", "none")
@@ -198,21 +201,39 @@ def input_hooks(model: TransformerBridge, batch: Batch) -> list[FwdHook]:
     return [("hook_embed", lambda act, hook: _embed(model, batch, act))]
 
 
-def fused_forward(model: TransformerBridge, batch: Batch) -> Float[Tensor, "batch pos vocab"]:
+def fused_forward(
+    model: TransformerBridge, batch: Batch, patterns: Patterns | None = None
+) -> Float[Tensor, "batch pos vocab"]:
     """Same function as `model(tokens)`, computed on the bridge's own weights with
     fused QKV and `scaled_dot_product_attention` and without hook points.
 
     This is the training fast path (about 2x the bridge's speed on CPU at small
     widths); `tests/test_model.py` pins it to the bridge's logits for every
-    `ModelConfig` variant.
+    `ModelConfig` variant. `patterns` (per layer, a [batch, head, query, key]
+    tensor or None) replace the model's own attention patterns where given, as
+    `pattern_hooks(patterns)` on the bridge would (attention-pattern patching).
     """
+    return _fused(model, batch, patterns)
+
+
+def attention_patterns(model: TransformerBridge, batch: Batch) -> list[Float[Tensor, "batch head query key"]]:
+    """Every layer's attention pattern on `batch` (the bridge's `hook_pattern`
+    values), from one fused forward pass without gradients."""
+    recorded: list[Tensor] = []
+    with torch.no_grad():
+        _fused(model, batch, record=recorded)
+    return recorded
+
+
+def _fused(model: TransformerBridge, batch: Batch, patterns: Patterns | None = None,
+           record: list[Tensor] | None = None) -> Tensor:
     native = model.original_model
     tokens = batch["tokens"]
     n_batch, n_pos = tokens.shape
     h = _embed(model, batch, _raw(native.tok_embed)(tokens))
     if native.pos is not None:
         h = h + _raw(native.pos).weight[:n_pos]
-    for wrapped_block in native.layers:
+    for layer, wrapped_block in enumerate(native.layers):
         block = _raw(wrapped_block)
         attn = _raw(block.attn)
         x = _raw(block.ln1)(h)
@@ -223,7 +244,15 @@ def fused_forward(model: TransformerBridge, batch: Batch) -> Float[Tensor, "batc
         q, k, v = qkv.permute(2, 0, 3, 1, 4)
         if attn.rotary is not None:
             q, k = attn.rotary.apply_rope(q, k)
-        z = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=1.0 / attn.scale)
+        if patterns is not None and patterns[layer] is not None:
+            z = patterns[layer].to(v.dtype) @ v
+        elif record is not None:
+            scores = (q @ k.transpose(-1, -2)) / attn.scale
+            causal = torch.ones(n_pos, n_pos, dtype=torch.bool, device=scores.device).tril()
+            record.append(scores.masked_fill(~causal, float("-inf")).softmax(dim=-1))
+            z = record[-1] @ v
+        else:
+            z = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=1.0 / attn.scale)
         h = h + _raw(attn.o)(z.transpose(1, 2).reshape(n_batch, n_pos, -1))
         if not block.cfg.attn_only:
             mlp = _raw(block.mlp)
@@ -232,13 +261,20 @@ def fused_forward(model: TransformerBridge, batch: Batch) -> Float[Tensor, "batc
     return _raw(native.head)(_raw(native.ln_out)(h))
 
 
+def pattern_hooks(patterns: Patterns) -> list[FwdHook]:
+    """Bridge hooks that replace each layer's attention pattern with the given one (None: keep)."""
+    return [(f"blocks.{layer}.attn.hook_pattern", lambda pattern, hook, fixed=fixed: fixed.to(pattern.dtype))
+            for layer, fixed in enumerate(patterns) if fixed is not None]
+
+
 def forward(
-    model: TransformerBridge, batch: Batch, fwd_hooks: Sequence[FwdHook] = ()
+    model: TransformerBridge, batch: Batch, fwd_hooks: Sequence[FwdHook] = (), patterns: Patterns | None = None
 ) -> Float[Tensor, "batch pos vocab"]:
-    """Logits for a batch: the fused path when no hooks are needed, else the bridge."""
+    """Logits for a batch: the fused path when no hooks are needed, else the bridge;
+    `patterns` as in `fused_forward`."""
     if not fwd_hooks:
-        return fused_forward(model, batch)
-    hooks = list(fwd_hooks) + input_hooks(model, batch)
+        return fused_forward(model, batch, patterns)
+    hooks = list(fwd_hooks) + input_hooks(model, batch) + (pattern_hooks(patterns) if patterns else [])
     return model.run_with_hooks(batch["tokens"], fwd_hooks=hooks)
 
 
@@ -265,6 +301,19 @@ def scored_positions(batch: Batch) -> Bool[Tensor, "batch pos"]:
     if "loss_mask" in batch:
         mask = mask & batch["loss_mask"].bool()
     return mask
+
+
+def trim_padding(batch: Batch) -> Batch:
+    """`batch` without the trailing positions after its last scored prediction and
+    that prediction's target. A causal model's loss on the batch is unchanged, and a
+    step costs less when most sequences are shorter than the padded width."""
+    scored = scored_positions(batch).any(dim=0).nonzero()
+    width = batch["tokens"].shape[1]
+    keep = min(int(scored.max()) + 2, width) if len(scored) else width
+    if keep == width:
+        return batch
+    return {key: value[:, :keep] if value.dim() >= 2 and value.shape[1] == width else value
+            for key, value in batch.items()}
 
 
 def masked_mean_loss(logits: Float[Tensor, "batch pos vocab"], batch: Batch) -> Tensor:

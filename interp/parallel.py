@@ -5,17 +5,21 @@ Ray cluster (`RayBackend`). Analyses and sweeps take any `Backend`.
 Each worker process gets `torch_threads` intra-op threads (default: the cores
 divided among the workers), because two processes that each use every core
 run several times slower than one after the other. Workers are spawned, so
-`fn` must be a module-level function and its arguments picklable.
+`fn` must be a module-level function and its arguments picklable. A local pool
+stays up for later calls in the same process (an analysis that runs its jobs in
+stages pays the workers' start-up and imports, ~10 s, once); it ends with the process.
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
 import multiprocessing
 import os
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Protocol, TypeVar
@@ -38,6 +42,25 @@ def _init_worker(torch_threads: int) -> None:
     torch.set_num_threads(torch_threads)
 
 
+_pools: dict[tuple[int, int], ProcessPoolExecutor] = {}
+
+
+def _pool(workers: int, threads: int) -> ProcessPoolExecutor:
+    """The process pool of this size, started on first use and kept for later calls."""
+    if (workers, threads) not in _pools:
+        context = multiprocessing.get_context("spawn")
+        _pools[workers, threads] = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
+                                                       initargs=(threads,))
+    return _pools[workers, threads]
+
+
+@atexit.register
+def _shutdown_pools() -> None:
+    for pool in _pools.values():
+        pool.shutdown(cancel_futures=True)
+    _pools.clear()
+
+
 def imap_processes(fn: Callable[[Any], T], items: Sequence[Any], workers: int = 0,
                    torch_threads: int = 0) -> Iterator[tuple[int, T]]:
     """`(index, fn(items[index]))` for every item, in the order the jobs finish,
@@ -51,11 +74,17 @@ def imap_processes(fn: Callable[[Any], T], items: Sequence[Any], workers: int = 
         return
     threads = torch_threads or max(1, available_cores() // workers)
     logger.info("running %d jobs on %d processes with %d torch threads each", len(items), workers, threads)
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(threads,)) as pool:
-        futures = {pool.submit(fn, item): index for index, item in enumerate(items)}
+    pool = _pool(workers, threads)
+    futures = {pool.submit(fn, item): index for index, item in enumerate(items)}
+    try:
         for future in as_completed(futures):
             yield futures[future], future.result()
+    except BrokenProcessPool:
+        _pools.pop((workers, threads), None)  # a worker died; the next call starts a new pool
+        raise
+    finally:
+        for future in futures:  # the caller stopped early: its queued jobs are not run
+            future.cancel()
 
 
 def map_processes(fn: Callable[[Any], T], items: Sequence[Any], workers: int = 0, torch_threads: int = 0) -> list[T]:

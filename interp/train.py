@@ -38,6 +38,7 @@ from interp.model import (
     Batch,
     FwdHook,
     ModelConfig,
+    Patterns,
     batch_to,
     build_model,
     forward,
@@ -45,6 +46,7 @@ from interp.model import (
     masked_mean_loss,
     named_trainable_parameters,
     resolve_device,
+    trim_padding,
 )
 
 logger = logging.getLogger(__name__)
@@ -71,8 +73,13 @@ StopCondition = Callable[[int, Mapping[str, float]], bool]
 the run there (e.g. once a loss has left its plateau)."""
 
 BatchHooks = Callable[[Batch], Sequence[FwdHook]]
-"""Forward hooks that depend on the batch (e.g. attention patterns a reference
-model computes on it); added to the static `fwd_hooks` at every training step."""
+"""Forward hooks that depend on the batch; added to the static `fwd_hooks` at every
+training step."""
+
+BatchPatterns = Callable[[Batch], Patterns]
+"""Attention patterns that depend on the batch (e.g. a reference model's on it,
+`interp.patching.pattern_patch`), used instead of the model's own at every training
+step; they carry no gradient, so queries and keys are not trained."""
 
 
 @dataclass(frozen=True)
@@ -233,8 +240,9 @@ class Stepper:
     the same object, so in-memory fine-tuning updates exactly as a run does."""
 
     def __init__(self, model: TransformerBridge, cfg: TrainConfig, fwd_hooks: Sequence[FwdHook] = (),
-                 batch_hooks: BatchHooks | None = None):
-        self.model, self.cfg, self.fwd_hooks, self.batch_hooks = model, cfg, fwd_hooks, batch_hooks
+                 batch_hooks: BatchHooks | None = None, batch_patterns: BatchPatterns | None = None):
+        self.model, self.cfg, self.fwd_hooks = model, cfg, fwd_hooks
+        self.batch_hooks, self.batch_patterns = batch_hooks, batch_patterns
         self.named_params = named_trainable_parameters(model)
         self.params = [p for _, p in self.named_params]
         names = [n for n, _ in self.named_params]
@@ -253,9 +261,11 @@ class Stepper:
             self.optimizer = make_optimizer(cfg, self.named_params)
         for group in self.optimizer.param_groups:
             group["lr"] = lr_at(cfg, step)
+        batch = trim_padding(batch)
         hooks = [*self.fwd_hooks, *(self.batch_hooks(batch) if self.batch_hooks else ())]
+        patterns = self.batch_patterns(batch) if self.batch_patterns else None
         with torch.autocast(self.device_type, torch.bfloat16, enabled=cfg.precision == "bf16"):
-            loss = masked_mean_loss(forward(self.model, batch, hooks), batch)
+            loss = masked_mean_loss(forward(self.model, batch, hooks, patterns), batch)
         objective = loss
         if cfg.l2:
             objective = loss + 0.5 * cfg.l2 * sum(p.pow(2).sum() for p in self.penalized)
@@ -275,6 +285,7 @@ def take_steps(
     *,
     fwd_hooks: Sequence[FwdHook] = (),
     batch_hooks: BatchHooks | None = None,
+    batch_patterns: BatchPatterns | None = None,
 ) -> list[float]:
     """Train `model` in place on `data`'s batches for `steps`, with a fresh
     optimizer and no run directory; returns the training losses.
@@ -284,7 +295,7 @@ def take_steps(
     The update is `train`'s own (`Stepper`); the model is left in eval mode.
     """
     device = next(model.parameters()).device
-    stepper = Stepper(model, train_cfg, fwd_hooks, batch_hooks)
+    stepper = Stepper(model, train_cfg, fwd_hooks, batch_hooks, batch_patterns)
     model.train()
     losses = []
     for step in steps:
@@ -304,8 +315,10 @@ def train(
     config_extra: Mapping[str, Any] | None = None,
     fwd_hooks: Sequence[FwdHook] = (),
     batch_hooks: BatchHooks | None = None,
+    batch_patterns: BatchPatterns | None = None,
     callbacks: Sequence[StepCallback] = (),
     stop_when: StopCondition | None = None,
+    pause_when: StopCondition | None = None,
     resume: bool = False,
     device: str | torch.device | None = None,
     progress: bool = True,
@@ -320,6 +333,9 @@ def train(
     `stop_when` ends the run early at an evaluation step, with a checkpoint
     there; the learning-rate schedule is still the one of `train_cfg.steps`, so
     a stopped run is the prefix of the full one. A stopped run counts as finished.
+    `pause_when` ends this call the same way, but the run is not finished: a
+    later call with `resume=True` continues it to `train_cfg.steps` (e.g. to
+    use a checkpoint from just after a transition while the run goes on).
     """
     device = resolve_device(device)
     evaluators = dict(evaluators or {})
@@ -339,7 +355,7 @@ def train(
         run = Run.create(run_dir, {**config, "device": str(device), "versions": versions()})
 
     model = build_model(model_cfg, device=device)
-    stepper = Stepper(model, train_cfg, fwd_hooks, batch_hooks)
+    stepper = Stepper(model, train_cfg, fwd_hooks, batch_hooks, batch_patterns)
     loss_sum, loss_count = 0.0, 0
     if resuming:
         load_model_state_dict(model, run.load_state_dict(start))
@@ -394,20 +410,21 @@ def train(
             row.update({"train/loss": loss_sum / loss_count, "lr": lr})
             loss_sum, loss_count = 0.0, 0
             bar.set_postfix(loss=f"{row['train/loss']:.3f}")
-        stop = False
+        stop = pause = False
         if evaluators and (done == total or (train_cfg.eval_every and done % train_cfg.eval_every == 0)):
             evaluation = evaluate(done)
             row.update(evaluation)
             stop = stop_when is not None and done < total and stop_when(done, evaluation)
+            pause = not stop and pause_when is not None and done < total and pause_when(done, evaluation)
         if row:
             pending.append({"step": done, **row})
-        if done in schedule or stop:
+        if done in schedule or stop or pause:
             run.log_metrics(pending)
             pending = []
             checkpoint(done, stopped=stop)
         bar.update(1)
-        if stop:
-            logger.info("%s: stop condition met at step %d", run.path, done)
+        if stop or pause:
+            logger.info("%s: %s condition met at step %d", run.path, "stop" if stop else "pause", done)
             break
         for callback in callbacks:
             callback(done, model, loss_value)

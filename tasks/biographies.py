@@ -33,7 +33,7 @@ import torch
 
 from interp.configs import require, require_choice, require_positive
 from interp.metrics import spans
-from interp.model import Batch, FwdHook, forward, token_losses
+from interp.model import Batch, FwdHook, Patterns, forward, token_losses
 
 ATTRIBUTES = ("birth_date", "birth_city", "current_city", "university", "major", "company")
 SPECIAL = ("<pad>", "<bos>", ".")
@@ -46,22 +46,20 @@ MONTHS = ("January", "February", "March", "April", "May", "June", "July", "Augus
 # 25 per attribute. Ending every phrase on its keyword makes "a value comes next, of
 # this attribute" a one-token cue; with words after the keyword in some phrases only
 # ("lists the birthday as"), the no-knowledge loss is reached slowly, which blurs the
-# end of the first phase. The held-out templates are pairings (opener i, phrase i)
-# never seen in training, built from parts that are, so an evaluation sentence still
-# says which attribute it asks for.
-OPENERS = ("", "records show that", "it is known that", "friends say that", "as noted ,")
+# end of the first phase. Openers and phrases are one or two words: a biography is about
+# 49 tokens, so a training step costs about 40% less than with English-length sentences
+# (~69 tokens), with the same phases (measured: 4000 people, phase 1 / plateau end at
+# step 350 / 1700 with the long sentences, 350 / 1650 with these). The held-out templates are pairings
+# (opener i, phrase i) never seen in training, built from parts that are, so an
+# evaluation sentence still says which attribute it asks for.
+OPENERS = ("", "so", "also", "indeed", "notably")
 PHRASES = {
-    "birth_date": ("has the birthday", "celebrates on the birthday", "was born on the birthday",
-                   "marks as birthday", "lists as the birthday"),
-    "birth_city": ("has the birthplace", "names as birthplace", "was born in the birthplace",
-                   "calls the birthplace", "lists as the birthplace"),
-    "current_city": ("has the residence", "names as residence", "keeps a residence", "calls the residence",
-                     "lists as the residence"),
-    "university": ("attended the university", "names as university", "graduated from the university",
-                   "calls the university", "lists as the university"),
-    "major": ("has the major", "names as major", "completed the major", "calls the major", "lists as the major"),
-    "company": ("has the employer", "names as employer", "works for the employer", "calls the employer",
-                "lists as the employer"),
+    "birth_date": ("birthday", "has birthday", "celebrates birthday", "marks birthday", "lists birthday"),
+    "birth_city": ("birthplace", "has birthplace", "names birthplace", "calls birthplace", "lists birthplace"),
+    "current_city": ("residence", "has residence", "names residence", "keeps residence", "lists residence"),
+    "university": ("university", "has university", "attended university", "names university", "lists university"),
+    "major": ("major", "has major", "studied major", "names major", "lists major"),
+    "company": ("employer", "has employer", "joined employer", "names employer", "lists employer"),
 }
 MAX_HELDOUT_TEMPLATES = len(OPENERS)
 MAX_DAYS = 28  # a day every month has
@@ -151,12 +149,14 @@ def recall_masks(batch: Batch) -> Batch:
             "text": real & ~name, "last_name": last_name, "same_name": same_sentence & name[:, None, :] & not_self}
 
 
-def evaluate_attributes(model, batch: Batch, fwd_hooks: Sequence[FwdHook] = ()) -> dict[str, float]:
+def evaluate_attributes(model, batch: Batch, fwd_hooks: Sequence[FwdHook] = (),
+                        patterns: Patterns | None = None) -> dict[str, float]:
     """Attribute loss (summed over a value's tokens, averaged over attributes and
     biographies), attribute accuracy (every value token the argmax) and the
-    confidence (max-probability, entropy) of the prediction of each first value token."""
+    confidence (max-probability, entropy) of the prediction of each first value token;
+    `fwd_hooks` and `patterns` as in `interp.model.forward`."""
     with torch.no_grad():
-        logits = forward(model, batch, fwd_hooks)
+        logits = forward(model, batch, fwd_hooks, patterns)
         losses = spans.span_losses(token_losses(logits, batch), batch["attribute_of"], len(ATTRIBUTES))
         correct = spans.span_correct(logits, batch["tokens"], batch["attribute_of"], len(ATTRIBUTES))
     return {"loss": float(losses.nanmean()), "accuracy": float(correct.nanmean()),

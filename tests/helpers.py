@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -96,3 +97,8 @@ def square_and_threads(x: int) -> tuple[int, int]:
     if x < 0:
         raise ValueError(f"negative job {x}")
     return x * x, torch.get_num_threads()
+
+
+def worker_pid(_: int) -> int:
+    """A job for process-pool tests: the id of the process that ran it."""
+    return os.getpid()

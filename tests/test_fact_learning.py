@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from analyses.fact_learning import PRESETS, SEEN, plateau_window, power_law_fit
+from analyses.fact_learning import PRESETS, SEEN, left_plateau_step, patch_references, plateau_window, power_law_fit
 from interp.analysis import run_analysis
 from interp.checkpoints import Run
 from interp.configs import ConfigError, with_overrides
@@ -32,6 +32,25 @@ class _LossCurve:
         assert key == f"{SEEN}/loss"
         return self.steps_values
 
+    @property
+    def config(self):
+        return {"baseline": 3.0}
+
+    @property
+    def steps(self):
+        return self.steps_values[0].tolist()
+
+
+def test_patch_references_come_from_the_phases_and_the_step_that_left_the_plateau():
+    steps = np.arange(0, 1100, 100)
+    run = _LossCurve(steps, [9.0, 6.0, 3.5, 3.05, 3.0, 3.0, 2.95, 2.7, 2.45, 1.5, 1.0])
+    cfg = PRESETS["quick"]  # pause_below 0.5: first below 2.5 at step 800
+    assert left_plateau_step(run, cfg) == 800
+    assert left_plateau_step(_LossCurve(steps, [3.0] * 11), cfg) is None
+    phases = {"phase1_end": 300, "plateau_end": 700}
+    assert patch_references(run, cfg, phases, after=800) == {"before": 100, "inside": 500, "after": 800}
+    assert patch_references(run, cfg, phases)["after"] == 1000  # no pause: the last checkpoint
+
 
 def test_plateau_window_spans_near_baseline_to_twice_the_plateau_end():
     steps = np.arange(0, 1100, 100)
@@ -47,7 +66,7 @@ def test_plateau_window_spans_near_baseline_to_twice_the_plateau_end():
 
 @pytest.mark.parametrize("key, value, field", [
     ("alphas", "0", "alphas"),
-    ("stop_below", 0.05, "stop_below"), ("warmup_steps", 0, "warmup_steps"), ("patch_steps", "99999", "patch_steps"),
+    ("pause_below", 0.05, "pause_below"), ("warmup_steps", 0, "warmup_steps"), ("patch_steps", "99999", "patch_steps"),
     ("train.eval_every", 0, "train.eval_every"), ("n_sweep", "10", "n_sweep"), ("replay_ratio", 0, "replay_ratio"),
 ])
 def test_bad_config_names_the_field(key, value, field):
@@ -57,7 +76,9 @@ def test_bad_config_names_the_field(key, value, field):
 
 def test_the_model_shape_follows_the_pool_sizes():
     cfg = with_overrides(PRESETS["quick"], {"data.days": "8", "data.cities": "20"})
-    assert (cfg.model.d_vocab, cfg.model.n_ctx) == model_shape(cfg.data) == (PRESETS["quick"].model.d_vocab - 100, 83)
+    more_cities, fewer_days = 20 - PRESETS["quick"].data.cities, 28 - 8
+    expected = (PRESETS["quick"].model.d_vocab + more_cities - fewer_days, 51)
+    assert (cfg.model.d_vocab, cfg.model.n_ctx) == model_shape(cfg.data) == expected
     assert with_overrides(PRESETS["quick"], {"model.d_vocab": "10", "model.n_ctx": "8"}) == PRESETS["quick"]
 
 

@@ -26,6 +26,7 @@ from interp.model import (
     targets_of,
     token_losses,
     trainable_parameters,
+    trim_padding,
 )
 
 # --- validation -----------------------------------------------------------------------
@@ -332,3 +333,33 @@ def test_masked_mean_loss_raises_without_scored_positions(batch):
     logits = torch.zeros(*batch["tokens"].shape, 7)
     with pytest.raises(ValueError, match="no scored positions"):
         masked_mean_loss(logits, batch)
+
+
+def padded_batch() -> dict[str, torch.Tensor]:
+    """Rows of 5 and 3 real tokens padded (token 0, not scored) to width 8."""
+    tokens = torch.tensor([[3, 4, 5, 6, 7, 0, 0, 0], [5, 6, 7, 0, 0, 0, 0, 0]])
+    return {"tokens": tokens, "loss_mask": tokens != 0, "annotation": tokens * 10, "row_id": torch.tensor([0, 1])}
+
+
+def test_trim_padding_keeps_the_last_scored_prediction_and_its_target():
+    batch = padded_batch()
+    trimmed = trim_padding(batch)
+    # the last scored prediction is at position 4 (row 0's last token, whose target is padding)
+    assert trimmed["tokens"].tolist() == [[3, 4, 5, 6, 7, 0], [5, 6, 7, 0, 0, 0]]
+    assert trimmed["annotation"].shape == (2, 6) and trimmed["row_id"].tolist() == [0, 1]
+
+
+def test_trim_padding_leaves_the_causal_loss_unchanged():
+    model = build_model(tiny_model_config())
+    batch = padded_batch()
+    full = masked_mean_loss(forward(model, batch), batch)
+    trimmed = trim_padding(batch)
+    assert float(masked_mean_loss(forward(model, trimmed), trimmed)) == pytest.approx(float(full), abs=1e-6)
+
+
+@pytest.mark.parametrize("batch", [
+    {"tokens": torch.tensor([[1, 2, 3, 4]])},  # everything scored
+    {"tokens": torch.tensor([[1, 2, 3, 4]]), "loss_mask": torch.zeros(1, 4, dtype=torch.bool)},  # nothing scored
+])
+def test_trim_padding_leaves_a_batch_without_trailing_padding_alone(batch):
+    assert trim_padding(batch) is batch

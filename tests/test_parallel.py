@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
-from helpers import NamedFile, square_and_threads, write_file_unless_failing
+from helpers import NamedFile, square_and_threads, worker_pid, write_file_unless_failing
 
 from interp.parallel import JobsFailed, LocalBackend, map_processes, run_all
 
@@ -13,6 +15,12 @@ def test_two_workers_keep_order_and_split_threads():
     results = map_processes(square_and_threads, [3, 1, 2, 0], workers=2, torch_threads=1)
     assert [r[0] for r in results] == [9, 1, 4, 0]
     assert {r[1] for r in results} == {1}
+
+
+def test_a_second_call_reuses_the_started_workers():
+    first = set(map_processes(worker_pid, range(6), workers=2, torch_threads=1))
+    second = set(map_processes(worker_pid, range(6), workers=2, torch_threads=1))
+    assert os.getpid() not in first and second <= first
 
 
 def test_one_worker_runs_in_process_with_current_threads():

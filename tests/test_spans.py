@@ -61,3 +61,9 @@ def test_phase_boundaries_of_a_three_phase_curve():
 def test_smooth_keeps_a_constant_and_averages_a_spike():
     assert spans.smooth(np.ones(7), 3).tolist() == [1.0] * 7
     assert spans.smooth(np.array([0, 0, 3.0, 0, 0]), 3).tolist() == [0, 1, 1, 1, 0]
+
+
+def test_smooth_a_series_shorter_than_the_window():
+    assert spans.smooth(np.array([2.0]), 3).tolist() == [2.0]
+    assert spans.smooth(np.array([2.0, 4.0]), 5).tolist() == [3.0, 3.0]
+    assert spans.phase_boundaries(np.array([50]), np.array([5.0]), baseline=5.0, window=3) == (50, None)

@@ -562,6 +562,27 @@ def test_stop_when_ends_the_run_as_a_prefix_of_the_full_run(tmp_path):
     assert again.steps[-1] == 4  # a stopped run is finished: resume returns it as is
 
 
+def test_pause_when_ends_the_call_and_resume_continues_as_if_uninterrupted(tmp_path):
+    tokens = fixed_tokens()
+
+    def loss_eval(model):
+        batch = {"tokens": tokens}
+        return {"loss": float(masked_mean_loss(fused_forward(model, batch), batch))}
+
+    cfg = tiny_train_config(steps=8, eval_every=2, checkpoint_every=0, checkpoint_log=0, schedule="cosine")
+    paused = run_train(tmp_path / "paused", tiny_model_config(), cfg, evaluators={"val": loss_eval},
+                       pause_when=lambda step, row: step >= 4)
+    assert paused.steps == [0, 4] and max(r["step"] for r in paused.metrics()) == 4
+    again = run_train(tmp_path / "paused", tiny_model_config(), cfg, evaluators={"val": loss_eval},
+                      pause_when=lambda step, row: step >= 4, resume=True)
+    assert again.steps == [0, 4, 6]  # paused again at the next evaluation that asks for it
+    done = run_train(tmp_path / "paused", tiny_model_config(), cfg, evaluators={"val": loss_eval}, resume=True)
+    full = run_train(tmp_path / "full", tiny_model_config(), cfg, evaluators={"val": loss_eval})
+    assert done.steps == [0, 4, 6, 8]
+    assert_state_equal(done.load_state_dict(8), full.load_state_dict(8))
+    assert [r for r in done.metrics() if "val/loss" in r] == [r for r in full.metrics() if "val/loss" in r]
+
+
 def test_train_on_induction_task_smoke(tmp_path):
     data = RepeatedSegments(RepeatedSegmentsConfig(d_vocab=D_VOCAB, seq_len=N_CTX, min_segment=2, max_segment=4))
     run = run_train(tmp_path / "run", tiny_model_config(), tiny_train_config(steps=3), data)

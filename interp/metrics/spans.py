@@ -69,9 +69,11 @@ def smooth(values: np.ndarray, window: int) -> np.ndarray:
     values = np.asarray(values, dtype=float)
     if window <= 1:
         return values
-    kernel = np.ones(window)
-    counts = np.convolve(np.ones_like(values), kernel, mode="same")
-    return np.convolve(values, kernel, mode="same") / counts
+    # The centred part of the full convolution: np.convolve(mode="same") for series at
+    # least as long as the window, and still one value per point for shorter ones.
+    kernel, start, n = np.ones(window), (window - 1) // 2, len(values)
+    sums = np.convolve(values, kernel)[start : start + n]
+    return sums / np.convolve(np.ones_like(values), kernel)[start : start + n]
 
 
 def phase_boundaries(
