@@ -72,10 +72,6 @@ StopCondition = Callable[[int, Mapping[str, float]], bool]
 """Called after each evaluation with (steps done, that evaluation's row); True ends
 the run there (e.g. once a loss has left its plateau)."""
 
-BatchHooks = Callable[[Batch], Sequence[FwdHook]]
-"""Forward hooks that depend on the batch; added to the static `fwd_hooks` at every
-training step."""
-
 BatchPatterns = Callable[[Batch], Patterns]
 """Attention patterns that depend on the batch (e.g. a reference model's on it,
 `interp.patching.pattern_patch`), used instead of the model's own at every training
@@ -240,9 +236,8 @@ class Stepper:
     the same object, so in-memory fine-tuning updates exactly as a run does."""
 
     def __init__(self, model: TransformerBridge, cfg: TrainConfig, fwd_hooks: Sequence[FwdHook] = (),
-                 batch_hooks: BatchHooks | None = None, batch_patterns: BatchPatterns | None = None):
-        self.model, self.cfg, self.fwd_hooks = model, cfg, fwd_hooks
-        self.batch_hooks, self.batch_patterns = batch_hooks, batch_patterns
+                 batch_patterns: BatchPatterns | None = None):
+        self.model, self.cfg, self.fwd_hooks, self.batch_patterns = model, cfg, fwd_hooks, batch_patterns
         self.named_params = named_trainable_parameters(model)
         self.params = [p for _, p in self.named_params]
         names = [n for n, _ in self.named_params]
@@ -262,10 +257,9 @@ class Stepper:
         for group in self.optimizer.param_groups:
             group["lr"] = lr_at(cfg, step)
         batch = trim_padding(batch)
-        hooks = [*self.fwd_hooks, *(self.batch_hooks(batch) if self.batch_hooks else ())]
         patterns = self.batch_patterns(batch) if self.batch_patterns else None
         with torch.autocast(self.device_type, torch.bfloat16, enabled=cfg.precision == "bf16"):
-            loss = masked_mean_loss(forward(self.model, batch, hooks, patterns), batch)
+            loss = masked_mean_loss(forward(self.model, batch, self.fwd_hooks, patterns), batch)
         objective = loss
         if cfg.l2:
             objective = loss + 0.5 * cfg.l2 * sum(p.pow(2).sum() for p in self.penalized)
@@ -284,7 +278,6 @@ def take_steps(
     steps: Sequence[int],
     *,
     fwd_hooks: Sequence[FwdHook] = (),
-    batch_hooks: BatchHooks | None = None,
     batch_patterns: BatchPatterns | None = None,
 ) -> list[float]:
     """Train `model` in place on `data`'s batches for `steps`, with a fresh
@@ -295,7 +288,7 @@ def take_steps(
     The update is `train`'s own (`Stepper`); the model is left in eval mode.
     """
     device = next(model.parameters()).device
-    stepper = Stepper(model, train_cfg, fwd_hooks, batch_hooks, batch_patterns)
+    stepper = Stepper(model, train_cfg, fwd_hooks, batch_patterns)
     model.train()
     losses = []
     for step in steps:
@@ -314,7 +307,6 @@ def train(
     evaluators: Mapping[str, Evaluator] | None = None,
     config_extra: Mapping[str, Any] | None = None,
     fwd_hooks: Sequence[FwdHook] = (),
-    batch_hooks: BatchHooks | None = None,
     batch_patterns: BatchPatterns | None = None,
     callbacks: Sequence[StepCallback] = (),
     stop_when: StopCondition | None = None,
@@ -355,7 +347,7 @@ def train(
         run = Run.create(run_dir, {**config, "device": str(device), "versions": versions()})
 
     model = build_model(model_cfg, device=device)
-    stepper = Stepper(model, train_cfg, fwd_hooks, batch_hooks, batch_patterns)
+    stepper = Stepper(model, train_cfg, fwd_hooks, batch_patterns)
     loss_sum, loss_count = 0.0, 0
     if resuming:
         load_model_state_dict(model, run.load_state_dict(start))
