@@ -26,8 +26,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from matplotlib.figure import Figure
 
 from interp.configs import require, require_positive
+from interp.metrics import drift, recovery
+from interp.viz import plot_curves, plot_trajectory
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,28 @@ class CyclicToyResult:
     losses: np.ndarray  # [epochs * n_tasks + 1, n_tasks], row 0 before training
     schedule: np.ndarray  # [epochs * n_tasks] task trained in each episode
     w_trajectory: np.ndarray  # [epochs * n_tasks, output_dim] w after each episode
+
+    @property
+    def recovery_by_epoch(self) -> np.ndarray:
+        """Recovery score, mean over tasks, in the gap after each epoch n = 1..epochs-1."""
+        return np.nanmean(recovery.recovery_scores(self.losses, self.schedule), axis=0)
+
+    def loss_figure(self) -> Figure:
+        """The loss on tasks 0 and T/2 after every episode, with the first epochs marked."""
+        n, episodes = self.losses.shape[1], np.arange(len(self.losses))
+        return plot_curves({f"task {t}": (episodes, self.losses[:, t]) for t in (0, n // 2)},
+                           title="Toy linear model: loss on two tasks", ylabel="loss", xlabel="episode",
+                           vlines={f"epoch {e + 1}": e * n for e in range(1, min(len(self.schedule) // n, 5))})
+
+    def recovery_figure(self) -> Figure:
+        return plot_curves({"toy model": (np.arange(1, len(self.recovery_by_epoch) + 1), self.recovery_by_epoch)},
+                           markers=True, title="Toy model: recovery score", ylabel="RS(n)", xlabel="epoch n")
+
+    def pca_figure(self) -> Figure:
+        """w over the last two epochs in its top-2 principal components, coloured by task."""
+        tail = 2 * self.losses.shape[1]
+        return plot_trajectory(drift.pca(self.w_trajectory[-tail:], 2)[0], colour_by=self.schedule[-tail:],
+                               colour_label="task", title="Toy model: w over the last two epochs (PCA)")
 
 
 def cyclic_toy(cfg: CyclicToyConfig) -> CyclicToyResult:
@@ -106,6 +131,28 @@ class CoopetitionToyResult:
     loss2: np.ndarray  # L2
     total: np.ndarray  # L
     norms: np.ndarray  # [records, 4]: |a|, |b|, |c|, |d|
+
+    def summary(self) -> dict[str, float | int]:
+        """L1 at its minimum (and when), and L1, L2, |a| and |d| at the end."""
+        best = int(np.argmin(self.loss1))
+        return {"loss1_min": float(self.loss1[best]), "loss1_min_step": int(self.steps[best]),
+                "loss1_final": float(self.loss1[-1]), "loss2_final": float(self.loss2[-1]),
+                "a_norm_final": float(self.norms[-1, 0]), "d_norm_final": float(self.norms[-1, 3])}
+
+    def describe(self, cfg: CoopetitionToyConfig) -> str:
+        """The run of `cfg` that gave these curves, in words, for reports."""
+        s = self.summary()
+        return (f"Coopetition toy (dims {cfg.dims}, alpha {cfg.alpha:g}, mu1 {cfg.mu1:g}, mu2 {cfg.mu2:g}, "
+                f"lr {cfg.lr:g}): L1 reaches {s['loss1_min']:.4f} at step {s['loss1_min_step']} and ends at "
+                f"{s['loss1_final']:.4f} while L2 ends at {s['loss2_final']:.2g} and |a| at {s['a_norm_final']:.2g}: "
+                "mechanism 1 is learned, then lost.")
+
+    def figure(self) -> Figure:
+        """L1 and L2 over the gradient steps, |a| and |d| on a second axis."""
+        return plot_curves(
+            {"L1 (mechanism 1, a b c)": (self.steps, self.loss1), "L2 (mechanism 2, d b c)": (self.steps, self.loss2)},
+            secondary={"|a|": (self.steps, self.norms[:, 0]), "|d|": (self.steps, self.norms[:, 3])},
+            secondary_label="factor norm", title="Coopetition toy model", ylabel="loss", xlabel="gradient step")
 
 
 def rank1_error(target: list[np.ndarray], factors: list[np.ndarray]) -> tuple[float, list[np.ndarray]]:

@@ -51,11 +51,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import environment, median, spread, table, write_result  # noqa: E402
 
 from interp.checkpoints import Run  # noqa: E402
+from interp.ids import hooks  # noqa: E402
 from interp.metrics.circuits import (  # noqa: E402
     induction_probe,
     induction_score,
     loss_probe,
-    pattern_hook,
     per_head,
     previous_token_probe,
     previous_token_score,
@@ -92,9 +92,9 @@ def naive_metric(key: str, model, batch, period: int) -> dict[str, float]:
     """One probe the naive way: a full cache of every hook, then the metric."""
     logits, cache = model.run_with_cache(batch["tokens"])
     if key == "prev":
-        out = per_head(previous_token_score(cache[pattern_hook(0)]), 0)
+        out = per_head(previous_token_score(cache[hooks.pattern(0)]), 0)
     elif key == "ind":
-        out = per_head(induction_score(cache[pattern_hook(1)], period), 1)
+        out = per_head(induction_score(cache[hooks.pattern(1)], period), 1)
     elif key == "loss":
         out = {"loss": float(token_losses(logits, batch)[scored_positions(batch)].mean())}
     else:

@@ -13,7 +13,7 @@ from interp.checkpoints import CheckpointError, Run
 from interp.configs import ConfigError
 from interp.model import ModelConfig, build_model
 from interp.probing import Probe, ProbeTable, probe
-from interp.train import TrainConfig, train
+from interp.train import TrainConfig, TrainHooks, train
 
 __all__ = [
     "CheckpointError",
@@ -23,6 +23,7 @@ __all__ = [
     "ProbeTable",
     "Run",
     "TrainConfig",
+    "TrainHooks",
     "build_model",
     "probe",
     "train",

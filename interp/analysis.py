@@ -1,74 +1,101 @@
-"""Registry and shared plumbing for analyses (one per phenomenon).
+"""The analysis contract, the registry and the one function that runs an analysis.
 
-An analysis module exposes an `Analysis` object and registers it under the
+An analysis module exposes an `Analysis` and registers it under the
 `interp.analyses` entry-point group in `pyproject.toml`; the CLI finds it there,
-so the library never imports `analyses`. Each analysis writes into one output
-directory: its training runs, `figures/*.png`, `results.json` and `report.md`.
+so the library never imports `analyses`, and only the analysis that is named is
+imported. An analysis supplies presets of its config (an `AnalysisConfig`),
+`measure` (trains its runs through `Context.train`, probes them, returns a typed
+results dataclass), `figures` (matplotlib figures with captions) and `report`
+(prose and tables that place the figures by key). `run_analysis` does the rest:
+it writes `analysis.json`, the figures, `report.md` and `results.json`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from importlib.metadata import entry_points
+from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
-import torch
+import numpy as np
 
-from interp.checkpoints import atomic_write_bytes, atomic_write_json
+from interp.checkpoints import atomic_write_json
 from interp.configs import to_dict, with_overrides
+from interp.ids import CheckpointRef, HeadId
 from interp.model import resolve_device
-from interp.parallel import Backend, LocalBackend
+from interp.parallel import Backend
+from interp.pipeline import AnalysisConfig, Context
+from interp.report import Figure, Report, write_figures
 
 ENTRY_POINT_GROUP = "interp.analyses"
 
+ConfigT = TypeVar("ConfigT", bound=AnalysisConfig)
+ResultsT = TypeVar("ResultsT")
 
-@dataclass(frozen=True)
-class RunOptions:
-    """`backend` runs an analysis's independent training runs (None: a local pool of
-    the analysis's `workers` processes)."""
 
-    device: torch.device
-    progress: bool = True
-    resume: bool = False
-    backend: Backend | None = None
-
-    def jobs(self, workers: int) -> Backend:
-        """The backend for independent jobs; on CUDA the local pool is one process."""
-        if self.backend is not None:
-            return self.backend
-        return LocalBackend(1 if self.device.type == "cuda" else workers)
+def detail(**kw: Any) -> Any:
+    """A results field that figures and reports read but `results.json` leaves out
+    (curves, grids, probe tables)."""
+    return field(default=None, repr=False, compare=False, metadata={"detail": True}, **kw)
 
 
 @dataclass(frozen=True)
-class Analysis:
-    """`run(config, out_dir, options)` trains, probes, plots and returns the
-    results dict (written to `results.json` by `run_analysis`). `headline` names
-    the results a sweep plots by default."""
+class Analysis(Generic[ConfigT, ResultsT]):
+    """`measure(config, context)` trains and measures; `figures(config, results, context)`
+    draws; `report(config, results)` writes the prose. `headline` names the results a
+    sweep plots by default."""
 
     name: str
     description: str
-    presets: Mapping[str, Any]
-    run: Callable[[Any, Path, RunOptions], dict[str, Any]]
+    presets: Mapping[str, ConfigT]
+    measure: Callable[[ConfigT, Context], ResultsT]
+    figures: Callable[[ConfigT, ResultsT, Context], Iterable[Figure]]
+    report: Callable[[ConfigT, ResultsT], Report]
     headline: tuple[str, ...] = ()
 
 
-def registry() -> dict[str, Analysis]:
-    found: dict[str, Analysis] = {}
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        analysis = ep.load()
-        found[analysis.name] = analysis
-    return dict(sorted(found.items()))
+class AnalysisImportError(ImportError):
+    """The module of a registered analysis could not be loaded."""
+
+
+def _entry_points() -> dict[str, EntryPoint]:
+    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def analysis_names() -> list[str]:
+    """Every registered analysis, without importing any of them."""
+    return sorted(_entry_points())
 
 
 def get_analysis(name: str) -> Analysis:
-    analyses = registry()
-    if name not in analyses:
-        raise KeyError(f"unknown analysis {name!r}; available: {sorted(analyses)}")
-    return analyses[name]
+    """The analysis registered as `name`; only its module is imported."""
+    found = _entry_points()
+    if name not in found:
+        raise KeyError(f"unknown analysis {name!r}; available: {sorted(found)}")
+    try:
+        analysis = found[name].load()
+    except Exception as err:  # noqa: BLE001 - any import failure is reported by name
+        raise AnalysisImportError(f"analysis {name!r} ({found[name].value}) failed to load: "
+                                  f"{type(err).__name__}: {err}") from err
+    if not isinstance(analysis, Analysis):
+        raise AnalysisImportError(f"analysis {name!r}: {found[name].value} is a {type(analysis).__name__}, "
+                                  "not an interp.analysis.Analysis")
+    return analysis
+
+
+def load_all() -> tuple[dict[str, Analysis], dict[str, str]]:
+    """Every registered analysis that loads, and for each one that does not, why."""
+    loaded, broken = {}, {}
+    for name in analysis_names():
+        try:
+            loaded[name] = get_analysis(name)
+        except AnalysisImportError as err:
+            broken[name] = str(err)
+    return loaded, broken
 
 
 def resolve_config(analysis: Analysis, preset: str, overrides: Mapping[str, Any]) -> Any:
@@ -87,19 +114,47 @@ def run_analysis(
     resume: bool = False,
     backend: Backend | None = None,
 ) -> dict[str, Any]:
-    """Run a registered analysis end to end; returns its results."""
+    """Run a registered analysis end to end; returns its results as written to `results.json`."""
     analysis = get_analysis(name)
     config = resolve_config(analysis, preset, overrides or {})
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    options = RunOptions(device=resolve_device(device), progress=progress, resume=resume, backend=backend)
+    context = Context(out, resolve_device(device), progress=progress, resume=resume, backend=backend,
+                      workers=config.workers)
     atomic_write_json(out / "analysis.json", {"analysis": name, "preset": preset, "config": to_dict(config)})
     started = time.perf_counter()
-    results = analysis.run(config, out, options)
-    results = json_safe({"analysis": name, "preset": preset, **results,
-                         "wall_seconds": round(time.perf_counter() - started, 1), "device": str(options.device)})
+    measured = analysis.measure(config, context)
+    figures = write_figures(analysis.figures(config, measured, context), out)
+    analysis.report(config, measured).write(out / "report.md", figures)
+    results = json_safe({"analysis": name, "preset": preset, **results_dict(measured),
+                         "wall_seconds": round(time.perf_counter() - started, 1), "device": str(context.device)})
     atomic_write_json(out / "results.json", results)
     return results
+
+
+def results_dict(results: Any) -> dict[str, Any]:
+    """The results dataclass as `results.json` holds it: nested dataclasses become
+    dicts, numpy values plain numbers and lists, `detail()` fields are left out."""
+    if not dataclasses.is_dataclass(results):
+        raise TypeError(f"results: expected a dataclass, got {type(results).__name__}")
+    return {f.name: _plain(getattr(results, f.name)) for f in dataclasses.fields(results)
+            if not f.metadata.get("detail")}
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, HeadId | CheckpointRef):  # identities are stored in their text form
+        return str(value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return results_dict(value)
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
 
 
 def json_safe(obj: Any) -> Any:
@@ -114,46 +169,5 @@ def json_safe(obj: Any) -> Any:
     return obj
 
 
-@dataclass
-class Report:
-    """Builds `report.md`: a title, prose, key-number tables and figures."""
-
-    title: str
-    lines: list[str] = field(default_factory=list)
-
-    def text(self, paragraph: str) -> Report:
-        self.lines += [paragraph, ""]
-        return self
-
-    def table(self, rows: Sequence[tuple[str, Any]], header: tuple[str, str] = ("quantity", "value")) -> Report:
-        self.lines += [f"| {header[0]} | {header[1]} |", "|---|---|"]
-        self.lines += [f"| {k} | {_fmt(v)} |" for k, v in rows]
-        self.lines.append("")
-        return self
-
-    def grid(self, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> Report:
-        """A table with any number of columns."""
-        self.lines += ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
-        self.lines += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows]
-        self.lines.append("")
-        return self
-
-    def figure(self, path: Path, root: Path, caption: str) -> Report:
-        self.lines += [f"![{caption}]({path.relative_to(root).as_posix()})", "", f"*{caption}*", ""]
-        return self
-
-    def figures(self, paths: Mapping[str, Path], root: Path, captions: Mapping[str, str]) -> Report:
-        """Every figure named in `captions`, in that order."""
-        for key, caption in captions.items():
-            self.figure(paths[key], root, caption)
-        return self
-
-    def write(self, path: Path) -> Path:
-        atomic_write_bytes(path, ("\n".join([f"# {self.title}", "", *self.lines]) + "\n").encode())
-        return path
-
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
+__all__ = ["Analysis", "AnalysisImportError", "Figure", "Report", "analysis_names", "detail", "get_analysis",
+           "load_all", "resolve_config", "results_dict", "run_analysis"]

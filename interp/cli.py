@@ -11,9 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
-from interp.analysis import get_analysis, registry, run_analysis
+from interp.analysis import get_analysis, load_all, run_analysis
 from interp.checkpoints import CheckpointError, Run
 from interp.configs import ConfigError, parse_overrides
+from interp.ids import HeadId
 from interp.metrics import circuits
 from interp.parallel import Backend, JobsFailed, LocalBackend, RayBackend
 from interp.probing import probe
@@ -35,9 +36,12 @@ def _find_runs(path: Path) -> list[Run]:
 
 
 def cmd_list(args: argparse.Namespace) -> None:
-    for name, analysis in registry().items():
+    loaded, broken = load_all()
+    for name, analysis in loaded.items():
         print(f"{name:24s} {analysis.description}")
         print(f"{'':24s} presets: {', '.join(analysis.presets)}")
+    for name, why in broken.items():
+        print(f"{name:24s} BROKEN: {why}")
 
 
 def cmd_run(args: argparse.Namespace) -> None:
@@ -154,15 +158,15 @@ def _plot_cached_probe(run: Run, cache: Path, fig_dir: Path, logx: bool) -> Path
     latest = (rows[-1]["probe"], rows[-1]["batch"])
     by_step = {r["step"]: r["values"] for r in rows if (r["probe"], r["batch"]) == latest}
     names = sorted(next(iter(by_step.values())))
-    if not all(n.startswith("L") and "H" in n for n in names):
+    if not all(HeadId.is_head(n) for n in names):
         return None
     cfg = run.model_config
     steps = np.array(sorted(by_step))
     grid = np.full((len(steps), cfg.n_layers, cfg.n_heads), np.nan)
     for i, step in enumerate(steps):
         for name, value in by_step[step].items():
-            layer, head = (int(x) for x in name[1:].split("H"))
-            grid[i, layer, head] = value
+            head = HeadId.parse(name)
+            grid[i, head.layer, head.head] = value
     title = f"{run.path.name}: {latest[0]}"
     return save_figure(plot_head_curves(grid, steps, title=title, logx=logx), fig_dir / f"probe_{cache.stem}.png")
 

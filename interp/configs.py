@@ -40,6 +40,14 @@ def require_choice(obj: Any, field: str, choices: tuple[str, ...]) -> None:
     require(value in choices, field, f"one of {choices}", value)
 
 
+def require_literals(obj: Any) -> None:
+    """Check every `Literal[...]`-typed field of a config (Python does not enforce them)."""
+    for name, annotation in _field_types(type(obj)).items():
+        if typing.get_origin(annotation) is typing.Literal:
+            choices = typing.get_args(annotation)
+            require(getattr(obj, name) in choices, name, f"one of {list(choices)}", getattr(obj, name))
+
+
 def to_dict(cfg: Any) -> dict[str, Any]:
     """A JSON-ready dict of a (possibly nested) dataclass config."""
     return dataclasses.asdict(cfg)
@@ -57,6 +65,10 @@ def _coerce(value: Any, annotation: Any, field: str) -> Any:
             return value
         require(isinstance(value, Mapping), field, f"a mapping for {annotation.__name__}", value)
         return from_dict(annotation, value, prefix=f"{field}.")
+    if origin is typing.Literal:
+        choices = typing.get_args(annotation)
+        require(value in choices, field, f"one of {list(choices)}", value)
+        return value
     if origin is tuple:
         if isinstance(value, str):
             value = [v for v in value.split(",") if v.strip()]

@@ -10,13 +10,17 @@ pass through a learned projection, `model.input_proj`, present when
 `ModelConfig.d_input > 0`. The bridge's own `parameters()`/`state_dict()` do not
 see modules attached to it, so use `trainable_parameters` and
 `model_state_dict`/`load_model_state_dict` from this module.
+
+The training fast path, `fused_forward`, runs the bridge's weights without its hook
+wrappers; `interp.bridge` finds them, and is the only module that reads TransformerLens
+internals (with a check of the installed version).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -25,7 +29,9 @@ from torch import Tensor, nn
 from transformer_lens.config import TransformerBridgeConfig
 from transformer_lens.model_bridge import TransformerBridge
 
-from interp.configs import require, require_choice, require_positive
+from interp.bridge import native_parts
+from interp.configs import require, require_literals, require_positive
+from interp.ids import hooks
 
 Batch = dict[str, Tensor]
 """Keys: `tokens` [batch, pos] (required); `targets` [batch, pos], the label the
@@ -40,10 +46,10 @@ Patterns = Sequence[Tensor | None]
 model's own, or None to keep it."""
 
 IGNORE_INDEX = -100
-NORMALIZATIONS = ("LN", "RMS", "none")
-POSITIONAL = ("standard", "rotary")
-ACTIVATIONS = ("gelu", "gelu_new", "relu", "silu")
-INIT_MODES = ("gpt2", "xavier_uniform", "xavier_normal", "kaiming_uniform", "kaiming_normal")
+Normalization = Literal["LN", "RMS", "none"]
+Positional = Literal["standard", "rotary"]
+Activation = Literal["gelu", "gelu_new", "relu", "silu"]
+InitMode = Literal["gpt2", "xavier_uniform", "xavier_normal", "kaiming_uniform", "kaiming_normal"]
 
 
 @dataclass(frozen=True)
@@ -63,10 +69,10 @@ class ModelConfig:
     d_vocab: int = 64
     n_ctx: int = 64
     attn_only: bool = False
-    activation: str = "gelu"
-    normalization: str = "LN"
-    positional: str = "standard"
-    init: str = "gpt2"
+    activation: Activation = "gelu"
+    normalization: Normalization = "LN"
+    positional: Positional = "standard"
+    init: InitMode = "gpt2"
     init_range: float = 0.0
     d_input: int = 0
     seed: int = 0
@@ -83,10 +89,7 @@ class ModelConfig:
                 f"a multiple of n_heads={self.n_heads} (or set d_head explicitly)",
                 self.d_model,
             )
-        require_choice(self, "activation", ACTIVATIONS)
-        require_choice(self, "normalization", NORMALIZATIONS)
-        require_choice(self, "positional", POSITIONAL)
-        require_choice(self, "init", INIT_MODES)
+        require_literals(self)
         require(self.init_range >= 0, "init_range", "a number >= 0", self.init_range)
         if self.positional == "rotary":
             require(self.head_dim % 2 == 0, "d_head", "an even head size for rotary", self.head_dim)
@@ -177,13 +180,6 @@ def load_model_state_dict(model: TransformerBridge, state: dict[str, Tensor]) ->
 # --- forward passes ---------------------------------------------------------
 
 
-def _raw(module: nn.Module) -> nn.Module:
-    """The plain torch module inside a bridge component (TL keeps it as
-    `_original_component`); the bridge wrappers add hook overhead that a
-    training step without hooks does not need."""
-    return getattr(module, "_original_component", module)
-
-
 def _embed(model: TransformerBridge, batch: Batch, token_embeddings: Tensor) -> Tensor:
     """Token embeddings with continuous vectors substituted where asked."""
     if "vectors" not in batch:
@@ -198,7 +194,7 @@ def input_hooks(model: TransformerBridge, batch: Batch) -> list[FwdHook]:
     """Hooks that make a bridge forward read the batch's continuous vectors."""
     if "vectors" not in batch:
         return []
-    return [("hook_embed", lambda act, hook: _embed(model, batch, act))]
+    return [(hooks.embed, lambda act, hook: _embed(model, batch, act))]
 
 
 def fused_forward(
@@ -227,23 +223,21 @@ def attention_patterns(model: TransformerBridge, batch: Batch) -> list[Float[Ten
 
 def _fused(model: TransformerBridge, batch: Batch, patterns: Patterns | None = None,
            record: list[Tensor] | None = None) -> Tensor:
-    native = model.original_model
+    parts = native_parts(model)
     tokens = batch["tokens"]
     n_batch, n_pos = tokens.shape
-    h = _embed(model, batch, _raw(native.tok_embed)(tokens))
-    if native.pos is not None:
-        h = h + _raw(native.pos).weight[:n_pos]
-    for layer, wrapped_block in enumerate(native.layers):
-        block = _raw(wrapped_block)
-        attn = _raw(block.attn)
-        x = _raw(block.ln1)(h)
-        q_lin, k_lin, v_lin = _raw(attn.q), _raw(attn.k), _raw(attn.v)
-        weight = torch.cat([q_lin.weight, k_lin.weight, v_lin.weight])
-        bias = torch.cat([q_lin.bias, k_lin.bias, v_lin.bias])
-        qkv = F.linear(x, weight, bias).view(n_batch, n_pos, 3, attn.n_heads, attn.d_head)
+    h = _embed(model, batch, parts.embed(tokens))
+    if parts.pos is not None:
+        h = h + parts.pos.weight[:n_pos]
+    for layer, block in enumerate(parts.blocks):
+        attn = block.attn
+        x = block.ln1(h)
+        weight = torch.cat([attn.q.weight, attn.k.weight, attn.v.weight])
+        bias = torch.cat([attn.q.bias, attn.k.bias, attn.v.bias])
+        qkv = F.linear(x, weight, bias).view(n_batch, n_pos, 3, parts.n_heads, parts.d_head)
         q, k, v = qkv.permute(2, 0, 3, 1, 4)
-        if attn.rotary is not None:
-            q, k = attn.rotary.apply_rope(q, k)
+        if attn.rope is not None:
+            q, k = attn.rope(q, k)
         if patterns is not None and patterns[layer] is not None:
             z = patterns[layer].to(v.dtype) @ v
         elif record is not None:
@@ -253,17 +247,15 @@ def _fused(model: TransformerBridge, batch: Batch, patterns: Patterns | None = N
             z = record[-1] @ v
         else:
             z = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=1.0 / attn.scale)
-        h = h + _raw(attn.o)(z.transpose(1, 2).reshape(n_batch, n_pos, -1))
-        if not block.cfg.attn_only:
-            mlp = _raw(block.mlp)
-            mid = mlp.act(_raw(mlp.fc_in)(_raw(block.ln2)(h)))
-            h = h + _raw(mlp.fc_out)(mid)
-    return _raw(native.head)(_raw(native.ln_out)(h))
+        h = h + attn.o(z.transpose(1, 2).reshape(n_batch, n_pos, -1))
+        if block.mlp is not None:
+            h = h + block.mlp.fc_out(block.mlp.act(block.mlp.fc_in(block.mlp.ln(h))))
+    return parts.unembed(parts.ln_final(h))
 
 
 def pattern_hooks(patterns: Patterns) -> list[FwdHook]:
     """Bridge hooks that replace each layer's attention pattern with the given one (None: keep)."""
-    return [(f"blocks.{layer}.attn.hook_pattern", lambda pattern, hook, fixed=fixed: fixed.to(pattern.dtype))
+    return [(hooks.pattern(layer), lambda pattern, hook, fixed=fixed: fixed.to(pattern.dtype))
             for layer, fixed in enumerate(patterns) if fixed is not None]
 
 

@@ -1,6 +1,6 @@
 """Attention-pattern patching during training (Zucchet et al. 2025's causal test).
 
-`pattern_patch(reference)` returns batch patterns for `train(..., batch_patterns=...)`:
+`pattern_patch(reference)` returns batch patterns for `train(..., hooks=TrainHooks(batch_patterns=...))`:
 at every step the reference model computes its attention patterns on the
 training batch, and the trained model uses them (detached) in place of its own.
 The trained model then learns everything but where to attend. The same patterns

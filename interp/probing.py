@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from transformer_lens.model_bridge import TransformerBridge
 
 from interp.checkpoints import Run, append_jsonl, read_jsonl
+from interp.ids import HeadId
 from interp.model import Batch, batch_to, input_hooks, resolve_device
 
 
@@ -69,8 +70,8 @@ class ProbeTable:
         """`[step, layer, head]` array of an `"L{l}H{h}"`-keyed probe (NaN where absent)."""
         grid = np.full((len(self.steps), n_layers, n_heads), np.nan)
         for name, column in zip(self.select(prefix).columns, self.select(prefix).values.T, strict=True):
-            layer, head = (int(x) for x in name[1:].split("H"))
-            grid[:, layer, head] = column
+            head = HeadId.parse(name)
+            grid[:, head.layer, head.head] = column
         return grid
 
     def to_rows(self) -> list[dict[str, float]]:

@@ -32,7 +32,7 @@ import time
 import traceback
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -149,7 +149,7 @@ def run_sweep(analysis: str, out: str | Path, preset: str = "quick", grid: Mappi
     points = grid_points(grid, seeds)
     spec = get_analysis(analysis)
     resolve_config(spec, preset, {})  # an unknown preset fails here, before any point runs
-    inner = {} if "workers" in grid else _single_worker(spec, preset)
+    inner = {} if "workers" in grid else {"workers": "1"}  # every AnalysisConfig declares it
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "sweep.json", {"analysis": analysis, "preset": preset, "grid": grid,
                                            "seeds": list(seeds), "device": device})
@@ -175,11 +175,6 @@ def run_sweep(analysis: str, out: str | Path, preset: str = "quick", grid: Mappi
     _write_table(out, table)
     summary_figures(out, table, grid, metrics or spec.headline)
     return table
-
-
-def _single_worker(spec: Any, preset: str) -> dict[str, str]:
-    config = spec.presets[preset]
-    return {"workers": "1"} if "workers" in {f.name for f in fields(config)} else {}
 
 
 def _row(point: SweepPoint, outcome: Mapping[str, Any], skipped: bool) -> dict[str, Any]:

@@ -20,20 +20,21 @@ import logging
 import math
 import platform
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import torch
-import transformer_lens
 from torch import Tensor
 from tqdm.auto import tqdm
 from transformer_lens.model_bridge import TransformerBridge
 
+from interp.bridge import installed_version
 from interp.checkpoints import CONFIG_FILE, Run
-from interp.configs import require, require_choice, require_positive, to_dict
+from interp.configs import require, require_literals, require_positive, to_dict
+from interp.ids import CheckpointRef
 from interp.model import (
     Batch,
     FwdHook,
@@ -51,9 +52,9 @@ from interp.model import (
 
 logger = logging.getLogger(__name__)
 
-OPTIMIZERS = ("adamw", "adam", "sgd")
-SCHEDULES = ("constant", "cosine")
-PRECISIONS = ("fp32", "bf16")
+Optimizer = Literal["adamw", "adam", "sgd"]
+Schedule = Literal["constant", "cosine"]
+Precision = Literal["fp32", "bf16"]
 
 
 class DataSource(Protocol):
@@ -96,7 +97,7 @@ class TrainConfig:
 
     steps: int = 1000
     batch_size: int = 32
-    optimizer: str = "adamw"
+    optimizer: Optimizer = "adamw"
     lr: float = 1e-3
     momentum: float = 0.0
     beta1: float = 0.9
@@ -105,11 +106,11 @@ class TrainConfig:
     l2: float = 0.0
     l2_only: tuple[str, ...] = ()
     decay_only: tuple[str, ...] = ()
-    schedule: str = "constant"
+    schedule: Schedule = "constant"
     warmup_steps: int = 0
     min_lr_ratio: float = 0.0
     grad_clip: float = 0.0
-    precision: str = "fp32"
+    precision: Precision = "fp32"
     log_every: int = 10
     eval_every: int = 0
     checkpoint_log: int = 10
@@ -123,9 +124,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         require_positive(self, "steps", "batch_size", "log_every")
         require(self.lr > 0, "lr", "a positive learning rate", self.lr)
-        require_choice(self, "optimizer", OPTIMIZERS)
-        require_choice(self, "schedule", SCHEDULES)
-        require_choice(self, "precision", PRECISIONS)
+        require_literals(self)
         for name in ("momentum", "weight_decay", "l2", "grad_clip"):
             value = getattr(self, name)
             require(value >= 0, name, "a number >= 0", value)
@@ -197,18 +196,18 @@ def step_generator(seed: int, step: int, stream: int = 0) -> torch.Generator:
 
 
 def parse_init_from(spec: str) -> tuple[Run, int]:
-    path, _, step = spec.partition("@")
-    parent = Run.open(path)
+    ref = CheckpointRef.parse(spec)
+    parent = Run.open(ref.run_dir)
     if not parent.steps:
-        raise ValueError(f"init_from: {path} has no checkpoints")
-    return parent, int(step) if step else parent.steps[-1]
+        raise ValueError(f"init_from: {ref.run_dir} has no checkpoints")
+    return parent, parent.steps[-1] if ref.step is None else ref.step
 
 
 def versions() -> dict[str, str]:
     return {
         "python": platform.python_version(),
         "torch": torch.__version__,
-        "transformer_lens": getattr(transformer_lens, "__version__", "unknown"),
+        "transformer_lens": installed_version(),
         "numpy": np.__version__,
     }
 
@@ -298,19 +297,113 @@ def take_steps(
     return losses
 
 
+@dataclass(frozen=True)
+class TrainHooks:
+    """Everything a caller plugs into `train`'s loop besides the data, in one value.
+
+    None of it is part of the run's identity (it is not written to `config.json`), so a
+    resumed call must pass the same hooks to continue the run it started.
+    """
+
+    evaluators: Mapping[str, Evaluator] = field(default_factory=dict)
+    """Named evaluators, run at step 0, every `eval_every` steps and at the last step;
+    each returned number is logged as `"<name>/<key>"`."""
+    callbacks: Sequence[StepCallback] = ()
+    """Called after every step, after that step's checkpoint (if any) is written, including
+    the step at which `stop_when` or `pause_when` ends the call."""
+    stop_when: StopCondition | None = None
+    """Asked after each evaluation before the last step; True ends the run there for good,
+    with a checkpoint (the learning-rate schedule stays that of `steps`, so a stopped
+    run is a prefix of the full one)."""
+    pause_when: StopCondition | None = None
+    """Like `stop_when`, but the run is not finished: `resume=True` continues it."""
+    fwd_hooks: Sequence[FwdHook] = ()
+    """TransformerLens forward hooks active in every training forward pass (not in evaluators)."""
+    batch_patterns: BatchPatterns | None = None
+    """Attention patterns used instead of the model's own in every training forward pass."""
+
+
+NO_HOOKS = TrainHooks()
+
+
+@dataclass(frozen=True)
+class RunStart:
+    """Where a call to `train` begins: the run directory, opened or created, and the
+    state an interrupted run left at its last checkpoint."""
+
+    run: Run
+    step: int
+    """Steps already taken: 0 for a new run, else the last checkpoint's step."""
+    resumed: bool
+    """The run existed (then step 0's evaluation and checkpoint are already written)."""
+    finished: bool
+    """Nothing is left to train: the last step was reached or `stop_when` ended the run."""
+    weights: dict[str, Tensor] | None = None
+    """Weights to load over the seeded initialization: the resumed checkpoint's or `init_from`'s."""
+    optimizer: dict[str, Any] | None = None
+    """The resumed optimizer state; None starts a fresh optimizer."""
+    # The running train-loss sum and count since the last log row, so a resumed log
+    # matches an uninterrupted one.
+    loss_sum: float = 0.0
+    loss_count: int = 0
+
+
+def open_run(
+    run_dir: str | Path,
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    config_extra: Mapping[str, Any],
+    *,
+    resume: bool,
+    device: torch.device,
+) -> RunStart:
+    """Create the run directory, or reopen it to resume; see `train` for the rules."""
+    config = _run_config(model_cfg, train_cfg, config_extra)
+    run = Run(run_dir)
+    if not (run.path.joinpath(CONFIG_FILE).exists() and run.steps):
+        run = Run.create(run_dir, {**config, "device": str(device), "versions": versions()})
+        weights = None
+        if train_cfg.init_from:
+            parent, parent_step = parse_init_from(train_cfg.init_from)
+            weights = parent.load_state_dict(parent_step)
+        return RunStart(run, step=0, resumed=False, finished=False, weights=weights)
+
+    if not resume:
+        raise FileExistsError(f"{run.path} already holds a run; resume it or choose another directory")
+    # Comparing what the config defines (not where it ran) refuses a resume with other settings,
+    # which would silently splice two different runs into one directory.
+    if _identity(run.config) != _identity(_json_roundtrip(config)):
+        raise ValueError(f"resume: the config differs from {run.path / CONFIG_FILE}; start a new run instead")
+    step = run.steps[-1]
+    if step >= train_cfg.steps:
+        return RunStart(run, step=step, resumed=True, finished=True)
+    state = run.load_training_state(step)
+    if state.get("stopped"):
+        return RunStart(run, step=step, resumed=True, finished=True)
+    # Rows logged after the last checkpoint describe steps that are about to be redone.
+    run.truncate_metrics(step)
+    logger.info("resuming %s from step %d", run.path, step)
+    return RunStart(run, step=step, resumed=True, finished=False, weights=run.load_state_dict(step),
+                    optimizer=state["optimizer"], loss_sum=state["loss_sum"], loss_count=state["loss_count"])
+
+
+def _evaluate(model: TransformerBridge, evaluators: Mapping[str, Evaluator]) -> dict[str, float]:
+    """One row of named evaluation numbers; the model is left in training mode."""
+    model.eval()
+    with torch.no_grad():
+        row = {f"{name}/{key}": float(v) for name, fn in evaluators.items() for key, v in fn(model).items()}
+    model.train()
+    return row
+
+
 def train(
     run_dir: str | Path,
     model_cfg: ModelConfig,
     train_cfg: TrainConfig,
     data: DataSource,
     *,
-    evaluators: Mapping[str, Evaluator] | None = None,
+    hooks: TrainHooks = NO_HOOKS,
     config_extra: Mapping[str, Any] | None = None,
-    fwd_hooks: Sequence[FwdHook] = (),
-    batch_patterns: BatchPatterns | None = None,
-    callbacks: Sequence[StepCallback] = (),
-    stop_when: StopCondition | None = None,
-    pause_when: StopCondition | None = None,
     resume: bool = False,
     device: str | torch.device | None = None,
     progress: bool = True,
@@ -322,51 +415,25 @@ def train(
     finished run is returned as is. Without it, a directory that already holds
     checkpoints is refused rather than overwritten.
 
-    `stop_when` ends the run early at an evaluation step, with a checkpoint
+    `hooks.stop_when` ends the run early at an evaluation step, with a checkpoint
     there; the learning-rate schedule is still the one of `train_cfg.steps`, so
     a stopped run is the prefix of the full one. A stopped run counts as finished.
-    `pause_when` ends this call the same way, but the run is not finished: a
+    `hooks.pause_when` ends this call the same way, but the run is not finished: a
     later call with `resume=True` continues it to `train_cfg.steps` (e.g. to
     use a checkpoint from just after a transition while the run goes on).
     """
     device = resolve_device(device)
-    evaluators = dict(evaluators or {})
-    config = _run_config(model_cfg, train_cfg, config_extra or {})
-    run = Run(run_dir)
-    start = 0
-    resuming = run.path.joinpath(CONFIG_FILE).exists() and bool(run.steps)
-    if resuming:
-        if not resume:
-            raise FileExistsError(f"{run.path} already holds a run; resume it or choose another directory")
-        if _identity(run.config) != _identity(_json_roundtrip(config)):
-            raise ValueError(f"resume: the config differs from {run.path / CONFIG_FILE}; start a new run instead")
-        start = run.steps[-1]
-        if start >= train_cfg.steps or run.load_training_state(start).get("stopped"):
-            return run
-    else:
-        run = Run.create(run_dir, {**config, "device": str(device), "versions": versions()})
-
+    start = open_run(run_dir, model_cfg, train_cfg, config_extra or {}, resume=resume, device=device)
+    run = start.run
+    if start.finished:
+        return run
     model = build_model(model_cfg, device=device)
-    stepper = Stepper(model, train_cfg, fwd_hooks, batch_patterns)
-    loss_sum, loss_count = 0.0, 0
-    if resuming:
-        load_model_state_dict(model, run.load_state_dict(start))
-        state = run.load_training_state(start)
-        if state["optimizer"] is not None:
-            stepper.optimizer.load_state_dict(state["optimizer"])
-        loss_sum, loss_count = state["loss_sum"], state["loss_count"]
-        run.truncate_metrics(start)
-        logger.info("resuming %s from step %d", run.path, start)
-    elif train_cfg.init_from:
-        parent, parent_step = parse_init_from(train_cfg.init_from)
-        load_model_state_dict(model, parent.load_state_dict(parent_step))
-
-    def evaluate(step: int) -> dict[str, float]:
-        model.eval()
-        with torch.no_grad():
-            row = {f"{name}/{key}": float(v) for name, fn in evaluators.items() for key, v in fn(model).items()}
-        model.train()
-        return row
+    if start.weights is not None:
+        load_model_state_dict(model, start.weights)
+    stepper = Stepper(model, train_cfg, hooks.fwd_hooks, hooks.batch_patterns)
+    if start.optimizer is not None:
+        stepper.optimizer.load_state_dict(start.optimizer)
+    loss_sum, loss_count = start.loss_sum, start.loss_count
 
     def checkpoint(step: int, stopped: bool = False) -> None:
         # The running train-loss average rides along so a resumed log matches an uninterrupted one.
@@ -379,47 +446,53 @@ def train(
                  "loss_sum": loss_sum, "loss_count": loss_count, "stopped": stopped}
         run.save_checkpoint(step, model, state)
 
-    schedule = set(checkpoint_schedule(train_cfg))
-    total = train_cfg.steps
-    pending: list[dict[str, Any]] = []
-    if not resuming:
-        if evaluators:
-            pending.append({"step": 0, **evaluate(0)})
-        run.log_metrics(pending)
-        pending = []
+    if not start.resumed:
+        run.log_metrics([{"step": 0, **_evaluate(model, hooks.evaluators)}] if hooks.evaluators else [])
         checkpoint(0)
 
+    total = train_cfg.steps
+    schedule = set(checkpoint_schedule(train_cfg))
+    # Rows wait here until the next checkpoint, so metrics.jsonl never runs ahead of the
+    # checkpoint a resumed run restarts from.
+    pending: list[dict[str, Any]] = []
     model.train()
-    bar = tqdm(total=total, initial=start, disable=not progress, desc=run.path.name, leave=False)
-    for step in range(start, total):
+    bar = tqdm(total=total, initial=start.step, disable=not progress, desc=run.path.name, leave=False)
+    for step in range(start.step, total):
         batch = batch_to(data.batch(step, train_cfg.batch_size, step_generator(train_cfg.seed, step)), device)
-        loss_value = stepper.step(step, batch)
-        lr = lr_at(train_cfg, step)
+        loss = stepper.step(step, batch)
         done = step + 1
-        loss_sum, loss_count = loss_sum + loss_value, loss_count + 1
+        bar.update(1)
+
+        # The logged train loss averages every step since the last log row, not just this one.
+        loss_sum, loss_count = loss_sum + loss, loss_count + 1
         row: dict[str, Any] = {}
         if done % train_cfg.log_every == 0 or done == total:
-            row.update({"train/loss": loss_sum / loss_count, "lr": lr})
+            row.update({"train/loss": loss_sum / loss_count, "lr": lr_at(train_cfg, step)})
             loss_sum, loss_count = 0.0, 0
             bar.set_postfix(loss=f"{row['train/loss']:.3f}")
+
+        # Stopping and pausing are decided on evaluations only; at the last step the run ends anyway.
         stop = pause = False
-        if evaluators and (done == total or (train_cfg.eval_every and done % train_cfg.eval_every == 0)):
-            evaluation = evaluate(done)
+        if hooks.evaluators and (done == total or (train_cfg.eval_every and done % train_cfg.eval_every == 0)):
+            evaluation = _evaluate(model, hooks.evaluators)
             row.update(evaluation)
-            stop = stop_when is not None and done < total and stop_when(done, evaluation)
-            pause = not stop and pause_when is not None and done < total and pause_when(done, evaluation)
+            if done < total:
+                stop = hooks.stop_when is not None and hooks.stop_when(done, evaluation)
+                pause = not stop and hooks.pause_when is not None and hooks.pause_when(done, evaluation)
         if row:
             pending.append({"step": done, **row})
+
+        # An early end takes a checkpoint too: it is where a stopped run ends, or a paused one resumes.
         if done in schedule or stop or pause:
             run.log_metrics(pending)
             pending = []
             checkpoint(done, stopped=stop)
-        bar.update(1)
+
+        for callback in hooks.callbacks:
+            callback(done, model, loss)
         if stop or pause:
             logger.info("%s: %s condition met at step %d", run.path, "stop" if stop else "pause", done)
             break
-        for callback in callbacks:
-            callback(done, model, loss_value)
     bar.close()
     run.log_metrics(pending)
     return run

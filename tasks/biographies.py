@@ -17,23 +17,27 @@ Batches carry, besides `tokens` and `loss_mask` (padding excluded):
 - `individual` [batch]: who the biography is about.
 
 `recall_masks` turns these into the position sets of the recall circuit's
-attention signatures, and `evaluate_attributes` scores a model on a batch
-(attribute loss and accuracy, confidence where a value is recalled).
+attention signatures, `recall_probes` measures those signatures, and
+`evaluate_attributes` scores a model on a batch (attribute loss and accuracy,
+confidence where a value is recalled).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
+from interp.checkpoints import Run
 from interp.configs import require, require_choice, require_positive
-from interp.metrics import spans
+from interp.metrics import circuits, spans
 from interp.model import Batch, FwdHook, Patterns, forward, token_losses
+from interp.probing import Probe, probe
 
 ATTRIBUTES = ("birth_date", "birth_city", "current_city", "university", "major", "company")
 SPECIAL = ("<pad>", "<bos>", ".")
@@ -149,6 +153,34 @@ def recall_masks(batch: Batch) -> Batch:
             "text": real & ~name, "last_name": last_name, "same_name": same_sentence & name[:, None, :] & not_self}
 
 
+RECALL_SIGNATURES = {
+    "attribute_to_name": "attention from the attribute query to the name",
+    "attribute_to_text": "attention from the attribute query to the other text",
+    "name_to_name": "attention from the last name token to the other name tokens",
+    "sharpness": "normalized attention entropy at the attribute query",
+}
+
+
+def recall_probes(layers: Sequence[int]) -> dict[str, Probe]:
+    """The recall circuit's attention signatures (`RECALL_SIGNATURES`) per head of `layers`,
+    on a batch with its `recall_masks`."""
+    return {"attribute_to_name": circuits.attention_mass_probe(layers, "attribute_query", "name"),
+            "attribute_to_text": circuits.attention_mass_probe(layers, "attribute_query", "text"),
+            "name_to_name": circuits.attention_mass_probe(layers, "last_name", "same_name"),
+            "sharpness": circuits.sharpness_probe(layers, "attribute_query")}
+
+
+def recall_signatures(run: Run, batch: Batch, device: torch.device | str | None = None) -> dict[str, Any]:
+    """Each of `RECALL_SIGNATURES` per layer (mean over heads) at every checkpoint of `run`,
+    on `batch`: `{"steps": [...], signature: {"layer<l>": [a value per step]}}`."""
+    shape = run.model_config.n_layers, run.model_config.n_heads
+    table = probe(run, recall_probes(range(shape[0])), {**batch, **recall_masks(batch)}, device=device)
+    out: dict[str, Any] = {"steps": table.steps.tolist()}
+    for name in RECALL_SIGNATURES:
+        grid = table.head_grid(name, *shape)
+        out[name] = {f"layer{layer}": grid[:, layer].mean(axis=1).tolist() for layer in range(shape[0])}
+    return out
+
 def evaluate_attributes(model, batch: Batch, fwd_hooks: Sequence[FwdHook] = (),
                         patterns: Patterns | None = None) -> dict[str, float]:
     """Attribute loss (summed over a value's tokens, averaged over attributes and
@@ -162,6 +194,13 @@ def evaluate_attributes(model, batch: Batch, fwd_hooks: Sequence[FwdHook] = (),
     return {"loss": float(losses.nanmean()), "accuracy": float(correct.nanmean()),
             **spans.confidence(logits, spans.span_start_positions(batch["attribute_of"]))}
 
+
+def attribute_evaluator(batch: Batch, device: torch.device | str,
+                        patterns: Callable[[Batch], Patterns] | None = None) -> Callable[[Any], dict[str, float]]:
+    """`evaluate_attributes` on `batch` as a training evaluator; with batch `patterns`
+    (e.g. `interp.patching.pattern_patch`) the model is evaluated with them, as trained."""
+    batch = {k: v.to(device) for k, v in batch.items()}
+    return lambda model: evaluate_attributes(model, batch, patterns=patterns(batch) if patterns else None)
 
 class Vocabulary:
     """Word-level tokenizer: a fixed list of words, saved with a run as JSON."""

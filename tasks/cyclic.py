@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import numpy as np
 import torch
@@ -23,8 +24,10 @@ from transformer_lens.model_bridge import TransformerBridge
 from interp.configs import require, require_choice, require_positive
 from interp.model import Batch, forward, token_losses
 
-ORDERS = ("cyclic", "shuffled", "partial")
-SOURCES = ("random", "markov")
+Order = Literal["cyclic", "shuffled", "partial"]
+Source = Literal["random", "markov"]
+ORDERS: tuple[Order, ...] = get_args(Order)
+SOURCES: tuple[Source, ...] = get_args(Source)
 
 
 @dataclass(frozen=True)
@@ -37,9 +40,9 @@ class CyclicDocumentsConfig:
     d_vocab: int = 2048
     epochs: int = 5
     steps_per_doc: int = 10
-    order: str = "cyclic"
+    order: Order = "cyclic"
     block: int = 5
-    source: str = "random"
+    source: Source = "random"
     branching: int = 4
     seed: int = 0
 
@@ -112,6 +115,10 @@ class CyclicDocuments:
             return {f"doc{i}": float(v) for i, v in enumerate(per_token.mean(dim=1))}
 
         return evaluate
+
+    def document_losses(self, model: TransformerBridge) -> np.ndarray:
+        """Mean token loss on every document, `[n_docs]` (the evaluator's numbers, in order)."""
+        return np.array(list(self.evaluator()(model).values()))
 
 
 class SingleDocument:

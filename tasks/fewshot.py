@@ -21,15 +21,19 @@ batch carries the position sets the circuit metrics need: `query_mask`,
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from interp.configs import require, require_positive
+from interp.metrics import circuits
 from interp.metrics.circuits import token_set_mass
-from interp.model import IGNORE_INDEX, Batch
+from interp.model import IGNORE_INDEX, Batch, batch_to, forward
+from interp.probing import Probe
 
 EVAL_KINDS = ("icl_novel", "icl_permuted", "iwl", "flip", "ciwl", "train")
 """- `icl_novel`: two held-out classes, each given a random label in context;
@@ -87,6 +91,13 @@ class FewShotConfig:
                 f"enough classes to fill {self.context_pairs} pairs without the query's label", self.n_classes)
         require(0 <= self.bursty_fraction <= 1, "bursty_fraction", "a fraction in [0, 1]", self.bursty_fraction)
         require(self.zipf_exponent >= 0, "zipf_exponent", "a number >= 0", self.zipf_exponent)
+
+    def describe(self) -> str:
+        """The task in words, for reports."""
+        return (f"{self.n_classes} classes with {self.labels} labels, {self.exemplars_per_class} exemplars per class, "
+                f"noise {self.noise:g}, dimension {self.dim}, {self.context_pairs} context pairs, burstiness "
+                f"{self.burstiness}, {self.bursty_fraction:g} of sequences bursty, "
+                f"Zipf exponent {self.zipf_exponent:g}")
 
     @property
     def labels(self) -> int:
@@ -220,6 +231,12 @@ class FewShot:
                 query_index = copy
         return self._assemble(classes, context_index, labels, query, query_index, answer)
 
+    def evaluators(self, n: int, generator: torch.Generator, device: torch.device) -> dict[str, Callable]:
+        """A trainer evaluator (`evaluate` on a fixed batch) for every evaluation set: `n` sequences
+        of each, drawn in the order of `EVAL_KINDS` from `generator`."""
+        batches = {kind: batch_to(self.evaluation(kind, n, generator), device) for kind in EVAL_KINDS}
+        return {kind: partial(evaluate, batch=batch) for kind, batch in batches.items()}
+
     def _iwl(self, n: int, generator: torch.Generator) -> Batch:
         cfg = self.cfg
         query = self._classes((n,), generator)
@@ -286,3 +303,27 @@ def context_label_mass(logits: Tensor, batch: Batch) -> float:
 
 def query_loss(logits: Tensor, batch: Batch) -> float:
     return float(F.cross_entropy(query_logits(logits), batch["answer"]))
+
+
+def evaluate(model, batch: Batch) -> dict[str, float]:
+    """Closed-class and full-vocabulary accuracy, in-context label mass and loss at the query."""
+    logits = forward(model, batch)
+    return {"closed": accuracy(logits, batch, closed=True), "full": accuracy(logits, batch, closed=False),
+            "label_mass": context_label_mass(logits, batch), "loss": query_loss(logits, batch)}
+
+
+HEAD_CIRCUITS = {
+    "prev_token": "corrected previous-token score at label positions",
+    "induction": "induction strength at the query (matching minus non-matching label attention)",
+    "label_attention": "attention from the query to all label positions",
+}
+"""The per-head circuit metrics of `circuit_probes`, described."""
+
+
+def circuit_probes(layers: Sequence[int]) -> dict[str, Probe]:
+    """Probes of the `HEAD_CIRCUITS` (per head of `layers`) and `label_mass`, the probability
+    on the labels in context."""
+    return {"prev_token": circuits.corrected_previous_token_probe(layers, "label_mask"),
+            "induction": circuits.induction_strength_probe(layers, "query_mask", "match_mask", "nonmatch_mask"),
+            "label_attention": circuits.attention_mass_probe(layers, "query_mask", "label_mask"),
+            "label_mass": circuits.token_set_mass_probe("query_mask", "context_labels")}

@@ -33,6 +33,7 @@ import torch
 
 from interp.configs import require, require_positive
 from interp.model import Batch
+from interp.replay import Replay
 
 DOMAINS = ("markov", "facts", "copy", "reverse", "arithmetic")
 SEP = len(DOMAINS)  # token ids 0..4 are the domain markers, 5 is SEP
@@ -132,6 +133,11 @@ class UpstreamCorpus:
         rows = torch.randint(0, self.cfg.corpus_size, (batch_size,), generator=generator)
         return {"tokens": self.sequences[rows]}
 
+    def domain_means(self, values: np.ndarray) -> dict[str, float]:
+        """The mean of per-pool-example `values` (e.g. losses) over each domain's examples in the pool."""
+        domains = self.domain_of[self.pool]
+        return {DOMAINS[d]: float(values[domains == d].mean()) for d in range(len(DOMAINS)) if (domains == d).any()}
+
 
 @dataclass(frozen=True)
 class TaskSpec:
@@ -209,3 +215,31 @@ class FineTuningTask:
         loss_mask = torch.zeros_like(tokens, dtype=torch.bool)
         loss_mask[:, self.prompt_len - 1 : -1] = True  # predictions of the answer tokens
         return {"tokens": tokens, "loss_mask": loss_mask}
+
+
+@dataclass(frozen=True)
+class FineTuningConfig:
+    """Task `spec` on the corpus of `upstream`, replaying that corpus's pool at
+    `replay_ratio` pool examples per task example (0: no replay), drawn with
+    `replay_weights` (None: uniformly) in orders seeded by `replay_seed`."""
+
+    upstream: UpstreamConfig
+    spec: TaskSpec
+    replay_ratio: float = 0.0
+    replay_weights: tuple[float, ...] | None = None
+    replay_seed: int = 0
+
+    def __post_init__(self) -> None:
+        require(0 <= self.replay_ratio <= 1, "replay_ratio", "a ratio in [0, 1] (0: no replay)", self.replay_ratio)
+        require(self.replay_weights is None or len(self.replay_weights) == self.upstream.pool_size, "replay_weights",
+                f"one weight per pool example ({self.upstream.pool_size})", f"{len(self.replay_weights or ())} weights")
+
+    def data(self) -> FineTuningTask | Replay:
+        """The data source: the task's batches, with replayed pool rows appended."""
+        corpus = UpstreamCorpus(self.upstream)
+        task = FineTuningTask(corpus.domains, self.spec)
+        if not self.replay_ratio:
+            return task
+        weights = None if self.replay_weights is None else np.asarray(self.replay_weights)
+        return Replay(task, {"tokens": corpus.sequences[corpus.pool]}, self.replay_ratio, weights,
+                      seed=self.replay_seed)

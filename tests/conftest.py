@@ -15,7 +15,7 @@ from helpers import RandomTokens, TrainedRun, fixed_tokens, snapshot, tiny_model
 
 from interp.checkpoints import Run
 from interp.model import build_model, fused_forward
-from interp.train import checkpoint_schedule, train
+from interp.train import TrainHooks, checkpoint_schedule, train
 
 # The models are tiny: intra-op threads only add contention (several times slower
 # on a busy 2-core machine) and make timings noisy.
@@ -41,7 +41,7 @@ def trained_run(tmp_path_factory) -> TrainedRun:
                 out.bridge_logits[done] = model(tokens).clone()
 
     capture(0, build_model(model_cfg, device="cpu"), float("nan"))  # step 0 = the seeded initialization
-    train(path, model_cfg, train_cfg, out.data, callbacks=[capture], device="cpu", progress=False)
+    train(path, model_cfg, train_cfg, out.data, hooks=TrainHooks(callbacks=[capture]), device="cpu", progress=False)
     return out
 
 

@@ -7,24 +7,17 @@ import json
 import numpy as np
 import pytest
 
-from analyses.anticipatory_recovery import (
-    PRESETS,
-    circular_offset_means,
-    lag_means,
-    model_config,
-    parse_size,
-    train_config,
-)
+from analyses.anticipatory_recovery import PRESETS, ModelSize, sweep_job
 from interp.analysis import run_analysis
 from interp.checkpoints import Run
 from interp.configs import ConfigError, with_overrides
 
 
 def test_parse_size():
-    assert parse_size("4x128") == (4, 128)
+    assert ModelSize.parse("4x128") == ModelSize(4, 128) and str(ModelSize(4, 128)) == "4x128"
     for bad in ("4", "x128", "4x", "0x8", "ax8", "4*128"):
         with pytest.raises(ValueError, match="sizes"):
-            parse_size(bad)
+            ModelSize.parse(bad)
 
 
 def test_config_validation_names_the_field():
@@ -43,26 +36,31 @@ def test_config_validation_names_the_field():
 
 def test_largest_smallest_and_reference_follow_parameter_cost():
     cfg = with_overrides(PRESETS["quick"], {"sizes": "4x128,1x8,2x64"})
-    assert (cfg.largest, cfg.smallest, cfg.reference) == ("4x128", "1x8", "4x128")
-    assert with_overrides(cfg, {"reference_size": "2x64"}).reference == "2x64"
+    assert (cfg.largest, cfg.smallest, cfg.reference) == (ModelSize(4, 128), ModelSize(1, 8), ModelSize(4, 128))
+    assert with_overrides(cfg, {"reference_size": "2x64"}).reference == ModelSize(2, 64)
+    assert cfg.model_sizes == (ModelSize(4, 128), ModelSize(1, 8), ModelSize(2, 64))
 
 
 def test_sizes_map_to_models_and_episodes_to_the_trainer():
     cfg = PRESETS["quick"]
-    model = model_config(cfg, "2x128", seed=3)
+    job = sweep_job(cfg, ModelSize(2, 128), "shuffled", 3, dense=True)
+    model, train = job.model, job.train
+    assert job.name == "2x128-shuffled-s3" and (job.task.order, job.task.seed) == ("shuffled", 3)
     assert (model.n_layers, model.d_model, model.n_heads, model.d_mlp, model.seed) == (2, 128, 2, 512, 3)
     assert (model.d_vocab, model.n_ctx) == (cfg.task.d_vocab, cfg.task.doc_len)
-    assert model_config(cfg, "1x8", seed=0).n_heads == 1
-    train = train_config(cfg, seed=3, every_episode=True)
+    sparse = sweep_job(cfg, ModelSize(1, 8), "cyclic", 0, dense=False)
+    assert sparse.model.n_heads == 1
     assert (train.steps, train.batch_size, train.episode_steps, train.checkpoint_every) == (1000, 1, 10, 10)
-    assert train.checkpoint_steps == (800,) and train_config(cfg, 0, False).checkpoint_every == 0
+    assert train.checkpoint_steps == (800,) and sparse.train.checkpoint_every == 0
 
 
-def test_offset_and_lag_means_known_values():
-    matrix = np.arange(9, dtype=float).reshape(3, 3)
-    # offset 1: (0,1),(1,2),(2,0) -> 1, 5, 6; offset 2: (0,2),(1,0),(2,1) -> 2, 3, 7
-    assert circular_offset_means(matrix).tolist() == [4.0, 4.0]
-    assert lag_means(matrix).tolist() == [4.0, 3.0, 2.0]
+def test_the_model_follows_the_task_and_train_holds_the_optimizer():
+    cfg = with_overrides(PRESETS["quick"], {"task.d_vocab": 100, "task.doc_len": 32, "train.lr": 0.05})
+    assert (cfg.model.d_vocab, cfg.model.n_ctx) == (100, 32)
+    job = sweep_job(cfg, ModelSize(1, 8), "cyclic", 0, dense=False)
+    assert (job.model.d_vocab, job.model.n_ctx) == (100, 32)
+    assert (job.train.optimizer, job.train.lr, job.train.reset_optimizer_each_episode) == ("adam", 0.05, True)
+    assert with_overrides(cfg, {"orders": "cyclic,shuffled,partial"}).orders == ("cyclic", "shuffled", "partial")
 
 
 def test_tiny_preset_end_to_end(tmp_path):

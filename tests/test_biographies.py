@@ -1,4 +1,4 @@
-"""tasks.biographies: population, templates, annotations, distributions and baseline."""
+"""tasks.biographies: population, templates, annotations, distributions, baseline, signatures and evaluation."""
 
 from __future__ import annotations
 
@@ -11,8 +11,22 @@ import torch
 
 from interp.configs import ConfigError
 from interp.metrics import spans
+from interp.model import ModelConfig
+from interp.patching import pattern_patch
 from interp.replay import Replay
-from tasks.biographies import ATTRIBUTES, Biographies, BiographiesConfig, Vocabulary, model_shape, recall_masks
+from interp.train import TrainConfig, train
+from tasks.biographies import (
+    ATTRIBUTES,
+    RECALL_SIGNATURES,
+    Biographies,
+    BiographiesConfig,
+    Vocabulary,
+    attribute_evaluator,
+    evaluate_attributes,
+    model_shape,
+    recall_masks,
+    recall_signatures,
+)
 
 CFG = BiographiesConfig(n_individuals=50, n_unseen=10, n_finetune=10, seed=3)
 TASK = Biographies(CFG)
@@ -150,3 +164,21 @@ def test_vocabulary_round_trip_and_model_shape(tmp_path):
     assert Vocabulary.load(tmp_path / "vocab.json").words == TASK.vocab.words
     assert model_shape(CFG) == (len(TASK.vocab), TASK.seq_len)
     assert model_shape(replace(CFG, n_individuals=7)) == model_shape(CFG)
+
+
+def test_recall_signatures_and_the_attribute_evaluator_on_a_short_run(tmp_path):
+    d_vocab, n_ctx = model_shape(CFG)
+    model_cfg = ModelConfig(n_layers=2, d_model=16, n_heads=2, d_vocab=d_vocab, n_ctx=n_ctx)
+    run = train(tmp_path / "run", model_cfg, TrainConfig(steps=2, batch_size=4, checkpoint_log=0), TASK,
+                device="cpu", progress=False)
+    batch = TASK.sample(TASK.trained[:3], np.random.default_rng(0), heldout=True)
+    signatures = recall_signatures(run, batch, device="cpu")
+    assert signatures["steps"] == [0, 2] and set(signatures) == {"steps", *RECALL_SIGNATURES}
+    for name in RECALL_SIGNATURES:
+        assert set(signatures[name]) == {"layer0", "layer1"}
+        assert all(0 <= v <= 1 for values in signatures[name].values() for v in values)
+    model = run.load(device="cpu")
+    assert attribute_evaluator(batch, "cpu")(model) == evaluate_attributes(model, batch)
+    # Patterns taken from the model itself change nothing.
+    assert attribute_evaluator(batch, "cpu", pattern_patch(model))(model) == pytest.approx(
+        evaluate_attributes(model, batch))

@@ -7,7 +7,6 @@ import json
 import numpy as np
 import pytest
 
-from analyses.induction_heads import phase_change
 from interp.cli import main
 
 
@@ -32,7 +31,7 @@ def test_run_writes_results_report_and_figures(tiny_out):
     assert (tiny_out / "report.md").read_text().startswith("# Induction heads")
     figures = {p.name for p in (tiny_out / "figures").glob("*.png")}
     assert {"loss_curves.png", "induction_scores.png", "prev_scores.png", "induction_grids.png"} <= figures
-    config = json.loads((tiny_out / "run" / "config.json").read_text())
+    config = json.loads((tiny_out / "runs" / "main" / "config.json").read_text())
     assert config["model"]["seed"] == 3 and config["train"]["seed"] == 3
 
 
@@ -44,7 +43,7 @@ def test_info_probe_plot(tiny_out, capsys, tmp_path):
     table = np.loadtxt(csv, delimiter=",", skiprows=1)
     assert table.shape[1] == 1 + 2  # step + two heads of layer 0
     assert main(["plot", str(tiny_out)]) == 0
-    assert (tiny_out / "run" / "figures" / "metrics_train.png").exists()
+    assert (tiny_out / "runs" / "main" / "figures" / "metrics_train.png").exists()
 
 
 def test_list_names_the_analysis(capsys):
@@ -73,12 +72,3 @@ def test_bad_input_gives_a_named_error(argv, message, capsys, tmp_path):
 def test_probe_rejects_a_layer_out_of_range(tiny_out, capsys):
     assert main(["probe", str(tiny_out), "induction", "--layers", "5"]) == 2
     assert "--layers" in capsys.readouterr().err
-
-
-def test_phase_change_on_a_known_curve():
-    steps = np.arange(0, 1001, 10)
-    loss = np.where(steps < 600, 4.0, 1.0)
-    loss[0] = 5.0
-    step, before, after = phase_change(steps, loss)
-    assert (step, before, after) == (600, 4.0, 1.0)
-    assert phase_change(steps, np.full(len(steps), 4.0))[0] is None

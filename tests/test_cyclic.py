@@ -10,7 +10,8 @@ import torch
 from helpers import tiny_model_config
 
 from interp.configs import ConfigError
-from interp.train import TrainConfig, train
+from interp.model import build_model
+from interp.train import TrainConfig, TrainHooks, train
 from tasks.cyclic import CyclicDocuments, CyclicDocumentsConfig, loss_matrix
 
 SMALL = dict(n_docs=6, doc_len=8, d_vocab=11, epochs=3, steps_per_doc=2)
@@ -75,7 +76,7 @@ def test_episodic_training_yields_a_full_loss_matrix(tmp_path):
     model_cfg = dataclasses.replace(tiny_model_config(), d_vocab=cfg.d_vocab, n_ctx=cfg.doc_len)
     train_cfg = TrainConfig(steps=cfg.total_steps, batch_size=1, optimizer="adam", lr=1e-2, episode_steps=2,
                             reset_optimizer_each_episode=True, eval_every=2, checkpoint_log=0)
-    run = train(tmp_path / "run", model_cfg, train_cfg, task, evaluators={"docs": task.evaluator()},
+    run = train(tmp_path / "run", model_cfg, train_cfg, task, hooks=TrainHooks(evaluators={"docs": task.evaluator()}),
                 device="cpu", progress=False)
     losses = loss_matrix(run.metrics(), cfg.n_docs, cfg.steps_per_doc)
     assert losses.shape == (cfg.epochs * cfg.n_docs + 1, cfg.n_docs)
@@ -93,3 +94,14 @@ def test_only_serves_one_document_at_every_step():
         assert torch.equal(batch["tokens"], data.documents[2].expand(3, -1))
     with pytest.raises(ValueError, match="doc"):
         data.only(4)
+
+
+def test_document_losses_are_the_evaluator_numbers_in_order():
+    cfg = CyclicDocumentsConfig(**SMALL)
+    task = CyclicDocuments(cfg)
+    model = build_model(dataclasses.replace(tiny_model_config(), d_vocab=cfg.d_vocab, n_ctx=cfg.doc_len), "cpu")
+    with torch.no_grad():
+        losses = task.document_losses(model)
+        expected = task.evaluator()(model)
+    assert losses.shape == (cfg.n_docs,)
+    np.testing.assert_allclose(losses, [expected[f"doc{i}"] for i in range(cfg.n_docs)])

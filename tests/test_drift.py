@@ -6,7 +6,19 @@ import numpy as np
 import pytest
 import torch
 
-from interp.metrics.drift import cosine_matrix, flatten_state, pca, window_residuals
+from interp.ids import hooks
+from interp.metrics.drift import (
+    activation_cosine,
+    cosine_matrix,
+    flatten_state,
+    gradient_cosines,
+    lag_means,
+    pca,
+    residual_cosine,
+    weight_trajectory,
+    window_residuals,
+)
+from interp.probing import collect_activations
 
 
 def test_flatten_state_concatenates_in_key_order_or_as_asked():
@@ -76,3 +88,44 @@ def test_pca_recovers_a_planar_circle():
 def test_pca_bad_components():
     with pytest.raises(ValueError, match="n_components"):
         pca(np.zeros((3, 5)), 4)
+
+
+def test_lag_means_known_values():
+    matrix = np.arange(9, dtype=float).reshape(3, 3)
+    assert lag_means(matrix).tolist() == [4.0, 3.0, 2.0]
+
+
+def test_weight_trajectory_stacks_flattened_checkpoints(trained_run):
+    run = trained_run.run
+    rows = weight_trajectory(run, [0, 4, 8])
+    assert rows.dtype == np.float32 and rows.shape[0] == 3
+    np.testing.assert_array_equal(rows[1], flatten_state(run.load_state_dict(4)))
+    unembed = weight_trajectory(run, [2, 6], ["unembed.weight"])
+    np.testing.assert_array_equal(unembed[1], flatten_state(run.load_state_dict(6), ["unembed.weight"]))
+    with pytest.raises(ValueError, match="steps"):
+        weight_trajectory(run, [])
+
+
+def test_gradient_cosines_of_repeated_and_distinct_batches(trained_run):
+    model = trained_run.run.load(8, device="cpu")
+    tokens = trained_run.tokens
+    batches = [{"tokens": tokens[:1]}, {"tokens": tokens[:1]}, {"tokens": tokens[1:2]}]
+    params = list(model.blocks[0].attn.parameters())
+    cos = gradient_cosines(model, batches, params)
+    assert cos.shape == (3, 3)
+    np.testing.assert_allclose(np.diag(cos), 1.0, atol=1e-6)
+    assert cos[0, 1] == pytest.approx(1.0, abs=1e-6)  # the same batch twice
+    assert cos[0, 2] < 1 - 1e-3
+    np.testing.assert_allclose(cos, cos.T)
+
+
+def test_residual_and_activation_cosines_of_a_run(trained_run):
+    run, steps = trained_run.run, [0, 2, 4, 6, 8]
+    residual = residual_cosine(run, steps, 1)
+    np.testing.assert_allclose(residual, cosine_matrix(window_residuals(weight_trajectory(run, steps), 1)))
+    assert residual.shape == (3, 3)
+    batch = {"tokens": trained_run.tokens}
+    acts = activation_cosine(run, hooks.final_norm, batch, steps, device="cpu")
+    expected = collect_activations(run, hooks.final_norm, batch, steps, device="cpu").reshape(len(steps), -1)
+    np.testing.assert_allclose(acts, cosine_matrix(expected))
+    np.testing.assert_allclose(np.diag(acts), 1.0, atol=1e-6)

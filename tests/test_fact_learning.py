@@ -1,4 +1,4 @@
-"""analyses.fact_learning: the power-law fit, config validation and a smoke run of the tiny preset."""
+"""analyses.fact_learning: patch references, the plateau window, config checks and a smoke run of the tiny preset."""
 
 from __future__ import annotations
 
@@ -7,19 +7,12 @@ import json
 import numpy as np
 import pytest
 
-from analyses.fact_learning import PRESETS, SEEN, left_plateau_step, patch_references, plateau_window, power_law_fit
+from analyses.fact_learning import PRESETS, SEEN, left_plateau_step, patch_references, plateau_window
 from interp.analysis import run_analysis
 from interp.checkpoints import Run
 from interp.configs import ConfigError, with_overrides
+from interp.ids import CheckpointRef
 from tasks.biographies import model_shape
-
-
-def test_power_law_fit_recovers_a_known_law():
-    ns = np.array([250.0, 1000.0, 4000.0])
-    fit = power_law_fit(ns, 0.43 * ns**0.81)
-    assert fit["exponent"] == pytest.approx(0.81) and fit["prefactor"] == pytest.approx(0.43)
-    assert fit["r2"] == pytest.approx(1.0)
-    assert power_law_fit(ns[:1], ns[:1]) is None
 
 
 class _LossCurve:
@@ -103,6 +96,9 @@ def test_tiny_preset_end_to_end(tmp_path):
     assert (main.path / "vocab.json").exists()
     finetuned = Run.open(tmp_path / "runs" / "finetune-none")
     assert finetuned.config["init_from"]["step"] == cfg.train.steps
+    assert finetuned.config["task"]["type"] == "BiographiesConfig"
+    patched = Run.open(tmp_path / "runs" / "patch-after")
+    assert CheckpointRef.parse(patched.config["patch_from"]) == CheckpointRef.of(main.path, cfg.train.steps)
     again = run_analysis("fact-learning", tmp_path, preset="tiny", progress=False, resume=True)
     assert again["final_loss"] == results["final_loss"]  # finished runs are reused as they are
 
@@ -113,14 +109,14 @@ def test_a_failing_run_leaves_the_others_finished_and_resume_repeats_only_it(tmp
     import analyses.fact_learning as fact_learning
     from interp.parallel import JobsFailed
 
-    real_run_job = fact_learning.run_job
+    real_setup = fact_learning.setup_job
 
-    def alpha_fails(job):
-        if job.kind == "alpha":
+    def alpha_fails(job, device):
+        if job.params.kind == "alpha":
             raise RuntimeError("simulated crash")
-        return real_run_job(job)
+        return real_setup(job, device)
 
-    monkeypatch.setattr(fact_learning, "run_job", alpha_fails)
+    monkeypatch.setattr(fact_learning, "setup_job", alpha_fails)
     with pytest.raises(JobsFailed, match=r"1 of 4 jobs failed .*alpha0\.5: RuntimeError: simulated crash"):
         run_analysis("fact-learning", tmp_path, preset="tiny", progress=False)
     cfg = PRESETS["tiny"]
@@ -128,7 +124,22 @@ def test_a_failing_run_leaves_the_others_finished_and_resume_repeats_only_it(tmp
     assert all(run.steps[-1] == cfg.train.steps for run in finished.values())
     mtimes = {name: (run.path / "metrics.jsonl").stat().st_mtime_ns for name, run in finished.items()}
 
-    monkeypatch.setattr(fact_learning, "run_job", real_run_job)
+    monkeypatch.setattr(fact_learning, "setup_job", real_setup)
     results = run_analysis("fact-learning", tmp_path, preset="tiny", progress=False, resume=True)
     assert [r["alpha"] for r in results["alpha_sweep"]] == [0.0, *cfg.alphas]
     assert {name: (run.path / "metrics.jsonl").stat().st_mtime_ns for name, run in finished.items()} == mtimes
+
+
+def test_the_main_run_pauses_after_its_plateau_and_continues_beside_the_patching_runs(tmp_path, monkeypatch):
+    """With a baseline the tiny run's loss falls below, the main run pauses at its first
+    evaluation 0.2 under it (step 8), patches from there, and then trains to its end."""
+    import tasks.biographies
+
+    monkeypatch.setattr(tasks.biographies.Biographies, "baseline", lambda self: 7.2)  # seen loss 7.07 .. 6.94
+    results = run_analysis("fact-learning", tmp_path, preset="tiny", overrides={"pause_below": 0.2}, progress=False)
+    assert [(r["reference"], r["reference_step"]) for r in results["patching"]] == [
+        ("before", 0), ("inside", 4), ("after", 8)]
+    assert Run.open(tmp_path / "runs" / "main").steps == [0, 4, 8, 12]
+    # The plateau "ends" at once: sweep and patching runs stop when the smoothing window after it is complete.
+    assert [r["last_step"] for r in results["patching"]] == [8, 8, 8]
+    assert [r["last_step"] for r in results["plateau_by_n"]] == [8, 12]

@@ -7,8 +7,18 @@ import pytest
 import torch
 
 from interp.configs import ConfigError
-from interp.model import IGNORE_INDEX
-from tasks.fewshot import EVAL_KINDS, FewShot, FewShotConfig, accuracy, context_label_mass
+from interp.model import IGNORE_INDEX, ModelConfig, build_model, forward
+from interp.probing import run_probes
+from tasks.fewshot import (
+    EVAL_KINDS,
+    HEAD_CIRCUITS,
+    FewShot,
+    FewShotConfig,
+    accuracy,
+    circuit_probes,
+    context_label_mass,
+    evaluate,
+)
 
 CFG = FewShotConfig(n_classes=40, n_heldout_classes=8, n_labels=10, exemplars_per_class=6, dim=8, context_pairs=4,
                     burstiness=2)
@@ -109,6 +119,27 @@ def test_closed_and_full_accuracy_and_label_mass_on_hand_built_logits():
     mass = context_label_mass(logits, batch)
     expected = torch.tensor(4.0).exp() / (torch.tensor(4.0).exp() + torch.tensor(5.0).exp())
     assert mass == pytest.approx(float(expected), abs=1e-3)
+
+
+def test_evaluators_score_one_fixed_batch_per_evaluation_set():
+    task = FewShot(CFG)
+    model = build_model(ModelConfig(n_layers=2, d_model=16, n_heads=2, d_vocab=CFG.d_vocab, n_ctx=CFG.n_ctx,
+                                    d_input=CFG.dim), device="cpu").eval()
+    evaluators = task.evaluators(8, gen(3), torch.device("cpu"))
+    assert list(evaluators) == list(EVAL_KINDS)
+    generator = gen(3)
+    batches = {kind: task.evaluation(kind, 8, generator) for kind in EVAL_KINDS}
+    with torch.no_grad():
+        for kind, evaluator in evaluators.items():
+            logits, scores = forward(model, batches[kind]), evaluator(model)
+            assert scores == evaluate(model, batches[kind])
+            assert scores["closed"] == accuracy(logits, batches[kind], closed=True)
+            assert scores["full"] == accuracy(logits, batches[kind], closed=False)
+            assert set(scores) == {"closed", "full", "label_mass", "loss"}
+    values = run_probes(model, circuit_probes([0, 1]), batches["icl_novel"])
+    assert set(values) == {f"{name}/L{layer}H{head}" for name in HEAD_CIRCUITS for layer in (0, 1)
+                           for head in (0, 1)} | {"label_mass/mass"}
+    assert CFG.describe().startswith("40 classes with 10 labels, 6 exemplars per class")
 
 
 @pytest.mark.parametrize(("field", "value"), [("context_pairs", 5), ("burstiness", 3), ("n_labels", 3),

@@ -1,4 +1,4 @@
-"""tasks.forgetting: domain structure, corpus splits and fine-tuning tasks."""
+"""tasks.forgetting: domain structure, corpus splits, fine-tuning tasks and their replay."""
 
 from __future__ import annotations
 
@@ -7,10 +7,12 @@ import pytest
 import torch
 
 from interp.configs import ConfigError
+from interp.replay import Replay
 from tasks.forgetting import (
     DOMAINS,
     FIRST_CONTENT,
     SEP,
+    FineTuningConfig,
     FineTuningTask,
     TaskFamilyConfig,
     TaskSpec,
@@ -90,3 +92,30 @@ def test_bad_task_family_config_names_the_field():
         TaskFamilyConfig(strength_range=(0.5, 0.2))
     with pytest.raises(ConfigError, match="domain_concentration"):
         TaskFamilyConfig(domain_concentration=0.0)
+
+
+def test_domain_means_average_pool_values_by_domain():
+    values = np.arange(CFG.pool_size, dtype=float)
+    domains = CORPUS.domain_of[CORPUS.pool]
+    means = CORPUS.domain_means(values)
+    assert set(means) == {DOMAINS[d] for d in np.unique(domains)}
+    assert means["markov"] == pytest.approx(values[domains == 0].mean())
+
+
+def test_fine_tuning_config_serves_the_task_with_replay_only_when_asked():
+    spec = task_specs(TaskFamilyConfig(n_tasks=1))[0]
+    generator = torch.Generator().manual_seed(0)
+    plain = FineTuningConfig(CFG, spec).data()
+    assert isinstance(plain, FineTuningTask) and plain.batch(0, 8, generator)["tokens"].shape[0] == 8
+    replayed = FineTuningConfig(CFG, spec, replay_ratio=0.5, replay_seed=3).data()
+    batch = replayed.batch(0, 8, torch.Generator().manual_seed(0))
+    assert isinstance(replayed, Replay) and batch["tokens"].shape[0] == 12
+    assert batch["loss_mask"][8:].all() and not batch["loss_mask"][:8, 0].any()  # pool rows: every position scored
+    first = np.zeros(CFG.pool_size)
+    first[7] = 1.0
+    weighted = FineTuningConfig(CFG, spec, 0.125, tuple(first), replay_seed=3).data()
+    assert weighted.replayed(0, 8).tolist() == [7]
+    with pytest.raises(ConfigError, match="replay_weights"):
+        FineTuningConfig(CFG, spec, 0.5, (1.0, 2.0))
+    with pytest.raises(ConfigError, match="replay_ratio"):
+        FineTuningConfig(CFG, spec, 1.5)

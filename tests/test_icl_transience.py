@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 
-from analyses.icl_transience import PRESETS, induction_heads
+from analyses.icl_transience import PRESETS
 from interp.analysis import run_analysis
 from interp.checkpoints import Run
 from interp.configs import ConfigError, with_overrides
 
 
 @pytest.mark.parametrize("key, value, field", [
-    ("model.d_vocab", 10, "model.d_vocab"), ("model.n_ctx", 4, "model.n_ctx"), ("model.d_input", 3, "model.d_input"),
     ("model.n_layers", 1, "model.n_layers"), ("train.eval_every", 0, "train.eval_every"),
     ("l2_sweep", "0", "l2_sweep"), ("icl_kind", "iwl", "icl_kind"), ("induction_threshold", 0, "induction_threshold"),
 ])
@@ -28,14 +26,15 @@ def test_l2_sweep_must_not_repeat_the_main_run():
         with_overrides(PRESETS["quick"], {"train.l2": 1e-4, "l2_sweep": "1e-4,1e-3"})
 
 
-def test_induction_heads_are_the_strong_heads_above_layer_zero():
-    strength = np.array([[0.9, 0.0, 0.0], [0.1, 0.5, 0.35], [0.31, 0.2, 0.0]])
-    assert induction_heads(strength, 0.3) == [(1, 1), (1, 2), (2, 0)]  # layer 0's 0.9 is not eligible
-    assert induction_heads(strength, 0.6) == [(1, 1)]  # none reaches it: the strongest alone
+def test_the_model_follows_the_task():
+    cfg = with_overrides(PRESETS["quick"], {"model.d_vocab": 10, "model.n_ctx": 4, "model.d_input": 3})
+    assert (cfg.model.d_vocab, cfg.model.n_ctx, cfg.model.d_input) == (cfg.data.d_vocab, cfg.data.n_ctx, cfg.data.dim)
+    cfg = with_overrides(PRESETS["quick"], {"data.n_labels": 40, "data.context_pairs": 4, "data.dim": 16})
+    assert (cfg.model.d_vocab, cfg.model.n_ctx, cfg.model.d_input) == (41, 9, 16)
 
 
 class Recording:
-    """An in-process backend that remembers the jobs it ran."""
+    """An in-process backend that remembers the launches (`.name`, `.job`) it ran."""
 
     def __init__(self):
         self.jobs = []
@@ -51,8 +50,11 @@ def test_tiny_preset_end_to_end(tmp_path):
     backend = Recording()
     results = run_analysis("icl-transience", tmp_path, preset="tiny", progress=False, backend=backend)
     cfg = PRESETS["tiny"]
-    assert [job.name for job in backend.jobs] == ["main", *(f"l2-{lam:g}" for lam in cfg.l2_sweep), "control",
-                                                  "no-decay"]
+    assert [launch.name for launch in backend.jobs] == ["main", *(f"l2-{lam:g}" for lam in cfg.l2_sweep), "control",
+                                                        "no-decay"]
+    jobs = {launch.name: launch.job for launch in backend.jobs}
+    assert jobs["l2-0.001"].train.l2 == 0.001 and jobs["l2-0.001"].train.l2_only == cfg.l2_only
+    assert jobs["control"].task.query_copies_context and not jobs["main"].task.query_copies_context
     assert Run.open(tmp_path / "runs" / "no-decay").config["train"]["weight_decay"] == 0
     for key in ("icl_peak", "icl_peak_step", "icl_final", "iwl_final", "train_loss_first", "train_loss_final",
                 "circuits_at_peak", "circuits_final", "ablation_at_peak", "negative_control", "no_decay_control",
@@ -74,4 +76,4 @@ def test_tiny_preset_end_to_end(tmp_path):
     assert all(f"figures/{name}" in report for name in figures)
     main = Run.open(tmp_path / "runs" / "main")
     assert main.steps == [0, 4, 8]
-    assert Run.open(tmp_path / "runs" / "control").config["fewshot"]["query_copies_context"] is True
+    assert Run.open(tmp_path / "runs" / "control").config["task"]["query_copies_context"] is True

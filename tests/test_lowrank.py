@@ -1,11 +1,16 @@
-"""interp.metrics.lowrank on matrices of known structure, against closed-form answers."""
+"""interp.metrics.lowrank on matrices of known structure, against closed-form answers, and its model measurements."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
+from helpers import tiny_model_config
 
+from interp.ids import hooks
 from interp.metrics import lowrank as lr
+from interp.model import build_model
+from interp.replay import softmax_weights
 
 RNG = np.random.default_rng(0)
 A, B = RNG.uniform(0.5, 2.0, 12), RNG.normal(size=80)
@@ -150,3 +155,85 @@ def test_similarity_predictor_fits_a_linear_map_and_row_offsets():
     z[[2, 7]] += np.array([[0.5], [-1.0]])  # test rows carry their own offsets, learned from revealed entries
     scores = lr.evaluate_completion(z, [2, 7], revealed=5, predictors={"sim": lr.similarity_predictor(similarity)})
     assert scores["sim"]["rmse"] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_example_losses_average_each_sequences_token_losses_in_batches():
+    model = build_model(tiny_model_config(), device="cpu")
+    tokens = torch.randint(0, 11, (5, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        logits = model(tokens)
+    expected = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), tokens[:, 1:], reduction="none")
+    assert lr.example_losses(model, tokens, batch_size=2) == pytest.approx(expected.mean(1).numpy(), abs=1e-5)
+
+
+def test_pooled_representations_are_one_position_averaged_row_per_sequence():
+    model = build_model(tiny_model_config(), device="cpu")
+    tokens = torch.randint(0, 11, (3, 12), generator=torch.Generator().manual_seed(1))
+    pooled = lr.pooled_representations(model, tokens)
+    _, cache = model.run_with_cache(tokens[:1], names_filter=[hooks.final_norm])
+    assert pooled.shape == (3, model.cfg.d_model)
+    assert pooled[0] == pytest.approx(cache[hooks.final_norm][0].mean(0).detach().numpy(), abs=1e-5)
+
+
+def test_row_cosines_known_values():
+    a, b = np.array([[1.0, 0.0], [1.0, 1.0]]), np.array([[2.0, 0.0], [0.0, 3.0], [-1.0, -1.0]])
+    assert lr.row_cosines(a, b) == pytest.approx(np.array([[1, 0, -0.5**0.5], [0.5**0.5, 0.5**0.5, -1]]))
+
+
+def test_mean_ci_is_the_t_interval_and_zero_for_one_value():
+    mean, half = lr.mean_ci(np.array([1.0, 2.0, 3.0]))
+    assert (mean, half) == pytest.approx((2.0, 4.302653 / 3**0.5), rel=1e-6)  # t(0.975, 2) x sd 1 / sqrt(3)
+    assert lr.mean_ci([4.0]) == (4.0, 0.0)
+
+
+def test_completion_predictors_include_the_similarity_baseline_only_when_given():
+    assert set(lr.completion_predictors()) == {"additive", "knn", "mf", "example mean"}
+    with_similarity = lr.completion_predictors(similarity=np.ones((3, 4)))
+    assert "representation similarity" in with_similarity
+
+
+def test_complete_row_is_the_last_row_of_mf_completion():
+    row = np.where(np.arange(80) % 4 == 0, ADDITIVE[0], np.nan)
+    predicted = lr.complete_row(ADDITIVE[1:], row, rank=2, reg=0.01)
+    assert predicted == pytest.approx(lr.complete_mf(np.vstack([ADDITIVE[1:], row]), rank=2, reg=0.01)[-1])
+    assert np.sqrt(np.mean((predicted - ADDITIVE[0]) ** 2)) < 0.05
+
+
+def test_first_factor_order_sorts_a_rank_one_matrix_by_its_factors():
+    rows, cols = lr.first_factor_order(-RANK1)  # -A x B = A x -B: the row factor is made positive
+    assert rows.tolist() == np.argsort(-A).tolist() and cols.tolist() == np.argsort(B).tolist()
+
+
+def test_paired_tests_are_skipped_for_identical_or_single_pairs():
+    a, b = np.array([1.0, 2.0, 3.0, 4.5]), np.array([0.5, 1.0, 2.5, 3.0])
+    t_test, wilcoxon = lr.paired_tests(a, b)
+    assert 0 < t_test < 0.05 and 0 < wilcoxon <= 1
+    assert lr.paired_tests(a, a) == (None, None) and lr.paired_tests(a[:1], b[:1]) == (None, None)
+
+
+def test_scaled_softmax_sets_the_temperature_by_the_spread():
+    scores = np.array([0.0, 1.0, 2.0])
+    assert lr.scaled_softmax(scores, 2.0) == pytest.approx(softmax_weights(scores, 2.0 * scores.std()))
+    assert lr.scaled_softmax(np.zeros(4)) == pytest.approx(np.full(4, 0.25))
+
+
+def test_matrix_summary_of_a_rank_one_matrix():
+    summary = lr.matrix_summary(RANK1, shuffle_controls=2)
+    assert summary["z_mean"] == pytest.approx(RANK1.mean()) and summary["r2_multiplicative"] == pytest.approx(1.0)
+    assert summary["z_row_mean_std"] == pytest.approx(RANK1.mean(axis=1).std())
+    assert summary["r2_shuffled_rank1"] < 0.9 and len(summary["singular_values"]) == 10
+
+
+def test_replay_summary_reduction_is_relative_to_the_baseline():
+    increase = {"none": np.array([1.0, 1.0]), "random": np.array([0.5, 0.7]), "predicted": np.array([0.4, 0.5]),
+                "oracle": np.array([0.25, 0.25])}
+    summary = lr.replay_summary(increase)
+    assert summary["none"] == {"mean_heldout_nll_increase": 1.0, "ci95": 0.0}
+    assert summary["oracle"]["reduced_forgetting"] == 0.75 and summary["random"]["reduced_forgetting"] == 0.4
+    assert summary["pairs"] == 2 and summary["p_value_predicted_vs_random"] is not None
+    negative = lr.replay_summary({**increase, "none": np.array([-1.0, -1.0])})
+    assert negative["oracle"]["reduced_forgetting"] is None
+
+
+def test_rounded_rounds_nested_numbers():
+    assert lr.rounded({"a": [1.23456, np.float64(2.0)], "b": {"c": 0.99999}}) == {"a": [1.2346, 2.0], "b": {"c": 1.0}}

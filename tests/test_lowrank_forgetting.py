@@ -1,22 +1,43 @@
-"""analyses.lowrank_forgetting: config validation and a smoke run of the tiny preset."""
+"""analyses.lowrank_forgetting: config validation, the runs it trains and a smoke run of the tiny preset."""
 
 from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
-from analyses.lowrank_forgetting import PRESETS
+from analyses.lowrank_forgetting import CONDITIONS, PRESETS, finetune_job
 from interp.analysis import run_analysis
 from interp.configs import ConfigError, with_overrides
+from interp.ids import CheckpointRef
+from tasks.forgetting import FineTuningTask, task_specs
 
 
 @pytest.mark.parametrize("key, value, field", [("test_tasks", 40, "test_tasks"), ("revealed", 600, "revealed"),
-                                                ("replay_ratio", 0, "replay_ratio"),
-                                                ("upstream.d_vocab", 64, "upstream.d_vocab")])
+                                                ("replay_ratio", 0, "replay_ratio")])
 def test_bad_config_names_the_field(key, value, field):
     with pytest.raises(ConfigError, match=field):
         with_overrides(PRESETS["quick"], {key: value})
+
+
+def test_the_model_follows_the_upstream_corpus():
+    cfg = with_overrides(PRESETS["quick"], {"upstream.d_vocab": 64, "upstream.seq_len": 32})
+    assert (cfg.model.d_vocab, cfg.model.n_ctx) == (64, 32)
+
+
+def test_finetune_job_starts_from_the_base_and_replays_only_when_asked():
+    cfg, base = PRESETS["tiny"], CheckpointRef("runs/base")
+    spec = task_specs(cfg.tasks)[3]
+    plain = finetune_job(cfg, 3, base, seed=1)
+    assert plain.train.init_from == "runs/base" and (plain.train.steps, plain.train.lr) == (spec.steps, spec.lr)
+    assert plain.task.spec == spec and plain.task.replay_ratio == 0 and isinstance(plain.task.data(), FineTuningTask)
+    scores = np.linspace(0, 1, cfg.upstream.pool_size)
+    replayed = finetune_job(cfg, 3, base, seed=1, condition="predicted", scores=scores)
+    assert replayed.name != plain.name and replayed.task.replay_ratio == cfg.replay_ratio
+    weights = np.array(replayed.task.replay_weights)
+    assert weights.sum() == pytest.approx(1) and np.all(np.diff(weights) > 0)  # more forgotten, more replayed
+    assert finetune_job(cfg, 3, base, seed=1, condition="random").task.replay_weights is None
 
 
 def test_tiny_preset_end_to_end(tmp_path):
@@ -33,4 +54,10 @@ def test_tiny_preset_end_to_end(tmp_path):
 
     json.loads((tmp_path / "results.json").read_text(), parse_constant=reject)
     assert len(list((tmp_path / "figures").glob("*.png"))) == 5
-    assert (tmp_path / "report.md").exists()
+    report = (tmp_path / "report.md").read_text()
+    assert all(f"figures/{png.name}" in report for png in (tmp_path / "figures").glob("*.png"))
+    # The base, one run per task, and every replay run but those of seed cfg.seed without replay (rows of Z).
+    runs = list((tmp_path / "runs").iterdir())
+    assert len(runs) == 1 + cfg.tasks.n_tasks + cfg.test_tasks * (len(CONDITIONS) * cfg.replay_seeds - 1)
+    base = json.loads((tmp_path / "runs" / "base" / "config.json").read_text())
+    assert base["task"]["type"] == "UpstreamConfig"

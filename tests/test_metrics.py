@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from helpers import D_VOCAB, N_CTX, fixed_tokens, tiny_model_config
 
+from interp.ids import HeadId, hooks
 from interp.metrics import circuits
 from interp.model import build_model, forward, fused_forward, load_model_state_dict, masked_mean_loss, model_state_dict
 from interp.probing import run_probes
@@ -248,7 +250,7 @@ def test_repeated_tokens_deterministic_per_generator():
 
 def test_per_head_keys():
     assert circuits.per_head(torch.tensor([0.5, 0.25]), layer=3) == {"L3H0": 0.5, "L3H1": 0.25}
-    assert circuits.pattern_hook(1) == "blocks.1.attn.hook_pattern"
+    assert hooks.pattern(1) == "blocks.1.attn.hook_pattern"
 
 
 # --- on a real tiny model ------------------------------------------------------------
@@ -269,7 +271,7 @@ def test_real_patterns_are_causal_and_probes_match_scores(model):
     with torch.no_grad():
         _, cache = model.run_with_cache(tokens)
     for layer in range(2):
-        p = cache[circuits.pattern_hook(layer)]
+        p = cache[hooks.pattern(layer)]
         assert p.shape == (3, 2, N_CTX, N_CTX)
         assert torch.allclose(p.sum(-1), torch.ones(3, 2, N_CTX), atol=1e-5)
         assert (torch.triu(p, diagonal=1) == 0).all()
@@ -279,8 +281,8 @@ def test_real_patterns_are_causal_and_probes_match_scores(model):
     }
     values = run_probes(model, probes, batch)
     assert set(values) == {"prev/L0H0", "prev/L0H1", "prev/L1H0", "prev/L1H1", "ind/L1H0", "ind/L1H1"}
-    prev1 = circuits.previous_token_score(cache[circuits.pattern_hook(1)])
-    ind1 = circuits.induction_score(cache[circuits.pattern_hook(1)], 6)
+    prev1 = circuits.previous_token_score(cache[hooks.pattern(1)])
+    ind1 = circuits.induction_score(cache[hooks.pattern(1)], 6)
     for h in range(2):
         assert values[f"prev/L1H{h}"] == pytest.approx(float(prev1[h]), abs=1e-6)
         assert values[f"ind/L1H{h}"] == pytest.approx(float(ind1[h]), abs=1e-6)
@@ -322,11 +324,11 @@ def test_zero_ablation_equals_removing_the_heads_output_weights(model):
 
 def test_joint_ablation_equals_removing_every_chosen_heads_output_weights(model):
     batch = {"tokens": fixed_tokens()}
-    heads = [(0, 1), (1, 0), (1, 1)]
+    heads = [HeadId(0, 1), HeadId(1, 0), HeadId(1, 1)]
     state = {k: v.clone() for k, v in model_state_dict(model).items()}
     d_head = model.cfg.d_head
-    for layer, head in heads:
-        state[f"blocks.{layer}.attn.o.weight"][:, head * d_head : (head + 1) * d_head] = 0.0
+    for h in heads:
+        state[f"blocks.{h.layer}.attn.o.weight"][:, h.head * d_head : (h.head + 1) * d_head] = 0.0
     edited = build_model(tiny_model_config(seed=99), device="cpu").eval()
     load_model_state_dict(edited, state)
     with torch.no_grad():
@@ -352,7 +354,7 @@ def test_zero_ablating_all_heads_of_attn_only_model_removes_context():
     tokens_b[:, -1] = tokens_a[:, -1]  # same last token, different context
     assert not torch.equal(tokens_a[:, :-1], tokens_b[:, :-1])
 
-    hooks = circuits.head_ablation_hooks([(0, 0), (0, 1)])
+    hooks = circuits.head_ablation_hooks([HeadId(0, 0), HeadId(0, 1)])
     with torch.no_grad():
         ablated_a = forward(model, {"tokens": tokens_a}, hooks)[:, -1]
         ablated_b = forward(model, {"tokens": tokens_b}, hooks)[:, -1]
@@ -491,3 +493,29 @@ def test_token_set_mass_known_values():
     assert circuits.token_set_mass(logits, query_mask, tokens) == pytest.approx(0.6)
     with pytest.raises(ValueError, match="token_mask"):
         circuits.token_set_mass(logits, query_mask, tokens[:, :3])
+
+
+# --- head selection and ablation grids (moved from the ICL-transience analysis) -----------
+
+
+def test_strongest_heads_are_the_heads_above_the_threshold_from_min_layer_on():
+    strength = np.array([[0.9, 0.0, 0.0], [0.1, 0.5, 0.35], [0.31, 0.2, 0.0]])
+    assert circuits.strongest_heads(strength, 0.3) == [HeadId(1, 1), HeadId(1, 2), HeadId(2, 0)]  # not layer 0's
+    assert circuits.strongest_heads(strength, 0.6) == [HeadId(1, 1)]  # none reaches it: the strongest alone
+    assert circuits.strongest_heads(strength, 0.6, min_layer=0) == [HeadId(0, 0)]
+    assert circuits.strongest_heads([[0.2, 0.2], [0.4, 0.4]], 0.3) == [HeadId(1, 0), HeadId(1, 1)]  # ties in order
+
+
+def test_head_ablation_grid_and_joint_ablation_match_the_effects(model):
+    batch = {"tokens": fixed_tokens()}
+    effects = circuits.head_ablation_effect(model, batch, mean_logit)
+    grid = circuits.head_ablation_grid(model, batch, mean_logit)
+    assert [[effects[str(HeadId(layer, head))] for head in range(2)] for layer in range(2)] == grid
+    clean = circuits.ablated_metric(model, batch, mean_logit, [])
+    assert clean == pytest.approx(mean_logit(fused_forward(model, batch), batch), abs=1e-6)
+    heads = [HeadId(0, 1), HeadId(1, 0)]
+    with torch.no_grad():
+        expected = mean_logit(forward(model, batch, circuits.head_ablation_hooks([HeadId(0, 1), HeadId(1, 0)])), batch)
+    assert circuits.ablated_metric(model, batch, mean_logit, heads) == pytest.approx(expected, abs=1e-6)
+    assert circuits.ablated_metric(model, batch, mean_logit, [HeadId(1, 1)]) - clean == pytest.approx(
+        grid[1][1], abs=1e-6)

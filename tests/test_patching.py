@@ -14,7 +14,7 @@ from interp.model import (
     pattern_hooks,
 )
 from interp.patching import pattern_patch
-from interp.train import train
+from interp.train import TrainHooks, train
 
 
 def twins():
@@ -49,7 +49,7 @@ def test_patching_a_subset_of_layers_is_not_enough():
 def test_training_with_patched_patterns_leaves_queries_and_keys_untrained(tmp_path):
     reference = build_model(tiny_model_config(seed=5))
     run = train(tmp_path / "run", tiny_model_config(), tiny_train_config(steps=3), RandomTokens(),
-                batch_patterns=pattern_patch(reference), device="cpu", progress=False)
+                hooks=TrainHooks(batch_patterns=pattern_patch(reference)), device="cpu", progress=False)
     start, end = run.load_state_dict(0), run.load_state_dict(3)
     qk = [k for k in start if ".attn.q." in k or ".attn.k." in k]
     assert qk and all(torch.equal(start[k], end[k]) for k in qk)  # the patched patterns carry no gradient to Q, K

@@ -12,6 +12,7 @@ from transformer_lens.model_bridge import TransformerBridge
 from transformer_lens.model_bridge.sources.native.model import NativeModel
 
 import interp.probing as probing
+from interp.ids import hooks
 from interp.metrics import circuits
 from interp.model import fused_forward, masked_mean_loss
 from interp.probing import Probe, ProbeTable, probe
@@ -140,7 +141,7 @@ def test_probe_parameters_key_the_cache(run_copy, counter):
     table = probe(run_copy, {"ind": circuits.induction_probe(layers=[1], period=3)}, batch, steps=[8], device="cpu")
     assert counter.forwards == 1
     direct = circuits.induction_score(
-        run_copy.load(8, device="cpu").run_with_cache(batch["tokens"])[1][circuits.pattern_hook(1)], 3
+        run_copy.load(8, device="cpu").run_with_cache(batch["tokens"])[1][hooks.pattern(1)], 3
     )
     assert table["ind/L1H0"][-1] == pytest.approx(float(direct[0]), abs=1e-6)
 
@@ -220,8 +221,8 @@ def test_probe_values_match_direct_computation(run_copy):
         model = run_copy.load(step, device="cpu")
         with torch.no_grad():
             logits, cache = model.run_with_cache(batch["tokens"])
-        prev0 = circuits.previous_token_score(cache[circuits.pattern_hook(0)])
-        ind1 = circuits.induction_score(cache[circuits.pattern_hook(1)], PERIOD)
+        prev0 = circuits.previous_token_score(cache[hooks.pattern(0)])
+        ind1 = circuits.induction_score(cache[hooks.pattern(1)], PERIOD)
         assert table["prev/L0H1"][i] == pytest.approx(float(prev0[1]), abs=1e-6)
         assert table["ind/L1H0"][i] == pytest.approx(float(ind1[0]), abs=1e-6)
         assert table["loss/loss"][i] == pytest.approx(float(masked_mean_loss(logits, batch)), abs=1e-5)
@@ -339,8 +340,8 @@ def test_attention_mass_and_ablation_probes_match_the_direct_metrics(run_copy):
     }, batch, steps=[run_copy.steps[-1]])
     model = run_copy.load()
     with torch.no_grad():
-        _, cache = model.run_with_cache(batch["tokens"], names_filter=[circuits.pattern_hook(1)])
-    direct_mass = circuits.attention_mass(cache[circuits.pattern_hook(1)], batch["query"], batch["key"])
+        _, cache = model.run_with_cache(batch["tokens"], names_filter=[hooks.pattern(1)])
+    direct_mass = circuits.attention_mass(cache[hooks.pattern(1)], batch["query"], batch["key"])
     assert table["mass/L1H0"][0] == pytest.approx(float(direct_mass[0]), abs=1e-6)
     direct_ablation = circuits.head_ablation_effect(model, batch, metric, "zero", layers=[1])
     assert table["abl/L1H1"][0] == pytest.approx(direct_ablation["L1H1"], abs=1e-6)

@@ -1,4 +1,4 @@
-"""interp.metrics.recovery on hand-built loss matrices with known answers."""
+"""interp.metrics.recovery on hand-built loss matrices with known answers, and pairwise recovery on a real run."""
 
 from __future__ import annotations
 
@@ -6,13 +6,18 @@ import numpy as np
 import pytest
 
 from interp.metrics.recovery import (
+    circular_offset_means,
     gap_losses,
+    pairwise_recovery,
     prequential_loss,
     recovery_ratio,
     recovery_scores,
+    recovery_stats,
     shift_averaged_curve,
     training_episodes,
 )
+from interp.model import forward, token_losses
+from interp.train import TrainConfig, take_steps
 
 CYCLIC_3x2 = np.array([0, 1, 2, 0, 1, 2])  # T=3 items, 2 epochs
 
@@ -106,3 +111,59 @@ def test_gap_losses_and_recovery_ratio():
     assert scores[0] == pytest.approx(0.5) and scores[1] == pytest.approx(1.0) and np.isnan(scores[2])
     # weighted by forgetting: (1.5 + 1) / (3 + 1)
     assert recovery_ratio(losses, CYCLIC_3x2)[0] == pytest.approx(2.5 / 4.0)
+
+
+def test_circular_offset_means_known_values():
+    matrix = np.arange(9, dtype=float).reshape(3, 3)
+    # offset 1: (0,1),(1,2),(2,0) -> 1, 5, 6; offset 2: (0,2),(1,0),(2,1) -> 2, 3, 7
+    assert circular_offset_means(matrix).tolist() == [4.0, 4.0]
+
+
+class _Fixed:
+    """A data source serving the same tokens at every step."""
+
+    def __init__(self, tokens):
+        self.tokens = tokens
+
+    def batch(self, step, batch_size, generator):
+        return {"tokens": self.tokens[None].expand(batch_size, -1).clone()}
+
+
+def test_pairwise_recovery_trains_each_row_from_the_same_checkpoint(trained_run):
+    run, tokens = trained_run.run, trained_run.tokens
+    train_cfg = TrainConfig(steps=3, batch_size=1, optimizer="adam", lr=1e-2)
+
+    def evaluate(model):
+        batch = {"tokens": tokens}
+        return token_losses(forward(model, batch), batch)[:, :-1].mean(dim=1).detach().cpu().numpy()
+
+    sources = [_Fixed(t) for t in tokens]
+    matrix = pairwise_recovery(run, 4, sources, evaluate, train_cfg, steps=3, device="cpu")
+    assert matrix.shape == (3, 3)
+    assert (np.diag(matrix) > 0).all()  # training on an item lowers its own loss
+    # each row starts from the checkpoint again: the order of the sources does not matter
+    reversed_rows = pairwise_recovery(run, 4, sources[::-1], evaluate, train_cfg, steps=3, device="cpu")
+    np.testing.assert_allclose(reversed_rows, matrix[::-1], atol=1e-6)
+    model = run.load(4, device="cpu")
+    before = evaluate(model)
+    take_steps(model, train_cfg, sources[1], range(3))
+    np.testing.assert_allclose(matrix[1], before - evaluate(model), atol=1e-6)
+
+
+def test_recovery_stats_stack_the_statistics_of_each_run():
+    losses = matrix_with(0, [5.0, 1.0, 4.0, 2.5, 1.0, 1.5, 2.0])
+    other = matrix_with(1, [5.0, 5.0, 1.0, 3.0, 2.0, 1.0, 1.0])
+    stats = recovery_stats([(losses, CYCLIC_3x2), (other.tolist(), CYCLIC_3x2.tolist())], prequential_from=3)
+    assert stats.rs.shape == stats.ratio.shape == (2, 1) and stats.prequential.shape == (2,)
+    np.testing.assert_allclose(stats.rs[:, 0], [0.5, 0.5])  # item 1 of `other`: forgot 2, recovered 1
+    np.testing.assert_allclose(stats.ratio[1], recovery_ratio(other, CYCLIC_3x2))
+    assert stats.prequential[0] == pytest.approx(prequential_loss(losses, CYCLIC_3x2, from_episode=3))
+
+
+def test_recovery_stats_average_shift_averaged_curves_over_their_common_range():
+    losses = np.array([[3.0, 9.0], [1.0, 3.0], [2.0, 1.0], [0.5, 2.0], [0.4, 0.5]])
+    # item 1 first trained in episode 1, then in episode 2: curves of 4 and of 3 rows
+    stats = recovery_stats([(losses, np.array([0, 1, 0, 1])), (losses, np.array([0, 0, 1, 1]))])
+    x, curve = stats.shift_averaged_curve()
+    np.testing.assert_array_equal(x, np.arange(3))
+    np.testing.assert_allclose(curve, [(3.0 + 2.0) / 2, (1.0 + 1.5) / 2, (2.0 + 1.25) / 2])

@@ -40,7 +40,8 @@ def differences(expected: Any, got: Any, path: str = "") -> list[str]:
     if isinstance(expected, list) and isinstance(got, list):
         if len(expected) != len(got):
             return [f"{path}: length {len(got)} != {len(expected)}"]
-        return [d for i, (e, g) in enumerate(zip(expected, got, strict=True)) for d in differences(e, g, f"{path}[{i}]")]
+        pairs = enumerate(zip(expected, got, strict=True))
+        return [d for i, (e, g) in pairs for d in differences(e, g, f"{path}[{i}]")]
     numbers = (int, float)
     if isinstance(expected, numbers) and isinstance(got, numbers) and not isinstance(expected, bool):
         if math.isclose(expected, got, rel_tol=TOLERANCE, abs_tol=TOLERANCE):

@@ -67,3 +67,60 @@ def test_smooth_a_series_shorter_than_the_window():
     assert spans.smooth(np.array([2.0]), 3).tolist() == [2.0]
     assert spans.smooth(np.array([2.0, 4.0]), 5).tolist() == [3.0, 3.0]
     assert spans.phase_boundaries(np.array([50]), np.array([5.0]), baseline=5.0, window=3) == (50, None)
+
+
+def test_phase_change_on_a_known_curve():
+    steps = np.arange(0, 1001, 10)
+    loss = np.where(steps < 600, 4.0, 1.0)
+    loss[0] = 5.0
+    step, before, after = spans.phase_change(steps, loss)
+    assert (step, before, after) == (600, 4.0, 1.0)
+    assert spans.phase_change(steps, np.full(len(steps), 4.0))[0] is None
+
+
+def test_first_crossing():
+    steps = np.array([0, 10, 20, 30])
+    assert spans.first_crossing(steps, np.array([0.0, 0.2, 0.6, 0.9]), 0.5) == 20
+    assert spans.first_crossing(steps, np.zeros(4), 0.5) is None
+
+
+def test_plateau_phases_add_the_length_and_its_ratio_to_phase_1():
+    steps = np.arange(0, 1000, 10)
+    curve = np.where(steps < 100, 8 - 3 * steps / 100, 5.0)
+    curve = np.where(steps >= 600, 5 - (steps - 600) / 100, curve)
+    assert spans.plateau_phases(steps, curve, baseline=5.0) == {
+        "phase1_end": 100, "plateau_end": 620, "plateau_length": 520, "plateau_over_phase1": 5.2}
+    assert spans.plateau_phases(steps, np.full(100, 5.0), baseline=5.0) == {
+        "phase1_end": 0, "plateau_end": None, "plateau_length": None, "plateau_over_phase1": None}
+
+
+def test_plateau_end_settles_once_its_smoothing_window_is_complete():
+    steps = np.arange(0, 60, 10)
+    loss = np.array([9.0, 6.0, 3.5, 3.0, 2.7, 2.0])
+    assert not spans.plateau_end_settled(steps[:4], loss[:4], 3.0, 0.1, window=3)  # no end yet
+    # smoothed over 3 (2 at the end), the loss is first 0.1 below the baseline at step 40, the last point
+    assert spans.phase_boundaries(steps[:5], loss[:5], 3.0, 0.1, window=3)[1] == 40
+    assert not spans.plateau_end_settled(steps[:5], loss[:5], 3.0, 0.1, window=3)
+    assert spans.plateau_end_settled(steps, loss, 3.0, 0.1, window=3)  # the point after it completes the window
+
+
+def test_near_baseline_starts_within_one_of_the_baseline_and_ends_at_until():
+    steps = np.arange(0, 600, 100)
+    loss = np.array([9.0, 6.0, 3.5, 3.0, 2.9, 2.0])
+    kept, excess, smoothed = spans.near_baseline(steps, loss, 3.0, window=1, until=400)
+    assert kept.tolist() == [200, 300, 400] and excess == pytest.approx([0.5, 0.0, -0.1])
+    assert smoothed == pytest.approx(excess)
+
+
+def test_power_law_fit_recovers_a_known_law():
+    ns = np.array([250.0, 1000.0, 4000.0])
+    fit = spans.power_law_fit(ns, 0.43 * ns**0.81)
+    assert fit.exponent == pytest.approx(0.81) and fit.prefactor == pytest.approx(0.43)
+    assert fit.r2 == pytest.approx(1.0)
+    assert spans.power_law_fit(ns[:1], ns[:1]) is None
+
+
+def test_first_below():
+    steps = np.array([0, 10, 20, 30])
+    assert spans.first_below(steps, np.array([3.0, 2.5, 2.0, 1.0]), 2.5) == 20
+    assert spans.first_below(steps, np.full(4, 3.0), 2.5) is None

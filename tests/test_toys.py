@@ -59,7 +59,28 @@ def test_coopetition_first_mechanism_is_learned_then_lost():
     assert result.steps[0] == 0 and result.steps[-1] == 8000
 
 
+def test_coopetition_summary_description_and_figure():
+    cfg = CoopetitionToyConfig(dims=(3, 3, 3, 6), steps=40, record_every=10)
+    result = coopetition_toy(cfg)
+    summary = result.summary()
+    best = int(np.argmin(result.loss1))
+    assert summary == {"loss1_min": result.loss1[best], "loss1_min_step": int(result.steps[best]),
+                       "loss1_final": result.loss1[-1], "loss2_final": result.loss2[-1],
+                       "a_norm_final": result.norms[-1, 0], "d_norm_final": result.norms[-1, 3]}
+    text = result.describe(cfg)
+    assert text.startswith("Coopetition toy (dims (3, 3, 3, 6), alpha 0.1") and f"{summary['loss1_min']:.4f}" in text
+    assert len(result.figure().axes) == 2  # the losses, and the factor norms on a second axis
+
+
 @pytest.mark.parametrize("field, value", [("dims", (3, 3, 3)), ("alpha", -1.0), ("steps", 0), ("lr", 0.0)])
 def test_bad_coopetition_config_names_the_field(field, value):
     with pytest.raises(ConfigError, match=field):
         CoopetitionToyConfig(**{field: value})
+
+
+def test_cyclic_toy_recovery_by_epoch_and_figures():
+    result = cyclic_toy(CyclicToyConfig(n_tasks=5, input_dim=8, output_dim=8, epochs=4))
+    assert result.recovery_by_epoch.shape == (3,)
+    assert (result.recovery_by_epoch > 0).all()  # the toy recovers before each re-encounter
+    for figure in (result.loss_figure(), result.recovery_figure(), result.pca_figure()):
+        assert figure.axes

@@ -29,7 +29,7 @@ from interp.model import (
     model_state_dict,
     trainable_parameters,
 )
-from interp.train import TrainConfig, checkpoint_schedule, lr_at, step_generator, take_steps, train
+from interp.train import TrainConfig, TrainHooks, checkpoint_schedule, lr_at, step_generator, take_steps, train
 from tasks.induction import RepeatedSegments, RepeatedSegmentsConfig
 
 
@@ -114,7 +114,7 @@ def test_kill_and_resume_is_bitwise_identical(tmp_path, case):
     path = tmp_path / "interrupted"
     for kill in kills:
         with pytest.raises(KeyboardInterrupt):
-            run_train(path, model_cfg, train_cfg, callbacks=[Interrupt(kill)], resume=True)
+            run_train(path, model_cfg, train_cfg, hooks=TrainHooks(callbacks=[Interrupt(kill)]), resume=True)
         partial = Run.open(path)
         assert partial.steps[-1] <= kill < train_cfg.steps
         assert partial.steps == [s for s in reference.steps if s <= kill]
@@ -168,7 +168,7 @@ def test_resume_after_torn_metrics_line(tmp_path):
     train_cfg = tiny_train_config(steps=8, checkpoint_every=2, log_every=1)
     reference = run_train(tmp_path / "reference", model_cfg, train_cfg)
     with pytest.raises(KeyboardInterrupt):
-        run_train(tmp_path / "run", model_cfg, train_cfg, callbacks=[Interrupt(5)])
+        run_train(tmp_path / "run", model_cfg, train_cfg, hooks=TrainHooks(callbacks=[Interrupt(5)]))
     with open(tmp_path / "run" / "metrics.jsonl", "a") as f:
         f.write('{"step": 5, "train/lo')  # killed mid-append
     resumed = run_train(tmp_path / "run", model_cfg, train_cfg, resume=True)
@@ -193,7 +193,7 @@ def test_resume_restores_metric_values_when_kill_is_log_aligned(tmp_path):
     train_cfg = tiny_train_config(steps=10, checkpoint_every=2, log_every=2)
     reference = run_train(tmp_path / "reference", model_cfg, train_cfg)
     with pytest.raises(KeyboardInterrupt):
-        run_train(tmp_path / "run", model_cfg, train_cfg, callbacks=[Interrupt(5)])
+        run_train(tmp_path / "run", model_cfg, train_cfg, hooks=TrainHooks(callbacks=[Interrupt(5)]))
     resumed = run_train(tmp_path / "run", model_cfg, train_cfg, resume=True)
     assert resumed.metrics() == reference.metrics()
 
@@ -203,7 +203,7 @@ def test_resume_restores_metric_values_when_kill_is_not_log_aligned(tmp_path):
     train_cfg = tiny_train_config(steps=10, checkpoint_every=3, log_every=2)
     reference = run_train(tmp_path / "reference", model_cfg, train_cfg)
     with pytest.raises(KeyboardInterrupt):
-        run_train(tmp_path / "run", model_cfg, train_cfg, callbacks=[Interrupt(4)])  # resumes from 3
+        run_train(tmp_path / "run", model_cfg, train_cfg, hooks=TrainHooks(callbacks=[Interrupt(4)]))  # resumes from 3
     resumed = run_train(tmp_path / "run", model_cfg, train_cfg, resume=True)
     assert resumed.metrics() == reference.metrics()
 
@@ -212,11 +212,12 @@ def test_resume_from_step_zero_does_not_duplicate_metrics(tmp_path):
     model_cfg = tiny_model_config()
     train_cfg = tiny_train_config(steps=6, checkpoint_every=3, eval_every=2)
     evaluators = {"ev": lambda model: {"one": 1.0}}
-    reference = run_train(tmp_path / "reference", model_cfg, train_cfg, evaluators=evaluators)
+    reference = run_train(tmp_path / "reference", model_cfg, train_cfg, hooks=TrainHooks(evaluators=evaluators))
     with pytest.raises(KeyboardInterrupt):
-        run_train(tmp_path / "run", model_cfg, train_cfg, evaluators=evaluators, callbacks=[Interrupt(2)])
+        killed = TrainHooks(evaluators=evaluators, callbacks=[Interrupt(2)])
+        run_train(tmp_path / "run", model_cfg, train_cfg, hooks=killed)
     assert Run.open(tmp_path / "run").steps == [0]
-    resumed = run_train(tmp_path / "run", model_cfg, train_cfg, evaluators=evaluators, resume=True)
+    resumed = run_train(tmp_path / "run", model_cfg, train_cfg, hooks=TrainHooks(evaluators=evaluators), resume=True)
     assert_state_equal(last_weights(resumed), last_weights(reference))
     assert [r["step"] for r in resumed.metrics()] == [r["step"] for r in reference.metrics()]
 
@@ -253,9 +254,8 @@ def test_training_with_hooks_matches_fused_path(tmp_path):
     model_cfg = tiny_model_config()
     train_cfg = tiny_train_config(steps=3, optimizer="sgd", lr=0.1)
     fused = run_train(tmp_path / "fused", model_cfg, train_cfg)
-    hooked = run_train(
-        tmp_path / "hooked", model_cfg, train_cfg, fwd_hooks=[("blocks.0.hook_resid_pre", lambda act, hook: act)]
-    )
+    identity = TrainHooks(fwd_hooks=[("blocks.0.hook_resid_pre", lambda act, hook: act)])
+    hooked = run_train(tmp_path / "hooked", model_cfg, train_cfg, hooks=identity)
     a, b = last_weights(fused), last_weights(hooked)
     for key in a:
         assert torch.allclose(a[key], b[key], atol=1e-5), key
@@ -265,9 +265,8 @@ def test_fwd_hooks_take_part_in_training(tmp_path):
     model_cfg = tiny_model_config()
     train_cfg = tiny_train_config(steps=3, optimizer="sgd", lr=0.1)
     plain = run_train(tmp_path / "plain", model_cfg, train_cfg)
-    scaled = run_train(
-        tmp_path / "scaled", model_cfg, train_cfg, fwd_hooks=[("blocks.0.hook_resid_pre", lambda act, hook: 3 * act)]
-    )
+    triple = TrainHooks(fwd_hooks=[("blocks.0.hook_resid_pre", lambda act, hook: 3 * act)])
+    scaled = run_train(tmp_path / "scaled", model_cfg, train_cfg, hooks=triple)
     a, b = last_weights(plain), last_weights(scaled)
     assert any(not torch.allclose(a[k], b[k], atol=1e-4) for k in a)
 
@@ -515,7 +514,8 @@ def test_evaluators_are_logged_under_name_and_key(tmp_path):
         return {"x": 1.5}
 
     cfg = tiny_train_config(steps=6, eval_every=4, log_every=3, checkpoint_every=0)
-    run = run_train(tmp_path / "run", tiny_model_config(), cfg, evaluators={"val": loss_eval, "o": other})
+    hooks = TrainHooks(evaluators={"val": loss_eval, "o": other})
+    run = run_train(tmp_path / "run", tiny_model_config(), cfg, hooks=hooks)
     rows = run.metrics()
     eval_steps = [r["step"] for r in rows if "val/loss" in r]
     assert eval_steps == [0, 4, 6]  # start, every eval_every, end
@@ -548,17 +548,16 @@ def test_stop_when_ends_the_run_as_a_prefix_of_the_full_run(tmp_path):
         seen.append((step, set(row)))
         return step >= 4
 
-    stopped = run_train(tmp_path / "stopped", tiny_model_config(), cfg, evaluators={"val": loss_eval},
-                        stop_when=after_four)
+    stopping = TrainHooks(evaluators={"val": loss_eval}, stop_when=after_four)
+    stopped = run_train(tmp_path / "stopped", tiny_model_config(), cfg, hooks=stopping)
     assert seen == [(2, {"val/loss"}), (4, {"val/loss"})]  # never asked at step 0
     assert stopped.steps[-1] == 4 and max(r["step"] for r in stopped.metrics()) == 4
     full = run_train(tmp_path / "full", tiny_model_config(), tiny_train_config(
         steps=8, eval_every=2, checkpoint_steps=(4,), checkpoint_every=0, schedule="cosine"),
-        evaluators={"val": loss_eval})
+        hooks=TrainHooks(evaluators={"val": loss_eval}))
     assert full.steps[-1] == 8
     assert_state_equal(stopped.load_state_dict(4), full.load_state_dict(4))  # same lr schedule
-    again = run_train(tmp_path / "stopped", tiny_model_config(), cfg, evaluators={"val": loss_eval},
-                      stop_when=after_four, resume=True)
+    again = run_train(tmp_path / "stopped", tiny_model_config(), cfg, hooks=stopping, resume=True)
     assert again.steps[-1] == 4  # a stopped run is finished: resume returns it as is
 
 
@@ -570,18 +569,36 @@ def test_pause_when_ends_the_call_and_resume_continues_as_if_uninterrupted(tmp_p
         return {"loss": float(masked_mean_loss(fused_forward(model, batch), batch))}
 
     cfg = tiny_train_config(steps=8, eval_every=2, checkpoint_every=0, checkpoint_log=0, schedule="cosine")
-    paused = run_train(tmp_path / "paused", tiny_model_config(), cfg, evaluators={"val": loss_eval},
-                       pause_when=lambda step, row: step >= 4)
+    plain = TrainHooks(evaluators={"val": loss_eval})
+    pausing = TrainHooks(evaluators={"val": loss_eval}, pause_when=lambda step, row: step >= 4)
+    paused = run_train(tmp_path / "paused", tiny_model_config(), cfg, hooks=pausing)
     assert paused.steps == [0, 4] and max(r["step"] for r in paused.metrics()) == 4
-    again = run_train(tmp_path / "paused", tiny_model_config(), cfg, evaluators={"val": loss_eval},
-                      pause_when=lambda step, row: step >= 4, resume=True)
+    again = run_train(tmp_path / "paused", tiny_model_config(), cfg, hooks=pausing, resume=True)
     assert again.steps == [0, 4, 6]  # paused again at the next evaluation that asks for it
-    done = run_train(tmp_path / "paused", tiny_model_config(), cfg, evaluators={"val": loss_eval}, resume=True)
-    full = run_train(tmp_path / "full", tiny_model_config(), cfg, evaluators={"val": loss_eval})
+    done = run_train(tmp_path / "paused", tiny_model_config(), cfg, hooks=plain, resume=True)
+    full = run_train(tmp_path / "full", tiny_model_config(), cfg, hooks=plain)
     assert done.steps == [0, 4, 6, 8]
     assert_state_equal(done.load_state_dict(8), full.load_state_dict(8))
     assert [r for r in done.metrics() if "val/loss" in r] == [r for r in full.metrics() if "val/loss" in r]
 
+
+
+@pytest.mark.parametrize("end", ["stop_when", "pause_when"])
+def test_callbacks_see_the_step_where_the_run_ends_early(tmp_path, end):
+    """Callbacks run on every step taken, the last one of a stopped or paused call included,
+    and after that step's checkpoint is written."""
+    seen = []
+
+    def record(done: int, model, loss: float) -> None:
+        seen.append((done, Run.open(tmp_path / "run").steps[-1], math.isfinite(loss)))
+
+    cfg = tiny_train_config(steps=8, eval_every=2, checkpoint_every=0, checkpoint_log=0)
+    hooks = TrainHooks(evaluators={"c": lambda model: {"x": 0.0}}, callbacks=[record],
+                       **{end: lambda step, row: step >= 4})
+    run = run_train(tmp_path / "run", tiny_model_config(), cfg, hooks=hooks)
+    assert run.steps == [0, 4]
+    assert [done for done, _, _ in seen] == [1, 2, 3, 4]
+    assert seen[-1] == (4, 4, True)
 
 def test_train_on_induction_task_smoke(tmp_path):
     data = RepeatedSegments(RepeatedSegmentsConfig(d_vocab=D_VOCAB, seq_len=N_CTX, min_segment=2, max_segment=4))

@@ -16,18 +16,11 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from transformer_lens.model_bridge import TransformerBridge
 
+from interp.ids import HeadId, hooks
 from interp.model import Batch, FwdHook, forward, scored_positions, token_losses
 from interp.probing import Probe, ProbeContext
 
 Pattern = Float[Tensor, "batch head query key"]
-
-
-def head_key(layer: int, head: int) -> str:
-    return f"L{layer}H{head}"
-
-
-def pattern_hook(layer: int) -> str:
-    return f"blocks.{layer}.attn.hook_pattern"
 
 
 def attention_to_offset(pattern: Pattern, offset: int, min_query: int | None = None) -> Float[Tensor, " head"]:
@@ -164,7 +157,7 @@ def token_set_mass(
 
 
 def per_head(scores: Float[Tensor, " head"], layer: int) -> dict[str, float]:
-    return {head_key(layer, h): float(s) for h, s in enumerate(scores)}
+    return {str(HeadId(layer, h)): float(s) for h, s in enumerate(scores)}
 
 
 def repeated_tokens(
@@ -184,10 +177,10 @@ def _layer_probe(
     def fn(ctx: ProbeContext) -> dict[str, float]:
         out: dict[str, float] = {}
         for layer in layers:
-            out.update(per_head(score(ctx.acts[pattern_hook(layer)], ctx.batch), layer))
+            out.update(per_head(score(ctx.acts[hooks.pattern(layer)], ctx.batch), layer))
         return out
 
-    return Probe(name=name, hooks=tuple(pattern_hook(layer) for layer in layers), fn=fn)
+    return Probe(name=name, hooks=tuple(hooks.pattern(layer) for layer in layers), fn=fn)
 
 
 def previous_token_probe(layers: Sequence[int]) -> Probe:
@@ -269,14 +262,14 @@ def loss_probe(mask_key: str | None = None) -> Probe:
 ABLATIONS = ("zero", "mean")
 
 
-def head_ablation_hooks(heads: Sequence[tuple[int, int]], kind: str = "zero") -> list[FwdHook]:
-    """Hooks on `hook_z` that ablate every `(layer, head)` in `heads` together, to zero
+def head_ablation_hooks(heads: Sequence[HeadId], kind: str = "zero") -> list[FwdHook]:
+    """Hooks on `hook_z` that ablate every head in `heads` together, to zero
     or to the head's mean output over batch and positions."""
     if kind not in ABLATIONS:
         raise ValueError(f"kind: expected one of {ABLATIONS}, got {kind!r}")
     by_layer: dict[int, list[int]] = {}
-    for layer, head in heads:
-        by_layer.setdefault(layer, []).append(head)
+    for head in heads:
+        by_layer.setdefault(head.layer, []).append(head.head)
 
     def ablate(z: Tensor, hook, chosen: tuple[int, ...]) -> Tensor:
         z = z.clone()
@@ -284,7 +277,7 @@ def head_ablation_hooks(heads: Sequence[tuple[int, int]], kind: str = "zero") ->
         z[:, :, index] = 0.0 if kind == "zero" else z[:, :, index].mean(dim=(0, 1))
         return z
 
-    return [(f"blocks.{layer}.attn.hook_z", partial(ablate, chosen=tuple(chosen)))
+    return [(hooks.head_output(layer), partial(ablate, chosen=tuple(chosen)))
             for layer, chosen in sorted(by_layer.items())]
 
 
@@ -305,8 +298,8 @@ def head_ablation_effect(
         effects: dict[str, float] = {}
         for layer in layers:
             for head in range(model.cfg.n_heads):
-                logits = forward(model, batch, head_ablation_hooks([(layer, head)], kind))
-                effects[head_key(layer, head)] = metric(logits, batch) - clean
+                logits = forward(model, batch, head_ablation_hooks([HeadId(layer, head)], kind))
+                effects[str(HeadId(layer, head))] = metric(logits, batch) - clean
     return effects
 
 
@@ -322,3 +315,35 @@ def ablation_probe(
         hooks=(),
         fn=lambda ctx: head_ablation_effect(ctx.model, ctx.batch, metric, kind, layers),
     )
+
+
+def strongest_heads(scores: Sequence[Sequence[float]], threshold: float, min_layer: int = 1) -> list[HeadId]:
+    """Every head of layer `min_layer` or above whose score (`scores[layer][head]`) reaches
+    `threshold`, strongest first (ties in layer, head order); the strongest alone if none does."""
+    order = sorted((HeadId(layer, head) for layer in range(min_layer, len(scores))
+                    for head in range(len(scores[layer]))), key=lambda h: -float(scores[h.layer][h.head]))
+    return [h for h in order if scores[h.layer][h.head] >= threshold] or order[:1]
+
+
+def head_ablation_grid(
+    model: TransformerBridge,
+    batch: Batch,
+    metric: Callable[[Float[Tensor, "batch pos vocab"], Batch], float],
+    kind: str = "zero",
+) -> list[list[float]]:
+    """`head_ablation_effect` of every head as a `[layer][head]` grid."""
+    effects = head_ablation_effect(model, batch, metric, kind)
+    return [[effects[str(HeadId(layer, head))] for head in range(model.cfg.n_heads)]
+            for layer in range(model.cfg.n_layers)]
+
+
+def ablated_metric(
+    model: TransformerBridge,
+    batch: Batch,
+    metric: Callable[[Float[Tensor, "batch pos vocab"], Batch], float],
+    heads: Sequence[HeadId],
+    kind: str = "zero",
+) -> float:
+    """`metric` with every head in `heads` ablated together (none: the clean model)."""
+    with torch.no_grad():
+        return metric(forward(model, batch, head_ablation_hooks(heads, kind)), batch)

@@ -8,11 +8,16 @@ model over a hundred checkpoints is large); other input is computed in float64.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
 from jaxtyping import Float
+from transformer_lens.model_bridge import TransformerBridge
+
+from interp.checkpoints import Run
+from interp.model import Batch, forward, masked_mean_loss
+from interp.probing import collect_activations
 
 
 def flatten_state(state: Mapping[str, torch.Tensor], keys: list[str] | None = None) -> np.ndarray:
@@ -78,3 +83,50 @@ def pca(
     coords = eigenvectors[:, order] * np.sqrt(values)
     total = np.clip(eigenvalues, 0.0, None).sum()
     return coords, values / total if total > 0 else values
+
+
+def lag_means(matrix: Float[np.ndarray, "n n"]) -> Float[np.ndarray, " lag"]:
+    """Mean of the k-th superdiagonal of a square matrix for each lag k = 0..n-1 (NaN
+    entries ignored): e.g. how a checkpoint similarity matrix decays with the distance in time."""
+    return np.array([np.nanmean(np.diagonal(matrix, k)) for k in range(matrix.shape[0])])
+
+
+def weight_trajectory(run: Run, steps: Sequence[int], keys: list[str] | None = None) -> Float[np.ndarray, "step dim"]:
+    """The run's weights at each of `steps`, flattened by `flatten_state` (float32).
+
+    Filled in place: stacking per-checkpoint copies would double the peak memory."""
+    rows: np.ndarray | None = None
+    for row, step in enumerate(steps):
+        flat = flatten_state(run.load_state_dict(step), keys)
+        if rows is None:
+            rows = np.empty((len(steps), flat.size), dtype=np.float32)
+        rows[row] = flat
+    if rows is None:
+        raise ValueError("steps: expected at least one checkpoint step")
+    return rows
+
+
+def gradient_cosines(
+    model: TransformerBridge, batches: Sequence[Batch], params: Sequence[torch.Tensor]
+) -> Float[np.ndarray, "batch batch"]:
+    """Cosine similarity of the gradients of each batch's mean token loss with respect
+    to `params` (e.g. one layer's attention weights), one batch per item."""
+    gradients = []
+    for batch in batches:
+        grads = torch.autograd.grad(masked_mean_loss(forward(model, batch), batch), list(params))
+        gradients.append(torch.cat([g.flatten() for g in grads]).cpu().numpy())
+    return cosine_matrix(np.stack(gradients))
+
+
+def residual_cosine(run: Run, steps: Sequence[int], half_window: int) -> Float[np.ndarray, "m m"]:
+    """Cosine similarity of the run's weight residuals at `steps[h : len(steps) - h]`: each
+    checkpoint's flattened weights minus their mean over the `2h + 1` checkpoints around it
+    (`window_residuals`), so what recurs with a period of about `2h + 1` checkpoints stands out."""
+    return cosine_matrix(window_residuals(weight_trajectory(run, steps), half_window))
+
+
+def activation_cosine(
+    run: Run, hook: str, batch: Batch, steps: Sequence[int], device: str | torch.device | None = None
+) -> Float[np.ndarray, "step step"]:
+    """Cosine similarity of the activations at `hook` on `batch` between the run's checkpoints at `steps`."""
+    return cosine_matrix(collect_activations(run, hook, batch, steps, device).reshape(len(steps), -1))

@@ -6,17 +6,27 @@ such matrices: R² of rank-k SVD, additive, multiplicative, row-only and
 column-only fits; completion of partially observed rows (NaN = unobserved) by
 the additive model, KNN over rows on additive residuals, and biased low-rank
 matrix factorization; and the evaluation protocol with held-out rows and k
-revealed entries per row. Plain numpy, task-agnostic.
+revealed entries per row. Plain numpy, task-agnostic; the last section measures
+a model's per-example losses and pooled representations, from which Z and its
+similarity baseline are built.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
-from jaxtyping import Bool, Float
+import torch
+from jaxtyping import Bool, Float, Int
+from scipy import stats
 from scipy.stats import spearmanr
+from transformer_lens.model_bridge import TransformerBridge
+
+from interp.ids import hooks
+from interp.model import forward, scored_positions, token_losses
+from interp.replay import softmax_weights
 
 
 def _matrix(z: np.ndarray, name: str = "Z") -> np.ndarray:
@@ -306,3 +316,130 @@ def similarity_predictor(similarity: np.ndarray) -> Callable[[np.ndarray, np.nda
         return prediction
 
     return predict
+
+
+# --- measuring the rows of Z and their baselines on a model ---------------------------------
+
+
+def example_losses(model: TransformerBridge, tokens: Int[torch.Tensor, "example pos"],
+                   batch_size: int = 512) -> Float[np.ndarray, " example"]:
+    """Mean token loss of each sequence over all predicted positions (one entry of a row of Z)."""
+    out = []
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        for start in range(0, len(tokens), batch_size):
+            batch = {"tokens": tokens[start : start + batch_size].to(device)}
+            losses, mask = token_losses(forward(model, batch), batch), scored_positions(batch)
+            out.append(((losses * mask).sum(1) / mask.sum(1)).cpu().numpy())
+    return np.concatenate(out)
+
+
+def pooled_representations(model: TransformerBridge, tokens: Int[torch.Tensor, "example pos"],
+                           hook: str = hooks.final_norm) -> Float[np.ndarray, "example d_model"]:
+    """Mean over positions of the activation at `hook` (default: the final normalized
+    residual stream), one row per sequence."""
+    with torch.no_grad():
+        _, cache = model.run_with_cache(tokens.to(next(model.parameters()).device), names_filter=[hook])
+    return cache[hook].mean(dim=1).cpu().numpy()
+
+
+def row_cosines(a: Float[np.ndarray, "m dim"], b: Float[np.ndarray, "n dim"]) -> Float[np.ndarray, "m n"]:
+    """`S[i, j]`: cosine between row i of `a` and row j of `b` (e.g. a task's mean
+    representation and an upstream example's: the representation-similarity baseline)."""
+    a = a / np.linalg.norm(a, axis=1, keepdims=True)
+    b = b / np.linalg.norm(b, axis=1, keepdims=True)
+    return a @ b.T
+
+
+def mean_ci(values: Sequence[float] | np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """Mean and the half-width of its `level` t interval (0 for fewer than two values)."""
+    values = np.asarray(values, dtype=np.float64)
+    if len(values) < 2:
+        return float(values.mean()), 0.0
+    quantile = stats.t.ppf(0.5 + level / 2, len(values) - 1)
+    return float(values.mean()), float(quantile * values.std(ddof=1) / len(values) ** 0.5)
+
+
+Predictor = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+def completion_predictors(knn_k: int = 10, mf_rank: int = 5, mf_reg: float = 1.0,
+                          similarity: np.ndarray | None = None) -> dict[str, Predictor]:
+    """The predictors `evaluate_completion` compares: the additive, KNN and MF completers,
+    the example-mean baseline and, given `S`, the representation-similarity baseline."""
+    return {
+        "additive": as_predictor(complete_additive),
+        "knn": as_predictor(lambda m: complete_knn(m, k=knn_k)),
+        "mf": as_predictor(lambda m: complete_mf(m, rank=mf_rank, reg=mf_reg)),
+        "example mean": column_mean_predictor,
+        **({} if similarity is None else {"representation similarity": similarity_predictor(similarity)}),
+    }
+
+
+def complete_row(known: np.ndarray, row: np.ndarray, rank: int = 5, reg: float = 1.0) -> np.ndarray:
+    """`row` (NaN = unobserved) completed by `complete_mf` together with the fully observed rows `known`."""
+    return complete_mf(np.vstack([_matrix(known, "known"), row]), rank=rank, reg=reg)[-1]
+
+
+def first_factor_order(z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Row and column orders of Z by its first singular vectors, largest first (sign
+    fixed so the row factor sums positive): the order to draw Z in."""
+    u, _, vt = np.linalg.svd(_matrix(z), full_matrices=False)
+    sign = np.sign(u[:, 0].sum()) or 1.0
+    return np.argsort(-sign * u[:, 0]), np.argsort(-sign * vt[0])
+
+
+def paired_tests(a: np.ndarray, b: np.ndarray) -> tuple[float | None, float | None]:
+    """p-values of the paired t-test and the Wilcoxon signed-rank test of `a` vs `b`;
+    None when there is nothing to compare (fewer than two pairs, or identical outcomes)."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if len(a) < 2 or np.allclose(a, b, rtol=0, atol=1e-12):
+        return None, None
+    return float(stats.ttest_rel(a, b).pvalue), float(stats.wilcoxon(a, b).pvalue)
+
+
+def scaled_softmax(scores: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Sampling weights `softmax(scores / T)` with `T = temperature` x the standard deviation
+    of the scores (x 1 when they are constant): replay weights from a row of Z."""
+    scores = np.asarray(scores, dtype=np.float64)
+    return softmax_weights(scores, temperature * (scores.std() or 1.0))
+
+
+
+def matrix_summary(z: np.ndarray, shuffle_controls: int = 5, seed: int = 0) -> dict[str, Any]:
+    """Z's mean and sd, the sd of its row (task) and column (example) means, every fit's
+    R² (`fit_summary`), the rank-1 R² of `shuffle_controls` row-shuffled copies (mean and
+    sd; generator `[seed, i]` for the i-th) and the first 10 singular values."""
+    z = _matrix(z)
+    shuffled = [r2_by_rank(shuffle_rows_independently(z, np.random.default_rng([seed, i])), [1])[0]
+                for i in range(shuffle_controls)]
+    return {"z_mean": float(z.mean()), "z_std": float(z.std()), "z_row_mean_std": float(z.mean(axis=1).std()),
+            "z_column_mean_std": float(z.mean(axis=0).std()), **fit_summary(z),
+            "r2_shuffled_rank1": float(np.mean(shuffled)), "r2_shuffled_rank1_std": float(np.std(shuffled)),
+            "singular_values": singular_values(z)[:10].tolist()}
+
+
+def replay_summary(increase: Mapping[str, np.ndarray], baseline: str = "none",
+                   compared: tuple[str, str] = ("predicted", "random"), digits: int = 4) -> dict[str, Any]:
+    """The replay experiment from the held-out NLL increase of each (task, seed) pair under
+    each condition: per condition the mean and its 95% CI half-width (`ci95`), rounded to
+    `digits`, and for all but `baseline` the forgetting reduced relative to it, from the
+    rounded means (None unless the baseline raised the loss); the paired t-test and
+    Wilcoxon p-values of the two `compared` conditions (None when their outcomes are
+    identical) and the number of pairs."""
+    ci = {c: [round(v, digits) for v in mean_ci(values)] for c, values in increase.items()}
+    none = ci[baseline][0]
+    summary: dict[str, Any] = {c: {"mean_heldout_nll_increase": mean, "ci95": half} | ({} if c == baseline else {
+        "reduced_forgetting": round(1 - mean / none, digits) if none > 0 else None}) for c, (mean, half) in ci.items()}
+    t_test, wilcoxon = paired_tests(increase[compared[0]], increase[compared[1]])
+    return {**summary, f"p_value_{compared[0]}_vs_{compared[1]}": t_test, "p_value_wilcoxon": wilcoxon,
+            "pairs": len(increase[compared[0]])}
+
+
+def rounded(x: Any, digits: int = 4) -> Any:
+    """Every number in nested dicts and lists rounded to `digits` (a report's precision)."""
+    if isinstance(x, Mapping):
+        return {k: rounded(v, digits) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [rounded(v, digits) for v in x]
+    return round(float(x), digits)

@@ -2,13 +2,23 @@
 
 Inputs are a loss matrix `L[r, i]`, the loss on item `i` after `r` training
 episodes (row 0: before training), and `schedule[e]`, the item trained in
-episode `e`; so `L` has `len(schedule) + 1` rows. Plain numpy, task-agnostic.
+episode `e`; so `L` has `len(schedule) + 1` rows. Plain numpy, task-agnostic,
+except `pairwise_recovery`, which fine-tunes copies of a checkpoint to build an
+item x item recovery matrix.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
 import numpy as np
+import torch
 from jaxtyping import Float, Int
+from transformer_lens.model_bridge import TransformerBridge
+
+from interp.checkpoints import Run
+from interp.train import DataSource, TrainConfig, take_steps
 
 
 def _check(losses: np.ndarray, schedule: np.ndarray) -> None:
@@ -101,3 +111,71 @@ def prequential_loss(
         raise ValueError(f"from_episode: expected an episode in [0, {len(schedule) - 1}], got {from_episode}")
     episodes = np.arange(from_episode, len(schedule))
     return float(losses[episodes, schedule[episodes]].mean())
+
+
+def circular_offset_means(matrix: Float[np.ndarray, "item item"]) -> Float[np.ndarray, " offset"]:
+    """Mean of `matrix[i, (i + k) % n]` for each offset k = 1..n-1 (the diagonal left out):
+    e.g. how a pairwise recovery matrix of cyclically ordered items depends on j - i."""
+    n = matrix.shape[0]
+    return np.array([np.mean([matrix[i, (i + k) % n] for i in range(n)]) for k in range(1, n)])
+
+
+def pairwise_recovery(
+    run: Run,
+    step: int,
+    sources: Sequence[DataSource],
+    evaluate: Callable[[TransformerBridge], np.ndarray],
+    train_cfg: TrainConfig,
+    steps: int,
+    device: str | torch.device | None = None,
+) -> Float[np.ndarray, "trained evaluated"]:
+    """`R[i, j]`: the drop of item j's loss (`evaluate(model)[j]`) after `steps` steps
+    on `sources[i]`, each from the checkpoint at `step` of `run` with a fresh
+    optimizer (`take_steps`). Positive off the diagonal: training on i helps j."""
+    model = run.load(step, device=device)
+    with torch.no_grad():
+        before = np.asarray(evaluate(model), dtype=float)
+    rows = []
+    for source in sources:
+        model = run.load(step, into=model)
+        take_steps(model, train_cfg, source, range(steps))
+        with torch.no_grad():
+            rows.append(before - np.asarray(evaluate(model), dtype=float))
+    return np.stack(rows)
+
+
+@dataclass(frozen=True)
+class RecoveryStats:
+    """Recovery statistics of several runs of one schedule (e.g. one per seed): their
+    loss matrices and schedules, the mean RS over items `[run, gap]` (column n-1: the
+    gap after the n-th training), `recovery_ratio` `[run, gap]` and `prequential_loss`
+    `[run]`."""
+
+    losses: list[np.ndarray]
+    schedules: list[np.ndarray]
+    rs: Float[np.ndarray, "run gap"]
+    ratio: Float[np.ndarray, "run gap"]
+    prequential: Float[np.ndarray, " run"]
+
+    def shift_averaged_curve(self) -> tuple[np.ndarray, np.ndarray]:
+        """`shift_averaged_curve` of every run, averaged over the runs for the x range all cover."""
+        xs, ys = zip(*map(shift_averaged_curve, self.losses, self.schedules), strict=True)
+        length = min(len(x) for x in xs)
+        return xs[0][:length], np.mean([y[:length] for y in ys], axis=0)
+
+
+def recovery_stats(
+    runs: Sequence[tuple[np.ndarray, np.ndarray]], prequential_from: int = 0
+) -> RecoveryStats:
+    """`RecoveryStats` of `(losses, schedule)` pairs; the prequential loss counts episodes
+    `prequential_from` onwards."""
+    losses = [np.asarray(m, dtype=float) for m, _ in runs]
+    schedules = [np.asarray(s) for _, s in runs]
+    pairs = list(zip(losses, schedules, strict=True))
+    return RecoveryStats(
+        losses,
+        schedules,
+        rs=np.array([np.nanmean(recovery_scores(*p), axis=0) for p in pairs], dtype=float),
+        ratio=np.array([recovery_ratio(*p) for p in pairs], dtype=float),
+        prequential=np.array([prequential_loss(*p, from_episode=prequential_from) for p in pairs], dtype=float),
+    )

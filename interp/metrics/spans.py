@@ -8,6 +8,8 @@ positions whose *target* lies in the span. Task-agnostic.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 from jaxtyping import Bool, Float, Int
@@ -92,3 +94,86 @@ def phase_boundaries(
     first = reached[0]
     below = np.flatnonzero(values[first:] < baseline - delta)
     return int(steps[first]), (int(steps[first + below[0]]) if len(below) else None)
+
+
+def first_crossing(steps: np.ndarray, values: np.ndarray, level: float) -> int | None:
+    """The first step at which `values` reach `level` (None if they never do)."""
+    above = np.nonzero(values >= level)[0]
+    return int(steps[above[0]]) if len(above) else None
+
+
+def phase_change(steps: np.ndarray, loss: np.ndarray, min_drop: float = 0.5) -> tuple[int | None, float, float]:
+    """(step, before, after) of a drop in a loss curve.
+
+    `before` is the plateau level (median over the first 20% of training after
+    step 0), `after` the final value; the change step is the first step where
+    the loss falls below their midpoint. No step is returned if the loss fell
+    by less than `min_drop`.
+    """
+    early = loss[(steps > 0) & (steps <= 0.2 * steps.max())]
+    before = float(np.median(early if len(early) else loss[:1]))
+    after = float(loss[-1])
+    if before - after < min_drop:
+        return None, before, after
+    below = np.nonzero(loss < (before + after) / 2)[0]
+    below = below[steps[below] > 0]
+    return (int(steps[below[0]]) if len(below) else None), before, after
+
+
+def plateau_phases(
+    steps: np.ndarray, values: np.ndarray, baseline: float, delta: float = 0.1, window: int = 1
+) -> dict[str, int | float | None]:
+    """`phase_boundaries` with the plateau's length and its ratio to phase 1's:
+    `phase1_end`, `plateau_end`, `plateau_length`, `plateau_over_phase1` (None where undefined)."""
+    phase1_end, plateau_end = phase_boundaries(steps, values, baseline, delta, window)
+    length = None if phase1_end is None or plateau_end is None else plateau_end - phase1_end
+    return {"phase1_end": phase1_end, "plateau_end": plateau_end, "plateau_length": length,
+            "plateau_over_phase1": None if length is None or not phase1_end else length / phase1_end}
+
+
+def plateau_end_settled(
+    steps: np.ndarray, values: np.ndarray, baseline: float, delta: float = 0.1, window: int = 1
+) -> bool:
+    """Whether the curve so far has a plateau end (`phase_boundaries`) that more points
+    cannot move: the smoothing window around it is complete (e.g. to stop a run there)."""
+    steps = np.asarray(steps)
+    _, end = phase_boundaries(steps, values, baseline, delta, window)
+    return end is not None and int(np.flatnonzero(steps == end)[0]) + window // 2 < len(steps)
+
+
+def near_baseline(
+    steps: np.ndarray, values: np.ndarray, baseline: float, window: int, until: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`(steps, values - baseline, smoothed values - baseline)` from where the smoothed
+    curve is first within 1 of the baseline up to step `until`: a plateau at a scale
+    where a small band around the baseline is visible."""
+    excess, smoothed = values - baseline, smooth(values, window) - baseline
+    keep = (np.arange(len(steps)) >= np.argmax(smoothed <= 1)) & (steps <= until)
+    return steps[keep], excess[keep], smoothed[keep]
+
+
+@dataclass(frozen=True)
+class PowerLaw:
+    """`y ≈ prefactor * x^exponent`, with the R² of the fit in log-log space."""
+
+    exponent: float
+    prefactor: float
+    r2: float
+
+
+def power_law_fit(x: np.ndarray, y: np.ndarray) -> PowerLaw | None:
+    """The power law through positive `(x, y)` by least squares in log-log space (None with < 2 points)."""
+    if len(x) < 2:
+        return None
+    lx, ly = np.log(x), np.log(y)
+    slope, intercept = np.polyfit(lx, ly, 1)
+    residual = ly - (slope * lx + intercept)
+    total = ((ly - ly.mean()) ** 2).sum()
+    r2 = float(1 - (residual**2).sum() / total) if total > 0 else 1.0
+    return PowerLaw(float(slope), float(np.exp(intercept)), r2)
+
+
+def first_below(steps: np.ndarray, values: np.ndarray, level: float) -> int | None:
+    """The first step at which `values` are below `level` (None if they never are)."""
+    below = np.flatnonzero(np.asarray(values) < level)
+    return int(steps[below[0]]) if len(below) else None
