@@ -573,15 +573,8 @@ def report(cfg: FactLearningConfig, results: FactLearningResults) -> Report:
                      for c, f in r.finetune.items()]).figures("finetune")
 
 
-ANALYSIS = Analysis(
-    name="fact-learning",
-    description="Synthetic biographies: plateau at the no-knowledge baseline, recall circuit, distributions, "
-                "hallucinations, fine-tuning corruption",
-    presets=PRESETS,
-    measure=measure,
-    figures=figures,
-    report=report,
-    headline=("plateau_end", "final_accuracy", "unseen_loss_final"),
-)
+ANALYSIS = Analysis("fact-learning", "Synthetic biographies: plateau at the no-knowledge baseline, recall circuit, "
+                    "distributions, hallucinations, fine-tuning corruption", PRESETS, measure, figures, report,
+                    headline=("plateau_end", "final_accuracy", "unseen_loss_final"))
 
 __all__ = ["ANALYSIS", "FactLearningConfig", "FactLearningResults", "setup_job"]

@@ -252,14 +252,8 @@ def report(cfg: InductionHeadsConfig, results: InductionResults) -> Report:
                      "last_layer_offsets"))
 
 
-ANALYSIS = Analysis(
-    name="induction-heads",
-    description="Induction-head phase change in a 2-layer attention-only transformer (Olsson et al. 2022)",
-    presets=PRESETS,
-    measure=measure,
-    figures=figures,
-    report=report,
-    headline=("phase_change_step", "induction_score_final", "repeated_loss_after"),
-)
+ANALYSIS = Analysis("induction-heads", "Induction-head phase change in a 2-layer attention-only transformer "
+                    "(Olsson et al. 2022)", PRESETS, measure, figures, report,
+                    headline=("phase_change_step", "induction_score_final", "repeated_loss_after"))
 
 __all__ = ["ANALYSIS", "InductionHeadsConfig", "InductionResults"]

@@ -29,7 +29,7 @@ from transformer_lens.model_bridge import TransformerBridge
 
 from interp import ModelConfig, TrainConfig
 from interp.analysis import Analysis, detail
-from interp.checkpoints import atomic_write_json
+from interp.checkpoints import Run, atomic_write_json, atomic_write_npy
 from interp.configs import require, require_positive, to_dict
 from interp.ids import CheckpointRef
 from interp.metrics import lowrank
@@ -42,6 +42,7 @@ from tasks import forgetting
 Condition = Literal["none", "random", "predicted", "oracle"]
 CONDITIONS: tuple[Condition, ...] = ("none", "random", "predicted", "oracle")
 REPRESENTATION_STREAM = 3
+SCORES = "example_losses.npy"  # a fine-tuning run's final losses: `pool_...` and `heldout_...`
 
 
 @dataclass(frozen=True)
@@ -115,7 +116,14 @@ def setup_base(job: TrainingJob, device: torch.device) -> JobSetup:
 
 
 def setup_finetune(job: TrainingJob, device: torch.device) -> JobSetup:
-    return JobSetup(job.task.data())
+    """Fine-tuning; the worker that trains also scores the final model (`SCORES` in the run)."""
+    return JobSetup(job.task.data(), finish=lambda run: score_run(run, job.task.upstream, device))
+
+
+def score_run(run: Run, upstream: forgetting.UpstreamConfig, device: torch.device) -> None:
+    corpus, model = forgetting.UpstreamCorpus(upstream), run.load(device=device)
+    for name, examples in (("pool", corpus.pool), ("heldout", corpus.heldout)):
+        atomic_write_npy(run.path / f"{name}_{SCORES}", lowrank.example_losses(model, corpus.sequences[examples]))
 
 
 def finetune_job(cfg: LowRankForgettingConfig, index: int, base: CheckpointRef, seed: int,
@@ -130,13 +138,11 @@ def finetune_job(cfg: LowRankForgettingConfig, index: int, base: CheckpointRef, 
     return TrainingJob(f"task{index:03d}-{condition}-seed{seed}", cfg.model, train, task, setup_finetune)
 
 
-def train_and_score(ctx: Context, jobs: list[TrainingJob], model: TransformerBridge,
-                    corpus: forgetting.UpstreamCorpus) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Train `jobs` (longest first); each run's final per-example losses on the pool and
-    the held-out set, by job name. `model` is reused to load every run's weights."""
+def train_and_score(ctx: Context, jobs: list[TrainingJob]) -> dict[str, tuple[np.ndarray, ...]]:
+    """Train `jobs` (longest first); each run's final per-example losses (pool, held-out), by job name."""
     runs = ctx.train(sorted(jobs, key=lambda job: -job.train.steps))
-    return {name: (lowrank.example_losses(run.load(into=model), corpus.sequences[corpus.pool]),
-                   lowrank.example_losses(model, corpus.sequences[corpus.heldout])) for name, run in runs.items()}
+    return {name: tuple(np.load(run.path / f"{part}_{SCORES}", allow_pickle=False) for part in ("pool", "heldout"))
+            for name, run in runs.items()}
 
 
 def representation_similarity(cfg: LowRankForgettingConfig, model: TransformerBridge,
@@ -175,11 +181,11 @@ def measure(cfg: LowRankForgettingConfig, ctx: Context) -> LowRankForgettingResu
     base_ref = CheckpointRef.of(base.path)
 
     rows = [finetune_job(cfg, i, base_ref, cfg.seed) for i in range(len(specs))]
-    after = train_and_score(ctx, rows, model, corpus)
+    after = train_and_score(ctx, rows)
     z = lowrank.forgetting_matrix(before_pool, np.stack([after[job.name][0] for job in rows]))
     z_heldout = lowrank.forgetting_matrix(before_heldout, np.stack([after[job.name][1] for job in rows]))
-    np.save(ctx.out / "z.npy", z, allow_pickle=False)
-    np.save(ctx.out / "z_heldout.npy", z_heldout, allow_pickle=False)
+    atomic_write_npy(ctx.out / "z.npy", z)
+    atomic_write_npy(ctx.out / "z_heldout.npy", z_heldout)
     atomic_write_json(ctx.out / "tasks.json", [to_dict(spec) for spec in specs])
 
     test_rows = np.sort(np.random.default_rng([cfg.seed, 7]).choice(len(specs), cfg.test_tasks, replace=False))
@@ -188,7 +194,7 @@ def measure(cfg: LowRankForgettingConfig, ctx: Context) -> LowRankForgettingResu
         seeds=range(cfg.seed, cfg.seed + cfg.completion_seeds), top_fraction=cfg.top_fraction)
 
     replay = replay_jobs(cfg, z, test_rows, base_ref)
-    after |= train_and_score(ctx, [job for job in replay.values() if job.name not in after], model, corpus)
+    after |= train_and_score(ctx, [job for job in replay.values() if job.name not in after])
     increase = {c: np.array([float((after[job.name][1] - before_heldout).mean())
                              for (condition, _, _), job in replay.items() if condition == c]) for c in CONDITIONS}
     statistics = {**lowrank.matrix_summary(z, cfg.shuffle_controls, cfg.seed), "z_heldout_mean": z_heldout.mean(),
@@ -287,14 +293,8 @@ PRESETS = {
     ),
 }
 
-ANALYSIS = Analysis(
-    name="lowrank-forgetting",
-    description="Forgetting matrices of fine-tuning tasks x upstream examples: low-rank fits, completion, replay",
-    presets=PRESETS,
-    measure=measure,
-    figures=figures,
-    report=report,
-    headline=("r2_additive", "r2_shuffled_rank1", "z_mean"),
-)
+ANALYSIS = Analysis("lowrank-forgetting", "Forgetting matrices of fine-tuning tasks x upstream examples: low-rank "
+                    "fits, completion, replay", PRESETS, measure, figures, report,
+                    headline=("r2_additive", "r2_shuffled_rank1", "z_mean"))
 
 __all__ = ["ANALYSIS", "LowRankForgettingConfig", "finetune_job"]

@@ -17,6 +17,7 @@ run killed at any moment leaves each checkpoint either complete or absent.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -71,6 +72,13 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         os.fsync(f.fileno())
     os.replace(tmp, path)
     _fsync_dir(path.parent)
+
+
+def atomic_write_npy(path: Path, array: np.ndarray) -> None:
+    """An array as a `.npy` file (no pickles), written atomically."""
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
