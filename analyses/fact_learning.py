@@ -26,7 +26,6 @@ schedule.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from functools import partial
 from typing import Any, Literal
 
 import numpy as np
@@ -37,22 +36,14 @@ from interp.analysis import Analysis, detail
 from interp.checkpoints import METRICS_FILE, atomic_write_json
 from interp.configs import require, require_positive
 from interp.ids import CheckpointRef
-from interp.metrics import spans
-from interp.model import Batch
+from interp.metrics import recovery, spans
 from interp.patching import pattern_patch
 from interp.pipeline import AnalysisConfig, Context, JobSetup, TrainingJob, final_only, nearest_step
-from interp.replay import Replay
 from interp.report import Figure, Report
 from interp.train import TrainHooks
 from interp.viz import plot_curves
-from tasks.biographies import (
-    RECALL_SIGNATURES,
-    Biographies,
-    BiographiesConfig,
-    attribute_evaluator,
-    model_shape,
-    recall_signatures,
-)
+from tasks import biographies
+from tasks.biographies import Biographies, BiographiesConfig
 
 SEEN, UNSEEN, OLD, NEW = "seen", "unseen", "old", "new"
 EVAL_STREAM, PROBE_STREAM, REPLAY_STREAM = 1, 2, 3
@@ -104,17 +95,15 @@ class FactLearningConfig(AnalysisConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self.fit_model(*model_shape(self.data))
+        self.fit_model(*biographies.model_shape(self.data))
         require_positive(self, "eval_individuals", "probe_individuals", "smooth_window", "replay_pool")
-        require(self.train.eval_every > 0, "train.eval_every", "a positive evaluation interval", self.train.eval_every)
-        require(self.finetune.eval_every > 0, "finetune.eval_every", "a positive evaluation interval",
-                self.finetune.eval_every)
+        for name, train in (("train", self.train), ("finetune", self.finetune)):
+            require(train.eval_every > 0, f"{name}.eval_every", "a positive evaluation interval", train.eval_every)
         require(self.data.n_unseen >= self.eval_individuals, "data.n_unseen",
                 f">= eval_individuals={self.eval_individuals}", self.data.n_unseen)
         require(self.data.n_finetune > 0, "data.n_finetune", "a positive number of new people", self.data.n_finetune)
-        smallest = min((self.data.n_individuals, *self.n_sweep))
-        require(smallest >= self.eval_individuals, "n_sweep", f"sizes >= eval_individuals={self.eval_individuals}",
-                self.n_sweep)
+        require(min((self.data.n_individuals, *self.n_sweep)) >= self.eval_individuals, "n_sweep",
+                f"sizes >= eval_individuals={self.eval_individuals}", self.n_sweep)
         require(all(a > 0 for a in self.alphas), "alphas", "exponents > 0 (alpha 0 is the main run)", self.alphas)
         require(self.delta > 0 and self.pause_below > self.delta, "pause_below", f"a margin > delta={self.delta}",
                 self.pause_below)
@@ -132,9 +121,8 @@ class FactLearningConfig(AnalysisConfig):
 
 @dataclass(frozen=True)
 class FactLearningResults:
-    """Phase rows (`plateau_by_n`, `alpha_sweep`, `warmup`, `patching`) hold phase1_end,
-    plateau_end, plateau_length, final_loss, final_accuracy and last_step; signatures are
-    per layer (mean over heads) at the checkpoint nearest a step."""
+    """Phase rows (`plateau_by_n`, `alpha_sweep`, `warmup`, `patching`): a run's label, then its
+    `spans.phase_row`; signatures are per layer (mean over heads) at the checkpoint nearest a step."""
 
     baseline: float
     phase1_end: int | None
@@ -155,7 +143,7 @@ class FactLearningResults:
     unseen_entropy_final: float
     unseen_loss_at_plateau_end: float | None
     patching: list[dict[str, Any]]
-    finetune: dict[str, dict[str, Any]]
+    finetune: dict[str, recovery.ForgettingSummary]
     signatures_at_plateau_start: dict[str, dict[str, float]]
     signatures_at_plateau_end: dict[str, dict[str, float]]
     signatures_final: dict[str, dict[str, float]]
@@ -168,19 +156,14 @@ class FactLearningResults:
     signatures: dict[str, Any] = detail()  # "steps", and per signature and layer a value per step
 
 
-def _preset(data: BiographiesConfig, layers: int, width: int, heads: int, **kw: Any) -> FactLearningConfig:
-    model = ModelConfig(n_layers=layers, d_model=width, n_heads=heads)  # vocabulary and context: from `data`
-    return FactLearningConfig(data=data, model=model, **kw)
-
-
 PRESETS = {
     # Calibrated on 2 CPU cores (see the issue notes and the README): with pools of 8 values,
     # 3500 people give a plateau over 3x as long as phase 1 (phase 1 is held at ~300 steps by
     # batch noise), and width 112 with 9000 cosine steps recalls them (accuracy over 0.8);
     # the whole analysis takes under 10 minutes.
-    "quick": _preset(
-        BiographiesConfig(n_individuals=3500, cities=8, universities=8, majors=8, companies=8, years=8),
-        layers=2, width=112, heads=4,
+    "quick": FactLearningConfig(
+        data=BiographiesConfig(n_individuals=3500, cities=8, universities=8, majors=8, companies=8, years=8),
+        model=ModelConfig(n_layers=2, d_model=112, n_heads=4),
         train=TrainConfig(steps=9000, batch_size=16, optimizer="adamw", lr=2e-3, beta2=0.95, weight_decay=0.1,
                           schedule="cosine", eval_every=50, log_every=50, checkpoint_log=0, checkpoint_every=100),
         n_sweep=(1000, 2000), alphas=(0.6,), warmup_individuals=700, warmup_steps=700, compare_steps=2100,
@@ -191,27 +174,26 @@ PRESETS = {
     # (0.9, 0.95), cosine, 16k steps. They pack ~5 biographies into each 512-token sequence
     # of a 128-sequence batch; here one biography is one sequence, so a batch of 640 sees as
     # many biographies per step. Not yet run: cost unmeasured.
-    "paper": _preset(
-        BiographiesConfig(n_individuals=64000, n_unseen=1000, n_finetune=4000, first_names=900, middle_names=900,
-                          last_names=1000, cities=800, universities=200, majors=100, companies=500, years=200),
-        layers=8, width=512, heads=8,
+    "paper": FactLearningConfig(
+        data=BiographiesConfig(n_individuals=64000, n_unseen=1000, n_finetune=4000, first_names=900,
+                               middle_names=900, last_names=1000, cities=800, universities=200, majors=100,
+                               companies=500, years=200),
+        model=ModelConfig(n_layers=8, d_model=512, n_heads=8),
         train=TrainConfig(steps=16000, batch_size=640, optimizer="adamw", lr=4e-4, beta2=0.95, weight_decay=0.1,
                           schedule="cosine", eval_every=100, log_every=100, checkpoint_log=0, checkpoint_every=500,
                           precision="bf16"),
         n_sweep=(16000, 32000), alphas=(0.4, 0.8), warmup_individuals=8000, warmup_steps=2000, compare_steps=8000,
         eval_individuals=512, probe_individuals=128, workers=1,
         finetune=TrainConfig(steps=1000, batch_size=640, optimizer="adamw", lr=3e-5, beta2=0.95, weight_decay=0.1,
-                             eval_every=25, log_every=25, checkpoint_log=0, precision="bf16"),
-    ),
-    "tiny": _preset(
-        BiographiesConfig(n_individuals=40, n_unseen=8, n_finetune=8, first_names=8, middle_names=8, last_names=8,
-                          cities=10, universities=6, majors=5, companies=7, years=6),
-        layers=1, width=16, heads=2,
+                             eval_every=25, log_every=25, checkpoint_log=0, precision="bf16")),
+    "tiny": FactLearningConfig(
+        data=BiographiesConfig(n_individuals=40, n_unseen=8, n_finetune=8, first_names=8, middle_names=8,
+                               last_names=8, cities=10, universities=6, majors=5, companies=7, years=6),
+        model=ModelConfig(n_layers=1, d_model=16, n_heads=2),
         train=TrainConfig(steps=12, batch_size=4, eval_every=4, log_every=4, checkpoint_log=0, checkpoint_every=4),
         n_sweep=(20,), alphas=(0.5,), warmup_individuals=10, warmup_steps=4, eval_individuals=8,
         probe_individuals=4, replay_pool=16, workers=1,
-        finetune=TrainConfig(steps=6, batch_size=4, lr=1e-3, eval_every=2, log_every=2, checkpoint_log=0),
-    ),
+        finetune=TrainConfig(steps=6, batch_size=4, lr=1e-3, eval_every=2, log_every=2, checkpoint_log=0)),
 }
 
 
@@ -230,15 +212,6 @@ class RunParams:
     replay: bool = False
 
 
-def eval_batch(bios: Biographies, people: np.ndarray, seed: int, stream: int) -> Batch:
-    """Held-out-template biographies of `people`, a pure function of (seed, stream)."""
-    return bios.sample(people, np.random.default_rng([seed, stream]), heldout=True)
-
-
-def eval_people(bios: Biographies, count: int, seed: int) -> np.ndarray:
-    return np.sort(np.random.default_rng([seed, EVAL_STREAM]).choice(bios.trained, count, replace=False))
-
-
 def setup_job(job: TrainingJob, device: torch.device) -> JobSetup:
     p: RunParams = job.params
     cfg, bios, baseline = p.cfg, Biographies(job.task), job.extra["baseline"]
@@ -246,31 +219,23 @@ def setup_job(job: TrainingJob, device: torch.device) -> JobSetup:
     # A patched model never trains its own queries and keys: it is evaluated as trained, patched.
     ref = p.patch_from
     patterns = pattern_patch(Run.open(ref.run_dir).load(ref.step, device=device)) if ref else None
-    evaluator = partial(attribute_evaluator, device=device, patterns=patterns)
-    known = eval_batch(bios, eval_people(bios, cfg.eval_individuals, cfg.seed), cfg.seed, EVAL_STREAM)
+    people = {SEEN: bios.draw_trained(cfg.eval_individuals, cfg.seed, EVAL_STREAM)}
     if p.kind == "finetune":
-        new = eval_batch(bios, bios.finetune[: cfg.eval_individuals], cfg.seed, EVAL_STREAM)
-        evaluators = {OLD: evaluator(known), NEW: evaluator(new)}
+        people = {OLD: people[SEEN], NEW: bios.finetune[: cfg.eval_individuals]}
         data = bios.population(bios.finetune)
         if p.replay:
-            rng = np.random.default_rng([cfg.seed, REPLAY_STREAM])
-            pool = bios.sample(rng.choice(bios.trained, cfg.replay_pool), rng)
-            data = Replay(data, pool, cfg.replay_ratio, seed=cfg.seed)
-    else:
-        evaluators = {SEEN: evaluator(known)}
-        if p.kind == "main":  # hallucinations are measured on the main run only
-            unseen = eval_batch(bios, bios.unseen[: cfg.eval_individuals], cfg.seed, EVAL_STREAM)
-            evaluators[UNSEEN] = evaluator(unseen)
-    evaluated: dict[int, float] = {}
+            data = bios.with_replay(data, cfg.replay_ratio, cfg.replay_pool, cfg.seed, REPLAY_STREAM)
+    elif p.kind == "main":  # hallucinations are measured on the main run only
+        people[UNSEEN] = bios.unseen[: cfg.eval_individuals]
+    batches = {group: bios.heldout_batch(who, cfg.seed, EVAL_STREAM) for group, who in people.items()}
+    evaluators = {group: biographies.attribute_evaluator(batch, device, patterns) for group, batch in batches.items()}
+    watch = spans.PlateauWatch(baseline, cfg.delta, cfg.smooth_window)
 
     def stop_when(step: int, row: dict[str, float]) -> bool:
         # Sweep and patching runs stop once their plateau end is known; a resumed run starts
         # a new history, so it may only stop at its `stop_step`.
-        if p.kind in ("n", "patch"):
-            evaluated[step] = row[f"{SEEN}/loss"]
-            if spans.plateau_end_settled(np.array(list(evaluated)), np.array(list(evaluated.values())), baseline,
-                                         cfg.delta, cfg.smooth_window):
-                return True
+        if p.kind in ("n", "patch") and watch.observe(step, row[f"{SEEN}/loss"]):
+            return True
         return bool(p.stop_step and step >= p.stop_step)
 
     def left_plateau(step: int, row: dict[str, float]) -> bool:
@@ -281,34 +246,10 @@ def setup_job(job: TrainingJob, device: torch.device) -> JobSetup:
     return JobSetup(data, hooks, finish=lambda run: bios.vocab.save(run.path / "vocab.json"))
 
 
-def curve(run: Run, key: str, until: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    steps, values = run.series(key)
-    keep = steps <= until if until else slice(None)
-    return steps[keep], values[keep]
-
-
-def phases(run: Run, cfg: FactLearningConfig, until: int = 0) -> dict[str, Any]:
+def phases(run: Run, cfg: FactLearningConfig, until: int | None = None) -> dict[str, Any]:
     """Phase boundaries and final values of a run's eval curve (up to step `until` if given)."""
-    steps, loss = curve(run, f"{SEEN}/loss", until)
-    return {**spans.plateau_phases(steps, loss, run.config["baseline"], cfg.delta, cfg.smooth_window),
-            "final_loss": float(loss[-1]), "final_accuracy": float(curve(run, f"{SEEN}/accuracy", until)[1][-1]),
-            "last_step": int(steps[-1])}
-
-
-def phase_row(run: Run, cfg: FactLearningConfig, until: int = 0, **first: Any) -> dict[str, Any]:
-    """`first`, then the phases of `run` as the results' phase rows hold them (floats rounded)."""
-    p = phases(run, cfg, until)
-    keep = ("phase1_end", "plateau_end", "plateau_length", "final_loss", "final_accuracy", "last_step")
-    return first | {k: (round(p[k], 4) if isinstance(p[k], float) else p[k]) for k in keep}
-
-
-def at_step(signatures: dict[str, Any], step: int | None) -> dict[str, dict[str, float]]:
-    """Signature values at the checkpoint nearest `step`."""
-    if step is None:
-        return {}
-    index = signatures["steps"].index(nearest_step(signatures["steps"], step))
-    return {name: {layer: round(values[index], 4) for layer, values in signatures[name].items()}
-            for name in RECALL_SIGNATURES}
+    return spans.curve_phases(*run.series(f"{SEEN}/loss", until), run.series(f"{SEEN}/accuracy", until)[1],
+                              run.config["baseline"], cfg.delta, cfg.smooth_window)
 
 
 def left_plateau_step(run: Run, cfg: FactLearningConfig) -> int | None:
@@ -328,19 +269,6 @@ def patch_references(main: Run, cfg: FactLearningConfig, main_phases: dict[str, 
     return {"before": nearest_step(main.steps, phase1_end // 2),
             "inside": nearest_step(main.steps, (phase1_end + plateau_end) // 2),
             "after": nearest_step(main.steps, after) if after else main.steps[-1]}
-
-
-def finetune_summary(run: Run, baseline: float) -> dict[str, Any]:
-    steps, old = curve(run, f"{OLD}/loss")
-    old_acc, new = curve(run, f"{OLD}/accuracy")[1], curve(run, f"{NEW}/loss")[1]
-    peak, gap = int(np.argmax(old)), baseline - float(old[0])
-    halfway = np.flatnonzero(old - old[0] >= gap / 2) if gap > 0 else np.array([], int)
-    return {"old_loss_before": float(old[0]), "old_loss_peak": float(old[peak]), "old_loss_peak_step": int(steps[peak]),
-            "old_loss_after": float(old[-1]), "old_accuracy_before": float(old_acc[0]),
-            "old_accuracy_after": float(old_acc[-1]), "old_accuracy_min": float(old_acc.min()),
-            "new_loss_before": float(new[0]), "new_loss_after": float(new[-1]),
-            "rise_over_gap_to_baseline": float(old[peak] - old[0]) / gap if gap > 0 else None,
-            "half_gap_step": int(steps[halfway[0]]) if len(halfway) else None}
 
 
 def measure(cfg: FactLearningConfig, ctx: Context) -> FactLearningResults:
@@ -372,7 +300,7 @@ def measure(cfg: FactLearningConfig, ctx: Context) -> FactLearningResults:
     first = ctx.train([*([] if paused else [main_job]), *alpha_jobs.values(), *warmup_jobs, *n_jobs.values()])
     main = ctx.run(main_job.name)
     paused_at = left_plateau_step(main, cfg)
-    early_phases = phases(main, cfg, until=paused_at or 0)
+    early_phases = phases(main, cfg, until=paused_at)
     references = patch_references(main, cfg, early_phases, after=paused_at)
     horizon = int(cfg.patch_horizon * (early_phases["plateau_end"] or cfg.train.steps))
     patch_jobs = {label: job(f"patch-{label}", "patch", patch_from=CheckpointRef.of(main.path, step),
@@ -384,45 +312,44 @@ def measure(cfg: FactLearningConfig, ctx: Context) -> FactLearningResults:
                      for c, replay in FINETUNE.items()}
     third = ctx.train(list(finetune_jobs.values()))
 
-    main_phases, unseen, bios = phases(main, cfg), curve(main, f"{UNSEEN}/loss"), populations[base.n_individuals]
+    main_phases, unseen, bios = phases(main, cfg), main.series(f"{UNSEEN}/loss"), populations[base.n_individuals]
     plateau_end = main_phases["plateau_end"]
-    people = eval_people(bios, cfg.probe_individuals, cfg.seed + 1)
-    signatures = recall_signatures(main, eval_batch(bios, people, cfg.seed, PROBE_STREAM), ctx.device)
+    probed = bios.draw_trained(cfg.probe_individuals, cfg.seed + 1, EVAL_STREAM)
+    signatures = biographies.recall_signatures(main, bios.heldout_batch(probed, cfg.seed, PROBE_STREAM), ctx.device)
     atomic_write_json(ctx.out / "signatures.json", signatures)
     by_n = {n: first[j.name] for n, j in n_jobs.items()} | {base.n_individuals: main}
-    plateau_by_n = [phase_row(by_n[n], cfg, n_individuals=n) for n in sorted(by_n)]
+    plateau_by_n = [{"n_individuals": n, **spans.phase_row(phases(by_n[n], cfg))} for n in sorted(by_n)]
     reached = np.array([(r["n_individuals"], r["plateau_end"]) for r in plateau_by_n if r["plateau_end"]], float)
     by_alpha = {a: first[j.name] for a, j in alpha_jobs.items()}
     warmup_run = first[warmup_jobs[0].name] if warmup_jobs else None
+    patched = {label: second[j.name] for label, j in patch_jobs.items()}
     finetuned = {c: third[j.name] for c, j in finetune_jobs.items()}
     return FactLearningResults(
         baseline=round(main.config["baseline"], 4),
-        phase1_end=main_phases["phase1_end"],
-        plateau_end=plateau_end,
-        plateau_length=main_phases["plateau_length"],
-        plateau_over_phase1=main_phases["plateau_over_phase1"],
-        final_loss=main_phases["final_loss"],
-        final_accuracy=main_phases["final_accuracy"],
+        **{k: v for k, v in main_phases.items() if k != "last_step"},  # the main run's phases, unrounded
         plateau_by_n=plateau_by_n,
         plateau_power_law=spans.power_law_fit(*reached.reshape(-1, 2).T),
         compare_steps=budget,
-        alpha_sweep=[phase_row(run, cfg, budget, alpha=a) for a, run in {0.0: main, **by_alpha}.items()],
-        warmup=phase_row(warmup_run, cfg, budget) if warmup_run else None,
+        alpha_sweep=[{"alpha": a, **spans.phase_row(phases(run, cfg, budget))}
+                     for a, run in {0.0: main, **by_alpha}.items()],
+        warmup=spans.phase_row(phases(warmup_run, cfg, budget)) if warmup_run else None,
         unseen_loss_final=float(unseen[1][-1]),
-        seen_max_prob_final=float(curve(main, f"{SEEN}/max_prob")[1][-1]),
-        unseen_max_prob_final=float(curve(main, f"{UNSEEN}/max_prob")[1][-1]),
-        seen_entropy_final=float(curve(main, f"{SEEN}/entropy")[1][-1]),
-        unseen_entropy_final=float(curve(main, f"{UNSEEN}/entropy")[1][-1]),
+        seen_max_prob_final=float(main.series(f"{SEEN}/max_prob")[1][-1]),
+        unseen_max_prob_final=float(main.series(f"{UNSEEN}/max_prob")[1][-1]),
+        seen_entropy_final=float(main.series(f"{SEEN}/entropy")[1][-1]),
+        unseen_entropy_final=float(main.series(f"{UNSEEN}/entropy")[1][-1]),
         unseen_loss_at_plateau_end=None if plateau_end is None else float(
             unseen[1][np.searchsorted(unseen[0], plateau_end)]),
-        patching=[phase_row(second[j.name], cfg, reference=label, reference_step=references[label])
-                  for label, j in patch_jobs.items()],
-        finetune={c: finetune_summary(run, main.config["baseline"]) for c, run in finetuned.items()},
-        signatures_at_plateau_start=at_step(signatures, main_phases["phase1_end"]),
-        signatures_at_plateau_end=at_step(signatures, plateau_end),
-        signatures_final=at_step(signatures, main_phases["last_step"]),
-        main=main, by_n=by_n, by_alpha=by_alpha, warmup_run=warmup_run, finetuned=finetuned,
-        patched={label: second[j.name] for label, j in patch_jobs.items()}, signatures=signatures,
+        patching=[{"reference": label, "reference_step": references[label], **spans.phase_row(phases(run, cfg))}
+                  for label, run in patched.items()],
+        finetune={c: recovery.forgetting_summary(*run.series(f"{OLD}/loss"), run.series(f"{OLD}/accuracy")[1],
+                                                 run.series(f"{NEW}/loss")[1], main.config["baseline"])
+                  for c, run in finetuned.items()},
+        signatures_at_plateau_start=biographies.signatures_at(signatures, main_phases["phase1_end"]),
+        signatures_at_plateau_end=biographies.signatures_at(signatures, plateau_end),
+        signatures_final=biographies.signatures_at(signatures, main_phases["last_step"]),
+        main=main, by_n=by_n, by_alpha=by_alpha, warmup_run=warmup_run, patched=patched, finetuned=finetuned,
+        signatures=signatures,
     )
 
 
@@ -434,7 +361,7 @@ def plateau_window(main: Run, cfg: FactLearningConfig, baseline: float, plateau_
     """The seen-people loss minus the baseline, raw and smoothed as the phases are detected,
     from where the smoothed loss is first within 1 nat of the baseline to twice the plateau's end: the
     plateau at a scale where the ± delta band is visible."""
-    steps, loss = curve(main, f"{SEEN}/loss")
+    steps, loss = main.series(f"{SEEN}/loss")
     steps, excess, smoothed = spans.near_baseline(steps, loss, baseline, cfg.smooth_window,
                                                   2 * (plateau_end or steps[-1]))
     return {"seen people": (steps, excess), f"smoothed over {cfg.smooth_window} evaluations": (steps, smoothed),
@@ -449,8 +376,8 @@ def figures(cfg: FactLearningConfig, results: FactLearningResults, ctx: Context)
         drawn.append(Figure(key, caption, plot_curves(series, **kw)))
 
     draw("phases", "Three phases: the attribute loss against the no-knowledge baseline",
-         {"held-out templates, seen people": curve(main, f"{SEEN}/loss"),
-          "never-seen people": curve(main, f"{UNSEEN}/loss")},
+         {"held-out templates, seen people": main.series(f"{SEEN}/loss"),
+          "never-seen people": main.series(f"{UNSEEN}/loss")},
          hlines={"no-knowledge baseline": baseline}, vlines=marks,
          title=f"Attribute loss, N = {cfg.data.n_individuals}", ylabel="attribute loss (nats)")
     if r.phase1_end is not None:
@@ -459,10 +386,10 @@ def figures(cfg: FactLearningConfig, results: FactLearningResults, ctx: Context)
              vlines=marks, title="The plateau: attribute loss above the baseline",
              ylabel="attribute loss − baseline (nats)")
     draw("accuracy", "Attribute accuracy",
-         {"seen people": curve(main, f"{SEEN}/accuracy"), "never-seen people": curve(main, f"{UNSEEN}/accuracy")},
+         {"seen people": main.series(f"{SEEN}/accuracy"), "never-seen people": main.series(f"{UNSEEN}/accuracy")},
          vlines=marks, title="Attribute accuracy (held-out templates)", ylabel="accuracy")
     draw("loss_by_n", "Attribute loss by N",
-         {f"N = {n}": curve(run, f"{SEEN}/loss") for n, run in sorted(r.by_n.items())},
+         {f"N = {n}": run.series(f"{SEEN}/loss") for n, run in sorted(r.by_n.items())},
          hlines={"baseline": baseline}, title="Attribute loss by number of individuals", ylabel="attribute loss (nats)")
     reached = [row for row in r.plateau_by_n if row["plateau_end"]]
     if reached:
@@ -475,41 +402,37 @@ def figures(cfg: FactLearningConfig, results: FactLearningResults, ctx: Context)
         draw("plateau_by_n", "Plateau end vs N", series, markers=True, logx=True, logy=True,
              title="Plateau end vs number of individuals", ylabel="plateau end (step)", xlabel="individuals N")
 
-    distributions = {"uniform": curve(main, f"{SEEN}/loss", r.compare_steps)}
-    distributions |= {f"power law alpha={a:g}": curve(run, f"{SEEN}/loss") for a, run in r.by_alpha.items()}
+    distributions = {"uniform": main.series(f"{SEEN}/loss", r.compare_steps)}
+    distributions |= {f"power law alpha={a:g}": run.series(f"{SEEN}/loss") for a, run in r.by_alpha.items()}
     if r.warmup_run is not None:
-        distributions[f"warm-up ({cfg.warmup_individuals} people for {cfg.warmup_steps} steps)"] = curve(
-            r.warmup_run, f"{SEEN}/loss")
+        distributions[f"warm-up ({cfg.warmup_individuals} people for {cfg.warmup_steps} steps)"] = \
+            r.warmup_run.series(f"{SEEN}/loss")
     draw("distributions", "Power-law sampling and the warm-up curriculum", distributions,
          hlines={"baseline": baseline}, title="Sampling distributions at a fixed budget",
          ylabel="attribute loss, uniform over people (nats)")
 
     # At the scale of the delta band: the patched runs stop once their plateau is over.
-    patched = {"no patching": curve(main, f"{SEEN}/loss")}
-    patched |= {f"patterns of step {row['reference_step']} ({row['reference']})":
-                curve(r.patched[row["reference"]], f"{SEEN}/loss") for row in r.patching}
+    runs = {"no patching": main} | {f"patterns of step {row['reference_step']} ({row['reference']})":
+                                    r.patched[row["reference"]] for row in r.patching}
     until = max(row["last_step"] for row in r.patching)
-    patched = {name: spans.near_baseline(*series, baseline, cfg.smooth_window, until)[::2]
-               for name, series in patched.items()}
+    patched = {name: spans.near_baseline(*run.series(f"{SEEN}/loss"), baseline, cfg.smooth_window, until)[::2]
+               for name, run in runs.items()}
     patched[band_label(cfg.delta)] = (np.array([0, until]), np.zeros(2))
     draw("patching", "Training with patched attention patterns", patched,
          bands={band_label(cfg.delta): np.asarray(cfg.delta)}, title="Training with attention patterns patched in",
          ylabel=f"attribute loss − baseline, smoothed over {cfg.smooth_window} (nats)")
 
     steps = np.array(r.signatures["steps"])
-    for name, label in RECALL_SIGNATURES.items():
+    for name, label in biographies.RECALL_SIGNATURES.items():
         draw(f"signature_{name}", f"Signature: {name.replace('_', ' ')}",
              {layer: (steps, np.array(v)) for layer, v in r.signatures[name].items()}, vlines=marks, title=label,
              ylabel="mean over heads")
     draw("confidence", "Hallucination: confidence on seen vs never-seen people",
-         {"seen: max probability": curve(main, f"{SEEN}/max_prob"),
-          "never seen: max probability": curve(main, f"{UNSEEN}/max_prob")},
+         {"seen: max probability": main.series(f"{SEEN}/max_prob"),
+          "never seen: max probability": main.series(f"{UNSEEN}/max_prob")},
          vlines=marks, title="Confidence of the first value token", ylabel="max probability")
-    finetune = {}
-    for condition, run in r.finetuned.items():
-        label = "with replay" if FINETUNE[condition] else "no replay"
-        finetune[f"original people, {label}"] = curve(run, f"{OLD}/loss")
-        finetune[f"new people, {label}"] = curve(run, f"{NEW}/loss")
+    finetune = {f"{people} people, {'with' if FINETUNE[condition] else 'no'} replay": run.series(f"{group}/loss")
+                for condition, run in r.finetuned.items() for people, group in (("original", OLD), ("new", NEW))}
     draw("finetune", "Fine-tuning on new people corrupts old memories", finetune, hlines={"baseline": baseline},
          title=f"Fine-tuning on {cfg.data.n_finetune} new people", ylabel="attribute loss (nats)",
          xlabel="fine-tuning step")
@@ -542,14 +465,13 @@ def report(cfg: FactLearningConfig, results: FactLearningResults) -> Report:
     if fit := r.plateau_power_law:
         out.text(f"Power-law fit: plateau end ≈ {fit.prefactor:.3g} · N^{fit.exponent:.3f} (R² {fit.r2:.3f}).")
     out.figures("loss_by_n", "plateau_by_n").text(f"Sampling distributions at a budget of {r.compare_steps} steps:")
-    rows = [[f"power law alpha = {row['alpha']:g}" if row["alpha"] else "uniform", row["plateau_end"],
-             row["final_loss"], row["final_accuracy"]] for row in r.alpha_sweep]
-    if w := r.warmup:
-        rows.append([f"warm-up: {cfg.warmup_individuals} people for {cfg.warmup_steps} steps", w["plateau_end"],
-                     w["final_loss"], w["final_accuracy"]])
-    out.grid(["distribution", "plateau end", "final loss", "final accuracy"], rows).figures("distributions")
-    out.text("Attention-pattern patching (same initialization and batches; every layer's pattern from a "
-             "main-run checkpoint):")
+    labelled = [(f"power law alpha = {row['alpha']:g}" if row["alpha"] else "uniform", row) for row in r.alpha_sweep]
+    if r.warmup:
+        labelled.append((f"warm-up: {cfg.warmup_individuals} people for {cfg.warmup_steps} steps", r.warmup))
+    out.grid(["distribution", "plateau end", "final loss", "final accuracy"],
+             [[label, row["plateau_end"], row["final_loss"], row["final_accuracy"]] for label, row in labelled])
+    out.figures("distributions").text("Attention-pattern patching (same initialization and batches; every layer's "
+                                      "pattern from a main-run checkpoint):")
     out.grid(["reference", "reference step", "phase 1 end", "plateau end", "loss at stop", "last step"],
              [["none (main run)", "", r.phase1_end, r.plateau_end, "", ""]]
              + [[row["reference"], row["reference_step"], row["phase1_end"], row["plateau_end"], row["final_loss"],
@@ -561,16 +483,14 @@ def report(cfg: FactLearningConfig, results: FactLearningResults) -> Report:
               for when, at in (("at plateau start", r.signatures_at_plateau_start),
                                ("at plateau end", r.signatures_at_plateau_end), ("final", r.signatures_final))
               for name, layers in at.items()])
-    out.figures(*(f"signature_{name}" for name in RECALL_SIGNATURES), "confidence")
-    out.text(f"Fine-tuning on {cfg.data.n_finetune} new people at constant lr {cfg.finetune.lr:g} for "
-             f"{cfg.finetune.steps} steps, without and with replay ({cfg.replay_ratio} old biographies per "
-             "new one):")
+    out.figures(*(f"signature_{name}" for name in biographies.RECALL_SIGNATURES), "confidence").text(
+        f"Fine-tuning on {cfg.data.n_finetune} new people at constant lr {cfg.finetune.lr:g} for {cfg.finetune.steps} "
+        f"steps, without and with replay ({cfg.replay_ratio} old biographies per new one):")
     return out.grid(["", "old loss before", "old loss peak (step)", "old loss after", "old accuracy before / after",
                      "rise / gap to baseline", "half the gap at step", "new loss after"],
-                    [[c, f["old_loss_before"], f"{f['old_loss_peak']:.3f} ({f['old_loss_peak_step']})",
-                      f["old_loss_after"], f"{f['old_accuracy_before']:.3f} / {f['old_accuracy_after']:.3f}",
-                      f["rise_over_gap_to_baseline"], f["half_gap_step"], f["new_loss_after"]]
-                     for c, f in r.finetune.items()]).figures("finetune")
+                    [[c, f.old_loss_before, f"{f.old_loss_peak:.3f} ({f.old_loss_peak_step})", f.old_loss_after,
+                      f"{f.old_accuracy_before:.3f} / {f.old_accuracy_after:.3f}", f.rise_over_gap_to_baseline,
+                      f.half_gap_step, f.new_loss_after] for c, f in r.finetune.items()]).figures("finetune")
 
 
 ANALYSIS = Analysis("fact-learning", "Synthetic biographies: plateau at the no-knowledge baseline, recall circuit, "

@@ -34,7 +34,7 @@ import torch
 from analyses.toys import CoopetitionToyConfig, CoopetitionToyResult, coopetition_toy
 from interp import ModelConfig, Run, TrainConfig, TrainHooks, probe
 from interp.analysis import Analysis, detail
-from interp.configs import require, require_choice, require_positive
+from interp.configs import require, require_literals, require_positive
 from interp.ids import HeadId
 from interp.metrics import circuits, spans
 from interp.model import Batch, batch_to
@@ -88,7 +88,7 @@ class ICLTransienceConfig(AnalysisConfig):
         require(self.train.eval_every > 0, "train.eval_every", "a positive evaluation interval", self.train.eval_every)
         require(all(lam > 0 and lam != self.train.l2 for lam in self.l2_sweep), "l2_sweep",
                 f"lambdas > 0 other than train.l2={self.train.l2} (the main run)", self.l2_sweep)
-        require_choice(self, "icl_kind", get_args(ICLKind))
+        require_literals(self)
         require_positive(self, "eval_size", "smooth_window", "probe_size")
         require(0 < self.induction_threshold <= 1, "induction_threshold", "a strength in (0, 1]",
                 self.induction_threshold)

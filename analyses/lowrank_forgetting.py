@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from transformer_lens.model_bridge import TransformerBridge
 
-from interp import ModelConfig, TrainConfig
+from interp import ModelConfig, TrainConfig, seeding
 from interp.analysis import Analysis, detail
 from interp.checkpoints import Run, atomic_write_json, atomic_write_npy
 from interp.configs import require, require_positive, to_dict
@@ -110,7 +110,7 @@ class LowRankForgettingResults:
 
 def setup_base(job: TrainingJob, device: torch.device) -> JobSetup:
     """Pre-training on the corpus, evaluated by the mean pool loss of each domain."""
-    corpus = forgetting.UpstreamCorpus(job.task)
+    corpus = forgetting.upstream_corpus(job.task)
     return JobSetup(corpus, TrainHooks(evaluators={
         "pool": lambda model: corpus.domain_means(lowrank.example_losses(model, corpus.sequences[corpus.pool]))}))
 
@@ -121,7 +121,7 @@ def setup_finetune(job: TrainingJob, device: torch.device) -> JobSetup:
 
 
 def score_run(run: Run, upstream: forgetting.UpstreamConfig, device: torch.device) -> None:
-    corpus, model = forgetting.UpstreamCorpus(upstream), run.load(device=device)
+    corpus, model = forgetting.upstream_corpus(upstream), run.load(device=device)
     for name, examples in (("pool", corpus.pool), ("heldout", corpus.heldout)):
         atomic_write_npy(run.path / f"{name}_{SCORES}", lowrank.example_losses(model, corpus.sequences[examples]))
 
@@ -163,7 +163,7 @@ def replay_jobs(cfg: LowRankForgettingConfig, z: np.ndarray, test_rows: np.ndarr
     jobs = {}
     for row in map(int, test_rows):
         for seed in range(cfg.seed, cfg.seed + cfg.replay_seeds):
-            mask = lowrank.reveal_mask(1, z.shape[1], cfg.revealed, np.random.default_rng([seed, row, 11]))[0]
+            mask = lowrank.reveal_mask(1, z.shape[1], cfg.revealed, seeding.rng(seed, row, 11))[0]
             scores = {"predicted": lowrank.complete_row(z[train_rows], np.where(mask, z[row], np.nan), cfg.mf_rank,
                                                         cfg.mf_reg), "oracle": z[row]}
             for condition in CONDITIONS:
@@ -172,7 +172,7 @@ def replay_jobs(cfg: LowRankForgettingConfig, z: np.ndarray, test_rows: np.ndarr
 
 
 def measure(cfg: LowRankForgettingConfig, ctx: Context) -> LowRankForgettingResults:
-    corpus, specs = forgetting.UpstreamCorpus(cfg.upstream), forgetting.task_specs(cfg.tasks)
+    corpus, specs = forgetting.upstream_corpus(cfg.upstream), forgetting.task_specs(cfg.tasks)
     base = ctx.train([TrainingJob("base", cfg.model, cfg.train, cfg.upstream, setup_base, show_progress=True)])["base"]
     model = base.load(device=ctx.device)
     before_pool = lowrank.example_losses(model, corpus.sequences[corpus.pool])
@@ -188,7 +188,7 @@ def measure(cfg: LowRankForgettingConfig, ctx: Context) -> LowRankForgettingResu
     atomic_write_npy(ctx.out / "z_heldout.npy", z_heldout)
     atomic_write_json(ctx.out / "tasks.json", [to_dict(spec) for spec in specs])
 
-    test_rows = np.sort(np.random.default_rng([cfg.seed, 7]).choice(len(specs), cfg.test_tasks, replace=False))
+    test_rows = np.sort(seeding.rng(cfg.seed, 7).choice(len(specs), cfg.test_tasks, replace=False))
     completion = lowrank.evaluate_completion(
         z, test_rows, cfg.revealed, lowrank.completion_predictors(cfg.knn_k, cfg.mf_rank, cfg.mf_reg, similarity),
         seeds=range(cfg.seed, cfg.seed + cfg.completion_seeds), top_fraction=cfg.top_fraction)

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 from matplotlib.figure import Figure
 
+from interp import seeding
 from interp.configs import require, require_positive
 from interp.metrics import drift, recovery
 from interp.viz import plot_curves, plot_trajectory
@@ -80,7 +81,7 @@ class CyclicToyResult:
 
 def cyclic_toy(cfg: CyclicToyConfig) -> CyclicToyResult:
     """Train the toy model through `epochs` cycles of the tasks in a fixed order."""
-    rng = np.random.default_rng(cfg.seed)
+    rng = seeding.rng(cfg.seed)
     x = rng.uniform(-1, 1, (cfg.n_tasks, cfg.input_dim))
     y = rng.uniform(-1, 1, (cfg.n_tasks, cfg.output_dim))
     p = rng.normal(0, 1 / cfg.input_dim, (cfg.output_dim, cfg.input_dim))
@@ -172,7 +173,7 @@ def rank1_error(target: list[np.ndarray], factors: list[np.ndarray]) -> tuple[fl
 
 def coopetition_toy(cfg: CoopetitionToyConfig) -> CoopetitionToyResult:
     """Gradient descent on the coopetition loss; L1, L2, L and the factor norms over steps."""
-    rng = np.random.default_rng(cfg.seed)
+    rng = seeding.rng(cfg.seed)
     target = [rng.standard_normal(n) for n in cfg.dims]
     a, b, c, d = (rng.standard_normal(n) for n in cfg.dims)
     overlap = cfg.alpha / (cfg.dims[0] * cfg.dims[3])

@@ -108,15 +108,18 @@ def next_token_loss(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits[:, :-1].flatten(0, 1), tokens[:, 1:].flatten())
 
 
-def bare_loop(model: nn.Module, params, forward, data, steps: int, batch_size: int, device) -> float:
-    """A minimal training loop; returns the last loss."""
+def bare_loop(model: nn.Module, params, forward, data, steps: int, batch_size: int, device,
+              precision: str = "fp32") -> float:
+    """A minimal training loop; returns the last loss. `precision="bf16"` runs the forward
+    pass and loss under bfloat16 autocast, as the trainer's `precision="bf16"` does."""
     optimizer = torch.optim.AdamW(params, lr=1e-3)
     generator = torch.Generator().manual_seed(0)
     model.train()
     loss_value = float("nan")
     for step in range(steps):
         tokens = data.batch(step, batch_size, generator)["tokens"].to(device)
-        loss = next_token_loss(forward(tokens), tokens)
+        with torch.autocast(device.type, torch.bfloat16, enabled=precision == "bf16"):
+            loss = next_token_loss(forward(tokens), tokens)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -124,20 +127,23 @@ def bare_loop(model: nn.Module, params, forward, data, steps: int, batch_size: i
     return loss_value
 
 
-def run_variant(name: str, args, cfg: ModelConfig, data, device, scratch: Path, tag: str):
-    """(wall seconds, process CPU seconds, final training loss) of one end-to-end run."""
+def run_variant(name: str, steps: int, batch_size: int, cfg: ModelConfig, data, device, scratch: Path, tag: str,
+                precision: str = "fp32"):
+    """(wall seconds, process CPU seconds, final training loss) of one end-to-end run of `steps`
+    steps (`trainer-1-step`: one step) in `precision` ("fp32" or "bf16" autocast)."""
     gc.collect()
     sync(device)
     cpu_start = time.process_time()
     if name in ("trainer", "trainer-1-step"):
         run_dir = scratch / f"run_{tag}"
         train_cfg = TrainConfig(
-            steps=args.steps if name == "trainer" else 1,
-            batch_size=args.batch_size,
+            steps=steps if name == "trainer" else 1,
+            batch_size=batch_size,
             optimizer="adamw",
             lr=1e-3,
             checkpoint_log=0,
             checkpoint_every=0,
+            precision=precision,
         )
         start = time.perf_counter()
         run = train(run_dir, cfg, train_cfg, data, device=device, progress=False)
@@ -159,7 +165,7 @@ def run_variant(name: str, args, cfg: ModelConfig, data, device, scratch: Path, 
         forward = model  # TransformerBridge.__call__: the hooked forward
     else:
         raise ValueError(name)
-    loss = bare_loop(model, params, forward, data, args.steps, args.batch_size, device)
+    loss = bare_loop(model, params, forward, data, steps, batch_size, device, precision)
     sync(device)
     return time.perf_counter() - start, time.process_time() - cpu_start, loss
 
@@ -246,7 +252,8 @@ def main(argv: list[str] | None = None) -> dict:
             order = VARIANTS[r % len(VARIANTS) :] + VARIANTS[: r % len(VARIANTS)]
             parts = []
             for name in order:
-                wall, cpu, loss = run_variant(name, args, cfg, data, device, scratch, f"{r}_{name}")
+                wall, cpu, loss = run_variant(name, args.steps, args.batch_size, cfg, data, device, scratch,
+                                              f"{r}_{name}")
                 parts.append(f"{name} {tokens_per_run / wall:,.0f} tok/s")
                 if measured:
                     walls[name].append(wall)
@@ -254,7 +261,8 @@ def main(argv: list[str] | None = None) -> dict:
                     losses[name].append(loss)
             if measured:
                 data_walls.append(data_time(data, args.steps, args.batch_size))
-                fixed_walls.append(run_variant("trainer-1-step", args, cfg, data, device, scratch, f"{r}_1")[0])
+                fixed_walls.append(run_variant("trainer-1-step", args.steps, args.batch_size, cfg, data, device,
+                                               scratch, f"{r}_1")[0])
             label = f"round {r - args.warmup + 1}" if measured else "warm-up"
             print(f"  {label:>8}: " + ", ".join(parts), flush=True)
     finally:

@@ -8,11 +8,17 @@ imported. An analysis supplies presets of its config (an `AnalysisConfig`),
 results dataclass), `figures` (matplotlib figures with captions) and `report`
 (prose and tables that place the figures by key). `run_analysis` does the rest:
 it writes `analysis.json`, the figures, `report.md` and `results.json`.
+
+An output directory is written only once it is accepted: new or empty, or holding
+this analysis (`analysis.json`) with nothing trained yet, or, with `resume`, the
+same config; a directory of anything else is refused unless `force`. Nothing in it
+is rewritten before then, and one process at a time writes it (its lock).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -23,15 +29,25 @@ from typing import Any, Generic, TypeVar
 
 import numpy as np
 
-from interp.checkpoints import atomic_write_json
-from interp.configs import to_dict, with_overrides
+from interp.checkpoints import (
+    CONFIG_FILE,
+    LOCK_FILE,
+    atomic_write_json,
+    dumps_json,
+    is_temporary,
+    read_json,
+    run_lock,
+)
+from interp.configs import ConfigError, require, to_dict, with_overrides
 from interp.ids import CheckpointRef, HeadId
-from interp.model import resolve_device
+from interp.model import ModelConfig, check_memory, resolve_device
 from interp.parallel import Backend
-from interp.pipeline import AnalysisConfig, Context
+from interp.pipeline import RUNS_DIR, AnalysisConfig, Context
 from interp.report import Figure, Report, write_figures
 
 ENTRY_POINT_GROUP = "interp.analyses"
+ANALYSIS_FILE = "analysis.json"
+MAX_SEED = 2**63 - 1  # seeds reach torch.manual_seed, which takes at most a signed 64-bit integer
 
 ConfigT = TypeVar("ConfigT", bound=AnalysisConfig)
 ResultsT = TypeVar("ResultsT")
@@ -99,9 +115,158 @@ def load_all() -> tuple[dict[str, Analysis], dict[str, str]]:
 
 
 def resolve_config(analysis: Analysis, preset: str, overrides: Mapping[str, Any]) -> Any:
+    """The preset with `overrides` applied and checked.
+
+    Errors name the dotted field (`train.lr`, not the `lr` a nested config reports); every
+    seed in the tree must be an integer in [0, 2**63); an override that the analysis
+    replaces with a value of its own (e.g. `model.d_vocab`, which follows the task) is
+    refused rather than silently dropped."""
     if preset not in analysis.presets:
         raise KeyError(f"preset: {analysis.name} has {sorted(analysis.presets)}, not {preset!r}")
-    return with_overrides(analysis.presets[preset], overrides)
+    base = analysis.presets[preset]
+    try:
+        config = with_overrides(base, overrides)
+    except ConfigError as err:
+        qualified = _qualified(err, base, overrides)
+        if qualified is err:
+            raise
+        raise qualified from err
+    for path, node in _config_nodes(config):
+        if any(f.name == "seed" for f in dataclasses.fields(node)):
+            seed = node.seed
+            require(isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed <= MAX_SEED,
+                    f"{path}seed", "an integer in [0, 2**63)", seed)
+    _check_overrides_kept(base, config, overrides)
+    return config
+
+
+def _config_nodes(cfg: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    """(dotted prefix, config) of `cfg` and of every config nested in it: `("", cfg)`, `("train.", ...)`."""
+    nodes = [(prefix, cfg)]
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            nodes += _config_nodes(value, f"{prefix}{f.name}.")
+    return nodes
+
+
+def _qualified(err: ConfigError, base: Any, overrides: Mapping[str, Any]) -> ConfigError:
+    """`err` naming its field by its dotted path in the config tree.
+
+    A nested config validates itself and knows only its own field names (`lr`); the
+    overrides rebuild the configs along their keys (every config, for `seed`), children
+    before parents, so the deepest rebuilt config with a field of that name raised it."""
+    if "." in err.field:
+        return err
+    rebuilt = [(prefix, node) for prefix, node in _config_nodes(base)
+               if prefix == "" or "seed" in overrides or any(k.startswith(prefix) for k in overrides)]
+    candidates = [prefix for prefix, node in rebuilt if err.field in {f.name for f in dataclasses.fields(node)}]
+    if not candidates:
+        return err
+    deepest = max(c.count(".") for c in candidates)
+    candidates = [c for c in candidates if c.count(".") == deepest]
+    prefix = next((c for c in candidates if f"{c}{err.field}" in overrides), candidates[0])
+    if not prefix:
+        return err
+    message = str(err)
+    rest = message[len(err.field):] if message.startswith(err.field) else f": {message}"
+    qualified = type(err).__new__(type(err))
+    Exception.__init__(qualified, f"{prefix}{err.field}{rest}")
+    qualified.field = f"{prefix}{err.field}"
+    return qualified
+
+
+def _check_overrides_kept(base: Any, config: Any, overrides: Mapping[str, Any]) -> None:
+    """Refuse an override that the analysis replaced (a config that sets a field from
+    another, like `fit_model`): the run would silently not be the one asked for."""
+    for key, value in overrides.items():
+        if key == "seed":
+            continue
+        *parents, leaf = key.split(".")
+        given, result = base, config
+        for part in parents:
+            given, result = getattr(given, part), getattr(result, part)
+        try:  # the override alone, coerced and validated as the field's own config would
+            wanted = getattr(with_overrides(given, {leaf: value}), leaf)
+        except ConfigError:
+            continue  # valid only together with other overrides: they were applied together above
+        actual = getattr(result, leaf)
+        if actual != wanted:
+            raise ConfigError(key, f"a value this analysis keeps (it sets {key} itself, here to {actual!r}, "
+                              "e.g. from its task's sizes: override those instead)", wanted)
+
+
+def _roundtrip(obj: Any) -> Any:
+    """`obj` as it reads back from `analysis.json` (tuples become lists), to compare with a stored config."""
+    return json.loads(dumps_json(obj, Path(ANALYSIS_FILE)))
+
+
+def _first_difference(stored: Any, given: Any, prefix: str = "") -> str:
+    """The dotted key of the first value that differs between two JSON trees, with both values."""
+    if isinstance(stored, dict) and isinstance(given, dict):
+        for key in sorted(set(stored) | set(given)):
+            if stored.get(key, _MISSING) != given.get(key, _MISSING):
+                return _first_difference(stored.get(key, _MISSING), given.get(key, _MISSING), f"{prefix}{key}.")
+    return f"{prefix.rstrip('.') or 'config'} (stored {_shown(stored)}, given {_shown(given)})"
+
+
+_MISSING = object()
+
+
+def _shown(value: Any) -> str:
+    return "nothing" if value is _MISSING else repr(value)
+
+
+def _listing(names: list[str], limit: int = 5) -> str:
+    return ", ".join(names[:limit]) + (f", ... ({len(names)} in all)" if len(names) > limit else "")
+
+
+def accept_output_dir(out: Path, record: Mapping[str, Any], *, resume: bool, force: bool) -> None:
+    """Raise unless `out` may receive the analysis described by `record` (`analysis.json`).
+
+    Accepted: a missing or empty directory; one holding `analysis.json` of the same
+    analysis with no run trained yet (a new config may start over); with `resume`, one
+    whose `analysis.json` holds the same config (every run config below it must read as
+    strict JSON). Refused: the same analysis without `resume` once it has runs (they would
+    be mixed with new ones, or refused half-way), or with another config; and, unless
+    `force`, a non-empty directory that holds something else (the user's own files would be
+    overwritten by results.json, report.md and figures/). Only the lock file and temporary
+    files of interrupted writes do not count as content."""
+    name = record["analysis"]
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out} exists and is not a directory; choose another output directory")
+    entries = sorted(p.name for p in out.iterdir() if p.name != LOCK_FILE and not is_temporary(p.name)) \
+        if out.is_dir() else []
+    if not entries:
+        return
+    stored, unreadable = None, ""
+    if ANALYSIS_FILE in entries:
+        try:
+            stored = read_json(out / ANALYSIS_FILE)
+        except ValueError as err:  # RunDamagedError: not strict JSON
+            unreadable = f" ({err})"
+    if not isinstance(stored, dict) or stored.get("analysis") != name:
+        if force:
+            return
+        held = (f"an output of analysis {stored['analysis']!r}" if isinstance(stored, dict) and "analysis" in stored
+                else f"{ANALYSIS_FILE} that cannot be read{unreadable}" if ANALYSIS_FILE in entries
+                else f"files that are not an output of {name!r} ({_listing(entries)})")
+        raise FileExistsError(f"{out} is not empty: it holds {held}; choose another output directory, or pass "
+                              "--force (force=True) to write into it anyway")
+    runs_dir = out / RUNS_DIR
+    runs = sorted(p.name for p in runs_dir.iterdir() if p.is_dir()) if runs_dir.is_dir() else []
+    if not runs:
+        return
+    if not resume:
+        raise FileExistsError(f"{out} already holds analysis {name!r} with runs {_listing(runs)}; pass --resume "
+                              "(resume=True) to continue it with the same config, or choose another output directory")
+    if stored.get("config") != _roundtrip(record["config"]):
+        difference = _first_difference(stored.get("config"), _roundtrip(record["config"]))
+        raise ValueError(f"resume: the config differs from {out / ANALYSIS_FILE} at {difference}; resume with the "
+                         "same preset and overrides, or choose another output directory")
+    for run in runs:
+        if (runs_dir / run / CONFIG_FILE).exists():
+            read_json(runs_dir / run / CONFIG_FILE)  # a damaged run config is named before anything runs
 
 
 def run_analysis(
@@ -113,22 +278,36 @@ def run_analysis(
     progress: bool = True,
     resume: bool = False,
     backend: Backend | None = None,
+    force: bool = False,
 ) -> dict[str, Any]:
-    """Run a registered analysis end to end; returns its results as written to `results.json`."""
+    """Run a registered analysis end to end; returns its results as written to `results.json`.
+
+    Before anything is written: the config is resolved and checked, the main model's
+    training memory is checked against the device (`InsufficientMemoryError`), the
+    output directory is locked and accepted (`accept_output_dir`; `force` allows a
+    non-empty directory that holds no output of this analysis)."""
     analysis = get_analysis(name)
     config = resolve_config(analysis, preset, overrides or {})
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    context = Context(out, resolve_device(device), progress=progress, resume=resume, backend=backend,
-                      workers=config.workers)
-    atomic_write_json(out / "analysis.json", {"analysis": name, "preset": preset, "config": to_dict(config)})
-    started = time.perf_counter()
-    measured = analysis.measure(config, context)
-    figures = write_figures(analysis.figures(config, measured, context), out)
-    analysis.report(config, measured).write(out / "report.md", figures)
-    results = json_safe({"analysis": name, "preset": preset, **results_dict(measured),
-                         "wall_seconds": round(time.perf_counter() - started, 1), "device": str(context.device)})
-    atomic_write_json(out / "results.json", results)
+    resolved = resolve_device(device)
+    if isinstance(getattr(config, "model", None), ModelConfig):
+        # The main run's model at its batch size: a config that cannot fit is refused here, in
+        # this process, rather than in each worker after the output directory was written.
+        check_memory(config.model, resolved, batch_size=getattr(getattr(config, "train", None), "batch_size", 0))
+    record = {"analysis": name, "preset": preset, "config": to_dict(config)}
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out} exists and is not a directory; choose another output directory")
+    with run_lock(out):
+        accept_output_dir(out, record, resume=resume, force=force)
+        context = Context(out, resolved, progress=progress, resume=resume, backend=backend, workers=config.workers)
+        atomic_write_json(out / ANALYSIS_FILE, record)
+        started = time.perf_counter()
+        measured = analysis.measure(config, context)
+        figures = write_figures(analysis.figures(config, measured, context), out)
+        analysis.report(config, measured).write(out / "report.md", figures)
+        results = json_safe({"analysis": name, "preset": preset, **results_dict(measured),
+                             "wall_seconds": round(time.perf_counter() - started, 1), "device": str(context.device)})
+        atomic_write_json(out / "results.json", results)
     return results
 
 
@@ -169,5 +348,5 @@ def json_safe(obj: Any) -> Any:
     return obj
 
 
-__all__ = ["Analysis", "AnalysisImportError", "Figure", "Report", "analysis_names", "detail", "get_analysis",
-           "load_all", "resolve_config", "results_dict", "run_analysis"]
+__all__ = ["ANALYSIS_FILE", "MAX_SEED", "Analysis", "AnalysisImportError", "Figure", "Report", "accept_output_dir",
+           "analysis_names", "detail", "get_analysis", "load_all", "resolve_config", "results_dict", "run_analysis"]

@@ -8,20 +8,32 @@ Layout (see README):
     checkpoints/step_000123/weights.safetensors   model weights
     checkpoints/step_000123/state.pt              optimizer state, step, running loss (no code)
     probes/*.jsonl, figures/*.png, report.md, results.json
+    .lock                the pid of the process writing the run (see `run_lock`)
 
 Every write is atomic (temporary name, fsync, rename), and a checkpoint is
 committed by listing it in the manifest after its directory is in place, so a
 run killed at any moment leaves each checkpoint either complete or absent.
+Every JSON file is strict JSON: NaN and infinities are refused when written and
+when read. One process at a time writes a run (`run_lock`); readers take no lock.
+`Run.inspect` tells an intact run from a damaged one without hashing anything.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import io
 import json
+import logging
 import os
+import re
+import secrets
 import shutil
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,15 +45,38 @@ from transformer_lens.model_bridge import TransformerBridge
 from interp.configs import from_dict
 from interp.model import ModelConfig, build_model, load_model_state_dict, model_state_dict
 
+logger = logging.getLogger(__name__)
+
 WEIGHTS_FILE = "weights.safetensors"
 STATE_FILE = "state.pt"
 MANIFEST_FILE = "manifest.json"
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
+LOCK_FILE = ".lock"
+CHECKPOINTS_DIR = "checkpoints"
+PROBES_DIR = "probes"
+
+_STEP_DIR = re.compile(r"step_(\d+)")
 
 
 class CheckpointError(RuntimeError):
-    """A checkpoint is missing, incomplete or fails its hash check."""
+    """A checkpoint or run directory is missing, incomplete, damaged or fails its hash check."""
+
+
+class RunInUseError(CheckpointError):
+    """Another process (or thread) is writing the run directory."""
+
+
+class RunDamagedError(CheckpointError):
+    """A run directory is inconsistent in a way no write of the toolkit can leave it."""
+
+
+class JsonlError(ValueError):
+    """A line of a JSONL file that is not a JSON object (not the torn last line of a killed append)."""
+
+
+class NonFiniteError(ValueError):
+    """A NaN or infinity where the toolkit only stores finite numbers."""
 
 
 def step_dirname(step: int) -> str:
@@ -64,13 +99,108 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+# --- the writer lock ----------------------------------------------------------------------
+
+
+@dataclass
+class _Held:
+    fd: int
+    pid: int
+    thread: int
+    depth: int = 1
+
+
+_HELD: dict[Path, _Held] = {}
+_HELD_GUARD = threading.Lock()
+
+
+@contextmanager
+def run_lock(path: str | Path) -> Iterator[None]:
+    """Hold the writer lock of run directory `path` (created if missing) for the `with` block.
+
+    The lock is an `fcntl.flock` on `path/.lock`, which holds the writer's pid. A second
+    writer fails at once with `RunInUseError` ("run directory X is in use by pid N")
+    instead of interleaving its files with the first one's. The kernel drops a flock when
+    its process dies, however it dies, so the lock of a killed writer is free for the next
+    one: there is no stale lock to detect or break. Nested use in the thread that holds the
+    lock is allowed (a training callback may probe its own run). Readers take no lock.
+    """
+    directory = Path(path)
+    directory.mkdir(parents=True, exist_ok=True)
+    key = directory.resolve()
+    pid, thread = os.getpid(), threading.get_ident()
+    with _HELD_GUARD:
+        held = _HELD.get(key)
+        if held is not None and held.pid == pid:  # a forked child inherits the dict, not the lock
+            if held.thread != thread:
+                raise RunInUseError(f"run directory {directory} is in use by pid {pid} (another thread)")
+            held.depth += 1
+        else:
+            held = _HELD[key] = _Held(_acquire(key / LOCK_FILE, directory), pid, thread)
+    try:
+        yield
+    finally:
+        with _HELD_GUARD:
+            held.depth -= 1
+            if held.depth == 0:
+                del _HELD[key]
+                _release(held.fd)
+
+
+def _acquire(lock_path: Path, directory: Path) -> int:
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = _lock_holder(fd)
+        os.close(fd)
+        raise RunInUseError(f"run directory {directory} is in use by {holder}") from None
+    except BaseException:
+        os.close(fd)
+        raise
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def _lock_holder(fd: int) -> str:
+    """'pid N' of the lock's holder; it writes its pid just after taking the lock, so wait briefly."""
+    for _ in range(20):
+        text = os.pread(fd, 32, 0).decode(errors="replace").strip()
+        if text.isdigit():
+            return f"pid {text}"
+        time.sleep(0.025)
+    return "another process"
+
+
+def _release(fd: int) -> None:
+    try:
+        os.ftruncate(fd, 0)  # no pid left behind to mislead a reader of the file
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+# --- atomic writes and strict JSON ----------------------------------------------------------
+
+
+def temp_path(path: Path) -> Path:
+    """A temporary name beside `path`, unique to this process and call, so that concurrent
+    writers (or a writer and the leftovers of a killed one) never share a temporary file."""
+    return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    tmp = temp_path(path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     _fsync_dir(path.parent)
 
 
@@ -81,8 +211,17 @@ def atomic_write_npy(path: Path, array: np.ndarray) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
+def dumps_json(obj: Any, path: Path, indent: int | None = None) -> str:
+    """`obj` as strict JSON: NaN and infinities (which `json` would write as the non-JSON
+    `NaN`/`Infinity`) are refused, naming the file they were meant for."""
+    try:
+        return json.dumps(obj, indent=indent, default=_json_default, allow_nan=False)
+    except ValueError as err:
+        raise NonFiniteError(f"{path}: refusing to write a non-finite number ({err})") from None
+
+
 def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, default=_json_default) + "\n").encode())
+    atomic_write_bytes(path, (dumps_json(obj, path, indent=2) + "\n").encode())
 
 
 def _json_default(obj: Any) -> Any:
@@ -95,25 +234,265 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"not JSON serializable: {type(obj).__name__}")
 
 
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Rows of a JSONL file; a torn last line (killed mid-append) is dropped."""
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def loads_json(text: str | bytes) -> Any:
+    """Strict JSON: `NaN`, `Infinity` and `-Infinity` (which `json.loads` accepts) are refused."""
+    return json.loads(text, parse_constant=_no_constants)
+
+
+def read_json(path: Path) -> Any:
+    """A JSON file of the run directory, strictly parsed; damage is reported by file name."""
+    try:
+        return loads_json(path.read_bytes())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise RunDamagedError(f"{path} is not valid JSON ({err})") from None
+
+
+@dataclass(frozen=True)
+class JsonlScan:
+    """What a JSONL file holds: its complete rows, the lines that do not parse, and a torn
+    last line (one without its newline: the append of a killed writer)."""
+
+    path: Path
+    rows: list[dict[str, Any]]
+    bad_lines: list[tuple[int, str]]
+    """(1-based line number, why) of every complete line that is not a JSON object."""
+    torn_line: int | None
+    """The number of the last line when it lacks its newline, else None."""
+    complete_bytes: int
+    """The length of the file up to and including its last newline."""
+
+    def first_bad_line_error(self) -> JsonlError:
+        number, why = self.bad_lines[0]
+        return JsonlError(f"{self.path}: line {number} is not a JSON object ({why}); the file is damaged")
+
+
+def scan_jsonl(path: Path) -> JsonlScan:
+    """Read a JSONL file (missing: empty) without stopping at damage; see `JsonlScan`."""
+    data = path.read_bytes() if path.exists() else b""
+    end = data.rfind(b"\n") + 1
+    lines = data[:end].split(b"\n")[:-1]
+    rows: list[dict[str, Any]] = []
+    bad: list[tuple[int, str]] = []
+    for number, line in enumerate(lines, 1):
         try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            break
-    return rows
+            row = loads_json(line)
+        except (ValueError, UnicodeDecodeError) as err:
+            bad.append((number, str(err)))
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+        else:
+            bad.append((number, f"a {type(row).__name__}"))
+    return JsonlScan(path, rows, bad, len(lines) + 1 if end < len(data) else None, end)
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Rows of a JSONL file. A torn last line (a writer killed mid-append, or an append still
+    under way) is dropped with a warning; any other line that does not parse raises a
+    `JsonlError` naming the file and line, instead of silently ending the rows there."""
+    scan = scan_jsonl(path)
+    if scan.bad_lines:
+        raise scan.first_bad_line_error()
+    if scan.torn_line is not None:
+        logger.warning("%s: line %d is torn (a writer was killed mid-append); it is ignored", path, scan.torn_line)
+    return scan.rows
 
 
 def append_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Append `rows` (writers only, under the run's lock). A torn last line left by a killed
+    writer is cut first: the first new row would otherwise be glued onto it."""
+    data = "".join(dumps_json(row, path) + "\n" for row in rows)  # all rows are checked before any is written
+    if data and path.exists() and path.stat().st_size:
+        with open(path, "rb") as f:
+            f.seek(-1, os.SEEK_END)
+            torn = f.read(1) != b"\n"
+        if torn:
+            cut_torn_line(path)
     with open(path, "a") as f:
-        for row in rows:
-            f.write(json.dumps(row, default=_json_default) + "\n")
+        f.write(data)
         f.flush()
         os.fsync(f.fileno())
+
+
+def cut_torn_line(path: Path) -> bool:
+    """Remove a torn last line of a JSONL file (writers only, under the run's lock), so the
+    next append starts on a line of its own; returns whether there was one."""
+    scan = scan_jsonl(path)
+    if scan.torn_line is None:
+        return False
+    with open(path, "r+b") as f:
+        f.truncate(scan.complete_bytes)
+        f.flush()
+        os.fsync(f.fileno())
+    return True
+
+
+def is_temporary(name: str) -> bool:
+    """Whether `name` is a temporary file or directory of an atomic write (`temp_path`,
+    `Run.save_checkpoint`), which only a killed writer leaves behind."""
+    return name.startswith(".tmp_step_") or (name.startswith(".") and name.endswith(".tmp"))
+
+
+# --- what a run directory holds ---------------------------------------------------------------
+
+
+def _listing(steps: list[int], limit: int = 6) -> str:
+    shown = ", ".join(str(s) for s in steps[:limit])
+    return f"[{shown}]" if len(steps) <= limit else f"[{shown}, ... ({len(steps)} in all)]"
+
+
+def logged_steps(train: Mapping[str, Any], last: int, evaluated: bool) -> tuple[set[int], set[int]] | None:
+    """`(required, allowed)`: the steps up to `last` at which the trainer of a run with
+    `train` (its `TrainConfig` as in `config.json`) must have logged a row, and those at which
+    it may have; None when `train` does not say. Rows come at every `log_every` steps and the
+    end, and with evaluators also at step 0 and every `eval_every` steps (where a stop or
+    pause condition can end the run)."""
+    total, log_every, eval_every = (train.get(k) for k in ("steps", "log_every", "eval_every"))
+    if not all(isinstance(v, int) and v > 0 for v in (total, log_every)) or not isinstance(eval_every, int):
+        return None
+    required = set(range(log_every, last + 1, log_every)) | ({total} if last == total else set())
+    evaluations = {0, *(range(eval_every, last + 1, eval_every) if eval_every > 0 else ()), total}
+    if evaluated:
+        required |= {s for s in evaluations if s <= last}
+    allowed = required | {s for s in evaluations if s <= last}
+    return required, allowed
+
+
+_TRAINING_KEYS = {"step", "train/loss", "lr"}
+
+
+@dataclass(frozen=True)
+class RunState:
+    """What a run directory holds, read without hashing anything (`Run.inspect`).
+
+    `damage()` lists what no write of the toolkit leaves behind, even when killed (a run
+    resumed over it could mix two runs or lose logged rows): `train(resume=True)` refuses
+    it. `repairs()` lists the leftovers of a killed writer, which a resume removes
+    provably: each belongs to work after the last checkpoint, which is redone."""
+
+    path: Path
+    exists: bool
+    """The directory holds config.json, checkpoints/, metrics.jsonl or manifest.json."""
+    config_error: str | None
+    """Why config.json cannot be used (missing or unreadable), or None."""
+    manifest_error: str | None
+    steps: list[int]
+    """Committed checkpoints: the steps manifest.json lists."""
+    step_dirs: list[int]
+    """Steps with a directory under checkpoints/."""
+    metrics: JsonlScan
+    missing_rows: list[int] = field(default_factory=list)
+    unexpected_rows: list[int] = field(default_factory=list)
+    repeated_rows: list[int] = field(default_factory=list)
+    """Steps logged more than once, every time with the same values (before checkpoint 0
+    was written, earlier versions logged step 0's row again on resume)."""
+    conflicting_rows: list[int] = field(default_factory=list)
+    stepless_rows: int = 0
+    leftovers: list[Path] = field(default_factory=list)
+    """Temporary files and directories of interrupted atomic writes."""
+
+    @property
+    def last_step(self) -> int | None:
+        return self.steps[-1] if self.steps else None
+
+    @property
+    def uncommitted(self) -> list[int]:
+        """Checkpoint directories manifest.json does not list."""
+        return [s for s in self.step_dirs if s not in self.steps]
+
+    @property
+    def residue(self) -> int | None:
+        """The one uncommitted checkpoint directory that a kill while saving it leaves (it is
+        after the last committed step); None when there is none, or more than a kill leaves."""
+        uncommitted = self.uncommitted
+        last = self.last_step
+        if len(uncommitted) == 1 and (last is None or uncommitted[0] > last):
+            return uncommitted[0]
+        return None
+
+    @property
+    def unborn(self) -> bool:
+        """Killed while being created: no config.json and nothing trained or logged yet."""
+        return (self.config_error == "missing" and self.manifest_error is None and not self.steps
+                and not self.uncommitted and not self.metrics.rows and not self.metrics.bad_lines)
+
+    def damage(self) -> list[str]:
+        """What a resume cannot repair, each naming its file (empty: none)."""
+        path, out = self.path, []
+        if self.config_error and not self.unborn:
+            out.append(f"{path / CONFIG_FILE} is {self.config_error}")
+        if self.manifest_error:
+            out.append(f"{path / MANIFEST_FILE} is {self.manifest_error}")
+        gone = [s for s in self.steps if s not in self.step_dirs]
+        if gone:
+            out.append(f"{path / MANIFEST_FILE} lists steps {_listing(gone)} that have no directory under "
+                       f"{path / CHECKPOINTS_DIR}")
+        if self.uncommitted and self.residue is None:
+            where = (f"{path / MANIFEST_FILE} is missing" if not (path / MANIFEST_FILE).exists()
+                     else f"{path / MANIFEST_FILE} does not list them")
+            out.append(f"{path / CHECKPOINTS_DIR} holds steps {_listing(self.uncommitted)}, but {where}")
+        metrics = path / METRICS_FILE
+        if self.metrics.bad_lines:
+            out.append(str(self.metrics.first_bad_line_error()))
+        if self.stepless_rows:
+            out.append(f"{metrics}: {self.stepless_rows} rows have no integer step")
+        if self.missing_rows:
+            out.append(f"{metrics} lacks the rows of steps {_listing(self.missing_rows)}, logged before the last "
+                       f"checkpoint (step {self.last_step})")
+        if self.conflicting_rows:
+            out.append(f"{metrics} logs steps {_listing(self.conflicting_rows)} more than once with different "
+                       "values (two runs in one directory?)")
+        if self.unexpected_rows:
+            out.append(f"{metrics} has rows at steps {_listing(self.unexpected_rows)}, where this run's config "
+                       "logs none (two runs in one directory?)")
+        return out
+
+    def repairs(self) -> list[str]:
+        """The leftovers of a killed writer that a resume removes, each naming its file."""
+        out = []
+        if self.exists and self.unborn:
+            out.append(f"{self.path / CONFIG_FILE} is missing (killed while the run was created)")
+        if self.metrics.torn_line is not None:
+            out.append(f"{self.path / METRICS_FILE}: line {self.metrics.torn_line} is torn (killed mid-append)")
+        if self.repeated_rows:
+            out.append(f"{self.path / METRICS_FILE} repeats the rows of steps {_listing(self.repeated_rows)}")
+        if self.residue is not None:
+            out.append(f"{self.path / CHECKPOINTS_DIR / step_dirname(self.residue)} was never listed in "
+                       f"{MANIFEST_FILE} (killed while saving it)")
+        if self.leftovers:
+            out.append(f"{len(self.leftovers)} temporary files of interrupted writes, e.g. {self.leftovers[0]}")
+        return out
+
+    def problems(self) -> list[str]:
+        """Everything out of the ordinary: `damage()`, then `repairs()`."""
+        return self.damage() + self.repairs()
+
+
+def _check_rows(rows: list[dict[str, Any]], config: Mapping[str, Any] | None, last: int | None) -> dict[str, Any]:
+    """The row problems of a metrics log against its run's config and last checkpoint."""
+    stepless = sum(not isinstance(r.get("step"), int) for r in rows)
+    by_step: dict[int, list[dict[str, Any]]] = {}
+    for row in rows:
+        if isinstance(row.get("step"), int) and (last is None or row["step"] <= last):
+            by_step.setdefault(row["step"], []).append(row)
+    repeated = sorted(s for s, rs in by_step.items() if len(rs) > 1 and all(r == rs[0] for r in rs))
+    conflicting = sorted(s for s, rs in by_step.items() if len(rs) > 1 and any(r != rs[0] for r in rs))
+    missing: list[int] = []
+    unexpected: list[int] = []
+    train = config.get("train") if isinstance(config, Mapping) else None
+    if last is not None and isinstance(train, Mapping):
+        evaluated = any(set(r) - _TRAINING_KEYS for r in rows)
+        expected = logged_steps(train, last, evaluated)
+        if expected is not None:
+            required, allowed = expected
+            missing = sorted(required - set(by_step))
+            unexpected = sorted(set(by_step) - allowed)
+    return dict(missing_rows=missing, unexpected_rows=unexpected, repeated_rows=repeated,
+                conflicting_rows=conflicting, stepless_rows=stepless)
 
 
 class Run:
@@ -137,17 +516,21 @@ class Run:
     @classmethod
     def create(cls, path: str | Path, config: dict[str, Any]) -> Run:
         run = cls(path)
-        (run.path / "checkpoints").mkdir(parents=True, exist_ok=True)
+        (run.path / CHECKPOINTS_DIR).mkdir(parents=True, exist_ok=True)
         atomic_write_json(run.path / CONFIG_FILE, config)
         return run
 
     def __repr__(self) -> str:
         return f"Run({str(self.path)!r}, steps={len(self.steps)})"
 
+    def lock(self) -> AbstractContextManager[None]:
+        """This run's writer lock (`run_lock`), as a context manager."""
+        return run_lock(self.path)
+
     # --- reading ---
     @property
     def config(self) -> dict[str, Any]:
-        return json.loads((self.path / CONFIG_FILE).read_text())
+        return read_json(self.path / CONFIG_FILE)
 
     @property
     def model_config(self) -> ModelConfig:
@@ -156,14 +539,19 @@ class Run:
     @property
     def manifest(self) -> dict[str, dict[str, str]]:
         path = self.path / MANIFEST_FILE
-        return json.loads(path.read_text())["checkpoints"] if path.exists() else {}
+        if not path.exists():
+            return {}
+        manifest = read_json(path)
+        if not isinstance(manifest, dict) or not isinstance(manifest.get("checkpoints"), dict):
+            raise RunDamagedError(f"{path} has no 'checkpoints' mapping")
+        return manifest["checkpoints"]
 
     @property
     def steps(self) -> list[int]:
         return sorted(int(s) for s in self.manifest)
 
     def checkpoint_dir(self, step: int) -> Path:
-        return self.path / "checkpoints" / step_dirname(step)
+        return self.path / CHECKPOINTS_DIR / step_dirname(step)
 
     def _entry(self, step: int) -> dict[str, str]:
         manifest = self.manifest
@@ -180,6 +568,14 @@ class Run:
             raise CheckpointError(f"checkpoint file {path} does not match its sha256 in {MANIFEST_FILE}")
         return path
 
+    def last_step(self) -> int:
+        """The last committed checkpoint's step; a run without one is an error that says so."""
+        steps = self.steps
+        if not steps:
+            raise CheckpointError(f"{self.path} has no checkpoints: {MANIFEST_FILE} lists none "
+                                  f"({'it is missing' if not (self.path / MANIFEST_FILE).exists() else 'empty'})")
+        return steps[-1]
+
     def load_state_dict(self, step: int) -> dict[str, torch.Tensor]:
         return load_file(self._verified_file(step, WEIGHTS_FILE))
 
@@ -191,7 +587,7 @@ class Run:
         `into` reuses a model of this run's config (its weights are overwritten),
         which skips building a bridge: most of the cost of walking checkpoints.
         """
-        step = self.steps[-1] if step is None else step
+        step = self.last_step() if step is None else step
         state = self.load_state_dict(step)
         model = build_model(self.model_config, device=device) if into is None else into
         load_model_state_dict(model, state)
@@ -209,42 +605,118 @@ class Run:
             yield step, self.load(step)
 
     def metrics(self) -> list[dict[str, Any]]:
-        """Every logged row of `metrics.jsonl` (each has a `step`)."""
-        return read_jsonl(self.path / METRICS_FILE)
+        """Every logged row of `metrics.jsonl` (each has a `step`).
 
-    def series(self, key: str) -> tuple[np.ndarray, np.ndarray]:
-        """(steps, values) of one logged metric."""
-        rows = [r for r in self.metrics() if key in r]
+        A torn last line (a writer killed mid-append) is left out with a warning; a damaged
+        line, or a log that lacks rows logged before the last checkpoint, raises an error
+        naming the file instead of handing back a shortened curve."""
+        path = self.path / METRICS_FILE
+        # The manifest first: a checkpoint is listed only after its rows are on disk, so rows read
+        # after it cover it even while a writer goes on (read the other way, a checkpoint
+        # committed in between would seem to lack its rows).
+        steps = self.steps
+        rows = read_jsonl(path)
+        config = self.config if (self.path / CONFIG_FILE).exists() else None
+        missing = _check_rows(rows, config, steps[-1] if steps else None)["missing_rows"]
+        if missing:
+            raise RunDamagedError(f"{path} lacks the rows of steps {_listing(missing)}, logged before the last "
+                                  f"checkpoint (step {steps[-1]}); the log is damaged")
+        return rows
+
+    def series(self, key: str, until: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(steps, values) of one logged metric (up to step `until` if given)."""
+        metrics = self.metrics()
+        rows = [r for r in metrics if key in r and (until is None or r["step"] <= until)]
         if not rows:
-            keys = sorted({k for r in self.metrics() for k in r} - {"step"})
+            keys = sorted({k for r in metrics for k in r} - {"step"})
             raise KeyError(f"metric {key!r} is not in {self.path / METRICS_FILE}; logged: {keys}")
         return np.array([r["step"] for r in rows]), np.array([r[key] for r in rows], dtype=float)
 
-    # --- writing (used by the trainer) ---
+    def inspect(self) -> RunState:
+        """What this directory holds and whether it is consistent (`RunState`); reads the
+        config, manifest and metrics log and lists the checkpoints, without hashing."""
+        path = self.path
+        names = {CONFIG_FILE, CHECKPOINTS_DIR, METRICS_FILE, MANIFEST_FILE}
+        exists = path.is_dir() and any((path / name).exists() for name in names)
+        config: Any = None
+        config_error = None
+        if not (path / CONFIG_FILE).exists():
+            config_error = "missing"
+        else:
+            try:
+                config = self.config
+            except RunDamagedError as err:
+                config_error = f"unreadable: {err}"
+        manifest_error, steps = None, []
+        try:
+            steps = self.steps
+        except (RunDamagedError, ValueError) as err:
+            manifest_error = f"unreadable: {err}"
+        checkpoints = path / CHECKPOINTS_DIR
+        entries = sorted(checkpoints.iterdir()) if checkpoints.is_dir() else []
+        step_dirs = sorted(int(m.group(1)) for e in entries if (m := _STEP_DIR.fullmatch(e.name)) and e.is_dir())
+        leftovers = [e for d in (path, checkpoints, path / PROBES_DIR) if d.is_dir()
+                     for e in sorted(d.iterdir()) if is_temporary(e.name)]
+        scan = scan_jsonl(path / METRICS_FILE)
+        rows = _check_rows(scan.rows, config, steps[-1] if steps else None)
+        return RunState(path, exists, config_error, manifest_error, steps, step_dirs, scan, leftovers=leftovers,
+                        **rows)
+
+    # --- writing (by the holder of the run's lock) ---
     def save_checkpoint(self, step: int, model: TransformerBridge, state: dict[str, Any]) -> None:
-        final = self.checkpoint_dir(step)
-        tmp = final.with_name(f".tmp_{final.name}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
         weights = {k: v.detach().contiguous().cpu() for k, v in model_state_dict(model).items()}
-        save_file(weights, tmp / WEIGHTS_FILE)
-        torch.save(state, tmp / STATE_FILE)
-        for name in (WEIGHTS_FILE, STATE_FILE):
-            with open(tmp / name, "rb") as f:
-                os.fsync(f.fileno())
-        hashes = {name: sha256_file(tmp / name) for name in (WEIGHTS_FILE, STATE_FILE)}
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
+        # A checkpoint is what later analyses trust: one with NaN or infinite weights would
+        # load, hash-verify and probe as if it were a trained model.
+        bad = [k for k, v in weights.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+        if bad:
+            raise NonFiniteError(f"{self.path}: the weights at step {step} are not finite ({', '.join(bad[:3])}"
+                                 f"{', ...' if len(bad) > 3 else ''}); the checkpoint was not written")
+        final = self.checkpoint_dir(step)
+        tmp = final.with_name(f".tmp_{final.name}.{os.getpid()}.{secrets.token_hex(4)}")
+        tmp.mkdir(parents=True)
+        try:
+            save_file(weights, tmp / WEIGHTS_FILE)
+            torch.save(state, tmp / STATE_FILE)
+            for name in (WEIGHTS_FILE, STATE_FILE):
+                with open(tmp / name, "rb") as f:
+                    os.fsync(f.fileno())
+            hashes = {name: sha256_file(tmp / name) for name in (WEIGHTS_FILE, STATE_FILE)}
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         _fsync_dir(final.parent)
         manifest = self.manifest
         manifest[str(step)] = hashes
         atomic_write_json(self.path / MANIFEST_FILE, {"checkpoints": manifest})
 
-    def truncate_metrics(self, after_step: int) -> None:
-        """Drop rows logged after `after_step` (work lost by a kill, redone on resume)."""
-        rows = [r for r in self.metrics() if r["step"] <= after_step]
-        data = "".join(json.dumps(r, default=_json_default) + "\n" for r in rows)
-        atomic_write_bytes(self.path / METRICS_FILE, data.encode())
+    def truncate_metrics(self, after_step: int | None) -> None:
+        """Keep only the rows logged up to `after_step` (None: none), each once: rows after the
+        last checkpoint are work lost by a kill, redone on resume, and a torn line goes too."""
+        rows: list[dict[str, Any]] = []
+        kept: dict[int, dict[str, Any]] = {}
+        for row in scan_jsonl(self.path / METRICS_FILE).rows:
+            step = row.get("step")
+            if after_step is None or not isinstance(step, int) or step > after_step or kept.get(step) == row:
+                continue
+            kept.setdefault(step, row)
+            rows.append(row)
+        path = self.path / METRICS_FILE
+        data = "".join(dumps_json(r, path) + "\n" for r in rows).encode()
+        if not path.exists() or path.read_bytes() != data:  # a finished run's log is left untouched
+            atomic_write_bytes(path, data)
 
     def log_metrics(self, rows: list[dict[str, Any]]) -> None:
         append_jsonl(self.path / METRICS_FILE, rows)
+
+    def remove_leftovers(self, state: RunState) -> None:
+        """Delete the temporary files and the uncommitted checkpoint directory a killed writer
+        left (`state.repairs()`); only the holder of the run's lock may call this."""
+        for path in state.leftovers:
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+        if state.residue is not None:
+            shutil.rmtree(self.checkpoint_dir(state.residue), ignore_errors=True)

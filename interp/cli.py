@@ -1,58 +1,275 @@
-"""The `interp` command: list and run analyses, inspect, probe and plot runs."""
+"""The `interp` command: list and run analyses, inspect, verify, probe and plot runs.
+
+Expected errors (bad input, a refused directory, a full disk, a run in use, Ctrl-C)
+end in one line on stderr naming the cause, with exit code 2 (130 for Ctrl-C, which
+also prints the command that resumes an interrupted `interp run`); `--debug` adds the
+traceback. Anything else is a bug and shows its traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import json
 import logging
+import multiprocessing
+import os
+import re
+import shlex
+import shutil
 import sys
+import threading
+import traceback
 from collections import defaultdict
+from collections.abc import Callable, Sequence
+from concurrent.futures import InvalidStateError
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import torch
 
-from interp.analysis import get_analysis, load_all, run_analysis
-from interp.checkpoints import CheckpointError, Run
+from interp.analysis import ANALYSIS_FILE, MAX_SEED, analysis_names, get_analysis, load_all, run_analysis
+from interp.checkpoints import (
+    CHECKPOINTS_DIR,
+    CONFIG_FILE,
+    MANIFEST_FILE,
+    METRICS_FILE,
+    PROBES_DIR,
+    CheckpointError,
+    Run,
+    read_json,
+    scan_jsonl,
+)
 from interp.configs import ConfigError, parse_overrides
 from interp.ids import HeadId
 from interp.metrics import circuits
+from interp.model import InsufficientMemoryError, ModelConfig, format_bytes
 from interp.parallel import Backend, JobsFailed, LocalBackend, RayBackend
 from interp.probing import probe
 from interp.sweep import parse_grid, run_sweep
-from interp.train import step_generator
+from interp.train import TrainConfig, step_generator
 from interp.viz import plot_curves, plot_head_curves, save_figure
 
 BUILTIN_PROBES = ("prev-token", "induction")
+EXIT_FAILED = 1  # a check failed (`info --verify`) or a job raised an unexpected error
+EXIT_ERROR = 2  # an expected error: bad input, a refused directory, a full disk ... (argparse's code too)
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command ended by Ctrl-C
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE
+RUN_MARKERS = (CONFIG_FILE, MANIFEST_FILE, METRICS_FILE, CHECKPOINTS_DIR)
+DEVICE_TYPES = ("cpu", "cuda", "mps")
 
 
-def _find_runs(path: Path) -> list[Run]:
-    """The run at `path`, or every run directory below it (an analysis output)."""
-    if (path / "config.json").exists() and (path / "manifest.json").exists():
-        return [Run.open(path)]
-    runs = [Run.open(p.parent) for p in sorted(path.rglob("manifest.json"))]
+# --- argument types: bad values are named by argparse ("argument --seed: expected ...") ------------
+
+
+def _int_in(low: int, high: int | None = None, expected: str = "") -> Callable[[str], int]:
+    expected = expected or (f"an integer >= {low}" if high is None else f"an integer in [{low}, {high}]")
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {value}")
+        return value
+
+    return parse
+
+
+def _float_at_least(low: float) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number >= {low}, got {text!r}") from None
+        if not value >= low or value == float("inf"):  # `not >=` also refuses NaN
+            raise argparse.ArgumentTypeError(f"expected a finite number >= {low}, got {text}")
+        return value
+
+    return parse
+
+
+SEED = _int_in(0, MAX_SEED, "an integer in [0, 2**63)")
+COUNT = _int_in(1)
+OPTIONAL_COUNT = _int_in(0)
+
+
+def check_device(spec: str | None) -> str | None:
+    """`spec` if it names a device this machine has (None/"auto": the default); a
+    `ConfigError` naming `--device` otherwise, before anything is written or spawned."""
+    if spec is None or spec == "auto":
+        return spec
+    expected = "cpu, cuda, cuda:N, mps or auto"
+    try:
+        device = torch.device(spec)
+    except (RuntimeError, ValueError):
+        raise ConfigError("--device", expected, spec) from None
+    if device.type not in DEVICE_TYPES:
+        raise ConfigError("--device", expected, spec)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError("--device", "cpu: this machine has no CUDA device (or torch was built without CUDA)",
+                              spec)
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise ConfigError("--device", f"one of cuda:0 .. cuda:{count - 1}", spec)
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("--device", "cpu: MPS is not available on this machine", spec)
+    return spec
+
+
+# --- finding and opening runs ------------------------------------------------------------------
+
+
+def _is_run_dir(path: Path) -> bool:
+    return path.is_dir() and any((path / marker).exists() for marker in RUN_MARKERS)
+
+
+def run_dirs(path: Path) -> list[Path]:
+    """The run directory `path`, or every run directory below it (an analysis or sweep
+    output), including incomplete ones (any of config.json, manifest.json, metrics.jsonl,
+    checkpoints/ makes a run)."""
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no run directory (no such directory)")
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path} is not a directory (expected a run or analysis directory)")
+    if _is_run_dir(path):
+        return [path]
+    found = {p.parent for marker in RUN_MARKERS for p in path.rglob(marker)}
+    # checkpoints/step_N/ holds no marker, but a run's own subdirectories must not count twice
+    runs = sorted(p for p in found if not any(q in p.parents for q in found))
+    if runs:
+        return runs
+    if (path / ANALYSIS_FILE).exists():
+        raise FileNotFoundError(f"{path} is an analysis directory with no runs yet (they go in {path / 'runs'}/<name>)")
+    raise FileNotFoundError(f"{path}: no run directory (config.json + manifest.json) found")
+
+
+def find_runs(path: Path) -> list[Run]:
+    """Every run at or below `path` that has a config (see `run_dirs`)."""
+    dirs = run_dirs(path)
+    runs = [Run(p) for p in dirs if (p / CONFIG_FILE).exists()]
     if not runs:
-        raise FileNotFoundError(f"{path}: no run directory (config.json + manifest.json) found")
+        raise FileNotFoundError(f"{path}: no run directory with a {CONFIG_FILE} found (below it: "
+                                f"{', '.join(str(p) for p in dirs[:3])}); `interp info --verify` says what is wrong")
     return runs
+
+
+def one_run(path: Path) -> Run:
+    """The run `path` names: a run directory, or an analysis directory with exactly one run.
+
+    `Run.open` on an analysis directory fails ("no config.json"); here such a directory
+    is accepted when it holds one run, and otherwise the error lists the runs to choose from."""
+    runs = find_runs(path)
+    if len(runs) > 1:
+        listed = ", ".join(str(r.path) for r in runs[:5]) + (f", ... ({len(runs)} in all)" if len(runs) > 5 else "")
+        raise FileNotFoundError(f"{path} holds {len(runs)} runs; name one of them: {listed}")
+    return runs[0]
+
+
+def model_config(run: Run) -> ModelConfig:
+    """The run's model config; a config.json that does not describe one is named."""
+    try:
+        return run.model_config
+    except (ConfigError, KeyError, TypeError) as err:
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        raise ConfigError(f"{run.path / CONFIG_FILE}: model", "a valid model config", str(message)) from None
+
+
+# --- list -------------------------------------------------------------------------------------
+
+
+def preset_summary(config: Any) -> str:
+    """What a preset is for, as its config says it: the model and training sizes of its
+    `model` and `train` fields (some analyses derive further runs or steps from its task)."""
+    model, train = getattr(config, "model", None), getattr(config, "train", None)
+    parts = []
+    if isinstance(model, ModelConfig):
+        kind = ", attention-only" if model.attn_only else ""
+        layers = f"{model.n_layers} layer{'s' if model.n_layers != 1 else ''}"
+        parts.append(f"model {layers} x d_model {model.d_model} ({model.n_heads} heads{kind}), "
+                     f"vocab {model.d_vocab}, context {model.n_ctx}")
+    if isinstance(train, TrainConfig):
+        parts.append(f"train {train.steps} steps x batch {train.batch_size}")
+    return "; ".join(parts) if parts else type(config).__name__
 
 
 def cmd_list(args: argparse.Namespace) -> None:
     loaded, broken = load_all()
     for name, analysis in loaded.items():
         print(f"{name:24s} {analysis.description}")
-        print(f"{'':24s} presets: {', '.join(analysis.presets)}")
+        for preset, config in analysis.presets.items():
+            print(f"{'':24s}   {preset:8s} {preset_summary(config)}")
     for name, why in broken.items():
         print(f"{name:24s} BROKEN: {why}")
+
+
+def analyses_epilog() -> str:
+    """The registered analyses and their presets, for `interp run --help` (imports each)."""
+    lines = ["analyses and their presets (`interp list` gives each preset's sizes):"]
+    for name in analysis_names():
+        try:
+            presets = ", ".join(get_analysis(name).presets)
+        except ImportError as err:
+            presets = f"BROKEN: {err}"
+        lines.append(f"  {name:24s} {presets}")
+    return "\n".join(lines)
+
+
+class _RunHelp(argparse.Action):
+    """`-h` of `interp run`: lists the analyses too, which imports them (seconds), so only on demand."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS,
+                 default: Any = argparse.SUPPRESS, help: str | None = None) -> None:  # noqa: A002 - argparse's name
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        parser.epilog = analyses_epilog()
+        parser.print_help()
+        parser.exit()
+
+
+# --- run and sweep ----------------------------------------------------------------------------
+
+
+def _out(args: argparse.Namespace) -> Path:
+    return Path(args.out or f"runs/{args.name}")
 
 
 def cmd_run(args: argparse.Namespace) -> None:
     overrides = parse_overrides(args.set)
     if args.seed is not None:
         overrides["seed"] = str(args.seed)
-    out = Path(args.out or f"runs/{args.name}")
-    results = run_analysis(args.name, out, args.preset, overrides, device=args.device,
-                           progress=not args.quiet, resume=args.resume, backend=_backend(args))
+    out = _out(args)
+    results = run_analysis(args.name, out, args.preset, overrides, device=check_device(args.device),
+                           progress=not args.quiet, resume=args.resume, backend=_backend(args), force=args.force)
     print(json.dumps(results, indent=2))
     print(f"\nreport: {out / 'report.md'}\nfigures: {out / 'figures'}")
+
+
+# (option, attribute, default) of `interp run`, in the order a resume command repeats them.
+_RUN_OPTIONS = (("--preset", "preset", None), ("--out", "out", None), ("--seed", "seed", None),
+                ("--device", "device", None), ("--backend", "backend", "local"), ("--workers", "workers", 0),
+                ("--threads", "threads", 0), ("--address", "address", None), ("--cpus-per-job", "cpus_per_job", 1),
+                ("--gpus-per-job", "gpus_per_job", 0.0))
+
+
+def resume_command(args: argparse.Namespace) -> str:
+    """The `interp run` command that continues this one: the same analysis, preset, output,
+    seed, overrides and options, with `--resume`."""
+    parts = ["interp", "run", args.name]
+    for option, attr, default in _RUN_OPTIONS:
+        value = str(_out(args)) if attr == "out" else getattr(args, attr, default)
+        if value is not None and value != default:
+            parts += [option, str(value)]
+    for pair in args.set:
+        parts += ["--set", pair]
+    parts += [flag for flag, on in (("--quiet", args.quiet), ("--force", args.force)) if on]
+    return shlex.join([*parts, "--resume"])
 
 
 def _backend(args: argparse.Namespace) -> Backend | None:
@@ -70,7 +287,8 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     seeds = list(range(args.seeds)) if args.seed_list is None else args.seed_list
     out = Path(args.out or f"runs/sweep-{args.name}")
     metrics = [m for m in args.metrics.split(",") if m] if args.metrics else []
-    table = run_sweep(args.name, out, args.preset, grid, seeds, _backend(args), device=args.device, metrics=metrics)
+    table = run_sweep(args.name, out, args.preset, grid, seeds, _backend(args), device=check_device(args.device),
+                      metrics=metrics)
     keys = metrics or list(get_analysis(args.name).headline)
     print("point".ljust(40) + "status   " + " ".join(f"{k[:14]:>14s}" for k in keys))
     for row in table:
@@ -84,32 +302,155 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     print(f"\n{len(table)} points, {failed} failed; table: {out / 'sweep.jsonl'}; figures: {out / 'figures'}")
 
 
-def cmd_info(args: argparse.Namespace) -> None:
-    for run in _find_runs(Path(args.dir)):
-        config = run.config
-        model = config["model"]
+# --- info and verify --------------------------------------------------------------------------
+
+
+def run_status(run: Run) -> tuple[str, bool]:
+    """(one line on how far the run got, whether it is complete), without hashing the weights
+    (only the last checkpoint's small training state, which says whether the run stopped early)."""
+    try:
+        return _run_status(run)
+    except (CheckpointError, ValueError, OSError) as err:
+        return f"DAMAGED: {err}", False
+
+
+def _run_status(run: Run) -> tuple[str, bool]:
+    state = run.inspect()
+    if state.config_error:
+        return f"not usable: {run.path / CONFIG_FILE} is {state.config_error}", False
+    total = run.config.get("train", {}).get("steps")
+    last = state.last_step
+    if last is None:
+        return "INCOMPLETE: no checkpoint committed yet (killed early, or manifest.json is missing)", False
+    if last == total:
+        return f"complete: final checkpoint at step {last}", True
+    stopped = bool(run.load_training_state(last).get("stopped"))
+    if stopped:
+        return f"complete: stopped early at step {last} of {total} (its stop condition)", True
+    return (f"INCOMPLETE: last checkpoint at step {last} of {total} (interrupted or paused; `interp run ... "
+            "--resume` continues it)"), False
+
+
+def verify_run(run: Run) -> tuple[list[str], list[str]]:
+    """(failures, notes) of a run: every checkpoint's files against their sha256 in the
+    manifest and loaded (weights finite), the structure (`Run.inspect`: damage is a failure,
+    a killed writer's leftovers a note), completeness, and strict JSON in the probe caches."""
+    state = run.inspect()
+    failures, notes = list(state.damage()), list(state.repairs())
+    for step in state.steps:
+        if step not in state.step_dirs:
+            continue  # named by damage()
+        try:
+            weights = run.load_state_dict(step)
+            run.load_training_state(step)
+        except CheckpointError as err:
+            failures.append(str(err))
+            continue
+        except Exception as err:  # noqa: BLE001 - a file that matches its hash but does not load is reported
+            failures.append(f"{run.checkpoint_dir(step)} does not load: {type(err).__name__}: {err}")
+            continue
+        bad = [k for k, v in weights.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+        if bad:
+            failures.append(f"{run.checkpoint_dir(step)}: weights are not finite ({', '.join(bad[:3])})")
+    if state.config_error is None and not state.manifest_error:
+        status, complete = run_status(run)
+        if not complete:
+            failures.append(status)
+    elif state.unborn:
+        failures.append(f"INCOMPLETE: killed while being created (no {CONFIG_FILE} yet); nothing was trained")
+    for cache in sorted((run.path / PROBES_DIR).glob("*.jsonl")):
+        scan = scan_jsonl(cache)
+        if scan.bad_lines:
+            failures.append(str(scan.first_bad_line_error()))
+        if scan.torn_line is not None:
+            notes.append(f"{cache}: line {scan.torn_line} is torn (the next probe of this run repairs it)")
+    return failures, notes
+
+
+def _analysis_dirs(path: Path) -> list[Path]:
+    if (path / ANALYSIS_FILE).exists():
+        return [path]
+    return sorted(p.parent for p in path.rglob(ANALYSIS_FILE)) if path.is_dir() else []
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    """Without --verify a damaged file ends the command with an error naming it; with --verify
+    it is one of the failures, and every other run is still checked."""
+    path = Path(args.dir)
+    failed = False
+    for directory in _analysis_dirs(path):
+        try:
+            record = read_json(directory / ANALYSIS_FILE)
+            results = (directory / "results.json").exists()
+            if results and args.verify:
+                read_json(directory / "results.json")  # strict JSON, or an error naming the file
+        except (CheckpointError, ValueError) as err:
+            if not args.verify:
+                raise
+            print(f"analysis {directory}: FAILED: {err}")
+            failed = True
+            continue
+        print(f"analysis {directory}: {record.get('analysis')} (preset {record.get('preset')}); "
+              + ("results.json written" if results else "INCOMPLETE: no results.json (interrupted, or it failed)"))
+        failed |= args.verify and not results
+    for run_dir in run_dirs(path):
+        run = Run(run_dir)
         print(f"run {run.path}")
-        print(f"  model: {model['n_layers']} layers, d_model={model['d_model']}, {model['n_heads']} heads, "
-              f"vocab={model['d_vocab']}, n_ctx={model['n_ctx']}, attn_only={model['attn_only']}")
-        train_cfg = config["train"]
-        print(f"  train: {train_cfg['steps']} steps, {train_cfg['optimizer']} lr={train_cfg['lr']}, "
-              f"batch={train_cfg['batch_size']}, seed={train_cfg['seed']}")
-        steps = run.steps
-        print(f"  checkpoints: {len(steps)} ({steps[0] if steps else '-'} .. {steps[-1] if steps else '-'})")
-        rows = run.metrics()
-        last: dict[str, float] = {}
-        for row in rows:
-            last.update({k: v for k, v in row.items() if k != "step"})
-        for key, value in sorted(last.items()):
-            print(f"  {key:28s} {value:.4g} (last logged)")
-        probes = sorted(p.stem for p in (run.path / "probes").glob("*.jsonl"))
-        if probes:
-            print(f"  cached probes: {', '.join(probes)}")
+        try:
+            if (run.path / CONFIG_FILE).exists():
+                _describe(run)
+            else:
+                print(f"  no {CONFIG_FILE}: not a usable run")
+        except (CheckpointError, ValueError, KeyError) as err:
+            if not args.verify:
+                raise
+            print(f"  unreadable: {err}")  # --verify lists what is wrong below
+        if args.verify:
+            failures, notes = verify_run(run)
+            if failures:
+                failed = True
+                print("  verify: FAILED")
+                for line in failures:
+                    print(f"    - {line}")
+            else:
+                print(f"  verify: OK ({len(run.steps)} checkpoints match their sha256 and load with finite weights)")
+            for line in notes:
+                print(f"    note: {line}")
+    return EXIT_FAILED if failed else 0
+
+
+def _describe(run: Run) -> None:
+    config = run.config
+    model = model_config(run)
+    print(f"  model: {model.n_layers} layers, d_model={model.d_model}, {model.n_heads} heads, "
+          f"vocab={model.d_vocab}, n_ctx={model.n_ctx}, attn_only={model.attn_only}")
+    train_cfg = config.get("train", {})
+    print(f"  train: {train_cfg.get('steps')} steps, {train_cfg.get('optimizer')} lr={train_cfg.get('lr')}, "
+          f"batch={train_cfg.get('batch_size')}, seed={train_cfg.get('seed')}")
+    state = run.inspect()
+    steps = state.steps
+    print(f"  checkpoints: {len(steps)} ({steps[0] if steps else '-'} .. {steps[-1] if steps else '-'})")
+    print(f"  status: {run_status(run)[0]}")
+    damage = state.damage()
+    if damage:
+        print(f"  DAMAGED: {damage[0]}" + (f" (and {len(damage) - 1} more; see --verify)" if len(damage) > 1 else ""))
+    last: dict[str, float] = {}
+    for row in state.metrics.rows:
+        last.update({k: v for k, v in row.items() if k != "step"})
+    for key, value in sorted(last.items()):
+        shown = f"{value:.4g}" if isinstance(value, int | float) else str(value)
+        print(f"  {key:28s} {shown} (last logged)")
+    probes = sorted(p.stem for p in (run.path / PROBES_DIR).glob("*.jsonl"))
+    if probes:
+        print(f"  cached probes: {', '.join(probes)}")
+
+
+# --- probe and plot ---------------------------------------------------------------------------
 
 
 def cmd_probe(args: argparse.Namespace) -> None:
-    run = _find_runs(Path(args.dir))[0]
-    model_cfg = run.model_config
+    run = one_run(Path(args.dir))
+    model_cfg = model_config(run)
     layers = args.layers if args.layers is not None else list(range(model_cfg.n_layers))
     bad = [layer for layer in layers if not 0 <= layer < model_cfg.n_layers]
     if bad:
@@ -117,13 +458,14 @@ def cmd_probe(args: argparse.Namespace) -> None:
     period = args.period or model_cfg.n_ctx // 2
     if not 2 <= period <= model_cfg.n_ctx // 2:
         raise ConfigError("--period", f"between 2 and n_ctx/2 = {model_cfg.n_ctx // 2}", period)
+    device = check_device(args.device)
     tokens = circuits.repeated_tokens(args.sequences, period, model_cfg.d_vocab, step_generator(args.seed, 0, 2))
     if args.metric == "prev-token":
         probe_obj = circuits.previous_token_probe(layers)
     else:
         probe_obj = circuits.induction_probe(layers, period)
     key = args.metric.replace("-", "_")
-    table = probe(run, {key: probe_obj}, {"tokens": tokens}, steps=args.steps, device=args.device,
+    table = probe(run, {key: probe_obj}, {"tokens": tokens}, steps=args.steps, device=device,
                   progress=True).select(key)
     print("step  " + " ".join(f"{c:>7s}" for c in table.columns))
     for step, row in zip(table.steps, table.values, strict=True):
@@ -134,7 +476,7 @@ def cmd_probe(args: argparse.Namespace) -> None:
 
 
 def cmd_plot(args: argparse.Namespace) -> None:
-    for run in _find_runs(Path(args.dir)):
+    for run in find_runs(Path(args.dir)):
         rows = run.metrics()
         groups: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = defaultdict(dict)
         for key in sorted({k for r in rows for k in r} - {"step"}):
@@ -144,7 +486,7 @@ def cmd_plot(args: argparse.Namespace) -> None:
             path = save_figure(plot_curves(series, title=f"{run.path.name}: {group}", logx=args.logx),
                                fig_dir / f"metrics_{group}.png")
             print(f"wrote {path}")
-        for cache in sorted((run.path / "probes").glob("*.jsonl")):
+        for cache in sorted((run.path / PROBES_DIR).glob("*.jsonl")):
             path = _plot_cached_probe(run, cache, fig_dir, args.logx)
             if path:
                 print(f"wrote {path}")
@@ -152,106 +494,325 @@ def cmd_plot(args: argparse.Namespace) -> None:
 
 def _plot_cached_probe(run: Run, cache: Path, fig_dir: Path, logx: bool) -> Path | None:
     """Per-head curves of a cached `L{l}H{h}` probe (latest probe name and batch)."""
-    rows = [json.loads(line) for line in cache.read_text().splitlines() if line.strip()]
+    rows = [r for r in scan_jsonl(cache).rows if isinstance(r.get("values"), dict) and "step" in r]
     if not rows:
         return None
-    latest = (rows[-1]["probe"], rows[-1]["batch"])
-    by_step = {r["step"]: r["values"] for r in rows if (r["probe"], r["batch"]) == latest}
+    latest = (rows[-1].get("probe"), rows[-1].get("batch"))
+    by_step = {r["step"]: r["values"] for r in rows if (r.get("probe"), r.get("batch")) == latest}
     names = sorted(next(iter(by_step.values())))
     if not all(HeadId.is_head(n) for n in names):
         return None
-    cfg = run.model_config
+    cfg = model_config(run)
     steps = np.array(sorted(by_step))
     grid = np.full((len(steps), cfg.n_layers, cfg.n_heads), np.nan)
     for i, step in enumerate(steps):
         for name, value in by_step[step].items():
             head = HeadId.parse(name)
-            grid[i, head.layer, head.head] = value
+            grid[i, head.layer, head.head] = np.nan if value is None else value  # the cache stores NaN as null
     title = f"{run.path.name}: {latest[0]}"
     return save_figure(plot_head_curves(grid, steps, title=title, logx=logx), fig_dir / f"probe_{cache.stem}.png")
+
+
+# --- the parser -------------------------------------------------------------------------------
 
 
 def _add_backend_args(p: argparse.ArgumentParser, job: str) -> None:
     p.add_argument("--backend", choices=("local", "ray"), default="local",
                    help=f"where each independent {job} runs (default: local processes)")
-    p.add_argument("--workers", type=int, default=0, help="local processes (default: one per core)")
-    p.add_argument("--threads", type=int, default=0,
+    p.add_argument("--workers", type=OPTIONAL_COUNT, default=0, help="local processes (default 0: one per core)")
+    p.add_argument("--threads", type=OPTIONAL_COUNT, default=0,
                    help=f"torch threads per {job} (default: cores / workers locally, --cpus-per-job on Ray)")
     p.add_argument("--address", default=None, help="Ray cluster address (default: start a local Ray instance)")
-    p.add_argument("--cpus-per-job", type=int, default=1, help="Ray CPUs per job")
-    p.add_argument("--gpus-per-job", type=float, default=0.0, help="Ray GPUs per job")
+    p.add_argument("--cpus-per-job", type=COUNT, default=1, help="Ray CPUs per job (default 1)")
+    p.add_argument("--gpus-per-job", type=_float_at_least(0.0), default=0.0, help="Ray GPUs per job (default 0)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="interp", description=__doc__)
+    # --debug is accepted before and after the subcommand; SUPPRESS keeps a subcommand's
+    # absent flag from resetting one given before it.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show the traceback of an error (default: one line naming the cause)")
+    parser = argparse.ArgumentParser(prog="interp", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true", help="log library progress messages")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--debug", action="store_true", default=False,
+                        help="show the traceback of an error (default: one line naming the cause)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    sub.add_parser("list", help="list the available analyses and their presets").set_defaults(fn=cmd_list)
+    sub.add_parser("list", parents=[common], help="list the analyses, their presets and each preset's sizes") \
+        .set_defaults(fn=cmd_list)
 
-    p = sub.add_parser("run", help="run an analysis end to end (train, probe, plot, report)")
-    p.add_argument("name", help="analysis name (see `interp list`)")
-    p.add_argument("--preset", default="quick", help="named configuration (default: quick)")
-    p.add_argument("--out", help="output directory (default: runs/NAME)")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA if present)")
-    p.add_argument("--seed", type=int, default=None, help="one seed for model init, data and evaluation")
+    p = sub.add_parser("run", parents=[common], add_help=False, formatter_class=argparse.RawDescriptionHelpFormatter,
+                       help="run an analysis end to end (train, probe, plot, report)",
+                       description="Run an analysis end to end: train its runs into OUT/runs/, probe them, "
+                                   "write OUT/figures/, OUT/report.md and OUT/results.json.")
+    p.add_argument("-h", "--help", action=_RunHelp, help="show this help, with the analyses and presets, and exit")
+    p.add_argument("name", help="analysis name (listed below and by `interp list`)")
+    p.add_argument("--preset", default="quick", help="named configuration (default: quick; listed below)")
+    p.add_argument("--out", help="output directory (default: runs/NAME); a non-empty directory that holds no "
+                                 "output of this analysis is refused unless --force")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps, auto (default: CUDA if present)")
+    p.add_argument("--seed", type=SEED, default=None,
+                   help="one seed for model init, data and evaluation, in [0, 2**63) (default: the preset's)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="config override, e.g. --set train.lr=1e-3 --set model.d_model=128")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+                   help="config override, e.g. --set train.lr=1e-3 --set model.d_model=128 (repeatable)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run in --out (the same preset and overrides)")
+    p.add_argument("--force", action="store_true",
+                   help="write into a non-empty --out that holds no output of this analysis (its files may be "
+                        "overwritten)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_backend_args(p, "training run of the analysis")
     p.set_defaults(fn=cmd_run)
 
-    p = sub.add_parser("sweep", help="run an analysis over a grid of overrides x seeds (resumable)")
+    p = sub.add_parser("sweep", parents=[common],
+                       help="run an analysis over a grid of overrides x seeds (resumable)")
     p.add_argument("name", help="analysis name (see `interp list`)")
     p.add_argument("--preset", default="quick", help="named configuration (default: quick)")
     p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
                    help="swept config key and its values, e.g. --grid train.lr=1e-3,2e-3 (repeatable: a product)")
-    p.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1 for every grid point (default 1)")
-    p.add_argument("--seed-list", type=int, nargs="+", default=None, help="explicit seeds instead of --seeds")
+    p.add_argument("--seeds", type=COUNT, default=1, help="seeds 0..N-1 for every grid point (default 1)")
+    p.add_argument("--seed-list", type=SEED, nargs="+", default=None, help="explicit seeds instead of --seeds")
     p.add_argument("--out", help="sweep directory (default: runs/sweep-NAME); re-run it to finish a sweep")
     _add_backend_args(p, "point")
     p.add_argument("--device", default=None, help="device for every point (default: CUDA if present)")
     p.add_argument("--metrics", default="", help="comma-separated results to tabulate and plot (default: headline)")
     p.set_defaults(fn=cmd_sweep)
 
-    p = sub.add_parser("info", help="summarize a run directory (or every run below a directory)")
-    p.add_argument("dir")
+    p = sub.add_parser("info", parents=[common],
+                       help="summarize a run directory (or every run below a directory); --verify checks it")
+    p.add_argument("dir", help="a run directory, or an analysis or sweep directory (every run below it)")
+    p.add_argument("--verify", action="store_true",
+                   help="check every checkpoint against its sha256, that its weights are finite, and that each run "
+                        f"is complete and undamaged; exit code {EXIT_FAILED} if anything fails")
     p.set_defaults(fn=cmd_info)
 
-    p = sub.add_parser("probe", help="compute a built-in head score at every checkpoint of a run")
-    p.add_argument("dir")
-    p.add_argument("metric", choices=BUILTIN_PROBES)
-    p.add_argument("--layers", type=int, nargs="+", default=None)
-    p.add_argument("--steps", type=int, nargs="+", default=None, help="checkpoint steps (default: all)")
-    p.add_argument("--period", type=int, default=0, help="repeat period of the probe tokens (default n_ctx/2)")
-    p.add_argument("--sequences", type=int, default=32)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default=None)
+    p = sub.add_parser("probe", parents=[common], help="compute a built-in head score at every checkpoint of a run")
+    p.add_argument("dir", help="a run directory, or an analysis directory that holds one run")
+    p.add_argument("metric", choices=BUILTIN_PROBES, help="the head score: previous-token or induction attention")
+    p.add_argument("--layers", type=OPTIONAL_COUNT, nargs="+", default=None, help="layers to score (default: all)")
+    p.add_argument("--steps", type=OPTIONAL_COUNT, nargs="+", default=None, help="checkpoint steps (default: all)")
+    p.add_argument("--period", type=OPTIONAL_COUNT, default=0,
+                   help="repeat period of the probe tokens (default 0: n_ctx/2)")
+    p.add_argument("--sequences", type=COUNT, default=32, help="probe sequences (default 32)")
+    p.add_argument("--seed", type=SEED, default=0, help="seed of the probe tokens (default 0)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: CUDA if present)")
     p.add_argument("--csv", help="also write the table to this CSV file")
     p.set_defaults(fn=cmd_probe)
 
-    p = sub.add_parser("plot", help="plot logged metrics and cached probes of a run into its figures/")
-    p.add_argument("dir")
-    p.add_argument("--logx", action="store_true")
+    p = sub.add_parser("plot", parents=[common],
+                       help="plot logged metrics and cached probes of a run into its figures/")
+    p.add_argument("dir", help="a run directory, or an analysis or sweep directory (every run below it)")
+    p.add_argument("--logx", action="store_true", help="logarithmic step axis")
     p.set_defaults(fn=cmd_plot)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
+# --- errors -----------------------------------------------------------------------------------
+
+# Job errors reach the CLI as "Type: message" text (`JobsFailed`); these types are expected.
+_EXPECTED = {"ConfigError", "CheckpointError", "RunInUseError", "RunDamagedError", "JsonlError", "NonFiniteError",
+             "FileExistsError", "FileNotFoundError", "NotADirectoryError", "IsADirectoryError", "PermissionError",
+             "OSError", "KeyError", "ValueError", "InsufficientMemoryError", "OutOfMemoryError", "MemoryError",
+             "AnalysisImportError", "ImportError"}
+# Job errors after which resuming the same command can succeed (once the cause is fixed).
+_NOT_RESUMABLE = {"ConfigError", "ValueError", "KeyError", "NonFiniteError", "FileExistsError", "RunDamagedError"}
+# torch.save on a full disk: "[enforce fail at inline_container.cc:672] . unexpected pos 28352 vs 28244",
+# after "PytorchStreamWriter failed writing file ..." or "basic_ios::clear: iostream error".
+_TORCH_WRITE_FAILED = re.compile(r"unexpected pos \d+ vs \d+|PytorchStreamWriter failed writing|basic_ios::clear")
+_ERRNO_TEXT = re.compile(r"\[Errno (\d+)\] ([^:]*)(?:: '(.*?)')?")
+_RUST_IO = re.compile(r"Os \{ code: (\d+)")  # safetensors' Rust I/O errors
+
+
+def _free_space(where: Path | None) -> str:
+    probe_at = where
+    while probe_at is not None and not probe_at.exists() and probe_at != probe_at.parent:
+        probe_at = probe_at.parent
     try:
-        args.fn(args)
-    except (ConfigError, CheckpointError, KeyError, FileNotFoundError, FileExistsError, ValueError, ImportError) as err:
-        message = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"interp {args.command}: error: {message}", file=sys.stderr)
-        return 2
+        return format_bytes(shutil.disk_usage(probe_at or Path.cwd()).free)
+    except OSError:
+        return "unknown"
+
+
+def _os_error(number: int | None, strerror: str, filename: str | None, where: Path | None) -> str | None:
+    target = filename or (f"under {where}" if where else "a file")
+    if number in (errno.ENOSPC, errno.EDQUOT):
+        cause = "no space left on device" if number == errno.ENOSPC else "disk quota exceeded"
+        return f"{cause} while writing {target} ({_free_space(Path(filename) if filename else where)} free)"
+    if number == errno.EROFS:
+        return f"read-only file system: cannot write {target}"
+    if number in (errno.EACCES, errno.EPERM):
+        return f"permission denied: {target}"
+    if number == errno.ENOMEM:
+        return "out of memory: the machine could not allocate what this config needs"
+    if number is not None:
+        return f"{strerror or errno.errorcode.get(number, 'error')}: {target}"
+    return None
+
+
+def explain(type_name: str, message: str, err: BaseException | None = None, where: Path | None = None) -> str | None:
+    """One line naming the cause of an expected error; None for an unexpected one (a bug).
+    `err` is the live exception where there is one (else only its type name and message,
+    as a job's error reaches the CLI); `where` is the directory being written."""
+    if isinstance(err, OSError) or (err is None and type_name in _EXPECTED and _ERRNO_TEXT.match(message)):
+        if isinstance(err, OSError):
+            number, strerror, filename = err.errno, err.strerror or "", err.filename
+        else:
+            match = _ERRNO_TEXT.match(message)
+            assert match is not None
+            number, strerror, filename = int(match.group(1)), match.group(2), match.group(3)
+        explained = _os_error(number, strerror, None if filename is None else str(filename), where)
+        if explained is not None:
+            return explained
+    if _TORCH_WRITE_FAILED.search(message):
+        free = _free_space(where)
+        return (f"writing a checkpoint under {where or 'the run directory'} failed, most likely no space left on "
+                f"device ({free} free; torch: {message.splitlines()[0].strip()})")
+    rust = _RUST_IO.search(message)
+    if rust:
+        explained = _os_error(int(rust.group(1)), "I/O error", None, where)
+        if explained:
+            return f"{explained} (saving weights)"
+    if isinstance(err, torch.OutOfMemoryError) or type_name == "OutOfMemoryError":
+        return f"out of GPU memory ({message.splitlines()[0]}); reduce train.batch_size or the model size"
+    if isinstance(err, InsufficientMemoryError) or type_name == "InsufficientMemoryError":
+        return message
+    if isinstance(err, MemoryError) or type_name == "MemoryError":
+        return "out of memory: the machine could not allocate what this config needs; reduce the model or batch size"
+    if isinstance(err, KeyError) and err.args:
+        return str(err.args[0])
+    if isinstance(err, ConfigError | CheckpointError | ValueError | KeyError | ImportError | OSError) or (
+            err is None and type_name in _EXPECTED):
+        return " ".join(message.split()) if "\n" in message else message
+    return None
+
+
+def _job_label(err: JobsFailed, index: int) -> str:
+    """The failed job's name as `JobsFailed` lists it ("...: main: OSError: ...")."""
+    labels = getattr(err, "labels", None)
+    if isinstance(labels, dict) and index in labels:
+        return str(labels[index])
+    match = re.search(r"(?:\): |; )([^;]*?): " + re.escape(err.errors[index]), str(err))
+    return match.group(1) if match else f"job {index}"
+
+
+def _report_jobs_failed(err: JobsFailed, args: argparse.Namespace, where: Path | None) -> int:
+    lines, unexpected, resumable = [], [], False
+    for index in sorted(err.errors):
+        type_name, _, message = err.errors[index].partition(": ")
+        explained = explain(type_name, message, where=where)
+        if explained is None:
+            unexpected.append(index)
+        if explained is None or type_name not in _NOT_RESUMABLE:
+            resumable = True
+        lines.append(f"{_job_label(err, index)}: {explained or err.errors[index]}")
+    for index in unexpected:  # a bug: its traceback matters (the log of each job's traceback is silenced)
+        print(err.tracebacks.get(index, ""), file=sys.stderr, end="")
+    if args.debug:
+        for index in sorted(set(err.errors) - set(unexpected)):
+            print(err.tracebacks.get(index, ""), file=sys.stderr, end="")
+    hint = ""
+    if resumable and args.command == "run":
+        hint = f"; once the cause is fixed, resume with: {resume_command(args)}"
+    head = f"interp {args.command}: error: "
+    total = re.match(r"\d+ of (\d+)", str(err))
+    if len(lines) == 1:
+        print(f"{head}{lines[0]}{hint}", file=sys.stderr)
+    else:
+        print(f"{head}{len(lines)} of {total.group(1) if total else '?'} jobs failed (the others finished):",
+              file=sys.stderr)
+        for line in lines:
+            print(f"  {line}", file=sys.stderr)
+        if hint:
+            print(f"  {hint.lstrip('; ')}", file=sys.stderr)
+    return EXIT_FAILED if unexpected else EXIT_ERROR
+
+
+class _QuietJobTracebacks(logging.Filter):
+    """Drops `run_all`'s log of each failed job's traceback: the CLI reports the failures
+    itself (a line each, the traceback of an unexpected one, all of them with --debug)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("job %d failed")
+
+
+def _where(args: argparse.Namespace) -> Path | None:
+    if args.command == "run":
+        return _out(args)
+    if args.command == "sweep":
+        return Path(args.out or f"runs/sweep-{args.name}")
+    return Path(args.dir) if hasattr(args, "dir") else None
+
+
+def _stop_workers() -> None:
+    """End this process's worker processes after Ctrl-C.
+
+    Workers of a local pool get the Ctrl-C too, but survive it (a job's KeyboardInterrupt is
+    sent back as its result and the worker takes the next job), and the pool's exit handler
+    would wait for them to finish their runs. A worker ended here loses only the work after
+    its run's last checkpoint, which `--resume` redoes."""
+    children = multiprocessing.active_children()
+    if not children:
+        return
+    previous = threading.excepthook
+
+    def quiet(hook: threading.ExceptHookArgs) -> None:
+        # Python 3.11: the manager thread of the pool these workers leave broken sets an error on
+        # futures the interrupted pool had cancelled, and dies printing InvalidStateError.
+        if not issubclass(hook.exc_type, InvalidStateError):
+            previous(hook)
+
+    threading.excepthook = quiet
+    for child in children:
+        child.terminate()
+    for child in children:
+        child.join(timeout=10)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # --help, or a bad argument (argparse named it): a code, not an exception
+        return exit_.code if isinstance(exit_.code, int) else EXIT_ERROR
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
+    quiet = _QuietJobTracebacks()
+    parallel_log = logging.getLogger("interp.parallel")
+    if not args.debug:
+        parallel_log.addFilter(quiet)
+    head = f"interp {args.command}"
+    try:
+        return args.fn(args) or 0
+    except KeyboardInterrupt:
+        if args.debug:
+            traceback.print_exc()
+        _stop_workers()
+        hint = {"run": f"; resume with: {resume_command(args)}" if args.command == "run" else "",
+                "sweep": "; run the same command again to finish the sweep (finished points are kept)"}
+        print(f"{head}: interrupted{hint.get(args.command, '')}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except JobsFailed as err:
-        print(f"interp {args.command}: error: {err}\n(tracebacks above; run again with --resume to repeat only "
-              "the failed runs)", file=sys.stderr)
-        return 1
-    return 0
+        return _report_jobs_failed(err, args, _where(args))
+    except BrokenPipeError:  # `interp list | head`: the reader left; end quietly, as a killed pipe writer does
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush at exit
+        return EXIT_BROKEN_PIPE
+    except Exception as err:
+        message = explain(type(err).__name__, str(err), err, _where(args))
+        if message is None:
+            raise  # a bug: its traceback is what a report needs
+        if args.debug:
+            traceback.print_exc()
+        # A full disk can strike after runs were trained (figures, report): resuming redoes only what is missing.
+        disk_full = (isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT)) \
+            or bool(_TORCH_WRITE_FAILED.search(str(err)))
+        hint = f"; once space is freed, resume with: {resume_command(args)}" if disk_full and args.command == "run" \
+            else ""
+        print(f"{head}: error: {message}{hint}", file=sys.stderr)
+        return EXIT_ERROR
+    finally:
+        parallel_log.removeFilter(quiet)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ Every config in the toolkit is a frozen dataclass so that a run directory's
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Mapping
@@ -29,15 +30,20 @@ def require(ok: bool, field: str, expected: str, got: Any) -> None:
         raise ConfigError(field, expected, got)
 
 
+def require_finite(obj: Any) -> None:
+    """Refuse NaN and infinities in every float field of config `obj` (and in tuples of them):
+    `inf > 0` passes every range check, and a NaN fails none of them silently."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        for item in value if isinstance(value, tuple) else (value,):
+            if isinstance(item, float):
+                require(math.isfinite(item), f.name, "a finite number", item)
+
+
 def require_positive(obj: Any, *fields: str) -> None:
     for name in fields:
         value = getattr(obj, name)
         require(isinstance(value, int) and value > 0, name, "a positive integer", value)
-
-
-def require_choice(obj: Any, field: str, choices: tuple[str, ...]) -> None:
-    value = getattr(obj, field)
-    require(value in choices, field, f"one of {choices}", value)
 
 
 def require_literals(obj: Any) -> None:
@@ -89,10 +95,14 @@ def _coerce(value: Any, annotation: Any, field: str) -> Any:
     if annotation in (int, float, str):
         try:
             converted = annotation(value)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # int(float("inf")) overflows
             raise ConfigError(field, f"a value of type {annotation.__name__}", value) from None
         if annotation is int and isinstance(value, float) and value != converted:
             raise ConfigError(field, "an integer", value)
+        # float("inf") and float("nan") parse, but no config means them: a NaN learning rate
+        # trains to NaN and `inf` passes every `> 0` check.
+        if annotation is float and not math.isfinite(converted):
+            raise ConfigError(field, "a finite number", value)
         return converted
     return value
 

@@ -18,8 +18,10 @@ internals (with a check of the installed version).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -124,9 +126,162 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     return torch.device(device)
 
 
-def build_model(cfg: ModelConfig, device: str | torch.device | None = None) -> TransformerBridge:
-    """A freshly initialized bridge; the caller's global RNG is left untouched."""
+# --- memory estimate ----------------------------------------------------------
+
+FLOAT_BYTES = 4  # weights, gradients, optimizer state and activations are float32
+
+
+class InsufficientMemoryError(MemoryError):
+    """A config needs more memory than the device has available (checked before allocating)."""
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Bytes a model needs: float32 `parameters`, what `build_model` holds while it
+    initializes (`build`), and for training `optimizer` (gradients plus AdamW's two
+    moments) and `activations` (one step at the given batch size)."""
+
+    parameters: int
+    build: int
+    optimizer: int = 0
+    activations: int = 0
+
+    @property
+    def total(self) -> int:
+        return max(self.build, self.parameters + self.optimizer + self.activations)
+
+
+def parameter_count(cfg: ModelConfig) -> int:
+    """Numbers in the state dict of the model `build_model(cfg)` makes (the trainable
+    parameters and the unembedding bias), from the config alone."""
+    d_model, d_mlp, inner = cfg.d_model, cfg.d_mlp or 4 * cfg.d_model, cfg.n_heads * cfg.head_dim
+    norm = {"LN": 2 * d_model, "RMS": d_model, "none": 0}[cfg.normalization]
+    attention = 4 * d_model * inner + 3 * inner + d_model + norm
+    mlp = 0 if cfg.attn_only else 2 * d_model * d_mlp + d_mlp + d_model + norm
+    embeddings = cfg.d_vocab * d_model + (cfg.n_ctx * d_model if cfg.positional == "standard" else 0)
+    unembed = d_model * cfg.d_vocab + cfg.d_vocab
+    projection = cfg.d_input * d_model + d_model if cfg.d_input else 0
+    return embeddings + cfg.n_layers * (attention + mlp) + norm + unembed + projection
+
+
+def estimate_memory(cfg: ModelConfig, batch_size: int = 0) -> MemoryEstimate:
+    """What building (`batch_size=0`) or training at `batch_size` needs, roughly.
+
+    A lower-end estimate meant to refuse configs that cannot fit (a vocabulary of 1e8,
+    a width of 1e6) before anything is allocated, not to predict peak use closely."""
+    params = parameter_count(cfg) * FLOAT_BYTES
+    # TransformerLens initializes the weights and then copies them into the bridge: about
+    # twice the parameters at the peak of `boot_native` (measured: 2.0x at 1 GB of weights).
+    build = 2 * params
+    if batch_size <= 0:
+        return MemoryEstimate(parameters=params, build=build)
+    tokens = batch_size * cfg.n_ctx
+    inner, d_mlp = cfg.n_heads * cfg.head_dim, 0 if cfg.attn_only else (cfg.d_mlp or 4 * cfg.d_model)
+    # Saved for the backward pass, per layer: residual and normalized inputs, q/k/v and the
+    # attention output, the MLP's hidden layer (pre- and post-activation) and the attention
+    # pattern; at the end the logits, their log-softmax and their gradient.
+    per_layer = tokens * (4 * cfg.d_model + 4 * inner + 2 * d_mlp) + batch_size * cfg.n_heads * cfg.n_ctx**2
+    activations = (cfg.n_layers * per_layer + 3 * tokens * cfg.d_vocab) * FLOAT_BYTES
+    return MemoryEstimate(parameters=params, build=build, optimizer=3 * params, activations=activations)
+
+
+def estimate_memory_bytes(cfg: ModelConfig, batch_size: int = 0) -> int:
+    """`estimate_memory(cfg, batch_size).total`: bytes to build (and train) the model."""
+    return estimate_memory(cfg, batch_size).total
+
+
+def available_memory_bytes(device: str | torch.device | None = None) -> int | None:
+    """Memory free for new allocations on `device`; None where it cannot be known.
+
+    CPU: the kernel's `MemAvailable` (free pages plus reclaimable cache; `SC_AVPHYS_PAGES`
+    where /proc is missing), capped by a cgroup v2 memory limit, so a container's limit
+    counts rather than the host's memory. CUDA: `torch.cuda.mem_get_info`."""
     device = resolve_device(device)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            return None
+        free, _total = torch.cuda.mem_get_info(device)
+        return int(free)
+    if device.type != "cpu":
+        return None
+    available = _meminfo_available()
+    if available is None:
+        try:
+            available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            return None
+    limit = _cgroup_headroom()
+    return available if limit is None else min(available, limit)
+
+
+def _meminfo_available() -> int | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def _cgroup_headroom() -> int | None:
+    """`memory.max - memory.current` of this process's cgroup (v2); None without a limit."""
+    try:
+        group = Path("/proc/self/cgroup").read_text().strip().splitlines()[0].split("::", 1)[1]
+        base = Path("/sys/fs/cgroup") / group.lstrip("/")
+        limit = (base / "memory.max").read_text().strip()
+        if limit == "max":
+            return None
+        return max(0, int(limit) - int((base / "memory.current").read_text().strip()))
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def format_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    raise AssertionError("unreachable")
+
+
+def check_memory(cfg: ModelConfig, device: str | torch.device | None = None, batch_size: int = 0) -> None:
+    """Raise `InsufficientMemoryError` if building (`batch_size=0`) or training the model at
+    `batch_size` needs more than `device` has available; the message names the estimate,
+    what is available and the sizes that drive it. Nothing is allocated."""
+    device = resolve_device(device)
+    estimate = estimate_memory(cfg, batch_size)
+    available = available_memory_bytes(device)
+    if available is None or estimate.total <= available:
+        return
+    parts = [f"parameters {format_bytes(estimate.parameters)}"]
+    if batch_size > 0:
+        parts += [f"gradients and optimizer state {format_bytes(estimate.optimizer)}",
+                  f"activations at batch_size={batch_size} {format_bytes(estimate.activations)}"]
+    raise InsufficientMemoryError(
+        f"model (d_vocab={cfg.d_vocab}, d_model={cfg.d_model}, n_layers={cfg.n_layers}, n_ctx={cfg.n_ctx}) needs "
+        f"about {format_bytes(estimate.total)} ({', '.join(parts)}) but {format_bytes(available)} is available "
+        f"on {device}; reduce {_largest_term(cfg, estimate, batch_size)}")
+
+
+def _largest_term(cfg: ModelConfig, estimate: MemoryEstimate, batch_size: int) -> str:
+    """The sizes behind the largest part of the estimate, to name in the error."""
+    embedding = 2 * cfg.d_vocab * cfg.d_model * FLOAT_BYTES
+    if estimate.activations > estimate.parameters + estimate.optimizer:
+        return f"batch_size={batch_size}, n_ctx={cfg.n_ctx} or d_vocab={cfg.d_vocab}"
+    if 2 * embedding >= estimate.parameters:
+        return f"d_vocab={cfg.d_vocab} or d_model={cfg.d_model}"
+    mlp = "" if cfg.attn_only else f" or d_mlp={cfg.d_mlp or 4 * cfg.d_model}"
+    return f"d_model={cfg.d_model}, n_layers={cfg.n_layers}{mlp}"
+
+
+def build_model(cfg: ModelConfig, device: str | torch.device | None = None) -> TransformerBridge:
+    """A freshly initialized bridge; the caller's global RNG is left untouched.
+
+    Raises `InsufficientMemoryError` before allocating when the weights cannot fit on
+    `device` (the machine would otherwise swap until the kernel kills the process)."""
+    device = resolve_device(device)
+    check_memory(cfg, device)
     model = TransformerBridge.boot_native(cfg.bridge_config(), device=device)
     if cfg.d_input:
         # fork_rng: nn.Linear's default init draws from the global RNG before ours replaces it.

@@ -6,12 +6,18 @@ numbers. `probe()` takes the union of the hooks of every probe still to be
 computed at a checkpoint, runs `run_with_cache(names_filter=...)` once, and
 hands the same activations to each probe. Results are cached per checkpoint in
 `probes/<key>.jsonl`, keyed by the probe's name, the batch contents and the
-checkpoint's hash, so re-probing a finished run costs nothing.
+checkpoint's hash, so re-probing a finished run costs nothing. A probe's key is
+the cache file's stem, so it must be a plain file name. Writing the cache takes
+the run's lock (`interp.checkpoints.run_lock`); a fully cached call writes nothing.
+The cache is strict JSON: a NaN or infinite probe value is stored as null and
+read back as NaN.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +28,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from transformer_lens.model_bridge import TransformerBridge
 
-from interp.checkpoints import Run, append_jsonl, read_jsonl
+from interp.checkpoints import PROBES_DIR, JsonlScan, Run, append_jsonl, atomic_write_bytes, dumps_json, scan_jsonl
 from interp.ids import HeadId
 from interp.model import Batch, batch_to, input_hooks, resolve_device
 
@@ -94,6 +100,52 @@ def batch_hash(batch: Batch) -> str:
     return digest.hexdigest()[:16]
 
 
+_SAFE_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+=-]*")
+
+
+def check_probe_keys(probes: Mapping[str, Probe]) -> None:
+    """Refuse keys that are not plain file names: a key names its cache file
+    `probes/<key>.jsonl`, so `"../x"` would write outside the run's `probes/`."""
+    for key in probes:
+        if not isinstance(key, str) or not _SAFE_KEY.fullmatch(key) or key.endswith(".jsonl"):
+            raise ValueError(f"probes: key {key!r} is not a plain name (letters, digits and _ . + = -, not starting "
+                             "with . or -); it names the cache file probes/<key>.jsonl")
+
+
+CacheKey = tuple[str, str, str, int]
+
+
+def _stored(values: Mapping[str, float]) -> dict[str, float | None]:
+    """Values as the cache stores them: strict JSON, so an undefined (non-finite) value is null."""
+    return {name: v if math.isfinite(v) else None for name, v in values.items()}
+
+
+def _loaded(values: Mapping[str, float | None]) -> dict[str, float]:
+    return {name: math.nan if v is None else float(v) for name, v in values.items()}
+
+
+def _cache_rows(scan: JsonlScan) -> dict[CacheKey, dict[str, float]]:
+    """The cached results in a scanned cache file; rows that are not results are skipped (a
+    cache can always be recomputed, so damage costs a recomputation, never an error)."""
+    out: dict[CacheKey, dict[str, float]] = {}
+    for row in scan.rows:
+        try:
+            key = (row["probe"], row["batch"], row["weights"], row["step"])
+            out[key] = _loaded(row["values"])
+        except (KeyError, TypeError, ValueError, AttributeError):
+            continue
+    return out
+
+
+def _repair_cache(path: Path, scan: JsonlScan) -> None:
+    """Make a cache file appendable again (under the run's lock): a torn last line would glue
+    the next record onto it, and a bad line would be read past forever; both are dropped."""
+    if scan.torn_line is None and not scan.bad_lines:
+        return
+    data = "".join(dumps_json(row, path) + "\n" for row in scan.rows)
+    atomic_write_bytes(path, data.encode())
+
+
 def run_probes(model: TransformerBridge, probes: Mapping[str, Probe], batch: Batch) -> dict[str, float]:
     """Evaluate probes on one model with a single cached forward pass."""
     hooks = sorted({h for p in probes.values() for h in p.hooks})
@@ -116,6 +168,7 @@ def probe(
 
     Returns a step x metric `ProbeTable` with columns `"<key>/<metric>"`.
     """
+    check_probe_keys(probes)
     run = run if isinstance(run, Run) else Run.open(run)
     device = resolve_device(device)
     steps = list(run.steps if steps is None else steps)
@@ -123,40 +176,53 @@ def probe(
     if missing:
         raise KeyError(f"steps {missing} have no checkpoint in {run.path}; available: {run.steps}")
     batch_id = batch_hash(batch)
-    device_batch = batch_to(batch, device)
-    probe_dir = run.path / "probes"
-    probe_dir.mkdir(exist_ok=True)
+    probe_dir = run.path / PROBES_DIR
+    hashes = {step: run.checkpoint_hash(step) for step in steps}
 
-    def cache_key(key: str, step: int) -> tuple[str, str, str, int]:
-        return (probes[key].name, batch_id, run.checkpoint_hash(step), step)
+    def cache_key(key: str, step: int) -> CacheKey:
+        return (probes[key].name, batch_id, hashes[step], step)
 
-    cached: dict[tuple[str, str, str, int], dict[str, float]] = {}
+    def read_cache() -> dict[str, JsonlScan]:
+        return {key: scan_jsonl(probe_dir / f"{key}.jsonl") for key in probes}
+
+    cached: dict[CacheKey, dict[str, float]] = {}
     if use_cache:
-        for key in probes:
-            for row in read_jsonl(probe_dir / f"{key}.jsonl"):
-                cached[(row["probe"], row["batch"], row["weights"], row["step"])] = row["values"]
+        for scan in read_cache().values():
+            cached.update(_cache_rows(scan))
+    todo = [step for step in steps if any(cache_key(key, step) not in cached for key in probes)]
+    if todo:  # only a call that computes something writes, and takes the run's lock for it
+        with run.lock():
+            probe_dir.mkdir(exist_ok=True)
+            for key, scan in read_cache().items():  # again: the last writer may have changed them
+                _repair_cache(probe_dir / f"{key}.jsonl", scan)
+                if use_cache:
+                    cached.update(_cache_rows(scan))
+            _compute(run, probes, batch, todo, cached, cache_key, device, progress, probe_dir)
 
-    rows: list[dict[str, float]] = []
-    model: TransformerBridge | None = None
-    for step in tqdm(steps, disable=not progress, desc="probing", leave=False):
-        todo = {k: p for k, p in probes.items() if cache_key(k, step) not in cached}
-        values: dict[str, float] = {}
-        if todo:
-            model = run.load(step, device=device, into=model)
-            values = run_probes(model, todo, device_batch)
-            for key in todo:
-                own = {name[len(key) + 1 :]: v for name, v in values.items() if name.startswith(key + "/")}
-                cached[cache_key(key, step)] = own
-                record = {"step": step, "probe": probes[key].name, "batch": batch_id,
-                          "weights": run.checkpoint_hash(step), "values": own}
-                append_jsonl(probe_dir / f"{key}.jsonl", [record])
-        for key in probes:
-            values.update({f"{key}/{n}": v for n, v in cached[cache_key(key, step)].items()})
-        rows.append(values)
-
+    rows = [{f"{key}/{n}": v for key in probes for n, v in cached[cache_key(key, step)].items()} for step in steps]
     columns = tuple(sorted({c for row in rows for c in row}))
     table = np.array([[row.get(c, np.nan) for c in columns] for row in rows], dtype=float)
     return ProbeTable(np.array(steps), columns, table.reshape(len(steps), len(columns)))
+
+
+def _compute(run: Run, probes: Mapping[str, Probe], batch: Batch, steps: list[int],
+             cached: dict[CacheKey, dict[str, float]], cache_key: Callable[[str, int], CacheKey],
+             device: torch.device, progress: bool, probe_dir: Path) -> None:
+    """Compute what `cached` lacks at `steps` into it, appending each result to its cache file."""
+    device_batch = batch_to(batch, device)
+    model: TransformerBridge | None = None
+    for step in tqdm(steps, disable=not progress, desc="probing", leave=False):
+        todo = {k: p for k, p in probes.items() if cache_key(k, step) not in cached}
+        if not todo:
+            continue
+        model = run.load(step, device=device, into=model)
+        values = run_probes(model, todo, device_batch)
+        for key in todo:
+            own = _stored({name[len(key) + 1 :]: v for name, v in values.items() if name.startswith(key + "/")})
+            probe_name, batch_id, weights, _ = found = cache_key(key, step)
+            cached[found] = _loaded(own)  # as a later, cached call will read it
+            record = {"step": step, "probe": probe_name, "batch": batch_id, "weights": weights, "values": own}
+            append_jsonl(probe_dir / f"{key}.jsonl", [record])
 
 
 def collect_activations(

@@ -20,6 +20,7 @@ import math
 import numpy as np
 import torch
 
+from interp import seeding
 from interp.model import Batch
 
 
@@ -36,7 +37,7 @@ def sampling_order(n: int, weights: np.ndarray | None, seed: int, round_index: i
     """A permutation of `range(n)`: uniform, or the order in which sequential
     sampling without replacement proportional to `weights` would draw the items
     (Gumbel top-k: sort `log w + Gumbel noise`). Items of weight 0 come last."""
-    rng = np.random.default_rng([seed, round_index])
+    rng = seeding.rng(seed, round_index)
     if weights is None:
         return rng.permutation(n)
     with np.errstate(divide="ignore"):

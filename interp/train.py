@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, NamedTuple, Protocol
 
 import numpy as np
 import torch
@@ -32,8 +32,8 @@ from tqdm.auto import tqdm
 from transformer_lens.model_bridge import TransformerBridge
 
 from interp.bridge import installed_version
-from interp.checkpoints import CONFIG_FILE, Run
-from interp.configs import require, require_literals, require_positive, to_dict
+from interp.checkpoints import CONFIG_FILE, NonFiniteError, Run, RunDamagedError, run_lock
+from interp.configs import require, require_finite, require_literals, require_positive, to_dict
 from interp.ids import CheckpointRef
 from interp.model import (
     Batch,
@@ -49,6 +49,7 @@ from interp.model import (
     resolve_device,
     trim_padding,
 )
+from interp.seeding import BATCHES, generator
 
 logger = logging.getLogger(__name__)
 
@@ -122,6 +123,7 @@ class TrainConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        require_finite(self)
         require_positive(self, "steps", "batch_size", "log_every")
         require(self.lr > 0, "lr", "a positive learning rate", self.lr)
         require_literals(self)
@@ -189,10 +191,9 @@ def make_optimizer(cfg: TrainConfig, named_params: Sequence[tuple[str, Tensor]])
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=betas, fused=True)
 
 
-def step_generator(seed: int, step: int, stream: int = 0) -> torch.Generator:
-    """A generator determined by (seed, step, stream) alone."""
-    state = np.random.SeedSequence([seed, stream, step]).generate_state(1, dtype=np.uint64)[0]
-    return torch.Generator().manual_seed(int(state) & 0x7FFF_FFFF_FFFF_FFFF)
+def step_generator(seed: int, step: int, stream: int = BATCHES) -> torch.Generator:
+    """The generator of `step` in `stream` (`interp.seeding`): the trainer's batches by default."""
+    return generator(seed, stream, step)
 
 
 def parse_init_from(spec: str) -> tuple[Run, int]:
@@ -229,6 +230,25 @@ def _json_roundtrip(obj: Any) -> Any:
     return json.loads(json.dumps(obj))
 
 
+class StepStats(NamedTuple):
+    """What one optimizer step reports, left on the device (reading it waits for the step)."""
+
+    loss: Tensor
+    """The loss before the update, detached, 0-dim."""
+    grad_norm: Tensor
+    """The total gradient norm before clipping, 0-dim: a NaN or infinity here poisons the
+    weights (and the optimizer's moments) even while the loss still reads finite."""
+
+
+def _total_norm(grads: list[Tensor]) -> Tensor:
+    get_total_norm = getattr(torch.nn.utils, "get_total_norm", None)  # torch >= 2.6: one fused pass
+    if get_total_norm is not None:
+        return get_total_norm(grads)
+    if not grads:
+        return torch.zeros(())
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+
+
 class Stepper:
     """The optimizer step of `train`: learning-rate schedule, explicit L2,
     gradient clipping and the per-episode optimizer reset. `take_steps` uses
@@ -248,8 +268,11 @@ class Stepper:
         self.optimizer = make_optimizer(cfg, self.named_params)
         self.device_type = self.params[0].device.type
 
-    def step(self, step: int, batch: Batch) -> float:
-        """Update on `batch` as the `step`-th (0-based) step; returns the loss before the update."""
+    def step(self, step: int, batch: Batch) -> StepStats:
+        """Update on `batch` as the `step`-th (0-based) step; returns the loss before the update
+        and the gradient norm, detached 0-dim tensors on the model's device. Reading them waits
+        for the device to finish the step, so callers read them only when they need the numbers
+        (`read_steps`, which also stops at the first non-finite one)."""
         cfg = self.cfg
         if cfg.reset_optimizer_each_episode and step > 0 and step % cfg.episode_steps == 0:
             self.optimizer = make_optimizer(cfg, self.named_params)
@@ -265,9 +288,11 @@ class Stepper:
         self.optimizer.zero_grad(set_to_none=True)
         objective.backward()
         if cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
+        else:
+            grad_norm = _total_norm([p.grad for p in self.params if p.grad is not None])
         self.optimizer.step()
-        return loss.item()
+        return StepStats(loss.detach(), grad_norm.detach())
 
 
 def take_steps(
@@ -289,11 +314,31 @@ def take_steps(
     device = next(model.parameters()).device
     stepper = Stepper(model, train_cfg, fwd_hooks, batch_patterns)
     model.train()
-    losses = []
+    stats: list[StepStats] = []
     for step in steps:
         batch = data.batch(step, train_cfg.batch_size, step_generator(train_cfg.seed, step))
-        losses.append(stepper.step(step, batch_to(batch, device)))
+        stats.append(stepper.step(step, batch_to(batch, device)))
     model.eval()
+    return read_steps(train_cfg, list(steps), stats)
+
+
+def read_steps(cfg: TrainConfig, steps: Sequence[int], stats: Sequence[StepStats]) -> list[float]:
+    """The losses of `steps`, read from the device at once (one wait instead of one per step).
+
+    Raises `NonFiniteError` naming the first step whose loss or gradient norm is NaN or
+    infinite: every step after it trains on garbage, so nothing from it may be logged or saved.
+    """
+    if not stats:
+        return []
+    losses = torch.stack([s.loss for s in stats]).tolist()
+    norms = torch.stack([s.grad_norm for s in stats]).tolist()
+    for step, loss, norm in zip(steps, losses, norms, strict=True):
+        if not (math.isfinite(loss) and math.isfinite(norm)):
+            what = f"the training loss is {loss}" if not math.isfinite(loss) else f"the gradient norm is {norm}"
+            scheduled = f" (the schedule's learning rate there is {lr_at(cfg, step):g})" \
+                if lr_at(cfg, step) != cfg.lr else ""
+            raise NonFiniteError(f"training diverged at step {step}: {what}{scheduled}; lower the learning rate "
+                                 f"(train.lr={cfg.lr:g})")
     return losses
 
 
@@ -357,34 +402,74 @@ def open_run(
     resume: bool,
     device: torch.device,
 ) -> RunStart:
-    """Create the run directory, or reopen it to resume; see `train` for the rules."""
-    config = _run_config(model_cfg, train_cfg, config_extra)
-    run = Run(run_dir)
-    if not (run.path.joinpath(CONFIG_FILE).exists() and run.steps):
-        run = Run.create(run_dir, {**config, "device": str(device), "versions": versions()})
-        weights = None
-        if train_cfg.init_from:
-            parent, parent_step = parse_init_from(train_cfg.init_from)
-            weights = parent.load_state_dict(parent_step)
-        return RunStart(run, step=0, resumed=False, finished=False, weights=weights)
+    """Create the run directory, or reopen it to resume; see `train` for the rules.
 
-    if not resume:
-        raise FileExistsError(f"{run.path} already holds a run; resume it or choose another directory")
-    # Comparing what the config defines (not where it ran) refuses a resume with other settings,
-    # which would silently splice two different runs into one directory.
-    if _identity(run.config) != _identity(_json_roundtrip(config)):
-        raise ValueError(f"resume: the config differs from {run.path / CONFIG_FILE}; start a new run instead")
-    step = run.steps[-1]
-    if step >= train_cfg.steps:
-        return RunStart(run, step=step, resumed=True, finished=True)
-    state = run.load_training_state(step)
-    if state.get("stopped"):
-        return RunStart(run, step=step, resumed=True, finished=True)
-    # Rows logged after the last checkpoint describe steps that are about to be redone.
-    run.truncate_metrics(step)
-    logger.info("resuming %s from step %d", run.path, step)
-    return RunStart(run, step=step, resumed=True, finished=False, weights=run.load_state_dict(step),
-                    optimizer=state["optimizer"], loss_sum=state["loss_sum"], loss_count=state["loss_count"])
+    Takes the run's lock while it looks and repairs; `train` holds it for the whole run."""
+    return _open_run(run_dir, _run_config(model_cfg, train_cfg, config_extra), train_cfg, resume=resume,
+                     device=device)
+
+
+def _open_run(run_dir: str | Path, config: dict[str, Any], train_cfg: TrainConfig, *, resume: bool,
+              device: torch.device) -> RunStart:
+    with run_lock(run_dir):
+        run = Run(run_dir)
+        state = run.inspect()
+        # Any trace of a run counts: a directory whose manifest is lost still holds checkpoints
+        # and a log, which a new run would overwrite and append to.
+        if state.exists and not resume:
+            problems = state.problems()
+            found = f" ({'; '.join(problems)})" if problems else ""
+            raise FileExistsError(f"{run.path} already holds a run{found}; resume it or choose another directory")
+        damage = state.damage() if state.exists else []
+        if damage:
+            raise RunDamagedError(f"cannot resume {run.path}: {'; '.join(damage)}; nothing was changed")
+        if not state.exists or state.unborn:  # new, or killed while being created: nothing to keep
+            run.remove_leftovers(state)
+            run = Run.create(run_dir, {**config, "device": str(device), "versions": versions()})
+            return _first_start(run, train_cfg)
+
+        # Comparing what the config defines (not where it ran) refuses a resume with other settings,
+        # which would silently splice two different runs into one directory.
+        if _identity(run.config) != _identity(_json_roundtrip(config)):
+            raise ValueError(f"resume: the config differs from {run.path / CONFIG_FILE}; start a new run instead")
+        # What a killed writer leaves is after the last checkpoint (rows are logged before the
+        # checkpoint that covers them), so removing it loses nothing that was saved: temporary
+        # files, an uncommitted checkpoint directory, a torn last line and the rows after the
+        # checkpoint, which are about to be redone.
+        for repair in state.repairs():
+            logger.info("repairing %s", repair)
+        run.remove_leftovers(state)
+        step = state.last_step
+        run.truncate_metrics(step)
+        if step is None:  # killed before checkpoint 0 was committed: start over (its row is gone too)
+            return _first_start(run, train_cfg)
+        if step >= train_cfg.steps:
+            return RunStart(run, step=step, resumed=True, finished=True)
+        training = run.load_training_state(step)
+        if training.get("stopped"):
+            return RunStart(run, step=step, resumed=True, finished=True)
+        logger.info("resuming %s from step %d", run.path, step)
+        return RunStart(run, step=step, resumed=True, finished=False, weights=run.load_state_dict(step),
+                        optimizer=training["optimizer"], loss_sum=training["loss_sum"],
+                        loss_count=training["loss_count"])
+
+
+def _first_start(run: Run, train_cfg: TrainConfig) -> RunStart:
+    """Step 0 of a run: the seeded initialization, or `init_from`'s weights."""
+    weights = None
+    if train_cfg.init_from:
+        parent, parent_step = parse_init_from(train_cfg.init_from)
+        weights = parent.load_state_dict(parent_step)
+    return RunStart(run, step=0, resumed=False, finished=False, weights=weights)
+
+
+def _check_evaluation(step: int, row: Mapping[str, float], cfg: TrainConfig) -> None:
+    """Refuse a non-finite evaluation: the log is strict JSON, and a NaN curve would read as data."""
+    bad = {k: v for k, v in row.items() if not math.isfinite(v)}
+    if bad:
+        key, value = next(iter(bad.items()))
+        raise NonFiniteError(f"the evaluation {key} is {value} at step {step}, so training stops there (if the "
+                             f"model diverged, lower the learning rate, train.lr={cfg.lr:g}; else fix the evaluator)")
 
 
 def _evaluate(model: TransformerBridge, evaluators: Mapping[str, Evaluator]) -> dict[str, float]:
@@ -412,8 +497,18 @@ def train(
 
     With `resume=True` an existing run continues from its last complete
     checkpoint and ends with the weights an uninterrupted run would have; a
-    finished run is returned as is. Without it, a directory that already holds
-    checkpoints is refused rather than overwritten.
+    finished run is returned as is. What a killed writer leaves behind (a torn
+    last log line, rows after the last checkpoint, an uncommitted checkpoint
+    directory, temporary files) is removed first; a directory damaged in any other
+    way (`Run.inspect().damage()`: a lost manifest, rows missing before the last
+    checkpoint, rows of two runs) is refused with `RunDamagedError` and left as it is.
+    Without `resume`, a directory with any trace of a run (config.json, checkpoints/
+    or metrics.jsonl) is refused rather than overwritten.
+
+    The run directory's lock (`run_lock`) is held throughout: a second writer of the
+    same directory fails at once with `RunInUseError`. Training stops with
+    `NonFiniteError`, naming the step, at the first NaN or infinite training loss,
+    gradient norm, evaluation or weight, before anything non-finite is logged or saved.
 
     `hooks.stop_when` ends the run early at an evaluation step, with a checkpoint
     there; the learning-rate schedule is still the one of `train_cfg.steps`, so
@@ -423,10 +518,25 @@ def train(
     use a checkpoint from just after a transition while the run goes on).
     """
     device = resolve_device(device)
-    start = open_run(run_dir, model_cfg, train_cfg, config_extra or {}, resume=resume, device=device)
+    config = _run_config(model_cfg, train_cfg, config_extra or {})  # checked before anything is created
+    # One writer per run directory for as long as it trains: a second `train` on the same
+    # directory fails at once instead of interleaving its checkpoints and rows with ours.
+    with run_lock(run_dir):
+        start = _open_run(run_dir, config, train_cfg, resume=resume, device=device)
+        if start.finished:
+            return start.run
+        try:
+            return _train_from(start, model_cfg, train_cfg, data, hooks, device, progress)
+        except NonFiniteError as err:
+            steps = start.run.steps
+            kept = f"the run is intact up to its last checkpoint, step {steps[-1]}" if steps else "nothing was saved"
+            raise NonFiniteError(f"{start.run.path}: {err}; {kept}") from None
+
+
+def _train_from(start: RunStart, model_cfg: ModelConfig, train_cfg: TrainConfig, data: DataSource,
+                hooks: TrainHooks, device: torch.device, progress: bool) -> Run:
+    """`train`'s loop from `start`, run by the holder of the run's lock."""
     run = start.run
-    if start.finished:
-        return run
     model = build_model(model_cfg, device=device)
     if start.weights is not None:
         load_model_state_dict(model, start.weights)
@@ -439,15 +549,25 @@ def train(
         # The running train-loss average rides along so a resumed log matches an uninterrupted one.
         # No RNG state: every random draw comes from step_generator(seed, step), so the
         # data position is the step and the caller's global RNG is never touched.
-        # At an episode boundary of a resetting run the optimizer state is about to be
-        # discarded, so it is not stored (it would double the size of dense checkpoints).
-        discarded = train_cfg.reset_optimizer_each_episode and step % train_cfg.episode_steps == 0
+        # The optimizer state is stored only where a run can continue from it: not at the end
+        # of a finished (or stopped) run, and not at an episode boundary of a resetting run,
+        # where it is about to be discarded (it would double the size of dense checkpoints).
+        discarded = (stopped or step == train_cfg.steps
+                     or (train_cfg.reset_optimizer_each_episode and step % train_cfg.episode_steps == 0))
         state = {"step": step, "optimizer": None if discarded else stepper.optimizer.state_dict(),
                  "loss_sum": loss_sum, "loss_count": loss_count, "stopped": stopped}
-        run.save_checkpoint(step, model, state)
+        try:
+            run.save_checkpoint(step, model, state)  # refuses non-finite weights
+        except NonFiniteError:
+            # Finite losses and gradients can still overflow the weights in the update itself.
+            raise NonFiniteError(f"training diverged before step {step}: the weights are not finite; lower the "
+                                 f"learning rate (train.lr={train_cfg.lr:g})") from None
 
     if not start.resumed:
-        run.log_metrics([{"step": 0, **_evaluate(model, hooks.evaluators)}] if hooks.evaluators else [])
+        if hooks.evaluators:
+            first = _evaluate(model, hooks.evaluators)
+            _check_evaluation(0, first, train_cfg)
+            run.log_metrics([{"step": 0, **first}])
         checkpoint(0)
 
     total = train_cfg.steps
@@ -455,26 +575,47 @@ def train(
     # Rows wait here until the next checkpoint, so metrics.jsonl never runs ahead of the
     # checkpoint a resumed run restarts from.
     pending: list[dict[str, Any]] = []
+    # Steps whose loss and gradient norm are not yet read (nor added to `loss_sum`), left on the
+    # device until a log row, an evaluation, a checkpoint or a callback needs them: reading each
+    # step's would make the host wait for the device every step. Reading checks them
+    # (`read_steps`), so nothing after a non-finite step is evaluated, logged or saved.
+    unread: list[StepStats] = []
+    unread_steps: list[int] = []
+    last_loss = math.nan
     model.train()
     bar = tqdm(total=total, initial=start.step, disable=not progress, desc=run.path.name, leave=False)
     for step in range(start.step, total):
         batch = batch_to(data.batch(step, train_cfg.batch_size, step_generator(train_cfg.seed, step)), device)
-        loss = stepper.step(step, batch)
+        unread.append(stepper.step(step, batch))
+        unread_steps.append(step)
         done = step + 1
         bar.update(1)
+        loss_count += 1
+
+        logs = done % train_cfg.log_every == 0 or done == total
+        # Stopping and pausing are decided on evaluations only; at the last step the run ends anyway.
+        evaluates = bool(hooks.evaluators) and (done == total or bool(train_cfg.eval_every
+                                                                      and done % train_cfg.eval_every == 0))
+        if logs or evaluates or done in schedule or hooks.callbacks:
+            # Added one by one in step order (not with `sum()`, which compensates since Python
+            # 3.12), so the sum is the same however the steps were batched into reads.
+            for value in read_steps(train_cfg, unread_steps, unread):
+                loss_sum += value
+                last_loss = value
+            unread.clear()
+            unread_steps.clear()
 
         # The logged train loss averages every step since the last log row, not just this one.
-        loss_sum, loss_count = loss_sum + loss, loss_count + 1
         row: dict[str, Any] = {}
-        if done % train_cfg.log_every == 0 or done == total:
+        if logs:
             row.update({"train/loss": loss_sum / loss_count, "lr": lr_at(train_cfg, step)})
             loss_sum, loss_count = 0.0, 0
             bar.set_postfix(loss=f"{row['train/loss']:.3f}")
 
-        # Stopping and pausing are decided on evaluations only; at the last step the run ends anyway.
         stop = pause = False
-        if hooks.evaluators and (done == total or (train_cfg.eval_every and done % train_cfg.eval_every == 0)):
+        if evaluates:
             evaluation = _evaluate(model, hooks.evaluators)
+            _check_evaluation(done, evaluation, train_cfg)
             row.update(evaluation)
             if done < total:
                 stop = hooks.stop_when is not None and hooks.stop_when(done, evaluation)
@@ -483,13 +624,13 @@ def train(
             pending.append({"step": done, **row})
 
         # An early end takes a checkpoint too: it is where a stopped run ends, or a paused one resumes.
-        if done in schedule or stop or pause:
+        if done in schedule or stop or pause:  # every step so far was read: the sum is complete
             run.log_metrics(pending)
             pending = []
             checkpoint(done, stopped=stop)
 
-        for callback in hooks.callbacks:
-            callback(done, model, loss)
+        for callback in hooks.callbacks:  # callbacks take a number: only then is every step read
+            callback(done, model, last_loss)
         if stop or pause:
             logger.info("%s: %s condition met at step %d", run.path, "stop" if stop else "pause", done)
             break

@@ -28,16 +28,20 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
+from interp import seeding
 from interp.checkpoints import Run
-from interp.configs import require, require_choice, require_positive
+from interp.configs import require, require_literals, require_positive
 from interp.metrics import circuits, spans
 from interp.model import Batch, FwdHook, Patterns, forward, token_losses
+from interp.pipeline import nearest_step
 from interp.probing import Probe, probe
+from interp.replay import Replay
+from interp.train import DataSource
 
 ATTRIBUTES = ("birth_date", "birth_city", "current_city", "university", "major", "company")
 SPECIAL = ("<pad>", "<bos>", ".")
@@ -80,7 +84,7 @@ def templates(attribute: str, heldout: int) -> tuple[list[list[str]], list[list[
     return train, held
 
 
-DISTRIBUTIONS = ("uniform", "power_law", "celebrities")
+Distribution = Literal["uniform", "power_law", "celebrities"]
 
 
 @dataclass(frozen=True)
@@ -106,7 +110,7 @@ class BiographiesConfig:
     months: int = 12
     days: int = 28
     heldout_templates: int = 5
-    distribution: str = "uniform"
+    distribution: Distribution = "uniform"
     alpha: float = 0.0
     n_celebrities: int = 0
     celebrity_boost: float = 1.0
@@ -119,7 +123,7 @@ class BiographiesConfig:
                          "universities", "majors", "companies", "years", "months", "days")
         require(self.months <= len(MONTHS), "months", f"at most {len(MONTHS)}", self.months)
         require(self.days <= MAX_DAYS, "days", f"at most {MAX_DAYS} (a day every month has)", self.days)
-        require_choice(self, "distribution", DISTRIBUTIONS)
+        require_literals(self)
         require(0 <= self.heldout_templates <= MAX_HELDOUT_TEMPLATES, "heldout_templates",
                 f"0..{MAX_HELDOUT_TEMPLATES}", self.heldout_templates)
         total = self.n_individuals + self.n_unseen + self.n_finetune
@@ -180,6 +184,17 @@ def recall_signatures(run: Run, batch: Batch, device: torch.device | str | None 
         grid = table.head_grid(name, *shape)
         out[name] = {f"layer{layer}": grid[:, layer].mean(axis=1).tolist() for layer in range(shape[0])}
     return out
+
+
+def signatures_at(signatures: dict[str, Any], step: int | None) -> dict[str, dict[str, float]]:
+    """`recall_signatures` values at the checkpoint nearest `step`, rounded to 4 digits
+    (empty for None: a step never reached)."""
+    if step is None:
+        return {}
+    index = signatures["steps"].index(nearest_step(signatures["steps"], step))
+    return {name: {layer: round(values[index], 4) for layer, values in signatures[name].items()}
+            for name in RECALL_SIGNATURES}
+
 
 def evaluate_attributes(model, batch: Batch, fwd_hooks: Sequence[FwdHook] = (),
                         patterns: Patterns | None = None) -> dict[str, float]:
@@ -244,7 +259,7 @@ class Biographies:
 
     def __init__(self, cfg: BiographiesConfig):
         self.cfg = cfg
-        rng = np.random.default_rng([cfg.seed, 0])
+        rng = seeding.rng(cfg.seed, 0)
         self.pools = {
             "first": [f"F{i}" for i in range(cfg.first_names)],
             "middle": [f"M{i}" for i in range(cfg.middle_names)],
@@ -360,6 +375,25 @@ class Biographies:
         """A data source of fresh biographies of `people`, drawn uniformly (e.g. the
         fine-tuning split)."""
         return Population(self, np.asarray(people))
+
+    def with_replay(self, source: DataSource, ratio: float, pool: int, seed: int, *stream: int) -> Replay:
+        """`source` with `ratio` biographies of trained individuals per example mixed in
+        (`interp.replay.Replay`), from a fixed pool of `pool` of them (people drawn with
+        replacement, uniformly), drawn from the random stream `(seed, *stream)`."""
+        rng = seeding.rng(seed, *stream)
+        return Replay(source, self.sample(rng.choice(self.trained, pool), rng), ratio, seed=seed)
+
+    # --- evaluation ---------------------------------------------------------------------
+
+    def draw_trained(self, count: int, seed: int, *stream: int) -> np.ndarray:
+        """`count` distinct trained individuals in order, drawn uniformly whatever the
+        training distribution, from the random stream `(seed, *stream)`."""
+        return np.sort(seeding.rng(seed, *stream).choice(self.trained, count, replace=False))
+
+    def heldout_batch(self, people: np.ndarray, seed: int, *stream: int) -> Batch:
+        """Held-out-template biographies of `people` (evaluation), from the random stream
+        `(seed, *stream)`: the same batch for the same key."""
+        return self.sample(people, seeding.rng(seed, *stream), heldout=True)
 
     def baseline(self) -> float:
         """No-knowledge attribute loss: mean over attributes of the entropy of the value

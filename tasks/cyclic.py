@@ -21,13 +21,13 @@ import numpy as np
 import torch
 from transformer_lens.model_bridge import TransformerBridge
 
-from interp.configs import require, require_choice, require_positive
+from interp import seeding
+from interp.configs import require, require_literals, require_positive
 from interp.model import Batch, forward, token_losses
 
 Order = Literal["cyclic", "shuffled", "partial"]
 Source = Literal["random", "markov"]
 ORDERS: tuple[Order, ...] = get_args(Order)
-SOURCES: tuple[Source, ...] = get_args(Source)
 
 
 @dataclass(frozen=True)
@@ -49,8 +49,7 @@ class CyclicDocumentsConfig:
     def __post_init__(self) -> None:
         require_positive(self, "n_docs", "doc_len", "d_vocab", "epochs", "steps_per_doc", "block", "branching")
         require(self.doc_len >= 2, "doc_len", "at least 2 tokens", self.doc_len)
-        require_choice(self, "order", ORDERS)
-        require_choice(self, "source", SOURCES)
+        require_literals(self)
         require(self.branching <= self.d_vocab, "branching", f"<= d_vocab={self.d_vocab}", self.branching)
 
     @property
@@ -63,9 +62,9 @@ class CyclicDocuments:
 
     def __init__(self, cfg: CyclicDocumentsConfig):
         self.cfg = cfg
-        rng = np.random.default_rng([cfg.seed, 0])
+        rng = seeding.rng(cfg.seed, 0)
         self.documents = torch.from_numpy(self._documents(rng)).long()
-        self._schedule = self._order(np.random.default_rng([cfg.seed, 1]))
+        self._schedule = self._order(seeding.rng(cfg.seed, 1))
 
     def _documents(self, rng: np.random.Generator) -> np.ndarray:
         cfg = self.cfg

@@ -26,11 +26,13 @@ large one makes them alike (nearly rank-1 Z).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from interp import seeding
 from interp.configs import require, require_positive
 from interp.model import Batch
 from interp.replay import Replay
@@ -77,7 +79,7 @@ class Domains:
 
     def __init__(self, cfg: UpstreamConfig):
         self.cfg = cfg
-        rng = np.random.default_rng([cfg.seed, 0])
+        rng = seeding.rng(cfg.seed, 0)
         n = cfg.n_content
         self.successors = np.stack([rng.choice(n, cfg.markov_branching, replace=False) for _ in range(n)])
         keys = rng.choice(n * n, cfg.n_facts, replace=False)
@@ -116,7 +118,7 @@ class UpstreamCorpus:
     def __init__(self, cfg: UpstreamConfig):
         self.cfg = cfg
         self.domains = Domains(cfg)
-        rng = np.random.default_rng([cfg.seed, 1])
+        rng = seeding.rng(cfg.seed, 1)
         probabilities = np.asarray(cfg.frequencies, dtype=float) / sum(cfg.frequencies)
         self.domain_of = rng.choice(len(DOMAINS), cfg.corpus_size, p=probabilities)
         self.sequences = torch.from_numpy(np.stack([self.domains.sample(d, rng) for d in self.domain_of]))
@@ -137,6 +139,13 @@ class UpstreamCorpus:
         """The mean of per-pool-example `values` (e.g. losses) over each domain's examples in the pool."""
         domains = self.domain_of[self.pool]
         return {DOMAINS[d]: float(values[domains == d].mean()) for d in range(len(DOMAINS)) if (domains == d).any()}
+
+
+@functools.cache
+def upstream_corpus(cfg: UpstreamConfig) -> UpstreamCorpus:
+    """The corpus of `cfg`, built once per process and shared read-only: every fine-tuning
+    job a worker runs needs the same one, and building it takes seconds at the gpu size."""
+    return UpstreamCorpus(cfg)
 
 
 @dataclass(frozen=True)
@@ -177,7 +186,7 @@ class TaskFamilyConfig:
 
 
 def task_specs(cfg: TaskFamilyConfig) -> list[TaskSpec]:
-    rng = np.random.default_rng([cfg.seed, 2])
+    rng = seeding.rng(cfg.seed, 2)
     specs = []
     for index in range(cfg.n_tasks):
         weights = tuple(float(w) for w in rng.dirichlet([cfg.domain_concentration] * len(DOMAINS)))
@@ -193,7 +202,7 @@ class FineTuningTask:
 
     def __init__(self, domains: Domains, spec: TaskSpec):
         self.domains, self.spec = domains, spec
-        rng = np.random.default_rng([spec.seed, 3])
+        rng = seeding.rng(spec.seed, 3)
         n = domains.cfg.n_content
         moved = rng.choice(n, max(2, int(round(spec.strength * n))), replace=False)
         self.permutation = np.arange(n)
@@ -236,7 +245,7 @@ class FineTuningConfig:
 
     def data(self) -> FineTuningTask | Replay:
         """The data source: the task's batches, with replayed pool rows appended."""
-        corpus = UpstreamCorpus(self.upstream)
+        corpus = upstream_corpus(self.upstream)
         task = FineTuningTask(corpus.domains, self.spec)
         if not self.replay_ratio:
             return task

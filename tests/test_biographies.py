@@ -26,6 +26,7 @@ from tasks.biographies import (
     model_shape,
     recall_masks,
     recall_signatures,
+    signatures_at,
 )
 
 CFG = BiographiesConfig(n_individuals=50, n_unseen=10, n_finetune=10, seed=3)
@@ -182,3 +183,36 @@ def test_recall_signatures_and_the_attribute_evaluator_on_a_short_run(tmp_path):
     # Patterns taken from the model itself change nothing.
     assert attribute_evaluator(batch, "cpu", pattern_patch(model))(model) == pytest.approx(
         evaluate_attributes(model, batch))
+
+
+def test_draw_trained_and_heldout_batch_are_pure_functions_of_their_stream():
+    people = TASK.draw_trained(8, 0, 1)
+    assert len(set(people.tolist())) == 8 and people.tolist() == sorted(people.tolist())
+    assert set(people.tolist()) <= set(TASK.trained.tolist())
+    assert (TASK.draw_trained(8, 0, 1) == people).all() and not (TASK.draw_trained(8, 0, 2) == people).all()
+    batch = TASK.heldout_batch(people, 0, 1)
+    assert batch["individual"].tolist() == people.tolist()
+    again = TASK.heldout_batch(people, 0, 1)
+    assert all(torch.equal(batch[k], again[k]) for k in batch)
+    heldout = {tuple(w for w in t if w != "{name}") for ts in TASK.eval_templates.values() for t in ts}
+    for row in range(len(people)):
+        bio = {k: batch[k][row] for k in ("tokens", "attribute_of", "name_mask", "sentence_of")}
+        assert set(sentence_templates(TASK, bio)) <= heldout
+
+
+def test_with_replay_mixes_a_fixed_pool_of_trained_biographies_into_a_source():
+    source = TASK.population(TASK.finetune)
+    batch = TASK.with_replay(source, 0.5, 6, 0, 3).batch(0, 4, torch.Generator().manual_seed(0))
+    individuals = batch["individual"].tolist()
+    assert len(individuals) == 6  # 0.5 replayed biographies per new one, appended
+    assert set(individuals[:4]) <= set(TASK.finetune.tolist()) and set(individuals[4:]) <= set(TASK.trained.tolist())
+    again = TASK.with_replay(source, 0.5, 6, 0, 3).batch(0, 4, torch.Generator().manual_seed(0))
+    assert all(torch.equal(batch[k], again[k]) for k in batch)
+
+
+def test_signatures_at_the_nearest_checkpoint():
+    signatures = {"steps": [0, 10, 20], **{name: {"layer0": [0.1, 0.123456, 0.3]} for name in RECALL_SIGNATURES}}
+    assert signatures_at(signatures, 12) == {name: {"layer0": 0.1235} for name in RECALL_SIGNATURES}
+    assert signatures_at(signatures, 5)["sharpness"] == {"layer0": 0.1}  # a tie: the earlier checkpoint
+    assert signatures_at(signatures, 99)["sharpness"] == {"layer0": 0.3}
+    assert signatures_at(signatures, None) == {}

@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 
 from interp.metrics.recovery import (
+    ForgettingSummary,
     circular_offset_means,
+    forgetting_summary,
     gap_losses,
     pairwise_recovery,
     prequential_loss,
@@ -167,3 +169,20 @@ def test_recovery_stats_average_shift_averaged_curves_over_their_common_range():
     x, curve = stats.shift_averaged_curve()
     np.testing.assert_array_equal(x, np.arange(3))
     np.testing.assert_allclose(curve, [(3.0 + 2.0) / 2, (1.0 + 1.5) / 2, (2.0 + 1.25) / 2])
+
+
+def test_forgetting_summary_of_a_hand_built_curve():
+    steps = np.array([0, 10, 20, 30, 40])
+    # From 1.0, the gap to the baseline 5 is 4: the old loss has risen by half of it (to 3.0) at
+    # step 20 and peaks at 4.0 at step 30, a rise of 3/4 of the gap.
+    old = np.array([1.0, 2.0, 3.5, 4.0, 2.5])
+    accuracy, new = np.array([0.9, 0.5, 0.2, 0.1, 0.4]), np.array([5.0, 3.0, 2.0, 1.5, 1.0])
+    assert forgetting_summary(steps, old, accuracy, new, baseline=5.0) == ForgettingSummary(
+        old_loss_before=1.0, old_loss_peak=4.0, old_loss_peak_step=30, old_loss_after=2.5, old_accuracy_before=0.9,
+        old_accuracy_after=0.4, old_accuracy_min=0.1, new_loss_before=5.0, new_loss_after=1.0,
+        rise_over_gap_to_baseline=0.75, half_gap_step=20)
+    never_half = forgetting_summary(steps[:3], np.array([1.0, 1.5, 1.2]), accuracy[:3], new[:3], baseline=5.0)
+    assert (never_half.rise_over_gap_to_baseline, never_half.half_gap_step) == (0.125, None)
+    nothing_to_forget = forgetting_summary(steps, old, accuracy, new, baseline=1.0)  # starts at the baseline
+    assert (nothing_to_forget.rise_over_gap_to_baseline, nothing_to_forget.half_gap_step) == (None, None)
+    assert nothing_to_forget.old_loss_peak_step == 30

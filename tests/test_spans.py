@@ -124,3 +124,31 @@ def test_first_below():
     steps = np.array([0, 10, 20, 30])
     assert spans.first_below(steps, np.array([3.0, 2.5, 2.0, 1.0]), 2.5) == 20
     assert spans.first_below(steps, np.full(4, 3.0), 2.5) is None
+
+
+def test_curve_phases_add_the_final_values_and_a_phase_row_rounds_them():
+    steps = np.arange(0, 1000, 10)
+    curve = np.where(steps < 100, 8 - 3 * steps / 100, 5.0)
+    curve = np.where(steps >= 600, 5 - (steps - 600) / 100, curve)
+    phases = spans.curve_phases(steps, curve, steps / 1000, baseline=5.0)
+    assert phases == {"phase1_end": 100, "plateau_end": 620, "plateau_length": 520, "plateau_over_phase1": 5.2,
+                      "final_loss": pytest.approx(1.1), "final_accuracy": 0.99, "last_step": 990}
+    assert type(phases["last_step"]) is int and type(phases["final_loss"]) is float
+    row = spans.phase_row({**phases, "final_loss": 1.234567})
+    assert row == {"phase1_end": 100, "plateau_end": 620, "plateau_length": 520, "final_loss": 1.2346,
+                   "final_accuracy": 0.99, "last_step": 990}
+    assert tuple(row) == spans.PHASE_ROW
+    flat = spans.phase_row(spans.curve_phases(steps, np.full(100, 9.0), steps / 1000, baseline=5.0))
+    assert flat == {"phase1_end": None, "plateau_end": None, "plateau_length": None, "final_loss": 9.0,
+                    "final_accuracy": 0.99, "last_step": 990}
+
+
+def test_plateau_watch_settles_when_the_whole_curve_does():
+    steps = np.arange(0, 60, 10)
+    loss = np.array([9.0, 6.0, 3.5, 3.0, 2.7, 2.0])
+    watch = spans.PlateauWatch(3.0, 0.1, window=3)
+    settled = [watch.observe(int(s), v) for s, v in zip(steps, loss, strict=True)]
+    expected = [spans.plateau_end_settled(steps[: i + 1], loss[: i + 1], 3.0, 0.1, window=3) for i in range(6)]
+    assert settled == expected == [False] * 5 + [True]
+    watch.observe(50, 2.5)  # a step evaluated again replaces its value
+    assert watch.values == dict(zip(steps.tolist(), [9.0, 6.0, 3.5, 3.0, 2.7, 2.5], strict=True))

@@ -24,6 +24,7 @@ from scipy import stats
 from scipy.stats import spearmanr
 from transformer_lens.model_bridge import TransformerBridge
 
+from interp import seeding
 from interp.ids import hooks
 from interp.model import forward, scored_positions, token_losses
 from interp.replay import softmax_weights
@@ -177,7 +178,7 @@ def complete_mf(z: np.ndarray, rank: int = 5, reg: float = 1.0, sweeps: int = 30
     z, mask = _observed(z)
     if rank < 1 or reg < 0:
         raise ValueError(f"rank, reg: expected rank >= 1 and reg >= 0, got {rank}, {reg}")
-    rng = np.random.default_rng(seed)
+    rng = seeding.rng(seed)
     n_rows, n_cols = z.shape
     mu = np.nanmean(z)
     scale = np.nanstd(z) or 1.0
@@ -271,7 +272,7 @@ def evaluate_completion(
         raise ValueError(f"test_rows: expected distinct row indices below {z.shape[0]}, got {test_rows.tolist()}")
     scores: dict[str, list[CompletionScores]] = {name: [] for name in predictors}
     for seed in seeds:
-        rng = np.random.default_rng(seed)
+        rng = seeding.rng(seed)
         revealed_mask = reveal_mask(len(test_rows), z.shape[1], revealed, rng)
         observed = z.copy()
         observed[test_rows] = np.where(revealed_mask, z[test_rows], np.nan)
@@ -411,7 +412,7 @@ def matrix_summary(z: np.ndarray, shuffle_controls: int = 5, seed: int = 0) -> d
     R² (`fit_summary`), the rank-1 R² of `shuffle_controls` row-shuffled copies (mean and
     sd; generator `[seed, i]` for the i-th) and the first 10 singular values."""
     z = _matrix(z)
-    shuffled = [r2_by_rank(shuffle_rows_independently(z, np.random.default_rng([seed, i])), [1])[0]
+    shuffled = [r2_by_rank(shuffle_rows_independently(z, seeding.rng(seed, i)), [1])[0]
                 for i in range(shuffle_controls)]
     return {"z_mean": float(z.mean()), "z_std": float(z.std()), "z_row_mean_std": float(z.mean(axis=1).std()),
             "z_column_mean_std": float(z.mean(axis=0).std()), **fit_summary(z),

@@ -179,3 +179,53 @@ def recovery_stats(
         ratio=np.array([recovery_ratio(*p) for p in pairs], dtype=float),
         prequential=np.array([prequential_loss(*p, from_episode=prequential_from) for p in pairs], dtype=float),
     )
+
+
+@dataclass(frozen=True)
+class ForgettingSummary:
+    """A forgetting curve in numbers: while a model trains on new items, its loss and
+    accuracy on the old ones before, at the old loss's peak and after, and its loss on
+    the new ones before and after. `rise_over_gap_to_baseline` is the old loss's rise to
+    its peak over its starting gap to a no-knowledge `baseline` (1: all forgotten), and
+    `half_gap_step` the first step at which it has risen by half that gap; both are None
+    where the old loss starts at or above the baseline (nothing to forget), and
+    `half_gap_step` also where it never rises that far."""
+
+    old_loss_before: float
+    old_loss_peak: float
+    old_loss_peak_step: int
+    old_loss_after: float
+    old_accuracy_before: float
+    old_accuracy_after: float
+    old_accuracy_min: float
+    new_loss_before: float
+    new_loss_after: float
+    rise_over_gap_to_baseline: float | None
+    half_gap_step: int | None
+
+
+def forgetting_summary(
+    steps: Int[np.ndarray, " eval"],
+    old_loss: Float[np.ndarray, " eval"],
+    old_accuracy: Float[np.ndarray, " eval"],
+    new_loss: Float[np.ndarray, " eval"],
+    baseline: float,
+) -> ForgettingSummary:
+    """`ForgettingSummary` of evaluation curves taken at `steps` of training on new items
+    (the first evaluation: before it)."""
+    steps, old, old_accuracy, new = (np.asarray(a) for a in (steps, old_loss, old_accuracy, new_loss))
+    peak, gap = int(np.argmax(old)), baseline - float(old[0])
+    halfway = np.flatnonzero(old - old[0] >= gap / 2) if gap > 0 else np.array([], int)
+    return ForgettingSummary(
+        old_loss_before=float(old[0]),
+        old_loss_peak=float(old[peak]),
+        old_loss_peak_step=int(steps[peak]),
+        old_loss_after=float(old[-1]),
+        old_accuracy_before=float(old_accuracy[0]),
+        old_accuracy_after=float(old_accuracy[-1]),
+        old_accuracy_min=float(old_accuracy.min()),
+        new_loss_before=float(new[0]),
+        new_loss_after=float(new[-1]),
+        rise_over_gap_to_baseline=float(old[peak] - old[0]) / gap if gap > 0 else None,
+        half_gap_step=int(steps[halfway[0]]) if len(halfway) else None,
+    )

@@ -177,3 +177,37 @@ def first_below(steps: np.ndarray, values: np.ndarray, level: float) -> int | No
     """The first step at which `values` are below `level` (None if they never are)."""
     below = np.flatnonzero(np.asarray(values) < level)
     return int(steps[below[0]]) if len(below) else None
+
+
+def curve_phases(
+    steps: np.ndarray, loss: np.ndarray, accuracy: np.ndarray, baseline: float, delta: float = 0.1, window: int = 1
+) -> dict[str, int | float | None]:
+    """`plateau_phases` of a loss curve, with its `final_loss`, the `final_accuracy` of the
+    accuracy curve evaluated beside it, and its `last_step`."""
+    return {**plateau_phases(steps, loss, baseline, delta, window), "final_loss": float(loss[-1]),
+            "final_accuracy": float(accuracy[-1]), "last_step": int(steps[-1])}
+
+
+PHASE_ROW = ("phase1_end", "plateau_end", "plateau_length", "final_loss", "final_accuracy", "last_step")
+
+
+def phase_row(phases: dict[str, int | float | None], digits: int = 4) -> dict[str, int | float | None]:
+    """The `PHASE_ROW` entries of `curve_phases`, floats rounded to `digits`: one run's row in
+    a table of runs (the ratio `plateau_over_phase1` is left out)."""
+    return {k: round(phases[k], digits) if isinstance(phases[k], float) else phases[k] for k in PHASE_ROW}
+
+
+class PlateauWatch:
+    """A loss curve fed one evaluation at a time (a repeated step replaces its value), which
+    says when it has a plateau end that more points cannot move (`plateau_end_settled`):
+    e.g. to stop a training run there."""
+
+    def __init__(self, baseline: float, delta: float = 0.1, window: int = 1):
+        self.baseline, self.delta, self.window = baseline, delta, window
+        self.values: dict[int, float] = {}
+
+    def observe(self, step: int, value: float) -> bool:
+        """Record the evaluation at `step`; whether the plateau end is now settled."""
+        self.values[step] = value
+        steps, values = np.array(list(self.values)), np.array(list(self.values.values()))
+        return plateau_end_settled(steps, values, self.baseline, self.delta, self.window)

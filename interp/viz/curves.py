@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import secrets
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -10,9 +12,30 @@ from matplotlib.figure import Figure
 
 
 def save_figure(fig: Figure, path: str | Path, dpi: int = 120) -> Path:
+    """Write `fig` to `path` (format from the suffix) atomically.
+
+    The figure is written to a uniquely named temporary file beside `path`, synced and
+    renamed over it, so a full disk or a kill mid-write leaves the previous file (or
+    none), never a truncated image; concurrent writers never share a temporary name.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi, bbox_inches="tight")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # 0o666: the umask applies, as for open()
+    try:
+        with os.fdopen(fd, "wb") as f:
+            fig.savefig(f, dpi=dpi, bbox_inches="tight", format=path.suffix.lstrip(".").lower() or None)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        if err.filename is None:  # PIL's writes raise without a file name: name the figure that failed
+            raise OSError(err.errno, err.strerror or str(err), str(path)) from err
+        raise
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return path
 
 
