@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from analyses.toys import CoopetitionToyConfig, CoopetitionToyResult, coopetition_toy
-from interp import ModelConfig, Run, TrainConfig, TrainHooks, probe
+from interp import ModelConfig, Run, TrainConfig, TrainHooks, probe, seeding
 from interp.analysis import Analysis, detail
 from interp.configs import require, require_literals, require_positive
 from interp.ids import HeadId
@@ -129,7 +129,7 @@ class ICLTransienceResults:
 def setup_job(job: TrainingJob, device: torch.device) -> JobSetup:
     """Every run is evaluated on one fixed batch per evaluation set of its own task."""
     cfg: ICLTransienceConfig = job.params
-    task, generator = FewShot(job.task), torch.Generator().manual_seed(cfg.seed * 1000 + EVAL_STREAM)
+    task, generator = FewShot(job.task), seeding.generator(cfg.seed, EVAL_STREAM)
     return JobSetup(task, TrainHooks(evaluators=task.evaluators(cfg.eval_size, generator, device)))
 
 
@@ -194,7 +194,7 @@ def measure(cfg: ICLTransienceConfig, ctx: Context) -> ICLTransienceResults:
     runs = ctx.train([main_job, *sweep_jobs.values(), *control_jobs.values()])
     main, found, task = runs[main_job.name], dynamics(runs[main_job.name], cfg), FewShot(cfg.data)
     # Novel-class ICL sequences: attention to a matching label can only come from the context.
-    icl, iwl = (task.evaluation(kind, cfg.probe_size, torch.Generator().manual_seed(cfg.seed * 1000 + PROBE_STREAM))
+    icl, iwl = (task.evaluation(kind, cfg.probe_size, seeding.generator(cfg.seed, PROBE_STREAM))
                 for kind in ("icl_novel", "iwl"))
     table = probe(main, circuit_probes(range(cfg.model.n_layers)), icl, device=ctx.device)
     grids = {k: table.head_grid(k, cfg.model.n_layers, cfg.model.n_heads) for k in HEAD_CIRCUITS}
