@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from interp import ModelConfig, Run, TrainConfig
-from interp.analysis import Analysis, detail
+from interp.analysis import Analysis, detail, json_safe
 from interp.checkpoints import METRICS_FILE, atomic_write_json
 from interp.configs import require, require_positive
 from interp.ids import CheckpointRef
@@ -316,7 +316,7 @@ def measure(cfg: FactLearningConfig, ctx: Context) -> FactLearningResults:
     plateau_end = main_phases["plateau_end"]
     probed = bios.draw_trained(cfg.probe_individuals, cfg.seed + 1, EVAL_STREAM)
     signatures = biographies.recall_signatures(main, bios.heldout_batch(probed, cfg.seed, PROBE_STREAM), ctx.device)
-    atomic_write_json(ctx.out / "signatures.json", signatures)
+    atomic_write_json(ctx.out / "signatures.json", json_safe(signatures))  # NaN: null
     by_n = {n: first[j.name] for n, j in n_jobs.items()} | {base.n_individuals: main}
     plateau_by_n = [{"n_individuals": n, **spans.phase_row(phases(by_n[n], cfg))} for n in sorted(by_n)]
     reached = np.array([(r["n_individuals"], r["plateau_end"]) for r in plateau_by_n if r["plateau_end"]], float)

@@ -38,8 +38,8 @@ from typing import Any
 
 import numpy as np
 
-from interp.analysis import get_analysis, resolve_config, run_analysis
-from interp.checkpoints import atomic_write_bytes, atomic_write_json
+from interp.analysis import get_analysis, json_safe, resolve_config, run_analysis
+from interp.checkpoints import atomic_write_bytes, atomic_write_json, dumps_json, read_jsonl
 from interp.parallel import Backend, LocalBackend
 from interp.viz import plot_curves, save_figure
 
@@ -189,12 +189,12 @@ def _row(point: SweepPoint, outcome: Mapping[str, Any], skipped: bool) -> dict[s
 
 
 def _write_table(out: Path, rows: Sequence[Mapping[str, Any]]) -> None:
-    atomic_write_bytes(out / "sweep.jsonl", "".join(json.dumps(r) + "\n" for r in rows).encode())
+    path = out / "sweep.jsonl"  # strict JSON: an undefined statistic is written as null
+    atomic_write_bytes(path, "".join(dumps_json(json_safe(r), path) + "\n" for r in rows).encode())
 
 
 def read_table(out: str | Path) -> list[dict[str, Any]]:
-    path = Path(out) / "sweep.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return read_jsonl(Path(out) / "sweep.jsonl")
 
 
 def summary_figures(out: Path, table: Sequence[Mapping[str, Any]], grid: Mapping[str, Sequence[str]],
