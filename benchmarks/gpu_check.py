@@ -188,6 +188,13 @@ class Summary:
     def fail(self, stage: str, item: str, error: str) -> None:
         self.data["failures"].append({"stage": stage, "item": item, "error": error[-STDERR_TAIL_CHARS:]})
 
+    def record(self, stage: str, item: dict[str, Any], line: str) -> None:
+        """One finished item of `stage`: kept, printed, and the summary saved at once (a hard stop
+        later still leaves it on disk)."""
+        self.data[stage]["items"].append(item)
+        print(f"  {line}", flush=True)
+        self.save()
+
     def reached(self, stage: str, status: str) -> None:
         self.data[stage]["status"] = status
         if status in ("done", "partial") and stage not in self.data["reached"]:
@@ -308,7 +315,6 @@ def child_env(threads: int) -> dict[str, str]:
 
 def tiny_stage(summary: Summary, names: Sequence[str], device: str, deadline: float, timeout_s: float,
                out: Path, threads: int, keep_runs: bool) -> None:
-    section = summary.stage("tiny_presets")
     for name in names:
         left = seconds_to(deadline)
         if left < 5:
@@ -336,9 +342,7 @@ def tiny_stage(summary: Summary, names: Sequence[str], device: str, deadline: fl
             shutil.rmtree(run_dir / "runs", ignore_errors=True)  # checkpoints: only the results travel back
         else:
             summary.fail("tiny_presets", name, item.get("stderr_tail", ""))
-        print(f"  tiny {name}: {item['status']} in {item['wall_s']:.1f} s", flush=True)
-        section["items"].append(item)
-        summary.save()
+        summary.record("tiny_presets", item, f"tiny {name}: {item['status']} in {item['wall_s']:.1f} s")
 
 
 # --- 3. throughput: trainer vs plain PyTorch ------------------------------------------------------
@@ -362,7 +366,6 @@ def throughput_stage(summary: Summary, shapes: Sequence[ThroughputShape], device
     from analyses.induction_heads import PRESETS
     from tasks.induction import RecurringPairs
 
-    section = summary.stage("throughput")
     scratch = Path(tempfile.mkdtemp(prefix="gpu_check_tput_"))
     try:
         for shape in shapes:
@@ -386,10 +389,8 @@ def throughput_stage(summary: Summary, shapes: Sequence[ThroughputShape], device
                 item["parameters"] = {"plain": n_plain, "bridge": n_bridge}
                 if item.get("skipped_runs"):
                     summary.skip("throughput", item_name, f"budget: {item['skipped_runs']} measured runs not started")
-                section["items"].append(item)
-                print(f"  throughput {item_name}: {item.get('status')} "
-                      f"trainer/plain {fmt(item.get('trainer/plain'), '.3f')}", flush=True)
-                summary.save()
+                summary.record("throughput", item, f"throughput {item_name}: {item.get('status')} "
+                               f"trainer/plain {fmt(item.get('trainer/plain'), '.3f')}")
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
@@ -636,7 +637,6 @@ def extrapolate(part: SlicePart, timing: dict[str, Any]) -> dict[str, Any]:
 
 def slices_stage(summary: Summary, analyses: dict[str, Analysis], device: torch.device, deadline: float,
                  max_steps: int, smoke: bool) -> None:
-    section = summary.stage("slices")
     todo = []
     for name, analysis in analyses.items():
         large = [p for p in LARGE_PRESETS if p in analysis.presets]
@@ -665,10 +665,8 @@ def slices_stage(summary: Summary, analyses: dict[str, Analysis], device: torch.
                 item = {"analysis": name, "preset": preset, "status": "failed", "error": f"{type(err).__name__}: {err}"}
             if device.type == "cuda":
                 torch.cuda.empty_cache()
-            section["items"].append(item)
-            print(f"  slice {name}: {item['status']}, estimated {hms(item.get('estimate_s'))} "
-                  f"(docs: {item.get('docs_estimate', '-')})", flush=True)
-            summary.save()
+            summary.record("slices", item, f"slice {name}: {item['status']}, estimated "
+                           f"{hms(item.get('estimate_s'))} (docs: {item.get('docs_estimate', '-')})")
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
