@@ -35,20 +35,26 @@ from interp.model import Batch, batch_to, input_hooks, resolve_device
 
 @dataclass(frozen=True)
 class ProbeContext:
+    """What a probe reads at one checkpoint. Without a forward pass (every probe asked for
+    reads only the weights) `acts` is empty and `logits` is None."""
+
     acts: Mapping[str, Tensor]
-    logits: Tensor
-    batch: Batch
+    logits: Tensor | None
+    batch: Batch | None
     model: TransformerBridge
 
 
 @dataclass(frozen=True)
 class Probe:
     """`name` identifies the probe and its parameters (it keys the cache);
-    `hooks` are the activation names `fn` reads from `ctx.acts`."""
+    `hooks` are the activation names `fn` reads from `ctx.acts`; `forward=False` marks a
+    probe that reads only the weights (`ctx.model`), which needs neither a batch nor a
+    forward pass."""
 
     name: str
     hooks: tuple[str, ...]
     fn: Callable[[ProbeContext], Mapping[str, float]]
+    forward: bool = True
 
 
 @dataclass(frozen=True)
@@ -91,7 +97,13 @@ class ProbeTable:
         np.savetxt(path, np.column_stack([self.steps, self.values]), delimiter=",", header=header, comments="")
 
 
-def batch_hash(batch: Batch) -> str:
+NO_BATCH = "no-batch"
+"""The batch id of probes that read only the weights."""
+
+
+def batch_hash(batch: Batch | None) -> str:
+    if batch is None:
+        return NO_BATCH
     digest = hashlib.sha256()
     for key in sorted(batch):
         tensor = batch[key].detach().cpu().contiguous()
@@ -146,19 +158,33 @@ def _repair_cache(path: Path, scan: JsonlScan) -> None:
     atomic_write_bytes(path, data.encode())
 
 
-def run_probes(model: TransformerBridge, probes: Mapping[str, Probe], batch: Batch) -> dict[str, float]:
-    """Evaluate probes on one model with a single cached forward pass."""
+def run_probes(model: TransformerBridge, probes: Mapping[str, Probe], batch: Batch | None) -> dict[str, float]:
+    """Evaluate probes on one model with a single cached forward pass (none when every
+    probe reads only the weights)."""
+    _check_batch(probes, batch)
+    if batch is None or not any(p.forward for p in probes.values()):
+        ctx = ProbeContext(acts={}, logits=None, batch=batch, model=model)
+        return _flatten(probes, ctx)
     hooks = sorted({h for p in probes.values() for h in p.hooks})
     with torch.no_grad(), model.hooks(fwd_hooks=input_hooks(model, batch)):
         logits, cache = model.run_with_cache(batch["tokens"], names_filter=hooks)
-        ctx = ProbeContext(acts=cache, logits=logits, batch=batch, model=model)
-        return {f"{key}/{name}": float(v) for key, p in probes.items() for name, v in p.fn(ctx).items()}
+        return _flatten(probes, ProbeContext(acts=cache, logits=logits, batch=batch, model=model))
+
+
+def _flatten(probes: Mapping[str, Probe], ctx: ProbeContext) -> dict[str, float]:
+    return {f"{key}/{name}": float(v) for key, p in probes.items() for name, v in p.fn(ctx).items()}
+
+
+def _check_batch(probes: Mapping[str, Probe], batch: Batch | None) -> None:
+    if batch is None and any(p.forward for p in probes.values()):
+        needing = sorted(key for key, p in probes.items() if p.forward)
+        raise ValueError(f"batch: probes {needing} run the model and need a batch, got None")
 
 
 def probe(
     run: Run | str | Path,
     probes: Mapping[str, Probe],
-    batch: Batch,
+    batch: Batch | None = None,
     steps: Sequence[int] | None = None,
     device: str | torch.device | None = None,
     use_cache: bool = True,
@@ -166,9 +192,11 @@ def probe(
 ) -> ProbeTable:
     """Compute `probes` at each checkpoint (default: all) of `run`.
 
-    Returns a step x metric `ProbeTable` with columns `"<key>/<metric>"`.
+    Returns a step x metric `ProbeTable` with columns `"<key>/<metric>"`. `batch` may be
+    None when every probe reads only the weights (`Probe.forward=False`).
     """
     check_probe_keys(probes)
+    _check_batch(probes, batch)
     run = run if isinstance(run, Run) else Run.open(run)
     device = resolve_device(device)
     steps = list(run.steps if steps is None else steps)
@@ -205,11 +233,11 @@ def probe(
     return ProbeTable(np.array(steps), columns, table.reshape(len(steps), len(columns)))
 
 
-def _compute(run: Run, probes: Mapping[str, Probe], batch: Batch, steps: list[int],
+def _compute(run: Run, probes: Mapping[str, Probe], batch: Batch | None, steps: list[int],
              cached: dict[CacheKey, dict[str, float]], cache_key: Callable[[str, int], CacheKey],
              device: torch.device, progress: bool, probe_dir: Path) -> None:
     """Compute what `cached` lacks at `steps` into it, appending each result to its cache file."""
-    device_batch = batch_to(batch, device)
+    device_batch = None if batch is None else batch_to(batch, device)
     model: TransformerBridge | None = None
     for step in tqdm(steps, disable=not progress, desc="probing", leave=False):
         todo = {k: p for k, p in probes.items() if cache_key(k, step) not in cached}
