@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 _HEAD = re.compile(r"L(\d+)H(\d+)")
 
@@ -90,3 +91,98 @@ class hooks:  # noqa: N801 - a namespace of hook-name builders, read as `hooks.p
 
     embed = "hook_embed"
     final_norm = "ln_final.hook_normalized"
+
+
+@dataclass(frozen=True, order=True)
+class MlpId:
+    """The MLP of layer `layer`; written `"MLP1"`."""
+
+    layer: int
+
+    def __post_init__(self) -> None:
+        if self.layer < 0:
+            raise ValueError(f"mlp: expected a layer >= 0, got {self.layer}")
+
+    def __str__(self) -> str:
+        return f"MLP{self.layer}"
+
+
+@dataclass(frozen=True, order=True)
+class Terminal:
+    """The token embedding (with positions and input vectors: everything the residual
+    stream starts from) or the logits (the unembedding's read of the final residual)."""
+
+    name: Literal["embed", "logits"]
+
+    def __post_init__(self) -> None:
+        if self.name not in ("embed", "logits"):
+            raise ValueError(f"node: expected 'embed' or 'logits', got {self.name!r}")
+
+    def __str__(self) -> str:
+        return self.name
+
+
+EMBED = Terminal("embed")
+LOGITS = Terminal("logits")
+
+Node = HeadId | MlpId | Terminal
+"""A node of a circuit graph: something that writes to or reads from the residual stream."""
+
+_MLP = re.compile(r"MLP(\d+)")
+
+
+def parse_node(text: str) -> Node:
+    """The node written `text` (`"L1H3"`, `"MLP0"`, `"embed"`, `"logits"`)."""
+    if text in ("embed", "logits"):
+        return Terminal(text)  # type: ignore[arg-type]
+    if (match := _MLP.fullmatch(text)) is not None:
+        return MlpId(int(match[1]))
+    if HeadId.is_head(text):
+        return HeadId.parse(text)
+    raise ValueError(f"node: expected 'embed', 'logits', 'MLP<layer>' or 'L<layer>H<head>', got {text!r}")
+
+
+HeadInput = Literal["q", "k", "v"]
+HEAD_INPUTS: tuple[HeadInput, ...] = ("q", "k", "v")
+_EDGE = re.compile(r"(.+)->([^.]+)(?:\.([qkv]))?")
+
+
+@dataclass(frozen=True, order=True)
+class EdgeId:
+    """The path from `sender`'s write to the residual stream into `receiver`'s input: a
+    head's query, key or value input (`input`), an MLP's input or the logits (`input`
+    None). Written `"L0H1->L1H2.k"`, `"embed->MLP0"`, `"L1H2->logits"`."""
+
+    sender: Node
+    receiver: Node
+    input: HeadInput | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.sender, Terminal) and self.sender != EMBED:
+            raise ValueError(f"edge: the logits send nothing, got sender {self.sender}")
+        if self.receiver == EMBED:
+            raise ValueError("edge: the embedding receives nothing")
+        if isinstance(self.receiver, HeadId) != (self.input is not None):
+            raise ValueError(f"edge: a head receiver needs an input 'q', 'k' or 'v' and other receivers none, "
+                             f"got {self.receiver} with input {self.input!r}")
+        if self.input is not None and self.input not in HEAD_INPUTS:
+            raise ValueError(f"edge: expected input 'q', 'k' or 'v', got {self.input!r}")
+
+    def __str__(self) -> str:
+        suffix = f".{self.input}" if self.input else ""
+        return f"{self.sender}->{self.receiver}{suffix}"
+
+    @classmethod
+    def parse(cls, text: str) -> EdgeId:
+        match = _EDGE.fullmatch(text)
+        if match is None:
+            raise ValueError(f"edge: expected 'SENDER->RECEIVER[.q|.k|.v]' such as 'L0H1->L1H2.k', got {text!r}")
+        return cls(parse_node(match[1]), parse_node(match[2]), match[3])  # type: ignore[arg-type]
+
+    @classmethod
+    def is_edge(cls, text: str) -> bool:
+        try:
+            cls.parse(text)
+        except ValueError:
+            return False
+        return True

@@ -1,0 +1,86 @@
+"""Circuit graphs of a run over training, in one call: the probe of a method at every
+checkpoint (cached like every probe), one `CircuitGraph` per checkpoint, saved in the run.
+
+    batch = repeated_patch_batch(32, period=24, d_vocab=64, generator=generator(0, 2))
+    traced = trace(run, "path", batch, mean_logprob("in_repeat"))
+    traced.graphs[0].diff(traced.graphs[-1]).summary()
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from interp.checkpoints import Run
+from interp.circuits.graph import CircuitGraph, ModelShape, graphs_from_table, save_graphs
+from interp.circuits.patching import SOURCE_KEY, PatchMetric, edge_attribution_probe, path_patching_probe
+from interp.circuits.weights import composition_probe
+from interp.model import Batch
+from interp.probing import Probe, ProbeTable, probe
+
+GraphMethod = Literal["path", "eap", "composition"]
+GRAPH_METHODS: tuple[GraphMethod, ...] = ("path", "eap", "composition")
+
+
+@dataclass(frozen=True)
+class Traced:
+    """A method's probe table, its graphs (one per checkpoint) and where they were saved."""
+
+    table: ProbeTable
+    graphs: list[CircuitGraph]
+    folder: Path
+
+
+def graph_probe(method: GraphMethod, metric: PatchMetric | None = None) -> Probe:
+    """The probe whose edge columns weight `method`'s graph."""
+    if method == "composition":
+        return composition_probe()
+    if metric is None:
+        raise ValueError(f"metric: method {method!r} patches the model and needs a metric")
+    if method == "path":
+        return path_patching_probe(metric)
+    if method == "eap":
+        return edge_attribution_probe(metric)
+    raise ValueError(f"method: expected one of {GRAPH_METHODS}, got {method!r}")
+
+
+def trace(run: Run | str | Path, method: GraphMethod, batch: Batch | None = None, metric: PatchMetric | None = None,
+          steps: Sequence[int] | None = None, key: str | None = None, device: str | torch.device | None = None,
+          progress: bool = False) -> Traced:
+    """`method`'s circuit graph at each checkpoint (default: all) of `run`, saved under
+    `<run>/circuits/<key>/` (key default: the method). Path patching and EAP weigh an edge
+    by the change of `metric` it causes (estimates) when the sender's write comes from the
+    batch's `source_tokens`; composition needs neither batch nor metric."""
+    run = run if isinstance(run, Run) else Run.open(run)
+    key = key or method
+    if method != "composition" and (batch is None or SOURCE_KEY not in batch):
+        raise ValueError(f"batch: method {method!r} needs a batch with 'tokens' and {SOURCE_KEY!r}")
+    table = probe(run, {key: graph_probe(method, metric)}, None if method == "composition" else batch, steps=steps,
+                  device=device, progress=progress)
+    if method == "composition":
+        graphs = graphs_from_table(table, key, method, ModelShape.of(run.model_config), "composition score")
+    else:  # path patching stores patched values: an edge's weight is the change from the base run
+        meaning = ("change" if method == "path" else "first-order estimate of the change") + \
+            f" of {metric.name} when the edge carries the source run's write"
+        graphs = graphs_from_table(table, key, method, ModelShape.of(run.model_config), meaning,
+                                   relative_to="base" if method == "path" else None)
+    return Traced(table, graphs, save_graphs(run, key, graphs))
+
+
+def repeated_patch_batch(n: int, period: int, d_vocab: int, generator: torch.Generator) -> Batch:
+    """Uniform random tokens repeated once (`tokens`), and the same with the first copy
+    resampled (`source_tokens`): the source has no earlier copy to induce from, so an
+    edge of the induction circuit carrying the source's write breaks the copy. `in_repeat`
+    marks the positions that predict a token of the second copy."""
+    first = torch.randint(0, d_vocab, (n, period), generator=generator)
+    other = torch.randint(0, d_vocab, (n, period), generator=generator)
+    tokens = first.repeat(1, 2)
+    positions = torch.arange(2 * period).expand(n, -1)
+    return {"tokens": tokens, SOURCE_KEY: torch.cat([other, first], dim=1), "in_repeat": positions >= period}
+
+
+__all__ = ["GRAPH_METHODS", "GraphMethod", "Traced", "graph_probe", "repeated_patch_batch", "trace"]
