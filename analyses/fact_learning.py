@@ -14,7 +14,10 @@ sits on a plateau at the no-knowledge baseline (phase 2), then recalls the facts
   initialization on the same batches with every layer's attention pattern
   taken from a main-run checkpoint from before, inside or after the plateau;
 - fine-tuning the trained model on new people, with and without replay of the
-  original ones.
+  original ones;
+- the recall circuit over training: the logit lens of the value at the attribute
+  query, the direct logit attribution of the head attending most to the name, and path
+  patching of that head's outputs with another person's name in the source run.
 
 Every training run is a normal run directory under `runs/`. Sweep and patching
 runs stop once their plateau end is known, on the main run's learning-rate
@@ -35,7 +38,7 @@ from interp import ModelConfig, Run, TrainConfig
 from interp.analysis import Analysis, detail, json_safe
 from interp.checkpoints import METRICS_FILE, atomic_write_json
 from interp.configs import require, require_positive
-from interp.ids import CheckpointRef
+from interp.ids import CheckpointRef, HeadId
 from interp.metrics import recovery, spans
 from interp.patching import pattern_patch
 from interp.pipeline import AnalysisConfig, Context, JobSetup, TrainingJob, final_only, nearest_step
@@ -147,6 +150,10 @@ class FactLearningResults:
     signatures_at_plateau_start: dict[str, dict[str, float]]
     signatures_at_plateau_end: dict[str, dict[str, float]]
     signatures_final: dict[str, dict[str, float]]
+    lens_top1_step: dict[str, int | None]
+    recall_head: HeadId
+    recall_head_at_plateau: dict[str, float] | None
+    recall_head_final: dict[str, float]
     main: Run = detail()
     by_n: dict[int, Run] = detail()  # every N, the main run's included
     by_alpha: dict[float, Run] = detail()
@@ -154,6 +161,7 @@ class FactLearningResults:
     patched: dict[str, Run] = detail()  # by reference label
     finetuned: dict[str, Run] = detail()  # by condition
     signatures: dict[str, Any] = detail()  # "steps", and per signature and layer a value per step
+    circuit: dict[str, Any] = detail()  # biographies.recall_circuit's tables
 
 
 PRESETS = {
@@ -317,6 +325,9 @@ def measure(cfg: FactLearningConfig, ctx: Context) -> FactLearningResults:
     probed = bios.draw_trained(cfg.probe_individuals, cfg.seed + 1, EVAL_STREAM)
     signatures = biographies.recall_signatures(main, bios.heldout_batch(probed, cfg.seed, PROBE_STREAM), ctx.device)
     atomic_write_json(ctx.out / "signatures.json", json_safe(signatures))  # NaN: null
+    circuit = biographies.recall_circuit(main, bios.heldout_batch(probed, cfg.seed, PROBE_STREAM), ctx.device)
+    plateau_mid = (nearest_step(main.steps, (main_phases["phase1_end"] + plateau_end) // 2)
+                   if main_phases["phase1_end"] and plateau_end else None)
     by_n = {n: first[j.name] for n, j in n_jobs.items()} | {base.n_individuals: main}
     plateau_by_n = [{"n_individuals": n, **spans.phase_row(phases(by_n[n], cfg))} for n in sorted(by_n)]
     reached = np.array([(r["n_individuals"], r["plateau_end"]) for r in plateau_by_n if r["plateau_end"]], float)
@@ -348,9 +359,26 @@ def measure(cfg: FactLearningConfig, ctx: Context) -> FactLearningResults:
         signatures_at_plateau_start=biographies.signatures_at(signatures, main_phases["phase1_end"]),
         signatures_at_plateau_end=biographies.signatures_at(signatures, plateau_end),
         signatures_final=biographies.signatures_at(signatures, main_phases["last_step"]),
+        lens_top1_step={entry.removesuffix("/top1"): spans.first_crossing(circuit["lens"].steps,
+                                                                          circuit["lens"][entry], 0.5)
+                        for entry in circuit["lens"].columns if entry.endswith("/top1")},
+        recall_head=circuit["head"],
+        recall_head_at_plateau=None if plateau_mid is None else recall_head_at(circuit, plateau_mid),
+        recall_head_final=recall_head_at(circuit, main.steps[-1]), circuit=circuit,
         main=main, by_n=by_n, by_alpha=by_alpha, warmup_run=warmup_run, patched=patched, finetuned=finetuned,
         signatures=signatures,
     )
+
+
+def recall_head_at(circuit: dict[str, Any], step: int) -> dict[str, float]:
+    """At `step`: the recall head's direct logit to the value and its share of all components',
+    and the change of the value's log-prob when its direct path to the logits (and its whole
+    output) carries another person's write."""
+    i = int(np.searchsorted(circuit["dla"].steps, step))
+    head, dla, path, whole = str(circuit["head"]), circuit["dla"], circuit["path"], circuit["whole"]
+    return {"step": step, "dla": round(float(dla[head][i]), 4), "dla_total": round(float(dla["total"][i]), 4),
+            "path_to_logits": round(float(path[f"{head}->logits"][i] - path["base"][i]), 4),
+            "whole_output": round(float(whole[head][i] - whole["base"][i]), 4)}
 
 
 def band_label(delta: float) -> str:
@@ -427,6 +455,17 @@ def figures(cfg: FactLearningConfig, results: FactLearningResults, ctx: Context)
         draw(f"signature_{name}", f"Signature: {name.replace('_', ' ')}",
              {layer: (steps, np.array(v)) for layer, v in r.signatures[name].items()}, vlines=marks, title=label,
              ylabel="mean over heads")
+    lens, head = r.circuit["lens"], r.recall_head
+    draw("logit_lens", "Logit lens at the attribute query: how often the value is the top token, per residual entry",
+         {entry.removesuffix("/top1"): (lens.steps, lens[entry]) for entry in lens.columns if entry.endswith("/top1")}
+         | {"accuracy (seen people)": main.series(f"{SEEN}/accuracy")}, vlines=marks,
+         title="Logit lens: value top-1 rate by layer", ylabel="top-1 rate")
+    dla, path, whole = r.circuit["dla"], r.circuit["path"], r.circuit["whole"]
+    draw("recall_head", f"The recall head {head}: its direct logit to the value, and patching its output with "
+         "another person's", {f"{head} direct logit": (dla.steps, dla[str(head)]),
+                              f"{head} -> logits, path patched": (path.steps, path[f"{head}->logits"] - path["base"]),
+                              f"{head} whole output patched": (whole.steps, whole[str(head)] - whole["base"])},
+         vlines=marks, title=f"Recall head {head}", ylabel="logit / change of log-prob")
     draw("confidence", "Hallucination: confidence on seen vs never-seen people",
          {"seen: max probability": main.series(f"{SEEN}/max_prob"),
           "never seen: max probability": main.series(f"{UNSEEN}/max_prob")},
@@ -483,7 +522,16 @@ def report(cfg: FactLearningConfig, results: FactLearningResults) -> Report:
               for when, at in (("at plateau start", r.signatures_at_plateau_start),
                                ("at plateau end", r.signatures_at_plateau_end), ("final", r.signatures_final))
               for name, layers in at.items()])
-    out.figures(*(f"signature_{name}" for name in biographies.RECALL_SIGNATURES), "confidence").text(
+    out.figures(*(f"signature_{name}" for name in biographies.RECALL_SIGNATURES))
+    first = ", ".join(f"{entry} at step {step}" for entry, step in r.lens_top1_step.items() if step is not None)
+    out.text(f"Recall circuit. Logit lens at the attribute query: the value is the top token at half the queries "
+             f"first {first or 'never'}. The head attending most from the query to the name at the end is "
+             f"{r.recall_head}; its direct logit to the value and the effect of patching its output with another "
+             "person's name (change of the value's log-prob):")
+    out.grid(["when", "step", "direct logit", "all components", "path to logits patched", "whole output patched"],
+             [[when, at["step"], at["dla"], at["dla_total"], at["path_to_logits"], at["whole_output"]]
+              for when, at in (("mid plateau", r.recall_head_at_plateau), ("final", r.recall_head_final)) if at])
+    out.figures("logit_lens", "recall_head", "confidence").text(
         f"Fine-tuning on {cfg.data.n_finetune} new people at constant lr {cfg.finetune.lr:g} for {cfg.finetune.steps} "
         f"steps, without and with replay ({cfg.replay_ratio} old biographies per new one):")
     return out.grid(["", "old loss before", "old loss peak (step)", "old loss after", "old accuracy before / after",

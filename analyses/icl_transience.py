@@ -15,6 +15,11 @@ learning takes over. The analysis runs:
   and the probability mass on in-context labels;
 - head ablations at the ICL peak and at the end: each head's effect on ICL and
   IWL accuracy, and ICL with the strongest induction heads ablated together;
+- direct logit attribution of the correct label at the query, split into attention
+  heads above layer 0 (the in-context path) and MLPs plus embeddings (in-weights), on
+  training, novel-class ICL and IWL sequences at every checkpoint;
+- cross-checkpoint patching: the final model with each component's weights (or its
+  output) taken from the ICL peak, scored on novel-class ICL;
 - an L2 sweep (the main run is lambda = `train.l2`), one run per lambda;
 - the negative control: the query is a copy of one of its in-context exemplars;
 - the strategy-coopetition toy model (Singh et al. 2025), in seconds.
@@ -34,6 +39,8 @@ import torch
 from analyses.toys import CoopetitionToyConfig, CoopetitionToyResult, coopetition_toy
 from interp import ModelConfig, Run, TrainConfig, TrainHooks, probe, seeding
 from interp.analysis import Analysis, detail
+from interp.circuits.patching import PatchMetric, cross_checkpoint_probe
+from interp.circuits.readout import dla_probe
 from interp.configs import require, require_literals, require_positive
 from interp.ids import HeadId
 from interp.metrics import circuits, spans
@@ -41,7 +48,7 @@ from interp.model import Batch, batch_to
 from interp.pipeline import AnalysisConfig, Context, JobSetup, TrainingJob, final_only, nearest_step
 from interp.probing import ProbeTable
 from interp.report import Figure, Report
-from interp.viz import plot_curves, plot_head_curves, plot_head_grids
+from interp.viz import plot_bars, plot_curves, plot_head_curves, plot_head_grids
 from tasks.fewshot import HEAD_CIRCUITS, FewShot, FewShotConfig, accuracy, circuit_probes
 
 ICLKind = Literal["icl_novel", "icl_permuted"]
@@ -50,6 +57,8 @@ Control = Literal["negative_control", "no_decay_control"]
 IN_WEIGHTS_PATHWAY = ("blocks.*.mlp.*", "embed.*", "unembed.*", "input_proj.*")
 EVAL_STREAM, PROBE_STREAM = 1, 2
 SIDE_RUN_KEYS = ("icl_peak", "icl_peak_step", "icl_final", "iwl_final", "train_loss_final")  # L2 sweep, controls
+DLA_SETS = ("train", "icl_novel", "iwl")  # batches on which the query's correct label is attributed
+ICL_ACCURACY = PatchMetric("icl_accuracy_closed", lambda logits, batch: torch.tensor(accuracy(logits, batch)))
 CONTROL_LABELS: dict[Control, str] = {"negative_control": "the query copies its in-context exemplar",
                                       "no_decay_control": "no weight decay"}
 
@@ -118,8 +127,13 @@ class ICLTransienceResults:
     negative_control: dict[str, Any] | None
     no_decay_control: dict[str, Any] | None
     coopetition_toy: dict[str, Any]
+    dla_initial: dict[str, dict[str, float]]
+    dla_at_peak: dict[str, dict[str, float]]
+    dla_final: dict[str, dict[str, float]]
+    cross_checkpoint: dict[str, Any]
     targets: dict[str, bool]
     table: ProbeTable = detail()  # the circuit probes of the main run
+    dla: ProbeTable = detail()  # direct logit attribution at the query, per DLA_SETS batch
     grids: dict[str, np.ndarray] = detail()  # `[step, layer, head]` grid of each of the HEAD_CIRCUITS
     toy: CoopetitionToyResult = detail()
     sweep_runs: dict[float, Run] = detail()  # lambda -> run, the main run at train.l2
@@ -209,13 +223,55 @@ def measure(cfg: ICLTransienceConfig, ctx: Context) -> ICLTransienceResults:
 
     controls, toy = {key: side(run) for key, run in control_runs.items()}, coopetition_toy(cfg.toy)
     summary = partial(circuit_summary, table, grids)
+    dla = attributions(main, task, cfg, ctx)
+    dla_split = partial(logit_split, dla, cfg.model.n_layers, cfg.model.n_heads)
     results = ICLTransienceResults(
         **found, circuits_initial=summary(0), circuits_at_peak=summary(peak), circuits_final=summary(end),
+        dla_initial=dla_split(0), dla_at_peak=dla_split(peak), dla_final=dla_split(end), dla=dla,
+        cross_checkpoint=cross_checkpoint(main, peak, end, icl, ctx),
         ablation_at_peak=at_peak, ablation_final=final, control_runs=control_runs,
         l2_sweep=[{"lambda": lam, **side(run)} for lam, run in sweep_runs.items()],
         negative_control=controls.get("negative_control"), no_decay_control=controls.get("no_decay_control"),
         coopetition_toy=toy.summary(), targets={}, table=table, grids=grids, toy=toy, sweep_runs=sweep_runs)
     return replace(results, targets=targets(results))
+
+
+def attributions(run: Run, task: FewShot, cfg: ICLTransienceConfig, ctx: Context) -> ProbeTable:
+    """Direct logit attribution of the correct label at the query on each of the DLA_SETS."""
+    tables = [probe(run, {kind: dla_probe()}, task.evaluation(kind, cfg.probe_size,
+                                                              seeding.generator(cfg.seed, PROBE_STREAM)),
+                    device=ctx.device) for kind in DLA_SETS]
+    return ProbeTable(tables[0].steps, sum((t.columns for t in tables), ()), np.hstack([t.values for t in tables]))
+
+
+def logit_split(dla: ProbeTable, n_layers: int, n_heads: int, step: int) -> dict[str, dict[str, float]]:
+    """At `step`, per DLA set: the correct label's direct logit from heads above layer 0
+    (`late_heads`), from the MLPs and embeddings (`in_weights`), and in all (`total`)."""
+    i = int(np.searchsorted(dla.steps, step))
+    late = [str(HeadId(layer, h)) for layer in range(1, n_layers) for h in range(n_heads)]
+    weights = ["embed", *(f"MLP{layer}" for layer in range(n_layers))]
+    return {kind: {"late_heads": round(float(sum(dla[f"{kind}/{c}"][i] for c in late)), 4),
+                   "in_weights": round(float(sum(dla[f"{kind}/{c}"][i] for c in weights if f"{kind}/{c}" in
+                                                 dla.columns)), 4),
+                   "total": round(float(dla[f"{kind}/total"][i]), 4)} for kind in DLA_SETS}
+
+
+def cross_checkpoint(run: Run, peak: int, end: int, icl: Batch, ctx: Context) -> dict[str, Any]:
+    """Novel-class ICL accuracy of the final model with each component taken alone from the
+    ICL peak: its weights, or its output on the same sequences."""
+    probes = {f"cross_{mode}": cross_checkpoint_probe(lambda device: run.load(peak, device=device),
+                                                      run.checkpoint_hash(peak), ICL_ACCURACY, mode)
+              for mode in ("weights", "activations")}
+    table = probe(run, probes, icl, steps=[end], device=ctx.device)
+    out: dict[str, Any] = {"peak_step": peak, "end_step": end, "icl_at_end": float(table["cross_weights/base"][0]),
+                           "icl_at_peak": float(table["cross_weights/source"][0])}
+    for mode in ("weights", "activations"):
+        moved = table.select(f"cross_{mode}")
+        values = {c: round(float(v), 4) for c, v in zip(moved.columns, moved.values[0], strict=True)
+                  if c not in ("base", "source")}
+        out[mode] = values
+        out[f"{mode}_most_restoring"] = sorted(values, key=lambda c: -values[c])[:3]
+    return out
 
 
 def targets(r: ICLTransienceResults) -> dict[str, bool]:
@@ -253,6 +309,19 @@ def figures(cfg: ICLTransienceConfig, results: ICLTransienceResults, ctx: Contex
          "best previous-token head (layer 0)": (steps, r.grids["prev_token"][:, 0].max(axis=1)),
          "probability on in-context labels": (steps, r.table["label_mass/mass"])},
         vlines=peak, title="Circuit metrics and ICL", ylabel="score")))
+    n_layers, n_heads = cfg.model.n_layers, cfg.model.n_heads
+    splits = [logit_split(r.dla, n_layers, n_heads, int(step)) for step in r.dla.steps]
+    drawn.append(Figure("dla_split", "Direct logit of the correct label at the query: heads above layer 0 vs MLPs "
+                        "and embeddings", plot_curves(
+                            {f"{part}, {kind} sequences": (r.dla.steps, np.array([s[kind][part] for s in splits]))
+                             for kind in ("train", "icl_novel") for part in ("late_heads", "in_weights")},
+                            vlines=peak, title="In-context vs in-weights share of the correct logit",
+                            ylabel="direct logit (centred)")))
+    cross = r.cross_checkpoint
+    drawn.append(Figure("cross_checkpoint", f"ICL accuracy at step {cross['end_step']} with one component from the "
+                        f"peak (step {cross['peak_step']})", plot_bars(
+                            cross["weights"], reference=cross["icl_at_end"], ylabel="ICL accuracy (closed)",
+                            title="Final model, one component's weights from the ICL peak")))
     pairs = (r.ablation_at_peak, r.ablation_final)
     ablation = np.stack([a[f"{what}_drop_by_head"] for a in pairs for what in ("icl", "iwl")])
     scale = max(0.05, float(np.abs(ablation).max()))
@@ -299,7 +368,24 @@ def report(cfg: ICLTransienceConfig, results: ICLTransienceResults) -> Report:
                 [[when, a["step"], ", ".join(map(str, a["heads"])), a["icl_clean"], a["icl_heads_ablated"]]
                  for when, a in (("ICL peak", r.ablation_at_peak), ("end", r.ablation_final))])
     where = f"the parameters matching {', '.join(cfg.l2_only)}" if cfg.l2_only else "all parameters"
-    report.figures("ablation").text(
+    report.figures("ablation")
+    split = [(when, d["train"]["late_heads"], d["train"]["in_weights"], d["icl_novel"]["late_heads"],
+              d["iwl"]["in_weights"]) for when, d in (("initialization", r.dla_initial), ("ICL peak", r.dla_at_peak),
+                                                       ("end", r.dla_final))]
+    report.text("Direct logit attribution of the correct label at the query (centred logits): heads above layer 0 "
+                "carry the in-context answer, MLPs and embeddings the in-weights one.")
+    report.grid(["checkpoint", "train: heads >= L1", "train: MLPs + embed", "ICL novel: heads >= L1",
+                 "IWL: MLPs + embed"], [list(row) for row in split])
+    cross = r.cross_checkpoint
+
+    def restoring(mode: str) -> str:
+        return ", ".join(f"{c} ({cross[mode][c]:.3f})" for c in cross[f"{mode}_most_restoring"])
+
+    report.text(f"Cross-checkpoint patching: at step {cross['end_step']} novel-class ICL accuracy is "
+                f"{cross['icl_at_end']:.3f} (peak: {cross['icl_at_peak']:.3f}). With one component's weights from "
+                f"the peak it is highest for {restoring('weights')}; with one component's output from the peak, "
+                f"for {restoring('activations')}.")
+    report.figures("dla_split", "cross_checkpoint").text(
         f"L2 sweep (loss + lambda/2 |theta|^2 over {where}, on top of the main run's settings):")
     report.grid(["lambda", "ICL peak (step)", "ICL final", "IWL final", "training loss final"],
                 [[row["lambda"], f"{row['icl_peak']:.3f} ({row['icl_peak_step']})", row["icl_final"],

@@ -4,7 +4,10 @@ Train on random tokens in which per-sequence trigger tokens recur, each followed
 by its own output token (Bietti et al. 2023). The loss on repeated triggers'
 outputs sits on a plateau, then drops in a phase change as layer-1 induction
 heads form on top of a layer-0 previous-token head. Head scores are measured on
-uniform random tokens repeated with a period P (the standard induction score).
+uniform random tokens repeated with a period P (the standard induction score). The
+circuit is then traced at every checkpoint: K-composition of the previous-token head into
+the layer-1 heads (weights), path patching and edge attribution with a source run whose
+first copy is resampled, and the induction head's OV copying score.
 
     interp run induction-heads --preset quick --out runs/induction
 """
@@ -16,21 +19,26 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from scipy.stats import spearmanr
 
 from interp import ModelConfig, TrainConfig, probe
 from interp.analysis import Analysis, detail, results_dict
+from interp.circuits.graph import CircuitDiff, CircuitGraph
+from interp.circuits.patching import activation_patching_probe, mean_logprob
+from interp.circuits.trace import repeated_patch_batch, trace
+from interp.circuits.weights import copying_probe
 from interp.configs import require
-from interp.ids import HeadId, hooks
+from interp.ids import EdgeId, HeadId, hooks
 from interp.metrics import circuits, spans
 from interp.model import Batch, forward, scored_positions, token_losses
-from interp.pipeline import AnalysisConfig, Context, JobSetup, TrainingJob
+from interp.pipeline import AnalysisConfig, Context, JobSetup, TrainingJob, nearest_step
 from interp.probing import ProbeTable
 from interp.report import Figure, Report
 from interp.train import TrainHooks, step_generator
-from interp.viz import plot_attention, plot_curves, plot_head_curves, plot_head_grids
+from interp.viz import plot_attention, plot_circuit_diff, plot_curves, plot_head_curves, plot_head_grids
 from tasks.induction import RecurringPairs, RecurringPairsConfig
 
-EVAL_STREAM, PROBE_STREAM = 1, 2
+EVAL_STREAM, PROBE_STREAM, CIRCUIT_STREAM = 1, 2, 3
 SHIFTS = (-3, -2, -1, 0, 1)  # offsets P+d around the period P at which layer-1 attention is reported
 MIN_HEAD_SCORE = 0.2  # below this a head "score" is noise, and its emergence step is not reported
 
@@ -73,11 +81,36 @@ class InductionResults:
     copy_offset: str
     copy_attention_final: float
     copy_half_step: int | None
+    k_composition_final: float
+    k_composition_half_step: int | None
+    k_composition_by_head: dict[str, float]
+    path_k_effect: float
+    prev_head_patch_effect: float
+    path_k_share: float
+    eap_top_edges: list[str]
+    eap_path_spearman_final: float
+    eap_path_spearman_median: float
+    copying_init: float
+    copying_final: float
+    circuit_diff_steps: list[int]
+    circuit_diff: dict[str, object]
     checkpoints: int
     train_steps: int
     n_params: int
     table: ProbeTable = detail()
     probe_batch: Batch = detail()
+    circuit: CircuitTrace = detail()
+
+
+@dataclass(frozen=True)
+class CircuitTrace:
+    """The traced circuit: per-checkpoint graphs and the probe tables behind the results."""
+
+    composition: list[CircuitGraph]
+    path: list[CircuitGraph]
+    eap: list[CircuitGraph]
+    head_patch: ProbeTable
+    copying: ProbeTable
 
 
 PRESETS = {
@@ -155,6 +188,7 @@ def measure(cfg: InductionHeadsConfig, ctx: Context) -> InductionResults:
     by_shift = offset_profile(cfg, table)[:, -1]  # head x shift, final checkpoint
     copy_head, copy_shift = np.unravel_index(int(np.argmax(by_shift)), by_shift.shape)
     copy_curve = offset_profile(cfg, table)[copy_head, :, copy_shift]
+    circuit = trace_circuit(cfg, run, ctx)
     return InductionResults(
         phase_change_step=change_step,
         repeated_loss_before=before,
@@ -174,12 +208,61 @@ def measure(cfg: InductionHeadsConfig, ctx: Context) -> InductionResults:
         copy_offset=f"P{SHIFTS[copy_shift]:+d}",
         copy_attention_final=float(copy_curve[-1]),
         copy_half_step=spans.first_crossing(table.steps, copy_curve, 0.5 * float(copy_curve[-1])),
+        **circuit_findings(circuit, best_prev, best_induction, change_step, run.steps),
         checkpoints=len(table.steps),
         train_steps=cfg.train.steps,
         n_params=sum(int(np.prod(v.shape)) for v in run.load_state_dict(run.steps[-1]).values()),
         table=table,
         probe_batch=batch,
+        circuit=circuit,
     )
+
+
+def trace_circuit(cfg: InductionHeadsConfig, run, ctx: Context) -> CircuitTrace:
+    """Composition, path patching and EAP graphs at every checkpoint (saved in the run), the
+    patching of each head's whole output and the OV copying scores. The source run
+    resamples the first copy, so a path the induction circuit needs carries a wrong token."""
+    batch = repeated_patch_batch(cfg.probe_sequences, cfg.probe_period, cfg.model.d_vocab,
+                                 step_generator(cfg.seed, 0, CIRCUIT_STREAM))
+    metric = mean_logprob("in_repeat")
+    graphs = {method: trace(run, method, batch, metric, device=ctx.device, progress=ctx.progress).graphs
+              for method in ("composition", "path", "eap")}
+    tables = probe(run, {"head_patch": activation_patching_probe(metric), "copying": copying_probe()}, batch,
+                   device=ctx.device, progress=ctx.progress)
+    return CircuitTrace(graphs["composition"], graphs["path"], graphs["eap"], tables.select("head_patch"),
+                        tables.select("copying"))
+
+
+def circuit_findings(circuit: CircuitTrace, prev: HeadId, induction: HeadId, change_step: int | None,
+                     steps: list[int]) -> dict[str, object]:
+    """The circuit's numbers for the results: composition timing, path vs whole-head patching,
+    EAP against path patching, copying at init and end, the graph diff across the change."""
+    k_edge = EdgeId(prev, induction, "k")
+    k_curve = np.array([g.weights[k_edge] for g in circuit.composition])
+    final_path = circuit.path[-1].weights
+    rho = [float(spearmanr([a.weights[e] for e in a.weights], [b.weights[e] for e in a.weights]).statistic)
+           for a, b in zip(circuit.path, circuit.eap, strict=True)]
+    head_effect = float(circuit.head_patch[str(prev)][-1] - circuit.head_patch["base"][-1])
+    before = nearest_step(steps, int(0.75 * change_step)) if change_step else steps[0]
+    diff = CircuitDiff.between(*(next(g for g in circuit.path if g.step == s) for s in (before, steps[-1])))
+    return {
+        "k_composition_final": float(k_curve[-1]),
+        "k_composition_half_step": spans.halfway_step(np.array(steps), k_curve),
+        "k_composition_by_head": {str(e.receiver): round(w, 4) for e, w in circuit.composition[-1].weights.items()
+                                  if e.sender == prev and e.input == "k"},
+        "path_k_effect": final_path[k_edge],
+        "prev_head_patch_effect": head_effect,
+        "path_k_share": final_path[k_edge] / head_effect if head_effect else math.nan,
+        "eap_top_edges": [f"{e} {w:+.3f}" for e, w in circuit.eap[-1].strongest(5)],
+        "eap_path_spearman_final": rho[-1],
+        "eap_path_spearman_median": float(np.nanmedian(rho)),
+        "copying_init": float(circuit.copying[str(induction)][0]),
+        "copying_final": float(circuit.copying[str(induction)][-1]),
+        "circuit_diff_steps": [before, steps[-1]],
+        "circuit_diff": {"appeared": [str(e) for e in diff.appeared], "vanished": [str(e) for e in diff.vanished],
+                         "sign_flipped": [str(e) for e in diff.sign_flipped],
+                         "largest_changes": [f"{e} {d:+.3f}" for e, d in diff.largest_changes[:5]]},
+    }
 
 
 def offset_profile(cfg: InductionHeadsConfig, table: ProbeTable) -> np.ndarray:
@@ -211,6 +294,7 @@ def figures(cfg: InductionHeadsConfig, results: InductionResults, ctx: Context) 
         plot_curves({str(HeadId(n_layers - 1, h)): (np.array(SHIFTS), final_profile[h]) for h in range(n_heads)},
                     title=f"Layer-{n_layers - 1} attention by offset from the period P (final step)",
                     ylabel="mean attention", xlabel="key offset - P (induction: -1)")))
+    drawn += circuit_figures(results, marks)
     model = run.load(device=ctx.device)
     example = results.probe_batch["tokens"][:1].to(ctx.device)
     with torch.no_grad():
@@ -220,6 +304,29 @@ def figures(cfg: InductionHeadsConfig, results: InductionResults, ctx: Context) 
         drawn.append(Figure(f"attention_{head}", f"Attention pattern of {head} at the final step",
                             plot_attention(pattern, title=f"{head} attention on a repeated sequence (final step)")))
     return drawn
+
+
+def circuit_figures(results: InductionResults, marks: dict[str, int]) -> list[Figure]:
+    circuit, prev, induction = results.circuit, results.prev_token_head, results.induction_head
+    steps = np.array([g.step for g in circuit.composition])
+    k_curves = {f"{prev} -> {e.receiver}": (steps, np.array([g.weights[e] for g in circuit.composition]))
+                for e in circuit.composition[-1].weights if e.sender == prev and e.input == "k"}
+    k_edge = EdgeId(prev, induction, "k")
+    head_patch = circuit.head_patch
+    effects = {f"path {k_edge}": (steps, np.array([g.weights[k_edge] for g in circuit.path])),
+               f"whole {prev} output": (head_patch.steps, head_patch[str(prev)] - head_patch["base"])}
+    before, after = (next(g for g in circuit.path if g.step == s) for s in results.circuit_diff_steps)
+    return [
+        Figure("k_composition", f"K-composition of the previous-token head {prev} into each layer-1 head",
+               plot_curves(k_curves, title=f"K-composition from {prev}", ylabel="composition score", logx=True,
+                           vlines=marks)),
+        Figure("path_patching", f"Change of the repeat log-prob when only the path {k_edge} carries the source "
+               f"run's write, vs the whole output of {prev}", plot_curves(
+                   effects, title="Path patching vs patching the whole head", ylabel="change of mean log-prob",
+                   logx=True, vlines=marks)),
+        Figure("circuit_diff", f"Path-patching circuit at step {before.step} and at the end",
+               plot_circuit_diff(before, after, title="Induction circuit across the phase change")),
+    ]
 
 
 def report(cfg: InductionHeadsConfig, results: InductionResults) -> Report:
@@ -240,6 +347,15 @@ def report(cfg: InductionHeadsConfig, results: InductionResults) -> Report:
                         "the offset figure.")
     verdict += (f" The best layer-0 previous-token head is {r.prev_token_head} "
                 f"(score {r.prev_token_score_final:.2f}).")
+    circuit = (f"Circuit: the K-composition of {r.prev_token_head} into {r.induction_head} ends at "
+               f"{r.k_composition_final:.3f} and is halfway from its initial to its final value at step "
+               f"{r.k_composition_half_step} (phase change: {r.phase_change_step}). Path patching only "
+               f"{r.prev_token_head} -> {r.induction_head}.k with the resampled source changes the repeat log-prob "
+               f"by {r.path_k_effect:+.3f}, {r.path_k_share:.0%} of patching the whole head's output "
+               f"({r.prev_head_patch_effect:+.3f}). EAP ranks edges like path patching with Spearman "
+               f"{r.eap_path_spearman_final:.2f} at the end (median over checkpoints "
+               f"{r.eap_path_spearman_median:.2f}). The OV copying score of {r.induction_head} goes from "
+               f"{r.copying_init:.2f} at initialization to {r.copying_final:.2f}.")
     return (Report("Induction heads: phase change in a 2-layer attention-only model")
             .text(f"{cfg.model.n_layers}-layer attention-only transformer (d_model={cfg.model.d_model}, "
                   f"{cfg.model.n_heads} heads, {r.n_params} parameters) trained for {cfg.train.steps} steps on "
@@ -247,9 +363,10 @@ def report(cfg: InductionHeadsConfig, results: InductionResults) -> Report:
                   f"tokens recur, each followed by its own output token (pair rate {cfg.task.pair_rate}). 'Repeated' "
                   "loss is the loss on the outputs of triggers seen before. Head scores are measured on uniform "
                   f"random tokens repeated with period P={cfg.probe_period}. {verdict}")
+            .text(circuit)
             .table(list(results_dict(results).items()))
             .figures("loss_curves", "induction_scores", "prev_scores", "induction_grids", "prev_grids",
-                     "last_layer_offsets"))
+                     "last_layer_offsets", "k_composition", "path_patching", "circuit_diff"))
 
 
 ANALYSIS = Analysis("induction-heads", "Induction-head phase change in a 2-layer attention-only transformer "

@@ -196,6 +196,48 @@ def signatures_at(signatures: dict[str, Any], step: int | None) -> dict[str, dic
             for name in RECALL_SIGNATURES}
 
 
+def swap_names(batch: Batch) -> torch.Tensor:
+    """`tokens` with each biography's name (every occurrence) replaced by the next
+    biography's in the batch: the source run of a patch that asks which paths carry the
+    person's identity. Names have three tokens, so the positions line up."""
+    tokens, name = batch["tokens"].clone(), batch["name_mask"].bool()
+    firsts = [row[mask][:3] for row, mask in zip(batch["tokens"], name, strict=True)]
+    for row, mask in enumerate(name):
+        other = firsts[(row + 1) % len(firsts)]
+        tokens[row, mask] = other.repeat(int(mask.sum()) // 3)
+    return tokens
+
+
+def recall_circuit(run: Run, batch: Batch, device: torch.device | str | None = None) -> dict[str, Any]:
+    """The recall circuit traced over `run`'s checkpoints at the attribute queries (positions
+    predicting a value's first token), on `batch`:
+    - `lens`: logit-lens top-1 rate of the value per residual entry (`"0_pre"`, ..., `"final_post"`);
+    - `head`: the head attending most from the attribute query to the name at the end;
+    - `dla`: its direct logit attribution to the value, and every component's total;
+    - `path`: the change of the value's log-prob when each of its paths (and its whole output)
+      carries the write it makes for another person (`swap_names`).
+    Each is a ProbeTable over the checkpoints (the same runner and cache as every probe)."""
+    from interp.circuits.graph import ModelShape
+    from interp.circuits.patching import SOURCE_KEY, activation_patching_probe, mean_logprob, path_patching_probe
+    from interp.circuits.readout import dla_probe, logit_lens_probe
+    from interp.ids import HeadId
+
+    shape = run.model_config.n_layers, run.model_config.n_heads
+    masked = {**batch, **recall_masks(batch), SOURCE_KEY: swap_names(batch)}
+    found = probe(run, {"to_name": recall_probes(range(shape[0]))["attribute_to_name"],
+                        "lens": logit_lens_probe("attribute_query"), "dla": dla_probe("attribute_query")},
+                  masked, device=device)
+    final = found.head_grid("to_name", *shape)[-1]
+    layer, h = np.unravel_index(int(np.nanargmax(final)), final.shape)
+    head = HeadId(int(layer), int(h))
+    metric = mean_logprob("attribute_query")
+    edges = [e for e in ModelShape.of(run.model_config).edges() if e.sender == head]
+    patched = probe(run, {"path": path_patching_probe(metric, edges), "whole": activation_patching_probe(metric)},
+                    masked, device=device)
+    return {"head": head, "lens": found.select("lens"), "dla": found.select("dla"), "path": patched.select("path"),
+            "whole": patched.select("whole")}
+
+
 def evaluate_attributes(model, batch: Batch, fwd_hooks: Sequence[FwdHook] = (),
                         patterns: Patterns | None = None) -> dict[str, float]:
     """Attribute loss (summed over a value's tokens, averaged over attributes and

@@ -58,20 +58,23 @@ def test_tiny_preset_end_to_end(tmp_path):
     assert Run.open(tmp_path / "runs" / "no-decay").config["train"]["weight_decay"] == 0
     for key in ("icl_peak", "icl_peak_step", "icl_final", "iwl_final", "train_loss_first", "train_loss_final",
                 "circuits_at_peak", "circuits_final", "ablation_at_peak", "negative_control", "no_decay_control",
-                "coopetition_toy"):
+                "coopetition_toy", "dla_at_peak", "cross_checkpoint"):
         assert key in results
     assert [r["lambda"] for r in results["l2_sweep"]] == [cfg.train.l2, *cfg.l2_sweep]
     assert 0 <= results["icl_peak"] <= 1 and results["icl_peak"] >= results["icl_final"]
     drops = results["ablation_at_peak"]["icl_drop_by_head"]
     assert len(drops) == cfg.model.n_layers and len(drops[0]) == cfg.model.n_heads
     assert len(results["ablation_at_peak"]["heads"]) >= 1
+    assert set(results["dla_final"]) == {"train", "icl_novel", "iwl"}
+    cross = results["cross_checkpoint"]
+    assert set(cross["weights"]) == {"embed", "L0H0", "L0H1", "MLP0", "L1H0", "L1H1", "MLP1", "logits"}
 
     def reject(constant):
         raise AssertionError(f"results.json holds {constant}, which is not JSON")
 
     json.loads((tmp_path / "results.json").read_text(), parse_constant=reject)
     figures = sorted(p.name for p in (tmp_path / "figures").glob("*.png"))
-    assert len(figures) == 14
+    assert len(figures) == 16  # with dla_split and cross_checkpoint
     report = (tmp_path / "report.md").read_text()
     assert all(f"figures/{name}" in report for name in figures)
     main = Run.open(tmp_path / "runs" / "main")

@@ -102,6 +102,16 @@ def first_crossing(steps: np.ndarray, values: np.ndarray, level: float) -> int |
     return int(steps[above[0]]) if len(above) else None
 
 
+def halfway_step(steps: np.ndarray, values: np.ndarray) -> int | None:
+    """The first step at which `values` have covered half their way from the first value to
+    the last, in whichever direction they go (None for a flat curve)."""
+    start, end = float(values[0]), float(values[-1])
+    if start == end:
+        return None
+    covered = (values - start) / (end - start)
+    return first_crossing(steps, covered, 0.5)
+
+
 def phase_change(steps: np.ndarray, loss: np.ndarray, min_drop: float = 0.5) -> tuple[int | None, float, float]:
     """(step, before, after) of a drop in a loss curve.
 
