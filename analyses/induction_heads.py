@@ -40,6 +40,7 @@ from tasks.induction import RecurringPairs, RecurringPairsConfig
 
 EVAL_STREAM, PROBE_STREAM, CIRCUIT_STREAM = 1, 2, 3
 SHIFTS = (-3, -2, -1, 0, 1)  # offsets P+d around the period P at which layer-1 attention is reported
+EAP_IG_STEPS = 5  # EAP-IG's interpolation steps, besides plain EAP
 MIN_HEAD_SCORE = 0.2  # below this a head "score" is noise, and its emergence step is not reported
 
 
@@ -90,6 +91,9 @@ class InductionResults:
     eap_top_edges: list[str]
     eap_path_spearman_final: float
     eap_path_spearman_median: float
+    eap_path_spearman_at_change: float | None
+    eap_ig_path_spearman_final: float
+    eap_ig_path_spearman_median: float
     copying_init: float
     copying_final: float
     circuit_diff_steps: list[int]
@@ -109,6 +113,7 @@ class CircuitTrace:
     composition: list[CircuitGraph]
     path: list[CircuitGraph]
     eap: list[CircuitGraph]
+    eap_ig: list[CircuitGraph]
     head_patch: ProbeTable
     copying: ProbeTable
 
@@ -227,10 +232,18 @@ def trace_circuit(cfg: InductionHeadsConfig, run, ctx: Context) -> CircuitTrace:
     metric = mean_logprob("in_repeat")
     graphs = {method: trace(run, method, batch, metric, device=ctx.device, progress=ctx.progress).graphs
               for method in ("composition", "path", "eap")}
+    eap_ig = trace(run, "eap", batch, metric, key="eap-ig", device=ctx.device, progress=ctx.progress,
+                   ig_steps=EAP_IG_STEPS).graphs
     tables = probe(run, {"head_patch": activation_patching_probe(metric), "copying": copying_probe()}, batch,
                    device=ctx.device, progress=ctx.progress)
-    return CircuitTrace(graphs["composition"], graphs["path"], graphs["eap"], tables.select("head_patch"),
+    return CircuitTrace(graphs["composition"], graphs["path"], graphs["eap"], eap_ig, tables.select("head_patch"),
                         tables.select("copying"))
+
+
+def rank_agreement(actual: CircuitGraph, estimated: CircuitGraph) -> float:
+    """Spearman correlation of two graphs' edge weights over every edge."""
+    edges = list(actual.weights)
+    return float(spearmanr([actual.weights[e] for e in edges], [estimated.weights[e] for e in edges]).statistic)
 
 
 def circuit_findings(circuit: CircuitTrace, prev: HeadId, induction: HeadId, change_step: int | None,
@@ -240,8 +253,8 @@ def circuit_findings(circuit: CircuitTrace, prev: HeadId, induction: HeadId, cha
     k_edge = EdgeId(prev, induction, "k")
     k_curve = np.array([g.weights[k_edge] for g in circuit.composition])
     final_path = circuit.path[-1].weights
-    rho = [float(spearmanr([a.weights[e] for e in a.weights], [b.weights[e] for e in a.weights]).statistic)
-           for a, b in zip(circuit.path, circuit.eap, strict=True)]
+    rho, rho_ig = ([rank_agreement(a, b) for a, b in zip(circuit.path, estimates, strict=True)]
+                   for estimates in (circuit.eap, circuit.eap_ig))
     head_effect = float(circuit.head_patch[str(prev)][-1] - circuit.head_patch["base"][-1])
     before = nearest_step(steps, int(0.75 * change_step)) if change_step else steps[0]
     diff = CircuitDiff.between(*(next(g for g in circuit.path if g.step == s) for s in (before, steps[-1])))
@@ -256,6 +269,9 @@ def circuit_findings(circuit: CircuitTrace, prev: HeadId, induction: HeadId, cha
         "eap_top_edges": [f"{e} {w:+.3f}" for e, w in circuit.eap[-1].strongest(5)],
         "eap_path_spearman_final": rho[-1],
         "eap_path_spearman_median": float(np.nanmedian(rho)),
+        "eap_path_spearman_at_change": rho[steps.index(nearest_step(steps, change_step))] if change_step else None,
+        "eap_ig_path_spearman_final": rho_ig[-1],
+        "eap_ig_path_spearman_median": float(np.nanmedian(rho_ig)),
         "copying_init": float(circuit.copying[str(induction)][0]),
         "copying_final": float(circuit.copying[str(induction)][-1]),
         "circuit_diff_steps": [before, steps[-1]],
@@ -354,7 +370,9 @@ def report(cfg: InductionHeadsConfig, results: InductionResults) -> Report:
                f"by {r.path_k_effect:+.3f}, {r.path_k_share:.0%} of patching the whole head's output "
                f"({r.prev_head_patch_effect:+.3f}). EAP ranks edges like path patching with Spearman "
                f"{r.eap_path_spearman_final:.2f} at the end (median over checkpoints "
-               f"{r.eap_path_spearman_median:.2f}). The OV copying score of {r.induction_head} goes from "
+               f"{r.eap_path_spearman_median:.2f}, at the phase change {r.eap_path_spearman_at_change}); EAP-IG "
+               f"({EAP_IG_STEPS} steps) with {r.eap_ig_path_spearman_final:.2f} (median "
+               f"{r.eap_ig_path_spearman_median:.2f}). The OV copying score of {r.induction_head} goes from "
                f"{r.copying_init:.2f} at initialization to {r.copying_final:.2f}.")
     return (Report("Induction heads: phase change in a 2-layer attention-only model")
             .text(f"{cfg.model.n_layers}-layer attention-only transformer (d_model={cfg.model.d_model}, "

@@ -9,14 +9,17 @@ their circuits form, fade and come back.
     table = probe(run, {"ind": circuits.induction_probe(layers=[1], period=16)}, batch)
 """
 
-from interp.checkpoints import CheckpointError, Run
+from interp.checkpoints import CheckpointError, CheckpointSource, Run
 from interp.configs import ConfigError
 from interp.model import ModelConfig, build_model
 from interp.probing import Probe, ProbeTable, probe
+from interp.suites import CheckpointSuite, open_suite
 from interp.train import TrainConfig, TrainHooks, train
 
 __all__ = [
     "CheckpointError",
+    "CheckpointSource",
+    "CheckpointSuite",
     "ConfigError",
     "ModelConfig",
     "Probe",
@@ -25,6 +28,7 @@ __all__ = [
     "TrainConfig",
     "TrainHooks",
     "build_model",
+    "open_suite",
     "probe",
     "train",
 ]

@@ -35,7 +35,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -495,6 +495,67 @@ def _check_rows(rows: list[dict[str, Any]], config: Mapping[str, Any] | None, la
                 conflicting_rows=conflicting, stepless_rows=stepless)
 
 
+class ModelShape(Protocol):
+    """The sizes of a checkpoint source's model that probes and figures need (a run's
+    `ModelConfig`, a suite's `interp.suites.SuiteModelConfig`)."""
+
+    @property
+    def n_layers(self) -> int: ...
+    @property
+    def n_heads(self) -> int: ...
+    @property
+    def d_model(self) -> int: ...
+    @property
+    def d_vocab(self) -> int: ...
+    @property
+    def n_ctx(self) -> int: ...
+
+
+class CheckpointSource(Protocol):
+    """What the probe runner (`interp.probing.probe`, which runs every kind of probe) and the
+    CLI read from a sequence of checkpoints: a run directory (`Run`) or a checkpoint suite in
+    Hugging Face format, such as Pythia's revisions (`interp.suites.CheckpointSuite`).
+
+    Results derived from the checkpoints (the probe cache `probes/`, `figures/`) live under
+    `path`, written under `lock()`; `checkpoint_hash(step)` identifies a checkpoint's weights,
+    so a cached result is reused only for the weights it was computed on."""
+
+    path: Path
+    """The directory of results derived from these checkpoints (a run: the run directory)."""
+
+    @property
+    def steps(self) -> list[int]:
+        """The checkpoints' training steps, ascending."""
+        ...
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The source's configuration as a JSON object (a run: its config.json)."""
+        ...
+
+    @property
+    def model_config(self) -> ModelShape: ...
+
+    @property
+    def tokenizer(self) -> Any | None:
+        """The tokenizer of a source with one, so probe batches may be text; None otherwise."""
+        ...
+
+    def load(self, step: int | None = None, device: str | torch.device | None = None,
+             into: TransformerBridge | None = None) -> TransformerBridge:
+        """The model at `step` (default: the last), in eval mode; `into`, a model this source
+        loaded, is reused, so walking the checkpoints keeps one model in memory."""
+        ...
+
+    def checkpoint_hash(self, step: int) -> str: ...
+
+    def lock(self) -> AbstractContextManager[None]: ...
+
+    def metrics(self) -> list[dict[str, Any]]:
+        """The training log, one row per logged step (a suite: none)."""
+        ...
+
+
 class Run:
     """A run directory opened for reading (and, by the trainer, for writing).
 
@@ -526,6 +587,11 @@ class Run:
     def lock(self) -> AbstractContextManager[None]:
         """This run's writer lock (`run_lock`), as a context manager."""
         return run_lock(self.path)
+
+    @property
+    def tokenizer(self) -> None:
+        """None: the toolkit's runs are tokenizer-less (probe batches are token ids)."""
+        return None
 
     # --- reading ---
     @property

@@ -48,11 +48,13 @@ from interp.metrics import circuits
 from interp.model import InsufficientMemoryError, ModelConfig, format_bytes
 from interp.parallel import Backend, JobsFailed, LocalBackend, RayBackend
 from interp.probing import probe
+from interp.suites import CheckpointSuite, is_suite_folder, open_suite
 from interp.sweep import parse_grid, run_sweep
 from interp.train import TrainConfig, step_generator
 from interp.viz import plot_curves, plot_head_curves, save_figure
 
 BUILTIN_PROBES = ("prev-token", "induction")
+LINEAR_PROBE = "linear"  # `interp probe RUN linear ...`: a linear probe on a saved batch (`_probe_linear`)
 EXIT_FAILED = 1  # a check failed (`info --verify`) or a job raised an unexpected error
 EXIT_ERROR = 2  # an expected error: bad input, a refused directory, a full disk ... (argparse's code too)
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command ended by Ctrl-C
@@ -148,8 +150,11 @@ def run_dirs(path: Path) -> list[Path]:
     raise FileNotFoundError(f"{path}: no run directory (config.json + manifest.json) found")
 
 
-def find_runs(path: Path) -> list[Run]:
-    """Every run at or below `path` that has a config (see `run_dirs`)."""
+def find_runs(path: Path) -> list[Run | CheckpointSuite]:
+    """Every run at or below `path` that has a config (see `run_dirs`), or the checkpoint suite
+    `path` is (`step<N>` sub-folders saved by `transformers`; its results go to its interp-cache/)."""
+    if is_suite_folder(path):
+        return [open_suite(path)]
     dirs = run_dirs(path)
     runs = [Run(p) for p in dirs if (p / CONFIG_FILE).exists()]
     if not runs:
@@ -158,8 +163,9 @@ def find_runs(path: Path) -> list[Run]:
     return runs
 
 
-def one_run(path: Path) -> Run:
-    """The run `path` names: a run directory, or an analysis directory with exactly one run.
+def one_run(path: Path) -> Run | CheckpointSuite:
+    """The run `path` names: a run directory, an analysis directory with exactly one run, or a
+    checkpoint-suite folder.
 
     `Run.open` on an analysis directory fails ("no config.json"); here such a directory
     is accepted when it holds one run, and otherwise the error lists the runs to choose from."""
@@ -377,6 +383,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     """Without --verify a damaged file ends the command with an error naming it; with --verify
     it is one of the failures, and every other run is still checked."""
     path = Path(args.dir)
+    if is_suite_folder(path):  # its step<N>/config.json files are not run directories
+        return _describe_suite(open_suite(path), args.verify)
     failed = False
     for directory in _analysis_dirs(path):
         try:
@@ -419,6 +427,24 @@ def cmd_info(args: argparse.Namespace) -> int:
     return EXIT_FAILED if failed else 0
 
 
+def _describe_suite(suite: CheckpointSuite, verify: bool) -> int:
+    cfg = suite.model_config
+    print(f"suite {suite.source}: {cfg.architecture}, {cfg.n_layers} layers, d_model={cfg.d_model}, "
+          f"{cfg.n_heads} heads, vocab={cfg.d_vocab}, n_ctx={cfg.n_ctx}")
+    steps = suite.steps
+    print(f"  checkpoints: {len(steps)} ({steps[0]} .. {steps[-1]}); tokenizer: "
+          f"{'yes' if suite.tokenizer is not None else 'none'}")
+    print(f"  results cache: {suite.path}")
+    if not verify:
+        return 0
+    failures = suite.verify()
+    print("  verify: FAILED" if failures else f"  verify: OK ({len(steps)} checkpoints hold readable weights; a "
+          "suite folder keeps no hashes to check them against)")
+    for line in failures:
+        print(f"    - {line}")
+    return EXIT_FAILED if failures else 0
+
+
 def _describe(run: Run) -> None:
     config = run.config
     model = model_config(run)
@@ -450,6 +476,8 @@ def _describe(run: Run) -> None:
 
 def cmd_probe(args: argparse.Namespace) -> None:
     run = one_run(Path(args.dir))
+    if args.metric == LINEAR_PROBE:
+        return _probe_linear(run, args)
     model_cfg = model_config(run)
     layers = args.layers if args.layers is not None else list(range(model_cfg.n_layers))
     bad = [layer for layer in layers if not 0 <= layer < model_cfg.n_layers]
@@ -473,6 +501,82 @@ def cmd_probe(args: argparse.Namespace) -> None:
     if args.csv:
         table.to_csv(args.csv)
         print(f"wrote {args.csv}")
+
+
+def _probe_linear(run: Run, args: argparse.Namespace) -> None:
+    """A linear probe per `--hook` on the batch file `--batch` (written by
+    `interp.metrics.linear_probes.save_batch`: tokens plus the keys named by --positions,
+    --labels, ...), at every checkpoint; step 0, the random-init baseline, is always included."""
+    from interp.metrics import linear_probes  # scikit-learn: imported only when asked for
+
+    for flag, value in (("--batch", args.batch), ("--hook", args.hook), ("--positions", args.positions),
+                        ("--labels", args.labels)):
+        if not value:
+            raise ConfigError(flag, f"a value for `interp probe DIR {LINEAR_PROBE}`", value)
+    batch = linear_probes.load_batch(args.batch)
+    steps = None if args.steps is None else sorted({*args.steps, *([0] if 0 in run.steps else [])})
+    probes = {re.sub(r"[^A-Za-z0-9_.+=-]", "_", f"linear-{args.labels}-{hook}"): linear_probes.linear_probe(
+        hook, args.positions, args.labels, args.groups, kind=args.kind, split=args.split,
+        control_types=args.control_types, seed=args.seed) for hook in args.hook}
+    table = probe(run, probes, batch, steps=steps, device=check_device(args.device), progress=True)
+    for (key, probe_obj), hook in zip(probes.items(), args.hook, strict=True):
+        sub = table.select(key)
+        score = "r2" if "r2" in sub.columns else "accuracy"
+        drift = linear_probes.load_directions(run, key, probe_obj, batch, steps=table.steps.tolist()).drift(
+            period=args.cycle or None)
+        print(f"{hook}: {args.labels} at {args.positions} (groups: {args.groups or 'batch row'})")
+        print(f"step   {score:>8s}  control  selectivity  cos_prev  cos_final")
+        for i, step in enumerate(table.steps):
+            previous = drift.consecutive[i - 1] if i else float("nan")
+            print(f"{int(step):<6d} {sub[score][i]:8.3f} {sub[f'control_{score}'][i]:8.3f} "
+                  f"{sub['selectivity'][i]:12.3f} {previous:9.3f} {drift.to_final[i]:10.3f}"
+                  + ("  (init: baseline)" if step == 0 else ""))
+        if args.cycle:
+            lags = ", ".join(f"{s:.3f} vs {o:.3f}" for s, o in zip(drift.same_phase, drift.other_phase, strict=True))
+            print(f"same-phase vs other-phase cosine, 1, 2, ... cycles of {args.cycle} steps apart: {lags}")
+    if args.csv:
+        table.to_csv(args.csv)
+        print(f"wrote {args.csv}")
+
+
+def cmd_circuit(args: argparse.Namespace) -> None:
+    """A circuit method at every checkpoint (cached), on repeated random tokens whose source
+    run resamples the first copy (the induction circuit's test); graphs saved in the run."""
+    from interp.circuits import graph as circuit_graph
+    from interp.circuits.patching import mean_logprob
+    from interp.circuits.readout import dla_probe, logit_lens_probe
+    from interp.circuits.trace import repeated_patch_batch, trace
+
+    run = one_run(Path(args.dir))
+    model_cfg = model_config(run)
+    period = args.period or model_cfg.n_ctx // 2
+    if not 2 <= period <= model_cfg.n_ctx // 2:
+        raise ConfigError("--period", f"between 2 and n_ctx/2 = {model_cfg.n_ctx // 2}", period)
+    device = check_device(args.device)
+    batch = repeated_patch_batch(args.sequences, period, model_cfg.d_vocab, step_generator(args.seed, 0, 2))
+    metric = mean_logprob("in_repeat")
+    if args.method in ("dla", "logit-lens"):
+        key = args.method.replace("-", "_")
+        made = dla_probe("in_repeat") if args.method == "dla" else logit_lens_probe("in_repeat")
+        table = probe(run, {key: made}, batch, steps=args.steps, device=device, progress=True).select(key)
+        shown = [c for c in table.columns if args.method == "dla" or c.endswith("/top1")]
+        print(f"{'dla: direct logit of the repeated token' if args.method == 'dla' else 'logit lens: top-1 rate'} "
+              "per checkpoint")
+        print("step    " + " ".join(f"{c:>14s}" for c in shown))
+        for step, row in zip(table.steps, table.values, strict=True):
+            values = dict(zip(table.columns, row, strict=True))
+            print(f"{int(step):<7d} " + " ".join(f"{values[c]:14.3f}" for c in shown))
+        return
+    traced = trace(run, args.method, None if args.method == "composition" else batch, metric, steps=args.steps,
+                   device=device, progress=True, ig_steps=args.ig_steps,
+                   key="eap-ig" if args.method == "eap" and args.ig_steps > 1 else None)
+    print(f"{args.method}: {traced.graphs[0].metric}")
+    for graph in traced.graphs:
+        top = ", ".join(f"{edge} {weight:+.3f}" for edge, weight in graph.strongest(3))
+        print(f"  step {graph.step:<7d} {top}")
+    if len(traced.graphs) > 1:
+        print("\n".join(circuit_graph.CircuitDiff.between(traced.graphs[0], traced.graphs[-1]).summary()))
+    print(f"wrote {len(traced.graphs)} graphs to {traced.folder}")
 
 
 def cmd_plot(args: argparse.Namespace) -> None:
@@ -511,6 +615,30 @@ def _plot_cached_probe(run: Run, cache: Path, fig_dir: Path, logx: bool) -> Path
             grid[i, head.layer, head.head] = np.nan if value is None else value  # the cache stores NaN as null
     title = f"{run.path.name}: {latest[0]}"
     return save_figure(plot_head_curves(grid, steps, title=title, logx=logx), fig_dir / f"probe_{cache.stem}.png")
+
+
+# --- view ------------------------------------------------------------------------------------
+
+
+def cmd_view(args: argparse.Namespace) -> None:
+    from tqdm.auto import tqdm
+
+    from interp.view import write_view  # the explorer: imported only by this command
+
+    bars: dict[str, Any] = {}
+
+    def progress(run: str, done: int, total: int) -> None:
+        bar = bars.get(run) or bars.setdefault(run, tqdm(total=total, desc=f"attention patterns, {run}", leave=False))
+        bar.update(done - bar.n)
+        if done == total:
+            bar.close()
+
+    page = write_view(Path(args.dir), device=check_device(args.device), progress=progress)
+    print(f"wrote {page} ({format_bytes(page.stat().st_size)}); open it in a browser (it works offline)")
+    if args.open:
+        import webbrowser
+
+        webbrowser.open(page.resolve().as_uri())
 
 
 # --- the parser -------------------------------------------------------------------------------
@@ -588,9 +716,13 @@ def build_parser() -> argparse.ArgumentParser:
                         f"is complete and undamaged; exit code {EXIT_FAILED} if anything fails")
     p.set_defaults(fn=cmd_info)
 
-    p = sub.add_parser("probe", parents=[common], help="compute a built-in head score at every checkpoint of a run")
-    p.add_argument("dir", help="a run directory, or an analysis directory that holds one run")
-    p.add_argument("metric", choices=BUILTIN_PROBES, help="the head score: previous-token or induction attention")
+    p = sub.add_parser("probe", parents=[common],
+                       help="compute a built-in head score or a linear probe at every checkpoint of a run")
+    p.add_argument("dir", help="a run directory, an analysis directory that holds one run, or a checkpoint-suite "
+                               "folder (step<N> sub-folders saved by transformers)")
+    p.add_argument("metric", choices=(*BUILTIN_PROBES, LINEAR_PROBE),
+                   help="the head score (previous-token or induction attention), or a linear probe (needs --batch, "
+                        "--hook, --positions, --labels)")
     p.add_argument("--layers", type=OPTIONAL_COUNT, nargs="+", default=None, help="layers to score (default: all)")
     p.add_argument("--steps", type=OPTIONAL_COUNT, nargs="+", default=None, help="checkpoint steps (default: all)")
     p.add_argument("--period", type=OPTIONAL_COUNT, default=0,
@@ -599,13 +731,50 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=SEED, default=0, help="seed of the probe tokens (default 0)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: CUDA if present)")
     p.add_argument("--csv", help="also write the table to this CSV file")
+    linear = p.add_argument_group("linear probe (metric `linear`; --seed seeds its split and control task)")
+    linear.add_argument("--batch", help="a batch file (safetensors, `linear_probes.save_batch`): tokens and the keys")
+    linear.add_argument("--hook", nargs="+", help="hook(s) to probe, e.g. blocks.1.hook_resid_post")
+    linear.add_argument("--positions", help="batch key: bool mask [batch, pos] or a position per row")
+    linear.add_argument("--labels", help="batch key: integer classes or real values, per row or per position")
+    linear.add_argument("--groups", help="batch key: the unit a probe could memorise (default: the batch row)")
+    linear.add_argument("--split", help="batch key: an explicit bool test mask (default: a grouped random split)")
+    linear.add_argument("--control-types", help="batch key: the control task's types (default: the token)")
+    linear.add_argument("--kind", choices=("auto", "classification", "regression"), default="auto",
+                        help="default auto: integer labels are classes, floats are values")
+    linear.add_argument("--cycle", type=OPTIONAL_COUNT, default=0,
+                        help="steps per cycle of a periodic schedule: also print same-phase direction cosines")
     p.set_defaults(fn=cmd_probe)
+
+    p = sub.add_parser("circuit", parents=[common],
+                       help="trace a circuit method over a run's checkpoints (graphs saved in the run)")
+    p.add_argument("dir", help="a run directory, or an analysis directory that holds one run")
+    p.add_argument("--method", choices=("path", "eap", "composition", "dla", "logit-lens"), required=True,
+                   help="path patching, edge attribution (EAP), weight composition, direct logit attribution or "
+                        "the logit lens")
+    p.add_argument("--steps", type=OPTIONAL_COUNT, nargs="+", default=None, help="checkpoint steps (default: all)")
+    p.add_argument("--period", type=OPTIONAL_COUNT, default=0,
+                   help="repeat period of the patching tokens (default 0: n_ctx/2)")
+    p.add_argument("--sequences", type=COUNT, default=32, help="patching sequences (default 32)")
+    p.add_argument("--ig-steps", type=COUNT, default=1,
+                   help="eap: integrated-gradient steps (default 1: plain EAP; more: EAP-IG, saved as eap-ig)")
+    p.add_argument("--seed", type=SEED, default=0, help="seed of the patching tokens (default 0)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: CUDA if present)")
+    p.set_defaults(fn=cmd_circuit)
 
     p = sub.add_parser("plot", parents=[common],
                        help="plot logged metrics and cached probes of a run into its figures/")
-    p.add_argument("dir", help="a run directory, or an analysis or sweep directory (every run below it)")
+    p.add_argument("dir", help="a run directory, an analysis or sweep directory (every run below it), or a "
+                               "checkpoint-suite folder")
     p.add_argument("--logx", action="store_true", help="logarithmic step axis")
     p.set_defaults(fn=cmd_plot)
+
+    p = sub.add_parser("view", parents=[common],
+                       help="write DIR/view/index.html: an interactive, offline explorer with a checkpoint slider")
+    p.add_argument("dir", help="a run directory or an analysis directory (its runs and its headline view)")
+    p.add_argument("--open", action="store_true", help="open the page in the default browser")
+    p.add_argument("--device", default=None, help="device for the example's attention patterns (default: CUDA "
+                                                  "if present)")
+    p.set_defaults(fn=cmd_view)
     return parser
 
 

@@ -172,6 +172,9 @@ class EdgeId:
         suffix = f".{self.input}" if self.input else ""
         return f"{self.sender}->{self.receiver}{suffix}"
 
+    def __repr__(self) -> str:
+        return f"EdgeId({str(self)!r})"
+
     @classmethod
     def parse(cls, text: str) -> EdgeId:
         match = _EDGE.fullmatch(text)

@@ -1,4 +1,5 @@
-"""Run probes over a run's checkpoints: one forward pass per checkpoint.
+"""Run probes over the checkpoints of a run, or of any `CheckpointSource` such as a
+checkpoint suite (`interp.suites`): one forward pass per checkpoint.
 
 A `Probe` declares the hook names it reads and maps a `ProbeContext` (the
 cached activations, the logits, the batch and the model) to a flat dict of named
@@ -10,7 +11,7 @@ checkpoint's hash, so re-probing a finished run costs nothing. A probe's key is
 the cache file's stem, so it must be a plain file name. Writing the cache takes
 the run's lock (`interp.checkpoints.run_lock`); a fully cached call writes nothing.
 The cache is strict JSON: a NaN or infinite probe value is stored as null and
-read back as NaN.
+read back as NaN. The batch may be text where the source has a tokenizer (`text_batch`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import hashlib
 import math
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +29,16 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from transformer_lens.model_bridge import TransformerBridge
 
-from interp.checkpoints import PROBES_DIR, JsonlScan, Run, append_jsonl, atomic_write_bytes, dumps_json, scan_jsonl
+from interp.checkpoints import (
+    PROBES_DIR,
+    CheckpointSource,
+    JsonlScan,
+    Run,
+    append_jsonl,
+    atomic_write_bytes,
+    dumps_json,
+    scan_jsonl,
+)
 from interp.ids import HeadId
 from interp.model import Batch, batch_to, input_hooks, resolve_device
 
@@ -42,6 +52,12 @@ class ProbeContext:
     logits: Tensor | None
     batch: Batch | None
     model: TransformerBridge
+    step: int | None = None
+    """The checkpoint's step (None outside `probe()`)."""
+    artifacts: Path | None = None
+    """A directory of the run (`probe_artifacts`, not yet created) where this probe may save
+    files of its own, e.g. `step_000123.npy`; `probe()` holds the run's lock while the probe
+    runs. None outside `probe()`: nothing to save."""
 
 
 @dataclass(frozen=True)
@@ -158,21 +174,59 @@ def _repair_cache(path: Path, scan: JsonlScan) -> None:
     atomic_write_bytes(path, data.encode())
 
 
-def run_probes(model: TransformerBridge, probes: Mapping[str, Probe], batch: Batch | None) -> dict[str, float]:
+def run_probes(model: TransformerBridge, probes: Mapping[str, Probe], batch: Batch | None, step: int | None = None,
+               artifacts: Mapping[str, Path] | None = None) -> dict[str, float]:
     """Evaluate probes on one model with a single cached forward pass (none when every
-    probe reads only the weights)."""
+    probe reads only the weights). `step` and `artifacts` (per key) fill the context's fields."""
     _check_batch(probes, batch)
     if batch is None or not any(p.forward for p in probes.values()):
-        ctx = ProbeContext(acts={}, logits=None, batch=batch, model=model)
-        return _flatten(probes, ctx)
+        ctx = ProbeContext(acts={}, logits=None, batch=batch, model=model, step=step)
+        return _flatten(probes, ctx, artifacts)
     hooks = sorted({h for p in probes.values() for h in p.hooks})
     with torch.no_grad(), model.hooks(fwd_hooks=input_hooks(model, batch)):
         logits, cache = model.run_with_cache(batch["tokens"], names_filter=hooks)
-        return _flatten(probes, ProbeContext(acts=cache, logits=logits, batch=batch, model=model))
+        return _flatten(probes, ProbeContext(acts=cache, logits=logits, batch=batch, model=model, step=step), artifacts)
 
 
-def _flatten(probes: Mapping[str, Probe], ctx: ProbeContext) -> dict[str, float]:
-    return {f"{key}/{name}": float(v) for key, p in probes.items() for name, v in p.fn(ctx).items()}
+def _flatten(probes: Mapping[str, Probe], ctx: ProbeContext,
+             artifacts: Mapping[str, Path] | None = None) -> dict[str, float]:
+    own = {key: ctx if artifacts is None else replace(ctx, artifacts=artifacts.get(key)) for key in probes}
+    return {f"{key}/{name}": float(v) for key, p in probes.items() for name, v in p.fn(own[key]).items()}
+
+
+def probe_artifacts(run: CheckpointSource | str | Path, key: str, probe_obj: Probe, batch: Batch | None) -> Path:
+    """The directory where probe `key` saves files of its own (`ProbeContext.artifacts`):
+    `probes/<key>/<id>/`, `<id>` a hash of the probe's name and the batch."""
+    path = Path(run) if isinstance(run, str | Path) else run.path
+    ident = hashlib.sha256(f"{probe_obj.name}\0{batch_hash(batch)}".encode()).hexdigest()[:16]
+    return path / PROBES_DIR / key / ident
+
+
+Text = str | Sequence[str]
+"""A probe batch as text: one string, or several that tokenize to the same length."""
+
+
+def _is_text(batch: object) -> bool:
+    return isinstance(batch, str) or (isinstance(batch, Sequence) and all(isinstance(t, str) for t in batch))
+
+
+def text_batch(source: CheckpointSource, text: Text) -> Batch:
+    """`{"tokens": [n_texts, pos]}`: `text` tokenized by `source`'s tokenizer as it does by
+    default (a BOS token only where the tokenizer adds one). Texts are not padded, since padding
+    would enter every probe's statistics: they must tokenize to one length."""
+    tokenizer = source.tokenizer
+    if tokenizer is None:
+        raise ValueError(f"batch: text needs a tokenizer, and {source!r} has none; give token ids "
+                         "({'tokens': tensor})")
+    texts = [text] if isinstance(text, str) else list(text)
+    ids = [list(tokenizer(t)["input_ids"]) for t in texts]
+    lengths = sorted({len(i) for i in ids})
+    if not ids or lengths[0] == 0:
+        raise ValueError(f"batch: expected text that tokenizes to at least one token, got {text!r}")
+    if len(lengths) > 1:
+        raise ValueError(f"batch: the texts tokenize to {lengths} tokens; give texts of one token length "
+                         "(probe batches are not padded)")
+    return {"tokens": torch.tensor(ids, dtype=torch.long)}
 
 
 def _check_batch(probes: Mapping[str, Probe], batch: Batch | None) -> None:
@@ -182,27 +236,30 @@ def _check_batch(probes: Mapping[str, Probe], batch: Batch | None) -> None:
 
 
 def probe(
-    run: Run | str | Path,
+    run: CheckpointSource | str | Path,
     probes: Mapping[str, Probe],
-    batch: Batch | None = None,
+    batch: Batch | Text | None = None,
     steps: Sequence[int] | None = None,
     device: str | torch.device | None = None,
     use_cache: bool = True,
     progress: bool = False,
 ) -> ProbeTable:
-    """Compute `probes` at each checkpoint (default: all) of `run`.
+    """Compute `probes` at each checkpoint (default: all) of `run`: a `Run`, a run directory or
+    any other `CheckpointSource` (a checkpoint suite, `interp.suites.open_suite`).
 
     Returns a step x metric `ProbeTable` with columns `"<key>/<metric>"`. `batch` may be
-    None when every probe reads only the weights (`Probe.forward=False`).
+    None when every probe reads only the weights (`Probe.forward=False`), and text (one
+    string or several of one token length) when the source has a tokenizer.
     """
     check_probe_keys(probes)
     _check_batch(probes, batch)
-    run = run if isinstance(run, Run) else Run.open(run)
+    run = Run.open(run) if isinstance(run, str | Path) else run
+    batch = text_batch(run, batch) if _is_text(batch) else batch
     device = resolve_device(device)
     steps = list(run.steps if steps is None else steps)
     missing = sorted(set(steps) - set(run.steps))
     if missing:
-        raise KeyError(f"steps {missing} have no checkpoint in {run.path}; available: {run.steps}")
+        raise KeyError(f"steps {missing} have no checkpoint in {run!r}; available: {run.steps}")
     batch_id = batch_hash(batch)
     probe_dir = run.path / PROBES_DIR
     hashes = {step: run.checkpoint_hash(step) for step in steps}
@@ -225,7 +282,8 @@ def probe(
                 _repair_cache(probe_dir / f"{key}.jsonl", scan)
                 if use_cache:
                     cached.update(_cache_rows(scan))
-            _compute(run, probes, batch, todo, cached, cache_key, device, progress, probe_dir)
+            artifacts = {key: probe_artifacts(run, key, p, batch) for key, p in probes.items()}
+            _compute(run, probes, batch, todo, cached, cache_key, device, progress, probe_dir, artifacts)
 
     rows = [{f"{key}/{n}": v for key in probes for n, v in cached[cache_key(key, step)].items()} for step in steps]
     columns = tuple(sorted({c for row in rows for c in row}))
@@ -233,9 +291,9 @@ def probe(
     return ProbeTable(np.array(steps), columns, table.reshape(len(steps), len(columns)))
 
 
-def _compute(run: Run, probes: Mapping[str, Probe], batch: Batch | None, steps: list[int],
+def _compute(run: CheckpointSource, probes: Mapping[str, Probe], batch: Batch | None, steps: list[int],
              cached: dict[CacheKey, dict[str, float]], cache_key: Callable[[str, int], CacheKey],
-             device: torch.device, progress: bool, probe_dir: Path) -> None:
+             device: torch.device, progress: bool, probe_dir: Path, artifacts: Mapping[str, Path]) -> None:
     """Compute what `cached` lacks at `steps` into it, appending each result to its cache file."""
     device_batch = None if batch is None else batch_to(batch, device)
     model: TransformerBridge | None = None
@@ -244,7 +302,7 @@ def _compute(run: Run, probes: Mapping[str, Probe], batch: Batch | None, steps: 
         if not todo:
             continue
         model = run.load(step, device=device, into=model)
-        values = run_probes(model, todo, device_batch)
+        values = run_probes(model, todo, device_batch, step=step, artifacts=artifacts)
         for key in todo:
             own = _stored({name[len(key) + 1 :]: v for name, v in values.items() if name.startswith(key + "/")})
             probe_name, batch_id, weights, _ = found = cache_key(key, step)
@@ -254,9 +312,9 @@ def _compute(run: Run, probes: Mapping[str, Probe], batch: Batch | None, steps: 
 
 
 def collect_activations(
-    run: Run | str | Path,
+    run: CheckpointSource | str | Path,
     hook: str,
-    batch: Batch,
+    batch: Batch | Text,
     steps: Sequence[int] | None = None,
     device: str | torch.device | None = None,
 ) -> np.ndarray:
@@ -266,7 +324,8 @@ def collect_activations(
     drift, similarity across training), which per-checkpoint probes cannot
     express. One filtered forward per checkpoint into one reused model.
     """
-    run = run if isinstance(run, Run) else Run.open(run)
+    run = Run.open(run) if isinstance(run, str | Path) else run
+    batch = text_batch(run, batch) if _is_text(batch) else batch
     device = resolve_device(device)
     steps = list(run.steps if steps is None else steps)
     device_batch = batch_to(batch, device)
@@ -282,4 +341,5 @@ def collect_activations(
     return np.stack(stacked)
 
 
-__all__ = ["Probe", "ProbeContext", "ProbeTable", "probe", "run_probes", "batch_hash", "collect_activations"]
+__all__ = ["Probe", "ProbeContext", "ProbeTable", "probe", "run_probes", "batch_hash", "collect_activations",
+           "probe_artifacts", "text_batch"]

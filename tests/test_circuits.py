@@ -181,8 +181,19 @@ def test_patching_a_run_into_itself_changes_nothing(cfg):
     assert max(abs(v - values["base"]) for v in values.values()) < 1e-5
     patched = activation_patch(model, same, mean_logprob(), "head_out")
     assert max(abs(v - patched["base"]) for v in patched.values()) < 1e-5
-    attribution = edge_attribution(model, same, mean_logprob())
-    assert max(abs(v) for k, v in attribution.items() if k != "base") == 0.0
+    for ig_steps in (1, 3):
+        attribution = edge_attribution(model, same, mean_logprob(), ig_steps)
+        assert max(abs(v) for k, v in attribution.items() if k != "base") == 0.0
+
+
+def test_eap_ig_differs_from_eap_and_needs_a_step():
+    model, batch = random_model(VARIANTS[1]), random_batch()
+    plain, integrated = edge_attribution(model, batch, mean_logprob()), edge_attribution(model, batch,
+                                                                                         mean_logprob(), 4)
+    assert plain["base"] == integrated["base"] and plain.keys() == integrated.keys()
+    assert any(abs(plain[k] - integrated[k]) > 1e-6 for k in plain if k != "base")
+    with pytest.raises(ValueError, match="ig_steps"):
+        edge_attribution(model, batch, mean_logprob(), 0)
 
 
 @pytest.mark.parametrize("cfg", VARIANTS, ids=["attn-only", "rotary-mlp", "rms-3-layers"])

@@ -203,19 +203,46 @@ def path_patch_edges(model: TransformerBridge, batch: Batch, metric: PatchMetric
 # --- edge attribution -------------------------------------------------------------------------
 
 
-def edge_attribution(model: TransformerBridge, batch: Batch, metric: PatchMetric) -> dict[str, float]:
+def edge_attribution(model: TransformerBridge, batch: Batch, metric: PatchMetric,
+                     ig_steps: int = 1) -> dict[str, float]:
     """EAP: for every edge, `sum over batch and positions of (source write - base write) .
     d metric / d (receiver's own copy of its input)`, the gradient taken on the base run.
-    Also `node/<sender>` (a sender's summed edges: its node attribution) and `base`."""
+    With `ig_steps` > 1, EAP-IG (Hanna et al. 2024): the gradient is averaged over runs whose
+    input embedding moves from the base's toward the source's (midpoints of `ig_steps`
+    equal steps), which follows the metric through saturated attention where one gradient
+    cannot. Also `node/<sender>` (a sender's summed edges: its node attribution) and `base`."""
+    if ig_steps < 1:
+        raise ValueError(f"ig_steps: expected an integer >= 1, got {ig_steps}")
     shape = ModelShape.of(model.cfg)
     with torch.no_grad():
+        base_logits, base = _run(model, batch, names=_write_hooks(shape))
         _, source = _run(model, source_batch(batch), names=_write_hooks(shape))
+    embed, embed_change = base[hooks.resid_pre(0)], source[hooks.resid_pre(0)] - base[hooks.resid_pre(0)]
+    alphas = [0.0] if ig_steps == 1 else [(k + 0.5) / ig_steps for k in range(ig_steps)]
+    receiver_grads: dict[tuple[Node, str | None], Tensor] = {}
+    for alpha in alphas:
+        for key, grad in _gradients_at(model, batch, metric, shape, embed + alpha * embed_change).items():
+            receiver_grads[key] = receiver_grads.get(key, 0) + grad / len(alphas)
+    out: dict[str, float] = {"base": float(metric.fn(base_logits, batch))}
+    with torch.no_grad():
+        deltas = {s: _write(model, source, s) - _write(model, base, s) for s in shape.nodes() if s != LOGITS}
+    for edge in shape.edges():
+        score = float((deltas[edge.sender] * receiver_grads[(edge.receiver, edge.input)]).sum())
+        out[str(edge)] = score
+        node = f"node/{edge.sender}"
+        out[node] = out.get(node, 0.0) + score
+    return out
+
+
+def _gradients_at(model: TransformerBridge, batch: Batch, metric: PatchMetric, shape: ModelShape,
+                  embed: Tensor) -> dict[tuple[Node, str | None], Tensor]:
+    """d metric / d (each receiver input) in the run whose input embedding is `embed`."""
     acts: dict[str, Tensor] = {}
 
     def track(value: Tensor, hook: Any, name: str) -> Tensor:
         # The embedding is the root of the graph (no parameter gradients are needed); every
         # other reader gets its own copy, so its gradient is what flows through it alone.
-        value = value.detach().requires_grad_(True) if name == hooks.resid_pre(0) else value.clone()
+        value = embed.detach().clone().requires_grad_(True) if name == hooks.resid_pre(0) else value.clone()
         acts[name] = value
         return value
 
@@ -223,28 +250,12 @@ def edge_attribution(model: TransformerBridge, batch: Batch, metric: PatchMetric
     readers |= {f"blocks.{layer}.attn.hook_{c}" for layer in range(shape.n_layers) for c in "qkv"}
     readers |= {"ln_final.hook_in"} | ({f"blocks.{layer}.ln2.hook_in" for layer in range(shape.n_layers)}
                                        if not shape.attn_only else set())
-    base: dict[str, Tensor] = {}
-    fwd = [(name, partial(track, name=name)) for name in sorted(readers)]
-    fwd += [(name, lambda value, hook, name=name: base.__setitem__(name, value.detach())) for name in
-            _write_hooks(shape) if name not in readers]
     with torch.enable_grad():
-        logits, _ = _run(model, batch, fwd)
-        value = metric.fn(logits, batch)
+        logits, _ = _run(model, batch, [(name, partial(track, name=name)) for name in sorted(readers)])
         names = sorted(acts)
-        found = torch.autograd.grad(value, [acts[n] for n in names], allow_unused=True)
+        found = torch.autograd.grad(metric.fn(logits, batch), [acts[n] for n in names], allow_unused=True)
     grads = {n: g for n, g in zip(names, found, strict=True) if g is not None}
-    base.update({name: acts[name].detach() for name in _write_hooks(shape) if name in acts})
-    receiver_grads = _receiver_grads(model, shape, acts, grads)
-    out: dict[str, float] = {"base": float(value)}
-    deltas = {s: (_write(model, source, s) - _write(model, base, s)).detach()
-              for s in shape.nodes() if s != LOGITS}
-    for edge in shape.edges():
-        grad = receiver_grads[(edge.receiver, edge.input)]
-        score = float((deltas[edge.sender] * grad).sum())
-        out[str(edge)] = score
-        node = f"node/{edge.sender}"
-        out[node] = out.get(node, 0.0) + score
-    return out
+    return _receiver_grads(model, shape, acts, grads)
 
 
 def _receiver_grads(model: TransformerBridge, shape: ModelShape, acts: Mapping[str, Tensor],
@@ -468,10 +479,10 @@ def path_patching_probe(metric: PatchMetric, edges: Sequence[EdgeId] | None = No
     return Probe(name=name, hooks=(), fn=lambda ctx: path_patch_edges(ctx.model, _need(ctx), metric, chosen))
 
 
-def edge_attribution_probe(metric: PatchMetric) -> Probe:
+def edge_attribution_probe(metric: PatchMetric, ig_steps: int = 1) -> Probe:
     """`edge_attribution` at every checkpoint; columns are edges, `node/<sender>` and `base`."""
-    return Probe(name=f"edge_attribution({metric.name})", hooks=(),
-                 fn=lambda ctx: edge_attribution(ctx.model, _need(ctx), metric))
+    name = f"edge_attribution({metric.name})" if ig_steps == 1 else f"edge_attribution({metric.name},ig={ig_steps})"
+    return Probe(name=name, hooks=(), fn=lambda ctx: edge_attribution(ctx.model, _need(ctx), metric, ig_steps))
 
 
 def activation_patching_probe(metric: PatchMetric, kind: ActivationKind = "head_out",

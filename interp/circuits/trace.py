@@ -35,8 +35,8 @@ class Traced:
     folder: Path
 
 
-def graph_probe(method: GraphMethod, metric: PatchMetric | None = None) -> Probe:
-    """The probe whose edge columns weight `method`'s graph."""
+def graph_probe(method: GraphMethod, metric: PatchMetric | None = None, ig_steps: int = 1) -> Probe:
+    """The probe whose edge columns weight `method`'s graph (`ig_steps`: EAP's, see `edge_attribution`)."""
     if method == "composition":
         return composition_probe()
     if metric is None:
@@ -44,23 +44,24 @@ def graph_probe(method: GraphMethod, metric: PatchMetric | None = None) -> Probe
     if method == "path":
         return path_patching_probe(metric)
     if method == "eap":
-        return edge_attribution_probe(metric)
+        return edge_attribution_probe(metric, ig_steps)
     raise ValueError(f"method: expected one of {GRAPH_METHODS}, got {method!r}")
 
 
 def trace(run: Run | str | Path, method: GraphMethod, batch: Batch | None = None, metric: PatchMetric | None = None,
           steps: Sequence[int] | None = None, key: str | None = None, device: str | torch.device | None = None,
-          progress: bool = False) -> Traced:
+          progress: bool = False, ig_steps: int = 1) -> Traced:
     """`method`'s circuit graph at each checkpoint (default: all) of `run`, saved under
     `<run>/circuits/<key>/` (key default: the method). Path patching and EAP weigh an edge
     by the change of `metric` it causes (estimates) when the sender's write comes from the
-    batch's `source_tokens`; composition needs neither batch nor metric."""
+    batch's `source_tokens` (EAP with `ig_steps` > 1: EAP-IG); composition needs neither
+    batch nor metric."""
     run = run if isinstance(run, Run) else Run.open(run)
     key = key or method
     if method != "composition" and (batch is None or SOURCE_KEY not in batch):
         raise ValueError(f"batch: method {method!r} needs a batch with 'tokens' and {SOURCE_KEY!r}")
-    table = probe(run, {key: graph_probe(method, metric)}, None if method == "composition" else batch, steps=steps,
-                  device=device, progress=progress)
+    table = probe(run, {key: graph_probe(method, metric, ig_steps)}, None if method == "composition" else batch,
+                  steps=steps, device=device, progress=progress)
     if method == "composition":
         graphs = graphs_from_table(table, key, method, ModelShape.of(run.model_config), "composition score")
     else:  # path patching stores patched values: an edge's weight is the change from the base run

@@ -25,9 +25,10 @@ def _draw(ax: Axes, graph: CircuitGraph, fraction: float, title: str) -> None:
                                      color=POSITIVE if weight >= 0 else NEGATIVE, shrinkA=9, shrinkB=9))
     for node in shape.nodes():
         x, y = shape.position(node)
-        ax.scatter([x], [y], s=380, color="white", edgecolors="black", zorder=3)
-        label = f"H{node.head}" if isinstance(node, HeadId) else str(node)
-        ax.annotate(label, (x, y), ha="center", va="center", fontsize=7, zorder=4)
+        head = isinstance(node, HeadId)
+        ax.scatter([x], [y], s=380 if head else 900, color="white", edgecolors="black", zorder=3)
+        ax.annotate(f"H{node.head}" if head else str(node), (x, y), ha="center", va="center",
+                    fontsize=7 if head else 6, zorder=4)
     columns = 2 + shape.n_layers * (1 if shape.attn_only else 2)
     ax.set_xlim(-0.6, columns - 0.4)
     ax.set_ylim(-0.8, max(shape.n_heads - 1, 1) + 0.8)
