@@ -81,6 +81,11 @@ class hooks:  # noqa: N801 - a namespace of hook-name builders, read as `hooks.p
         return f"blocks.{layer}.hook_resid_pre"
 
     @staticmethod
+    def resid_mid(layer: int) -> str:
+        """The residual stream between the attention and the MLP of layer `layer`."""
+        return f"blocks.{layer}.hook_resid_mid"
+
+    @staticmethod
     def resid_post(layer: int) -> str:
         return f"blocks.{layer}.hook_resid_post"
 

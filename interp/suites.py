@@ -87,6 +87,8 @@ class SuiteModelConfig:
     d_head: int
     d_vocab: int
     n_ctx: int
+    parallel_attn_mlp: bool = False
+    """Attention and MLP read the same residual (GPT-NeoX's `use_parallel_residual`)."""
 
 
 def _listing(steps: Sequence[int], limit: int = 8) -> str:
@@ -268,7 +270,7 @@ class CheckpointSuite:
         architecture = self._architecture(hf_config, self.steps[0])
         cfg = build_bridge_config_from_hf(hf_config, architecture, self.source, self.dtype)
         return SuiteModelConfig(architecture, cfg.n_layers, cfg.n_heads, cfg.d_model, cfg.d_head, cfg.d_vocab,
-                                cfg.n_ctx)
+                                cfg.n_ctx, bool(getattr(cfg, "parallel_attn_mlp", False)))
 
     def _architecture(self, hf_config: Any, step: int) -> str:
         architectures = getattr(hf_config, "architectures", None)

@@ -325,3 +325,25 @@ def test_edge_attribution_equals_transformer_lens_eap(gpt2_bridge):
     scale = max(abs(v) for v in theirs.values())
     for edge, score in theirs.items():
         assert ours[str(edge)] == pytest.approx(score, abs=1e-6 * scale + 1e-9)
+
+
+def test_path_patching_follows_a_parallel_block(tmp_path):
+    """GPT-NeoX (Pythia) blocks read attention and MLP from the same residual: a layer's heads
+    send nothing to its own MLP, and all paths out of a sender still equal patching it."""
+    from transformer_lens.model_bridge import TransformerBridge
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    torch.manual_seed(0)
+    GPTNeoXForCausalLM(GPTNeoXConfig(num_hidden_layers=2, hidden_size=32, num_attention_heads=4, intermediate_size=64,
+                                     vocab_size=50, max_position_embeddings=32, use_parallel_residual=True)
+                       ).save_pretrained(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = TransformerBridge.boot_transformers(str(tmp_path), device="cpu").eval()
+    shape = ModelShape.of(model.cfg)
+    assert shape.parallel and EdgeId(HeadId(0, 0), MlpId(0)) not in shape.edges()
+    batch = _gpt2_batch()
+    heads, mlps = (activation_patch(model, batch, LAST_LOGIT, kind) for kind in ("head_out", "mlp_out"))
+    for sender, alone in ((HeadId(0, 1), heads["L0H1"]), (HeadId(1, 2), heads["L1H2"]), (MlpId(0), mlps["0"])):
+        together = path_patch(model, batch, LAST_LOGIT, [e for e in shape.edges() if e.sender == sender])
+        assert together == pytest.approx(alone, abs=1e-5)

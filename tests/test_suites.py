@@ -205,6 +205,8 @@ def test_a_linear_probe_and_collected_activations_run_on_a_suite(built, tmp_path
     assert table.steps.tolist() == [0, 512]
     assert np.isfinite(table["lin/accuracy"]).all()
     assert (suite.path / PROBES_DIR / "lin.jsonl").exists()  # cached beside the suite's other probes
+    saved = linear_probes.load_directions(suite, "lin", lin, batch)  # directions saved beside them too
+    assert saved.steps.tolist() == [0, 512] and saved.directions.shape == (2, 1, suite.model_config.d_model)
 
 
 # --- the cache -------------------------------------------------------------------------------
@@ -474,6 +476,13 @@ def test_cli_describes_a_suite_folder_and_names_a_damaged_checkpoint(built, tmp_
     assert len(errors) == 1 and errors[0].startswith("interp probe: error: ") and str(damaged) in errors[0]
     assert main(["info", str(folder), "--verify"]) == 1
     assert f"- {damaged} is not a readable safetensors file" in capsys.readouterr().out
+
+
+def test_cli_traces_a_circuit_over_a_suite(built, tmp_path, capsys):
+    folder = private_copy(built["gpt_neox"], tmp_path)
+    assert main(["circuit", str(folder), "--method", "path", "--period", "4", "--sequences", "4"]) == 0
+    assert "wrote 5 graphs" in capsys.readouterr().out
+    assert len(list(folder.glob("interp-cache/*/circuits/path/step_*.json"))) == 5
 
 
 @pytest.mark.slow

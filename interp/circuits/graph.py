@@ -37,11 +37,15 @@ class ModelShape:
     n_layers: int
     n_heads: int
     attn_only: bool
+    parallel: bool = False
+    """Each layer's MLP reads the same residual as its heads (GPT-NeoX, GPT-J), not theirs."""
 
     @classmethod
     def of(cls, cfg: Any) -> ModelShape:
-        """From a `ModelConfig` or a TransformerLens config (`attn_only` absent: False)."""
-        return cls(int(cfg.n_layers), int(cfg.n_heads), bool(getattr(cfg, "attn_only", False)))
+        """From a `ModelConfig` or a TransformerLens config (`attn_only`, `parallel_attn_mlp`
+        absent: False)."""
+        return cls(int(cfg.n_layers), int(cfg.n_heads), bool(getattr(cfg, "attn_only", False)),
+                   bool(getattr(cfg, "parallel_attn_mlp", False)))
 
     def nodes(self) -> list[Node]:
         """Every node in residual-stream order: embed, layer 0's heads, its MLP, ..., logits."""
@@ -55,8 +59,10 @@ class ModelShape:
     def senders_before(self, receiver: Node) -> list[Node]:
         """The nodes whose writes reach `receiver`'s input directly."""
         order = self.nodes()
-        # A head reads the residual before its layer's attention (before its layer's first head).
-        first = HeadId(receiver.layer, 0) if isinstance(receiver, HeadId) else receiver
+        # A head reads the residual before its layer's attention (before its layer's first head);
+        # so does a parallel block's MLP.
+        reads_before_heads = isinstance(receiver, HeadId) or (self.parallel and isinstance(receiver, MlpId))
+        first = HeadId(receiver.layer, 0) if reads_before_heads else receiver
         return order[:order.index(first)]
 
     def edges(self) -> list[EdgeId]:
@@ -130,7 +136,7 @@ class CircuitGraph:
         return {
             "format": FORMAT, "method": self.method, "metric": self.metric, "step": self.step,
             "model": {"n_layers": self.shape.n_layers, "n_heads": self.shape.n_heads,
-                      "attn_only": self.shape.attn_only},
+                      "attn_only": self.shape.attn_only, "parallel": self.shape.parallel},
             "nodes": [str(n) for n in self.shape.nodes()],
             "edges": [{"edge": str(e), "sender": str(e.sender), "receiver": str(e.receiver), "input": e.input,
                        "weight": w if math.isfinite(w) else None} for e, w in self.weights.items()],
@@ -144,7 +150,8 @@ class CircuitGraph:
         weights = {EdgeId.parse(e["edge"]): math.nan if e["weight"] is None else float(e["weight"])
                    for e in data["edges"]}
         return cls(data["method"], int(data["step"]),
-                   ModelShape(int(model["n_layers"]), int(model["n_heads"]), bool(model["attn_only"])),
+                   ModelShape(int(model["n_layers"]), int(model["n_heads"]), bool(model["attn_only"]),
+                              bool(model.get("parallel", False))),
                    weights, data.get("metric", ""))
 
 

@@ -15,7 +15,7 @@ from typing import Literal
 
 import torch
 
-from interp.checkpoints import Run
+from interp.checkpoints import CheckpointSource, Run
 from interp.circuits.graph import CircuitGraph, ModelShape, graphs_from_table, save_graphs
 from interp.circuits.patching import SOURCE_KEY, PatchMetric, edge_attribution_probe, path_patching_probe
 from interp.circuits.weights import composition_probe
@@ -48,7 +48,7 @@ def graph_probe(method: GraphMethod, metric: PatchMetric | None = None, ig_steps
     raise ValueError(f"method: expected one of {GRAPH_METHODS}, got {method!r}")
 
 
-def trace(run: Run | str | Path, method: GraphMethod, batch: Batch | None = None, metric: PatchMetric | None = None,
+def trace(run: CheckpointSource | str | Path, method: GraphMethod, batch: Batch | None = None, metric: PatchMetric | None = None,
           steps: Sequence[int] | None = None, key: str | None = None, device: str | torch.device | None = None,
           progress: bool = False, ig_steps: int = 1) -> Traced:
     """`method`'s circuit graph at each checkpoint (default: all) of `run`, saved under
@@ -56,7 +56,7 @@ def trace(run: Run | str | Path, method: GraphMethod, batch: Batch | None = None
     by the change of `metric` it causes (estimates) when the sender's write comes from the
     batch's `source_tokens` (EAP with `ig_steps` > 1: EAP-IG); composition needs neither
     batch nor metric."""
-    run = run if isinstance(run, Run) else Run.open(run)
+    run = Run.open(run) if isinstance(run, str | Path) else run
     key = key or method
     if method != "composition" and (batch is None or SOURCE_KEY not in batch):
         raise ValueError(f"batch: method {method!r} needs a batch with 'tokens' and {SOURCE_KEY!r}")
