@@ -7,7 +7,8 @@ recover a document's loss *before* seeing it again. The shuffled-order control
 learning. The analysis runs a width x depth sweep over seeds for both orders.
 On the reference run (by default the largest size; cyclic, first seed) it measures the
 pairwise recovery and gradient-similarity matrices, weight residuals,
-activation similarity and the unembedding's PCA trajectory. It also runs the
+activation similarity, the unembedding's PCA trajectory and a linear probe of
+document identity whose directions should recur with the cycle. It also runs the
 linear toy model.
 
     interp run anticipatory-recovery --preset quick --out runs/recovery
@@ -27,16 +28,18 @@ import numpy as np
 import torch
 
 from analyses.toys import CyclicToyConfig, CyclicToyResult, cyclic_toy
-from interp import Run, TrainConfig, TrainHooks
+from interp import Run, TrainConfig, TrainHooks, probe
 from interp.analysis import Analysis, detail, results_dict
 from interp.checkpoints import atomic_write_json
 from interp.configs import ConfigError, require, require_positive
 from interp.ids import hooks
 from interp.metrics import drift, recovery
+from interp.metrics.linear_probes import linear_probe, load_directions
 from interp.pipeline import AnalysisConfig, Context, JobSetup, TrainingJob
+from interp.probing import ProbeTable
 from interp.report import Figure, Report
 from interp.viz import plot_curves, plot_matrix, plot_trajectory
-from tasks.cyclic import ORDERS, CyclicDocuments, CyclicDocumentsConfig, Order, loss_matrix
+from tasks.cyclic import ORDERS, CyclicDocuments, CyclicDocumentsConfig, Order, identity_layout, loss_matrix
 
 REQUIRED_ORDERS: tuple[Order, ...] = ("cyclic", "shuffled")
 LOSS_MATRIX = "loss_matrix.json"  # beside each run: {"schedule": [episode], "losses": [episode + 1][doc]}
@@ -174,6 +177,12 @@ class RecoveryResults:
     activation_cosine_lag_T: float
     activation_cosine_lag_half_T: float
     unembedding_pca_explained: list[float]
+    doc_probe_accuracy_by_epoch: list[float]  # at initialization, then after each epoch
+    doc_probe_control_by_epoch: list[float]
+    doc_direction_cosine_lag_T: float
+    doc_direction_cosine_lag_half_T: float
+    doc_direction_same_phase: list[float]  # by cycles apart: same phase, vs other phases
+    doc_direction_other_phase: list[float]
     toy_rs: list[float]
     sweep: dict[tuple[ModelSize, Order], recovery.RecoveryStats] = detail()
     pairwise: np.ndarray = detail()
@@ -182,6 +191,9 @@ class RecoveryResults:
     residual_cosine: np.ndarray = detail()
     unembedding_pca: np.ndarray = detail()
     activation_cosine: np.ndarray = detail()
+    doc_probe: ProbeTable = detail()  # the identity probe at every `doc_stride`-th episode
+    doc_cosine: np.ndarray = detail()  # its directions' cosines between those checkpoints
+    doc_stride: int = detail()
     toy: CyclicToyResult = detail()
 
 
@@ -229,6 +241,14 @@ def measure(cfg: AnticipatoryRecoveryConfig, ctx: Context) -> RecoveryResults:
     unembedding_pca, explained = drift.pca(unembedding, 3)
     activation_cosine = drift.activation_cosine(ref_run, hooks.final_norm, {"tokens": ref_data.documents[:1]},
                                                 [e * episode for e in range(cfg.task.epochs * n + 1)], ctx.device)
+    # Document identity from the final residual, probed every `stride` episodes (T and T/2 multiples of it).
+    identity, stride = ref_data.identity_batch(), 2 if n % 4 == 0 else 1
+    doc = {"doc": linear_probe(hooks.resid_post(cfg.reference.layers - 1), "probed", "doc", groups="window",
+                               seed=cfg.seed)}
+    probed = [e * episode for e in range(0, cfg.task.epochs * n + 1, stride)]
+    doc_probe = probe(ref_run, doc, identity, steps=probed, device=ctx.device)
+    doc_drift = load_directions(ref_run, "doc", doc["doc"], identity, probed).drift(period=n * episode)
+    doc_lags = drift.lag_means(doc_drift.cosine)
     toy = cyclic_toy(cfg.toy)
 
     size_sweep, by_order = [], {}
@@ -253,6 +273,12 @@ def measure(cfg: AnticipatoryRecoveryConfig, ctx: Context) -> RecoveryResults:
         residual_cosine_lag_T=r4(residual_lags[n]), residual_cosine_lag_half_T=r4(residual_lags[half]),
         activation_cosine_lag_T=r4(activation_lags[n]), activation_cosine_lag_half_T=r4(activation_lags[half]),
         unembedding_pca_explained=r4(explained), toy_rs=r4(toy.recovery_by_epoch), sweep=sweep,
+        doc_probe_accuracy_by_epoch=r4(doc_probe["doc/accuracy"][:: n // stride]),
+        doc_probe_control_by_epoch=r4(doc_probe["doc/control_accuracy"][:: n // stride]),
+        doc_direction_cosine_lag_T=r4(doc_lags[n // stride]),
+        doc_direction_cosine_lag_half_T=r4(doc_lags[half // stride]),
+        doc_direction_same_phase=r4(doc_drift.same_phase), doc_direction_other_phase=r4(doc_drift.other_phase),
+        doc_probe=doc_probe, doc_cosine=doc_drift.cosine, doc_stride=stride,
         pairwise=pairwise, gradients=gradients, episodes=np.arange(first, last + 1), residual_cosine=residual_cosine,
         unembedding_pca=unembedding_pca, activation_cosine=activation_cosine, toy=toy)
 
@@ -263,6 +289,9 @@ def figures(cfg: AnticipatoryRecoveryConfig, results: RecoveryResults, ctx: Cont
     sizes = sorted(r.size_sweep, key=lambda p: p["params"])  # means and sds over seeds, rounded
     counts = np.array([p["params"] for p in sizes], dtype=float)
     first, final = int(r.episodes[0]), int(r.episodes[-1])
+    stride, probed = r.doc_stride, r.doc_probe.steps // cfg.task.steps_per_doc  # probed episodes
+    lagged = {f"direction cosine to {lag} episodes before ({part})": (
+        probed[lag // stride :], np.diagonal(r.doc_cosine, lag // stride)) for lag, part in ((n, "T"), (n // 2, "T/2"))}
     return [
         Figure("loss_curves", "Loss on documents 0 and T/2 after every episode, cyclic vs shuffled", plot_curves(
             {f"doc {d}, {order}": (np.arange(epochs * n + 1), sweep[cfg.reference, order].losses[0][:, d])
@@ -303,6 +332,13 @@ def figures(cfg: AnticipatoryRecoveryConfig, results: RecoveryResults, ctx: Cont
         Figure("unembedding_pca", "Unembedding trajectory in its top-3 principal components", plot_trajectory(
             r.unembedding_pca, colour_by=r.episodes / n, colour_label="epochs trained",
             title="Unembedding, top-3 PCs")),
+        Figure("doc_probe", "Document identity decoded from the final residual, and how its probe's direction "
+               "recurs", plot_curves(
+                   {"probe accuracy (held-out windows)": (probed, r.doc_probe["doc/accuracy"]),
+                    "control task accuracy": (probed, r.doc_probe["doc/control_accuracy"])} | lagged,
+                   hlines={"chance": 1 / n}, vlines=epoch_lines, xlabel="episode (documents trained)",
+                   title=f"Document identity probe ({r.reference_size}, cyclic, seed {cfg.seed})",
+                   ylabel="accuracy / cosine")),
         Figure("toy_losses", "Toy model: loss curves", r.toy.loss_figure()),
         Figure("toy_rs", "Toy model: recovery score by epoch", r.toy.recovery_figure()),
         Figure("toy_pca", "Toy model: w trajectory (2-D PCA)", r.toy.pca_figure()),
@@ -338,8 +374,22 @@ def report(cfg: AnticipatoryRecoveryConfig, results: RecoveryResults) -> Report:
               f"{results.activation_cosine_lag_half_T}; unembedding PCA explained variance "
               f"{results.unembedding_pca_explained}.")
         .figures("loss_curves", "shift_averaged", "rs_by_epoch", "size_sweep", "prequential", "pairwise_recovery",
-                 "gradient_similarity", "weight_residuals", "activation_similarity", "unembedding_pca", "toy_losses",
-                 "toy_rs", "toy_pca"))
+                 "gradient_similarity", "weight_residuals", "activation_similarity", "unembedding_pca")
+        .text(doc_probe_text(cfg, results)).figures("doc_probe", "toy_losses", "toy_rs", "toy_pca"))
+
+
+def doc_probe_text(cfg: AnticipatoryRecoveryConfig, r: RecoveryResults) -> str:
+    n, (skip, window) = cfg.task.n_docs, identity_layout(cfg.task.doc_len)
+    lag_t, lag_half = r.doc_direction_cosine_lag_T, r.doc_direction_cosine_lag_half_T
+    same, other = r.doc_direction_same_phase[0], r.doc_direction_other_phase[0]
+    return (f"Document identity (a logistic-regression probe of the {n} documents, on the final residual of "
+            f"{r.reference_size} at positions {skip}+, every {r.doc_stride} episode(s)). Grouping: runs of {window} "
+            "positions are held out whole, so the probe must recognise a document at positions it was not fitted "
+            f"on; the control task gives each token a random document. Accuracy at initialization and after each "
+            f"epoch: {r.doc_probe_accuracy_by_epoch} (control {r.doc_probe_control_by_epoch}, chance {1 / n:.3f}). "
+            f"Its direction (the mean cosine of the per-document rows) at lag T = {n} episodes: {lag_t}, at lag "
+            f"T/2: {lag_half}; same phase one cycle apart {same} vs other phases {other}. The directions "
+            f"{'recur' if lag_t > lag_half and same > other else 'do not recur'} with the cycle at this scale.")
 
 
 PRESETS = {

@@ -17,7 +17,9 @@ sits on a plateau at the no-knowledge baseline (phase 2), then recalls the facts
   original ones;
 - the recall circuit over training: the logit lens of the value at the attribute
   query, the direct logit attribution of the head attending most to the name, and path
-  patching of that head's outputs with another person's name in the source run.
+  patching of that head's outputs with another person's name in the source run;
+- linear probes of a person's university from the residual stream at the name's last
+  token (and at the query of the value), per layer, over training, against recall.
 
 Every training run is a normal run directory under `runs/`. Sweep and patching
 runs stop once their plateau end is known, on the main run's learning-rate
@@ -42,6 +44,7 @@ from interp.ids import CheckpointRef, HeadId
 from interp.metrics import recovery, spans
 from interp.patching import pattern_patch
 from interp.pipeline import AnalysisConfig, Context, JobSetup, TrainingJob, final_only, nearest_step
+from interp.probing import ProbeTable, probe
 from interp.report import Figure, Report
 from interp.train import TrainHooks
 from interp.viz import plot_curves
@@ -49,7 +52,8 @@ from tasks import biographies
 from tasks.biographies import Biographies, BiographiesConfig
 
 SEEN, UNSEEN, OLD, NEW = "seen", "unseen", "old", "new"
-EVAL_STREAM, PROBE_STREAM, REPLAY_STREAM = 1, 2, 3
+EVAL_STREAM, PROBE_STREAM, REPLAY_STREAM, LINEAR_STREAM = 1, 2, 3, 4
+VALUE_ATTRIBUTE = "university"  # the attribute whose value the linear probes decode
 Kind = Literal["main", "n", "alpha", "warmup", "patch", "finetune"]
 FINETUNE = {"none": False, "replay": True}  # fine-tuning conditions (results keys): with replay or not
 
@@ -77,6 +81,8 @@ class FactLearningConfig(AnalysisConfig):
       replay, `replay_ratio` old biographies per new one are mixed in.
     - `model.d_vocab` and `model.n_ctx` follow `data` (its vocabulary and longest
       biography), whatever they are set to.
+    - The linear probes of the value read held-out-template biographies of `linear_individuals`
+      trained people, at every other checkpoint of the main run.
     """
 
     data: BiographiesConfig = field(default_factory=BiographiesConfig)
@@ -87,6 +93,7 @@ class FactLearningConfig(AnalysisConfig):
     compare_steps: int = 0
     eval_individuals: int = 128
     probe_individuals: int = 64
+    linear_individuals: int = 256
     delta: float = 0.1
     smooth_window: int = 3
     pause_below: float = 0.5
@@ -99,7 +106,10 @@ class FactLearningConfig(AnalysisConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         self.fit_model(*biographies.model_shape(self.data))
-        require_positive(self, "eval_individuals", "probe_individuals", "smooth_window", "replay_pool")
+        require_positive(self, "eval_individuals", "probe_individuals", "linear_individuals", "smooth_window",
+                         "replay_pool")
+        require(self.linear_individuals <= self.data.n_individuals, "linear_individuals",
+                f"<= data.n_individuals={self.data.n_individuals}", self.linear_individuals)
         for name, train in (("train", self.train), ("finetune", self.finetune)):
             require(train.eval_every > 0, f"{name}.eval_every", "a positive evaluation interval", train.eval_every)
         require(self.data.n_unseen >= self.eval_individuals, "data.n_unseen",
@@ -154,6 +164,10 @@ class FactLearningResults:
     recall_head: HeadId
     recall_head_at_plateau: dict[str, float] | None
     recall_head_final: dict[str, float]
+    value_probe_initial: dict[str, dict[str, float]]  # by position ("name", "query") and layer
+    value_probe_final: dict[str, dict[str, float]]
+    value_probe_half_step: dict[str, int | None]  # the first probed step where the best layer reaches 0.5
+    recall_half_step: int | None  # the first evaluation with recall accuracy (seen people) >= 0.5
     main: Run = detail()
     by_n: dict[int, Run] = detail()  # every N, the main run's included
     by_alpha: dict[float, Run] = detail()
@@ -162,6 +176,7 @@ class FactLearningResults:
     finetuned: dict[str, Run] = detail()  # by condition
     signatures: dict[str, Any] = detail()  # "steps", and per signature and layer a value per step
     circuit: dict[str, Any] = detail()  # biographies.recall_circuit's tables
+    values: ProbeTable = detail()  # biographies.value_probes on the main run
 
 
 PRESETS = {
@@ -200,7 +215,7 @@ PRESETS = {
         model=ModelConfig(n_layers=1, d_model=16, n_heads=2),
         train=TrainConfig(steps=12, batch_size=4, eval_every=4, log_every=4, checkpoint_log=0, checkpoint_every=4),
         n_sweep=(20,), alphas=(0.5,), warmup_individuals=10, warmup_steps=4, eval_individuals=8,
-        probe_individuals=4, replay_pool=16, workers=1,
+        probe_individuals=4, linear_individuals=32, replay_pool=16, workers=1,
         finetune=TrainConfig(steps=6, batch_size=4, lr=1e-3, eval_every=2, log_every=2, checkpoint_log=0)),
 }
 
@@ -326,6 +341,10 @@ def measure(cfg: FactLearningConfig, ctx: Context) -> FactLearningResults:
     signatures = biographies.recall_signatures(main, bios.heldout_batch(probed, cfg.seed, PROBE_STREAM), ctx.device)
     atomic_write_json(ctx.out / "signatures.json", json_safe(signatures))  # NaN: null
     circuit = biographies.recall_circuit(main, bios.heldout_batch(probed, cfg.seed, PROBE_STREAM), ctx.device)
+    people = bios.draw_trained(cfg.linear_individuals, cfg.seed, LINEAR_STREAM)
+    values = probe(main, biographies.value_probes(range(cfg.model.n_layers), cfg.seed),
+                   bios.value_batch(people, VALUE_ATTRIBUTE, cfg.seed, LINEAR_STREAM),
+                   steps=[*main.steps[:-1:2], main.steps[-1]], device=ctx.device)
     plateau_mid = (nearest_step(main.steps, (main_phases["phase1_end"] + plateau_end) // 2)
                    if main_phases["phase1_end"] and plateau_end else None)
     by_n = {n: first[j.name] for n, j in n_jobs.items()} | {base.n_individuals: main}
@@ -364,7 +383,9 @@ def measure(cfg: FactLearningConfig, ctx: Context) -> FactLearningResults:
                         for entry in circuit["lens"].columns if entry.endswith("/top1")},
         recall_head=circuit["head"],
         recall_head_at_plateau=None if plateau_mid is None else recall_head_at(circuit, plateau_mid),
-        recall_head_final=recall_head_at(circuit, main.steps[-1]), circuit=circuit,
+        recall_head_final=recall_head_at(circuit, main.steps[-1]), circuit=circuit, values=values,
+        **biographies.value_probe_summary(values, cfg.model.n_layers),
+        recall_half_step=spans.first_crossing(*main.series(f"{SEEN}/accuracy"), 0.5),
         main=main, by_n=by_n, by_alpha=by_alpha, warmup_run=warmup_run, patched=patched, finetuned=finetuned,
         signatures=signatures,
     )
@@ -466,6 +487,13 @@ def figures(cfg: FactLearningConfig, results: FactLearningResults, ctx: Context)
                               f"{head} -> logits, path patched": (path.steps, path[f"{head}->logits"] - path["base"]),
                               f"{head} whole output patched": (whole.steps, whole[str(head)] - whole["base"])},
          vlines=marks, title=f"Recall head {head}", ylabel="logit / change of log-prob")
+    values, where = r.values, {"name": "at the name's last token", "query": "at the value's query"}
+    draw("value_probe", f"Linear probes of the {VALUE_ATTRIBUTE} per layer, held-out people, with recall accuracy",
+         {f"{label}, layer {layer}": (values.steps, values[f"value_{key}{layer}/accuracy"])
+          for key, label in where.items() for layer in range(cfg.model.n_layers)}
+         | {"recall accuracy (seen people)": main.series(f"{SEEN}/accuracy")},
+         hlines={"chance (majority value)": float(values["value_name0/chance"][-1]), "0.5": 0.5}, vlines=marks,
+         title=f"Is the {VALUE_ATTRIBUTE} linearly decodable?", ylabel="accuracy")
     draw("confidence", "Hallucination: confidence on seen vs never-seen people",
          {"seen: max probability": main.series(f"{SEEN}/max_prob"),
           "never seen: max probability": main.series(f"{UNSEEN}/max_prob")},
@@ -531,7 +559,7 @@ def report(cfg: FactLearningConfig, results: FactLearningResults) -> Report:
     out.grid(["when", "step", "direct logit", "all components", "path to logits patched", "whole output patched"],
              [[when, at["step"], at["dla"], at["dla_total"], at["path_to_logits"], at["whole_output"]]
               for when, at in (("mid plateau", r.recall_head_at_plateau), ("final", r.recall_head_final)) if at])
-    out.figures("logit_lens", "recall_head", "confidence").text(
+    out.figures("logit_lens", "recall_head").text(value_probe_text(cfg, r)).figures("value_probe", "confidence").text(
         f"Fine-tuning on {cfg.data.n_finetune} new people at constant lr {cfg.finetune.lr:g} for {cfg.finetune.steps} "
         f"steps, without and with replay ({cfg.replay_ratio} old biographies per new one):")
     return out.grid(["", "old loss before", "old loss peak (step)", "old loss after", "old accuracy before / after",
@@ -539,6 +567,32 @@ def report(cfg: FactLearningConfig, results: FactLearningResults) -> Report:
                     [[c, f.old_loss_before, f"{f.old_loss_peak:.3f} ({f.old_loss_peak_step})", f.old_loss_after,
                       f"{f.old_accuracy_before:.3f} / {f.old_accuracy_after:.3f}", f.rise_over_gap_to_baseline,
                       f.half_gap_step, f.new_loss_after] for c, f in r.finetune.items()]).figures("finetune")
+
+
+def value_probe_text(cfg: FactLearningConfig, r: FactLearningResults) -> str:
+    steps = r.values.steps
+    timing = spans.timing(r.value_probe_half_step["name"], r.recall_half_step, int(np.diff(steps).max(initial=0)))
+
+    def by_layer(where: str) -> str:
+        return ", ".join(f"{layer} {r.value_probe_initial[where][layer]:.3f} -> {acc:.3f}"
+                         for layer, acc in r.value_probe_final[where].items())
+
+    verdict = {"never": "never becomes linearly decodable at the name within training, " + (
+                   "although recall does" if r.recall_half_step is not None else "nor does recall reach 0.5"),
+               "before": "becomes decodable at the name before recall", "with": "becomes decodable at the name as "
+               "recall rises (within one probed interval)", "after": "becomes decodable at the name after recall",
+               "undetermined": "becomes decodable at the name, while recall never reaches 0.5"}[timing]
+    return (f"Is the {VALUE_ATTRIBUTE} linearly decodable? Logistic-regression probes of its value "
+            f"({int(r.values['value_name0/n_classes'][-1])} values) on the residual stream after each layer, at the "
+            "last token of every occurrence of the name and, as a positive control, at the query of the value, on "
+            f"held-out-template biographies of {cfg.linear_individuals} trained people, every other checkpoint of the "
+            "main run. Grouping: a person is held out whole, so a probe passes only with a code of the value shared "
+            "across people; the "
+            f"control task gives each surname a random value. Accuracy from initialization to the end, by layer: at "
+            f"the name {by_layer('name')}; at the query {by_layer('query')} (chance, the majority value: "
+            f"{r.values['value_name0/chance'][-1]:.3f}). The best layer first reaches 0.5 at step "
+            f"{r.value_probe_half_step['name']} at the name and {r.value_probe_half_step['query']} at the query; "
+            f"recall accuracy (seen people) at step {r.recall_half_step}. The {VALUE_ATTRIBUTE} {verdict}.")
 
 
 ANALYSIS = Analysis("fact-learning", "Synthetic biographies: plateau at the no-knowledge baseline, recall circuit, "

@@ -20,6 +20,8 @@ learning takes over. The analysis runs:
   training, novel-class ICL and IWL sequences at every checkpoint;
 - cross-checkpoint patching: the final model with each component's weights (or its
   output) taken from the ICL peak, scored on novel-class ICL;
+- linear probes of the answer from the query's residual before the last MLP: the
+  in-weights label (IWL sequences) and the in-context label (novel-class ICL);
 - an L2 sweep (the main run is lambda = `train.l2`), one run per lambda;
 - the negative control: the query is a copy of one of its in-context exemplars;
 - the strategy-coopetition toy model (Singh et al. 2025), in seconds.
@@ -42,20 +44,20 @@ from interp.analysis import Analysis, detail
 from interp.circuits.patching import PatchMetric, cross_checkpoint_probe
 from interp.circuits.readout import dla_probe
 from interp.configs import require, require_literals, require_positive
-from interp.ids import HeadId
+from interp.ids import HeadId, hooks
 from interp.metrics import circuits, spans
 from interp.model import Batch, batch_to
 from interp.pipeline import AnalysisConfig, Context, JobSetup, TrainingJob, final_only, nearest_step
 from interp.probing import ProbeTable
 from interp.report import Figure, Report
 from interp.viz import plot_bars, plot_curves, plot_head_curves, plot_head_grids
-from tasks.fewshot import HEAD_CIRCUITS, FewShot, FewShotConfig, accuracy, circuit_probes
+from tasks.fewshot import HEAD_CIRCUITS, FewShot, FewShotConfig, accuracy, answer_probes, circuit_probes
 
 ICLKind = Literal["icl_novel", "icl_permuted"]
 Control = Literal["negative_control", "no_decay_control"]
 # Where an exemplar -> label mapping can be memorized: everything but the attention.
 IN_WEIGHTS_PATHWAY = ("blocks.*.mlp.*", "embed.*", "unembed.*", "input_proj.*")
-EVAL_STREAM, PROBE_STREAM = 1, 2
+EVAL_STREAM, PROBE_STREAM, LINEAR_STREAM = 1, 2, 3
 SIDE_RUN_KEYS = ("icl_peak", "icl_peak_step", "icl_final", "iwl_final", "train_loss_final")  # L2 sweep, controls
 DLA_SETS = ("train", "icl_novel", "iwl")  # batches on which the query's correct label is attributed
 ICL_ACCURACY = PatchMetric("icl_accuracy_closed", lambda logits, batch: torch.tensor(accuracy(logits, batch)))
@@ -131,9 +133,18 @@ class ICLTransienceResults:
     dla_at_peak: dict[str, dict[str, float]]
     dla_final: dict[str, dict[str, float]]
     cross_checkpoint: dict[str, Any]
+    in_weights_probe_initial: float
+    in_weights_probe_final: float
+    in_weights_probe_half_step: int | None  # first probed step at half its final accuracy
+    iwl_half_step: int | None  # the same for IWL accuracy (smoothed)
+    in_context_probe_initial: float
+    in_context_probe_peak: float
+    in_context_probe_peak_step: int
+    in_context_probe_final: float
     targets: dict[str, bool]
     table: ProbeTable = detail()  # the circuit probes of the main run
     dla: ProbeTable = detail()  # direct logit attribution at the query, per DLA_SETS batch
+    answers: ProbeTable = detail()  # the answer probes, every other checkpoint
     grids: dict[str, np.ndarray] = detail()  # `[step, layer, head]` grid of each of the HEAD_CIRCUITS
     toy: CoopetitionToyResult = detail()
     sweep_runs: dict[float, Run] = detail()  # lambda -> run, the main run at train.l2
@@ -225,6 +236,9 @@ def measure(cfg: ICLTransienceConfig, ctx: Context) -> ICLTransienceResults:
     summary = partial(circuit_summary, table, grids)
     dla = attributions(main, task, cfg, ctx)
     dla_split = partial(logit_split, dla, cfg.model.n_layers, cfg.model.n_heads)
+    answers = probe(main, answer_probes(hooks.resid_mid(cfg.model.n_layers - 1), cfg.seed),
+                    task.answer_batch(2 * cfg.probe_size, seeding.generator(cfg.seed, LINEAR_STREAM)),
+                    steps=[*main.steps[:-1:2], main.steps[-1]], device=ctx.device)
     results = ICLTransienceResults(
         **found, circuits_initial=summary(0), circuits_at_peak=summary(peak), circuits_final=summary(end),
         dla_initial=dla_split(0), dla_at_peak=dla_split(peak), dla_final=dla_split(end), dla=dla,
@@ -232,8 +246,28 @@ def measure(cfg: ICLTransienceConfig, ctx: Context) -> ICLTransienceResults:
         ablation_at_peak=at_peak, ablation_final=final, control_runs=control_runs,
         l2_sweep=[{"lambda": lam, **side(run)} for lam, run in sweep_runs.items()],
         negative_control=controls.get("negative_control"), no_decay_control=controls.get("no_decay_control"),
-        coopetition_toy=toy.summary(), targets={}, table=table, grids=grids, toy=toy, sweep_runs=sweep_runs)
+        coopetition_toy=toy.summary(), targets={}, table=table, grids=grids, toy=toy, sweep_runs=sweep_runs,
+        answers=answers, **answer_summary(answers, main, cfg))
     return replace(results, targets=targets(results))
+
+
+def answer_summary(answers: ProbeTable, run: Run, cfg: ICLTransienceConfig) -> dict[str, Any]:
+    """The answer probes at initialization and at the end, the in-context one's peak, and the first
+    steps where the in-weights probe and IWL accuracy (smoothed as in `dynamics`) reach half their
+    final value (None for a curve that ends no higher than it starts)."""
+    steps, in_weights, in_context = answers.steps, answers["in_weights/accuracy"], answers["in_context/accuracy"]
+    iwl_steps, iwl = run.series("iwl/full")
+    iwl, peak = spans.smooth(iwl, cfg.smooth_window), int(np.argmax(in_context))
+
+    def half(steps: np.ndarray, values: np.ndarray) -> int | None:
+        return spans.first_crossing(steps, values, values[-1] / 2) if values[-1] > values[0] else None
+
+    return {"in_weights_probe_initial": round(float(in_weights[0]), 4),
+            "in_weights_probe_final": round(float(in_weights[-1]), 4),
+            "in_weights_probe_half_step": half(steps, in_weights), "iwl_half_step": half(iwl_steps, iwl),
+            "in_context_probe_initial": round(float(in_context[0]), 4),
+            "in_context_probe_peak": round(float(in_context[peak]), 4), "in_context_probe_peak_step": int(steps[peak]),
+            "in_context_probe_final": round(float(in_context[-1]), 4)}
 
 
 def attributions(run: Run, task: FewShot, cfg: ICLTransienceConfig, ctx: Context) -> ProbeTable:
@@ -322,6 +356,16 @@ def figures(cfg: ICLTransienceConfig, results: ICLTransienceResults, ctx: Contex
                         f"peak (step {cross['peak_step']})", plot_bars(
                             cross["weights"], reference=cross["icl_at_end"], ylabel="ICL accuracy (closed)",
                             title="Final model, one component's weights from the ICL peak")))
+    answers, half = r.answers, {"IWL at half its final": r.iwl_half_step} if r.iwl_half_step is not None else {}
+    drawn.append(Figure("answer_probes", "The answer decoded from the query's residual before the last MLP, with "
+                        "IWL and ICL accuracy", plot_curves(
+                            {"probe: in-weights label (IWL sequences)": (answers.steps, answers["in_weights/accuracy"]),
+                             "probe: in-context label (novel-class ICL)": (answers.steps,
+                                                                           answers["in_context/accuracy"]),
+                             "IWL accuracy (full vocabulary)": main.series("iwl/full"),
+                             "ICL accuracy (novel, closed)": main.series("icl_novel/closed")},
+                            hlines={"probe chance": 1 / cfg.data.labels}, vlines=peak | half, ylabel="accuracy",
+                            title="Linear probes of the answer at the query")))
     pairs = (r.ablation_at_peak, r.ablation_final)
     ablation = np.stack([a[f"{what}_drop_by_head"] for a in pairs for what in ("icl", "iwl")])
     scale = max(0.05, float(np.abs(ablation).max()))
@@ -342,6 +386,27 @@ def figures(cfg: ICLTransienceConfig, results: ICLTransienceResults, ctx: Contex
              "IWL, main run": main.series("iwl/full"), f"IWL, {label}": run.series("iwl/full")},
             hlines={"chance": 0.5}, title=f"Control: {label}", ylabel="accuracy")))
     return [*drawn, Figure("coopetition", "Strategy coopetition toy model", r.toy.figure())]
+
+
+def answer_text(cfg: ICLTransienceConfig, r: ICLTransienceResults) -> str:
+    steps, control = r.answers.steps, r.answers["in_weights/control_accuracy"][-1]
+    when = spans.timing(r.in_weights_probe_half_step, r.iwl_half_step, int(np.diff(steps).max(initial=0)))
+    falls = spans.timing(r.in_weights_probe_half_step, r.icl_peak_step)
+    words = {"before": "before", "with": "as", "after": "after", "undetermined": "(IWL never rises) before"}
+    timing = ("The in-weights probe never rises above its initial accuracy." if when == "never" else
+              f"It first reaches half its final accuracy at step {r.in_weights_probe_half_step}, IWL accuracy at step "
+              f"{r.iwl_half_step}: the in-weights answer becomes decodable {words[when]} IWL accuracy rises ('as': "
+              f"within one probed interval) and {falls} the ICL peak (step {r.icl_peak_step}), where ICL starts to "
+              "fall.")
+    return (f"Linear probes of the answer (logistic regression on {hooks.resid_mid(cfg.model.n_layers - 1)}, the "
+            f"query's residual before the last MLP; {2 * cfg.probe_size} sequences of each kind, every other "
+            f"checkpoint). The in-weights label on IWL sequences, grouped by query class (a class is held out whole, "
+            f"so only a label code shared across classes passes): {r.in_weights_probe_initial:.3f} at "
+            f"initialization, {r.in_weights_probe_final:.3f} at the end (control task {control:.3f}, chance "
+            f"{1 / cfg.data.labels:.3f}). {timing} The in-context label on novel-class ICL sequences, grouped by "
+            f"sequence (its label is random per sequence): {r.in_context_probe_initial:.3f} at initialization, "
+            f"{r.in_context_probe_peak:.3f} at its peak (step {r.in_context_probe_peak_step}), "
+            f"{r.in_context_probe_final:.3f} at the end.")
 
 
 def report(cfg: ICLTransienceConfig, results: ICLTransienceResults) -> Report:
@@ -385,7 +450,7 @@ def report(cfg: ICLTransienceConfig, results: ICLTransienceResults) -> Report:
                 f"{cross['icl_at_end']:.3f} (peak: {cross['icl_at_peak']:.3f}). With one component's weights from "
                 f"the peak it is highest for {restoring('weights')}; with one component's output from the peak, "
                 f"for {restoring('activations')}.")
-    report.figures("dla_split", "cross_checkpoint").text(
+    report.figures("dla_split", "cross_checkpoint").text(answer_text(cfg, r)).figures("answer_probes").text(
         f"L2 sweep (loss + lambda/2 |theta|^2 over {where}, on top of the main run's settings):")
     report.grid(["lambda", "ICL peak (step)", "ICL final", "IWL final", "training loss final"],
                 [[row["lambda"], f"{row['icl_peak']:.3f} ({row['icl_peak_step']})", row["icl_final"],

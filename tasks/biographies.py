@@ -17,9 +17,10 @@ Batches carry, besides `tokens` and `loss_mask` (padding excluded):
 - `individual` [batch]: who the biography is about.
 
 `recall_masks` turns these into the position sets of the recall circuit's
-attention signatures, `recall_probes` measures those signatures, and
+attention signatures, `recall_probes` measures those signatures,
 `evaluate_attributes` scores a model on a batch (attribute loss and accuracy,
-confidence where a value is recalled).
+confidence where a value is recalled), and `value_probes` (on a
+`Biographies.value_batch`) are linear probes of an attribute's value.
 """
 
 from __future__ import annotations
@@ -36,10 +37,12 @@ import torch
 from interp import seeding
 from interp.checkpoints import Run
 from interp.configs import require, require_literals, require_positive
+from interp.ids import hooks
 from interp.metrics import circuits, spans
+from interp.metrics.linear_probes import linear_probe
 from interp.model import Batch, FwdHook, Patterns, forward, token_losses
 from interp.pipeline import nearest_step
-from interp.probing import Probe, probe
+from interp.probing import Probe, ProbeTable, probe
 from interp.replay import Replay
 from interp.train import DataSource
 
@@ -70,6 +73,11 @@ PHRASES = {
     "company": ("employer", "has employer", "joined employer", "names employer", "lists employer"),
 }
 MAX_HELDOUT_TEMPLATES = len(OPENERS)
+VALUE_POOLS = {"birth_date": "month", "birth_city": "city", "current_city": "city", "university": "university",
+               "major": "major", "company": "company"}
+"""The pool of each attribute's (first) value token."""
+VALUE_POSITIONS = {"name": "last_name", "query": "value_query"}
+"""Where `value_probes` read the value: the name's last token, and the query of the value."""
 MAX_DAYS = 28  # a day every month has
 
 
@@ -194,6 +202,29 @@ def signatures_at(signatures: dict[str, Any], step: int | None) -> dict[str, dic
     index = signatures["steps"].index(nearest_step(signatures["steps"], step))
     return {name: {layer: round(values[index], 4) for layer, values in signatures[name].items()}
             for name in RECALL_SIGNATURES}
+
+
+def value_probes(layers: Sequence[int], seed: int = 0) -> dict[str, Probe]:
+    """Linear probes of an attribute's value (`Biographies.value_batch`) from the residual stream
+    after each of `layers`, at each of `VALUE_POSITIONS` (keys `value_name<l>`, `value_query<l>`).
+    Grouped by person: a person is held out whole, so the probe passes only with a code of the
+    value shared across people. The control task gives each surname a random value."""
+    return {f"value_{where}{layer}": linear_probe(hooks.resid_post(layer), positions, "value", groups="individual",
+                                                  control_types="surname", seed=seed)
+            for where, positions in VALUE_POSITIONS.items() for layer in layers}
+
+
+def value_probe_summary(table: ProbeTable, n_layers: int) -> dict[str, Any]:
+    """From a table of `value_probes` (steps ascending), per position: each layer's accuracy at
+    the first and the last step (`value_probe_initial`, `value_probe_final`), and the first step
+    at which the best layer's accuracy reaches 0.5 (`value_probe_half_step`)."""
+    out: dict[str, Any] = {"value_probe_initial": {}, "value_probe_final": {}, "value_probe_half_step": {}}
+    for where in VALUE_POSITIONS:
+        accuracy = np.stack([table[f"value_{where}{layer}/accuracy"] for layer in range(n_layers)], axis=1)
+        for key, row in (("value_probe_initial", accuracy[0]), ("value_probe_final", accuracy[-1])):
+            out[key][where] = {f"layer{layer}": round(float(v), 4) for layer, v in enumerate(row)}
+        out["value_probe_half_step"][where] = spans.first_crossing(table.steps, accuracy.max(axis=1), 0.5)
+    return out
 
 
 def swap_names(batch: Batch) -> torch.Tensor:
@@ -436,6 +467,21 @@ class Biographies:
         """Held-out-template biographies of `people` (evaluation), from the random stream
         `(seed, *stream)`: the same batch for the same key."""
         return self.sample(people, seeding.rng(seed, *stream), heldout=True)
+
+    def value_batch(self, people: np.ndarray, attribute: str, seed: int, *stream: int) -> Batch:
+        """Held-out-template biographies of `people` (`heldout_batch`) labelled for `value_probes`:
+        `value` [batch], the index of each person's value of `attribute` in its pool (a birth date:
+        its month); `surname` [batch], the token of the name's last part; and the positions
+        `last_name` (each occurrence of the name's last token) and `value_query` (the position
+        predicting the value's first token)."""
+        batch = self.heldout_batch(people, seed, *stream)
+        last_name, span_of = recall_masks(batch)["last_name"], batch["attribute_of"]
+        query = spans.span_start_positions(span_of) & (spans.target_spans(span_of) == ATTRIBUTES.index(attribute))
+        first = last_name.int().argmax(dim=1, keepdim=True)
+        pool = self.pools[VALUE_POOLS[attribute]]
+        return {**batch, "last_name": last_name, "value_query": query,
+                "surname": batch["tokens"].gather(1, first).squeeze(1),
+                "value": torch.tensor([pool.index(self.values[int(p)][attribute][0]) for p in people])}
 
     def baseline(self) -> float:
         """No-knowledge attribute loss: mean over attributes of the entropy of the value

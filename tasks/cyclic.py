@@ -115,9 +115,28 @@ class CyclicDocuments:
 
         return evaluate
 
+    def identity_batch(self) -> Batch:
+        """Every document once, labelled for a linear probe of its identity (`identity_layout`):
+        `probed` [doc, pos] marks the positions from `skip` on, `doc` [doc] is the label and
+        `window` [doc, pos] groups positions into runs of `window` (a probe that holds runs out
+        whole must recognise a document at positions it was not fitted on)."""
+        n_docs, length = self.documents.shape
+        skip, window = identity_layout(length)
+        positions = torch.arange(length).expand(n_docs, length)
+        return {"tokens": self.documents.clone(), "probed": positions >= skip, "doc": torch.arange(n_docs),
+                "window": positions // window}
+
     def document_losses(self, model: TransformerBridge) -> np.ndarray:
         """Mean token loss on every document, `[n_docs]` (the evaluator's numbers, in order)."""
         return np.array(list(self.evaluator()(model).values()))
+
+
+def identity_layout(doc_len: int) -> tuple[int, int]:
+    """`(skip, window)` of `CyclicDocuments.identity_batch`: positions before `skip` (8, or a
+    quarter of a short document) have too little context to tell documents apart; runs of
+    `window` positions (4, fewer in a short document, so that at least 5 runs are probed)."""
+    skip = min(8, doc_len // 4)
+    return skip, max(1, min(4, (doc_len - skip) // 5))
 
 
 class SingleDocument:

@@ -32,6 +32,7 @@ from torch import Tensor
 from interp.configs import require, require_positive
 from interp.metrics import circuits
 from interp.metrics.circuits import token_set_mass
+from interp.metrics.linear_probes import linear_probe
 from interp.model import IGNORE_INDEX, Batch, batch_to, forward
 from interp.probing import Probe
 
@@ -237,6 +238,15 @@ class FewShot:
         batches = {kind: batch_to(self.evaluation(kind, n, generator), device) for kind in EVAL_KINDS}
         return {kind: partial(evaluate, batch=batch) for kind, batch in batches.items()}
 
+    def answer_batch(self, n: int, generator: torch.Generator) -> Batch:
+        """`n` IWL then `n` novel-class ICL sequences (`evaluation`) in one batch, for the
+        `answer_probes` (one forward for both): `iwl_query` and `icl_query` [batch, pos] mark the
+        query of each half, whose `answer` is its in-weights label (IWL) or in-context label (ICL)."""
+        halves = [self.evaluation(kind, n, generator) for kind in ("iwl", "icl_novel")]
+        batch = {key: torch.cat([half[key] for half in halves]) for key in halves[0]}
+        first = (torch.arange(2 * n) < n)[:, None]
+        return {**batch, "iwl_query": batch["query_mask"] & first, "icl_query": batch["query_mask"] & ~first}
+
     def _iwl(self, n: int, generator: torch.Generator) -> Batch:
         cfg = self.cfg
         query = self._classes((n,), generator)
@@ -318,6 +328,17 @@ HEAD_CIRCUITS = {
     "label_attention": "attention from the query to all label positions",
 }
 """The per-head circuit metrics of `circuit_probes`, described."""
+
+
+def answer_probes(hook: str, seed: int = 0) -> dict[str, Probe]:
+    """Linear probes of the query's answer from `hook` on an `answer_batch`: `in_weights`, the
+    label of the query's class on IWL sequences (grouped by class: a class is held out whole, so
+    only a label code shared across classes passes), and `in_context`, the label of the matching
+    exemplar on novel-class ICL sequences (random per sequence: grouped by sequence). The control
+    task gives each query class a random label."""
+    return {"in_weights": linear_probe(hook, "iwl_query", "answer", groups="query_class", control_types="query_class",
+                                       seed=seed),
+            "in_context": linear_probe(hook, "icl_query", "answer", control_types="query_class", seed=seed)}
 
 
 def circuit_probes(layers: Sequence[int]) -> dict[str, Probe]:

@@ -71,12 +71,18 @@ def test_tiny_preset_end_to_end(tmp_path):
         assert len(results[key]) == (gaps if key != "toy_rs" else cfg.toy.epochs - 1)
     assert [p["size"] for p in results["size_sweep"]] == list(cfg.sizes)
     assert {"params", "rs_cyclic", "rs_shuffled", "seed_std"} <= set(results["size_sweep"][0])
+    # the document-identity probe: at initialization and after each epoch; directions by cycles apart
+    by_epoch = (results["doc_probe_accuracy_by_epoch"], results["doc_probe_control_by_epoch"])
+    assert [len(values) for values in by_epoch] == [cfg.task.epochs + 1] * 2
+    assert len(results["doc_direction_same_phase"]) == len(results["doc_direction_other_phase"]) == cfg.task.epochs
+    assert -1 <= results["doc_direction_cosine_lag_T"] <= 1 and -1 <= results["doc_direction_cosine_lag_half_T"] <= 1
+
     def reject(constant):
         raise AssertionError(f"results.json holds {constant}, which is not JSON")
 
     json.loads((tmp_path / "results.json").read_text(), parse_constant=reject)
     assert (tmp_path / "report.md").exists()
-    assert len(list((tmp_path / "figures").glob("*.png"))) == 13
+    assert len(list((tmp_path / "figures").glob("*.png"))) == 14  # with doc_probe
     reference = Run.open(tmp_path / "runs" / f"{cfg.sizes[-1]}-cyclic-s0")
     episode = cfg.task.steps_per_doc
     assert reference.steps == list(range(0, cfg.task.total_steps + 1, episode))

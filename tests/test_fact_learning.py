@@ -78,8 +78,12 @@ def test_the_model_shape_follows_the_pool_sizes():
 def test_tiny_preset_end_to_end(tmp_path):
     results = run_analysis("fact-learning", tmp_path, preset="tiny", progress=False)
     cfg = PRESETS["tiny"]
-    for key in ("baseline", "phase1_end", "plateau_end", "final_accuracy", "unseen_loss_final"):
+    for key in ("baseline", "phase1_end", "plateau_end", "final_accuracy", "unseen_loss_final", "recall_half_step"):
         assert key in results
+    for key in ("value_probe_initial", "value_probe_final"):  # by position, then layer
+        assert {where: list(layers) for where, layers in results[key].items()} == {"name": ["layer0"],
+                                                                                  "query": ["layer0"]}
+    assert set(results["value_probe_half_step"]) == {"name", "query"}
     assert [r["n_individuals"] for r in results["plateau_by_n"]] == sorted([cfg.data.n_individuals, *cfg.n_sweep])
     assert [r["alpha"] for r in results["alpha_sweep"]] == [0.0, *cfg.alphas]
     assert {"none", "replay"} == set(results["finetune"])

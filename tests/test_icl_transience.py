@@ -58,7 +58,8 @@ def test_tiny_preset_end_to_end(tmp_path):
     assert Run.open(tmp_path / "runs" / "no-decay").config["train"]["weight_decay"] == 0
     for key in ("icl_peak", "icl_peak_step", "icl_final", "iwl_final", "train_loss_first", "train_loss_final",
                 "circuits_at_peak", "circuits_final", "ablation_at_peak", "negative_control", "no_decay_control",
-                "coopetition_toy", "dla_at_peak", "cross_checkpoint"):
+                "coopetition_toy", "dla_at_peak", "cross_checkpoint", "in_weights_probe_final",
+                "in_weights_probe_half_step", "iwl_half_step", "in_context_probe_peak", "in_context_probe_peak_step"):
         assert key in results
     assert [r["lambda"] for r in results["l2_sweep"]] == [cfg.train.l2, *cfg.l2_sweep]
     assert 0 <= results["icl_peak"] <= 1 and results["icl_peak"] >= results["icl_final"]
@@ -74,7 +75,7 @@ def test_tiny_preset_end_to_end(tmp_path):
 
     json.loads((tmp_path / "results.json").read_text(), parse_constant=reject)
     figures = sorted(p.name for p in (tmp_path / "figures").glob("*.png"))
-    assert len(figures) == 16  # with dla_split and cross_checkpoint
+    assert len(figures) == 17  # with dla_split, cross_checkpoint and answer_probes
     report = (tmp_path / "report.md").read_text()
     assert all(f"figures/{name}" in report for name in figures)
     main = Run.open(tmp_path / "runs" / "main")

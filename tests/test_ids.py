@@ -37,4 +37,5 @@ def test_bad_checkpoint_text_is_refused(text, message):
 def test_hook_names():
     assert hooks.pattern(1) == "blocks.1.attn.hook_pattern"
     assert hooks.resid_post(0) == "blocks.0.hook_resid_post"
+    assert hooks.resid_mid(1) == "blocks.1.hook_resid_mid"
     assert hooks.head_output(2) == "blocks.2.attn.hook_z"

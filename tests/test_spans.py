@@ -78,6 +78,12 @@ def test_phase_change_on_a_known_curve():
     assert spans.phase_change(steps, np.full(len(steps), 4.0))[0] is None
 
 
+def test_timing_of_one_step_against_another():
+    assert [spans.timing(100, 300), spans.timing(300, 100), spans.timing(250, 300, tolerance=50)] == [
+        "before", "after", "with"]
+    assert (spans.timing(None, 300), spans.timing(100, None)) == ("never", "undetermined")
+
+
 def test_first_crossing():
     steps = np.array([0, 10, 20, 30])
     assert spans.first_crossing(steps, np.array([0.0, 0.2, 0.6, 0.9]), 0.5) == 20

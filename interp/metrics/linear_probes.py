@@ -73,7 +73,7 @@ from threadpoolctl import threadpool_limits
 from torch import Tensor
 
 from interp import seeding
-from interp.checkpoints import PROBES_DIR, Run, atomic_write_json, atomic_write_npy, read_json
+from interp.checkpoints import PROBES_DIR, CheckpointSource, Run, atomic_write_json, atomic_write_npy, read_json
 from interp.model import Batch
 from interp.probing import Probe, ProbeContext, ProbeTable, probe_artifacts
 
@@ -533,15 +533,16 @@ class ProbeDirections:
         return direction_drift(self.directions, self.steps, period=period, offset=offset)
 
 
-def load_directions(run: Run | str | Path, key: str, probe_obj: Probe | None = None, batch: Batch | None = None,
-                    steps: Sequence[int] | None = None) -> ProbeDirections:
-    """The directions linear probe `key` saved in `run` (every saved step, or `steps`).
+def load_directions(run: CheckpointSource | str | Path, key: str, probe_obj: Probe | None = None,
+                    batch: Batch | None = None, steps: Sequence[int] | None = None) -> ProbeDirections:
+    """The directions linear probe `key` saved in `run` (every saved step, or `steps`): a run,
+    a run directory or any other checkpoint source `probe()` takes (e.g. a checkpoint suite).
 
     With the probe and its batch, exactly their directions; without, the only directions
     saved under `key` (several: an error listing them). A step whose result was cached before
     its direction was saved (or whose file was removed) is an error naming the file: probe
     again with `use_cache=False`."""
-    run = run if isinstance(run, Run) else Run.open(run)
+    run = Run.open(run) if isinstance(run, str | Path) else run
     if probe_obj is not None:
         directory = probe_artifacts(run, key, probe_obj, batch)
     else:

@@ -102,6 +102,17 @@ def first_crossing(steps: np.ndarray, values: np.ndarray, level: float) -> int |
     return int(steps[above[0]]) if len(above) else None
 
 
+def timing(step: int | None, reference: int | None, tolerance: int = 0) -> str:
+    """When `step` comes relative to `reference` (e.g. two curves' crossings): "before",
+    "with" (within `tolerance` steps, e.g. the spacing of the checkpoints measured), "after",
+    or "never" when `step` is None ("undetermined" when only `reference` is)."""
+    if step is None:
+        return "never"
+    if reference is None:
+        return "undetermined"
+    return "with" if abs(step - reference) <= tolerance else "before" if step < reference else "after"
+
+
 def halfway_step(steps: np.ndarray, values: np.ndarray) -> int | None:
     """The first step at which `values` have covered half their way from the first value to
     the last, in whichever direction they go (None for a flat curve)."""
