@@ -49,8 +49,8 @@ def graph_probe(method: GraphMethod, metric: PatchMetric | None = None, ig_steps
 
 
 def trace(run: CheckpointSource | str | Path, method: GraphMethod, batch: Batch | None = None,
-          metric: PatchMetric | None = None, steps: Sequence[int] | None = None, key: str | None = None, device: str | torch.device | None = None,
-          progress: bool = False, ig_steps: int = 1) -> Traced:
+          metric: PatchMetric | None = None, steps: Sequence[int] | None = None, key: str | None = None,
+          device: str | torch.device | None = None, progress: bool = False, ig_steps: int = 1) -> Traced:
     """`method`'s circuit graph at each checkpoint (default: all) of `run`, saved under
     `<run>/circuits/<key>/` (key default: the method). Path patching and EAP weigh an edge
     by the change of `metric` it causes (estimates) when the sender's write comes from the

@@ -1,0 +1,545 @@
+"""What the explorer shows, read from a run or analysis directory.
+
+Everything comes from the run's own files: `metrics.jsonl`, the probe caches
+`probes/<key>.jsonl`, the circuit graphs `circuits/<key>/` and the attention
+patterns of one small example sequence at every checkpoint. Those patterns are the
+only thing computed here: one fused forward per checkpoint, stored in the run as
+`patterns/<example id>/<checkpoint sha256[:16]>.npy` (float16, `[layer, head, query,
+key]`), so a page is regenerated from cached files in about a second.
+
+`open_source` checks a directory before anything is computed or written and names
+what is missing (`ViewError`); `view_data` returns the page's data as one JSON tree.
+"""
+
+from __future__ import annotations
+
+import base64
+import errno
+import logging
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from interp import seeding
+from interp.analysis import ANALYSIS_FILE
+from interp.checkpoints import (
+    CHECKPOINTS_DIR,
+    CONFIG_FILE,
+    LOCK_FILE,
+    MANIFEST_FILE,
+    METRICS_FILE,
+    PROBES_DIR,
+    CheckpointError,
+    Run,
+    RunInUseError,
+    atomic_write_json,
+    atomic_write_npy,
+    is_temporary,
+    read_json,
+    scan_jsonl,
+)
+from interp.ids import EdgeId, HeadId
+from interp.metrics import spans
+from interp.metrics.circuits import repeated_tokens
+from interp.model import attention_patterns, resolve_device
+from interp.pipeline import RUNS_DIR
+from interp.probing import batch_hash
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "interp.view/1"
+PATTERNS_DIR = "patterns"
+EXAMPLE_FILE = "example.json"
+EXAMPLE_STREAM = 9001  # the example sequence's random stream (`interp.seeding`), apart from any analysis's
+MAX_EXAMPLE_LEN = 64  # positions of the example sequence (bounded: the page holds T x T per head and step)
+MAX_PATTERN_STEPS = 80  # checkpoints per run whose patterns the page holds (evenly spread, first and last kept)
+PATTERN_BUDGET = 6 * 2**20  # bytes of float16 patterns in one page, over all its runs
+MAX_SERIES_POINTS = 1500  # points per logged curve (longer logs are thinned evenly, the last point kept)
+MAX_EDGES = 300  # edges per circuit key in the page: the strongest over all steps
+SIGNIFICANT = 5  # significant digits of the numbers the page holds
+
+
+class ViewError(ValueError):
+    """A directory the explorer cannot show; the message says what is missing."""
+
+
+# --- numbers ---------------------------------------------------------------------------------
+
+
+def num(x: Any) -> float | int | None:
+    """A finite number rounded to `SIGNIFICANT` digits (ints kept); None for NaN, inf or non-numbers."""
+    if isinstance(x, bool) or not isinstance(x, int | float | np.integer | np.floating):
+        return None
+    if isinstance(x, int | np.integer):
+        return int(x)
+    x = float(x)
+    if not math.isfinite(x):
+        return None
+    return float(f"{x:.{SIGNIFICANT}g}")
+
+
+def nums(values: Sequence[Any] | np.ndarray) -> list[float | int | None]:
+    return [num(v) for v in np.asarray(values).tolist()] if isinstance(values, np.ndarray) else [num(v) for v in values]
+
+
+def thin(n: int, limit: int) -> list[int]:
+    """Indices of at most `limit` of `n` points, evenly spread, first and last kept."""
+    if n <= limit:
+        return list(range(n))
+    return sorted({int(round(i)) for i in np.linspace(0, n - 1, limit)})
+
+
+# --- what a directory holds ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Source:
+    """A directory to view: one run, or an analysis output with its runs (`runs/<name>/`)."""
+
+    path: Path
+    kind: Literal["run", "analysis"]
+    runs: dict[str, Run]
+    record: dict[str, Any] = field(default_factory=dict)
+    """`analysis.json` of an analysis (analysis name, preset, config); empty for a run."""
+    results: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def analysis(self) -> str | None:
+        return self.record.get("analysis") if self.kind == "analysis" else None
+
+
+def _visible(path: Path) -> list[str]:
+    return sorted(p.name for p in path.iterdir() if p.name != LOCK_FILE and not is_temporary(p.name))
+
+
+def open_source(path: str | Path) -> Source:
+    """The run or analysis at `path`, checked: a `ViewError` (or `FileNotFoundError`) names
+    what is missing before anything is computed or written."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such directory (expected a run directory or an analysis directory)")
+    if not path.is_dir():
+        raise ViewError(f"{path} is not a directory (expected a run directory or an analysis directory)")
+    if (path / ANALYSIS_FILE).exists():
+        return _open_analysis(path)
+    if any((path / marker).exists() for marker in (CONFIG_FILE, MANIFEST_FILE, METRICS_FILE, CHECKPOINTS_DIR)):
+        run = Run(path)
+        check_run(run)
+        return Source(path, "run", {path.name: run})
+    entries = _visible(path)
+    if not entries:
+        raise ViewError(f"{path} is empty: there is no run ({CONFIG_FILE}, {MANIFEST_FILE}, {CHECKPOINTS_DIR}/) or "
+                        f"analysis ({ANALYSIS_FILE}) to show")
+    below = sorted({p.parent for name in (ANALYSIS_FILE, CONFIG_FILE) for p in path.glob(f"*/{name}")})
+    hint = f"; view one of the directories below it: {', '.join(str(p) for p in below[:4])}" if below else ""
+    raise ViewError(f"{path} is neither a run directory (no {CONFIG_FILE}) nor an analysis directory (no "
+                    f"{ANALYSIS_FILE}){hint}")
+
+
+def _open_analysis(path: Path) -> Source:
+    record = read_json(path / ANALYSIS_FILE)  # a damaged file is named (RunDamagedError)
+    if not isinstance(record, dict) or not isinstance(record.get("analysis"), str):
+        raise ViewError(f"{path / ANALYSIS_FILE} does not name an analysis (no 'analysis' key)")
+    name = record["analysis"]
+    runs_dir = path / RUNS_DIR
+    names = sorted(p.name for p in runs_dir.iterdir() if p.is_dir() and not is_temporary(p.name)) \
+        if runs_dir.is_dir() else []
+    if not names:
+        raise ViewError(f"{path} is an analysis directory ({name}) with no runs: {runs_dir} is "
+                        f"{'empty' if runs_dir.is_dir() else 'missing'} (interrupted before its first run; "
+                        f"`interp run {name} --out {path} --resume` continues it)")
+    if not (path / "results.json").exists():
+        raise ViewError(f"{path / 'results.json'} is missing: analysis {name} did not finish (interrupted, failed or "
+                        f"still running); finish it with `interp run {name} --out {path} --resume` (the same preset), "
+                        f"or view one of its runs, e.g. `interp view {runs_dir / names[0]}`")
+    results = read_json(path / "results.json")
+    if not isinstance(results, dict):
+        raise ViewError(f"{path / 'results.json'} is not a JSON object")
+    runs = {}
+    for run_name in names:
+        run = Run(runs_dir / run_name)
+        check_run(run)
+        runs[run_name] = run
+    return Source(path, "analysis", runs, record, results)
+
+
+def check_run(run: Run) -> None:
+    """Refuse a run the explorer cannot show, naming what is missing or damaged."""
+    state = run.inspect()
+    if state.config_error == "missing":
+        raise ViewError(f"{run.path / CONFIG_FILE} is missing: {run.path} is not a usable run (killed while it was "
+                        "created?)")
+    if state.config_error:
+        raise ViewError(f"{run.path / CONFIG_FILE} is {state.config_error}")
+    damage = state.damage()
+    if damage:
+        raise ViewError(f"{run.path} is damaged: {damage[0]}" + (f" (and {len(damage) - 1} more; `interp info "
+                                                                 f"{run.path} --verify` lists them)"
+                                                                 if len(damage) > 1 else ""))
+    if not state.steps:
+        why = "is missing" if not (run.path / MANIFEST_FILE).exists() else "lists none"
+        raise ViewError(f"{run.path} has no checkpoint yet: {run.path / MANIFEST_FILE} {why} (killed before its first "
+                        "checkpoint, or still training)")
+    try:
+        run.model_config  # noqa: B018 - a config that describes no model is named here
+    except (KeyError, TypeError, ValueError) as err:
+        raise ViewError(f"{run.path / CONFIG_FILE} does not describe a model: {err}") from None
+
+
+# --- the example sequence and its attention patterns -------------------------------------------
+
+
+@dataclass(frozen=True)
+class Example:
+    """One token sequence on which every checkpoint's attention is shown: `period` random
+    tokens repeated twice (previous-token and induction heads show on it in any model)."""
+
+    tokens: tuple[int, ...]
+    period: int
+    labels: tuple[str, ...]
+    description: str
+
+    def batch(self) -> dict[str, torch.Tensor]:
+        return {"tokens": torch.tensor([self.tokens], dtype=torch.long)}
+
+    @property
+    def key(self) -> str:
+        """The example's id: the probe runner's hash of its batch."""
+        return batch_hash(self.batch())
+
+    def to_json(self) -> dict[str, Any]:
+        return {"tokens": list(self.tokens), "labels": list(self.labels), "period": self.period,
+                "description": self.description, "id": self.key}
+
+
+def token_labels(run: Run, tokens: Sequence[int]) -> tuple[str, ...]:
+    """Each token's text: from the run's `vocab.json` (a list of strings) where it has one, else its id."""
+    vocab: list[Any] = []
+    path = run.path / "vocab.json"
+    if path.exists():
+        try:
+            loaded = read_json(path)
+            vocab = loaded if isinstance(loaded, list) else []
+        except ValueError:
+            vocab = []
+    return tuple(str(vocab[t]) if t < len(vocab) and isinstance(vocab[t], str) else str(t) for t in tokens)
+
+
+def example_for(run: Run, period: int | None = None, seed: int = 0) -> Example:
+    """The example sequence of `run`: `period` (default: half the context, at most
+    `MAX_EXAMPLE_LEN / 2`) uniform random tokens of its vocabulary, repeated twice."""
+    cfg = run.model_config
+    longest = min(cfg.n_ctx, MAX_EXAMPLE_LEN) // 2
+    if longest < 2:  # a context too short to repeat anything: its random tokens once
+        tokens = repeated_tokens(1, cfg.n_ctx, cfg.d_vocab, seeding.generator(seed, EXAMPLE_STREAM), 1)[0].tolist()
+        return Example(tuple(tokens), cfg.n_ctx, token_labels(run, tokens), f"{cfg.n_ctx} random tokens (seed {seed})")
+    period = longest if not period else max(2, min(int(period), longest))
+    tokens = repeated_tokens(1, period, cfg.d_vocab, seeding.generator(seed, EXAMPLE_STREAM))[0].tolist()
+    return Example(tuple(tokens), period, token_labels(run, tokens),
+                   f"{period} random tokens repeated twice (seed {seed})")
+
+
+def _pattern_file(run: Run, example: Example, step: int) -> Path:
+    return run.path / PATTERNS_DIR / example.key / f"{run.checkpoint_hash(step)[:16]}.npy"
+
+
+def _load_pattern(path: Path, shape: tuple[int, ...]) -> np.ndarray | None:
+    if not path.exists():
+        return None
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as err:  # a damaged cache file costs a recomputation, never an error
+        logger.warning("%s: unreadable (%s); recomputed", path, err)
+        return None
+    if array.dtype != np.float16 or array.shape != shape:
+        return None
+    return array
+
+
+def example_patterns(
+    run: Run,
+    example: Example,
+    steps: Sequence[int] | None = None,
+    device: str | torch.device | None = None,
+    cache: bool = True,
+    progress: Callable[[int, int], None] | None = None,
+) -> np.ndarray:
+    """`[step, layer, head, query, key]` float16 attention of `example` at `steps` (default:
+    every checkpoint), from the run's pattern cache where present; the rest is computed (one
+    forward per checkpoint) and, with `cache`, stored in the run under its writer lock. A run
+    that another process is writing, or a read-only one, is computed without storing."""
+    cfg = run.model_config
+    steps = list(run.steps if steps is None else steps)
+    length = len(example.tokens)
+    shape = (cfg.n_layers, cfg.n_heads, length, length)
+    found = {s: a for s in steps if (a := _load_pattern(_pattern_file(run, example, s), shape)) is not None}
+    todo = [s for s in steps if s not in found]
+    if todo:
+        store = cache
+        if cache:
+            try:
+                with run.lock():
+                    found.update(_compute_patterns(run, example, todo, device, True, progress))
+                store = False
+            except RunInUseError:
+                logger.warning("%s is being written by another process: patterns are computed, not cached", run.path)
+            except OSError as err:
+                if err.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+                    raise
+                logger.warning("%s is not writable (%s): patterns are computed, not cached", run.path, err)
+        if len(found) < len(steps):
+            found.update(_compute_patterns(run, example, [s for s in steps if s not in found], device, store,
+                                           progress))
+    return np.stack([found[s] for s in steps]) if steps else np.zeros((0, *shape), np.float16)
+
+
+def _compute_patterns(run: Run, example: Example, steps: list[int], device: Any, store: bool,
+                      progress: Callable[[int, int], None] | None) -> dict[int, np.ndarray]:
+    device = resolve_device(device)
+    batch = {k: v.to(device) for k, v in example.batch().items()}
+    folder = run.path / PATTERNS_DIR / example.key
+    if store:
+        folder.mkdir(parents=True, exist_ok=True)
+        if not (folder / EXAMPLE_FILE).exists():
+            atomic_write_json(folder / EXAMPLE_FILE, example.to_json())
+    out: dict[int, np.ndarray] = {}
+    model = None
+    for i, step in enumerate(steps):
+        model = run.load(step, device=device, into=model)
+        layers = attention_patterns(model, batch)
+        array = torch.stack([p[0] for p in layers]).float().cpu().numpy().astype(np.float16)
+        if store:
+            atomic_write_npy(_pattern_file(run, example, step), array)
+        out[step] = array
+        if progress is not None:
+            progress(i + 1, len(steps))
+    return out
+
+
+def pattern_scores(patterns: np.ndarray, period: int) -> dict[str, np.ndarray]:
+    """`[step, layer, head]` previous-token and induction attention of `[step, layer, head, q, k]`
+    patterns of a sequence repeated with `period` (as `interp.metrics.circuits` scores them)."""
+    p = patterns.astype(np.float32)
+    length = p.shape[-1]
+    q = np.arange(1, length)
+    prev = p[..., q, q - 1].mean(axis=-1) if length > 1 else np.full(p.shape[:3], np.nan)
+    q = np.arange(period, length)
+    induction = p[..., q, q - period + 1].mean(axis=-1) if len(q) and period >= 2 else np.full(p.shape[:3], np.nan)
+    return {"prev_token": prev, "induction": induction}
+
+
+def encode_patterns(patterns: np.ndarray) -> list[str]:
+    """Each step's `[layer, head, q, k]` causal pattern as base64 of its lower triangles
+    (q >= k, row by row), little-endian float16: half the bytes of the full square."""
+    length = patterns.shape[-1]
+    rows, cols = np.tril_indices(length)
+    lower = patterns[..., rows, cols].astype("<f2")
+    return [base64.b64encode(step.tobytes()).decode("ascii") for step in lower]
+
+
+# --- metrics, probe caches, circuits -------------------------------------------------------------
+
+
+def metric_series(run: Run) -> dict[str, dict[str, list[Any]]]:
+    """Every numeric logged metric as `{"steps", "values"}` (long logs thinned)."""
+    rows = run.metrics()
+    keys = sorted({k for r in rows for k, v in r.items() if k != "step" and isinstance(v, int | float)
+                   and not isinstance(v, bool)})
+    out = {}
+    for key in keys:
+        picked = [(r["step"], r[key]) for r in rows if key in r and isinstance(r.get("step"), int)]
+        keep = thin(len(picked), MAX_SERIES_POINTS)
+        out[key] = {"steps": [picked[i][0] for i in keep], "values": [num(picked[i][1]) for i in keep]}
+    return out
+
+
+def head_order(name: str) -> tuple[int, int, str]:
+    if HeadId.is_head(name):
+        head = HeadId.parse(name)
+        return head.layer, head.head, ""
+    return 1 << 30, 0, name
+
+
+def cached_probes(run: Run, steps: Sequence[int]) -> dict[str, dict[str, Any]]:
+    """The probe caches of `run` at its checkpoints: for each key, the (probe, batch) with the
+    most results at the current checkpoints (the latest on a tie), as `{"probe", "steps",
+    "columns", "values": [step][column], "heads"}`. Rows of other weights (a checkpoint
+    rewritten since) are left out; damaged lines are skipped (a cache can be recomputed)."""
+    hashes = {run.checkpoint_hash(s): s for s in steps}
+    out: dict[str, dict[str, Any]] = {}
+    for cache in sorted((run.path / PROBES_DIR).glob("*.jsonl")):
+        groups: dict[tuple[str, str], dict[int, dict[str, Any]]] = {}
+        order: dict[tuple[str, str], int] = {}
+        for i, row in enumerate(scan_jsonl(cache).rows):
+            values, step = row.get("values"), row.get("step")
+            if not isinstance(values, dict) or hashes.get(row.get("weights")) != step:
+                continue
+            group = (str(row.get("probe")), str(row.get("batch")))
+            groups.setdefault(group, {})[step] = values
+            order[group] = i
+        if not groups:
+            continue
+        best = max(groups, key=lambda g: (len(groups[g]), order[g]))
+        by_step = groups[best]
+        probed = sorted(by_step)
+        columns = sorted({c for v in by_step.values() for c in v}, key=head_order)
+        out[cache.stem] = {
+            "probe": best[0], "steps": probed, "columns": columns,
+            "values": [[num(by_step[s].get(c)) for c in columns] for s in probed],
+            "heads": bool(columns) and all(HeadId.is_head(c) for c in columns),
+        }
+    return out
+
+
+def _edge_record(edge: EdgeId) -> dict[str, Any]:
+    return {"edge": str(edge), "sender": str(edge.sender), "receiver": str(edge.receiver), "input": edge.input}
+
+
+def saved_circuits(run: Run) -> tuple[list[dict[str, Any]], list[str]]:
+    """The circuit graphs saved in the run (`circuits/<key>/`), each key as `{"key", "method",
+    "metric", "source", "steps", "nodes", "positions", "edges", "weights": [step][edge]}` with
+    its `MAX_EDGES` strongest edges; and a note for each key that could not be read."""
+    from interp.circuits.graph import CIRCUITS_DIR, load_graphs  # the circuit module, read only when graphs exist
+
+    root = run.path / CIRCUITS_DIR
+    if not root.is_dir():
+        return [], []
+    out, notes = [], []
+    for folder in sorted(p for p in root.iterdir() if (p / "index.json").exists()):
+        try:
+            graphs = load_graphs(run.path, folder.name)
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            notes.append(f"{folder}: not shown ({type(err).__name__}: {err})")
+            continue
+        if not graphs:
+            continue
+        edges = sorted({e for g in graphs for e in g.weights}, key=str)
+        strength = {e: max((abs(g.weights.get(e, 0.0)) for g in graphs if math.isfinite(g.weights.get(e, 0.0))),
+                           default=0.0) for e in edges}
+        edges = sorted(sorted(edges, key=lambda e: -strength[e])[:MAX_EDGES], key=str)
+        shape = graphs[0].shape
+        out.append({
+            "key": folder.name, "method": graphs[0].method, "metric": graphs[0].metric,
+            "source": f"{CIRCUITS_DIR}/{folder.name}", "steps": [g.step for g in graphs],
+            **_layout(shape), "edges": [_edge_record(e) for e in edges],
+            "weights": [[num(g.weights.get(e)) for e in edges] for g in graphs],
+        })
+    return out, notes
+
+
+def _layout(shape: Any) -> dict[str, Any]:
+    nodes = shape.nodes()
+    return {"nodes": [str(n) for n in nodes], "positions": {str(n): list(shape.position(n)) for n in nodes}}
+
+
+def attention_circuit(n_layers: int, n_heads: int, attn_only: bool, steps: Sequence[int],
+                      scores: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    """The fallback circuit graph, from attention metrics on the example sequence: an edge from
+    every head to every later-layer head's key input, weighted by the sender's previous-token
+    score times the receiver's induction score (K-composition of an induction circuit)."""
+    from interp.circuits.graph import ModelShape
+
+    shape = ModelShape(n_layers, n_heads, attn_only)
+    heads = [HeadId(layer, h) for layer in range(n_layers) for h in range(n_heads)]
+    edges = [EdgeId(a, b, "k") for a in heads for b in heads if a.layer < b.layer]
+    prev, induction = scores["prev_token"], scores["induction"]
+    weights = [[num(prev[i, e.sender.layer, e.sender.head] * induction[i, e.receiver.layer, e.receiver.head])
+                for e in edges] for i in range(len(steps))]
+    return {"key": "attention", "method": "attention metrics",
+            "metric": "previous-token score of the sender x induction score of the receiver, on the example sequence",
+            "source": "example attention patterns (no circuits/ graphs saved in this run)", "steps": list(steps),
+            **_layout(shape), "edges": [_edge_record(e) for e in edges], "weights": weights}
+
+
+def phase_marks(series: Mapping[str, Mapping[str, list[Any]]]) -> list[dict[str, Any]]:
+    """Phase changes found in the run's evaluation loss curves (`spans.phase_change`: a drop
+    of at least 0.5 nats), one mark per curve, at most three."""
+    marks = []
+    for key, curve in series.items():
+        if "loss" not in key or key.startswith("train/"):
+            continue
+        pairs = [(s, v) for s, v in zip(curve["steps"], curve["values"], strict=True) if v is not None]
+        if len(pairs) < 4:
+            continue
+        step, before, after = spans.phase_change(np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs]))
+        label = f"phase change in {key} ({before:.2f} -> {after:.2f})"
+        if step is None:
+            continue
+        same = next((m for m in marks if m["step"] == step), None)
+        if same is not None:
+            same["label"] += f"; {label}"
+        else:
+            marks.append({"step": int(step), "label": label})
+    return sorted(marks, key=lambda m: m["step"])[:3]
+
+
+# --- one run's data ------------------------------------------------------------------------------
+
+
+def run_status(run: Run) -> str:
+    total = run.config.get("train", {}).get("steps")
+    last = run.steps[-1]
+    if last == total:
+        return f"complete ({last} steps)"
+    try:
+        stopped = bool(run.load_training_state(last).get("stopped"))
+    except (CheckpointError, OSError, RuntimeError):
+        stopped = False
+    return f"stopped early at step {last} of {total}" if stopped else \
+        f"INCOMPLETE: last checkpoint at step {last} of {total} (interrupted, paused or still training)"
+
+
+def run_data(
+    run: Run,
+    name: str,
+    period: int | None = None,
+    patterns: bool = True,
+    device: str | torch.device | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Everything the page shows of one run (see `view_data`)."""
+    cfg = run.model_config
+    steps = run.steps
+    series = metric_series(run)
+    example = example_for(run, period)
+    pattern_steps = [steps[i] for i in thin(len(steps), MAX_PATTERN_STEPS)] if patterns else []
+    stacked = example_patterns(run, example, pattern_steps, device=device, progress=progress) if pattern_steps \
+        else None
+    probes = cached_probes(run, steps)
+    notes: list[str] = []
+    if stacked is not None:
+        scores = pattern_scores(stacked, example.period)
+        for key, grid in scores.items():
+            columns = [str(HeadId(layer, h)) for layer in range(cfg.n_layers) for h in range(cfg.n_heads)]
+            probes[f"example.{key}"] = {
+                "probe": f"{key} attention on the example sequence", "steps": pattern_steps, "columns": columns,
+                "values": [nums(grid[i].reshape(-1)) for i in range(len(pattern_steps))], "heads": True}
+    else:
+        notes.append("no example attention patterns in this page (its size budget went to other runs)")
+    circuits, circuit_notes = saved_circuits(run)
+    notes += circuit_notes
+    if not circuits and stacked is not None and cfg.n_layers > 1:
+        circuits = [attention_circuit(cfg.n_layers, cfg.n_heads, cfg.attn_only, pattern_steps, scores)]
+    return {
+        "name": name, "path": str(run.path), "steps": steps, "status": run_status(run),
+        "model": {"n_layers": cfg.n_layers, "n_heads": cfg.n_heads, "d_model": cfg.d_model, "d_vocab": cfg.d_vocab,
+                  "n_ctx": cfg.n_ctx, "attn_only": cfg.attn_only},
+        "metrics": series, "probes": probes, "marks": phase_marks(series),
+        "example": example.to_json(),
+        "patterns": None if stacked is None else {
+            "steps": pattern_steps, "shape": list(stacked.shape[1:]), "encoding": "float16-lower-triangle-base64",
+            "data": encode_patterns(stacked)},
+        "circuits": circuits, "notes": notes,
+    }
+
+
+def pattern_bytes(run: Run, period: int | None) -> int:
+    """Bytes of float16 lower-triangle patterns `run_data` puts in the page for `run`."""
+    cfg = run.model_config
+    length = len(example_for(run, period).tokens)
+    return len(thin(len(run.steps), MAX_PATTERN_STEPS)) * cfg.n_layers * cfg.n_heads * length * (length + 1)

@@ -1,0 +1,143 @@
+"""The explorer page: the data of a run or analysis directory in one offline HTML file.
+
+`write_view(DIR)` writes `DIR/view/index.html`: the page template (`static/`), the data
+(`view_data`) as a JSON block and plotly.js (`static/plotly-cartesian.min.js`), all
+inline, so the page opens from disk with no server and no network. The folder is
+written under a temporary name and renamed into place, so a failure leaves the previous
+view (or none), never a partial one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+import time
+from collections.abc import Callable
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from interp.checkpoints import _fsync_dir
+from interp.view import headlines
+from interp.view.data import FORMAT, PATTERN_BUDGET, open_source, pattern_bytes, run_data
+
+VIEW_DIR = "view"
+INDEX = "index.html"
+
+
+def view_data(
+    path: str | Path,
+    device: str | torch.device | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> dict[str, Any]:
+    """The page's data for the run or analysis at `path` (checked first: `open_source`).
+
+    Computes (and caches in each run) the example sequence's attention patterns at the
+    checkpoints that lack them; the headline's run comes first in the patterns' size
+    budget (`PATTERN_BUDGET`), and runs past it are shown without patterns."""
+    source = open_source(path)
+    first = headlines.main_run(source)
+    period = headlines.example_period(source)
+    order = [first, *(n for n in source.runs if n != first)]
+    budget = PATTERN_BUDGET
+    runs: dict[str, dict[str, Any]] = {}
+    for name in order:
+        run = source.runs[name]
+        cost = pattern_bytes(run, period)
+        with_patterns = name == first or cost <= budget
+        budget -= cost if with_patterns else 0
+        step_progress = None if progress is None else (lambda done, total, n=name: progress(n, done, total))
+        runs[name] = run_data(run, name, period, patterns=with_patterns, device=device, progress=step_progress)
+    headline = headlines.build(source, runs)
+    for name, marks in headline.pop("marks").items():  # the analysis's marks replace those found at their steps
+        if name in runs:
+            known = {m["step"] for m in marks}
+            runs[name]["marks"] = sorted([*marks, *(m for m in runs[name]["marks"] if m["step"] not in known)],
+                                         key=lambda m: m["step"])
+    record = source.record
+    title = (f"{record['analysis']} ({record.get('preset', '?')} preset)" if source.kind == "analysis"
+             else f"run {source.path.name}")
+    return {
+        "format": FORMAT, "title": title, "kind": source.kind, "analysis": source.analysis,
+        "preset": record.get("preset"), "path": str(source.path.resolve()),
+        "generated": time.strftime("%Y-%m-%d %H:%M:%S"), "runs": [runs[n] for n in source.runs],
+        "default_run": headline.get("run") or first, "headline": headline,
+    }
+
+
+PLOTLY_JS = "plotly-cartesian.min.js"
+"""plotly.js 4.1.1, the official cartesian bundle (npm `plotly.js-cartesian-dist-min`, MIT; the
+same version as the full bundle of the `plotly` PyPI package, a third of its size: the page
+needs only its scatter and heatmap traces, and parses in well under the 2 s budget)."""
+
+
+def plotly_js() -> str:
+    """The bundled plotly.js (minified; it makes no network requests for these traces)."""
+    return _static(PLOTLY_JS)
+
+
+def _static(name: str) -> str:
+    return resources.files("interp.view").joinpath("static", name).read_text(encoding="utf-8")
+
+
+_PLACEHOLDER = re.compile(r"\{\{([A-Z]+)\}\}")
+_SCRIPT_END = re.compile(r"</(script)", re.IGNORECASE)
+
+
+def _inline(text: str) -> str:
+    """Text safe inside a <script> element: no `</script` ends it early (`<\\/` is the same
+    inside JS strings and JSON)."""
+    return _SCRIPT_END.sub(r"<\\/\1", text)
+
+
+def render_page(data: dict[str, Any]) -> str:
+    """The HTML page of `data` (from `view_data`), with everything it needs inline."""
+    payload = json.dumps(data, separators=(",", ":"), allow_nan=False)
+    parts = {"TITLE": _escape(data["title"]), "CSS": _static("view.css"), "DATA": _inline(payload),
+             "PLOTLY": _inline(plotly_js()), "APP": _inline(_static("view.js"))}
+    pieces = _PLACEHOLDER.split(_static("page.html"))  # [text, name, text, name, ...]: filled in one pass
+    missing = set(parts) - set(pieces[1::2])
+    if missing:
+        raise RuntimeError(f"page template: placeholders {sorted(missing)} are missing")
+    return "".join(parts[p] if i % 2 else p for i, p in enumerate(pieces))
+
+
+def _escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def write_view(
+    path: str | Path,
+    device: str | torch.device | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> Path:
+    """Write `path/view/index.html` for the run or analysis directory `path`; returns the
+    page's path. Bad input (a missing, empty or half-written directory) raises before
+    anything is written, naming what is missing."""
+    root = Path(path)
+    page = render_page(view_data(root, device=device, progress=progress))
+    final = root / VIEW_DIR
+    tmp = root / f".{VIEW_DIR}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    old = root / f".{VIEW_DIR}-old.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    tmp.mkdir()
+    try:
+        with open(tmp / INDEX, "w", encoding="utf-8") as f:
+            f.write(page)
+            f.flush()
+            os.fsync(f.fileno())
+        if final.exists():
+            os.replace(final, old)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old.exists() and not final.exists():
+            os.replace(old, final)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+    _fsync_dir(root)
+    return final / INDEX

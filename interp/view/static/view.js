@@ -1,0 +1,742 @@
+/* interp view: the explorer page. Data: the JSON block #view-data (written by
+   interp/view/page.py); plotting: plotly.js, inlined beside this script. */
+(function () {
+  "use strict";
+
+  const started = performance.now();
+  const D = JSON.parse(document.getElementById("view-data").textContent);
+  const $ = (id) => document.getElementById(id);
+  const CONFIG = { displaylogo: false, responsive: true,
+                   modeBarButtonsToRemove: ["select2d", "lasso2d", "autoScale2d", "toggleSpikelines"] };
+  const COLOR = { a: "#d62728", b: "#1f77b4", pos: "#1f77b4", neg: "#d62728", up: "#2ca02c", down: "#9467bd",
+                  mark: "#7a4fc4", grey: "#8a94a3" };
+  const ATTENTION_SCALE = [[0, "#ffffff"], [0.05, "#eef4fb"], [0.3, "#9ecae1"], [0.6, "#3182bd"], [1, "#08306b"]];
+  const FONT = { family: "system-ui, -apple-system, Segoe UI, Roboto, DejaVu Sans, sans-serif", size: 12 };
+  const S = { run: null, a: 0, b: 0, compare: false, diff: false, tab: "headline", logx: false, cut: 10,
+              probe: {}, head: {}, circuit: {}, groups: {}, frame: 0, headlineHead: null };
+  const API = { data: D, state: S, ready: false, readyAt: null, scriptAt: started, errors: [] };
+  window.interpView = API;
+  window.addEventListener("error", (e) => API.errors.push(String(e.message)));
+
+  // --- numbers and lookups -------------------------------------------------------------------
+
+  const F16 = new Float32Array(65536);
+  for (let h = 0; h < 65536; h++) {
+    const sign = h & 0x8000 ? -1 : 1, e = (h >> 10) & 0x1f, f = h & 0x3ff;
+    F16[h] = e === 0 ? sign * f * Math.pow(2, -24)
+      : e === 31 ? (f ? NaN : sign * Infinity) : sign * Math.pow(2, e - 15) * (1 + f / 1024);
+  }
+
+  function fmt(v, digits) {
+    if (v === null || v === undefined) return "n/a";
+    if (typeof v !== "number") return String(v);
+    if (Number.isInteger(v)) return String(v);
+    return Number(v.toPrecision(digits || 4)).toString();
+  }
+
+  function esc(text) {
+    return String(text).replace(/[&<>"]/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;" })[c]);
+  }
+
+  /** Index of the value of `steps` nearest `step` (the earlier on a tie); -1 for none. */
+  function nearest(steps, step) {
+    let best = -1, gap = Infinity;
+    for (let i = 0; i < steps.length; i++) {
+      const g = Math.abs(steps[i] - step);
+      if (g < gap) { gap = g; best = i; }
+    }
+    return best;
+  }
+
+  const runsByName = new Map(D.runs.map((r) => [r.name, r]));
+  const run = () => runsByName.get(S.run);
+  const stepOf = (which) => run().steps[which === "b" ? S.b : S.a];
+  const sides = () => (S.compare ? ["a", "b"] : ["a"]);
+
+  // --- attention patterns: float16 lower triangles, decoded on demand ---------------------------
+
+  const decoded = new Map();
+  function patternStep(r, i) {
+    const key = r.name + "#" + i;
+    if (!decoded.has(key)) {
+      const bin = atob(r.patterns.data[i]);
+      const out = new Float32Array(bin.length / 2);
+      for (let j = 0; j < out.length; j++) out[j] = F16[bin.charCodeAt(2 * j) | (bin.charCodeAt(2 * j + 1) << 8)];
+      decoded.set(key, out);
+    }
+    return decoded.get(key);
+  }
+
+  /** The T x T attention of one head at pattern index `i` (null above the diagonal). */
+  function headPattern(r, i, layer, head) {
+    const [, H, T] = r.patterns.shape;
+    const tri = (T * (T + 1)) / 2;
+    const values = patternStep(r, i);
+    let p = (layer * H + head) * tri;
+    const z = [];
+    for (let q = 0; q < T; q++) {
+      const row = new Array(T).fill(null);
+      for (let k = 0; k <= q; k++) row[k] = values[p++];
+      z.push(row);
+    }
+    return z;
+  }
+
+  const hoverText = new Map();
+  function patternHover(r) {
+    if (!hoverText.has(r.name)) {
+      const labels = r.example.labels, T = labels.length, text = [];
+      for (let q = 0; q < T; q++) {
+        const row = [];
+        for (let k = 0; k < T; k++) row.push(`query ${q} '${esc(labels[q])}' &rarr; key ${k} '${esc(labels[k])}'`);
+        text.push(row);
+      }
+      hoverText.set(r.name, text);
+    }
+    return hoverText.get(r.name);
+  }
+
+  // --- the slider ----------------------------------------------------------------------------
+
+  function stepLabel(which) {
+    const r = run(), i = which === "b" ? S.b : S.a, step = r.steps[i];
+    const mark = r.marks.find((m) => m.step === step);
+    return `step ${step} (checkpoint ${i + 1} of ${r.steps.length})` + (mark ? ` - ${mark.label}` : "");
+  }
+
+  function drawMarks(which) {
+    const r = run(), box = $("marks-" + which);
+    box.innerHTML = "";
+    const n = r.steps.length;
+    for (const m of r.marks) {
+      let pos = 0;  // the fractional checkpoint index of the mark's step (checkpoints are not evenly spaced)
+      const j = r.steps.findIndex((s) => s >= m.step);
+      if (j < 0) pos = n - 1;
+      else if (j === 0 || r.steps[j] === m.step) pos = j;
+      else pos = j - 1 + (m.step - r.steps[j - 1]) / (r.steps[j] - r.steps[j - 1]);
+      const frac = n > 1 ? pos / (n - 1) : 0;
+      const tick = document.createElement("div");
+      tick.className = "mark";
+      tick.style.left = `calc(${frac} * (100% - var(--thumb)) + var(--thumb) / 2)`;
+      tick.title = `${m.label} (step ${m.step})`;
+      tick.addEventListener("click", () => setStep(which, nearest(r.steps, m.step)));
+      box.appendChild(tick);
+    }
+  }
+
+  function setStep(which, index) {
+    const r = run();
+    index = Math.max(0, Math.min(r.steps.length - 1, index));
+    if (which === "b") S.b = index; else S.a = index;
+    $("slider-" + which).value = String(index);
+    $("step-" + which).textContent = stepLabel(which);
+    renderTab(false);
+  }
+
+  function setRun(name) {
+    S.run = name;
+    const r = run();
+    for (const which of ["a", "b"]) {
+      const slider = $("slider-" + which);
+      slider.max = String(r.steps.length - 1);
+      drawMarks(which);
+    }
+    S.a = 0;
+    S.b = r.steps.length - 1;
+    $("slider-a").value = "0";
+    $("slider-b").value = String(S.b);
+    $("step-a").textContent = stepLabel("a");
+    $("step-b").textContent = stepLabel("b");
+    $("run-select").value = name;
+    const model = r.model;
+    $("run-status").textContent = `${model.n_layers} layers x ${model.n_heads} heads, d_model ${model.d_model}` +
+      `${model.attn_only ? ", attention only" : ""}; ${r.steps.length} checkpoints; ${r.status}`;
+    fillProbeSelect();
+    fillCircuitSelect();
+    buildGroupChips();
+    renderTab(true);
+  }
+
+  // --- shared plot pieces --------------------------------------------------------------------
+
+  /** Vertical lines at the phase marks and the selected step(s) of `runName` (none for another run).
+      On a log axis, step 0 is drawn at half the first positive step (log axes have no 0). */
+  function cursorShapes(runName, log) {
+    const shapes = [];
+    if (runName !== S.run) return shapes;
+    const first = run().steps.find((s) => s > 0) || 1;
+    const at = (s) => (log && s <= 0 ? first / 2 : s);
+    for (const m of run().marks) {
+      shapes.push({ type: "line", xref: "x", yref: "paper", x0: at(m.step), x1: at(m.step), y0: 0, y1: 1,
+                    line: { color: COLOR.mark, width: 1, dash: "dot" } });
+    }
+    for (const which of sides()) {
+      const step = at(stepOf(which));
+      shapes.push({ type: "line", xref: "x", yref: "paper", x0: step, x1: step, y0: 0, y1: 1,
+                    line: { color: COLOR[which], width: 2, dash: which === "b" ? "dash" : "solid" } });
+    }
+    return shapes;
+  }
+
+  function lineLayout(title, extra) {
+    return Object.assign({
+      title: { text: title, font: { size: 13 }, x: 0.01, xanchor: "left" }, font: FONT, height: 320,
+      margin: { l: 52, r: 20, t: 34, b: 40 },
+      xaxis: { title: { text: "step" }, type: S.logx ? "log" : "linear", zeroline: false, autorange: true },
+      yaxis: { zeroline: false, autorange: true }, legend: { font: { size: 11 } }, hovermode: "x unified",
+    }, extra || {});
+  }
+
+  /** A message in place of `container`'s other children (hidden, never removed: a plot that is
+      purged while plotly still has a redraw queued for it throws), or none when `text` is empty. */
+  function note(container, text) {
+    let msg = [...container.children].find((c) => c.classList.contains("empty"));
+    if (!msg) {
+      msg = document.createElement("div");
+      msg.className = "empty";
+      container.prepend(msg);
+    }
+    msg.textContent = text || "";
+    msg.hidden = !text;
+    for (const child of container.children) if (child !== msg) child.hidden = !!text;
+  }
+
+  function plotDiv(parent, id, cls) {
+    let el = $(id);
+    if (!el) {
+      el = document.createElement("div");
+      el.id = id;
+      el.className = cls || "plot";
+      parent.appendChild(el);
+    }
+    return el;
+  }
+
+  const pending = [];  // the first render's plots, awaited before the page reports itself ready
+  let revision = 0;
+  const inflight = new Set();  // draws not finished yet (API.settled waits for them)
+  function draw(el, data, layout) {
+    // A new datarevision makes react recompute everything: with trace arrays it has seen before
+    // and a layout without ranges, it would otherwise skip the autorange (an empty default view).
+    layout.datarevision = ++revision;
+    // The box has the plot's height, so that plotly's autosize (on a resize) measures that height
+    // and not the height of its own content.
+    if (layout.height) el.style.height = layout.height + "px";
+    // react keeps a plot's earlier width; a box that changed size since (panels shown or hidden
+    // beside it) needs a resize.
+    const done = Plotly.react(el, data, layout, CONFIG).then(() => {
+      const width = el.clientWidth;
+      if (width && el._fullLayout && Math.abs(el._fullLayout.width - width) > 1) return Plotly.Plots.resize(el);
+      return undefined;
+    });
+    if (!API.ready) pending.push(done);
+    inflight.add(done);
+    done.finally(() => inflight.delete(done));
+    return done;
+  }
+
+  // --- curves --------------------------------------------------------------------------------
+
+  function curveGroups(r) {
+    const groups = new Map();
+    const add = (group, trace) => {
+      if (!groups.has(group)) groups.set(group, []);
+      groups.get(group).push(trace);
+    };
+    for (const [key, c] of Object.entries(r.metrics)) {
+      add(key.includes("/") ? key.split("/")[0] : key, { name: key, x: c.steps, y: c.values });
+    }
+    for (const [key, p] of Object.entries(r.probes)) {
+      p.columns.forEach((col, j) => add("probe " + key, { name: col, x: p.steps, y: p.values.map((row) => row[j]) }));
+    }
+    return groups;
+  }
+
+  function buildGroupChips() {
+    const r = run(), box = $("curve-groups"), groups = [...curveGroups(r).keys()];
+    if (!S.groups[r.name]) {
+      const metrics = groups.filter((g) => !g.startsWith("probe "));
+      const headline = D.headline.figures.find((f) => f.type === "heads" && f.run === r.name);
+      const first = headline ? "probe " + headline.probe : "";
+      const probes = groups.filter((g) => g.startsWith("probe ") && !g.startsWith("probe example."))
+        .sort((x, y) => (y === first) - (x === first));
+      S.groups[r.name] = new Set([...metrics.slice(0, 6), ...probes.slice(0, 2)]);
+    }
+    box.innerHTML = "";
+    for (const g of groups) {
+      const label = document.createElement("label");
+      label.className = "chip";
+      const box2 = document.createElement("input");
+      box2.type = "checkbox";
+      box2.checked = S.groups[r.name].has(g);
+      box2.addEventListener("change", () => {
+        if (box2.checked) S.groups[r.name].add(g); else S.groups[r.name].delete(g);
+        renderCurves(true);
+      });
+      label.append(box2, " " + g);
+      box.appendChild(label);
+    }
+  }
+
+  let curvesKey = "";
+  function renderCurves(rebuild) {
+    const r = run(), box = $("curves"), groups = curveGroups(r);
+    const chosen = [...groups.keys()].filter((g) => S.groups[r.name].has(g));
+    const key = [r.name, S.logx, ...chosen].join("|");
+    if (rebuild || key !== curvesKey) {  // plot i shows chosen group i; plots beyond them are hidden, kept
+      curvesKey = key;
+      note(box, chosen.length ? "" : "Tick a group of curves above.");
+      const plots = chosen.map((g, i) => plotDiv(box, "curve-" + i));
+      box.querySelectorAll(".plot").forEach((el) => { el.hidden = !plots.includes(el); });
+      chosen.forEach((g, i) => {
+        const traces = groups.get(g).slice(0, 40).map((t) => ({ type: "scatter", mode: "lines", name: t.name,
+          x: t.x, y: t.y, line: { width: 1.5 } }));
+        draw(plots[i], traces, lineLayout(g, { shapes: cursorShapes(r.name, S.logx) }));
+      });
+      return;
+    }
+    for (const el of box.querySelectorAll(".plot")) {
+      if (el.data && !el.hidden) Plotly.relayout(el, { shapes: cursorShapes(r.name, S.logx) });
+    }
+  }
+
+  // --- heads: grid of a per-head probe, attention pattern of the chosen head --------------------
+
+  function headProbes(r) {
+    return Object.keys(r.probes).filter((k) => r.probes[k].heads && r.probes[k].steps.length);
+  }
+
+  function fillProbeSelect() {
+    const r = run(), select = $("probe-select"), keys = headProbes(r);
+    select.innerHTML = keys.map((k) => `<option value="${esc(k)}">${esc(k)}</option>`).join("");
+    if (!S.probe[r.name] || !keys.includes(S.probe[r.name])) {  // the headline's probe, else the first cached one
+      const headline = D.headline.figures.find((f) => f.type === "heads" && f.run === r.name);
+      S.probe[r.name] = (headline && keys.includes(headline.probe) ? headline.probe : null) ||
+        keys.find((k) => !k.startsWith("example.")) || keys[0] || null;
+    }
+    if (S.probe[r.name]) select.value = S.probe[r.name];
+  }
+
+  function probeGrid(r, key, step) {
+    const p = r.probes[key], i = nearest(p.steps, step), { n_layers: L, n_heads: H } = r.model;
+    const z = Array.from({ length: L }, () => new Array(H).fill(null));
+    p.columns.forEach((col, j) => {
+      const m = /^L(\d+)H(\d+)$/.exec(col);
+      if (m && +m[1] < L && +m[2] < H) z[+m[1]][+m[2]] = p.values[i][j];
+    });
+    return { z, step: p.steps[i] };
+  }
+
+  function probeRange(p) {
+    let lo = Infinity, hi = -Infinity;
+    for (const row of p.values) for (const v of row) if (v !== null) { lo = Math.min(lo, v); hi = Math.max(hi, v); }
+    if (!isFinite(lo)) return [0, 1];
+    lo = Math.min(lo, 0);
+    return [lo, hi > lo ? hi : lo + 1];
+  }
+
+  function defaultHead(r, key) {
+    const p = r.probes[key];
+    if (!p || !p.values.length) return { layer: r.model.n_layers - 1, head: 0 };
+    const last = p.values[p.values.length - 1];
+    let best = 0;
+    last.forEach((v, j) => { if (v !== null && (last[best] === null || v > last[best])) best = j; });
+    const m = /^L(\d+)H(\d+)$/.exec(p.columns[best]);
+    return m ? { layer: +m[1], head: +m[2] } : { layer: 0, head: 0 };
+  }
+
+  function gridFigure(r, key, step, head, title) {
+    const { z, step: probed } = probeGrid(r, key, step), [lo, hi] = probeRange(r.probes[key]);
+    const { n_layers: L, n_heads: H } = r.model;
+    const data = [{ type: "heatmap", z, x: [...Array(H).keys()], y: [...Array(L).keys()], zmin: lo, zmax: hi,
+      colorscale: "Viridis", texttemplate: "%{z:.2f}", textfont: { size: 11 },
+      hovertemplate: "L%{y}H%{x}: %{z:.4f}<extra></extra>", colorbar: { thickness: 10 } }];
+    const layout = {
+      title: { text: title + (probed !== step ? ` (probed at step ${probed})` : ""), font: { size: 13 }, x: 0.01, xanchor: "left" }, font: FONT,
+      margin: { l: 44, r: 10, t: 34, b: 36 }, height: Math.min(420, 150 + 60 * L),
+      xaxis: { title: { text: "head" }, autorange: true, tickvals: [...Array(H).keys()], ticktext: [...Array(H).keys()].map((h) => "H" + h) },
+      yaxis: { title: { text: "layer" }, autorange: "reversed", tickvals: [...Array(L).keys()],
+               ticktext: [...Array(L).keys()].map((l) => "L" + l) },
+      shapes: head ? [{ type: "rect", x0: head.head - 0.5, x1: head.head + 0.5, y0: head.layer - 0.5,
+                        y1: head.layer + 0.5, line: { color: "#ff7f0e", width: 3 } }] : [],
+    };
+    return { data, layout, probed };
+  }
+
+  function attentionFigure(r, step, head) {
+    const i = nearest(r.patterns.steps, step), z = headPattern(r, i, head.layer, head.head);
+    const labels = r.example.labels, T = labels.length, P = r.example.period, ticks = [...Array(T).keys()];
+    const every = T > 40 ? 2 : 1;
+    const axis = (title) => ({ title: { text: title }, autorange: true, tickvals: ticks.filter((t) => t % every === 0),
+      ticktext: ticks.filter((t) => t % every === 0).map((t) => labels[t]), tickfont: { size: 9 }, tickangle: 0 });
+    const data = [{ type: "heatmap", z, zmin: 0, zmax: 1, colorscale: ATTENTION_SCALE, text: patternHover(r),
+      hovertemplate: "%{text}<br>weight %{z:.3f}<extra></extra>", colorbar: { thickness: 10 }, hoverongaps: false }];
+    const at = r.patterns.steps[i];
+    const layout = {
+      title: { text: `L${head.layer}H${head.head} attention at step ${at}` +
+        (at !== step ? ` (nearest stored: step ${step} has none)` : ""), font: { size: 13 }, x: 0.01, xanchor: "left" },
+      font: FONT, margin: { l: 60, r: 10, t: 34, b: 48 }, xaxis: axis("key"), height: Math.min(640, Math.max(420, 9 * T + 110)),
+      yaxis: Object.assign(axis("query"), { autorange: "reversed" }),
+      shapes: [{ type: "line", x0: P - 0.5, x1: P - 0.5, y0: -0.5, y1: T - 0.5, line: { color: COLOR.grey, dash: "dot", width: 1 } },
+               { type: "line", x0: -0.5, x1: T - 0.5, y0: P - 0.5, y1: P - 0.5, line: { color: COLOR.grey, dash: "dot", width: 1 } }],
+    };
+    return { data, layout };
+  }
+
+  /** A grid (clickable) and the chosen head's attention for each shown step, into `box`. */
+  function renderHeadPairs(box, prefix, r, key, getHead, setHead) {
+    for (const which of ["a", "b"]) {  // both blocks exist once made; B is hidden outside compare mode
+      let block = box.querySelector(`.pair-block[data-side="${which}"]`);
+      if (!block) {
+        block = document.createElement("div");
+        block.className = "pair-block";
+        block.dataset.side = which;
+        block.innerHTML = `<div class="pair-title ${which}"></div><div class="pair"></div>`;
+        box.appendChild(block);
+      }
+      block.hidden = !sides().includes(which);
+    }
+    for (const which of sides()) {
+      const block = box.querySelector(`.pair-block[data-side="${which}"]`);
+      const step = stepOf(which), head = getHead();
+      block.querySelector(".pair-title").textContent = (S.compare ? (which === "a" ? "A: " : "B: ") : "") + `step ${step}`;
+      const pair = block.querySelector(".pair");
+      const grid = plotDiv(pair, `${prefix}-grid-${which}`);
+      const g = gridFigure(r, key, step, head, key);
+      draw(grid, g.data, g.layout).then(() => {
+        if (!grid.dataset.clicks) {
+          grid.dataset.clicks = "1";
+          grid.on("plotly_click", (ev) => {
+            const pt = ev.points && ev.points[0];
+            if (pt) setHead({ layer: +pt.y, head: +pt.x });
+          });
+        }
+      });
+      const cell = plotDiv(pair, `${prefix}-attn-${which}-cell`, "cell");
+      const attn = plotDiv(cell, `${prefix}-attn-${which}`);
+      note(cell, r.patterns ? "" : "No example attention patterns for this run in this page.");
+      if (r.patterns) {
+        const a = attentionFigure(r, step, head);
+        draw(attn, a.data, a.layout);
+      }
+    }
+  }
+
+  function renderHeads() {
+    const r = run(), key = S.probe[r.name], box = $("heads");
+    note(box, key ? "" : "This run has no per-head probe.");
+    if (!key) return;
+    if (!S.head[r.name]) S.head[r.name] = defaultHead(r, key);
+    const head = S.head[r.name];
+    $("head-info").textContent = `${r.probes[key].probe}. Click a cell to show that head's attention on the ` +
+      `example (${r.example.description}); hover gives the weight. Selected: L${head.layer}H${head.head}.`;
+    renderHeadPairs(box, "heads", r, key, () => S.head[r.name], (h) => { S.head[r.name] = h; renderHeads(); });
+    let curve = $("heads-curve");
+    if (!curve) {
+      curve = document.createElement("div");
+      curve.id = "heads-curve";
+      curve.className = "plot";
+      box.appendChild(curve);
+    }
+    box.appendChild(curve);
+    const p = r.probes[key], col = p.columns.indexOf(`L${head.layer}H${head.head}`);
+    const traces = col < 0 ? [] : [{ type: "scatter", mode: "lines+markers", name: `L${head.layer}H${head.head}`,
+      x: p.steps, y: p.values.map((row) => row[col]), marker: { size: 4 } }];
+    draw(curve, traces, lineLayout(`${key} of L${head.layer}H${head.head} over training`,
+      { shapes: cursorShapes(r.name, S.logx), showlegend: false }));
+  }
+
+  // --- circuit graph -------------------------------------------------------------------------
+
+  function fillCircuitSelect() {
+    const r = run(), select = $("circuit-select");
+    select.innerHTML = r.circuits.map((c, i) => `<option value="${i}">${esc(c.key)} (${esc(c.method)})</option>`).join("");
+    if (S.circuit[r.name] === undefined || S.circuit[r.name] >= r.circuits.length) S.circuit[r.name] = 0;
+    select.value = String(S.circuit[r.name]);
+  }
+
+  /** The graph index for a checkpoint step: the last saved graph at or before it, else the first. */
+  function graphIndex(c, step) {
+    let best = 0;
+    c.steps.forEach((s, i) => { if (s <= step) best = i; });
+    return best;
+  }
+
+  function maxAbs(rows) {
+    let m = 0;
+    for (const row of rows) for (const v of row) if (v !== null) m = Math.max(m, Math.abs(v));
+    return m || 1;
+  }
+
+  const INPUT_OFFSET = { q: -0.2, k: 0, v: 0.2 };
+  function graphFigure(c, weights, scale, title, diff) {
+    const cut = (S.cut / 100) * scale, buckets = new Map(), mid = { x: [], y: [], text: [] };
+    c.edges.forEach((e, j) => {
+      const w = weights[j];
+      if (w === null || Math.abs(w) < cut || w === 0) return;
+      const [x0, y0] = c.positions[e.sender], [x1, y1] = c.positions[e.receiver];
+      const yr = y1 + (e.input ? INPUT_OFFSET[e.input] : 0);
+      const width = Math.max(0.5, Math.round((8 * Math.abs(w)) / scale * 2) / 2);
+      const color = diff ? (w > 0 ? COLOR.up : COLOR.down) : (w > 0 ? COLOR.pos : COLOR.neg);
+      const key = color + "|" + width;
+      if (!buckets.has(key)) buckets.set(key, { color, width, x: [], y: [] });
+      const b = buckets.get(key);
+      b.x.push(x0, x1, null);
+      b.y.push(y0, yr, null);
+      mid.x.push((x0 + x1) / 2);
+      mid.y.push((y0 + yr) / 2);
+      mid.text.push(`${e.edge}: ${fmt(w, 4)}`);
+    });
+    const data = [...buckets.values()].map((b) => ({ type: "scatter", mode: "lines", x: b.x, y: b.y,
+      line: { color: b.color, width: b.width }, hoverinfo: "skip", opacity: 0.75 }));
+    data.push({ type: "scatter", mode: "markers", x: mid.x, y: mid.y, text: mid.text, hoverinfo: "text",
+                marker: { size: 7, color: "rgba(0,0,0,0.01)" } });
+    const nodes = c.nodes;
+    data.push({ type: "scatter", mode: "markers+text", x: nodes.map((n) => c.positions[n][0]),
+      y: nodes.map((n) => c.positions[n][1]), text: nodes, textposition: "middle right", hoverinfo: "text",
+      marker: { size: 13, color: "#fff", line: { color: "#333", width: 1.5 } }, textfont: { size: 11 } });
+    const xs = nodes.map((n) => c.positions[n][0]), ys = nodes.map((n) => c.positions[n][1]);
+    const layout = { title: { text: title, font: { size: 13 }, x: 0.01, xanchor: "left" }, font: FONT, showlegend: false,
+      hovermode: "closest", height: Math.min(640, 160 + 60 * Math.max(...ys)),
+      margin: { l: 10, r: 10, t: 34, b: 10 },
+      xaxis: { visible: false, autorange: false, range: [Math.min(...xs) - 0.5, Math.max(...xs) + 0.9] },
+      yaxis: { visible: false, autorange: false, range: [Math.max(...ys) + 0.6, Math.min(...ys) - 0.6] } };
+    return { data, layout, shown: mid.text.length };
+  }
+
+  function strongest(c, weights, k) {
+    return c.edges.map((e, j) => [e.edge, weights[j]]).filter((p) => p[1] !== null)
+      .sort((p, q) => Math.abs(q[1]) - Math.abs(p[1])).slice(0, k).map((p) => `${p[0]}  ${fmt(p[1], 4)}`).join("\n");
+  }
+
+  function renderCircuit() {
+    const r = run(), box = $("circuit");
+    note(box, r.circuits.length ? "" : "No circuit graph for this run: it saved no circuits/ graphs and has no " +
+      "example patterns (or only one layer).");
+    if (!r.circuits.length) {
+      $("circuit-info").textContent = "";
+      return;
+    }
+    const c = r.circuits[S.circuit[r.name]], scale = maxAbs(c.weights);
+    $("circuit-info").textContent = `${c.method}: ${c.metric || "edge weight"}. Source: ${c.source}. ` +
+      "Edge width = |weight| (blue positive, red negative; q/k/v inputs enter a head above/at/below its centre).";
+    const panels = [];
+    for (const which of sides()) {
+      const step = stepOf(which), i = graphIndex(c, step);
+      panels.push({ id: "circuit-" + which, weights: c.weights[i], scale, diff: false,
+        title: `${S.compare ? (which === "a" ? "A: " : "B: ") : ""}graph at step ${c.steps[i]}` +
+          (c.steps[i] !== step ? ` (checkpoint ${step})` : "") });
+    }
+    if (S.diff) {
+      const ia = graphIndex(c, stepOf("a")), ib = graphIndex(c, stepOf("b"));
+      const delta = c.weights[ib].map((w, j) => (w === null || c.weights[ia][j] === null ? null : w - c.weights[ia][j]));
+      panels.push({ id: "circuit-diff", weights: delta, scale: maxAbs([delta]), diff: true,
+        title: `diff: step ${c.steps[ib]} minus step ${c.steps[ia]} (green: stronger, purple: weaker)` });
+    }
+    // Every panel's box exists once made and is shown or hidden before any plot is drawn, so each
+    // plot is drawn at its final width.
+    for (const id of ["circuit-a", "circuit-b", "circuit-diff"]) {
+      let wrap = $(id + "-wrap");
+      if (!wrap) {
+        wrap = document.createElement("div");
+        wrap.id = id + "-wrap";
+        box.appendChild(wrap);
+        plotDiv(wrap, id);
+      }
+      wrap.hidden = !panels.some((p) => p.id === id);
+    }
+    for (const p of panels) {
+      const wrap = $(p.id + "-wrap"), el = $(p.id);
+      const g = graphFigure(c, p.weights, p.scale, p.title, p.diff);
+      draw(el, g.data, g.layout);
+      let list = $(p.id + "-edges");
+      if (!list) { list = document.createElement("div"); list.id = p.id + "-edges"; list.className = "edges"; wrap.appendChild(list); }
+      list.textContent = `${g.shown} edges shown; strongest:\n` + strongest(c, p.weights, 5);
+    }
+  }
+
+  // --- headline ------------------------------------------------------------------------------
+
+  let headlineBuilt = false;
+  function buildHeadline() {
+    const h = D.headline, box = $("tab-headline");
+    const frames = h.figures.filter((f) => f.type === "matrix" && f.frames.length > 1);
+    let html = `<h2>${esc(h.title)}</h2><div class="caption">${esc(h.caption || "")}</div>`;
+    if (frames.length) {
+      const labels = frames[0].frames.map((f) => f.label);
+      html += `<div class="frame-row"><b>epoch</b><input type="range" id="frame-slider" min="0" max="${labels.length - 1}"` +
+        ` value="${labels.length - 1}" aria-label="epoch"><span id="frame-label"></span></div>`;
+      S.frame = labels.length - 1;
+    }
+    h.figures.forEach((f, i) => {
+      html += `<div class="figure" data-index="${i}">` + (f.type === "table" || f.type === "heads"
+        ? `<h2>${esc(f.title)}</h2>` : "") + "</div>";
+    });
+    box.innerHTML = html;
+    const slider = $("frame-slider");
+    if (slider) slider.addEventListener("input", () => { S.frame = +slider.value; renderHeadline(); });
+    h.figures.forEach((f, i) => {
+      const holder = box.querySelector(`.figure[data-index="${i}"]`);
+      if (f.type === "table") {
+        holder.insertAdjacentHTML("beforeend", '<table class="results">' + f.rows.map((row) =>
+          `<tr><td>${esc(row[0])}</td><td>${esc(fmt(row[1], 4))}</td></tr>`).join("") + "</table>");
+      } else if (f.type === "heads") {
+        const inner = document.createElement("div");
+        inner.id = "headline-heads";
+        holder.appendChild(inner);
+      } else {
+        plotDiv(holder, "headline-" + i);
+        if (f.caption) holder.insertAdjacentHTML("beforeend", `<div class="caption">${esc(f.caption)}</div>`);
+      }
+    });
+    headlineBuilt = true;
+  }
+
+  function linesFigure(f) {
+    const data = f.series.map((s) => ({ type: "scatter", mode: "lines", name: s.name, x: s.x, y: s.y,
+      yaxis: s.axis === "y2" ? "y2" : "y", line: { width: s.axis === "y2" ? 1.2 : 2, dash: s.axis === "y2" ? "dot" : "solid" } }));
+    const shapes = f.run ? cursorShapes(f.run, f.logx) : [];
+    const annotations = [];
+    for (const v of f.vlines || []) {
+      shapes.push({ type: "line", xref: "x", yref: "paper", x0: v.x, x1: v.x, y0: 0, y1: 1,
+                    line: { color: COLOR.mark, width: 1.2, dash: "dashdot" } });
+      annotations.push({ x: S.logx || f.logx ? Math.log10(Math.max(v.x, 1)) : v.x, y: 1, xref: "x", yref: "paper",
+                         text: esc(v.label), showarrow: false, textangle: -90, xanchor: "right", yanchor: "top",
+                         font: { size: 10, color: COLOR.mark } });
+    }
+    for (const hl of f.hlines || []) {
+      shapes.push({ type: "line", xref: "paper", yref: hl.axis === "y2" ? "y2" : "y", x0: 0, x1: 1, y0: hl.y, y1: hl.y,
+                    line: { color: COLOR.grey, width: 1, dash: "dot" } });
+    }
+    if (f.band) {
+      shapes.push({ type: "rect", xref: "x", yref: "paper", x0: f.band.x0, x1: f.band.x1, y0: 0, y1: 1, layer: "below",
+                    fillcolor: "rgba(122,79,196,0.09)", line: { width: 0 } });
+      annotations.push({ x: f.logx ? Math.log10(Math.max((f.band.x0 + f.band.x1) / 2, 1)) : (f.band.x0 + f.band.x1) / 2,
+                         y: 0.02, xref: "x", yref: "paper", text: esc(f.band.label), showarrow: false,
+                         font: { size: 11, color: COLOR.mark } });
+    }
+    const layout = lineLayout(f.title, { shapes, annotations, height: 380,
+      xaxis: { title: { text: f.xlabel || "step" }, type: f.logx ? "log" : "linear", zeroline: false, autorange: true },
+      yaxis: { title: { text: f.ylabel || "" }, zeroline: false, autorange: true },
+      legend: { orientation: "h", y: -0.2, font: { size: 11 } }, margin: { l: 56, r: 56, t: 34, b: 40 } });
+    if (data.some((t) => t.yaxis === "y2")) {
+      layout.yaxis2 = { title: { text: f.y2label || "" }, overlaying: "y", side: "right", zeroline: false, showgrid: false,
+                        autorange: true };
+    }
+    return { data, layout };
+  }
+
+  function matrixFigure(f) {
+    const frame = f.frames[Math.min(S.frame, f.frames.length - 1)];
+    let m = 0;
+    for (const fr of f.frames) for (const row of fr.z) for (const v of row) if (v !== null) m = Math.max(m, Math.abs(v));
+    const data = [{ type: "heatmap", z: frame.z, x: f.x, y: f.y, colorscale: "RdBu",
+      zmin: f.symmetric ? -m || -1 : undefined, zmax: f.symmetric ? m || 1 : undefined, colorbar: { thickness: 10 },
+      hovertemplate: "%{y}, %{x}: %{z:.4f}<extra></extra>" }];
+    const layout = { title: { text: f.title + (frame.label ? ` - ${frame.label}` : ""), font: { size: 13 }, x: 0.01, xanchor: "left" }, font: FONT,
+      height: Math.min(560, 160 + 22 * f.y.length), margin: { l: 150, r: 10, t: 34, b: 60 },
+      xaxis: { title: { text: f.xlabel || "" }, type: "category", tickfont: { size: 10 }, autorange: true },
+      yaxis: { title: { text: f.ylabel || "" }, type: "category", autorange: "reversed", tickfont: { size: 10 } } };
+    return { data, layout };
+  }
+
+  function renderHeadline() {
+    if (!headlineBuilt) buildHeadline();
+    const h = D.headline, frameLabel = $("frame-label");
+    if (frameLabel) {
+      const f = h.figures.find((x) => x.type === "matrix" && x.frames.length > 1);
+      frameLabel.textContent = f.frames[S.frame].label;
+    }
+    h.figures.forEach((f, i) => {
+      if (f.type === "lines") {
+        const g = linesFigure(f);
+        draw($("headline-" + i), g.data, g.layout);
+      } else if (f.type === "matrix") {
+        const g = matrixFigure(f);
+        draw($("headline-" + i), g.data, g.layout);
+      } else if (f.type === "heads") {
+        const r = runsByName.get(f.run);
+        note($("headline-heads"), r && f.run === S.run ? "" : `Select run ${f.run} to see this panel.`);
+        if (!r || f.run !== S.run) return;
+        if (!S.headlineHead) {
+          const m = /^L(\d+)H(\d+)$/.exec(f.head || "");
+          S.headlineHead = m ? { layer: +m[1], head: +m[2] } : defaultHead(r, f.probe);
+        }
+        renderHeadPairs($("headline-heads"), "headline", r, f.probe, () => S.headlineHead,
+          (hd) => { S.headlineHead = hd; renderHeadline(); });
+      }
+    });
+  }
+
+  // --- tabs and events -----------------------------------------------------------------------
+
+  const TABS = { headline: renderHeadline, curves: renderCurves, heads: renderHeads, circuit: renderCircuit };
+  function renderTab(rebuild) {
+    for (const name of Object.keys(TABS)) {
+      $("tab-" + name).classList.toggle("active", name === S.tab);
+      document.querySelector(`nav button[data-tab="${name}"]`).classList.toggle("active", name === S.tab);
+    }
+    TABS[S.tab](rebuild);
+  }
+
+  function init() {
+    const title = D.kind === "analysis" ? `interp view: ${D.title}` : `interp view: ${D.title}`;
+    $("title").textContent = title;
+    $("subtitle").textContent = `${D.path} - ${D.runs.length} run${D.runs.length === 1 ? "" : "s"}`;
+    $("run-select").innerHTML = D.runs.map((r) => `<option value="${esc(r.name)}">${esc(r.name)}</option>`).join("");
+    $("run-select").addEventListener("change", (e) => setRun(e.target.value));
+    for (const which of ["a", "b"]) {
+      $("slider-" + which).addEventListener("input", (e) => setStep(which, +e.target.value));
+    }
+    $("compare").addEventListener("change", (e) => {
+      S.compare = e.target.checked;
+      if (!S.compare) { S.diff = false; $("diff").checked = false; }
+      $("row-b").hidden = !S.compare;
+      $("step-b").textContent = stepLabel("b");
+      renderTab(false);
+    });
+    $("diff").addEventListener("change", (e) => {
+      S.diff = e.target.checked;
+      if (S.diff && !S.compare) { $("compare").checked = true; S.compare = true; $("row-b").hidden = false; }
+      renderTab(false);
+    });
+    $("logx").addEventListener("change", (e) => { S.logx = e.target.checked; renderCurves(true); });
+    $("probe-select").addEventListener("change", (e) => { S.probe[S.run] = e.target.value; renderHeads(); });
+    $("circuit-select").addEventListener("change", (e) => { S.circuit[S.run] = +e.target.value; renderCircuit(); });
+    $("edge-cut").addEventListener("change", (e) => { S.cut = Math.max(0, Math.min(100, +e.target.value || 0)); renderCircuit(); });
+    document.querySelectorAll("nav button").forEach((b) => b.addEventListener("click", () => {
+      S.tab = b.dataset.tab;
+      renderTab(true);
+    }));
+    document.addEventListener("keydown", (ev) => {
+      const t = ev.target;
+      if (t && (t.tagName === "SELECT" || t.tagName === "TEXTAREA" ||
+                (t.tagName === "INPUT" && t.type !== "checkbox" && t.type !== "range"))) return;
+      if (t && t.type === "range") return;  // a focused slider moves itself (its input event)
+      const which = ev.shiftKey && S.compare ? "b" : "a", at = which === "b" ? S.b : S.a, last = run().steps.length - 1;
+      const moves = { ArrowRight: at + 1, ArrowUp: at + 1, ArrowLeft: at - 1, ArrowDown: at - 1, Home: 0, End: last,
+                      PageUp: at + Math.max(1, Math.round(last / 10)), PageDown: at - Math.max(1, Math.round(last / 10)) };
+      if (!(ev.key in moves)) return;
+      ev.preventDefault();
+      setStep(which, moves[ev.key]);
+    });
+    const notes = D.runs.flatMap((r) => r.notes.map((n) => `${r.name}: ${n}`));
+    $("footer").innerHTML = (notes.length ? `<div class="notes">${notes.map(esc).join("<br>")}</div>` : "") +
+      `Written by <code>interp view</code> on ${esc(D.generated)} from the run files under ${esc(D.path)} ` +
+      `(metrics.jsonl, probes/, circuits/, patterns/). Plots: plotly.js ${esc(Plotly.version)}, bundled in this ` +
+      "file: the page works offline.";
+    setRun(D.default_run);
+    Promise.all(pending).then(() => {
+      pending.length = 0;
+      API.ready = true;
+      API.readyAt = performance.now();
+      document.body.dataset.ready = "1";
+    });
+  }
+
+  API.setStep = (which, index) => setStep(which, index);
+  API.settled = () => Promise.all([...inflight]).then(() => new Promise((resolve) => setTimeout(resolve, 150)));
+  API.setRun = (name) => setRun(name);
+  API.showTab = (name) => { S.tab = name; renderTab(true); };
+  init();
+})();

@@ -1,0 +1,403 @@
+"""`interp view`: the explorer's data, its caches, bad input, the CLI, and the page in a real
+headless Chromium (Debian's `chromium` + `chromium-driver`, driven by Selenium)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from interp.analysis import run_analysis
+from interp.checkpoints import Run
+from interp.circuits.graph import CircuitGraph, ModelShape, save_graphs
+from interp.cli import main
+from interp.ids import EdgeId, HeadId, hooks
+from interp.view import VIEW_DIR, ViewError, example_for, example_patterns, view_data, write_view
+from interp.view import data as view_module
+from interp.view import page as page_module
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+
+
+@pytest.fixture(scope="module")
+def analysis_dir(tmp_path_factory) -> Path:
+    """The induction-heads analysis on its tiny preset (seconds), with its view written."""
+    out = tmp_path_factory.mktemp("view") / "induction"
+    run_analysis("induction-heads", out, "tiny", progress=False)
+    write_view(out, device="cpu")
+    return out
+
+
+def _run_data(data: dict, name: str = "main") -> dict:
+    return next(r for r in data["runs"] if r["name"] == name)
+
+
+def _leftovers(path: Path) -> list[str]:
+    return sorted(p.name for p in path.iterdir() if p.name.endswith(".tmp"))
+
+
+# --- the data and its caches -----------------------------------------------------------------------
+
+
+def test_view_is_one_offline_page(analysis_dir):
+    page = analysis_dir / VIEW_DIR / "index.html"
+    html = page.read_text()
+    assert page.stat().st_size < 4e6
+    assert "<script src" not in html and "<link rel=\"stylesheet\"" not in html  # nothing loaded from elsewhere
+    assert "plotly.js (cartesian - minified) v4.1.1" in html
+    assert _leftovers(analysis_dir) == []
+    payload = html.split('<script type="application/json" id="view-data">', 1)[1].split("</script>", 1)[0]
+    data = json.loads(payload)
+    assert data["format"] == "interp.view/1" and data["analysis"] == "induction-heads"
+    assert [r["name"] for r in data["runs"]] == ["main"]
+
+
+def test_patterns_are_cached_per_checkpoint_hash_and_match_a_bridge_forward(analysis_dir):
+    run = Run.open(analysis_dir / "runs" / "main")
+    example = example_for(run, 6)  # the tiny preset's probe period, read from analysis.json by the view
+    folder = run.path / view_module.PATTERNS_DIR / example.key
+    assert sorted(p.name for p in folder.glob("*.npy")) == sorted(f"{run.checkpoint_hash(s)[:16]}.npy"
+                                                                  for s in run.steps)
+    assert json.loads((folder / "example.json").read_text())["tokens"] == list(example.tokens)
+    stored = example_patterns(run, example)
+    assert stored.dtype == np.float16 and stored.shape == (len(run.steps), 2, 2, 12, 12)
+    model = run.load(run.steps[-1], device="cpu")
+    with torch.no_grad():
+        _, cache = model.run_with_cache(example.batch()["tokens"], names_filter=[hooks.pattern(0), hooks.pattern(1)])
+    for layer in range(2):
+        np.testing.assert_allclose(stored[-1, layer].astype(np.float32), cache[hooks.pattern(layer)][0].numpy(),
+                                   atol=2e-3)
+    np.testing.assert_allclose(stored[..., :, :].astype(np.float32).sum(-1), 1.0, atol=1e-2)  # rows sum to 1
+
+
+def test_a_second_view_computes_nothing_and_shows_the_same(analysis_dir, monkeypatch):
+    before = view_data(analysis_dir, device="cpu")
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("patterns were computed again")
+
+    monkeypatch.setattr(view_module, "_compute_patterns", refuse)
+    after = view_data(analysis_dir, device="cpu")
+    assert {**before, "generated": ""} == {**after, "generated": ""}
+
+
+def _stored_probe(run: Run, key: str) -> dict[int, dict[str, float]]:
+    """The raw rows of a probe cache at the run's checkpoints (matching weights), by step."""
+    rows = [json.loads(line) for line in (run.path / "probes" / f"{key}.jsonl").read_text().splitlines()]
+    return {r["step"]: r["values"] for r in rows if r["weights"] == run.checkpoint_hash(r["step"])}
+
+
+def test_page_values_are_the_probe_cache_and_the_patterns(analysis_dir):
+    data = view_data(analysis_dir, device="cpu")
+    run, shown = Run.open(analysis_dir / "runs" / "main"), _run_data(data)
+    induction = shown["probes"]["induction"]
+    assert induction["steps"] == run.steps and induction["heads"]
+    assert induction["columns"] == ["L0H0", "L0H1", "L1H0", "L1H1"]
+    stored = _stored_probe(run, "induction")
+    for step, row in zip(induction["steps"], induction["values"], strict=True):
+        np.testing.assert_allclose(row, [stored[step][c] for c in induction["columns"]], rtol=1e-4)
+    patterns = shown["patterns"]
+    assert patterns["steps"] == run.steps and patterns["shape"] == [2, 2, 12, 12]
+    saved = example_patterns(run, example_for(run, 6))
+    rows, cols = np.tril_indices(12)
+    decoded = np.frombuffer(base64.b64decode(patterns["data"][-1]), dtype="<f2").reshape(2, 2, -1)
+    np.testing.assert_array_equal(decoded, saved[-1][..., rows, cols])
+    scores = shown["probes"]["example.induction"]
+    expected = view_module.pattern_scores(saved, 6)["induction"][-1].reshape(-1)
+    np.testing.assert_allclose(scores["values"][-1], expected, rtol=1e-4)
+
+
+def test_induction_headline_and_marks(analysis_dir):
+    data = view_data(analysis_dir, device="cpu")
+    headline = data["headline"]
+    assert headline["title"] == "Induction heads forming" and headline["run"] == "main"
+    kinds = [f["type"] for f in headline["figures"]]
+    assert kinds == ["lines", "heads", "table"]
+    lines = headline["figures"][0]
+    assert {s["name"] for s in lines["series"]} >= {"L1H0 induction score", "L1H1 induction score"}
+    results = json.loads((analysis_dir / "results.json").read_text())
+    assert headline["figures"][1]["head"] == results["induction_head"]
+    assert dict(headline["figures"][2]["rows"])["induction_head"] == results["induction_head"]
+
+
+def test_saved_circuit_graphs_are_shown_and_attention_graph_is_the_fallback(trained_run, tmp_path):
+    path = tmp_path / "run"
+    shutil.copytree(trained_run.path, path)
+    run = Run.open(path)
+    fallback = _run_data(view_data(path, device="cpu"), "run")["circuits"]
+    assert [c["method"] for c in fallback] == ["attention metrics"]
+    assert all(e["input"] == "k" and e["sender"].startswith("L0") for e in fallback[0]["edges"])
+    shape = ModelShape(2, 2, False)
+    edges = [EdgeId.parse("L0H1->L1H0.k"), EdgeId.parse("embed->L0H0.q"), EdgeId.parse("L1H1->logits")]
+    graphs = [CircuitGraph("path patching", step, shape, {e: (i + 1) * 0.1 * step for i, e in enumerate(edges)},
+                           "logit difference") for step in run.steps[::2]]
+    save_graphs(run, "patch", graphs)
+    shown = _run_data(view_data(path, device="cpu"), "run")["circuits"]
+    assert [c["key"] for c in shown] == ["patch"]
+    circuit = shown[0]
+    assert circuit["steps"] == run.steps[::2] and circuit["method"] == "path patching"
+    names = [e["edge"] for e in circuit["edges"]]
+    assert sorted(names) == sorted(str(e) for e in edges)
+    for graph, row in zip(graphs, circuit["weights"], strict=True):
+        for name, weight in zip(names, row, strict=True):
+            assert weight == pytest.approx(graph.weights[EdgeId.parse(name)], rel=1e-4)
+    assert circuit["positions"]["L1H0"] == list(shape.position(HeadId(1, 0)))
+
+
+def test_other_headlines_read_their_analysis_files(trained_run, tmp_path):
+    """Recovery: pairwise and residual matrices per epoch from loss_matrix.json; low-rank: Z
+    sorted by its first factors; both from a hand-made analysis directory around a tiny run."""
+    def analysis(name: str, results: dict, runs: list[str]) -> Path:
+        out = tmp_path / name
+        for run_name in runs:
+            shutil.copytree(trained_run.path, out / "runs" / run_name)
+        (out / "analysis.json").write_text(json.dumps({"analysis": name, "preset": "tiny", "config": {}}))
+        (out / "results.json").write_text(json.dumps(results))
+        return out
+
+    out = analysis("anticipatory-recovery", {"reference_size": "1x8", "seeds": [0]}, ["1x8-cyclic-s0"])
+    schedule, n = [0, 1, 2, 0, 1, 2], 3
+    losses = np.arange(7 * n, dtype=float).reshape(7, n) ** 1.5
+    (out / "runs" / "1x8-cyclic-s0" / "loss_matrix.json").write_text(
+        json.dumps({"schedule": schedule, "losses": losses.tolist()}))
+    headline = view_data(out, device="cpu")["headline"]
+    assert headline["run"] == "1x8-cyclic-s0"
+    pairwise = next(f for f in headline["figures"] if f["title"].startswith("Pairwise"))
+    assert [f["label"] for f in pairwise["frames"]] == ["epoch 1", "epoch 2"]
+    np.testing.assert_allclose(pairwise["frames"][1]["z"][2], losses[6] - losses[5], rtol=1e-4)
+    residual = next(f for f in headline["figures"] if f["title"].startswith("Loss residual"))
+    block = losses[3:7]
+    np.testing.assert_allclose(residual["frames"][1]["z"], block - block.mean(axis=0), rtol=1e-4, atol=1e-9)
+
+    out = analysis("lowrank-forgetting", {"r2_multiplicative": 0.9}, ["base"])
+    z = np.outer([3.0, 1.0, 2.0], [1.0, 4.0, 2.0, 3.0])
+    np.save(out / "z.npy", z)
+    (out / "tasks.json").write_text(json.dumps([{"domain_weights": [0.9, 0.1]}] * 3))
+    matrix = view_data(out, device="cpu")["headline"]["figures"][0]
+    assert matrix["y"][0] == "task 0, mostly domain 0"
+    np.testing.assert_allclose(matrix["frames"][0]["z"], z[[0, 2, 1]][:, [1, 3, 2, 0]])
+
+
+# --- bad input ---------------------------------------------------------------------------------------
+
+
+def test_bad_input_says_what_is_missing_and_writes_nothing(trained_run, tmp_path):
+    cases: dict[str, tuple[Path, str]] = {}
+    missing = tmp_path / "missing"
+    cases["missing"] = (missing, "no such directory")
+    (empty := tmp_path / "empty").mkdir()
+    cases["empty"] = (empty, "is empty: there is no run")
+    (half := tmp_path / "half").mkdir()
+    shutil.copy(trained_run.path / "config.json", half / "config.json")
+    cases["config only"] = (half, "has no checkpoint yet: .*manifest.json is missing")
+    torn = tmp_path / "torn"
+    shutil.copytree(trained_run.path, torn)
+    with open(torn / "metrics.jsonl", "a") as f:
+        f.write('{"step"\n')  # a line that is not JSON
+    cases["damaged metrics"] = (torn, "is damaged: .*metrics.jsonl: line")
+    (ana := tmp_path / "analysis").mkdir()
+    (ana / "analysis.json").write_text(json.dumps({"analysis": "induction-heads", "config": {}}))
+    cases["analysis without runs"] = (ana, "with no runs: .*runs is missing")
+    unfinished = tmp_path / "unfinished"
+    shutil.copytree(trained_run.path, unfinished / "runs" / "main")
+    (unfinished / "analysis.json").write_text(json.dumps({"analysis": "induction-heads", "config": {}}))
+    cases["analysis without results"] = (unfinished, "results.json is missing: analysis induction-heads did not finish")
+    (other := tmp_path / "other").mkdir()
+    (other / "notes.txt").write_text("hello")
+    cases["something else"] = (other, "neither a run directory")
+    for label, (path, message) in cases.items():
+        before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+        with pytest.raises((ViewError, FileNotFoundError), match=message):
+            write_view(path, device="cpu")
+        after = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+        assert after == before, f"{label}: wrote {set(after) - set(before)}"
+
+
+def test_a_failure_while_writing_keeps_the_previous_view(trained_run, tmp_path, monkeypatch):
+    path = tmp_path / "run"
+    shutil.copytree(trained_run.path, path)
+    first = write_view(path, device="cpu")
+    old = first.read_text()
+
+    def broken(data):
+        raise RuntimeError("template broke")
+
+    monkeypatch.setattr(page_module, "render_page", broken)
+    with pytest.raises(RuntimeError, match="template broke"):
+        write_view(path, device="cpu")
+    assert first.read_text() == old and _leftovers(path) == []
+    monkeypatch.undo()
+
+    real_replace = os.replace
+
+    def fail_on_the_new_view(src, dst):  # the old view is moved aside, then the new one fails to land
+        if Path(src).name.startswith(f".{VIEW_DIR}."):
+            raise OSError(28, "No space left on device")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(page_module.os, "replace", fail_on_the_new_view)
+    with pytest.raises(OSError):
+        write_view(path, device="cpu")
+    assert first.read_text() == old and _leftovers(path) == []
+
+
+def test_cli_view_prints_the_page_and_names_bad_input(analysis_dir, tmp_path, capsys):
+    assert main(["view", str(analysis_dir)]) == 0
+    out = capsys.readouterr().out
+    assert f"wrote {analysis_dir / VIEW_DIR / 'index.html'}" in out and "MB" in out
+    (tmp_path / "empty").mkdir()
+    assert main(["view", str(tmp_path / "empty")]) == 2
+    assert "interp view: error: " in capsys.readouterr().err
+    assert not (tmp_path / "empty" / VIEW_DIR).exists()
+
+
+# --- the page in a real browser ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Chromium through Selenium and Debian's chromedriver (no driver download)."""
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:
+        pytest.skip("selenium is not installed (pip install -e '.[dev]')")
+    if not (CHROMIUM and CHROMEDRIVER):
+        pytest.skip("no headless Chromium here: `apt-get install chromium chromium-driver` (Debian) provides the "
+                    "browser and its driver; .ci/run installs them where apt-get is available")
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--window-size=1400,1000"):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    os.environ.setdefault("SE_OFFLINE", "true")  # Selenium Manager must not look for a driver online
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    yield driver
+    driver.quit()
+
+
+def _open(driver, page: Path) -> None:
+    driver.get(page.resolve().as_uri())
+    deadline = time.time() + 30
+    while not driver.execute_script("return !!(window.interpView && window.interpView.ready)"):
+        assert time.time() < deadline, "the page never became ready"
+        time.sleep(0.05)
+
+
+def _console_errors(driver) -> list[str]:
+    return [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+
+
+def _shown(driver, plot_id: str) -> list:
+    return driver.execute_script(f"return document.getElementById('{plot_id}').data[0].z")
+
+
+def _settle(driver) -> None:
+    """Wait until every plot the page started drawing is drawn (and resized)."""
+    driver.set_script_timeout(30)
+    driver.execute_async_script("window.interpView.settled().then(arguments[arguments.length - 1])")
+
+
+def _click_cell(driver, plot_id: str, layer: int, head: int) -> None:
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    _settle(driver)
+    element = driver.find_element("id", plot_id)
+    x, y = driver.execute_script(f"""
+        const gd = document.getElementById('{plot_id}'), xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis;
+        return [xa._offset + xa.l2p({head}), ya._offset + ya.l2p({layer})];""")
+    size = element.size
+    ActionChains(driver).move_to_element_with_offset(element, int(x - size["width"] / 2),
+                                                     int(y - size["height"] / 2)).click().perform()
+
+
+def _assert_pattern(shown: list, stored: np.ndarray) -> None:
+    """A displayed T x T attention heatmap (null above the diagonal) equals a stored pattern."""
+    shown_array = np.array([[np.nan if v is None else v for v in row] for row in shown], dtype=float)
+    lower = np.tril(np.ones_like(shown_array, dtype=bool))
+    np.testing.assert_array_equal(shown_array[lower], stored.astype(np.float64)[lower])
+    assert np.isnan(shown_array[~lower]).all()
+
+
+def test_page_in_headless_chromium_slider_grid_pattern_and_click(analysis_dir, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import Select
+
+    run = Run.open(analysis_dir / "runs" / "main")
+    steps = run.steps
+    stored = example_patterns(run, example_for(run, 6))  # [step, layer, head, q, k]
+    cached = _stored_probe(run, "induction")  # the probe cache's rows, as stored on disk
+
+    def stored_grid(index: int) -> np.ndarray:
+        grid = np.full((2, 2), np.nan)
+        for column, value in cached[steps[index]].items():
+            head = HeadId.parse(column)
+            grid[head.layer, head.head] = value
+        return grid
+
+    _open(browser, analysis_dir / VIEW_DIR / "index.html")
+    browser.find_element(By.CSS_SELECTOR, 'nav button[data-tab="heads"]').click()
+    Select(browser.find_element(By.ID, "probe-select")).select_by_value("induction")
+    body = browser.find_element(By.TAG_NAME, "body")
+    body.send_keys(Keys.HOME)
+    state = lambda: browser.execute_script("return window.interpView.state")  # noqa: E731
+    assert state()["a"] == 0 and browser.find_element(By.ID, "step-a").text.startswith(f"step {steps[0]} ")
+    head = state()["head"]["main"]
+    np.testing.assert_allclose(_shown(browser, "heads-grid-a"), stored_grid(0), rtol=1e-4)
+    _assert_pattern(_shown(browser, "heads-attn-a"), stored[0, head["layer"], head["head"]])
+    first_pattern = _shown(browser, "heads-attn-a")
+
+    for index in range(1, len(steps)):  # the arrow key walks the slider to the last checkpoint
+        body.send_keys(Keys.ARROW_RIGHT)
+        assert state()["a"] == index
+        assert browser.find_element(By.ID, "step-a").text.startswith(f"step {steps[index]} ")
+    assert int(browser.find_element(By.ID, "slider-a").get_attribute("value")) == len(steps) - 1
+    np.testing.assert_allclose(_shown(browser, "heads-grid-a"), stored_grid(-1), rtol=1e-4)
+    assert not np.allclose(stored_grid(-1), stored_grid(0))
+    _assert_pattern(_shown(browser, "heads-attn-a"), stored[-1, head["layer"], head["head"]])
+    assert _shown(browser, "heads-attn-a") != first_pattern
+
+    target = {"layer": 0, "head": 1 - head["head"]} if head["layer"] == 1 else {"layer": 1, "head": head["head"]}
+    _click_cell(browser, "heads-grid-a", target["layer"], target["head"])
+    deadline = time.time() + 5
+    while state()["head"]["main"] != target:
+        assert time.time() < deadline, f"clicking L{target['layer']}H{target['head']} did not select it"
+        time.sleep(0.05)
+    time.sleep(0.2)
+    _assert_pattern(_shown(browser, "heads-attn-a"), stored[-1, target["layer"], target["head"]])
+    title = browser.execute_script("return document.getElementById('heads-attn-a').layout.title.text")
+    assert title.startswith(f"L{target['layer']}H{target['head']} attention at step {steps[-1]}")
+
+    errors = _console_errors(browser) + browser.execute_script("return window.interpView.errors")
+    assert errors == [], f"browser console errors: {errors}"
+
+
+def test_page_in_headless_chromium_compare_circuit_and_headline(analysis_dir, browser):
+    from selenium.webdriver.common.by import By
+
+    _open(browser, analysis_dir / VIEW_DIR / "index.html")
+    assert browser.execute_script("return document.getElementById('headline-0').data.length") >= 3
+    browser.find_element(By.ID, "compare").click()
+    assert browser.find_element(By.ID, "row-b").is_displayed()
+    assert browser.execute_script("return !!document.getElementById('headline-grid-b').data")
+    browser.find_element(By.CSS_SELECTOR, 'nav button[data-tab="circuit"]').click()
+    browser.find_element(By.ID, "diff").click()
+    ids = browser.execute_script("return [...document.querySelectorAll('#circuit .plot')].map(e => e.id)")
+    assert ids == ["circuit-a", "circuit-b", "circuit-diff"]
+    browser.find_element(By.CSS_SELECTOR, 'nav button[data-tab="curves"]').click()
+    cursors = browser.execute_script("return document.getElementById('curve-0').layout.shapes.length")
+    assert cursors >= 2  # the A and B cursors
+    errors = _console_errors(browser) + browser.execute_script("return window.interpView.errors")
+    assert errors == [], f"browser console errors: {errors}"
+    assert math.isfinite(browser.execute_script("return window.interpView.readyAt"))
