@@ -73,6 +73,7 @@ def main() -> int:
             probe(run, {"dla": dla_probe("in_repeat")}, batch)
             return path, eap
 
+        steps = run.steps
         first_weights, _ = timed(weight_only)
         first_patching, (path, eap) = timed(patching)
         again_weights, _ = timed(weight_only)
@@ -81,15 +82,15 @@ def main() -> int:
            for p, q in zip(path.graphs, eap.graphs, strict=True)]
     rows = [["weight-only probes", f"{first_weights:.2f}", f"{again_weights:.2f}", "10"],
             ["path + EAP + DLA", f"{first_patching:.2f}", f"{again_patching:.2f}", "90"]]
-    print(f"{len(run.steps)} checkpoints, model {cfg.n_layers} layers x {cfg.n_heads} heads (d_model {cfg.d_model}), "
+    print(f"{len(steps)} checkpoints, model {cfg.n_layers} layers x {cfg.n_heads} heads (d_model {cfg.d_model}), "
           f"{len(path.graphs[0].weights)} edges, batch {args.sequences} x {2 * period}")
     print(table(["", "first call (s)", "cached call (s)", "target (s)"], rows))
     print(f"EAP vs path patching, Spearman over all edges: final checkpoint {rho[-1]:.3f}, median {np.median(rho):.3f},"
           f" min {min(rho):.3f} (step {path.graphs[int(np.argmin(rho))].step})")
-    result = {"environment": environment(torch.device("cpu")), "checkpoints": len(run.steps),
+    result = {"environment": environment(torch.device("cpu")), "checkpoints": len(steps),
               "edges": len(path.graphs[0].weights), "weight_only_s": first_weights,
               "weight_only_cached_s": again_weights, "patching_s": first_patching, "patching_cached_s": again_patching,
-              "spearman_eap_path": dict(zip(map(str, run.steps), rho, strict=True))}
+              "spearman_eap_path": dict(zip(map(str, steps), rho, strict=True))}
     print(f"wrote {write_result('circuit_cost', result, args.out)}")
     missed = first_weights > 10 or first_patching > 90
     return 1 if args.check and missed else 0
