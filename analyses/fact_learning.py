@@ -587,10 +587,9 @@ def value_probe_text(cfg: FactLearningConfig, r: FactLearningResults) -> str:
             "last token of every occurrence of the name and, as a positive control, at the query of the value, on "
             f"held-out-template biographies of {cfg.linear_individuals} trained people, every other checkpoint of the "
             "main run. Grouping: a person is held out whole, so a probe passes only with a code of the value shared "
-            "across people; the "
-            f"control task gives each surname a random value. Accuracy from initialization to the end, by layer: at "
-            f"the name {by_layer('name')}; at the query {by_layer('query')} (chance, the majority value: "
-            f"{r.values['value_name0/chance'][-1]:.3f}). The best layer first reaches 0.5 at step "
+            "across people; the control task gives each surname a random value. Accuracy from initialization to the "
+            f"end, by layer: at the name {by_layer('name')}; at the query {by_layer('query')} (chance, the majority "
+            f"value: {r.values['value_name0/chance'][-1]:.3f}). The best layer first reaches 0.5 at step "
             f"{r.value_probe_half_step['name']} at the name and {r.value_probe_half_step['query']} at the query; "
             f"recall accuracy (seen people) at step {r.recall_half_step}. The {VALUE_ATTRIBUTE} {verdict}.")
 

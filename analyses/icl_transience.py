@@ -51,7 +51,7 @@ from interp.pipeline import AnalysisConfig, Context, JobSetup, TrainingJob, fina
 from interp.probing import ProbeTable
 from interp.report import Figure, Report
 from interp.viz import plot_bars, plot_curves, plot_head_curves, plot_head_grids
-from tasks.fewshot import HEAD_CIRCUITS, FewShot, FewShotConfig, accuracy, answer_probes, circuit_probes
+from tasks.fewshot import HEAD_CIRCUITS, FewShot, FewShotConfig, accuracy, answer_probes, answer_summary, circuit_probes
 
 ICLKind = Literal["icl_novel", "icl_permuted"]
 Control = Literal["negative_control", "no_decay_control"]
@@ -144,7 +144,7 @@ class ICLTransienceResults:
     targets: dict[str, bool]
     table: ProbeTable = detail()  # the circuit probes of the main run
     dla: ProbeTable = detail()  # direct logit attribution at the query, per DLA_SETS batch
-    answers: ProbeTable = detail()  # the answer probes, every other checkpoint
+    answers: ProbeTable = detail()  # the answer probes
     grids: dict[str, np.ndarray] = detail()  # `[step, layer, head]` grid of each of the HEAD_CIRCUITS
     toy: CoopetitionToyResult = detail()
     sweep_runs: dict[float, Run] = detail()  # lambda -> run, the main run at train.l2
@@ -236,9 +236,10 @@ def measure(cfg: ICLTransienceConfig, ctx: Context) -> ICLTransienceResults:
     summary = partial(circuit_summary, table, grids)
     dla = attributions(main, task, cfg, ctx)
     dla_split = partial(logit_split, dla, cfg.model.n_layers, cfg.model.n_heads)
-    answers = probe(main, answer_probes(hooks.resid_mid(cfg.model.n_layers - 1), cfg.seed),
-                    task.answer_batch(2 * cfg.probe_size, seeding.generator(cfg.seed, LINEAR_STREAM)),
-                    steps=[*main.steps[:-1:2], main.steps[-1]], device=ctx.device)
+    answer_batch = task.answer_batch(2 * cfg.probe_size, seeding.generator(cfg.seed, LINEAR_STREAM))
+    answers = probe(main, answer_probes(hooks.resid_mid(cfg.model.n_layers - 1), cfg.seed), answer_batch,
+                    device=ctx.device)
+    iwl_steps, iwl = main.series("iwl/full")  # smoothed as in `dynamics`
     results = ICLTransienceResults(
         **found, circuits_initial=summary(0), circuits_at_peak=summary(peak), circuits_final=summary(end),
         dla_initial=dla_split(0), dla_at_peak=dla_split(peak), dla_final=dla_split(end), dla=dla,
@@ -247,27 +248,8 @@ def measure(cfg: ICLTransienceConfig, ctx: Context) -> ICLTransienceResults:
         l2_sweep=[{"lambda": lam, **side(run)} for lam, run in sweep_runs.items()],
         negative_control=controls.get("negative_control"), no_decay_control=controls.get("no_decay_control"),
         coopetition_toy=toy.summary(), targets={}, table=table, grids=grids, toy=toy, sweep_runs=sweep_runs,
-        answers=answers, **answer_summary(answers, main, cfg))
+        answers=answers, **answer_summary(answers, iwl_steps, spans.smooth(iwl, cfg.smooth_window)))
     return replace(results, targets=targets(results))
-
-
-def answer_summary(answers: ProbeTable, run: Run, cfg: ICLTransienceConfig) -> dict[str, Any]:
-    """The answer probes at initialization and at the end, the in-context one's peak, and the first
-    steps where the in-weights probe and IWL accuracy (smoothed as in `dynamics`) reach half their
-    final value (None for a curve that ends no higher than it starts)."""
-    steps, in_weights, in_context = answers.steps, answers["in_weights/accuracy"], answers["in_context/accuracy"]
-    iwl_steps, iwl = run.series("iwl/full")
-    iwl, peak = spans.smooth(iwl, cfg.smooth_window), int(np.argmax(in_context))
-
-    def half(steps: np.ndarray, values: np.ndarray) -> int | None:
-        return spans.first_crossing(steps, values, values[-1] / 2) if values[-1] > values[0] else None
-
-    return {"in_weights_probe_initial": round(float(in_weights[0]), 4),
-            "in_weights_probe_final": round(float(in_weights[-1]), 4),
-            "in_weights_probe_half_step": half(steps, in_weights), "iwl_half_step": half(iwl_steps, iwl),
-            "in_context_probe_initial": round(float(in_context[0]), 4),
-            "in_context_probe_peak": round(float(in_context[peak]), 4), "in_context_probe_peak_step": int(steps[peak]),
-            "in_context_probe_final": round(float(in_context[-1]), 4)}
 
 
 def attributions(run: Run, task: FewShot, cfg: ICLTransienceConfig, ctx: Context) -> ProbeTable:
@@ -399,12 +381,13 @@ def answer_text(cfg: ICLTransienceConfig, r: ICLTransienceResults) -> str:
               f"within one probed interval) and {falls} the ICL peak (step {r.icl_peak_step}), where ICL starts to "
               "fall.")
     return (f"Linear probes of the answer (logistic regression on {hooks.resid_mid(cfg.model.n_layers - 1)}, the "
-            f"query's residual before the last MLP; {2 * cfg.probe_size} sequences of each kind, every other "
-            f"checkpoint). The in-weights label on IWL sequences, grouped by query class (a class is held out whole, "
+            f"query's residual before the last MLP; {2 * cfg.probe_size} sequences of each kind, every "
+            "checkpoint). The in-weights label on IWL sequences, grouped by query class (a class is held out whole, "
             f"so only a label code shared across classes passes): {r.in_weights_probe_initial:.3f} at "
             f"initialization, {r.in_weights_probe_final:.3f} at the end (control task {control:.3f}, chance "
             f"{1 / cfg.data.labels:.3f}). {timing} The in-context label on novel-class ICL sequences, grouped by "
-            f"sequence (its label is random per sequence): {r.in_context_probe_initial:.3f} at initialization, "
+            "sequence (no control task: the label is drawn per sequence, so memorising a type of input cannot "
+            f"pass): {r.in_context_probe_initial:.3f} at initialization (the baseline), "
             f"{r.in_context_probe_peak:.3f} at its peak (step {r.in_context_probe_peak_step}), "
             f"{r.in_context_probe_final:.3f} at the end.")
 

@@ -24,7 +24,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -33,8 +35,9 @@ from interp.configs import require, require_positive
 from interp.metrics import circuits
 from interp.metrics.circuits import token_set_mass
 from interp.metrics.linear_probes import linear_probe
+from interp.metrics.spans import first_crossing
 from interp.model import IGNORE_INDEX, Batch, batch_to, forward
-from interp.probing import Probe
+from interp.probing import Probe, ProbeTable
 
 EVAL_KINDS = ("icl_novel", "icl_permuted", "iwl", "flip", "ciwl", "train")
 """- `icl_novel`: two held-out classes, each given a random label in context;
@@ -331,14 +334,36 @@ HEAD_CIRCUITS = {
 
 
 def answer_probes(hook: str, seed: int = 0) -> dict[str, Probe]:
-    """Linear probes of the query's answer from `hook` on an `answer_batch`: `in_weights`, the
-    label of the query's class on IWL sequences (grouped by class: a class is held out whole, so
-    only a label code shared across classes passes), and `in_context`, the label of the matching
-    exemplar on novel-class ICL sequences (random per sequence: grouped by sequence). The control
-    task gives each query class a random label."""
+    """Linear probes of the query's answer from `hook` on an `answer_batch`:
+    - `in_weights`: the label of the query's class on IWL sequences, grouped by class (a class is
+      held out whole, so only a label code shared across classes passes); the control task gives
+      each class a random label;
+    - `in_context`: the label of the matching exemplar on novel-class ICL sequences, grouped by
+      sequence. No control task: that label is drawn per sequence, so no type of input determines
+      it and memorising types cannot pass (a control by query class would only measure how well
+      the class itself is decodable)."""
     return {"in_weights": linear_probe(hook, "iwl_query", "answer", groups="query_class", control_types="query_class",
                                        seed=seed),
-            "in_context": linear_probe(hook, "icl_query", "answer", control_types="query_class", seed=seed)}
+            "in_context": linear_probe(hook, "icl_query", "answer", control=False, seed=seed)}
+
+
+def answer_summary(answers: ProbeTable, iwl_steps: np.ndarray, iwl: np.ndarray) -> dict[str, Any]:
+    """From a table of `answer_probes` (steps ascending) and an IWL accuracy curve: the probes at
+    the first and the last step, the in-context one's peak, and the first steps at which the
+    in-weights probe and IWL accuracy reach half their final value (None for a curve that ends no
+    higher than it starts)."""
+    steps, in_weights, in_context = answers.steps, answers["in_weights/accuracy"], answers["in_context/accuracy"]
+    peak = int(np.argmax(in_context))
+
+    def half(steps: np.ndarray, values: np.ndarray) -> int | None:
+        return first_crossing(steps, values, values[-1] / 2) if values[-1] > values[0] else None
+
+    return {"in_weights_probe_initial": round(float(in_weights[0]), 4),
+            "in_weights_probe_final": round(float(in_weights[-1]), 4),
+            "in_weights_probe_half_step": half(steps, in_weights), "iwl_half_step": half(np.asarray(iwl_steps), iwl),
+            "in_context_probe_initial": round(float(in_context[0]), 4),
+            "in_context_probe_peak": round(float(in_context[peak]), 4), "in_context_probe_peak_step": int(steps[peak]),
+            "in_context_probe_final": round(float(in_context[-1]), 4)}
 
 
 def circuit_probes(layers: Sequence[int]) -> dict[str, Probe]:

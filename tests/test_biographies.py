@@ -17,6 +17,7 @@ from interp.replay import Replay
 from interp.train import TrainConfig, train
 from tasks.biographies import (
     ATTRIBUTES,
+    MONTHS,
     RECALL_SIGNATURES,
     Biographies,
     BiographiesConfig,
@@ -216,3 +217,21 @@ def test_signatures_at_the_nearest_checkpoint():
     assert signatures_at(signatures, 5)["sharpness"] == {"layer0": 0.1}  # a tie: the earlier checkpoint
     assert signatures_at(signatures, 99)["sharpness"] == {"layer0": 0.3}
     assert signatures_at(signatures, None) == {}
+
+
+def test_the_value_batch_labels_each_person_with_the_index_of_the_value():
+    people = TASK.draw_trained(6, 0, 4)
+    batch = TASK.value_batch(people, "university", 0, 4)
+    assert torch.equal(batch["tokens"], TASK.heldout_batch(people, 0, 4)["tokens"])
+    assert batch["value_query"].sum(dim=1).tolist() == [1] * 6  # one university sentence per biography
+    assert batch["last_name"].sum(dim=1).tolist() == [len(ATTRIBUTES)] * 6  # the name in every sentence
+    words = TASK.vocab.words
+    for row, person in enumerate(people):
+        query = int(batch["value_query"][row].nonzero())
+        assert words[batch["tokens"][row, query]] == "university"
+        assert words[batch["tokens"][row, query + 1]] == TASK.pools["university"][batch["value"][row]]
+        assert TASK.values[person]["university"] == [TASK.pools["university"][batch["value"][row]]]
+        assert words[batch["surname"][row]] == TASK.names[person][2]
+    months = TASK.value_batch(people, "birth_date", 0, 4)["value"]
+    assert [MONTHS[m] for m in months] == [TASK.values[p]["birth_date"][0] for p in people]
+

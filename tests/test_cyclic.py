@@ -12,7 +12,7 @@ from helpers import tiny_model_config
 from interp.configs import ConfigError
 from interp.model import build_model
 from interp.train import TrainConfig, TrainHooks, train
-from tasks.cyclic import CyclicDocuments, CyclicDocumentsConfig, loss_matrix
+from tasks.cyclic import CyclicDocuments, CyclicDocumentsConfig, identity_layout, loss_matrix
 
 SMALL = dict(n_docs=6, doc_len=8, d_vocab=11, epochs=3, steps_per_doc=2)
 
@@ -105,3 +105,13 @@ def test_document_losses_are_the_evaluator_numbers_in_order():
         expected = task.evaluator()(model)
     assert losses.shape == (cfg.n_docs,)
     np.testing.assert_allclose(losses, [expected[f"doc{i}"] for i in range(cfg.n_docs)])
+
+
+def test_the_identity_batch_labels_each_document_and_groups_positions_into_windows():
+    assert identity_layout(64) == (8, 4) and identity_layout(8) == (2, 1)  # at least 5 windows probed
+    data = CyclicDocuments(CyclicDocumentsConfig(**{**SMALL, "doc_len": 64}))
+    batch = data.identity_batch()
+    assert torch.equal(batch["tokens"], data.documents) and batch["doc"].tolist() == list(range(6))
+    assert batch["probed"].sum(dim=1).tolist() == [56] * 6 and not batch["probed"][:, :8].any()
+    assert batch["window"][0, 8:16].tolist() == [2, 2, 2, 2, 3, 3, 3, 3]
+    assert (batch["window"] == batch["window"][0]).all()  # one window spans every document

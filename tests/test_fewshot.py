@@ -148,3 +148,17 @@ def test_evaluators_score_one_fixed_batch_per_evaluation_set():
 def test_bad_config_names_the_field(field, value):
     with pytest.raises(ConfigError, match=field):
         FewShotConfig(**{**CFG.__dict__, field: value})
+
+
+def test_the_answer_batch_joins_iwl_and_novel_class_icl_sequences():
+    task = FewShot(CFG)
+    batch = task.answer_batch(5, gen(3))
+    iwl = task.evaluation("iwl", 5, gen(3))
+    assert batch["tokens"].shape == (10, CFG.n_ctx)
+    assert torch.equal(batch["vectors"][:5], iwl["vectors"])  # the IWL half is drawn first, then the ICL half
+    assert batch["iwl_query"][:5, -1].all() and not batch["iwl_query"][5:].any()
+    assert batch["icl_query"][5:, -1].all() and not batch["icl_query"][:5].any()
+    assert batch["iwl_query"].sum() == batch["icl_query"].sum() == 5
+    # the IWL half's answer is the query class's own label; the ICL half's queries are novel classes
+    assert torch.equal(batch["answer"][:5], task.class_labels[batch["query_class"][:5]])
+    assert (batch["query_class"][5:] >= CFG.n_classes).all()
