@@ -50,6 +50,22 @@ class Finding:
 # caller (`batch_to` in the trainer, `probe`, an evaluator built for a device). Every entry
 # covers all calls of its kind in that function; one that matches nothing fails a test below.
 ALLOWED: dict[tuple[str, str, str], str] = {
+    ("interp/circuits/trace.py", "repeated_patch_batch", "factory"):
+        "a patching batch drawn from a CPU generator; probe() moves the batch with batch_to",
+    ("interp/metrics/linear_probes.py", "_fit_sparse", "numpy_on_device"):
+        "TransformerLens's sparse probe fitted on CPU tensors made with torch.from_numpy: its results are on the CPU",
+    ("interp/probing.py", "text_batch", "factory"):
+        "token ids from a tokenizer, a CPU batch; probe() moves it with batch_to",
+    ("interp/view/data.py", "Example.batch", "factory"):
+        "the explorer's example as a CPU batch; moved to the device where its patterns are computed",
+    ("tasks/biographies.py", "Biographies.value_batch", "factory"):
+        "probe labels built from Python lists on the CPU; probe() moves the batch with batch_to",
+    ("tasks/cyclic.py", "CyclicDocuments.identity_batch", "factory"):
+        "a CPU probe batch (positions, document ids); probe() moves it with batch_to",
+    ("tasks/fewshot.py", "FewShot.answer_batch", "factory"):
+        "a CPU probe batch (query masks); probe() moves it with batch_to",
+    ("analyses/icl_transience.py", "<module>", "factory"):
+        "ICL_ACCURACY wraps a Python float (accuracy is computed on the host) as the patching metric's value",
     ("interp/train.py", "_total_norm", "factory"):
         "no gradients: a CPU 0.0, as torch's own get_total_norm returns (the fallback for torch < 2.6)",
     ("interp/metrics/circuits.py", "repeated_tokens", "factory"):
