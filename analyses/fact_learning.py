@@ -596,6 +596,7 @@ def value_probe_text(cfg: FactLearningConfig, r: FactLearningResults) -> str:
 
 ANALYSIS = Analysis("fact-learning", "Synthetic biographies: plateau at the no-knowledge baseline, recall circuit, "
                     "distributions, hallucinations, fine-tuning corruption", PRESETS, measure, figures, report,
-                    headline=("plateau_end", "final_accuracy", "unseen_loss_final"))
+                    headline=("plateau_end", "final_accuracy", "unseen_loss_final"),
+                    example=biographies.example_biography)
 
 __all__ = ["ANALYSIS", "FactLearningConfig", "FactLearningResults", "setup_job"]

@@ -21,7 +21,7 @@ import dataclasses
 import json
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
@@ -32,6 +32,7 @@ import numpy as np
 from interp.checkpoints import (
     CONFIG_FILE,
     LOCK_FILE,
+    Run,
     atomic_write_json,
     dumps_json,
     is_temporary,
@@ -63,7 +64,9 @@ def detail(**kw: Any) -> Any:
 class Analysis(Generic[ConfigT, ResultsT]):
     """`measure(config, context)` trains and measures; `figures(config, results, context)`
     draws; `report(config, results)` writes the prose. `headline` names the results a
-    sweep plots by default."""
+    sweep plots by default; `example(run)`, when given, is a token sequence of the run's
+    task on which the explorer (`interp view`) shows attention (default: random tokens
+    repeated twice)."""
 
     name: str
     description: str
@@ -72,6 +75,7 @@ class Analysis(Generic[ConfigT, ResultsT]):
     figures: Callable[[ConfigT, ResultsT, Context], Iterable[Figure]]
     report: Callable[[ConfigT, ResultsT], Report]
     headline: tuple[str, ...] = ()
+    example: Callable[[Run], Sequence[int]] | None = None
 
 
 class AnalysisImportError(ImportError):

@@ -41,11 +41,12 @@ from interp.ids import hooks
 from interp.metrics import circuits, spans
 from interp.metrics.linear_probes import linear_probe
 from interp.model import Batch, FwdHook, Patterns, forward, token_losses
-from interp.pipeline import nearest_step
+from interp.pipeline import nearest_step, read_task
 from interp.probing import Probe, ProbeTable, probe
 from interp.replay import Replay
 from interp.train import DataSource
 
+EXAMPLE_STREAM = 9  # the explorer's example biography
 ATTRIBUTES = ("birth_date", "birth_city", "current_city", "university", "major", "company")
 SPECIAL = ("<pad>", "<bos>", ".")
 MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
@@ -267,6 +268,15 @@ def recall_circuit(run: Run, batch: Batch, device: torch.device | str | None = N
                     masked, device=device)
     return {"head": head, "lens": found.select("lens"), "dla": found.select("dla"), "path": patched.select("path"),
             "whole": patched.select("whole")}
+
+
+def example_biography(run: Run, seed: int = 0) -> list[int]:
+    """The tokens of one held-out-template biography of a person `run` trained on (from its
+    task's population): the sequence on which the explorer shows the run's attention."""
+    bios = Biographies(read_task(run, BiographiesConfig))
+    person = bios.draw_trained(1, seed, EXAMPLE_STREAM)
+    tokens = bios.heldout_batch(person, seed, EXAMPLE_STREAM)["tokens"][0]
+    return tokens[tokens != 0].tolist()  # padding (token 0) dropped
 
 
 def evaluate_attributes(model, batch: Batch, fwd_hooks: Sequence[FwdHook] = (),

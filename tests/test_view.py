@@ -10,6 +10,7 @@ import os
 import shutil
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -185,6 +186,31 @@ def test_other_headlines_read_their_analysis_files(trained_run, tmp_path):
     matrix = view_data(out, device="cpu")["headline"]["figures"][0]
     assert matrix["y"][0] == "task 0, mostly domain 0"
     np.testing.assert_allclose(matrix["frames"][0]["z"], z[[0, 2, 1]][:, [1, 3, 2, 0]])
+
+
+def test_an_analysis_can_give_the_example_sequence_of_its_task(trained_run, tmp_path, monkeypatch, caplog):
+    """`Analysis.example(run)` (fact learning: a biography) replaces the random repeat; a hook
+    that fails for a run falls back to it with a warning."""
+    from interp.view import headlines
+
+    out = tmp_path / "fact-learning"
+    shutil.copytree(trained_run.path, out / "runs" / "main")
+    (out / "analysis.json").write_text(json.dumps({"analysis": "fact-learning", "preset": "tiny", "config": {}}))
+    (out / "results.json").write_text(json.dumps({}))
+    task_tokens = [1, 4, 2, 7, 3, 5]
+    monkeypatch.setattr(headlines, "get_analysis",
+                        lambda name: SimpleNamespace(name=name, example=lambda run: task_tokens))
+    example = _run_data(view_data(out, device="cpu"))["example"]
+    assert example["tokens"] == task_tokens and example["period"] == 0 and "fact-learning" in example["description"]
+
+    def broken(run):
+        raise ValueError("task.type: expected BiographiesConfig")
+
+    monkeypatch.setattr(headlines, "get_analysis", lambda name: SimpleNamespace(name=name, example=broken))
+    with caplog.at_level("WARNING"):
+        example = _run_data(view_data(out, device="cpu"))["example"]
+    assert example["period"] >= 2 and "random tokens" in example["description"]
+    assert "example failed" in caplog.text
 
 
 # --- bad input ---------------------------------------------------------------------------------------

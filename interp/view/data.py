@@ -230,10 +230,16 @@ def token_labels(run: Run, tokens: Sequence[int]) -> tuple[str, ...]:
     return tuple(str(vocab[t]) if t < len(vocab) and isinstance(vocab[t], str) else str(t) for t in tokens)
 
 
-def example_for(run: Run, period: int | None = None, seed: int = 0) -> Example:
-    """The example sequence of `run`: `period` (default: half the context, at most
-    `MAX_EXAMPLE_LEN / 2`) uniform random tokens of its vocabulary, repeated twice."""
+def example_for(run: Run, period: int | None = None, seed: int = 0,
+                tokens: Sequence[int] | None = None, description: str = "") -> Example:
+    """The example sequence of `run`: `tokens` of its task where given (at most
+    `MAX_EXAMPLE_LEN`; `period` 0: not a repeat), else `period` (default: half the context,
+    at most `MAX_EXAMPLE_LEN / 2`) uniform random tokens of its vocabulary, repeated twice."""
     cfg = run.model_config
+    if tokens is not None:
+        kept = tuple(int(t) for t in tokens[:min(cfg.n_ctx, MAX_EXAMPLE_LEN)])
+        return Example(kept, 0, token_labels(run, kept), description or f"a sequence of the run's task ({len(kept)} "
+                                                                          "tokens)")
     longest = min(cfg.n_ctx, MAX_EXAMPLE_LEN) // 2
     if longest < 2:  # a context too short to repeat anything: its random tokens once
         tokens = repeated_tokens(1, cfg.n_ctx, cfg.d_vocab, seeding.generator(seed, EXAMPLE_STREAM), 1)[0].tolist()
@@ -501,12 +507,13 @@ def run_data(
     patterns: bool = True,
     device: str | torch.device | None = None,
     progress: Callable[[int, int], None] | None = None,
+    example: Example | None = None,
 ) -> dict[str, Any]:
-    """Everything the page shows of one run (see `view_data`)."""
+    """Everything the page shows of one run (see `view_data`); `example` default: `example_for(run, period)`."""
     cfg = run.model_config
     steps = run.steps
     series = metric_series(run)
-    example = example_for(run, period)
+    example = example or example_for(run, period)
     pattern_steps = [steps[i] for i in thin(len(steps), MAX_PATTERN_STEPS)] if patterns else []
     stacked = example_patterns(run, example, pattern_steps, device=device, progress=progress) if pattern_steps \
         else None
@@ -538,8 +545,8 @@ def run_data(
     }
 
 
-def pattern_bytes(run: Run, period: int | None) -> int:
+def pattern_bytes(run: Run, example: Example) -> int:
     """Bytes of float16 lower-triangle patterns `run_data` puts in the page for `run`."""
     cfg = run.model_config
-    length = len(example_for(run, period).tokens)
+    length = len(example.tokens)
     return len(thin(len(run.steps), MAX_PATTERN_STEPS)) * cfg.n_layers * cfg.n_heads * length * (length + 1)

@@ -1,6 +1,7 @@
 """The headline panel of each analysis: its phenomenon in one view, read from the files the
 analysis wrote (`results.json`, `signatures.json`, `loss_matrix.json`, `z.npy`, ...) and
-from its runs' logged metrics and probe caches. Nothing here imports an analysis.
+from its runs' logged metrics and probe caches. Analyses are imported only through the registry,
+for their optional example sequence (`Analysis.example`).
 
 A headline is `{"title", "caption", "run", "marks", "figures"}`: `run` is the run the
 checkpoint slider opens on, `marks` the steps marked on its slider (per run), and each
@@ -19,17 +20,20 @@ figure one of
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-from interp.analysis import ANALYSIS_FILE
-from interp.checkpoints import read_json
+from interp.analysis import ANALYSIS_FILE, Analysis, AnalysisImportError, get_analysis
+from interp.checkpoints import Run, read_json
 from interp.ids import HeadId
 from interp.metrics.lowrank import first_factor_order
 from interp.pipeline import RUNS_DIR
-from interp.view.data import Source, num, nums
+from interp.view.data import Example, Source, example_for, num, nums
+
+logger = logging.getLogger(__name__)
 
 Headline = dict[str, Any]
 RunsData = dict[str, dict[str, Any]]
@@ -48,19 +52,55 @@ def main_run(source: Source) -> str:
     return names[0]
 
 
-def example_period(source: Source) -> int | None:
-    """The repeat period of the analysis's own probe batch, when its config has one (for a
-    run, that of the analysis directory it belongs to: `<analysis>/runs/<name>/`)."""
-    record = source.record
+def _owner_record(source: Source) -> dict[str, Any]:
+    """`analysis.json` of the analysis that wrote `source` (for a run, of the analysis
+    directory it belongs to: `<analysis>/runs/<name>/`); empty when there is none."""
+    record: Any = source.record
     if source.kind == "run" and source.path.parent.name == RUNS_DIR:
         owner = source.path.parent.parent / ANALYSIS_FILE
         try:
             record = read_json(owner) if owner.exists() else {}
         except ValueError:
             record = {}
-    config = record.get("config") if isinstance(record, dict) else None
+    return record if isinstance(record, dict) else {}
+
+
+def example_period(source: Source) -> int | None:
+    """The repeat period of the analysis's own probe batch, when its config has one."""
+    config = _owner_record(source).get("config")
     period = config.get("probe_period") if isinstance(config, dict) else None
     return period if isinstance(period, int) and not isinstance(period, bool) and period >= 2 else None
+
+
+def task_example(source: Source) -> Callable[[Run, int | None], Example]:
+    """How each run's example sequence is chosen: the analysis's own `example(run)` (a
+    sequence of its task, e.g. a biography) where it has one and it works for the run, else
+    random tokens repeated twice."""
+    analysis = _analysis_of(source)
+    hook = getattr(analysis, "example", None) if analysis is not None else None
+
+    def choose(run: Run, period: int | None) -> Example:
+        if hook is not None:
+            try:
+                return example_for(run, period, tokens=list(hook(run)),
+                                   description=f"a sequence of the {analysis.name} task")
+            except Exception as err:  # noqa: BLE001 - any failure of the hook falls back to the generic example
+                logger.warning("%s: the analysis's example failed (%s: %s); random tokens are shown", run.path,
+                               type(err).__name__, err)
+        return example_for(run, period)
+
+    return choose
+
+
+def _analysis_of(source: Source) -> Analysis | None:
+    """The registered analysis that wrote `source` (for a run, its analysis directory's), if it loads."""
+    name = _owner_record(source).get("analysis")
+    if not isinstance(name, str):
+        return None
+    try:
+        return get_analysis(name)
+    except (KeyError, AnalysisImportError):
+        return None
 
 
 def build(source: Source, runs: RunsData) -> Headline:

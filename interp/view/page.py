@@ -46,13 +46,16 @@ def view_data(
     order = [first, *(n for n in source.runs if n != first)]
     budget = PATTERN_BUDGET
     runs: dict[str, dict[str, Any]] = {}
+    task_example = headlines.task_example(source)
     for name in order:
         run = source.runs[name]
-        cost = pattern_bytes(run, period)
+        example = task_example(run, period)
+        cost = pattern_bytes(run, example)
         with_patterns = name == first or cost <= budget
         budget -= cost if with_patterns else 0
         step_progress = None if progress is None else (lambda done, total, n=name: progress(n, done, total))
-        runs[name] = run_data(run, name, period, patterns=with_patterns, device=device, progress=step_progress)
+        runs[name] = run_data(run, name, period, patterns=with_patterns, device=device, progress=step_progress,
+                              example=example)
     headline = headlines.build(source, runs)
     for name, marks in headline.pop("marks").items():  # the analysis's marks replace those found at their steps
         if name in runs:
