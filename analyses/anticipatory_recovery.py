@@ -247,7 +247,7 @@ def measure(cfg: AnticipatoryRecoveryConfig, ctx: Context) -> RecoveryResults:
                                seed=cfg.seed)}
     probed = [e * episode for e in range(0, cfg.task.epochs * n + 1, stride)]
     doc_probe = probe(ref_run, doc, identity, steps=probed, device=ctx.device)
-    doc_drift = load_directions(ref_run, "doc", doc["doc"], identity, probed).drift(period=n * episode)
+    doc_drift = load_directions(ref_run, "doc", doc["doc"], identity, probed, ctx.device).drift(period=n * episode)
     doc_lags = drift.lag_means(doc_drift.cosine)
     toy = cyclic_toy(cfg.toy)
 

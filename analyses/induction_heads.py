@@ -224,16 +224,20 @@ def measure(cfg: InductionHeadsConfig, ctx: Context) -> InductionResults:
 
 
 def trace_circuit(cfg: InductionHeadsConfig, run, ctx: Context) -> CircuitTrace:
-    """Composition, path patching and EAP graphs at every checkpoint (saved in the run), the
-    patching of each head's whole output and the OV copying scores. The source run
-    resamples the first copy, so a path the induction circuit needs carries a wrong token."""
+    """Composition, path patching and EAP graphs at every checkpoint (saved in the run, as
+    their keys' default graph sets), the patching of each head's whole output and the OV
+    copying scores. The source run resamples the first copy, so a path the induction circuit
+    needs carries a wrong token."""
     batch = repeated_patch_batch(cfg.probe_sequences, cfg.probe_period, cfg.model.d_vocab,
                                  step_generator(cfg.seed, 0, CIRCUIT_STREAM))
     metric = mean_logprob("in_repeat")
-    graphs = {method: trace(run, method, batch, metric, device=ctx.device, progress=ctx.progress).graphs
+    # make_default: these are the graphs behind results.json, so the explorer and load_graphs show them,
+    # not a set a user traced on another batch before or after.
+    graphs = {method: trace(run, method, batch, metric, device=ctx.device, progress=ctx.progress,
+                            make_default=True).graphs
               for method in ("composition", "path", "eap")}
     eap_ig = trace(run, "eap", batch, metric, key="eap-ig", device=ctx.device, progress=ctx.progress,
-                   ig_steps=EAP_IG_STEPS).graphs
+                   ig_steps=EAP_IG_STEPS, make_default=True).graphs
     tables = probe(run, {"head_patch": activation_patching_probe(metric), "copying": copying_probe()}, batch,
                    device=ctx.device, progress=ctx.progress)
     return CircuitTrace(graphs["composition"], graphs["path"], graphs["eap"], eap_ig, tables.select("head_patch"),

@@ -25,20 +25,24 @@ import hashlib
 import io
 import json
 import logging
+import math
 import os
+import pickle
 import re
 import secrets
 import shutil
+import stat
 import threading
 import time
 from collections.abc import Iterator, Mapping
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from transformer_lens.model_bridge import TransformerBridge
 
@@ -105,6 +109,7 @@ def _fsync_dir(path: Path) -> None:
 @dataclass
 class _Held:
     fd: int
+    created: bool  # this acquisition created the lock file
     pid: int
     thread: int
     depth: int = 1
@@ -124,6 +129,11 @@ def run_lock(path: str | Path) -> Iterator[None]:
     its process dies, however it dies, so the lock of a killed writer is free for the next
     one: there is no stale lock to detect or break. Nested use in the thread that holds the
     lock is allowed (a training callback may probe its own run). Readers take no lock.
+
+    `.lock` is opened by name, never through a link, and written only once it is known to be
+    a regular file with no other name: a shared or downloaded run whose `.lock` is a link
+    to a file elsewhere is refused (`RunDamagedError`) instead of emptying that file. A lock
+    file created for a block that fails is removed again (e.g. from a refused `--out`).
     """
     directory = Path(path)
     directory.mkdir(parents=True, exist_ok=True)
@@ -136,31 +146,89 @@ def run_lock(path: str | Path) -> Iterator[None]:
                 raise RunInUseError(f"run directory {directory} is in use by pid {pid} (another thread)")
             held.depth += 1
         else:
-            held = _HELD[key] = _Held(_acquire(key / LOCK_FILE, directory), pid, thread)
+            held = _HELD[key] = _Held(*_acquire(key / LOCK_FILE, directory), pid, thread)
+    failed = False
     try:
         yield
+    except BaseException:
+        failed = True
+        raise
     finally:
         with _HELD_GUARD:
             held.depth -= 1
             if held.depth == 0:
                 del _HELD[key]
-                _release(held.fd)
+                _release(held.fd, key / LOCK_FILE if failed and held.created else None)
 
 
-def _acquire(lock_path: Path, directory: Path) -> int:
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = _lock_holder(fd)
+def _acquire(lock_path: Path, directory: Path) -> tuple[int, bool]:
+    """(fd, created) of the flock-held lock file, the pid written in it."""
+    while True:
+        fd, created = _open_lock(lock_path)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            # A failed writer removes the lock file it created (`_release`): the file opened here
+            # may be one it removed just before, so hold the one the name leads to now.
+            if _same_file(fd, lock_path):
+                break
+        except BlockingIOError:
+            holder = _lock_holder(fd)
+            os.close(fd)
+            raise RunInUseError(f"run directory {directory} is in use by {holder}") from None
+        except BaseException:
+            os.close(fd)
+            raise
         os.close(fd)
-        raise RunInUseError(f"run directory {directory} is in use by {holder}") from None
+    try:
+        _check_lock_file(os.fstat(fd), lock_path)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     except BaseException:
         os.close(fd)
         raise
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    return fd
+    return fd, created
+
+
+def _open_lock(lock_path: Path) -> tuple[int, bool]:
+    """Open `lock_path` read-write without following a link (and without truncating: nothing
+    is written before `_check_lock_file`); (fd, whether this call created the file)."""
+    flags = os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC  # O_NONBLOCK: a FIFO must not hang
+    while True:
+        try:
+            return os.open(lock_path, flags | os.O_CREAT | os.O_EXCL, 0o644), True
+        except FileExistsError:
+            pass
+        try:
+            return os.open(lock_path, flags), False
+        except FileNotFoundError:
+            continue  # removed since (a failed writer's own lock file): create it
+        except OSError:  # e.g. ELOOP: a link; name what the path is if it is no lock file at all
+            with suppress(OSError):
+                _check_lock_file(os.lstat(lock_path), lock_path)
+            raise
+
+
+def _check_lock_file(st: os.stat_result, lock_path: Path) -> None:
+    """Refuse a lock file that writing a pid into could damage something else."""
+    if stat.S_ISLNK(st.st_mode):
+        problem = "is a symbolic link"
+    elif not stat.S_ISREG(st.st_mode):
+        problem = "is not a regular file"
+    elif st.st_nlink != 1:
+        problem = f"has {st.st_nlink} names (hard links)"
+    else:
+        return
+    raise RunDamagedError(f"{lock_path} {problem}, which no writer of the toolkit leaves: remove it (a run's lock "
+                          "file must be a regular file of its own)")
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        named = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(fd)
+    return (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino)
 
 
 def _lock_holder(fd: int) -> str:
@@ -173,9 +241,13 @@ def _lock_holder(fd: int) -> str:
     return "another process"
 
 
-def _release(fd: int) -> None:
+def _release(fd: int, remove: Path | None) -> None:
+    """Unlock `fd`; `remove`: the lock file's path, unlinked first (while still held, so a
+    writer waiting for it re-opens the name: see `_acquire`)."""
     try:
         os.ftruncate(fd, 0)  # no pid left behind to mislead a reader of the file
+        if remove is not None and _same_file(fd, remove):
+            remove.unlink()
         fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
@@ -202,6 +274,23 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         tmp.unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+
+
+_RUST_OS_ERROR = re.compile(r"\(os error (\d+)\)")  # how safetensors' message of an I/O error ends
+
+
+def save_safetensors(tensors: Mapping[str, torch.Tensor], path: Path, name: Path | None = None) -> None:
+    """`safetensors.torch.save_file`, whose I/O failures (a `SafetensorError`, e.g. "... No space
+    left on device (os error 28)") are raised as the `OSError` they are, naming `name`
+    (default `path`), so a full disk reads as one, whichever writer hit it."""
+    try:
+        save_file(dict(tensors), path)
+    except SafetensorError as err:
+        match = _RUST_OS_ERROR.search(str(err))
+        if match is None:
+            raise
+        number = int(match.group(1))
+        raise OSError(number, os.strerror(number), str(name or path)) from err
 
 
 def atomic_write_npy(path: Path, array: np.ndarray) -> None:
@@ -238,9 +327,17 @@ def _no_constants(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):  # e.g. 1e999: valid JSON syntax, but it would read as an infinity
+        raise ValueError(f"{text} is too large for a float: it would read as infinity")
+    return value
+
+
 def loads_json(text: str | bytes) -> Any:
-    """Strict JSON: `NaN`, `Infinity` and `-Infinity` (which `json.loads` accepts) are refused."""
-    return json.loads(text, parse_constant=_no_constants)
+    """Strict JSON: `NaN`, `Infinity` and `-Infinity` (which `json.loads` accepts) are refused,
+    and so are numbers too large for a float (`1e999`), which would read as infinities."""
+    return json.loads(text, parse_constant=_no_constants, parse_float=_finite_float)
 
 
 def read_json(path: Path) -> Any:
@@ -522,6 +619,9 @@ class CheckpointSource(Protocol):
 
     path: Path
     """The directory of results derived from these checkpoints (a run: the run directory)."""
+    dtype: torch.dtype
+    """The floating-point type the checkpoints load in: it changes every number computed
+    from them, so it is part of a cached result's key."""
 
     @property
     def steps(self) -> list[int]:
@@ -563,6 +663,9 @@ class Run:
     >>> run.steps, run.model_config
     >>> model = run.load(step=run.steps[-1])
     """
+
+    dtype = torch.float32
+    """Checkpoints load in float32 (a bfloat16-trained run keeps float32 master weights)."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -661,7 +764,15 @@ class Run:
 
     def load_training_state(self, step: int) -> dict[str, Any]:
         """Optimizer state and step (the data position), loaded without unpickling code."""
-        return torch.load(self._verified_file(step, STATE_FILE), weights_only=True)
+        path = self._verified_file(step, STATE_FILE)
+        try:
+            return torch.load(path, weights_only=True)
+        except pickle.UnpicklingError as err:
+            # torch's message advises loading with weights_only=False, i.e. running the file's code: leave that out.
+            detail = next((line.strip() for line in str(err).splitlines() if "GLOBAL" in line),
+                          "it holds more than tensors and plain data")
+            raise RunDamagedError(f"{path}: refused to unpickle ({detail}); the toolkit's {STATE_FILE} holds only "
+                                  "tensors and plain data, so this file was not written by it") from None
 
     def checkpoint_hash(self, step: int) -> str:
         return self._entry(step)[WEIGHTS_FILE]
@@ -741,7 +852,7 @@ class Run:
         tmp = final.with_name(f".tmp_{final.name}.{os.getpid()}.{secrets.token_hex(4)}")
         tmp.mkdir(parents=True)
         try:
-            save_file(weights, tmp / WEIGHTS_FILE)
+            save_safetensors(weights, tmp / WEIGHTS_FILE, final / WEIGHTS_FILE)
             torch.save(state, tmp / STATE_FILE)
             for name in (WEIGHTS_FILE, STATE_FILE):
                 with open(tmp / name, "rb") as f:

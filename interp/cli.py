@@ -45,9 +45,9 @@ from interp.checkpoints import (
 from interp.configs import ConfigError, parse_overrides
 from interp.ids import HeadId
 from interp.metrics import circuits
-from interp.model import InsufficientMemoryError, ModelConfig, format_bytes
+from interp.model import InsufficientMemoryError, ModelConfig, check_forward_memory, format_bytes
 from interp.parallel import Backend, JobsFailed, LocalBackend, RayBackend
-from interp.probing import probe
+from interp.probing import cache_rows, cached_computations, probe
 from interp.suites import CheckpointSuite, is_suite_folder, open_suite
 from interp.sweep import parse_grid, run_sweep
 from interp.train import TrainConfig, step_generator
@@ -370,7 +370,33 @@ def verify_run(run: Run) -> tuple[list[str], list[str]]:
             failures.append(str(scan.first_bad_line_error()))
         if scan.torn_line is not None:
             notes.append(f"{cache}: line {scan.torn_line} is torn (the next probe of this run repairs it)")
+        rows = cache_rows(scan)
+        if rows.tampered:
+            lines = ", ".join(str(i + 1) for i in rows.tampered[:6]) + (", ..." if len(rows.tampered) > 6 else "")
+            failures.append(f"{cache}: row(s) {lines} were edited after they were written (their digest does not "
+                            "match); the next probe recomputes them")
+        if rows.legacy:
+            notes.append(f"{cache}: {len(rows.legacy)} row(s) written before rows carried a digest and their "
+                         "numerics: shown by `interp view`/`plot`, recomputed by `probe`")
+    failures += _graph_failures(run)
+    from interp.view.data import pattern_problems  # the explorer's module, read only when asked
+
+    failures += pattern_problems(run)
     return failures, notes
+
+
+def _graph_failures(run: Run) -> list[str]:
+    """Saved circuit graphs that are missing or were edited since they were written."""
+    from interp.circuits.graph import graph_keys, list_graph_sets  # the circuit module, read only when asked
+
+    failures = []
+    for key in graph_keys(run.path):
+        try:
+            for graph_set in list_graph_sets(run.path, key):
+                failures += graph_set.verify()
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            failures.append(f"{run.path}: the circuit graphs of {key!r} do not read ({err})")
+    return failures
 
 
 def _analysis_dirs(path: Path) -> list[Path]:
@@ -487,11 +513,12 @@ def cmd_probe(args: argparse.Namespace) -> None:
     if not 2 <= period <= model_cfg.n_ctx // 2:
         raise ConfigError("--period", f"between 2 and n_ctx/2 = {model_cfg.n_ctx // 2}", period)
     device = check_device(args.device)
-    tokens = circuits.repeated_tokens(args.sequences, period, model_cfg.d_vocab, step_generator(args.seed, 0, 2))
     if args.metric == "prev-token":
         probe_obj = circuits.previous_token_probe(layers)
     else:
         probe_obj = circuits.induction_probe(layers, period)
+    check_forward_memory(model_cfg, _shape_only(args.sequences, 2 * period), probe_obj.hooks, device)
+    tokens = circuits.repeated_tokens(args.sequences, period, model_cfg.d_vocab, step_generator(args.seed, 0, 2))
     key = args.metric.replace("-", "_")
     table = probe(run, {key: probe_obj}, {"tokens": tokens}, steps=args.steps, device=device,
                   progress=True).select(key)
@@ -501,6 +528,11 @@ def cmd_probe(args: argparse.Namespace) -> None:
     if args.csv:
         table.to_csv(args.csv)
         print(f"wrote {args.csv}")
+
+
+def _shape_only(sequences: int, positions: int) -> dict[str, torch.Tensor]:
+    """A batch of the given shape that allocates nothing (for a memory check before the real one)."""
+    return {"tokens": torch.zeros(1, positions, dtype=torch.long).expand(sequences, -1)}
 
 
 def _probe_linear(run: Run, args: argparse.Namespace) -> None:
@@ -513,16 +545,19 @@ def _probe_linear(run: Run, args: argparse.Namespace) -> None:
                         ("--labels", args.labels)):
         if not value:
             raise ConfigError(flag, f"a value for `interp probe DIR {LINEAR_PROBE}`", value)
-    batch = linear_probes.load_batch(args.batch)
+    shape = model_config(run)
+    batch = linear_probes.load_batch(args.batch, d_vocab=shape.d_vocab, n_ctx=shape.n_ctx)
     steps = None if args.steps is None else sorted({*args.steps, *([0] if 0 in run.steps else [])})
     probes = {re.sub(r"[^A-Za-z0-9_.+=-]", "_", f"linear-{args.labels}-{hook}"): linear_probes.linear_probe(
         hook, args.positions, args.labels, args.groups, kind=args.kind, split=args.split,
         control_types=args.control_types, seed=args.seed) for hook in args.hook}
-    table = probe(run, probes, batch, steps=steps, device=check_device(args.device), progress=True)
+    device = check_device(args.device)
+    table = probe(run, probes, batch, steps=steps, device=device, progress=True)
     for (key, probe_obj), hook in zip(probes.items(), args.hook, strict=True):
         sub = table.select(key)
         score = "r2" if "r2" in sub.columns else "accuracy"
-        drift = linear_probes.load_directions(run, key, probe_obj, batch, steps=table.steps.tolist()).drift(
+        drift = linear_probes.load_directions(run, key, probe_obj, batch, steps=table.steps.tolist(),
+                                              device=device).drift(
             period=args.cycle or None)
         print(f"{hook}: {args.labels} at {args.positions} (groups: {args.groups or 'batch row'})")
         print(f"step   {score:>8s}  control  selectivity  cos_prev  cos_final")
@@ -541,7 +576,8 @@ def _probe_linear(run: Run, args: argparse.Namespace) -> None:
 
 def cmd_circuit(args: argparse.Namespace) -> None:
     """A circuit method at every checkpoint (cached), on repeated random tokens whose source
-    run resamples the first copy (the induction circuit's test); graphs saved in the run."""
+    run resamples the first copy (the induction circuit's test); graphs saved in the run as a
+    graph set of this probe and batch, beside (never over) the key's other sets."""
     from interp.circuits import graph as circuit_graph
     from interp.circuits.patching import mean_logprob
     from interp.circuits.readout import dla_probe, logit_lens_probe
@@ -553,6 +589,8 @@ def cmd_circuit(args: argparse.Namespace) -> None:
     if not 2 <= period <= model_cfg.n_ctx // 2:
         raise ConfigError("--period", f"between 2 and n_ctx/2 = {model_cfg.n_ctx // 2}", period)
     device = check_device(args.device)
+    # One forward's worth (patching's extra copies of component writes are not counted yet).
+    check_forward_memory(model_cfg, _shape_only(args.sequences, 2 * period), (), device)
     batch = repeated_patch_batch(args.sequences, period, model_cfg.d_vocab, step_generator(args.seed, 0, 2))
     metric = mean_logprob("in_repeat")
     if args.method in ("dla", "logit-lens"):
@@ -569,14 +607,22 @@ def cmd_circuit(args: argparse.Namespace) -> None:
         return
     traced = trace(run, args.method, None if args.method == "composition" else batch, metric, steps=args.steps,
                    device=device, progress=True, ig_steps=args.ig_steps,
-                   key="eap-ig" if args.method == "eap" and args.ig_steps > 1 else None)
+                   key="eap-ig" if args.method == "eap" and args.ig_steps > 1 else None,
+                   make_default=args.make_default)
     print(f"{args.method}: {traced.graphs[0].metric}")
     for graph in traced.graphs:
         top = ", ".join(f"{edge} {weight:+.3f}" for edge, weight in graph.strongest(3))
         print(f"  step {graph.step:<7d} {top}")
     if len(traced.graphs) > 1:
         print("\n".join(circuit_graph.CircuitDiff.between(traced.graphs[0], traced.graphs[-1]).summary()))
-    print(f"wrote {len(traced.graphs)} graphs to {traced.folder}")
+    saved = traced.saved.graph_set
+    kind = "a new graph set" if traced.saved.created else "the existing graph set of this probe and batch"
+    role = "the key's default" if saved.default else "not the key's default"
+    print(f"wrote {len(traced.graphs)} graphs to {saved.folder} ({kind} {saved.set_id}, {role})")
+    if not saved.default:
+        default = circuit_graph.read_graph_set(run.path, saved.key)
+        print(f"the default graph set of {saved.key!r} (what `interp view` and load_graphs read) stays "
+              f"{default.summary()}")
 
 
 def cmd_plot(args: argparse.Namespace) -> None:
@@ -591,30 +637,25 @@ def cmd_plot(args: argparse.Namespace) -> None:
                                fig_dir / f"metrics_{group}.png")
             print(f"wrote {path}")
         for cache in sorted((run.path / PROBES_DIR).glob("*.jsonl")):
-            path = _plot_cached_probe(run, cache, fig_dir, args.logx)
-            if path:
-                print(f"wrote {path}")
+            drawn = _plot_cached_probe(run, cache.stem, fig_dir, args.logx)
+            if drawn:
+                print(f"wrote {drawn[0]}: {drawn[1]}")
 
 
-def _plot_cached_probe(run: Run, cache: Path, fig_dir: Path, logx: bool) -> Path | None:
-    """Per-head curves of a cached `L{l}H{h}` probe (latest probe name and batch)."""
-    rows = [r for r in scan_jsonl(cache).rows if isinstance(r.get("values"), dict) and "step" in r]
-    if not rows:
+def _plot_cached_probe(run: Run, key: str, fig_dir: Path, logx: bool) -> tuple[Path, str] | None:
+    """Per-head curves of a cached `L{l}H{h}` probe: its most complete computation (one batch
+    and numerics, never a mix); the figure's path and which computation it draws."""
+    found = cached_computations(run, key)
+    if not found or not all(HeadId.is_head(c) for c in found[0].table.columns):
         return None
-    latest = (rows[-1].get("probe"), rows[-1].get("batch"))
-    by_step = {r["step"]: r["values"] for r in rows if (r.get("probe"), r.get("batch")) == latest}
-    names = sorted(next(iter(by_step.values())))
-    if not all(HeadId.is_head(n) for n in names):
-        return None
+    best = found[0]
     cfg = model_config(run)
-    steps = np.array(sorted(by_step))
-    grid = np.full((len(steps), cfg.n_layers, cfg.n_heads), np.nan)
-    for i, step in enumerate(steps):
-        for name, value in by_step[step].items():
-            head = HeadId.parse(name)
-            grid[i, head.layer, head.head] = np.nan if value is None else value  # the cache stores NaN as null
-    title = f"{run.path.name}: {latest[0]}"
-    return save_figure(plot_head_curves(grid, steps, title=title, logx=logx), fig_dir / f"probe_{cache.stem}.png")
+    grid = best.table.head_grid(None, cfg.n_layers, cfg.n_heads)
+    about = best.describe() + (f"; {len(found) - 1} other computation(s) in the cache not drawn" if len(found) > 1
+                               else "")
+    title = f"{run.path.name}: {best.probe} (batch {best.batch})"
+    return save_figure(plot_head_curves(grid, best.table.steps, title=title, logx=logx),
+                       fig_dir / f"probe_{key}.png"), about
 
 
 # --- view ------------------------------------------------------------------------------------
@@ -746,7 +787,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_probe)
 
     p = sub.add_parser("circuit", parents=[common],
-                       help="trace a circuit method over a run's checkpoints (graphs saved in the run)")
+                       help="trace a circuit method over a run's checkpoints (graphs saved in the run, as a "
+                            "graph set of this batch beside the others)")
     p.add_argument("dir", help="a run directory, or an analysis directory that holds one run")
     p.add_argument("--method", choices=("path", "eap", "composition", "dla", "logit-lens"), required=True,
                    help="path patching, edge attribution (EAP), weight composition, direct logit attribution or "
@@ -759,6 +801,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="eap: integrated-gradient steps (default 1: plain EAP; more: EAP-IG, saved as eap-ig)")
     p.add_argument("--seed", type=SEED, default=0, help="seed of the patching tokens (default 0)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: CUDA if present)")
+    p.add_argument("--make-default", action="store_true",
+                   help="make these graphs the key's default set, the one `interp view` shows (default: only a "
+                        "key's first set is; an analysis's own graphs stay shown)")
     p.set_defaults(fn=cmd_circuit)
 
     p = sub.add_parser("plot", parents=[common],
@@ -791,7 +836,8 @@ _NOT_RESUMABLE = {"ConfigError", "ValueError", "KeyError", "NonFiniteError", "Fi
 # after "PytorchStreamWriter failed writing file ..." or "basic_ios::clear: iostream error".
 _TORCH_WRITE_FAILED = re.compile(r"unexpected pos \d+ vs \d+|PytorchStreamWriter failed writing|basic_ios::clear")
 _ERRNO_TEXT = re.compile(r"\[Errno (\d+)\] ([^:]*)(?:: '(.*?)')?")
-_RUST_IO = re.compile(r"Os \{ code: (\d+)")  # safetensors' Rust I/O errors
+# safetensors' Rust I/O errors: "IoError(Os { code: 28, ...})" (older) or "... (os error 28)"
+_RUST_IO = re.compile(r"Os \{ code: (\d+)|\(os error (\d+)\)")
 
 
 def _free_space(where: Path | None) -> str:
@@ -840,7 +886,7 @@ def explain(type_name: str, message: str, err: BaseException | None = None, wher
                 f"device ({free} free; torch: {message.splitlines()[0].strip()})")
     rust = _RUST_IO.search(message)
     if rust:
-        explained = _os_error(int(rust.group(1)), "I/O error", None, where)
+        explained = _os_error(int(rust.group(1) or rust.group(2)), "I/O error", None, where)
         if explained:
             return f"{explained} (saving weights)"
     if isinstance(err, torch.OutOfMemoryError) or type_name == "OutOfMemoryError":

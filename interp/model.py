@@ -19,7 +19,8 @@ internals (with a check of the installed version).
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+import resource
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -165,10 +166,12 @@ def parameter_count(cfg: ModelConfig) -> int:
 
 
 def estimate_memory(cfg: ModelConfig, batch_size: int = 0) -> MemoryEstimate:
-    """What building (`batch_size=0`) or training at `batch_size` needs, roughly.
+    """What building (`batch_size=0`) or training at `batch_size` needs: the peak of a
+    training step on the fused path (`fused_forward`), without the process's own baseline
+    (python, torch and TransformerLens: about 0.5 GB, already in use when this is checked).
 
-    A lower-end estimate meant to refuse configs that cannot fit (a vocabulary of 1e8,
-    a width of 1e6) before anything is allocated, not to predict peak use closely."""
+    Measured by `benchmarks/memory_estimate.py`, against the peak resident size of a few
+    training steps; the rest of the peak is freed memory the allocator keeps."""
     params = parameter_count(cfg) * FLOAT_BYTES
     # TransformerLens initializes the weights and then copies them into the bridge: about
     # twice the parameters at the peak of `boot_native` (measured: 2.0x at 1 GB of weights).
@@ -177,11 +180,16 @@ def estimate_memory(cfg: ModelConfig, batch_size: int = 0) -> MemoryEstimate:
         return MemoryEstimate(parameters=params, build=build)
     tokens = batch_size * cfg.n_ctx
     inner, d_mlp = cfg.n_heads * cfg.head_dim, 0 if cfg.attn_only else (cfg.d_mlp or 4 * cfg.d_model)
-    # Saved for the backward pass, per layer: residual and normalized inputs, q/k/v and the
-    # attention output, the MLP's hidden layer (pre- and post-activation) and the attention
-    # pattern; at the end the logits, their log-softmax and their gradient.
-    per_layer = tokens * (4 * cfg.d_model + 4 * inner + 2 * d_mlp) + batch_size * cfg.n_heads * cfg.n_ctx**2
-    activations = (cfg.n_layers * per_layer + 3 * tokens * cfg.d_vocab) * FLOAT_BYTES
+    # Saved for the backward pass, per layer: the residual stream and its normalized copy before
+    # attention (and before the MLP), q/k/v and the attention output, the MLP's hidden layer
+    # before and after the activation. No attention pattern: scaled_dot_product_attention keeps
+    # only a [batch, head, query] log-sum-exp.
+    per_layer = 2 * cfg.d_model + 4 * inner + (2 * cfg.d_model + 2 * d_mlp if d_mlp else 0)
+    # After the last layer: the final norm's input and output and the log-softmax of the
+    # logits; at the start of the backward pass two more logit-sized tensors (the gradients of
+    # the log-softmax and of the logits), or of the MLP's hidden layer where that is wider.
+    final = 2 * cfg.d_model + cfg.d_vocab + 2 * max(cfg.d_vocab, d_mlp)
+    activations = tokens * (cfg.n_layers * per_layer + final) * FLOAT_BYTES
     return MemoryEstimate(parameters=params, build=build, optimizer=3 * params, activations=activations)
 
 
@@ -190,33 +198,126 @@ def estimate_memory_bytes(cfg: ModelConfig, batch_size: int = 0) -> int:
     return estimate_memory(cfg, batch_size).total
 
 
-def available_memory_bytes(device: str | torch.device | None = None) -> int | None:
-    """Memory free for new allocations on `device`; None where it cannot be known.
+@dataclass(frozen=True)
+class ForwardEstimate:
+    """Bytes a forward pass without gradients needs (a probe's `run_with_cache`): the float32
+    `parameters`; `load`, the peak of loading a checkpoint (its state dict beside a model being
+    built); the activations `cached` for the hooks asked for; the `transient` peak of the pass
+    itself (one layer's intermediates, or the logits and their log-softmax); and `kept`, copies
+    of the cached activations the caller holds on to (one per checkpoint in
+    `collect_activations`)."""
 
-    CPU: the kernel's `MemAvailable` (free pages plus reclaimable cache; `SC_AVPHYS_PAGES`
-    where /proc is missing), capped by a cgroup v2 memory limit, so a container's limit
-    counts rather than the host's memory. CUDA: `torch.cuda.mem_get_info`."""
+    parameters: int
+    load: int
+    cached: int = 0
+    transient: int = 0
+    kept: int = 0
+    largest_hook: str = ""
+
+    @property
+    def total(self) -> int:
+        return max(self.load, self.parameters + self.cached + self.transient + self.kept)
+
+
+# Hook names by the shape of what they record; anything else is [batch, pos, d_model] (the
+# residual stream, attention and MLP outputs, norms' inputs and outputs).
+_PATTERN_HOOKS = ("hook_pattern", "hook_attn_scores")
+_HEAD_HOOKS = ("hook_q", "hook_k", "hook_v", "hook_z", "q.hook_out", "k.hook_out", "v.hook_out", "o.hook_in",
+               "hook_rot_q", "hook_rot_k")
+_MLP_HOOKS = ("mlp.hook_pre", "mlp.hook_post", "mlp.in.hook_out", "mlp.out.hook_in", "mlp.hook_pre_linear")
+_VOCAB_HOOKS = ("hook_unembed", "unembed.hook_out")
+
+
+def hook_numel(cfg: ModelConfig, name: str, batch_size: int, positions: int) -> int:
+    """Numbers in the activation the bridge's hook `name` records on a [batch_size, positions]
+    batch, from the name alone (for an estimate made before the model is loaded)."""
+    tokens = batch_size * positions
+    if name.endswith(_PATTERN_HOOKS):
+        return batch_size * cfg.n_heads * positions**2
+    if name.endswith(_HEAD_HOOKS):
+        return tokens * cfg.n_heads * cfg.head_dim
+    if name.endswith("hook_result"):
+        return tokens * cfg.n_heads * cfg.d_model
+    if name.endswith(_MLP_HOOKS):
+        return tokens * (cfg.d_mlp or 4 * cfg.d_model)
+    if name.endswith(_VOCAB_HOOKS):
+        return tokens * cfg.d_vocab
+    if name.endswith("hook_scale") or name in ("embed.hook_in", "pos_embed.hook_in"):  # the last: token ids
+        return tokens
+    return tokens * cfg.d_model
+
+
+def estimate_forward(cfg: ModelConfig, batch_size: int, positions: int, hooks: Iterable[str] = (),
+                     kept_copies: int = 0) -> ForwardEstimate:
+    """What one forward pass without gradients through the bridge needs on a [batch_size,
+    positions] batch, caching `hooks`, with `kept_copies` copies of the cache kept after it;
+    `batch_size=0` estimates loading the model alone."""
+    params = parameter_count(cfg) * FLOAT_BYTES
+    load = params + estimate_memory(cfg).build
+    if batch_size <= 0:
+        return ForwardEstimate(parameters=params, load=load)
+    sizes = {name: hook_numel(cfg, name, batch_size, positions) * FLOAT_BYTES for name in set(hooks)}
+    cached = sum(sizes.values())
+    tokens = batch_size * positions
+    inner, d_mlp = cfg.n_heads * cfg.head_dim, 0 if cfg.attn_only else (cfg.d_mlp or 4 * cfg.d_model)
+    # The bridge computes attention explicitly: scores, scaled, masked and softmaxed are four
+    # [batch, head, query, key] tensors at once, beside q/k/v/z; the MLP holds its hidden layer
+    # before, inside and after the activation; the residual stream and its normalized copy ride along.
+    layer = 3 * tokens * cfg.d_model + max(4 * batch_size * cfg.n_heads * positions**2 + 4 * tokens * inner,
+                                           3 * tokens * d_mlp)
+    logits = 2 * tokens * cfg.d_vocab  # the logits, and the log-softmax a probe of the loss takes
+    return ForwardEstimate(parameters=params, load=load, cached=cached,
+                           transient=max(layer, logits) * FLOAT_BYTES, kept=kept_copies * cached,
+                           largest_hook=max(sizes, key=lambda n: (sizes[n], n)) if sizes else "")
+
+
+@dataclass(frozen=True)
+class AvailableMemory:
+    """Bytes free for new allocations, and what bounds them (named in a refusal)."""
+
+    free: int
+    source: str
+
+
+def available_memory(device: str | torch.device | None = None, root: Path = Path("/")) -> AvailableMemory | None:
+    """Memory this process can still allocate on `device`, and its tightest bound; None
+    where it cannot be known.
+
+    CPU: the least of the kernel's `MemAvailable` (free pages plus reclaimable cache;
+    `SC_AVPHYS_PAGES` where /proc is missing), the headroom under each cgroup memory limit
+    (v2 and v1) of this process's cgroup and the cgroups above it, and the headroom under
+    `ulimit -v`/`ulimit -d`: a container's, a Slurm job's or a shell's limit counts, not the
+    host's memory. `root` is where /proc and /sys are read (a fake tree in tests). CUDA:
+    `torch.cuda.mem_get_info`."""
     device = resolve_device(device)
     if device.type == "cuda":
         if not torch.cuda.is_available():
             return None
         free, _total = torch.cuda.mem_get_info(device)
-        return int(free)
+        return AvailableMemory(int(free), "free CUDA memory")
     if device.type != "cpu":
         return None
-    available = _meminfo_available()
-    if available is None:
+    bounds = _cgroup_headroom(root) + _rlimit_headroom(root)
+    physical = _meminfo_available(root)
+    if physical is None:
         try:
-            available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+            physical = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
         except (ValueError, OSError, AttributeError):
-            return None
-    limit = _cgroup_headroom()
-    return available if limit is None else min(available, limit)
+            physical = None
+    if physical is not None:
+        bounds.insert(0, AvailableMemory(physical, "free physical memory (MemAvailable)"))
+    return min(bounds, key=lambda bound: bound.free, default=None)
 
 
-def _meminfo_available() -> int | None:
+def available_memory_bytes(device: str | torch.device | None = None) -> int | None:
+    """`available_memory(device).free`: bytes free for new allocations; None where unknown."""
+    available = available_memory(device)
+    return None if available is None else available.free
+
+
+def _meminfo_available(root: Path) -> int | None:
     try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
+        for line in (root / "proc/meminfo").read_text().splitlines():
             if line.startswith("MemAvailable:"):
                 return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
@@ -224,17 +325,106 @@ def _meminfo_available() -> int | None:
     return None
 
 
-def _cgroup_headroom() -> int | None:
-    """`memory.max - memory.current` of this process's cgroup (v2); None without a limit."""
+# cgroup v1 writes "no limit" as LONG_MAX rounded down to a page (9223372036854771712).
+_V1_UNLIMITED = 2**62
+# Per cgroup version: the files of the limit and the usage, and memory.stat's key for page
+# cache the kernel drops before it kills anything (counted in the usage, as `docker stats` does not).
+_CGROUP_FILES = {2: ("memory.max", "memory.current", "inactive_file"),
+                 1: ("memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file")}
+
+
+def _cgroup_headroom(root: Path) -> list[AvailableMemory]:
+    """`limit - usage` under the memory limit of this process's cgroup (v2: `memory.max`,
+    `memory.current`; v1: `memory.limit_in_bytes`, `memory.usage_in_bytes`), the tightest over
+    its cgroup and those above it (Slurm limits the job, above the step the process runs in);
+    one bound per cgroup version that sets a limit."""
     try:
-        group = Path("/proc/self/cgroup").read_text().strip().splitlines()[0].split("::", 1)[1]
-        base = Path("/sys/fs/cgroup") / group.lstrip("/")
-        limit = (base / "memory.max").read_text().strip()
-        if limit == "max":
+        membership = (root / "proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return []
+    mounts = _cgroup_mounts(root)
+    bounds = []
+    for line in membership:
+        hierarchy, controllers, group = (line.split(":", 2) + ["", ""])[:3]
+        version = 2 if hierarchy == "0" and not controllers else 1 if "memory" in controllers.split(",") else 0
+        if not version or version not in mounts:
+            continue
+        mount_root, mountpoint = mounts[version]
+        # The group relative to the mount: a container without its own cgroup namespace mounts its
+        # group (`/docker/<id>`) as the mount's root.
+        inside = group[len(mount_root):] if group == mount_root or group.startswith(mount_root.rstrip("/") + "/") \
+            else ""
+        top = root / mountpoint.lstrip("/")
+        folder = top / inside.lstrip("/")
+        levels = [folder, *(above for above in folder.parents if above == top or top in above.parents)]
+        limited = [found for level in levels if (found := _cgroup_level(level, version)) is not None]
+        if limited:
+            headroom, limit = min(limited)
+            bounds.append(AvailableMemory(headroom, f"the cgroup v{version} memory limit of {format_bytes(limit)}"))
+    return bounds
+
+
+def _cgroup_mounts(root: Path) -> dict[int, tuple[str, str]]:
+    """Per cgroup version, the (root, mount point) of the hierarchy that holds the memory
+    controller, from /proc/self/mountinfo; the usual places where it cannot be read."""
+    mounts: dict[int, tuple[str, str]] = {}
+    try:
+        lines = (root / "proc/self/mountinfo").read_text().splitlines()
+    except OSError:
+        return {2: ("/", "/sys/fs/cgroup"), 1: ("/", "/sys/fs/cgroup/memory")}
+    for line in lines:
+        fields = line.split()
+        if "-" not in fields or fields.index("-") < 5 or len(fields) < fields.index("-") + 4:
+            continue
+        dash = fields.index("-")
+        fstype, options = fields[dash + 1], fields[dash + 3].split(",")
+        if fstype == "cgroup2":
+            mounts.setdefault(2, (fields[3], fields[4]))
+        elif fstype == "cgroup" and "memory" in options:
+            mounts.setdefault(1, (fields[3], fields[4]))
+    return mounts
+
+
+def _cgroup_level(folder: Path, version: int) -> tuple[int, int] | None:
+    """(headroom, limit) of one cgroup; None without a limit (or without the files)."""
+    limit_file, usage_file, inactive_key = _CGROUP_FILES[version]
+    try:
+        text = (folder / limit_file).read_text().strip()
+        if text == "max" or int(text) >= _V1_UNLIMITED:
             return None
-        return max(0, int(limit) - int((base / "memory.current").read_text().strip()))
-    except (OSError, ValueError, IndexError):
+        limit, usage = int(text), int((folder / usage_file).read_text().strip())
+    except (OSError, ValueError):
         return None
+    inactive = 0
+    try:
+        for line in (folder / "memory.stat").read_text().splitlines():
+            key, _, value = line.partition(" ")
+            if key == inactive_key:
+                inactive = int(value)
+    except (OSError, ValueError):
+        pass
+    return max(0, limit - max(0, usage - inactive)), limit
+
+
+def _rlimit_headroom(root: Path) -> list[AvailableMemory]:
+    """`limit - use` under `ulimit -v` (RLIMIT_AS, against the address space, VmSize) and
+    `ulimit -d` (RLIMIT_DATA, against VmData) where set: past them an allocation fails."""
+    try:
+        status = dict(line.split(":", 1) for line in (root / "proc/self/status").read_text().splitlines()
+                      if ":" in line)
+    except OSError:
+        return []
+    bounds = []
+    for limit_name, used_key, flag in (("RLIMIT_AS", "VmSize", "-v"), ("RLIMIT_DATA", "VmData", "-d")):
+        soft, _hard = resource.getrlimit(getattr(resource, limit_name))
+        if soft == resource.RLIM_INFINITY or used_key not in status:
+            continue
+        try:
+            used = int(status[used_key].split()[0]) * 1024
+        except (ValueError, IndexError):
+            continue
+        bounds.append(AvailableMemory(max(0, soft - used), f"ulimit {flag} ({limit_name}) of {format_bytes(soft)}"))
+    return bounds
 
 
 def format_bytes(n: float) -> str:
@@ -248,11 +438,11 @@ def format_bytes(n: float) -> str:
 def check_memory(cfg: ModelConfig, device: str | torch.device | None = None, batch_size: int = 0) -> None:
     """Raise `InsufficientMemoryError` if building (`batch_size=0`) or training the model at
     `batch_size` needs more than `device` has available; the message names the estimate,
-    what is available and the sizes that drive it. Nothing is allocated."""
+    what is available and its bound, and the sizes that drive it. Nothing is allocated."""
     device = resolve_device(device)
     estimate = estimate_memory(cfg, batch_size)
-    available = available_memory_bytes(device)
-    if available is None or estimate.total <= available:
+    available = available_memory(device)
+    if available is None or estimate.total <= available.free:
         return
     parts = [f"parameters {format_bytes(estimate.parameters)}"]
     if batch_size > 0:
@@ -260,8 +450,8 @@ def check_memory(cfg: ModelConfig, device: str | torch.device | None = None, bat
                   f"activations at batch_size={batch_size} {format_bytes(estimate.activations)}"]
     raise InsufficientMemoryError(
         f"model (d_vocab={cfg.d_vocab}, d_model={cfg.d_model}, n_layers={cfg.n_layers}, n_ctx={cfg.n_ctx}) needs "
-        f"about {format_bytes(estimate.total)} ({', '.join(parts)}) but {format_bytes(available)} is available "
-        f"on {device}; reduce {_largest_term(cfg, estimate, batch_size)}")
+        f"about {format_bytes(estimate.total)} ({', '.join(parts)}) but {format_bytes(available.free)} is available "
+        f"on {device}; reduce {_largest_term(cfg, estimate, batch_size)} (memory bounded by {available.source})")
 
 
 def _largest_term(cfg: ModelConfig, estimate: MemoryEstimate, batch_size: int) -> str:
@@ -273,6 +463,37 @@ def _largest_term(cfg: ModelConfig, estimate: MemoryEstimate, batch_size: int) -
         return f"d_vocab={cfg.d_vocab} or d_model={cfg.d_model}"
     mlp = "" if cfg.attn_only else f" or d_mlp={cfg.d_mlp or 4 * cfg.d_model}"
     return f"d_model={cfg.d_model}, n_layers={cfg.n_layers}{mlp}"
+
+
+def check_forward_memory(cfg: ModelConfig, batch: Batch | None, hooks: Iterable[str] = (),
+                         device: str | torch.device | None = None, kept_copies: int = 0) -> None:
+    """Raise `InsufficientMemoryError`, before any checkpoint is loaded, if a forward pass
+    without gradients on `batch` (None: loading the model alone) caching `hooks` needs more
+    than `device` has available (`estimate_forward`); the message names the estimate, what is
+    available and its bound, and the batch's shape."""
+    device = resolve_device(device)
+    n_batch, n_pos = (0, 0) if batch is None else batch["tokens"].shape[:2]
+    estimate = estimate_forward(cfg, n_batch, n_pos, hooks, kept_copies)
+    available = available_memory(device)
+    if available is None or estimate.total <= available.free:
+        return
+    model = f"model (d_vocab={cfg.d_vocab}, d_model={cfg.d_model}, n_layers={cfg.n_layers})"
+    if estimate.total == estimate.load:  # the checkpoint's load, not the batch, is the peak
+        raise InsufficientMemoryError(
+            f"loading the {model} needs about {format_bytes(estimate.total)} but {format_bytes(available.free)} is "
+            f"available on {device} (memory bounded by {available.source})")
+    hooks = set(hooks)
+    parts = [f"parameters {format_bytes(estimate.parameters)}"]
+    if hooks:
+        parts.append(f"{len(hooks)} cached hook(s) {format_bytes(estimate.cached)}, the largest "
+                     f"{estimate.largest_hook}")
+    parts.append(f"logits or a layer's intermediates {format_bytes(estimate.transient)}")
+    if kept_copies:
+        parts.append(f"{kept_copies} kept copies of the cache {format_bytes(estimate.kept)}")
+    raise InsufficientMemoryError(
+        f"a forward pass of the {model} on a batch of {n_batch} sequences x {n_pos} positions needs about "
+        f"{format_bytes(estimate.total)} ({', '.join(parts)}) but {format_bytes(available.free)} is available on "
+        f"{device}; reduce the batch (memory bounded by {available.source})")
 
 
 def build_model(cfg: ModelConfig, device: str | torch.device | None = None) -> TransformerBridge:

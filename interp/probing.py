@@ -17,6 +17,8 @@ read back as NaN. The batch may be text where the source has a tokenizer (`text_
 from __future__ import annotations
 
 import hashlib
+import json
+import logging
 import math
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -40,7 +42,7 @@ from interp.checkpoints import (
     scan_jsonl,
 )
 from interp.ids import HeadId
-from interp.model import Batch, batch_to, input_hooks, resolve_device
+from interp.model import Batch, batch_to, check_forward_memory, input_hooks, resolve_device
 
 
 @dataclass(frozen=True)
@@ -94,10 +96,12 @@ class ProbeTable:
         names = tuple(self.columns[i][len(prefix) + 1 :] for i in keep)
         return ProbeTable(self.steps, names, self.values[:, keep])
 
-    def head_grid(self, prefix: str, n_layers: int, n_heads: int) -> np.ndarray:
-        """`[step, layer, head]` array of an `"L{l}H{h}"`-keyed probe (NaN where absent)."""
+    def head_grid(self, prefix: str | None, n_layers: int, n_heads: int) -> np.ndarray:
+        """`[step, layer, head]` array of an `"L{l}H{h}"`-keyed probe under `prefix/` (None: the
+        columns are head names already), NaN where absent."""
         grid = np.full((len(self.steps), n_layers, n_heads), np.nan)
-        for name, column in zip(self.select(prefix).columns, self.select(prefix).values.T, strict=True):
+        sub = self if prefix is None else self.select(prefix)
+        for name, column in zip(sub.columns, sub.values.T, strict=True):
             head = HeadId.parse(name)
             grid[:, head.layer, head.head] = column
         return grid
@@ -112,6 +116,8 @@ class ProbeTable:
         header = "step," + ",".join(self.columns)
         np.savetxt(path, np.column_stack([self.steps, self.values]), delimiter=",", header=header, comments="")
 
+
+LOG = logging.getLogger(__name__)
 
 NO_BATCH = "no-batch"
 """The batch id of probes that read only the weights."""
@@ -140,7 +146,15 @@ def check_probe_keys(probes: Mapping[str, Probe]) -> None:
                              "with . or -); it names the cache file probes/<key>.jsonl")
 
 
-CacheKey = tuple[str, str, str, int]
+def numerics(source: CheckpointSource, device: torch.device) -> str:
+    """What besides the weights and the batch changes a probe's numbers: the dtype the
+    checkpoints load in and the device class (CPU and CUDA kernels round differently),
+    e.g. `"float32/cpu"`."""
+    return f"{str(source.dtype).removeprefix('torch.')}/{device.type}"
+
+
+CacheKey = tuple[str, str, str, str, int]
+"""(probe name, batch hash, checkpoint hash, numerics, step)."""
 
 
 def _stored(values: Mapping[str, float]) -> dict[str, float | None]:
@@ -152,25 +166,70 @@ def _loaded(values: Mapping[str, float | None]) -> dict[str, float]:
     return {name: math.nan if v is None else float(v) for name, v in values.items()}
 
 
-def _cache_rows(scan: JsonlScan) -> dict[CacheKey, dict[str, float]]:
-    """The cached results in a scanned cache file; rows that are not results are skipped (a
-    cache can always be recomputed, so damage costs a recomputation, never an error)."""
-    out: dict[CacheKey, dict[str, float]] = {}
-    for row in scan.rows:
+def row_digest(row: Mapping[str, object]) -> str:
+    """The sha256 of a cache row's contents (every field but the digest), canonical JSON."""
+    body = {k: v for k, v in row.items() if k != "digest"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, allow_nan=False).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class CacheRows:
+    """The rows of one probe cache file, sorted by what can be trusted."""
+
+    results: dict[CacheKey, dict[str, float]]
+    """Verified results: the row's digest matches its contents."""
+    order: dict[CacheKey, int]
+    """Each result's (and legacy row's) row index: which computation was written last."""
+    tampered: list[int]
+    """0-based indices of rows whose digest does not match: edited since they were written."""
+    legacy: dict[CacheKey, dict[str, float]]
+    """Rows written before rows had a digest and numerics (numerics `"unrecorded"`): shown by
+    readers of the cache, never returned for a computation."""
+
+
+UNRECORDED = "unrecorded"
+
+
+def _row_key(row: Mapping[str, object], numerics_of_row: str) -> CacheKey:
+    key = (row["probe"], row["batch"], row["weights"], numerics_of_row, row["step"])
+    if not all(isinstance(part, str) for part in key[:4]) or not isinstance(key[4], int):
+        raise TypeError("not a cache key")
+    return key  # type: ignore[return-value]
+
+
+def cache_rows(scan: JsonlScan) -> CacheRows:
+    """The results in a scanned cache file; rows that are not results are skipped (a cache can
+    always be recomputed, so damage costs a recomputation, never an error)."""
+    out = CacheRows({}, {}, [], {})
+    for index, row in enumerate(scan.rows):
         try:
-            key = (row["probe"], row["batch"], row["weights"], row["step"])
-            out[key] = _loaded(row["values"])
+            if "digest" not in row and "numerics" not in row:
+                legacy = _row_key(row, UNRECORDED)
+                out.legacy[legacy], out.order[legacy] = _loaded(row["values"]), index
+                continue
+            key = _row_key(row, row["numerics"])
+            values = _loaded(row["values"])
         except (KeyError, TypeError, ValueError, AttributeError):
             continue
+        if row.get("digest") != row_digest(row):
+            out.tampered.append(index)
+            continue
+        out.results[key] = values
+        out.order[key] = index
     return out
 
 
 def _repair_cache(path: Path, scan: JsonlScan) -> None:
-    """Make a cache file appendable again (under the run's lock): a torn last line would glue
-    the next record onto it, and a bad line would be read past forever; both are dropped."""
-    if scan.torn_line is None and not scan.bad_lines:
+    """Make a cache file appendable and trustworthy again (under the run's lock): a torn last
+    line would glue the next record onto it, a bad line would be read past forever, and an
+    edited row would warn on every read; all three are dropped."""
+    tampered = set(cache_rows(scan).tampered)
+    if scan.torn_line is None and not scan.bad_lines and not tampered:
         return
-    data = "".join(dumps_json(row, path) + "\n" for row in scan.rows)
+    for index in sorted(tampered):  # its result is missing from the cache now, so it is recomputed
+        LOG.warning("%s: row %d was edited after it was written (its digest does not match); recomputing it",
+                    path, index + 1)
+    data = "".join(dumps_json(row, path) + "\n" for i, row in enumerate(scan.rows) if i not in tampered)
     atomic_write_bytes(path, data.encode())
 
 
@@ -194,12 +253,13 @@ def _flatten(probes: Mapping[str, Probe], ctx: ProbeContext,
     return {f"{key}/{name}": float(v) for key, p in probes.items() for name, v in p.fn(own[key]).items()}
 
 
-def probe_artifacts(run: CheckpointSource | str | Path, key: str, probe_obj: Probe, batch: Batch | None) -> Path:
+def probe_artifacts(run: CheckpointSource, key: str, probe_obj: Probe, batch: Batch | None,
+                    device: str | torch.device | None = None) -> Path:
     """The directory where probe `key` saves files of its own (`ProbeContext.artifacts`):
-    `probes/<key>/<id>/`, `<id>` a hash of the probe's name and the batch."""
-    path = Path(run) if isinstance(run, str | Path) else run.path
-    ident = hashlib.sha256(f"{probe_obj.name}\0{batch_hash(batch)}".encode()).hexdigest()[:16]
-    return path / PROBES_DIR / key / ident
+    `probes/<key>/<id>/`, `<id>` a hash of the probe's name, the batch and the numerics the
+    probe runs in on `device` (default: as `probe()` chooses)."""
+    ident = f"{probe_obj.name}\0{batch_hash(batch)}\0{numerics(run, resolve_device(device))}"
+    return run.path / PROBES_DIR / key / hashlib.sha256(ident.encode()).hexdigest()[:16]
 
 
 Text = str | Sequence[str]
@@ -229,6 +289,26 @@ def text_batch(source: CheckpointSource, text: Text) -> Batch:
     return {"tokens": torch.tensor(ids, dtype=torch.long)}
 
 
+def check_batch_fits(source: CheckpointSource, batch: Batch | None) -> None:
+    """Refuse, in one line, token ids the model cannot read: sequences longer than its
+    context or ids outside its vocabulary (which would fail deep inside the forward pass)."""
+    if batch is None:
+        return
+    shape = source.model_config
+    for key, tensor in batch.items():
+        if not key.endswith("tokens"):
+            continue
+        if tensor.is_floating_point() or tensor.dim() != 2:
+            raise ValueError(f"batch[{key!r}]: expected integer token ids of shape [batch, pos], got "
+                             f"{tensor.dtype} of shape {tuple(tensor.shape)}")
+        if tensor.shape[1] > shape.n_ctx:
+            raise ValueError(f"batch[{key!r}]: sequences of {tensor.shape[1]} tokens are longer than the model's "
+                             f"context n_ctx={shape.n_ctx}")
+        if tensor.numel() and (int(tensor.min()) < 0 or int(tensor.max()) >= shape.d_vocab):
+            raise ValueError(f"batch[{key!r}]: token ids must lie in [0, d_vocab={shape.d_vocab}), got "
+                             f"[{int(tensor.min())}, {int(tensor.max())}]")
+
+
 def _check_batch(probes: Mapping[str, Probe], batch: Batch | None) -> None:
     if batch is None and any(p.forward for p in probes.values()):
         needing = sorted(key for key, p in probes.items() if p.forward)
@@ -255,6 +335,9 @@ def probe(
     _check_batch(probes, batch)
     run = Run.open(run) if isinstance(run, str | Path) else run
     batch = text_batch(run, batch) if _is_text(batch) else batch
+    check_batch_fits(run, batch)
+    check_forward_memory(run.model_config, batch if any(p.forward for p in probes.values()) else None,
+                         {h for p in probes.values() for h in p.hooks}, device)
     device = resolve_device(device)
     steps = list(run.steps if steps is None else steps)
     missing = sorted(set(steps) - set(run.steps))
@@ -264,8 +347,10 @@ def probe(
     probe_dir = run.path / PROBES_DIR
     hashes = {step: run.checkpoint_hash(step) for step in steps}
 
+    run_numerics = numerics(run, device)
+
     def cache_key(key: str, step: int) -> CacheKey:
-        return (probes[key].name, batch_id, hashes[step], step)
+        return (probes[key].name, batch_id, hashes[step], run_numerics, step)
 
     def read_cache() -> dict[str, JsonlScan]:
         return {key: scan_jsonl(probe_dir / f"{key}.jsonl") for key in probes}
@@ -273,7 +358,7 @@ def probe(
     cached: dict[CacheKey, dict[str, float]] = {}
     if use_cache:
         for scan in read_cache().values():
-            cached.update(_cache_rows(scan))
+            cached.update(cache_rows(scan).results)
     todo = [step for step in steps if any(cache_key(key, step) not in cached for key in probes)]
     if todo:  # only a call that computes something writes, and takes the run's lock for it
         with run.lock():
@@ -281,14 +366,61 @@ def probe(
             for key, scan in read_cache().items():  # again: the last writer may have changed them
                 _repair_cache(probe_dir / f"{key}.jsonl", scan)
                 if use_cache:
-                    cached.update(_cache_rows(scan))
-            artifacts = {key: probe_artifacts(run, key, p, batch) for key, p in probes.items()}
+                    cached.update(cache_rows(scan).results)
+            artifacts = {key: probe_artifacts(run, key, p, batch, device) for key, p in probes.items()}
             _compute(run, probes, batch, todo, cached, cache_key, device, progress, probe_dir, artifacts)
 
     rows = [{f"{key}/{n}": v for key in probes for n, v in cached[cache_key(key, step)].items()} for step in steps]
     columns = tuple(sorted({c for row in rows for c in row}))
     table = np.array([[row.get(c, np.nan) for c in columns] for row in rows], dtype=float)
     return ProbeTable(np.array(steps), columns, table.reshape(len(steps), len(columns)))
+
+
+@dataclass(frozen=True)
+class CachedComputation:
+    """One computation held in a probe cache: one probe on one batch in one numerics, at the
+    checkpoints of its source that it covers (rows of weights since rewritten are left out)."""
+
+    key: str
+    probe: str
+    batch: str
+    numerics: str
+    table: ProbeTable
+    """Step x metric, columns as the probe names them (no `key/` prefix)."""
+    of_steps: int
+    """How many checkpoints the source has: the computation covers `len(table.steps)` of them."""
+
+    def describe(self) -> str:
+        return (f"{self.probe} on batch {self.batch} ({self.numerics}), "
+                f"{len(self.table.steps)} of {self.of_steps} checkpoints")
+
+
+def cached_computations(run: CheckpointSource, key: str) -> list[CachedComputation]:
+    """Every computation in `probes/<key>.jsonl` at `run`'s current checkpoints, the most
+    complete first (the latest written on a tie): what a reader of the cache draws from, one
+    computation per curve, never a mix of batches or precisions."""
+    scan = scan_jsonl(run.path / PROBES_DIR / f"{key}.jsonl")
+    rows = cache_rows(scan)
+    current = {run.checkpoint_hash(step): step for step in run.steps}
+    groups: dict[tuple[str, str, str], dict[int, dict[str, float]]] = {}
+    latest: dict[tuple[str, str, str], int] = {}
+    for found, values in [*rows.results.items(), *rows.legacy.items()]:
+        probe_name, batch_id, weights, row_numerics, step = found
+        if current.get(weights) != step:
+            continue
+        group = (probe_name, batch_id, row_numerics)
+        groups.setdefault(group, {})[step] = values
+        latest[group] = max(latest.get(group, -1), rows.order[found])
+    out = []
+    for group in sorted(groups, key=lambda g: (-len(groups[g]), -latest[g])):
+        by_step = groups[group]
+        steps = sorted(by_step)
+        columns = tuple(sorted({c for v in by_step.values() for c in v}))
+        values = np.array([[by_step[s].get(c, np.nan) for c in columns] for s in steps], dtype=float)
+        out.append(CachedComputation(key, *group, ProbeTable(np.array(steps), columns,
+                                                             values.reshape(len(steps), len(columns))),
+                                     len(current)))
+    return out
 
 
 def _compute(run: CheckpointSource, probes: Mapping[str, Probe], batch: Batch | None, steps: list[int],
@@ -305,10 +437,11 @@ def _compute(run: CheckpointSource, probes: Mapping[str, Probe], batch: Batch | 
         values = run_probes(model, todo, device_batch, step=step, artifacts=artifacts)
         for key in todo:
             own = _stored({name[len(key) + 1 :]: v for name, v in values.items() if name.startswith(key + "/")})
-            probe_name, batch_id, weights, _ = found = cache_key(key, step)
+            probe_name, batch_id, weights, run_numerics, _ = found = cache_key(key, step)
             cached[found] = _loaded(own)  # as a later, cached call will read it
-            record = {"step": step, "probe": probe_name, "batch": batch_id, "weights": weights, "values": own}
-            append_jsonl(probe_dir / f"{key}.jsonl", [record])
+            record = {"step": step, "probe": probe_name, "batch": batch_id, "weights": weights,
+                      "numerics": run_numerics, "values": own}
+            append_jsonl(probe_dir / f"{key}.jsonl", [{**record, "digest": row_digest(record)}])
 
 
 def collect_activations(
@@ -326,6 +459,10 @@ def collect_activations(
     """
     run = Run.open(run) if isinstance(run, str | Path) else run
     batch = text_batch(run, batch) if _is_text(batch) else batch
+    check_batch_fits(run, batch)
+    # kept: each step's activations and, at the end, their stack
+    check_forward_memory(run.model_config, batch, [hook], device,
+                         kept_copies=2 * len(run.steps if steps is None else steps))
     device = resolve_device(device)
     steps = list(run.steps if steps is None else steps)
     device_batch = batch_to(batch, device)
@@ -341,5 +478,6 @@ def collect_activations(
     return np.stack(stacked)
 
 
-__all__ = ["Probe", "ProbeContext", "ProbeTable", "probe", "run_probes", "batch_hash", "collect_activations",
-           "probe_artifacts", "text_batch"]
+__all__ = ["CachedComputation", "Probe", "ProbeContext", "ProbeTable", "batch_hash", "cache_rows",
+           "cached_computations", "collect_activations", "numerics", "probe", "probe_artifacts", "run_probes",
+           "text_batch"]

@@ -64,7 +64,8 @@ DEFAULT_CACHE = "interp-cache"
 HASHES_FILE = "weight_hashes.json"
 """Under a folder suite's `path`: the sha256 of each checkpoint file, by size and mtime."""
 HF_CONFIG_FILE = "config.json"
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model", "vocab.txt")
+TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
+TOKENIZER_FILES = ("tokenizer.json", TOKENIZER_CONFIG_FILE, "vocab.json", "tokenizer.model", "vocab.txt")
 SAVE_METADATA_KEYS = frozenset({"_name_or_path", "transformers_version", "torch_dtype", "dtype", "_commit_hash"})
 """config.json keys that say how a checkpoint was saved, not which model it is."""
 PYTHIA_PREFIX = "EleutherAI/pythia"
@@ -89,6 +90,19 @@ class SuiteModelConfig:
     n_ctx: int
     parallel_attn_mlp: bool = False
     """Attention and MLP read the same residual (GPT-NeoX's `use_parallel_residual`)."""
+    d_mlp: int = 0
+    """The MLP's hidden width (0: unknown, taken as 4 d_model)."""
+
+    # What `interp.model`'s memory estimates read besides the sizes: every suite model has MLPs;
+    # LayerNorm and learned positions are assumed, a slight overestimate for RMSNorm or rotary models.
+    attn_only = False
+    normalization = "LN"
+    positional = "standard"
+    d_input = 0
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_head
 
 
 def _listing(steps: Sequence[int], limit: int = 8) -> str:
@@ -118,6 +132,18 @@ def _read_config(path: Path) -> dict[str, Any]:
     if not isinstance(config, dict):
         raise SuiteError(f"{path} is not a JSON object")
     return config
+
+
+def _refuse_remote_code(folders: Sequence[Path]) -> None:
+    """Refuse, before anything loads, a folder whose config asks for Python code shipped with the
+    checkpoint (`auto_map`): `transformers` would prompt for it, and run it if answered yes.
+    (Every load also passes `trust_remote_code=False`, which refuses it without a prompt.)"""
+    for folder in folders:
+        for name in (HF_CONFIG_FILE, TOKENIZER_CONFIG_FILE):
+            path = folder / name
+            if path.is_file() and "auto_map" in _read_config(path):
+                raise SuiteError(f"{path}: auto_map asks to run Python code shipped with the checkpoint; interp never "
+                                 "runs a checkpoint's own code (remove auto_map if transformers implements the model)")
 
 
 def _first_difference(config: Mapping[str, Any], reference: Mapping[str, Any]) -> str | None:
@@ -186,7 +212,7 @@ def _from_pretrained(location: str, **kwargs: Any) -> nn.Module:
     from transformers import AutoModelForCausalLM
 
     with _quiet_transformers():
-        return AutoModelForCausalLM.from_pretrained(location, **kwargs)
+        return AutoModelForCausalLM.from_pretrained(location, trust_remote_code=False, **kwargs)
 
 
 class CheckpointSuite:
@@ -251,7 +277,7 @@ class CheckpointSuite:
 
             location, kwargs = self._pretrained_args(self.steps[0])
             try:
-                self._hf_config = AutoConfig.from_pretrained(location, **kwargs)
+                self._hf_config = AutoConfig.from_pretrained(location, trust_remote_code=False, **kwargs)
             except (OSError, ValueError) as err:
                 where = self._where(self.steps[0])
                 raise SuiteError(f"{where}: its config does not load ({_first_line(err)})") from err
@@ -270,7 +296,7 @@ class CheckpointSuite:
         architecture = self._architecture(hf_config, self.steps[0])
         cfg = build_bridge_config_from_hf(hf_config, architecture, self.source, self.dtype)
         return SuiteModelConfig(architecture, cfg.n_layers, cfg.n_heads, cfg.d_model, cfg.d_head, cfg.d_vocab,
-                                cfg.n_ctx, bool(getattr(cfg, "parallel_attn_mlp", False)))
+                                cfg.n_ctx, bool(getattr(cfg, "parallel_attn_mlp", False)), int(cfg.d_mlp or 0))
 
     def _architecture(self, hf_config: Any, step: int) -> str:
         architectures = getattr(hf_config, "architectures", None)
@@ -300,7 +326,7 @@ class CheckpointSuite:
                 return None
             location, kwargs = str(found), {"local_files_only": True}
         try:
-            return AutoTokenizer.from_pretrained(location, **kwargs)
+            return AutoTokenizer.from_pretrained(location, trust_remote_code=False, **kwargs)
         except (OSError, ValueError, TypeError) as err:
             raise SuiteError(f"{location}: the tokenizer does not load ({_first_line(err)})") from err
 
@@ -561,6 +587,7 @@ def _open_folder(folder: Path, requested: dict[int, str] | None, cache: str | Pa
     for step, config in configs.items():
         _check_same_model(config, str(folder / chosen[step] / HF_CONFIG_FILE), configs[first],
                           str(folder / chosen[first] / HF_CONFIG_FILE))
+    _refuse_remote_code([folder, *(folder / name for name in chosen.values())])
     for name in chosen.values():
         _require_weights(folder / name)
     root = Path(cache) if cache is not None else folder / DEFAULT_CACHE

@@ -11,15 +11,24 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import RandomTokens, TrainedRun, fixed_tokens, snapshot, tiny_model_config, tiny_train_config
+from helpers import (
+    RandomTokens,
+    TrainedRun,
+    fixed_tokens,
+    snapshot,
+    threads_for_tests,
+    tiny_model_config,
+    tiny_train_config,
+)
 
 from interp.checkpoints import Run
 from interp.model import build_model, fused_forward
 from interp.train import TrainHooks, checkpoint_schedule, train
 
 # The models are tiny: intra-op threads only add contention (several times slower
-# on a busy 2-core machine) and make timings noisy.
-torch.set_num_threads(1)
+# on a busy 2-core machine) and make timings noisy. INTERP_TEST_THREADS=2 runs the suite with two
+# (results must not depend on it; .ci/run does so for the reference tests).
+torch.set_num_threads(threads_for_tests())
 
 
 @pytest.fixture(scope="session")

@@ -16,6 +16,15 @@ D_VOCAB = 11
 N_CTX = 12
 
 
+def threads_for_tests() -> int:
+    """torch's intra-op threads for the tests: `INTERP_TEST_THREADS` (default 1), so the suite
+    can also run with 2 and show that no result depends on the thread count."""
+    value = os.environ.get("INTERP_TEST_THREADS", "1")
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"INTERP_TEST_THREADS: expected a positive integer, got {value!r}")
+    return int(value)
+
+
 class RandomTokens:
     """Uniform random tokens: a pure function of (step, batch_size, generator)."""
 

@@ -3,20 +3,32 @@ metrics reading, refusing to overwrite, config-checked resume and init_from."""
 
 from __future__ import annotations
 
+import fcntl
+import json
+import os
+import re
 import shutil
 
 import numpy as np
 import pytest
 import torch
 from helpers import RandomTokens, assert_state_equal, tiny_model_config, tiny_train_config
+from safetensors import SafetensorError
 
+from interp import checkpoints
 from interp.checkpoints import (
+    LOCK_FILE,
     MANIFEST_FILE,
     STATE_FILE,
     WEIGHTS_FILE,
     CheckpointError,
     Run,
+    RunDamagedError,
+    loads_json,
+    read_json,
     read_jsonl,
+    run_lock,
+    save_safetensors,
     sha256_file,
 )
 from interp.model import build_model, fused_forward, load_model_state_dict
@@ -292,3 +304,125 @@ def test_init_from_missing_step_is_a_checkpoint_error(tmp_path, trained_run):
     cfg = tiny_train_config(steps=2, init_from=f"{trained_run.path}@3")
     with pytest.raises(CheckpointError, match=r"available steps"):
         train(tmp_path / "child", trained_run.model_cfg, cfg, RandomTokens(), device="cpu", progress=False)
+
+
+# --- the writer lock cannot be pointed at another file -------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["symlink", "dangling symlink", "hard link", "directory", "fifo"])
+def test_a_lock_file_that_is_not_a_regular_file_of_its_own_is_refused(tmp_path, kind):
+    """Before: `.lock` was opened through a link, truncated and given the pid: a shared or
+    downloaded run could empty any file the user can write."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    lock = run_dir / LOCK_FILE
+    if kind == "symlink":
+        lock.symlink_to(victim)
+    elif kind == "dangling symlink":
+        lock.symlink_to(tmp_path / "created.txt")
+    elif kind == "hard link":
+        os.link(victim, lock)
+    elif kind == "directory":
+        lock.mkdir()
+    else:
+        os.mkfifo(lock)
+    refused = pytest.raises(RunDamagedError, match="is a symbolic link|is not a regular file|has 2 names")
+    with refused as info, run_lock(run_dir):
+        pytest.fail("the lock was taken")
+    assert str(run_dir.resolve() / LOCK_FILE) in str(info.value) and "\n" not in str(info.value)
+    assert victim.read_text() == "precious\n"
+    assert not (tmp_path / "created.txt").exists()
+
+
+def test_a_lock_file_created_for_a_failed_block_is_removed_and_an_older_one_kept(tmp_path):
+    """A refused `--out` keeps no stray `.lock`; a finished block's lock file stays (empty)."""
+    fresh = tmp_path / "fresh"
+    with pytest.raises(ValueError, match="refused"), run_lock(fresh):
+        raise ValueError("refused")
+    assert list(fresh.iterdir()) == []
+    with run_lock(fresh):
+        pass
+    assert (fresh / LOCK_FILE).read_text() == ""
+    with pytest.raises(ValueError, match="refused"), run_lock(fresh):
+        raise ValueError("refused")
+    assert (fresh / LOCK_FILE).exists()  # that block did not create it
+
+
+def test_a_lock_file_removed_while_it_is_taken_is_not_the_one_held(tmp_path, monkeypatch):
+    """A writer that opened `.lock` just before a failed writer removed it must lock the file
+    the name leads to now: holding the removed one would let a third writer in beside it."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    real, opened = checkpoints._open_lock, []
+
+    def removed_after_the_first_open(path):
+        fd, created = real(path)
+        if not opened:
+            path.unlink()
+        opened.append(fd)
+        return fd, created
+
+    monkeypatch.setattr(checkpoints, "_open_lock", removed_after_the_first_open)
+    with run_lock(run_dir):
+        assert len(opened) == 2
+        with open(run_dir / LOCK_FILE, "rb") as third, pytest.raises(BlockingIOError):
+            fcntl.flock(third, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+# --- strict reading and writing --------------------------------------------------------------------
+
+
+def test_the_strict_reader_refuses_numbers_that_overflow_to_infinity(tmp_path):
+    """Before: `1e999` (valid JSON syntax) read as infinity, past the refusal of `Infinity`."""
+    with pytest.raises(ValueError, match="1e999 is too large for a float"):
+        loads_json('{"lr": 1e999}')
+    assert loads_json("[1e308, -1e308, 1e-999, 2.5]") == [1e308, -1e308, 0.0, 2.5]
+    path = tmp_path / "config.json"
+    path.write_text('{"train": {"lr": -1E+400}}')
+    with pytest.raises(RunDamagedError, match=re.escape(f"{path} is not valid JSON (-1E+400 is too large")):
+        read_json(path)
+
+
+class _MakesDirectory:
+    """A pickle that runs code when loaded: `os.mkdir(path)`."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __reduce__(self):
+        return os.mkdir, (self.path,)
+
+
+def test_a_state_file_that_would_run_code_is_refused_without_torchs_advice(run_copy, tmp_path):
+    """Before: torch's message, advising to re-load with weights_only=False (running the code)."""
+    marker = tmp_path / "ran"
+    path = run_copy.checkpoint_dir(8) / STATE_FILE
+    torch.save({"step": 8, "x": _MakesDirectory(str(marker))}, path)
+    manifest = json.loads((run_copy.path / MANIFEST_FILE).read_text())
+    manifest["checkpoints"]["8"][STATE_FILE] = sha256_file(path)  # hashes that match: only the pickle is refused
+    (run_copy.path / MANIFEST_FILE).write_text(json.dumps(manifest))
+    with pytest.raises(RunDamagedError) as info:
+        Run.open(run_copy.path).load_training_state(8)
+    message = str(info.value)
+    assert message.startswith(f"{path}: refused to unpickle (") and "GLOBAL posix.mkdir" in message
+    assert "weights_only" not in message and "\n" not in message
+    assert not marker.exists()
+
+
+def test_safetensors_io_errors_are_raised_as_the_oserror_they_are(tmp_path, monkeypatch):
+    def full_disk(tensors, path):
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(checkpoints, "save_file", full_disk)
+    with pytest.raises(OSError, match="No space left on device") as info:
+        save_safetensors({"w": torch.zeros(2)}, tmp_path / ".tmp" / WEIGHTS_FILE, tmp_path / WEIGHTS_FILE)
+    assert info.value.errno == 28 and info.value.filename == str(tmp_path / WEIGHTS_FILE)
+
+    def other(tensors, path):
+        raise SafetensorError("Error while serializing: header too large")
+
+    monkeypatch.setattr(checkpoints, "save_file", other)
+    with pytest.raises(SafetensorError, match="header too large"):  # not an I/O error: raised as it is
+        save_safetensors({"w": torch.zeros(2)}, tmp_path / WEIGHTS_FILE)

@@ -1,11 +1,12 @@
 """Circuit graphs (serialisation, diff, drawing) and the circuit probes over a run's
-checkpoints: weight-only probes without a batch or a forward pass, caching, saved graphs
-and the `interp circuit` command."""
+checkpoints: weight-only probes without a batch or a forward pass, caching, saved graph sets
+(one per probe and batch, a key's default, the old layout) and the `interp circuit` command."""
 
 from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,14 +14,24 @@ from helpers import D_VOCAB, N_CTX
 from test_probing import ForwardCounter
 
 from interp.checkpoints import Run
-from interp.circuits.graph import CircuitDiff, CircuitGraph, ModelShape, load_graphs
+from interp.circuits.graph import (
+    LEGACY_SET,
+    CircuitDiff,
+    CircuitGraph,
+    GraphSetId,
+    ModelShape,
+    list_graph_sets,
+    load_graphs,
+    read_graph_set,
+)
 from interp.circuits.patching import cross_checkpoint_probe, mean_logprob
 from interp.circuits.readout import dla_probe, logit_lens_probe
 from interp.circuits.trace import repeated_patch_batch, trace
 from interp.circuits.weights import composition_probe, copying_probe, qk_matching_probe
 from interp.cli import main
 from interp.ids import EMBED, LOGITS, EdgeId, HeadId, MlpId, parse_node
-from interp.probing import probe
+from interp.probing import batch_hash, probe
+from interp.view.data import saved_circuits
 from interp.viz import plot_circuit, plot_circuit_diff
 
 SHAPE = ModelShape(n_layers=2, n_heads=2, attn_only=False)
@@ -86,8 +97,14 @@ def test_circuit_figures_draw():
 # --- over a run's checkpoints -------------------------------------------------------------------
 
 
-def patch_batch():
-    return repeated_patch_batch(3, N_CTX // 2, D_VOCAB, torch.Generator().manual_seed(0))
+def patch_batch(seed: int = 0):
+    return repeated_patch_batch(3, N_CTX // 2, D_VOCAB, torch.Generator().manual_seed(seed))
+
+
+def files_of(folder: Path) -> dict[str, tuple[bytes, int]]:
+    """Every file under `folder`: its bytes and modification time (a rewrite changes the latter)."""
+    return {p.relative_to(folder).as_posix(): (p.read_bytes(), p.stat().st_mtime_ns)
+            for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def test_weight_only_probes_need_no_batch_and_no_forward(run_copy: Run, monkeypatch):
@@ -106,11 +123,79 @@ def test_trace_saves_one_graph_per_checkpoint_and_a_second_call_is_cached(run_co
     traced = trace(run_copy, "path", patch_batch(), mean_logprob("in_repeat"))
     assert [g.step for g in traced.graphs] == run_copy.steps
     assert load_graphs(run_copy.path, "path") == traced.graphs
+    saved = traced.saved.graph_set
+    assert traced.saved.created and saved.default and traced.folder == run_copy.path / "circuits" / "path" / \
+        str(saved.set_id)
     index = json.loads((traced.folder / "index.json").read_text())
-    assert index["steps"] == run_copy.steps and index["method"] == "path"
+    assert index["method"] == "path" and index["batch"] == batch_hash(patch_batch())
+    assert "in_repeat" in index["probe"] and index["metric"] == traced.graphs[0].metric
+    assert [(c["step"], c["checkpoint"]) for c in index["checkpoints"]] == \
+        [(s, run_copy.checkpoint_hash(s)) for s in run_copy.steps]
+    assert index["numerics"] == "float32/cpu" and all(len(c["sha256"]) == 64 for c in index["checkpoints"])
+    before = files_of(run_copy.path / "circuits")
     counter = ForwardCounter(monkeypatch)
     again = trace(run_copy, "path", patch_batch(), mean_logprob("in_repeat"))
     assert counter.forwards == 0 and again.graphs == traced.graphs
+    # Idempotent: the same id and folder, and not one file rewritten.
+    assert not again.saved.created and again.saved.graph_set == saved
+    assert files_of(run_copy.path / "circuits") == before
+
+
+def test_a_trace_on_another_batch_adds_a_set_and_never_changes_the_analysis_set(run_copy: Run):
+    metric = mean_logprob("in_repeat")
+    user_first = trace(run_copy, "path", patch_batch(1), metric, steps=[8])
+    assert user_first.saved.graph_set.default  # a key's first set is its default ...
+    analysis = trace(run_copy, "path", patch_batch(0), metric, steps=[0, 8], make_default=True)
+    assert analysis.saved.created and analysis.saved.graph_set.default  # ... until an analysis claims the key
+    assert analysis.folder != user_first.folder
+    analysis_files = files_of(analysis.folder)
+    later = trace(run_copy, "path", patch_batch(2), metric, steps=[8])  # `--steps 8` on another batch
+    assert later.saved.created and not later.saved.graph_set.default
+    assert files_of(analysis.folder) == analysis_files
+    assert load_graphs(run_copy.path, "path") == analysis.graphs
+    sets = list_graph_sets(run_copy.path, "path")
+    assert [s.set_id for s in sets][0] == analysis.saved.graph_set.set_id and len(sets) == 3
+    assert {s.batch for s in sets} == {batch_hash(patch_batch(i)) for i in range(3)}
+    assert sets[0].steps == [0, 8] and all(s.method == "path" for s in sets)
+    assert load_graphs(run_copy.path, "path", graph_set=str(later.saved.graph_set.set_id)) == later.graphs
+    assert load_graphs(run_copy.path, "path", graph_set=user_first.saved.graph_set.set_id) == user_first.graphs
+    with pytest.raises(ValueError, match="graph_set"):
+        load_graphs(run_copy.path, "path", graph_set="0123456789abcdef")
+    with pytest.raises(ValueError, match="graph_set"):
+        GraphSetId.parse("../path")
+    # The explorer shows the default set, and says the others exist.
+    shown, notes = saved_circuits(run_copy)
+    assert [(c["key"], c["graph_set"], c["steps"]) for c in shown] == [
+        ("path", str(analysis.saved.graph_set.set_id), [0, 8])]
+    assert shown[0]["source"] == f"circuits/path/{analysis.saved.graph_set.set_id}"
+    assert any("also saved" in n and str(later.saved.graph_set.set_id) in n for n in notes)
+
+
+def test_old_layout_is_read_in_place_as_the_default_set(run_copy: Run):
+    """A key written before graph sets (`circuits/<key>/step_<N>.json` and an index of method,
+    metric and steps) is the set `legacy`, batch unknown, and stays the default."""
+    shape = ModelShape.of(run_copy.model_config)
+    old = [CircuitGraph("path", step, shape, {e: 0.1 * (i + step) for i, e in enumerate(shape.edges()[:4])}, "m")
+           for step in (0, 8)]
+    folder = run_copy.path / "circuits" / "path"
+    folder.mkdir(parents=True)
+    for graph in old:
+        (folder / f"step_{graph.step}.json").write_text(json.dumps(graph.to_json()))
+    (folder / "index.json").write_text(json.dumps({"format": "interp.circuit/1", "key": "path", "method": "path",
+                                                   "metric": "m", "steps": [0, 8]}))
+    legacy = read_graph_set(run_copy.path, "path")
+    assert (legacy.set_id, legacy.batch, legacy.probe, legacy.steps, legacy.default) == (LEGACY_SET, None, None,
+                                                                                          [0, 8], True)
+    assert load_graphs(run_copy.path, "path") == old
+    old_files = files_of(folder)
+    new = trace(run_copy, "path", patch_batch(), mean_logprob("in_repeat"), steps=[8])
+    assert new.saved.created and not new.saved.graph_set.default
+    assert {k: v for k, v in files_of(folder).items() if "/" not in k and k != "sets.json"} == old_files
+    assert load_graphs(run_copy.path, "path") == old
+    assert load_graphs(run_copy.path, "path", graph_set="legacy") == old
+    assert load_graphs(run_copy.path, "path", graph_set=new.saved.graph_set.set_id) == new.graphs
+    shown, _ = saved_circuits(run_copy)
+    assert shown[0]["graph_set"] == "legacy" and shown[0]["source"] == "circuits/path"
 
 
 def test_eap_and_readout_probes_run_through_the_runner(run_copy: Run):
@@ -139,9 +224,26 @@ def test_cross_checkpoint_probe_against_a_fixed_step(run_copy: Run):
 def test_cli_circuit_writes_graphs_and_prints_a_summary(run_copy: Run, capsys):
     assert main(["circuit", str(run_copy.path), "--method", "composition"]) == 0
     out = capsys.readouterr().out
+    saved = read_graph_set(run_copy.path, "composition")
     assert "wrote 5 graphs" in out and "L0H" in out
-    assert (run_copy.path / "circuits" / "composition" / "index.json").exists()
+    assert f"{saved.folder} (a new graph set {saved.set_id}, the key's default)" in out
+    assert (saved.folder / "index.json").exists() and (saved.folder.parent / "sets.json").exists()
+    assert main(["circuit", str(run_copy.path), "--method", "composition"]) == 0
+    assert f"(the existing graph set of this probe and batch {saved.set_id}" in capsys.readouterr().out
     assert main(["circuit", str(run_copy.path), "--method", "dla", "--steps", "0", "8"]) == 0
     assert "L1H0" in capsys.readouterr().out
     assert main(["circuit", str(run_copy.path), "--method", "path", "--period", "99"]) == 2
     assert "--period" in capsys.readouterr().err
+
+
+def test_cli_circuit_on_another_batch_leaves_the_analysis_graphs_shown(run_copy: Run, capsys):
+    analysis = trace(run_copy, "path", patch_batch(), mean_logprob("in_repeat"), steps=[0, 8], make_default=True)
+    analysis_files = files_of(analysis.folder)
+    assert main(["circuit", str(run_copy.path), "--method", "path", "--steps", "8"]) == 0
+    out = capsys.readouterr().out
+    cli_set = next(s for s in list_graph_sets(run_copy.path, "path") if not s.default)
+    assert f"{cli_set.folder} (a new graph set {cli_set.set_id}, not the key's default)" in out
+    assert f"stays {analysis.saved.graph_set.set_id} (default)" in out
+    assert files_of(analysis.folder) == analysis_files
+    assert load_graphs(run_copy.path, "path") == analysis.graphs
+    assert saved_circuits(run_copy)[0][0]["graph_set"] == str(analysis.saved.graph_set.set_id)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from functools import partial
 
 import numpy as np
 import pytest
@@ -141,6 +142,25 @@ def test_path_patching_of_the_hand_wired_circuit_matches_the_derivation():
     assert patched(EdgeId(induction, LOGITS)) == pytest.approx(expected, abs=1e-5)
 
 
+def test_chained_edges_carry_the_source_write_of_the_sender():
+    """embed->L0H0.v alone makes L0H0 write the source's previous tokens in the patched run,
+    and its unpatched edge into L1H0's key carries that (ACDC): the key path's value. Also
+    patching the chained edge L0H0->L1H0.k hands the key L0H0's source write, which is the
+    same write: the value must not move. (Adding the source-minus-base change on top of the
+    already changed write, `2 source - base`, gave each query's earlier base match a score of
+    -SHARP instead: uniform attention over the other keys.)"""
+    model, batch = hand_wired_model(), induction_batch()
+    metric = mean_logprob("scored")
+    prev, induction = HeadId(0, 0), HeadId(1, 0)
+    base = batch["tokens"][0].tolist()
+    positions = [p for p in range(N) if batch["scored"][0, p]]
+    uniform = np.mean([_uniform_logprob(base[: p + 1], base[p + 1]) for p in positions])
+    upstream, downstream = EdgeId(EMBED, prev, "v"), EdgeId(prev, induction, "k")
+    assert path_patch(model, batch, metric, [upstream]) == pytest.approx(uniform, abs=1e-5)
+    assert path_patch(model, batch, metric, [upstream, downstream]) == pytest.approx(uniform, abs=1e-5)
+    assert path_patch(model, batch, metric, [downstream, upstream, downstream]) == pytest.approx(uniform, abs=1e-5)
+
+
 def test_readouts_of_the_hand_wired_circuit():
     model, batch = hand_wired_model(), induction_batch()
     dla = direct_logit_attributions(model, batch, "scored")
@@ -242,6 +262,86 @@ def test_cross_checkpoint_weights_move_exactly_the_component():
     assert torch.equal(mixed["blocks.0.mlp.in.weight"], a["blocks.0.mlp.in.weight"])
     assert torch.equal(mixed["blocks.0.ln2.weight"], a["blocks.0.ln2.weight"])
     assert torch.equal(mixed["embed.weight"], b["embed.weight"])
+
+
+def _reference_path_patch(model, batch, metric, edges) -> float:
+    """ACDC's definition, slowly and with plain hooks: each patched receiver input is rebuilt
+    as the sum of its senders' writes, each from the source run where its edge is patched
+    and from this very run otherwise, plus the attention output biases of the layers before."""
+    shape, patched = ModelShape.of(model.cfg), set(edges)
+    names = ("attn.hook_z",) if shape.attn_only else ("attn.hook_z", "hook_mlp_out")
+    writes = ["blocks.0.hook_resid_pre"] + [f"blocks.{layer}.{name}" for layer in range(shape.n_layers)
+                                            for name in names]
+    with torch.no_grad():
+        source = dict(model.run_with_cache(batch[SOURCE_KEY], names_filter=writes)[1].items())
+    live: dict[str, torch.Tensor] = {}
+
+    def record(value, hook, name):
+        live[name] = value.clone()
+
+    def write(acts, sender):
+        if sender == EMBED:
+            return acts["blocks.0.hook_resid_pre"]
+        if isinstance(sender, HeadId):
+            return acts[f"blocks.{sender.layer}.attn.hook_z"][:, :, sender.head] @ model.W_O[sender.layer, sender.head]
+        return acts[f"blocks.{sender.layer}.hook_mlp_out"]
+
+    def rebuilt(receiver, edge_input, chosen):
+        senders = shape.senders_before(receiver)
+        total = sum(model.b_O[layer] for layer in sorted({s.layer for s in senders if isinstance(s, HeadId)}))
+        for sender in senders:
+            total = total + write(source if EdgeId(sender, receiver, edge_input) in chosen else live, sender)
+        return total
+
+    def patch_head(value, hook, head, edge_input):
+        value = value.clone()
+        weight, bias = (getattr(model, f"{p}_{edge_input.upper()}")[head.layer, head.head] for p in "Wb")
+        resid = rebuilt(head, edge_input, set())  # the decomposition is exact: nothing patched, nothing moves
+        torch.testing.assert_close(resid, live[f"blocks.{head.layer}.hook_resid_pre"], atol=1e-5, rtol=0)
+        value[:, :, head.head] = model.blocks[head.layer].ln1(rebuilt(head, edge_input, patched)) @ weight + bias
+        return value
+
+    def patch_input(value, hook, receiver):
+        torch.testing.assert_close(rebuilt(receiver, None, set()), value, atol=1e-5, rtol=0)
+        return rebuilt(receiver, None, patched)
+
+    fwd = [(name, partial(record, name=name)) for name in writes]
+    fwd += [(f"blocks.{layer}.hook_resid_pre", partial(record, name=f"blocks.{layer}.hook_resid_pre"))
+            for layer in range(1, shape.n_layers)]
+    for receiver, edge_input in sorted({(e.receiver, e.input) for e in edges}, key=str):
+        if isinstance(receiver, HeadId):
+            fwd.append((f"blocks.{receiver.layer}.attn.hook_{edge_input}",
+                        partial(patch_head, head=receiver, edge_input=edge_input)))
+        else:
+            name = f"blocks.{receiver.layer}.ln2.hook_in" if isinstance(receiver, MlpId) else "ln_final.hook_in"
+            fwd.append((name, partial(patch_input, receiver=receiver)))
+    with torch.no_grad(), model.hooks(fwd_hooks=fwd):
+        return float(metric.fn(model(batch["tokens"]), batch))
+
+
+@pytest.mark.parametrize("cfg", VARIANTS, ids=["attn-only", "rotary-mlp", "rms-3-layers"])
+def test_path_patching_of_chained_edges_equals_the_acdc_reference(cfg):
+    model, batch, metric = random_model(cfg), random_batch(), mean_logprob()
+    shape = ModelShape.of(model.cfg)
+    last = shape.n_layers - 1
+    # A chain embed -> L0H1 -> L1H0 -> ... -> logits, with a second sender into the same input
+    # (embed -> L1H0.k) and an MLP link where there are MLPs.
+    chain = [EdgeId(EMBED, HeadId(0, 1), "v"), EdgeId(HeadId(0, 1), HeadId(1, 0), "k"),
+             EdgeId(EMBED, HeadId(1, 0), "k"), EdgeId(HeadId(1, 0), LOGITS), EdgeId(HeadId(0, 1), LOGITS)]
+    if not cfg.attn_only:
+        chain += [EdgeId(HeadId(0, 1), MlpId(0)), EdgeId(MlpId(0), HeadId(1, 0), "q"),
+                  EdgeId(HeadId(1, 0), MlpId(last)), EdgeId(MlpId(last), LOGITS)]
+    g = torch.Generator().manual_seed(0)
+    edges = shape.edges()
+    sampled = [edges[i] for i in torch.randperm(len(edges), generator=g)[: len(edges) // 3].tolist()]
+    assert {e.receiver for e in sampled} & {e.sender for e in sampled}  # chained
+    for chosen in (chain, sampled):
+        assert path_patch(model, batch, metric, chosen) == pytest.approx(
+            _reference_path_patch(model, batch, metric, chosen), abs=1e-5)
+    # One edge alone: the reference agrees with the single-edge path patching as before.
+    for edge in chain:
+        assert path_patch(model, batch, metric, [edge]) == pytest.approx(
+            _reference_path_patch(model, batch, metric, [edge]), abs=1e-5)
 
 
 def test_bad_inputs_are_named():

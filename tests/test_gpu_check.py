@@ -261,7 +261,7 @@ def test_a_failing_or_hanging_subprocess_is_recorded_not_fatal(gpu_check, tmp_pa
     assert failed["status"] == "failed" and failed["returncode"] == 3 and "boom" in failed["stderr_tail"]
     started = time.perf_counter()
     hung = gpu_check.run_subprocess([sys.executable, "-c", "import time; time.sleep(60)"], 1, tmp_path / "hang.log")
-    assert hung["status"] == "timeout" and hung["returncode"] is None and time.perf_counter() - started < 30
+    assert hung["status"] == "timeout" and hung["returncode"] is None and time.perf_counter() - started < 60
     ok = gpu_check.run_subprocess([sys.executable, "-c", "print('fine')"], 30, tmp_path / "ok.log")
     assert ok["status"] == "ok" and "stderr_tail" not in ok
     assert (tmp_path / "ok.stdout.txt").read_text().strip() == "fine"
@@ -280,7 +280,7 @@ def test_the_hard_time_limit_stops_a_stage_that_runs_too_long(gpu_check, tmp_pat
     started = time.perf_counter()
     code = gpu_check.main(["--device", "cpu", "--smoke", "--budget-s", "8", "--stages", "slices", "--out",
                            str(tmp_path)])
-    assert code == 0 and time.perf_counter() - started < 20
+    assert code == 0 and time.perf_counter() - started < 60  # stopped before the hung item's 60 s, however busy
     summary = strict_json((tmp_path / "summary.json").read_text())
     assert summary["slices"]["status"] == "partial" and summary["reached"] == ["environment", "slices"]
     assert any("hard time limit" in s["reason"] for s in summary["skipped"] if s["stage"] == "slices")
@@ -296,16 +296,20 @@ def test_no_cuda_is_reported_as_a_failure_not_a_crash(gpu_check, tmp_path, monke
 
 @pytest.mark.slow
 def test_cpu_smoke_mode_runs_every_stage_end_to_end(tmp_path):
-    """The command a GPU machine runs, on CPU with tiny shapes (~30-45 s on 2 busy cores)."""
+    """The command a GPU machine runs, on CPU with tiny shapes (~30-45 s on 2 busy cores). Its
+    steps and rounds are fixed by --smoke, so the budget is set far beyond them: no stage may be
+    cut short by the load of the machine, and the test asserts no wall time (the timeout only
+    guards against a hang)."""
     out = tmp_path / "check"
-    done = subprocess.run([sys.executable, str(SCRIPT), "--device", "cpu", "--smoke", "--budget-s", "120",
-                           "--threads", "1", "--out", str(out)], capture_output=True, text=True, timeout=300,
-                          cwd=ROOT, check=False)
+    done = subprocess.run([sys.executable, str(SCRIPT), "--device", "cpu", "--smoke", "--budget-s", "3600",
+                           "--tiny-timeout-s", "1800", "--threads", "1", "--out", str(out)], capture_output=True,
+                          text=True, timeout=3600, cwd=ROOT, check=False)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     summary = strict_json((out / "summary.json").read_text())
     assert summary["reached"] == ["environment", "tiny_presets", "throughput", "slices"]
     assert summary["failures"] == []
-    assert summary["budget"]["elapsed_s"] < 120
+    assert [s for s in summary["skipped"] if "budget" in s["reason"]] == []  # nothing cut short by time
+    assert all(summary[stage]["status"] == "done" for stage in ("tiny_presets", "throughput", "slices"))
     env = summary["environment"]
     assert env["device"] == "cpu" and env["torch"] and env["transformer_lens"] and "memory_total_gib" in env
 

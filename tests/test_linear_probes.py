@@ -283,3 +283,46 @@ def test_cli_probes_a_saved_batch(run_copy, tmp_path, capsys):
     assert "linear-parity-blocks.0.hook_resid_post/accuracy" in header
     assert main(["probe", str(run_copy.path), "linear", "--hook", "blocks.0.hook_resid_post"]) == 2
     assert "--batch: expected a value" in capsys.readouterr().err
+
+
+def _write_bad_batch(case: str, folder) -> str:
+    """A batch file that is wrong in the way `case` names; its path."""
+    batch = labelled_batch()
+    tokens = batch["tokens"]
+    path = folder / ("batch.pt" if case == "pickle" else "batch.txt" if case == "text" else "batch.safetensors")
+    if case == "pickle":
+        torch.save(batch, path)
+    elif case == "text":
+        path.write_text("1 2 3\n4 5 6\n")
+    elif case == "no tokens":
+        save_batch({k: v for k, v in batch.items() if k != "tokens"}, path)
+    elif case != "missing":
+        changed = {"out of vocabulary": {"tokens": tokens + D_VOCAB}, "negative": {"tokens": tokens - 20},
+                   "float": {"tokens": tokens.float()}, "bool": {"tokens": tokens > 3},
+                   "empty": {k: v[:0] for k, v in batch.items()},
+                   "too long": {"tokens": tokens.repeat(1, 2), "probed": batch["probed"].repeat(1, 2)}}[case]
+        save_batch({**batch, **changed}, path)
+    return str(path)
+
+
+@pytest.mark.parametrize(("case", "expected"), [
+    ("out of vocabulary", f"'tokens' holds ids in [{D_VOCAB}, {2 * D_VOCAB - 1}], outside the model's "
+                          f"vocabulary [0, d_vocab={D_VOCAB})"),
+    ("negative", f"'tokens' holds ids in [-20, {D_VOCAB - 21}], outside the model's vocabulary"),
+    ("float", f"'tokens' must hold int64 (or int32) token ids of shape [batch, pos], got torch.float32 of shape "
+              f"(48, {N_CTX})"),
+    ("bool", "'tokens' must hold int64 (or int32) token ids of shape [batch, pos], got torch.bool"),
+    ("empty", f"'tokens' is empty (shape (0, {N_CTX}))"),
+    ("too long", f"'tokens' has {2 * N_CTX} positions, more than the model's context n_ctx={N_CTX}"),
+    ("no tokens", "holds no 'tokens' (keys: ['parity', 'probed'])"),
+    ("pickle", "is not a safetensors file (Error while deserializing header"),
+    ("text", "is not a safetensors file ("),
+    ("missing", "no batch file there"),
+])
+def test_a_bad_batch_file_is_named_in_one_line(run_copy, tmp_path, capsys, case, expected):
+    """Before: an empty batch, a pickle or a text file ended in a 20-84-line traceback, exit 1."""
+    path = _write_bad_batch(case, tmp_path)
+    assert main(["probe", str(run_copy.path), "linear", "--batch", path, "--hook", "blocks.0.hook_resid_post",
+                 "--positions", "probed", "--labels", "parity", "--device", "cpu"]) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"interp probe: error: {path}") and expected in lines[0], lines

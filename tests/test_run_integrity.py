@@ -9,6 +9,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -99,8 +100,8 @@ WORKER = """
 import sys, time, pathlib
 sys.path.insert(0, {tests!r})
 import torch
-torch.set_num_threads(1)
-from helpers import RandomTokens, tiny_model_config, tiny_train_config
+from helpers import RandomTokens, threads_for_tests, tiny_model_config, tiny_train_config
+torch.set_num_threads(threads_for_tests())  # as in the tests' process (conftest): runs compared bitwise
 from interp.checkpoints import RunInUseError
 from interp.train import TrainHooks, train
 
@@ -384,17 +385,68 @@ def test_leftover_temporary_files_are_removed_on_resume(tmp_path, reference):
 # --- 3. non-finite numbers ---------------------------------------------------------------------
 
 
+class StepTokens(RandomTokens):
+    """RandomTokens that remember the step of the batch they last served (the step being trained)."""
+
+    step = -1
+
+    def batch(self, step: int, batch_size: int, generator: torch.Generator):
+        self.step = step
+        return super().batch(step, batch_size, generator)
+
+
+def poisoned_at(step: int, where: str, data: StepTokens) -> TrainHooks:
+    """Hooks that make step `step` (0-based) non-finite, whatever the CPU's rounding: a NaN added
+    to the residual stream in its forward pass (`where="loss"`), or the weights set to infinity
+    just before it (`where="weights"`, by a callback, after that step's checkpoint is written)."""
+    if where == "loss":
+        def add_nan(act, hook):
+            return act + math.nan if data.step == step else act
+        return TrainHooks(fwd_hooks=[("blocks.0.hook_resid_pre", add_nan)])
+
+    def break_weights(done: int, model, loss: float) -> None:
+        if done == step:
+            with torch.no_grad():
+                next(model.parameters()).fill_(math.inf)
+    return TrainHooks(callbacks=[break_weights])
+
+
+@pytest.mark.parametrize("where", ["loss", "weights"])
 @pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
-def test_a_diverging_run_stops_at_the_first_non_finite_step(tmp_path, optimizer):
+def test_a_diverging_run_stops_at_the_first_non_finite_step(tmp_path, optimizer, where):
     """Before: lr=1e3 trained to NaN and exited 0, with NaN checkpoints that hash-verified and
-    `NaN` / `Infinity` in metrics.jsonl."""
-    cfg = tiny_train_config(optimizer=optimizer, lr=1e3, steps=30, checkpoint_every=1)
-    with pytest.raises(NonFiniteError, match=r"training diverged at step \d+: .* lower the learning rate "
-                                             r"\(train.lr=1000\)") as info:
-        run_train(tmp_path / "run", cfg)
+    `NaN` / `Infinity` in metrics.jsonl. Step 6 is made non-finite on purpose, so the outcome does
+    not depend on rounding. Every later step is NaN too; in the "loss" case steps 4-7 are read at
+    once (a row and a checkpoint every 4 steps) and the error still names step 6, the first."""
+    cfg = tiny_train_config(optimizer=optimizer, steps=12, checkpoint_every=4, log_every=4)
+    data = StepTokens()
+    with pytest.raises(NonFiniteError, match=r"training diverged at step 6: the training loss is nan; lower the "
+                                             r"learning rate \(train.lr=0.01\); the run is intact up to its last "
+                                             r"checkpoint, step 4$") as info:
+        train(tmp_path / "run", tiny_model_config(), cfg, data, hooks=poisoned_at(6, where, data), device="cpu",
+              progress=False)
     assert len(str(info.value).splitlines()) == 1
     run = Run.open(tmp_path / "run")
-    assert run.steps and run.steps[-1] < 30
+    assert run.steps == [0, 4]  # nothing checkpointed after the first non-finite step
+    for step in run.steps:
+        assert all(torch.isfinite(v).all() for v in run.load_state_dict(step).values())
+    assert [r["step"] for r in run.metrics()] == [4]
+    assert all(math.isfinite(r["train/loss"]) for r in run.metrics())
+    assert assert_strict_json_files(run.path) >= 3
+    assert run.inspect().damage() == []
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
+def test_a_huge_learning_rate_never_leaves_a_non_finite_checkpoint(tmp_path, optimizer):
+    """lr=1e3 may diverge or not, depending on the CPU's rounding: either way no checkpoint, row
+    or file holds a non-finite number, and a run that stops says where, in one line."""
+    cfg = tiny_train_config(optimizer=optimizer, lr=1e3, steps=30, checkpoint_every=1)
+    try:
+        run_train(tmp_path / "run", cfg)
+    except NonFiniteError as err:
+        assert re.fullmatch(r".*: training diverged (at|before) step \d+: .* \(train.lr=1000\); .*", str(err)), err
+    run = Run.open(tmp_path / "run")
+    assert run.steps and run.steps == list(range(run.steps[-1] + 1))
     for step in run.steps:
         assert all(torch.isfinite(v).all() for v in run.load_state_dict(step).values())
     assert all(math.isfinite(r["train/loss"]) for r in run.metrics())

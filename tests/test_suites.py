@@ -7,10 +7,13 @@ The models the suite loads are checked against these `transformers` models.
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 import shutil
 import socket
+import subprocess
+import sys
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,9 +22,17 @@ import huggingface_hub
 import numpy as np
 import pytest
 import torch
+import transformers
 import transformers.utils.hub
 from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import AutoModelForCausalLM, GPT2Config, GPTNeoXConfig, PreTrainedTokenizerFast
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GPT2Config,
+    GPTNeoXConfig,
+    PreTrainedTokenizerFast,
+)
 
 from interp import suites
 from interp.checkpoints import PROBES_DIR, loads_json
@@ -261,7 +272,16 @@ def test_a_hub_suite_is_lazy_and_keyed_by_model_and_revision(built, tmp_path, mo
         return AutoModelForCausalLM.from_pretrained(built["gpt_neox"].folder / kwargs["revision"],
                                                     local_files_only=True, attn_implementation="eager")
 
+    real_config = transformers.AutoConfig.from_pretrained
+
+    def config_from_hub(location, **kwargs):  # the config is read first: the batch is checked against its sizes
+        if location != "EleutherAI/pythia-70m":
+            return real_config(location, **kwargs)  # the built folder's, as `from_hub` loads it
+        assert kwargs["trust_remote_code"] is False
+        return real_config(built["gpt_neox"].folder / kwargs["revision"], local_files_only=True)
+
     monkeypatch.setattr(suites, "_from_pretrained", from_hub)
+    monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", config_from_hub)
     monkeypatch.setattr(CheckpointSuite, "tokenizer", property(lambda self: None))
     table = probe(suite, {"ind": circuits.induction_probe([1], PERIOD)}, {"tokens": TOKENS}, device="cpu")
     assert asked == [("EleutherAI/pythia-70m", "step0", False), ("EleutherAI/pythia-70m", "step512", False)]
@@ -482,7 +502,7 @@ def test_cli_traces_a_circuit_over_a_suite(built, tmp_path, capsys):
     folder = private_copy(built["gpt_neox"], tmp_path)
     assert main(["circuit", str(folder), "--method", "path", "--period", "4", "--sequences", "4"]) == 0
     assert "wrote 5 graphs" in capsys.readouterr().out
-    assert len(list(folder.glob("interp-cache/*/circuits/path/step_*.json"))) == 5
+    assert len(list(folder.glob("interp-cache/*/circuits/path/*/step_*.json"))) == 5  # one graph set
 
 
 @pytest.mark.slow
@@ -503,3 +523,75 @@ def test_the_offline_example_of_the_docs_runs(tmp_path, monkeypatch, capsys, no_
     suite = open_suite(tmp_path / "suite")
     assert (suite.path / "figures" / "probe_induction.png").exists()
     assert suite.path.parent == tmp_path / "suite" / "interp-cache"
+
+
+# --- a checkpoint's own Python code is never run ---------------------------------------------------
+
+
+def with_remote_code(suite: BuiltSuite, tmp_path: Path, field_in: str) -> tuple[Path, Path]:
+    """A copy of `suite` that asks for its own code: `auto_map` in each step's config.json (with a
+    model_type transformers does not know) or in the folder's tokenizer_config.json. Its config,
+    model and tokenizer .py files each write a marker file when run: (folder, marker folder)."""
+    folder, markers = private_copy(suite, tmp_path), tmp_path / "markers"
+    markers.mkdir()
+    for code_folder in [folder, *folder.glob("step*")]:
+        for module, base in (("configuration_own", "GPT2Config"), ("modeling_own", "GPT2LMHeadModel"),
+                             ("tokenization_own", "PreTrainedTokenizerFast")):
+            (code_folder / f"{module}.py").write_text(
+                f"open({str(markers / module)!r}, 'w').close()\nfrom transformers import {base}\n"
+                f"class Own({base}):\n    pass\n")
+    for step_folder in folder.glob("step*"):
+        if field_in == "config.json":
+            config = json.loads((step_folder / "config.json").read_text())
+            config.update(model_type="owngpt", auto_map={"AutoConfig": "configuration_own.Own",
+                                                         "AutoModelForCausalLM": "modeling_own.Own"})
+            (step_folder / "config.json").write_text(json.dumps(config))
+    if field_in == "tokenizer_config.json":
+        save_tokenizer(folder)
+        config = json.loads((folder / "tokenizer_config.json").read_text())
+        config.update(tokenizer_class="Own", auto_map={"AutoTokenizer": [None, "tokenization_own.Own"]})
+        (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    return folder, markers
+
+
+@pytest.mark.parametrize("field_in", ["config.json", "tokenizer_config.json"])
+@pytest.mark.parametrize("command", [["info"], ["probe", "induction", "--device", "cpu"]])
+def test_a_folder_asking_to_run_its_own_code_is_refused_unprompted_even_if_answered_yes(built, tmp_path, field_in,
+                                                                                       command):
+    """Before: transformers asked "[y/N]" for 15 seconds, and with `yes y |` the folder's config,
+    model and tokenizer .py files all ran."""
+    folder, markers = with_remote_code(built["gpt2"], tmp_path, field_in)
+    argv = shlex.join([sys.executable, "-m", "interp.cli", command[0], str(folder), *command[1:]])
+    done = subprocess.run(f"yes y | {argv}", shell=True, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    asking = folder / "step0" / "config.json" if field_in == "config.json" else folder / "tokenizer_config.json"
+    assert lines == [f"interp {command[0]}: error: {asking}: auto_map asks to run Python code shipped with the "
+                     "checkpoint; interp never runs a checkpoint's own code (remove auto_map if transformers "
+                     "implements the model)"]
+    assert list(markers.iterdir()) == []
+
+
+def test_every_transformers_load_refuses_remote_code_without_asking(built, tmp_path, monkeypatch):
+    """Past the refusal (bypassed here), each load passes trust_remote_code=False: transformers
+    refuses the folder's code instead of prompting for it."""
+    folder, markers = with_remote_code(built["gpt2"], tmp_path, "config.json")
+    (folder / "step0" / "tokenizer_config.json").write_text(json.dumps(
+        {"tokenizer_class": "Own", "auto_map": {"AutoTokenizer": [None, "tokenization_own.Own"]}}))
+    monkeypatch.setattr(suites, "_refuse_remote_code", lambda folders: None)
+    passed: list[tuple[str, object]] = []
+    for auto in (AutoConfig, AutoModelForCausalLM, AutoTokenizer):
+        real = auto.from_pretrained
+
+        def spy(*args, _real=real, _name=auto.__name__, **kwargs):
+            passed.append((_name, kwargs.get("trust_remote_code")))
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(auto, "from_pretrained", spy)
+    suite = open_suite(folder, cache=tmp_path / "cache")
+    for load in (lambda: suite.config, lambda: suite.load(0, device="cpu"), lambda: suite.tokenizer):
+        with pytest.raises(SuiteError, match="custom code|does not exist|not load"):
+            load()
+    assert {name for name, _ in passed} == {"AutoConfig", "AutoModelForCausalLM", "AutoTokenizer"}
+    assert all(value is False for _, value in passed), passed
+    assert list(markers.iterdir()) == []

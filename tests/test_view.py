@@ -18,7 +18,7 @@ import torch
 
 from interp.analysis import run_analysis
 from interp.checkpoints import Run
-from interp.circuits.graph import CircuitGraph, ModelShape, save_graphs
+from interp.circuits.graph import CircuitGraph, GraphSource, ModelShape, save_graphs
 from interp.cli import main
 from interp.ids import EdgeId, HeadId, hooks
 from interp.view import VIEW_DIR, ViewError, example_for, example_patterns, view_data, write_view
@@ -141,10 +141,12 @@ def test_saved_circuit_graphs_are_shown_and_attention_graph_is_the_fallback(trai
     edges = [EdgeId.parse("L0H1->L1H0.k"), EdgeId.parse("embed->L0H0.q"), EdgeId.parse("L1H1->logits")]
     graphs = [CircuitGraph("path patching", step, shape, {e: (i + 1) * 0.1 * step for i, e in enumerate(edges)},
                            "logit difference") for step in run.steps[::2]]
-    save_graphs(run, "patch", graphs)
+    source = GraphSource("hand-made path patching", "no-batch", "float32/cpu")
+    save_graphs(run, "patch", graphs, source)
     shown = _run_data(view_data(path, device="cpu"), "run")["circuits"]
     assert [c["key"] for c in shown] == ["patch"]
     circuit = shown[0]
+    assert circuit["graph_set"] == str(source.set_id) and circuit["source"] == f"circuits/patch/{source.set_id}"
     assert circuit["steps"] == run.steps[::2] and circuit["method"] == "path patching"
     names = [e["edge"] for e in circuit["edges"]]
     assert sorted(names) == sorted(str(e) for e in edges)

@@ -7,15 +7,26 @@ into one input of a receiver (a head's q, k or v, an MLP, the logits). A graph's
 come from path patching, edge attribution (EAP) or weight-level composition scores: its
 `method` says which, and `metric` what the weight measures.
 
-On disk a graph is strict JSON, one file per checkpoint,
-`<run>/circuits/<key>/step_<N>.json`, with `<run>/circuits/<key>/index.json` naming the
-method, the metric and the saved steps (what the explorer reads).
+On disk a graph is strict JSON, one file per checkpoint, in a *graph set*: the graphs of
+one probe (its name encodes the method, the metric and their parameters) on one batch,
+`<run>/circuits/<key>/<set id>/step_<N>.json`, the id derived like `probe_artifacts`'s
+(sha256 of the probe name and the batch hash). The set's `index.json` records the method,
+the metric, the probe name, the batch hash and, per step, the hash of the checkpoint the
+graph was computed on. A trace on another batch makes another set beside it, never touching
+this one; the same trace again rewrites nothing. `<run>/circuits/<key>/sets.json` names the
+key's default set, the one `load_graphs(run, key)` and the explorer read: the first set
+saved under the key, unless a later save asks to be the default (`make_default`; an
+analysis does, so its graphs are the ones shown beside its results). A key written in the
+old layout (`circuits/<key>/step_<N>.json` with `circuits/<key>/index.json`) is read in
+place, unmoved, as the set `legacy` (probe, batch and checkpoint hashes unknown), and stays
+the key's default when new sets are saved beside it.
 """
 
 from __future__ import annotations
 
-import json
+import hashlib
 import math
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,11 +34,16 @@ from typing import Any
 
 import numpy as np
 
-from interp.checkpoints import atomic_write_bytes, dumps_json
+from interp.checkpoints import CheckpointSource, atomic_write_bytes, dumps_json, loads_json, sha256_file
 from interp.ids import EMBED, HEAD_INPUTS, LOGITS, EdgeId, HeadId, MlpId, Node
 
 FORMAT = "interp.circuit/1"
+"""A graph file's format; also the old layout's per-key `index.json`."""
+SET_FORMAT = "interp.circuit-set/1"
+KEY_FORMAT = "interp.circuit-key/1"
 CIRCUITS_DIR = "circuits"
+SET_INDEX = "index.json"
+KEY_INDEX = "sets.json"
 
 
 @dataclass(frozen=True)
@@ -236,42 +252,285 @@ def graphs_from_table(table: Any, key: str, method: str, shape: ModelShape, metr
             for step, row, base in zip(sub.steps, sub.values, baseline, strict=True)]
 
 
+# --- graph sets in the run ----------------------------------------------------------------------
+
+_SET_ID = re.compile(r"[0-9a-f]{16}|legacy")
+
+
+@dataclass(frozen=True, order=True)
+class GraphSetId:
+    """A graph set's identity under its key, and its folder's name: 16 hex digits of
+    sha256(probe name, NUL, batch hash), as `interp.probing.probe_artifacts` names a probe's
+    folder; or `legacy`, the graphs a key held in the old layout."""
+
+    text: str
+
+    def __post_init__(self) -> None:
+        if not _SET_ID.fullmatch(self.text):
+            raise ValueError(f"graph_set: expected 16 hex digits or 'legacy', got {self.text!r}")
+
+    def __str__(self) -> str:
+        return self.text
+
+    @classmethod
+    def parse(cls, text: str | GraphSetId) -> GraphSetId:
+        return text if isinstance(text, GraphSetId) else cls(text)
+
+
+LEGACY_SET = GraphSetId("legacy")
+
+
+@dataclass(frozen=True)
+class GraphSource:
+    """What a graph set was computed with: the probe's name (it encodes the method, the metric
+    and their parameters), the batch's hash (`interp.probing.batch_hash`; `no-batch` for
+    weights only) and the numerics (`interp.probing.numerics`: dtype and device class), as
+    the probe cache keys its rows. Equal sources are the same set."""
+
+    probe: str
+    batch: str
+    numerics: str
+
+    @property
+    def set_id(self) -> GraphSetId:
+        ident = f"{self.probe}\0{self.batch}\0{self.numerics}"
+        return GraphSetId(hashlib.sha256(ident.encode()).hexdigest()[:16])
+
+
+@dataclass(frozen=True)
+class GraphSet:
+    """One set of graphs saved under a key, as its index records it."""
+
+    key: str
+    set_id: GraphSetId
+    method: str
+    metric: str
+    probe: str | None
+    """The probe's name; None for the legacy set (unknown)."""
+    batch: str | None
+    """The batch's hash; None for the legacy set (unknown)."""
+    numerics: str | None
+    """The dtype and device class it was computed in; None for the legacy set (unknown)."""
+    checkpoints: Mapping[int, str | None]
+    """Each saved step's checkpoint hash (`CheckpointSource.checkpoint_hash`) when its graph
+    was computed; None where unknown (legacy)."""
+    folder: Path
+    default: bool
+    """The key's default set: the one `load_graphs(run, key)` and the explorer read."""
+    digests: Mapping[int, str] = field(default_factory=dict)
+    """Each step file's sha256 as written (none for the legacy set): an edited graph is caught."""
+
+    def verify(self, steps: Iterable[int] | None = None) -> list[str]:
+        """One line per step file (of `steps`, default all) that is missing or no longer holds
+        what was written."""
+        problems = []
+        for step in sorted(self.digests if steps is None else steps):
+            expected, path = self.digests.get(step), self.folder / f"step_{step}.json"
+            if expected is None:
+                continue
+            if not path.exists():
+                problems.append(f"{path} is missing")
+            elif sha256_file(path) != expected:
+                problems.append(f"{path} was edited after it was written (its sha256 does not match {SET_INDEX})")
+        return problems
+
+    @property
+    def steps(self) -> list[int]:
+        return sorted(self.checkpoints)
+
+    def rewritten_steps(self, run: CheckpointSource) -> list[int]:
+        """Steps whose graph was computed on weights `run` no longer holds at that step (the
+        checkpoint was rewritten since, or is gone); unknown hashes are not counted."""
+        current = set(run.steps)
+        return [s for s, sha in sorted(self.checkpoints.items())
+                if sha is not None and (s not in current or run.checkpoint_hash(s) != sha)]
+
+    def summary(self) -> str:
+        batch = "batch unknown (old layout)" if self.batch is None else f"batch {self.batch}"
+        return (f"{self.set_id}{' (default)' if self.default else ''}: {self.method}, {self.metric or 'edge weight'}, "
+                f"{batch}, {len(self.checkpoints)} steps")
+
+
+@dataclass(frozen=True)
+class SavedGraphs:
+    """What `save_graphs` did: the set as its index now reads, and whether this call created
+    it (False: the same probe and batch were saved before, and their set was updated in place)."""
+
+    graph_set: GraphSet
+    created: bool
+
+
 def graph_dir(run_dir: str | Path, key: str) -> Path:
+    """The folder of `key`'s graph sets."""
     return Path(run_dir) / CIRCUITS_DIR / key
 
 
-def save_graphs(run: Any, key: str, graphs: Sequence[CircuitGraph]) -> Path:
-    """Write each graph to `<run>/circuits/<key>/step_<N>.json` and the index, under the
-    run's lock; returns the folder."""
-    folder = graph_dir(run.path, key)
-    with run.lock():
-        folder.mkdir(parents=True, exist_ok=True)
-        for graph in graphs:
-            path = folder / f"step_{graph.step}.json"
-            atomic_write_bytes(path, dumps_json(graph.to_json(), path).encode())
-        index = folder / "index.json"
-        steps = sorted({g.step for g in graphs} | set(_indexed_steps(index)))
-        first = graphs[0]
-        atomic_write_bytes(index, dumps_json({"format": FORMAT, "key": key, "method": first.method,
-                                              "metric": first.metric, "steps": steps}, index).encode())
-    return folder
+def _read_object(path: Path) -> dict[str, Any]:
+    try:
+        data = loads_json(path.read_bytes())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: expected strict JSON ({err})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
 
 
-def _indexed_steps(index: Path) -> list[int]:
-    if not index.exists():
+def _write_if_changed(path: Path, data: Mapping[str, Any]) -> None:
+    """Write `data` atomically unless the file holds it already: saving the same trace again
+    leaves its files as they were."""
+    encoded = dumps_json(data, path).encode()
+    if not path.exists() or path.read_bytes() != encoded:
+        atomic_write_bytes(path, encoded)
+
+
+def _legacy_set(folder: Path, key: str, default: bool) -> GraphSet:
+    """The old layout's graphs of `key`: `circuits/<key>/index.json` beside its step files."""
+    index = folder / SET_INDEX
+    data = _read_object(index)
+    if data.get("format") != FORMAT:
+        raise ValueError(f"{index}: format: expected {FORMAT!r} (the old layout), got {data.get('format')!r}")
+    return GraphSet(key, LEGACY_SET, str(data["method"]), str(data.get("metric", "")), None, None, None,
+                    {int(s): None for s in data["steps"]}, folder, default)
+
+
+def _new_set(folder: Path, key: str, set_id: GraphSetId, default: bool) -> GraphSet:
+    index = folder / str(set_id) / SET_INDEX
+    data = _read_object(index)
+    if data.get("format") != SET_FORMAT:
+        raise ValueError(f"{index}: format: expected {SET_FORMAT!r}, got {data.get('format')!r}")
+    return GraphSet(key, set_id, str(data["method"]), str(data["metric"]), str(data["probe"]), str(data["batch"]),
+                    str(data["numerics"]), {int(c["step"]): str(c["checkpoint"]) for c in data["checkpoints"]},
+                    index.parent, default, {int(c["step"]): str(c["sha256"]) for c in data["checkpoints"]})
+
+
+def _saved_ids(folder: Path) -> list[GraphSetId]:
+    """The ids of the complete sets in `key`'s folder (a set's index is written last)."""
+    if not folder.is_dir():
         return []
-    return [int(s) for s in json.loads(index.read_text())["steps"]]
+    return sorted(GraphSetId(p.name) for p in folder.iterdir()
+                  if _SET_ID.fullmatch(p.name) and p.name != str(LEGACY_SET) and (p / SET_INDEX).is_file())
 
 
-def load_graphs(run_dir: str | Path, key: str, steps: Iterable[int] | None = None) -> list[CircuitGraph]:
-    """The saved graphs of `key` (all, or at `steps`), in step order."""
+def _default_id(folder: Path, key: str, ids: Sequence[GraphSetId]) -> GraphSetId:
+    """The id `sets.json` names; without one (the old layout, or a save killed before writing
+    it), the legacy set, else the only set."""
+    index = folder / KEY_INDEX
+    if index.exists():
+        data = _read_object(index)
+        if data.get("format") != KEY_FORMAT:
+            raise ValueError(f"{index}: format: expected {KEY_FORMAT!r}, got {data.get('format')!r}")
+        named = GraphSetId.parse(str(data["default"]))
+        if named not in ids:
+            raise ValueError(f"{index}: default: expected one of the saved sets {[str(i) for i in ids]}, "
+                             f"got {str(named)!r}")
+        return named
+    if LEGACY_SET in ids:
+        return LEGACY_SET
+    if len(ids) == 1:
+        return ids[0]
+    raise ValueError(f"{index}: default: no default graph set recorded for the key {key!r}; pass graph_set= "
+                     f"one of {[str(i) for i in ids]}")
+
+
+def list_graph_sets(run_dir: str | Path, key: str) -> list[GraphSet]:
+    """The graph sets saved under `key`, the default first, the others by id."""
     folder = graph_dir(run_dir, key)
-    index = folder / "index.json"
-    if not index.exists():
-        raise FileNotFoundError(f"{index}: no circuit graphs saved under the key {key!r}")
-    wanted = _indexed_steps(index) if steps is None else sorted(steps)
-    return [CircuitGraph.from_json(json.loads((folder / f"step_{s}.json").read_text())) for s in wanted]
+    ids = _saved_ids(folder) + ([LEGACY_SET] if (folder / SET_INDEX).exists() else [])
+    if not ids:
+        raise FileNotFoundError(f"{folder}: no circuit graphs saved under the key {key!r}")
+    default = _default_id(folder, key, ids)
+    sets = [_legacy_set(folder, key, i == default) if i == LEGACY_SET else _new_set(folder, key, i, i == default)
+            for i in ids]
+    return sorted(sets, key=lambda s: (not s.default, s.set_id))
 
 
-__all__ = ["CircuitDiff", "CircuitGraph", "ModelShape", "graphs_from_table", "load_graphs",
+def read_graph_set(run_dir: str | Path, key: str, graph_set: GraphSetId | str | None = None) -> GraphSet:
+    """The set `graph_set` of `key` (default: the key's default set)."""
+    sets = list_graph_sets(run_dir, key)
+    if graph_set is None:
+        return sets[0]
+    wanted = GraphSetId.parse(graph_set)
+    for found in sets:
+        if found.set_id == wanted:
+            return found
+    raise ValueError(f"graph_set: expected one of {[str(s.set_id) for s in sets]} saved under the key {key!r}, "
+                     f"got {str(wanted)!r}")
+
+
+def graph_keys(run_dir: str | Path) -> list[str]:
+    """The keys with saved graphs in the run, sorted."""
+    root = Path(run_dir) / CIRCUITS_DIR
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir()
+                  if p.is_dir() and ((p / SET_INDEX).exists() or (p / KEY_INDEX).exists() or _saved_ids(p)))
+
+
+def save_graphs(run: CheckpointSource, key: str, graphs: Sequence[CircuitGraph], source: GraphSource,
+                make_default: bool = False) -> SavedGraphs:
+    """Write `graphs` (one per step) into the set of `source` under `key`,
+    `<run>/circuits/<key>/<set id>/step_<N>.json`, and its index, under the run's lock.
+    Another source makes another set and leaves every other set's files as they were; the
+    same source again updates its own set (steps added, a step whose checkpoint was
+    rewritten replaced). The first set of a key becomes its default; `make_default` makes
+    this one the default even when the key has one."""
+    if not graphs:
+        raise ValueError(f"graphs: expected at least one graph to save under {key!r}, got none")
+    first = graphs[0]
+    mixed = sorted({(g.method, g.metric) for g in graphs} - {(first.method, first.metric)})
+    if mixed:
+        raise ValueError(f"graphs: expected one method and metric in a set, got {(first.method, first.metric)} "
+                         f"and {mixed[0]}")
+    folder = graph_dir(run.path, key)
+    set_id = source.set_id
+    set_folder = folder / str(set_id)
+    with run.lock():
+        index = set_folder / SET_INDEX
+        created = not index.exists()
+        checkpoints: dict[int, str] = {}
+        digests: dict[int, str] = {}
+        if not created:
+            saved = _new_set(folder, key, set_id, False)
+            found = (saved.method, saved.metric, saved.probe, saved.batch, saved.numerics)
+            if found != (first.method, first.metric, source.probe, source.batch, source.numerics):
+                raise ValueError(f"{index}: method, metric, probe, batch, numerics: expected "
+                                 f"{(first.method, first.metric)} of {source}, got {found}")
+            checkpoints = {s: str(sha) for s, sha in saved.checkpoints.items()}
+            digests = dict(saved.digests)
+        set_folder.mkdir(parents=True, exist_ok=True)
+        for graph in graphs:
+            step_file = set_folder / f"step_{graph.step}.json"
+            _write_if_changed(step_file, graph.to_json())
+            checkpoints[graph.step] = run.checkpoint_hash(graph.step)
+            digests[graph.step] = sha256_file(step_file)
+        # The set's index last: a set is listed only once its graphs are all on disk.
+        _write_if_changed(index, {
+            "format": SET_FORMAT, "key": key, "id": str(set_id), "method": first.method, "metric": first.metric,
+            "probe": source.probe, "batch": source.batch, "numerics": source.numerics,
+            "checkpoints": [{"step": s, "checkpoint": checkpoints[s], "sha256": digests[s]}
+                            for s in sorted(checkpoints)]})
+        key_index = folder / KEY_INDEX
+        if make_default or not key_index.exists():
+            default = set_id if make_default or not (folder / SET_INDEX).exists() else LEGACY_SET
+            _write_if_changed(key_index, {"format": KEY_FORMAT, "key": key, "default": str(default)})
+        return SavedGraphs(read_graph_set(run.path, key, set_id), created)
+
+
+def load_graphs(run_dir: str | Path, key: str, steps: Iterable[int] | None = None,
+                graph_set: GraphSetId | str | None = None) -> list[CircuitGraph]:
+    """The saved graphs of `key`'s set `graph_set` (default: the key's default set; all its
+    steps, or `steps`), in step order."""
+    found = read_graph_set(run_dir, key, graph_set)
+    wanted = found.steps if steps is None else sorted(steps)
+    missing = sorted(set(wanted) - set(found.checkpoints))
+    if missing:
+        raise ValueError(f"steps: expected steps saved in {found.folder}, {found.steps}; {missing} are not")
+    edited = found.verify(wanted)
+    if edited:
+        raise ValueError(f"{edited[0]}; trace again to recompute it")
+    return [CircuitGraph.from_json(_read_object(found.folder / f"step_{s}.json")) for s in wanted]
+
+
+__all__ = ["CircuitDiff", "CircuitGraph", "GraphSet", "GraphSetId", "GraphSource", "LEGACY_SET", "ModelShape",
+           "SavedGraphs", "graph_keys", "graphs_from_table", "list_graph_sets", "load_graphs", "read_graph_set",
            "save_graphs"]

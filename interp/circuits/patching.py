@@ -11,7 +11,10 @@ denoising (which paths restore it?).
   patterns, residual stream; all positions or per position);
 - `path_patch`: the source's write of a sender reaches only the chosen receiver inputs
   (a head's q, k or v, an MLP, the logits); every other reader keeps the base run's
-  value (Wang et al. 2022). TransformerLens's own `get_act_patch_direct_path` needs
+  value (Wang et al. 2022). With several edges, ACDC's semantics (Conmy et al. 2023): a
+  patched edge carries the sender's source write even where another patch changed the
+  sender, an unpatched edge the sender's write in the patched run. TransformerLens's
+  own `get_act_patch_direct_path` needs
   per-head q/k/v input hooks that native bridges lack; this one patches the receiver
   head's slice of `hook_q/k/v` instead and is pinned to TransformerLens's on a model
   where both run (`tests/test_circuit_patching.py`);
@@ -112,6 +115,16 @@ def _write(model: TransformerBridge, acts: Mapping[str, Tensor], sender: Node) -
     return acts[f"blocks.{sender.layer}.hook_mlp_out"]
 
 
+def _write_name(sender: Node) -> str:
+    """The hook `_write` reads `sender`'s write from."""
+    if sender == EMBED:
+        return hooks.resid_pre(0)
+    if isinstance(sender, HeadId):
+        return hooks.head_output(sender.layer)
+    assert isinstance(sender, MlpId)
+    return f"blocks.{sender.layer}.hook_mlp_out"
+
+
 def _norm(model: TransformerBridge, layer: int) -> Callable[[Tensor], Tensor]:
     return model.blocks[layer].ln1
 
@@ -147,39 +160,53 @@ def _check_edges(shape: ModelShape, edges: Sequence[EdgeId]) -> None:
 def path_patch(model: TransformerBridge, batch: Batch, metric: PatchMetric, edges: Sequence[EdgeId],
                writes: tuple[Mapping[str, Tensor], Mapping[str, Tensor]] | None = None) -> float:
     """`metric` of the base run in which each edge's receiver input sees its sender's write
-    from the source run instead of the base run's (all edges at once; every other path
-    keeps its base value, and what the receivers compute flows on as usual).
-    `writes`: the base and source activations of `_write_hooks`, when already computed."""
+    from the source run instead of this run's (all edges at once; duplicates count once).
+
+    ACDC's semantics (Conmy et al. 2023) for several edges: a patched edge carries the
+    sender's source-run write, whatever the other patches did to the sender, and every
+    unpatched edge carries the sender's write in this patched run (the base run's unless
+    one of the sender's own inputs, or something upstream of them, was patched); what the
+    receivers compute flows on as usual. So where edge A's receiver is edge B's sender, B's
+    receiver input is `its residual - B's sender's write in this run + its source write`
+    (and likewise for every patched sender into the same input): the source write once,
+    never on top of the upstream patch's change to the sender.
+    `writes`: the base and source activations of `_write_hooks`, when already computed
+    (only the source's are read: the senders' current writes come from the patched run)."""
     shape = ModelShape.of(model.cfg)
     _check_edges(shape, edges)
-    if writes is None:
-        writes = (_run(model, batch, names=_write_hooks(shape))[1],
-                  _run(model, source_batch(batch), names=_write_hooks(shape))[1])
-    base, source = writes
-    deltas: dict[tuple[Node, str | None], Tensor] = {}
+    edges = list(dict.fromkeys(edges))
+    source = writes[1] if writes is not None else _run(model, source_batch(batch), names=_write_hooks(shape))[1]
+    senders: dict[tuple[Node, str | None], list[Node]] = {}
     for edge in edges:
-        key = (edge.receiver, edge.input)
-        change = _write(model, source, edge.sender) - _write(model, base, edge.sender)
-        deltas[key] = deltas.get(key, 0) + change
-    residuals: dict[int, Tensor] = {}
+        senders.setdefault((edge.receiver, edge.input), []).append(edge.sender)
+    source_writes = {edge.sender: _write(model, source, edge.sender) for edge in edges}
+    live: dict[str, Tensor] = {}  # this run's activations of the patched senders' write hooks
 
-    def keep_resid(resid: Tensor, hook: Any, layer: int) -> None:
-        residuals[layer] = resid
+    def keep(value: Tensor, hook: Any, name: str) -> None:
+        live[name] = value.clone()
 
-    def patch_head(value: Tensor, hook: Any, head: HeadId, edge_input: str, delta: Tensor) -> Tensor:
+    def swapped(resid: Tensor, key: tuple[Node, str | None]) -> Tensor:
+        """`resid` with each patched sender's current write swapped for its source write."""
+        for sender in senders[key]:
+            resid = resid - _write(model, live, sender) + source_writes[sender]
+        return resid
+
+    def patch_head(value: Tensor, hook: Any, head: HeadId, edge_input: str) -> Tensor:
         value = value.clone()
-        value[:, :, head.head] = _head_input(model, edge_input, head, residuals[head.layer] + delta)
+        resid = swapped(live[hooks.resid_pre(head.layer)], (head, edge_input))
+        value[:, :, head.head] = _head_input(model, edge_input, head, resid)
         return value
 
-    fwd: list[tuple[str, Any]] = []
-    for layer in sorted({r.layer for r, _ in deltas if isinstance(r, HeadId)}):
-        fwd.append((hooks.resid_pre(layer), partial(keep_resid, layer=layer)))
-    for (receiver, edge_input), delta in deltas.items():
+    kept = {_write_name(edge.sender) for edge in edges}
+    kept |= {hooks.resid_pre(r.layer) for r, _ in senders if isinstance(r, HeadId)}
+    fwd: list[tuple[str, Any]] = [(name, partial(keep, name=name)) for name in sorted(kept)]
+    for key in senders:
+        receiver, edge_input = key
         if isinstance(receiver, HeadId):
-            fwd.append((_reader_hook(receiver, edge_input),
-                        partial(patch_head, head=receiver, edge_input=edge_input, delta=delta)))
+            assert edge_input is not None
+            fwd.append((_reader_hook(receiver, edge_input), partial(patch_head, head=receiver, edge_input=edge_input)))
         else:
-            fwd.append((_reader_hook(receiver, None), lambda value, hook, delta=delta: value + delta))
+            fwd.append((_reader_hook(receiver, None), lambda value, hook, key=key: swapped(value, key)))
     with torch.no_grad():
         logits, _ = _run(model, batch, fwd)
         return float(metric.fn(logits, batch))

@@ -64,7 +64,7 @@ from typing import Literal
 import numpy as np
 import torch
 from jaxtyping import Bool, Float, Int
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.model_selection import GroupKFold, GroupShuffleSplit
@@ -73,7 +73,15 @@ from threadpoolctl import threadpool_limits
 from torch import Tensor
 
 from interp import seeding
-from interp.checkpoints import PROBES_DIR, CheckpointSource, Run, atomic_write_json, atomic_write_npy, read_json
+from interp.checkpoints import (
+    PROBES_DIR,
+    CheckpointSource,
+    Run,
+    atomic_write_json,
+    atomic_write_npy,
+    read_json,
+    save_safetensors,
+)
 from interp.model import Batch
 from interp.probing import Probe, ProbeContext, ProbeTable, probe_artifacts
 
@@ -534,17 +542,19 @@ class ProbeDirections:
 
 
 def load_directions(run: CheckpointSource | str | Path, key: str, probe_obj: Probe | None = None,
-                    batch: Batch | None = None, steps: Sequence[int] | None = None) -> ProbeDirections:
+                    batch: Batch | None = None, steps: Sequence[int] | None = None,
+                    device: str | torch.device | None = None) -> ProbeDirections:
     """The directions linear probe `key` saved in `run` (every saved step, or `steps`): a run,
     a run directory or any other checkpoint source `probe()` takes (e.g. a checkpoint suite).
 
-    With the probe and its batch, exactly their directions; without, the only directions
+    With the probe and its batch, exactly their directions (those computed on `device`'s
+    class, default as `probe()` chooses); without, the only directions
     saved under `key` (several: an error listing them). A step whose result was cached before
     its direction was saved (or whose file was removed) is an error naming the file: probe
     again with `use_cache=False`."""
     run = Run.open(run) if isinstance(run, str | Path) else run
     if probe_obj is not None:
-        directory = probe_artifacts(run, key, probe_obj, batch)
+        directory = probe_artifacts(run, key, probe_obj, batch, device)
     else:
         found = sorted(p for p in (run.path / PROBES_DIR / key).glob("*") if (p / META_FILE).exists())
         if len(found) != 1:
@@ -656,14 +666,39 @@ def over_baseline(table: ProbeTable, key: str, column: str = "accuracy") -> Floa
 def save_batch(batch: Batch, path: str | Path) -> None:
     """Write a probe batch (tokens and the keys a probe reads) as a safetensors file, e.g. for
     `interp probe RUN linear --batch FILE`."""
-    save_file({k: v.detach().cpu().contiguous() for k, v in batch.items()}, str(path))
+    save_safetensors({k: v.detach().cpu().contiguous() for k, v in batch.items()}, Path(path))
 
 
-def load_batch(path: str | Path) -> Batch:
-    """A batch written by `save_batch` (safetensors: no pickles); it must hold `tokens`."""
-    batch = load_file(str(path))
+def load_batch(path: str | Path, d_vocab: int | None = None, n_ctx: int | None = None) -> Batch:
+    """A batch written by `save_batch` (safetensors: never a pickle), checked: `tokens` holds
+    int64 or int32 ids `[batch, pos]`, at least one of each, in `[0, d_vocab)` and at most `n_ctx`
+    positions (where given: the model's sizes). Any problem is one line naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no batch file there (expected a safetensors file written by save_batch)")
+    try:
+        batch = load_file(path)
+    except Exception as err:  # noqa: BLE001 - safetensors raises its own SafetensorError, or OSError
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"{path} is not a safetensors file ({reason}); write batches with "
+                         "interp.metrics.linear_probes.save_batch (a pickle such as a .pt file is never loaded)"
+                         ) from None
     if "tokens" not in batch:
-        raise ValueError(f"--batch: {path} holds no 'tokens' (keys: {sorted(batch)})")
+        raise ValueError(f"{path} holds no 'tokens' (keys: {sorted(batch)})")
+    tokens = batch["tokens"]
+    if tokens.dtype not in (torch.int64, torch.int32) or tokens.dim() != 2:
+        raise ValueError(f"{path}: 'tokens' must hold int64 (or int32) token ids of shape [batch, pos], got "
+                         f"{tokens.dtype} of shape {tuple(tokens.shape)}")
+    if tokens.numel() == 0:
+        raise ValueError(f"{path}: 'tokens' is empty (shape {tuple(tokens.shape)}); a batch needs at least one "
+                         "row and one position")
+    low, high = int(tokens.min()), int(tokens.max())
+    if low < 0 or (d_vocab is not None and high >= d_vocab):
+        vocab = f"the model's vocabulary [0, d_vocab={d_vocab})" if d_vocab is not None else "[0, d_vocab)"
+        raise ValueError(f"{path}: 'tokens' holds ids in [{low}, {high}], outside {vocab}")
+    if n_ctx is not None and tokens.shape[1] > n_ctx:
+        raise ValueError(f"{path}: 'tokens' has {tokens.shape[1]} positions, more than the model's context "
+                         f"n_ctx={n_ctx}")
     return batch
 
 

@@ -1,7 +1,7 @@
 """What the explorer shows, read from a run or analysis directory.
 
 Everything comes from the run's own files: `metrics.jsonl`, the probe caches
-`probes/<key>.jsonl`, the circuit graphs `circuits/<key>/` and the attention
+`probes/<key>.jsonl`, each key's default circuit graph set `circuits/<key>/` and the attention
 patterns of one small example sequence at every checkpoint. Those patterns are the
 only thing computed here: one fused forward per checkpoint, stored in the run as
 `patterns/<example id>/<checkpoint sha256[:16]>.npy` (float16, `[layer, head, query,
@@ -37,18 +37,19 @@ from interp.checkpoints import (
     CheckpointError,
     Run,
     RunInUseError,
+    atomic_write_bytes,
     atomic_write_json,
     atomic_write_npy,
     is_temporary,
     read_json,
-    scan_jsonl,
+    sha256_file,
 )
 from interp.ids import EdgeId, HeadId
 from interp.metrics import spans
 from interp.metrics.circuits import repeated_tokens
 from interp.model import attention_patterns, resolve_device
 from interp.pipeline import RUNS_DIR
-from interp.probing import batch_hash
+from interp.probing import batch_hash, cached_computations
 
 logger = logging.getLogger(__name__)
 
@@ -254,8 +255,33 @@ def _pattern_file(run: Run, example: Example, step: int) -> Path:
     return run.path / PATTERNS_DIR / example.key / f"{run.checkpoint_hash(step)[:16]}.npy"
 
 
+def _digest_file(pattern: Path) -> Path:
+    """Beside each pattern file, the sha256 of its bytes as written: an edited file is caught."""
+    return pattern.with_suffix(".sha256")
+
+
+def _pattern_problem(path: Path) -> str | None:
+    digest = _digest_file(path)
+    if not digest.exists():
+        return f"{path} has no {digest.name} (written by an older version, or the write was cut short)"
+    if digest.read_text().strip() != sha256_file(path):
+        return f"{path} was edited after it was written (its sha256 does not match {digest.name})"
+    return None
+
+
+def pattern_problems(run: Run) -> list[str]:
+    """One line per cached pattern file edited since it was written (`interp info --verify`;
+    a file without a digest, from an older version, is simply recomputed by the next view)."""
+    return [p for path in sorted((run.path / PATTERNS_DIR).glob("*/*.npy"))
+            if _digest_file(path).exists() and (p := _pattern_problem(path))]
+
+
 def _load_pattern(path: Path, shape: tuple[int, ...]) -> np.ndarray | None:
     if not path.exists():
+        return None
+    problem = _pattern_problem(path)
+    if problem is not None:  # a cache: an untrusted file costs a recomputation, never a wrong picture
+        logger.warning("%s; recomputed", problem)
         return None
     try:
         array = np.load(path, allow_pickle=False)
@@ -320,7 +346,9 @@ def _compute_patterns(run: Run, example: Example, steps: list[int], device: Any,
         layers = attention_patterns(model, batch)
         array = torch.stack([p[0] for p in layers]).float().cpu().numpy().astype(np.float16)
         if store:
-            atomic_write_npy(_pattern_file(run, example, step), array)
+            path = _pattern_file(run, example, step)
+            atomic_write_npy(path, array)
+            atomic_write_bytes(_digest_file(path), sha256_file(path).encode())  # after the file: a cut write is caught
         out[step] = array
         if progress is not None:
             progress(i + 1, len(steps))
@@ -371,32 +399,22 @@ def head_order(name: str) -> tuple[int, int, str]:
     return 1 << 30, 0, name
 
 
-def cached_probes(run: Run, steps: Sequence[int]) -> dict[str, dict[str, Any]]:
-    """The probe caches of `run` at its checkpoints: for each key, the (probe, batch) with the
-    most results at the current checkpoints (the latest on a tie), as `{"probe", "steps",
-    "columns", "values": [step][column], "heads"}`. Rows of other weights (a checkpoint
-    rewritten since) are left out; damaged lines are skipped (a cache can be recomputed)."""
-    hashes = {run.checkpoint_hash(s): s for s in steps}
+def cached_probes(run: Run) -> dict[str, dict[str, Any]]:
+    """The probe caches of `run`: for each key, its most complete computation at the current
+    checkpoints (`interp.probing.cached_computations`: one probe, batch and numerics, the
+    latest on a tie), as `{"probe", "about", "steps", "columns", "values": [step][column], "heads"}`.
+    Damaged or edited rows are skipped (a cache can be recomputed)."""
     out: dict[str, dict[str, Any]] = {}
     for cache in sorted((run.path / PROBES_DIR).glob("*.jsonl")):
-        groups: dict[tuple[str, str], dict[int, dict[str, Any]]] = {}
-        order: dict[tuple[str, str], int] = {}
-        for i, row in enumerate(scan_jsonl(cache).rows):
-            values, step = row.get("values"), row.get("step")
-            if not isinstance(values, dict) or hashes.get(row.get("weights")) != step:
-                continue
-            group = (str(row.get("probe")), str(row.get("batch")))
-            groups.setdefault(group, {})[step] = values
-            order[group] = i
-        if not groups:
+        found = cached_computations(run, cache.stem)
+        if not found:
             continue
-        best = max(groups, key=lambda g: (len(groups[g]), order[g]))
-        by_step = groups[best]
-        probed = sorted(by_step)
-        columns = sorted({c for v in by_step.values() for c in v}, key=head_order)
+        best = found[0]
+        columns = sorted(best.table.columns, key=head_order)
+        order = [best.table.columns.index(c) for c in columns]
         out[cache.stem] = {
-            "probe": best[0], "steps": probed, "columns": columns,
-            "values": [[num(by_step[s].get(c)) for c in columns] for s in probed],
+            "probe": best.probe, "about": best.describe(), "steps": [int(s) for s in best.table.steps],
+            "columns": columns, "values": [nums(row[order]) for row in best.table.values],
             "heads": bool(columns) and all(HeadId.is_head(c) for c in columns),
         }
     return out
@@ -407,31 +425,39 @@ def _edge_record(edge: EdgeId) -> dict[str, Any]:
 
 
 def saved_circuits(run: Run) -> tuple[list[dict[str, Any]], list[str]]:
-    """The circuit graphs saved in the run (`circuits/<key>/`), each key as `{"key", "method",
+    """The circuit graphs saved in the run: each key's default graph set (`circuits/<key>/`,
+    an analysis's own graphs; see `interp.circuits.graph`) as `{"key", "graph_set", "method",
     "metric", "source", "steps", "nodes", "positions", "edges", "weights": [step][edge]}` with
-    its `MAX_EDGES` strongest edges; and a note for each key that could not be read."""
-    from interp.circuits.graph import CIRCUITS_DIR, load_graphs  # the circuit module, read only when graphs exist
+    its `MAX_EDGES` strongest edges; and notes: a key that could not be read, a key's other
+    sets, steps whose checkpoint was rewritten after its graph was computed."""
+    from interp.circuits.graph import CIRCUITS_DIR, graph_keys, list_graph_sets, load_graphs  # read only when used
 
-    root = run.path / CIRCUITS_DIR
-    if not root.is_dir():
-        return [], []
     out, notes = [], []
-    for folder in sorted(p for p in root.iterdir() if (p / "index.json").exists()):
+    for key in graph_keys(run.path):
+        folder = run.path / CIRCUITS_DIR / key
         try:
-            graphs = load_graphs(run.path, folder.name)
+            sets = list_graph_sets(run.path, key)
+            shown = sets[0]  # the default
+            graphs = load_graphs(run.path, key, graph_set=shown.set_id)
         except (OSError, ValueError, KeyError, TypeError) as err:
             notes.append(f"{folder}: not shown ({type(err).__name__}: {err})")
             continue
         if not graphs:
             continue
+        if len(sets) > 1:
+            notes.append(f"{folder}: showing its default graph set {shown.summary()}; also saved: "
+                         + "; ".join(s.summary() for s in sets[1:]) + " (load_graphs(..., graph_set=ID))")
+        rewritten = shown.rewritten_steps(run)
+        if rewritten:
+            notes.append(f"{shown.folder}: the graphs at steps {rewritten} were computed on weights since rewritten")
         edges = sorted({e for g in graphs for e in g.weights}, key=str)
         strength = {e: max((abs(g.weights.get(e, 0.0)) for g in graphs if math.isfinite(g.weights.get(e, 0.0))),
                            default=0.0) for e in edges}
         edges = sorted(sorted(edges, key=lambda e: -strength[e])[:MAX_EDGES], key=str)
         shape = graphs[0].shape
         out.append({
-            "key": folder.name, "method": graphs[0].method, "metric": graphs[0].metric,
-            "source": f"{CIRCUITS_DIR}/{folder.name}", "steps": [g.step for g in graphs],
+            "key": key, "graph_set": str(shown.set_id), "method": graphs[0].method, "metric": graphs[0].metric,
+            "source": shown.folder.relative_to(run.path).as_posix(), "steps": [g.step for g in graphs],
             **_layout(shape), "edges": [_edge_record(e) for e in edges],
             "weights": [[num(g.weights.get(e)) for e in edges] for g in graphs],
         })
@@ -517,7 +543,7 @@ def run_data(
     pattern_steps = [steps[i] for i in thin(len(steps), MAX_PATTERN_STEPS)] if patterns else []
     stacked = example_patterns(run, example, pattern_steps, device=device, progress=progress) if pattern_steps \
         else None
-    probes = cached_probes(run, steps)
+    probes = cached_probes(run)
     notes: list[str] = []
     if stacked is not None:
         scores = pattern_scores(stacked, example.period)

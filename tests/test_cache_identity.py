@@ -1,0 +1,182 @@
+"""A cached probe result is returned only for the computation that produced it: keyed by
+probe, batch, checkpoint hash and numerics (dtype, device class), verified by a digest of
+its row; readers of the cache (`interp plot`, the explorer) draw one computation per curve."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+import pytest
+import torch
+from helpers import D_VOCAB, N_CTX
+from test_suites import TOKENS, build_suite
+
+from interp.checkpoints import PROBES_DIR
+from interp.cli import main
+from interp.metrics import circuits
+from interp.probing import cached_computations, probe
+from interp.suites import open_suite
+from interp.view.data import cached_probes
+
+PERIOD = N_CTX // 2
+
+
+def batch(seed: int = 0) -> dict[str, torch.Tensor]:
+    return {"tokens": circuits.repeated_tokens(3, PERIOD, D_VOCAB, torch.Generator().manual_seed(seed))}
+
+
+def rows(run, key: str) -> list[dict]:
+    return [json.loads(line) for line in (run.path / PROBES_DIR / f"{key}.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def suite_folder(tmp_path_factory):
+    return build_suite(tmp_path_factory.mktemp("suite") / "gpt2", "gpt2", steps=[0, 500]).folder
+
+
+@pytest.mark.parametrize("order", [("bfloat16", "float32"), ("float32", "bfloat16")])
+def test_each_precision_gets_its_own_values(suite_folder, tmp_path, order):
+    probes = {"ind": circuits.induction_probe(layers=[1], period=6)}
+    fresh = {}  # each precision alone, in a cache of its own: the values to expect
+    for i, name in enumerate(order):
+        alone = open_suite(suite_folder, dtype=getattr(torch, name), cache=tmp_path / f"alone{i}")
+        fresh[name] = probe(alone, probes, {"tokens": TOKENS}, device="cpu").values
+    assert not np.array_equal(fresh["bfloat16"], fresh["float32"])  # bfloat16 does change the numbers
+    cache = tmp_path / "shared"
+    for name in order:  # the second precision must not read the first one's rows
+        shared = open_suite(suite_folder, dtype=getattr(torch, name), cache=cache)
+        np.testing.assert_array_equal(probe(shared, probes, {"tokens": TOKENS}, device="cpu").values, fresh[name])
+    for name in order:  # and each is now cached under its own numerics
+        shared = open_suite(suite_folder, dtype=getattr(torch, name), cache=cache)
+        np.testing.assert_array_equal(probe(shared, probes, {"tokens": TOKENS}, device="cpu").values, fresh[name])
+    assert sorted({r["numerics"] for r in rows(shared, "ind")}) == ["bfloat16/cpu", "float32/cpu"]
+
+
+def test_an_edited_row_is_recomputed_with_a_warning_and_reported(run_copy, caplog):
+    probes = {"ind": circuits.induction_probe(layers=[1], period=PERIOD)}
+    original = probe(run_copy, probes, batch())
+    cache = run_copy.path / PROBES_DIR / "ind.jsonl"
+    lines = cache.read_text().splitlines()
+    edited = json.loads(lines[2])
+    column = next(iter(edited["values"]))
+    edited["values"][column] = 0.123
+    lines[2] = json.dumps(edited)
+    cache.write_text("\n".join(lines) + "\n")
+    assert main(["info", str(run_copy.path), "--verify"]) != 0  # the edit is reported ...
+    with caplog.at_level(logging.WARNING, logger="interp.probing"):
+        again = probe(run_copy, probes, batch())
+    np.testing.assert_array_equal(again.values, original.values)  # ... never returned: recomputed
+    assert any(str(cache) in r.getMessage() and "edited" in r.getMessage() for r in caplog.records)
+    assert all(r["values"][column] != 0.123 for r in rows(run_copy, "ind"))  # the edited row is gone
+    assert main(["info", str(run_copy.path), "--verify"]) == 0
+
+
+def test_rows_without_a_digest_are_shown_but_never_returned(run_copy):
+    probes = {"ind": circuits.induction_probe(layers=[1], period=PERIOD)}
+    original = probe(run_copy, probes, batch())
+    cache = run_copy.path / PROBES_DIR / "ind.jsonl"
+    legacy = [{k: v for k, v in r.items() if k not in ("digest", "numerics")} for r in rows(run_copy, "ind")]
+    for row in legacy:
+        row["values"] = {k: 0.5 for k in row["values"]}  # the old layout cannot be verified: prove it is not used
+    cache.write_text("".join(json.dumps(r) + "\n" for r in legacy))
+    shown = cached_computations(run_copy, "ind")
+    assert [c.numerics for c in shown] == ["unrecorded"]
+    np.testing.assert_array_equal(probe(run_copy, probes, batch()).values, original.values)
+
+
+def test_plot_and_explorer_draw_the_most_complete_computation(run_copy, capsys):
+    probes = {"ind": circuits.induction_probe(layers=[1], period=PERIOD)}
+    full = probe(run_copy, probes, batch(0))
+    probe(run_copy, probes, batch(7), steps=[0, 8])  # a small extra call with another batch, written last
+    best = cached_computations(run_copy, "ind")[0]
+    assert best.batch != cached_computations(run_copy, "ind")[1].batch
+    np.testing.assert_array_equal(best.table.steps, full.steps)
+    np.testing.assert_array_equal(best.table.values, full.values)
+    assert main(["plot", str(run_copy.path)]) == 0
+    printed = capsys.readouterr().out
+    assert f"{len(full.steps)} of {len(run_copy.steps)} checkpoints" in printed and "1 other computation" in printed
+    shown = cached_probes(run_copy)["ind"]
+    assert shown["steps"] == full.steps.tolist()
+    np.testing.assert_allclose(np.array(shown["values"], dtype=float), full.values, rtol=1e-4)  # 5 digits shown
+
+
+def test_plot_draws_the_full_curve(run_copy, monkeypatch):
+    import interp.cli as cli
+
+    drawn, real = {}, cli.plot_head_curves
+
+    def capture(grid, steps, **kwargs):
+        drawn["steps"], drawn["grid"] = np.asarray(steps), grid
+        return real(grid, steps, **kwargs)
+
+    monkeypatch.setattr(cli, "plot_head_curves", capture)
+    probes = {"ind": circuits.induction_probe(layers=[1], period=PERIOD)}
+    full = probe(run_copy, probes, batch(0))
+    probe(run_copy, probes, batch(7), steps=[0, 8])
+    assert main(["plot", str(run_copy.path)]) == 0
+    np.testing.assert_array_equal(drawn["steps"], full.steps)
+    np.testing.assert_array_equal(drawn["grid"][:, 1, :], full.values)
+
+
+@pytest.mark.parametrize("bad, message", [
+    (torch.zeros(2, N_CTX + 3, dtype=torch.long), f"longer than the model's context n_ctx={N_CTX}"),
+    (torch.full((2, 4), D_VOCAB), f"[0, d_vocab={D_VOCAB})"),
+    (torch.zeros(2, 4), "expected integer token ids"),
+])
+def test_a_batch_the_model_cannot_read_is_one_line(run_copy, bad, message):
+    with pytest.raises(ValueError) as err:
+        probe(run_copy, {"loss": circuits.loss_probe()}, {"tokens": bad})
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.slow
+def test_an_edited_cache_value_does_not_change_a_resumed_analysis(tmp_path):
+    from interp.analysis import run_analysis
+    from interp.parallel import LocalBackend
+
+    out = tmp_path / "induction"
+    kwargs = {"preset": "tiny", "device": "cpu", "progress": False, "backend": LocalBackend(1)}
+    first = run_analysis("induction-heads", out, **kwargs)
+    cache = out / "runs" / "main" / PROBES_DIR / "induction.jsonl"
+    lines = cache.read_text().splitlines()
+    last = json.loads(lines[-1])  # the final checkpoint's row: it feeds induction_score_final
+    last["values"] = {k: 0.987 for k in last["values"]}
+    cache.write_text("\n".join([*lines[:-1], json.dumps(last)]) + "\n")
+    assert main(["info", str(out / "runs" / "main"), "--verify"]) != 0
+    again = run_analysis("induction-heads", out, resume=True, **kwargs)
+    stable = {k for k in first if k not in ("wall_seconds", "device")}
+    assert {k: again[k] for k in stable} == {k: first[k] for k in stable}
+    assert json.loads((out / "results.json").read_text())["induction_score_final"] == first["induction_score_final"]
+
+
+def test_an_edited_circuit_graph_is_refused_by_name_and_reported(run_copy):
+    from interp.circuits.graph import load_graphs
+    from interp.circuits.patching import mean_logprob
+    from interp.circuits.trace import repeated_patch_batch, trace
+
+    traced = trace(run_copy, "path", repeated_patch_batch(4, PERIOD, D_VOCAB, torch.Generator().manual_seed(0)),
+                   mean_logprob("in_repeat"), steps=[0, 8])
+    assert traced.saved.graph_set.numerics == "float32/cpu"
+    step_file = traced.saved.graph_set.folder / "step_8.json"
+    graph = json.loads(step_file.read_text())
+    graph["edges"][0]["weight"] = 9.0
+    step_file.write_text(json.dumps(graph))
+    assert len(load_graphs(run_copy.path, "path", steps=[0])) == 1  # the untouched step still reads
+    with pytest.raises(ValueError, match="step_8.json was edited"):
+        load_graphs(run_copy.path, "path")
+    assert main(["info", str(run_copy.path), "--verify"]) != 0
+
+
+def test_an_edited_pattern_file_is_recomputed_and_reported(run_copy):
+    from interp.view import data as view_data
+
+    example = view_data.example_for(run_copy, PERIOD)
+    original = view_data.example_patterns(run_copy, example, device="cpu")
+    folder = run_copy.path / view_data.PATTERNS_DIR / example.key
+    victim = folder / f"{run_copy.checkpoint_hash(run_copy.steps[-1])[:16]}.npy"
+    np.save(victim, np.zeros_like(original[-1]))  # same shape and dtype: only the digest tells
+    assert main(["info", str(run_copy.path), "--verify"]) != 0
+    np.testing.assert_array_equal(view_data.example_patterns(run_copy, example, device="cpu"), original)
+    assert main(["info", str(run_copy.path), "--verify"]) == 0  # recomputed and stored again
