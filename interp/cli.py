@@ -532,7 +532,7 @@ def cmd_probe(args: argparse.Namespace) -> None:
 
 def _shape_only(sequences: int, positions: int) -> dict[str, torch.Tensor]:
     """A batch of the given shape that allocates nothing (for a memory check before the real one)."""
-    return {"tokens": torch.zeros(1, positions, dtype=torch.long).expand(sequences, -1)}
+    return {"tokens": torch.zeros(1, positions, dtype=torch.long, device="meta").expand(sequences, -1)}
 
 
 def _probe_linear(run: Run, args: argparse.Namespace) -> None:
