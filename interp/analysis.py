@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import shutil
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -44,7 +45,7 @@ from interp.ids import CheckpointRef, HeadId
 from interp.model import ModelConfig, check_memory, resolve_device
 from interp.parallel import Backend
 from interp.pipeline import RUNS_DIR, AnalysisConfig, Context
-from interp.report import Figure, Report, write_figures
+from interp.report import FIGURES_DIR, Figure, Report, write_figures
 
 ENTRY_POINT_GROUP = "interp.analyses"
 ANALYSIS_FILE = "analysis.json"
@@ -303,6 +304,8 @@ def run_analysis(
         raise FileExistsError(f"{out} exists and is not a directory; choose another output directory")
     with run_lock(out):
         accept_output_dir(out, record, resume=resume, force=force)
+        for leftover in analysis_leftovers(out):  # a killed writer's, never a live one's: we hold the lock
+            shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
         context = Context(out, resolved, progress=progress, resume=resume, backend=backend, workers=config.workers)
         atomic_write_json(out / ANALYSIS_FILE, record)
         started = time.perf_counter()
@@ -313,6 +316,12 @@ def run_analysis(
                              "wall_seconds": round(time.perf_counter() - started, 1), "device": str(context.device)})
         atomic_write_json(out / "results.json", results)
     return results
+
+
+def analysis_leftovers(out: Path) -> list[Path]:
+    """Temporary files of interrupted writes in an analysis directory and its figures/ (its
+    runs' own are `RunState.leftovers`); the next run of the analysis removes them."""
+    return sorted(p for d in (out, out / FIGURES_DIR) if d.is_dir() for p in d.iterdir() if is_temporary(p.name))
 
 
 def results_dict(results: Any) -> dict[str, Any]:

@@ -785,8 +785,9 @@ class Run:
         """Every logged row of `metrics.jsonl` (each has a `step`).
 
         A torn last line (a writer killed mid-append) is left out with a warning; a damaged
-        line, or a log that lacks rows logged before the last checkpoint, raises an error
-        naming the file instead of handing back a shortened curve."""
+        line, a log that lacks rows logged before the last checkpoint, or one that logs a step
+        twice with different values, raises an error naming the file instead of handing back a
+        shortened or mixed curve."""
         path = self.path / METRICS_FILE
         # The manifest first: a checkpoint is listed only after its rows are on disk, so rows read
         # after it cover it even while a writer goes on (read the other way, a checkpoint
@@ -794,10 +795,13 @@ class Run:
         steps = self.steps
         rows = read_jsonl(path)
         config = self.config if (self.path / CONFIG_FILE).exists() else None
-        missing = _check_rows(rows, config, steps[-1] if steps else None)["missing_rows"]
-        if missing:
-            raise RunDamagedError(f"{path} lacks the rows of steps {_listing(missing)}, logged before the last "
-                                  f"checkpoint (step {steps[-1]}); the log is damaged")
+        problems = _check_rows(rows, config, steps[-1] if steps else None)
+        if problems["missing_rows"]:
+            raise RunDamagedError(f"{path} lacks the rows of steps {_listing(problems['missing_rows'])}, logged before "
+                                  f"the last checkpoint (step {steps[-1]}); the log is damaged")
+        if problems["conflicting_rows"]:  # a curve through them would zigzag between two runs
+            raise RunDamagedError(f"{path} logs steps {_listing(problems['conflicting_rows'])} more than once with "
+                                  "different values (two runs in one directory?); the log is damaged")
         return rows
 
     def series(self, key: str, until: int | None = None) -> tuple[np.ndarray, np.ndarray]:

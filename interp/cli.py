@@ -30,7 +30,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from interp.analysis import ANALYSIS_FILE, MAX_SEED, analysis_names, get_analysis, load_all, run_analysis
+from interp.analysis import (
+    ANALYSIS_FILE,
+    MAX_SEED,
+    analysis_leftovers,
+    analysis_names,
+    get_analysis,
+    load_all,
+    run_analysis,
+)
 from interp.checkpoints import (
     CHECKPOINTS_DIR,
     CONFIG_FILE,
@@ -427,6 +435,10 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(f"analysis {directory}: {record.get('analysis')} (preset {record.get('preset')}); "
               + ("results.json written" if results else "INCOMPLETE: no results.json (interrupted, or it failed)"))
         failed |= args.verify and not results
+        leftovers = analysis_leftovers(directory) if args.verify else []
+        if leftovers:
+            print(f"    note: {len(leftovers)} temporary file(s) of interrupted writes, e.g. {leftovers[0]} (the next "
+                  "run of the analysis, e.g. with --resume, removes them)")
     for run_dir in run_dirs(path):
         run = Run(run_dir)
         print(f"run {run.path}")

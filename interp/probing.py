@@ -9,19 +9,23 @@ hands the same activations to each probe. Results are cached per checkpoint in
 `probes/<key>.jsonl`, keyed by the probe's name, the batch contents and the
 checkpoint's hash, so re-probing a finished run costs nothing. A probe's key is
 the cache file's stem, so it must be a plain file name. Writing the cache takes
-the run's lock (`interp.checkpoints.run_lock`); a fully cached call writes nothing.
+the run's lock (`interp.checkpoints.run_lock`); a fully cached call writes nothing, and a
+call on a run another process is writing, or on a read-only one, computes without caching
+(with a warning) rather than failing.
 The cache is strict JSON: a NaN or infinite probe value is stored as null and
 read back as NaN. The batch may be text where the source has a tokenizer (`text_batch`).
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
 import math
 import re
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -36,6 +40,7 @@ from interp.checkpoints import (
     CheckpointSource,
     JsonlScan,
     Run,
+    RunInUseError,
     append_jsonl,
     atomic_write_bytes,
     dumps_json,
@@ -361,14 +366,18 @@ def probe(
             cached.update(cache_rows(scan).results)
     todo = [step for step in steps if any(cache_key(key, step) not in cached for key in probes)]
     if todo:  # only a call that computes something writes, and takes the run's lock for it
-        with run.lock():
-            probe_dir.mkdir(exist_ok=True)
-            for key, scan in read_cache().items():  # again: the last writer may have changed them
-                _repair_cache(probe_dir / f"{key}.jsonl", scan)
-                if use_cache:
-                    cached.update(cache_rows(scan).results)
-            artifacts = {key: probe_artifacts(run, key, p, batch, device) for key, p in probes.items()}
-            _compute(run, probes, batch, todo, cached, cache_key, device, progress, probe_dir, artifacts)
+        with ExitStack() as held:
+            store = _hold_cache_lock(run, held)
+            if store:
+                probe_dir.mkdir(exist_ok=True)
+                for key, scan in read_cache().items():  # again: the last writer may have changed them
+                    _repair_cache(probe_dir / f"{key}.jsonl", scan)
+                    if use_cache:
+                        cached.update(cache_rows(scan).results)
+            artifacts = {key: probe_artifacts(run, key, p, batch, device) for key, p in probes.items()} if store \
+                else None
+            _compute(run, probes, batch, todo, cached, cache_key, device, progress, probe_dir if store else None,
+                     artifacts)
 
     rows = [{f"{key}/{n}": v for key in probes for n, v in cached[cache_key(key, step)].items()} for step in steps]
     columns = tuple(sorted({c for row in rows for c in row}))
@@ -423,9 +432,26 @@ def cached_computations(run: CheckpointSource, key: str) -> list[CachedComputati
     return out
 
 
+def _hold_cache_lock(run: CheckpointSource, held: ExitStack) -> bool:
+    """Take the run's lock into `held` to write its cache; False (results computed, not cached,
+    with a warning) where another process writes the run or it is not writable: a reader
+    needs the cache only to save time."""
+    try:
+        held.enter_context(run.lock())
+        return True
+    except RunInUseError as err:
+        LOG.warning("%s; probing without caching the results", err)
+    except OSError as err:
+        if err.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise
+        LOG.warning("%s is not writable (%s); probing without caching the results", run.path, err.strerror)
+    return False
+
+
 def _compute(run: CheckpointSource, probes: Mapping[str, Probe], batch: Batch | None, steps: list[int],
              cached: dict[CacheKey, dict[str, float]], cache_key: Callable[[str, int], CacheKey],
-             device: torch.device, progress: bool, probe_dir: Path, artifacts: Mapping[str, Path]) -> None:
+             device: torch.device, progress: bool, probe_dir: Path | None,
+             artifacts: Mapping[str, Path] | None) -> None:
     """Compute what `cached` lacks at `steps` into it, appending each result to its cache file."""
     device_batch = None if batch is None else batch_to(batch, device)
     model: TransformerBridge | None = None
@@ -441,7 +467,8 @@ def _compute(run: CheckpointSource, probes: Mapping[str, Probe], batch: Batch | 
             cached[found] = _loaded(own)  # as a later, cached call will read it
             record = {"step": step, "probe": probe_name, "batch": batch_id, "weights": weights,
                       "numerics": run_numerics, "values": own}
-            append_jsonl(probe_dir / f"{key}.jsonl", [{**record, "digest": row_digest(record)}])
+            if probe_dir is not None:
+                append_jsonl(probe_dir / f"{key}.jsonl", [{**record, "digest": row_digest(record)}])
 
 
 def collect_activations(

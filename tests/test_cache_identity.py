@@ -180,3 +180,49 @@ def test_an_edited_pattern_file_is_recomputed_and_reported(run_copy):
     assert main(["info", str(run_copy.path), "--verify"]) != 0
     np.testing.assert_array_equal(view_data.example_patterns(run_copy, example, device="cpu"), original)
     assert main(["info", str(run_copy.path), "--verify"]) == 0  # recomputed and stored again
+
+
+@pytest.mark.slow
+def test_temporary_files_of_an_analysis_level_kill_are_listed_and_removed_on_resume(tmp_path, capsys):
+    from interp.analysis import run_analysis
+    from interp.parallel import LocalBackend
+
+    out = tmp_path / "induction"
+    kwargs = {"preset": "tiny", "device": "cpu", "progress": False, "backend": LocalBackend(1)}
+    first = run_analysis("induction-heads", out, **kwargs)
+    leftovers = [out / ".results.json.4242.0a1b2c3d.tmp", out / "figures" / ".phase.png.4242.0a1b2c3d.tmp"]
+    for path in leftovers:  # what a kill between write and rename leaves
+        path.write_bytes(b"half a file")
+    assert main(["info", str(out), "--verify"]) == 0
+    assert "2 temporary file(s) of interrupted writes" in capsys.readouterr().out
+    again = run_analysis("induction-heads", out, resume=True, **kwargs)
+    assert not any(p.exists() for p in leftovers)
+    assert again["induction_score_final"] == first["induction_score_final"]
+
+
+def test_a_run_another_process_writes_is_probed_without_caching(run_copy, tmp_path, caplog):
+    import subprocess
+    import sys
+    import time
+
+    probes = {"ind": circuits.induction_probe(layers=[1], period=PERIOD)}
+    expected = probe(run_copy, probes, batch(), use_cache=False)
+    (run_copy.path / PROBES_DIR / "ind.jsonl").unlink()
+    ready = tmp_path / "holding"
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time, pathlib\nfrom interp.checkpoints import run_lock\n"
+        f"with run_lock({str(run_copy.path)!r}):\n"
+        f"    pathlib.Path({str(ready)!r}).touch()\n    time.sleep(60)\n")])
+    try:
+        deadline = time.monotonic() + 60
+        while not ready.exists():
+            assert holder.poll() is None and time.monotonic() < deadline, "the lock holder did not start"
+            time.sleep(0.05)
+        with caplog.at_level(logging.WARNING, logger="interp.probing"):
+            got = probe(run_copy, probes, batch())
+    finally:
+        holder.kill()
+        holder.wait()
+    np.testing.assert_array_equal(got.values, expected.values)
+    assert not (run_copy.path / PROBES_DIR / "ind.jsonl").exists()  # nothing written past the other writer
+    assert any("in use by" in r.getMessage() and "without caching" in r.getMessage() for r in caplog.records)

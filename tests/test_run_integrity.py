@@ -296,6 +296,20 @@ def test_killed_while_being_created_resumes_as_a_new_run(tmp_path, reference):
     assert resumed.metrics() == reference.metrics()
 
 
+def test_a_log_with_a_step_logged_twice_differently_is_refused_by_name(finished):
+    """Before: `Run.metrics()` returned both rows of a step, so a curve zigzagged between two runs."""
+    path = finished.path / METRICS_FILE
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    other = {**rows[2], "train/loss": rows[2]["train/loss"] + 1.0}  # another run's row for the same step
+    path.write_text("".join(json.dumps(r) + "\n" for r in [*rows, other]))
+    with pytest.raises(RunDamagedError, match=rf"{METRICS_FILE} logs steps \[{rows[2]['step']}\] more than once"):
+        finished.metrics()
+    with pytest.raises(RunDamagedError, match="more than once"):
+        finished.series("train/loss")
+    path.write_text("".join(json.dumps(r) + "\n" for r in [*rows, rows[2]]))  # the same row again: harmless
+    assert len(finished.metrics()) == len(rows) + 1
+
+
 def test_a_log_lacking_rows_before_the_last_checkpoint_is_reported_and_refused(finished):
     """Before (issue 4): a log cut short read as a complete one, and resume of the finished
     run rewrote the results from an early step with exit code 0."""
