@@ -99,30 +99,28 @@ def _run(model: TransformerBridge, batch: Batch, fwd_hooks: Sequence[tuple[str, 
 
 
 def _write_hooks(shape: ModelShape) -> list[str]:
-    names = [hooks.resid_pre(0)] + [hooks.head_output(layer) for layer in range(shape.n_layers)]
-    return names + ([] if shape.attn_only else [f"blocks.{layer}.hook_mlp_out" for layer in range(shape.n_layers)])
-
-
-def _write(model: TransformerBridge, acts: Mapping[str, Tensor], sender: Node) -> Tensor:
-    """`sender`'s write to the residual stream, `[batch, pos, d_model]` (a head's without the
-    layer's shared output bias, which is the same in every run)."""
-    if sender == EMBED:
-        return acts[hooks.resid_pre(0)]
-    if isinstance(sender, HeadId):
-        z = acts[hooks.head_output(sender.layer)][:, :, sender.head]
-        return z @ model.W_O[sender.layer, sender.head]
-    assert isinstance(sender, MlpId)
-    return acts[f"blocks.{sender.layer}.hook_mlp_out"]
+    senders = [EMBED, *(HeadId(layer, 0) for layer in range(shape.n_layers)),
+               *([] if shape.attn_only else [MlpId(layer) for layer in range(shape.n_layers)])]
+    return [_write_name(sender) for sender in senders]
 
 
 def _write_name(sender: Node) -> str:
-    """The hook `_write` reads `sender`'s write from."""
+    """The hook `_write` reads `sender`'s write from (a head's: its layer's `hook_z`)."""
     if sender == EMBED:
         return hooks.resid_pre(0)
     if isinstance(sender, HeadId):
         return hooks.head_output(sender.layer)
     assert isinstance(sender, MlpId)
     return f"blocks.{sender.layer}.hook_mlp_out"
+
+
+def _write(model: TransformerBridge, acts: Mapping[str, Tensor], sender: Node) -> Tensor:
+    """`sender`'s write to the residual stream, `[batch, pos, d_model]` (a head's without the
+    layer's shared output bias, which is the same in every run)."""
+    if isinstance(sender, HeadId):
+        z = acts[_write_name(sender)][:, :, sender.head]
+        return z @ model.W_O[sender.layer, sender.head]
+    return acts[_write_name(sender)]
 
 
 def _norm(model: TransformerBridge, layer: int) -> Callable[[Tensor], Tensor]:
