@@ -30,8 +30,8 @@ import torch
 from analyses.toys import CyclicToyConfig, CyclicToyResult, cyclic_toy
 from interp import Run, TrainConfig, TrainHooks, probe
 from interp.analysis import Analysis, detail, results_dict
-from interp.checkpoints import atomic_write_json
 from interp.configs import ConfigError, require, require_positive
+from interp.files import atomic_write_json
 from interp.ids import hooks
 from interp.metrics import drift, recovery
 from interp.metrics.linear_probes import linear_probe, load_directions

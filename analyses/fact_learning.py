@@ -38,14 +38,15 @@ import torch
 
 from interp import ModelConfig, Run, TrainConfig
 from interp.analysis import Analysis, detail, json_safe
-from interp.checkpoints import METRICS_FILE, atomic_write_json
 from interp.configs import require, require_positive
+from interp.files import atomic_write_json
 from interp.ids import CheckpointRef, HeadId
 from interp.metrics import recovery, spans
 from interp.patching import pattern_patch
 from interp.pipeline import AnalysisConfig, Context, JobSetup, TrainingJob, final_only, nearest_step
 from interp.probing import ProbeTable, probe
 from interp.report import Figure, Report
+from interp.run_layout import METRICS_FILE
 from interp.train import TrainHooks
 from interp.viz import plot_curves
 from tasks import biographies

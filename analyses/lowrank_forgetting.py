@@ -29,8 +29,9 @@ from transformer_lens.model_bridge import TransformerBridge
 
 from interp import ModelConfig, TrainConfig, seeding
 from interp.analysis import Analysis, detail
-from interp.checkpoints import Run, atomic_write_json, atomic_write_npy
+from interp.checkpoints import Run
 from interp.configs import require, require_positive, to_dict
+from interp.files import atomic_write_json, atomic_write_npy
 from interp.ids import CheckpointRef
 from interp.metrics import lowrank
 from interp.pipeline import AnalysisConfig, Context, JobSetup, TrainingJob, final_only

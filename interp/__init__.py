@@ -9,10 +9,11 @@ their circuits form, fade and come back.
     table = probe(run, {"ind": circuits.induction_probe(layers=[1], period=16)}, batch)
 """
 
-from interp.checkpoints import CheckpointError, CheckpointSource, Run
+from interp.checkpoints import CheckpointSource, Run
 from interp.configs import ConfigError
 from interp.model import ModelConfig, build_model
 from interp.probing import Probe, ProbeTable, probe
+from interp.run_layout import CheckpointError
 from interp.suites import CheckpointSuite, open_suite
 from interp.train import TrainConfig, TrainHooks, train
 

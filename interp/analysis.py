@@ -30,22 +30,16 @@ from typing import Any, Generic, TypeVar
 
 import numpy as np
 
-from interp.checkpoints import (
-    CONFIG_FILE,
-    LOCK_FILE,
-    Run,
-    atomic_write_json,
-    dumps_json,
-    is_temporary,
-    read_json,
-    run_lock,
-)
+from interp.checkpoints import Run
 from interp.configs import ConfigError, require, to_dict, with_overrides
+from interp.files import atomic_write_json, dumps_json, is_temporary, read_json
 from interp.ids import CheckpointRef, HeadId
+from interp.locking import run_lock
 from interp.model import ModelConfig, check_memory, resolve_device
 from interp.parallel import Backend
 from interp.pipeline import RUNS_DIR, AnalysisConfig, Context
 from interp.report import FIGURES_DIR, Figure, Report, write_figures
+from interp.run_layout import CONFIG_FILE, LOCK_FILE
 
 ENTRY_POINT_GROUP = "interp.analyses"
 ANALYSIS_FILE = "analysis.json"

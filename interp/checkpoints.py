@@ -1,598 +1,65 @@
-"""The run directory: config, metrics log, checkpoints and their manifest.
+"""The run directory (`Run`): config, metrics log, checkpoints and their manifest, and the
+protocols of what probes read from a sequence of checkpoints (`CheckpointSource`, `ModelSizes`).
 
-Layout (see README):
-
-    config.json          everything needed to re-run
-    metrics.jsonl        one JSON object per logged step
-    manifest.json        step -> file -> sha256; a checkpoint exists once listed here
-    checkpoints/step_000123/weights.safetensors   model weights
-    checkpoints/step_000123/state.pt              optimizer state, step, running loss (no code)
-    probes/*.jsonl, figures/*.png, report.md, results.json
-    .lock                the pid of the process writing the run (see `run_lock`)
-
-Every write is atomic (temporary name, fsync, rename), and a checkpoint is
-committed by listing it in the manifest after its directory is in place, so a
-run killed at any moment leaves each checkpoint either complete or absent.
-Every JSON file is strict JSON: NaN and infinities are refused when written and
-when read. One process at a time writes a run (`run_lock`); readers take no lock.
-`Run.inspect` tells an intact run from a damaged one without hashing anything.
+The layout is in `interp.run_layout`. A checkpoint is committed by listing it in the manifest
+after its directory is in place (every file written atomically, `interp.files`), so a run killed
+at any moment leaves each checkpoint either complete or absent. One process at a time writes a
+run (`interp.locking.run_lock`); readers take no lock. `Run.inspect` tells an intact run from a
+damaged one without hashing anything (`interp.run_state.RunState`).
 """
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
-import io
-import json
-import logging
-import math
 import os
 import pickle
 import re
 import secrets
 import shutil
-import stat
-import threading
-import time
-from collections.abc import Iterator, Mapping
-from contextlib import AbstractContextManager, contextmanager, suppress
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from transformer_lens.model_bridge import TransformerBridge
 
 from interp.configs import from_dict
+from interp.files import (
+    NonFiniteError,
+    append_jsonl,
+    atomic_write_bytes,
+    atomic_write_json,
+    dumps_json,
+    fsync_dir,
+    is_temporary,
+    read_json,
+    read_jsonl,
+    save_safetensors,
+    scan_jsonl,
+    sha256_file,
+)
+from interp.locking import run_lock
 from interp.model import ModelConfig, build_model, load_model_state_dict, model_state_dict
-
-logger = logging.getLogger(__name__)
-
-WEIGHTS_FILE = "weights.safetensors"
-STATE_FILE = "state.pt"
-MANIFEST_FILE = "manifest.json"
-CONFIG_FILE = "config.json"
-METRICS_FILE = "metrics.jsonl"
-LOCK_FILE = ".lock"
-CHECKPOINTS_DIR = "checkpoints"
-PROBES_DIR = "probes"
+from interp.run_layout import (
+    CHECKPOINTS_DIR,
+    CONFIG_FILE,
+    MANIFEST_FILE,
+    METRICS_FILE,
+    PROBES_DIR,
+    STATE_FILE,
+    WEIGHTS_FILE,
+    CheckpointError,
+    RunDamagedError,
+    step_dirname,
+)
+from interp.run_state import RunState, check_metrics_log, row_problems
 
 _STEP_DIR = re.compile(r"step_(\d+)")
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint or run directory is missing, incomplete, damaged or fails its hash check."""
-
-
-class RunInUseError(CheckpointError):
-    """Another process (or thread) is writing the run directory."""
-
-
-class RunDamagedError(CheckpointError):
-    """A run directory is inconsistent in a way no write of the toolkit can leave it."""
-
-
-class JsonlError(ValueError):
-    """A line of a JSONL file that is not a JSON object (not the torn last line of a killed append)."""
-
-
-class NonFiniteError(ValueError):
-    """A NaN or infinity where the toolkit only stores finite numbers."""
-
-
-def step_dirname(step: int) -> str:
-    return f"step_{step:06d}"
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-# --- the writer lock ----------------------------------------------------------------------
-
-
-@dataclass
-class _Held:
-    fd: int
-    created: bool  # this acquisition created the lock file
-    pid: int
-    thread: int
-    depth: int = 1
-
-
-_HELD: dict[Path, _Held] = {}
-_HELD_GUARD = threading.Lock()
-
-
-@contextmanager
-def run_lock(path: str | Path) -> Iterator[None]:
-    """Hold the writer lock of run directory `path` (created if missing) for the `with` block.
-
-    The lock is an `fcntl.flock` on `path/.lock`, which holds the writer's pid. A second
-    writer fails at once with `RunInUseError` ("run directory X is in use by pid N")
-    instead of interleaving its files with the first one's. The kernel drops a flock when
-    its process dies, however it dies, so the lock of a killed writer is free for the next
-    one: there is no stale lock to detect or break. Nested use in the thread that holds the
-    lock is allowed (a training callback may probe its own run). Readers take no lock.
-
-    `.lock` is opened by name, never through a link, and written only once it is known to be
-    a regular file with no other name: a shared or downloaded run whose `.lock` is a link
-    to a file elsewhere is refused (`RunDamagedError`) instead of emptying that file. A lock
-    file created for a block that fails is removed again (e.g. from a refused `--out`).
-    """
-    directory = Path(path)
-    directory.mkdir(parents=True, exist_ok=True)
-    key = directory.resolve()
-    pid, thread = os.getpid(), threading.get_ident()
-    with _HELD_GUARD:
-        held = _HELD.get(key)
-        if held is not None and held.pid == pid:  # a forked child inherits the dict, not the lock
-            if held.thread != thread:
-                raise RunInUseError(f"run directory {directory} is in use by pid {pid} (another thread)")
-            held.depth += 1
-        else:
-            held = _HELD[key] = _Held(*_acquire(key / LOCK_FILE, directory), pid, thread)
-    failed = False
-    try:
-        yield
-    except BaseException:
-        failed = True
-        raise
-    finally:
-        with _HELD_GUARD:
-            held.depth -= 1
-            if held.depth == 0:
-                del _HELD[key]
-                _release(held.fd, key / LOCK_FILE if failed and held.created else None)
-
-
-def _acquire(lock_path: Path, directory: Path) -> tuple[int, bool]:
-    """(fd, created) of the flock-held lock file, the pid written in it."""
-    while True:
-        fd, created = _open_lock(lock_path)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            # A failed writer removes the lock file it created (`_release`): the file opened here
-            # may be one it removed just before, so hold the one the name leads to now.
-            if _same_file(fd, lock_path):
-                break
-        except BlockingIOError:
-            holder = _lock_holder(fd)
-            os.close(fd)
-            raise RunInUseError(f"run directory {directory} is in use by {holder}") from None
-        except BaseException:
-            os.close(fd)
-            raise
-        os.close(fd)
-    try:
-        _check_lock_file(os.fstat(fd), lock_path)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd, created
-
-
-def _open_lock(lock_path: Path) -> tuple[int, bool]:
-    """Open `lock_path` read-write without following a link (and without truncating: nothing
-    is written before `_check_lock_file`); (fd, whether this call created the file)."""
-    flags = os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC  # O_NONBLOCK: a FIFO must not hang
-    while True:
-        try:
-            return os.open(lock_path, flags | os.O_CREAT | os.O_EXCL, 0o644), True
-        except FileExistsError:
-            pass
-        try:
-            return os.open(lock_path, flags), False
-        except FileNotFoundError:
-            continue  # removed since (a failed writer's own lock file): create it
-        except OSError:  # e.g. ELOOP: a link; name what the path is if it is no lock file at all
-            with suppress(OSError):
-                _check_lock_file(os.lstat(lock_path), lock_path)
-            raise
-
-
-def _check_lock_file(st: os.stat_result, lock_path: Path) -> None:
-    """Refuse a lock file that writing a pid into could damage something else."""
-    if stat.S_ISLNK(st.st_mode):
-        problem = "is a symbolic link"
-    elif not stat.S_ISREG(st.st_mode):
-        problem = "is not a regular file"
-    elif st.st_nlink != 1:
-        problem = f"has {st.st_nlink} names (hard links)"
-    else:
-        return
-    raise RunDamagedError(f"{lock_path} {problem}, which no writer of the toolkit leaves: remove it (a run's lock "
-                          "file must be a regular file of its own)")
-
-
-def _same_file(fd: int, path: Path) -> bool:
-    try:
-        named = os.lstat(path)
-    except FileNotFoundError:
-        return False
-    held = os.fstat(fd)
-    return (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino)
-
-
-def _lock_holder(fd: int) -> str:
-    """'pid N' of the lock's holder; it writes its pid just after taking the lock, so wait briefly."""
-    for _ in range(20):
-        text = os.pread(fd, 32, 0).decode(errors="replace").strip()
-        if text.isdigit():
-            return f"pid {text}"
-        time.sleep(0.025)
-    return "another process"
-
-
-def _release(fd: int, remove: Path | None) -> None:
-    """Unlock `fd`; `remove`: the lock file's path, unlinked first (while still held, so a
-    writer waiting for it re-opens the name: see `_acquire`)."""
-    try:
-        os.ftruncate(fd, 0)  # no pid left behind to mislead a reader of the file
-        if remove is not None and _same_file(fd, remove):
-            remove.unlink()
-        fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)
-
-
-# --- atomic writes and strict JSON ----------------------------------------------------------
-
-
-def temp_path(path: Path) -> Path:
-    """A temporary name beside `path`, unique to this process and call, so that concurrent
-    writers (or a writer and the leftovers of a killed one) never share a temporary file."""
-    return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = temp_path(path)
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-_RUST_OS_ERROR = re.compile(r"\(os error (\d+)\)")  # how safetensors' message of an I/O error ends
-
-
-def save_safetensors(tensors: Mapping[str, torch.Tensor], path: Path, name: Path | None = None) -> None:
-    """`safetensors.torch.save_file`, whose I/O failures (a `SafetensorError`, e.g. "... No space
-    left on device (os error 28)") are raised as the `OSError` they are, naming `name`
-    (default `path`), so a full disk reads as one, whichever writer hit it."""
-    try:
-        save_file(dict(tensors), path)
-    except SafetensorError as err:
-        match = _RUST_OS_ERROR.search(str(err))
-        if match is None:
-            raise
-        number = int(match.group(1))
-        raise OSError(number, os.strerror(number), str(name or path)) from err
-
-
-def atomic_write_npy(path: Path, array: np.ndarray) -> None:
-    """An array as a `.npy` file (no pickles), written atomically."""
-    buffer = io.BytesIO()
-    np.save(buffer, array, allow_pickle=False)
-    atomic_write_bytes(path, buffer.getvalue())
-
-
-def dumps_json(obj: Any, path: Path, indent: int | None = None) -> str:
-    """`obj` as strict JSON: NaN and infinities (which `json` would write as the non-JSON
-    `NaN`/`Infinity`) are refused, naming the file they were meant for."""
-    try:
-        return json.dumps(obj, indent=indent, default=_json_default, allow_nan=False)
-    except ValueError as err:
-        raise NonFiniteError(f"{path}: refusing to write a non-finite number ({err})") from None
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (dumps_json(obj, path, indent=2) + "\n").encode())
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, (np.integer, np.floating)):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"not JSON serializable: {type(obj).__name__}")
-
-
-def _no_constants(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if math.isinf(value):  # e.g. 1e999: valid JSON syntax, but it would read as an infinity
-        raise ValueError(f"{text} is too large for a float: it would read as infinity")
-    return value
-
-
-def loads_json(text: str | bytes) -> Any:
-    """Strict JSON: `NaN`, `Infinity` and `-Infinity` (which `json.loads` accepts) are refused,
-    and so are numbers too large for a float (`1e999`), which would read as infinities."""
-    return json.loads(text, parse_constant=_no_constants, parse_float=_finite_float)
-
-
-def read_json(path: Path) -> Any:
-    """A JSON file of the run directory, strictly parsed; damage is reported by file name."""
-    try:
-        return loads_json(path.read_bytes())
-    except (ValueError, UnicodeDecodeError) as err:
-        raise RunDamagedError(f"{path} is not valid JSON ({err})") from None
-
-
-@dataclass(frozen=True)
-class JsonlScan:
-    """What a JSONL file holds: its complete rows, the lines that do not parse, and a torn
-    last line (one without its newline: the append of a killed writer)."""
-
-    path: Path
-    rows: list[dict[str, Any]]
-    bad_lines: list[tuple[int, str]]
-    """(1-based line number, why) of every complete line that is not a JSON object."""
-    torn_line: int | None
-    """The number of the last line when it lacks its newline, else None."""
-    complete_bytes: int
-    """The length of the file up to and including its last newline."""
-
-    def first_bad_line_error(self) -> JsonlError:
-        number, why = self.bad_lines[0]
-        return JsonlError(f"{self.path}: line {number} is not a JSON object ({why}); the file is damaged")
-
-
-def scan_jsonl(path: Path) -> JsonlScan:
-    """Read a JSONL file (missing: empty) without stopping at damage; see `JsonlScan`."""
-    data = path.read_bytes() if path.exists() else b""
-    end = data.rfind(b"\n") + 1
-    lines = data[:end].split(b"\n")[:-1]
-    rows: list[dict[str, Any]] = []
-    bad: list[tuple[int, str]] = []
-    for number, line in enumerate(lines, 1):
-        try:
-            row = loads_json(line)
-        except (ValueError, UnicodeDecodeError) as err:
-            bad.append((number, str(err)))
-            continue
-        if isinstance(row, dict):
-            rows.append(row)
-        else:
-            bad.append((number, f"a {type(row).__name__}"))
-    return JsonlScan(path, rows, bad, len(lines) + 1 if end < len(data) else None, end)
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Rows of a JSONL file. A torn last line (a writer killed mid-append, or an append still
-    under way) is dropped with a warning; any other line that does not parse raises a
-    `JsonlError` naming the file and line, instead of silently ending the rows there."""
-    scan = scan_jsonl(path)
-    if scan.bad_lines:
-        raise scan.first_bad_line_error()
-    if scan.torn_line is not None:
-        logger.warning("%s: line %d is torn (a writer was killed mid-append); it is ignored", path, scan.torn_line)
-    return scan.rows
-
-
-def append_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
-    """Append `rows` (writers only, under the run's lock). A torn last line left by a killed
-    writer is cut first: the first new row would otherwise be glued onto it."""
-    data = "".join(dumps_json(row, path) + "\n" for row in rows)  # all rows are checked before any is written
-    if data and path.exists() and path.stat().st_size:
-        with open(path, "rb") as f:
-            f.seek(-1, os.SEEK_END)
-            torn = f.read(1) != b"\n"
-        if torn:
-            cut_torn_line(path)
-    with open(path, "a") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def cut_torn_line(path: Path) -> bool:
-    """Remove a torn last line of a JSONL file (writers only, under the run's lock), so the
-    next append starts on a line of its own; returns whether there was one."""
-    scan = scan_jsonl(path)
-    if scan.torn_line is None:
-        return False
-    with open(path, "r+b") as f:
-        f.truncate(scan.complete_bytes)
-        f.flush()
-        os.fsync(f.fileno())
-    return True
-
-
-def is_temporary(name: str) -> bool:
-    """Whether `name` is a temporary file or directory of an atomic write (`temp_path`,
-    `Run.save_checkpoint`), which only a killed writer leaves behind."""
-    return name.startswith(".tmp_step_") or (name.startswith(".") and name.endswith(".tmp"))
-
-
-# --- what a run directory holds ---------------------------------------------------------------
-
-
-def _listing(steps: list[int], limit: int = 6) -> str:
-    shown = ", ".join(str(s) for s in steps[:limit])
-    return f"[{shown}]" if len(steps) <= limit else f"[{shown}, ... ({len(steps)} in all)]"
-
-
-def logged_steps(train: Mapping[str, Any], last: int, evaluated: bool) -> tuple[set[int], set[int]] | None:
-    """`(required, allowed)`: the steps up to `last` at which the trainer of a run with
-    `train` (its `TrainConfig` as in `config.json`) must have logged a row, and those at which
-    it may have; None when `train` does not say. Rows come at every `log_every` steps and the
-    end, and with evaluators also at step 0 and every `eval_every` steps (where a stop or
-    pause condition can end the run)."""
-    total, log_every, eval_every = (train.get(k) for k in ("steps", "log_every", "eval_every"))
-    if not all(isinstance(v, int) and v > 0 for v in (total, log_every)) or not isinstance(eval_every, int):
-        return None
-    required = set(range(log_every, last + 1, log_every)) | ({total} if last == total else set())
-    evaluations = {0, *(range(eval_every, last + 1, eval_every) if eval_every > 0 else ()), total}
-    if evaluated:
-        required |= {s for s in evaluations if s <= last}
-    allowed = required | {s for s in evaluations if s <= last}
-    return required, allowed
-
-
-_TRAINING_KEYS = {"step", "train/loss", "lr"}
-
-
-@dataclass(frozen=True)
-class RunState:
-    """What a run directory holds, read without hashing anything (`Run.inspect`).
-
-    `damage()` lists what no write of the toolkit leaves behind, even when killed (a run
-    resumed over it could mix two runs or lose logged rows): `train(resume=True)` refuses
-    it. `repairs()` lists the leftovers of a killed writer, which a resume removes
-    provably: each belongs to work after the last checkpoint, which is redone."""
-
-    path: Path
-    exists: bool
-    """The directory holds config.json, checkpoints/, metrics.jsonl or manifest.json."""
-    config_error: str | None
-    """Why config.json cannot be used (missing or unreadable), or None."""
-    manifest_error: str | None
-    steps: list[int]
-    """Committed checkpoints: the steps manifest.json lists."""
-    step_dirs: list[int]
-    """Steps with a directory under checkpoints/."""
-    metrics: JsonlScan
-    missing_rows: list[int] = field(default_factory=list)
-    unexpected_rows: list[int] = field(default_factory=list)
-    repeated_rows: list[int] = field(default_factory=list)
-    """Steps logged more than once, every time with the same values (before checkpoint 0
-    was written, earlier versions logged step 0's row again on resume)."""
-    conflicting_rows: list[int] = field(default_factory=list)
-    stepless_rows: int = 0
-    leftovers: list[Path] = field(default_factory=list)
-    """Temporary files and directories of interrupted atomic writes."""
-
-    @property
-    def last_step(self) -> int | None:
-        return self.steps[-1] if self.steps else None
-
-    @property
-    def uncommitted(self) -> list[int]:
-        """Checkpoint directories manifest.json does not list."""
-        return [s for s in self.step_dirs if s not in self.steps]
-
-    @property
-    def residue(self) -> int | None:
-        """The one uncommitted checkpoint directory that a kill while saving it leaves (it is
-        after the last committed step); None when there is none, or more than a kill leaves."""
-        uncommitted = self.uncommitted
-        last = self.last_step
-        if len(uncommitted) == 1 and (last is None or uncommitted[0] > last):
-            return uncommitted[0]
-        return None
-
-    @property
-    def unborn(self) -> bool:
-        """Killed while being created: no config.json and nothing trained or logged yet."""
-        return (self.config_error == "missing" and self.manifest_error is None and not self.steps
-                and not self.uncommitted and not self.metrics.rows and not self.metrics.bad_lines)
-
-    def damage(self) -> list[str]:
-        """What a resume cannot repair, each naming its file (empty: none)."""
-        path, out = self.path, []
-        if self.config_error and not self.unborn:
-            out.append(f"{path / CONFIG_FILE} is {self.config_error}")
-        if self.manifest_error:
-            out.append(f"{path / MANIFEST_FILE} is {self.manifest_error}")
-        gone = [s for s in self.steps if s not in self.step_dirs]
-        if gone:
-            out.append(f"{path / MANIFEST_FILE} lists steps {_listing(gone)} that have no directory under "
-                       f"{path / CHECKPOINTS_DIR}")
-        if self.uncommitted and self.residue is None:
-            where = (f"{path / MANIFEST_FILE} is missing" if not (path / MANIFEST_FILE).exists()
-                     else f"{path / MANIFEST_FILE} does not list them")
-            out.append(f"{path / CHECKPOINTS_DIR} holds steps {_listing(self.uncommitted)}, but {where}")
-        metrics = path / METRICS_FILE
-        if self.metrics.bad_lines:
-            out.append(str(self.metrics.first_bad_line_error()))
-        if self.stepless_rows:
-            out.append(f"{metrics}: {self.stepless_rows} rows have no integer step")
-        if self.missing_rows:
-            out.append(f"{metrics} lacks the rows of steps {_listing(self.missing_rows)}, logged before the last "
-                       f"checkpoint (step {self.last_step})")
-        if self.conflicting_rows:
-            out.append(f"{metrics} logs steps {_listing(self.conflicting_rows)} more than once with different "
-                       "values (two runs in one directory?)")
-        if self.unexpected_rows:
-            out.append(f"{metrics} has rows at steps {_listing(self.unexpected_rows)}, where this run's config "
-                       "logs none (two runs in one directory?)")
-        return out
-
-    def repairs(self) -> list[str]:
-        """The leftovers of a killed writer that a resume removes, each naming its file."""
-        out = []
-        if self.exists and self.unborn:
-            out.append(f"{self.path / CONFIG_FILE} is missing (killed while the run was created)")
-        if self.metrics.torn_line is not None:
-            out.append(f"{self.path / METRICS_FILE}: line {self.metrics.torn_line} is torn (killed mid-append)")
-        if self.repeated_rows:
-            out.append(f"{self.path / METRICS_FILE} repeats the rows of steps {_listing(self.repeated_rows)}")
-        if self.residue is not None:
-            out.append(f"{self.path / CHECKPOINTS_DIR / step_dirname(self.residue)} was never listed in "
-                       f"{MANIFEST_FILE} (killed while saving it)")
-        if self.leftovers:
-            out.append(f"{len(self.leftovers)} temporary files of interrupted writes, e.g. {self.leftovers[0]}")
-        return out
-
-    def problems(self) -> list[str]:
-        """Everything out of the ordinary: `damage()`, then `repairs()`."""
-        return self.damage() + self.repairs()
-
-
-def _check_rows(rows: list[dict[str, Any]], config: Mapping[str, Any] | None, last: int | None) -> dict[str, Any]:
-    """The row problems of a metrics log against its run's config and last checkpoint."""
-    stepless = sum(not isinstance(r.get("step"), int) for r in rows)
-    by_step: dict[int, list[dict[str, Any]]] = {}
-    for row in rows:
-        if isinstance(row.get("step"), int) and (last is None or row["step"] <= last):
-            by_step.setdefault(row["step"], []).append(row)
-    repeated = sorted(s for s, rs in by_step.items() if len(rs) > 1 and all(r == rs[0] for r in rs))
-    conflicting = sorted(s for s, rs in by_step.items() if len(rs) > 1 and any(r != rs[0] for r in rs))
-    missing: list[int] = []
-    unexpected: list[int] = []
-    train = config.get("train") if isinstance(config, Mapping) else None
-    if last is not None and isinstance(train, Mapping):
-        evaluated = any(set(r) - _TRAINING_KEYS for r in rows)
-        expected = logged_steps(train, last, evaluated)
-        if expected is not None:
-            required, allowed = expected
-            missing = sorted(required - set(by_step))
-            unexpected = sorted(set(by_step) - allowed)
-    return dict(missing_rows=missing, unexpected_rows=unexpected, repeated_rows=repeated,
-                conflicting_rows=conflicting, stepless_rows=stepless)
-
-
-class ModelShape(Protocol):
+class ModelSizes(Protocol):
     """The sizes of a checkpoint source's model that probes and figures need (a run's
     `ModelConfig`, a suite's `interp.suites.SuiteModelConfig`)."""
 
@@ -634,7 +101,7 @@ class CheckpointSource(Protocol):
         ...
 
     @property
-    def model_config(self) -> ModelShape: ...
+    def model_config(self) -> ModelSizes: ...
 
     @property
     def tokenizer(self) -> Any | None:
@@ -654,6 +121,7 @@ class CheckpointSource(Protocol):
     def metrics(self) -> list[dict[str, Any]]:
         """The training log, one row per logged step (a suite: none)."""
         ...
+
 
 
 class Run:
@@ -795,13 +263,7 @@ class Run:
         steps = self.steps
         rows = read_jsonl(path)
         config = self.config if (self.path / CONFIG_FILE).exists() else None
-        problems = _check_rows(rows, config, steps[-1] if steps else None)
-        if problems["missing_rows"]:
-            raise RunDamagedError(f"{path} lacks the rows of steps {_listing(problems['missing_rows'])}, logged before "
-                                  f"the last checkpoint (step {steps[-1]}); the log is damaged")
-        if problems["conflicting_rows"]:  # a curve through them would zigzag between two runs
-            raise RunDamagedError(f"{path} logs steps {_listing(problems['conflicting_rows'])} more than once with "
-                                  "different values (two runs in one directory?); the log is damaged")
+        check_metrics_log(path, rows, config, steps[-1] if steps else None)
         return rows
 
     def series(self, key: str, until: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -839,7 +301,7 @@ class Run:
         leftovers = [e for d in (path, checkpoints, path / PROBES_DIR) if d.is_dir()
                      for e in sorted(d.iterdir()) if is_temporary(e.name)]
         scan = scan_jsonl(path / METRICS_FILE)
-        rows = _check_rows(scan.rows, config, steps[-1] if steps else None)
+        rows = row_problems(scan.rows, config, steps[-1] if steps else None)
         return RunState(path, exists, config_error, manifest_error, steps, step_dirs, scan, leftovers=leftovers,
                         **rows)
 
@@ -867,7 +329,7 @@ class Run:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        _fsync_dir(final.parent)
+        fsync_dir(final.parent)
         manifest = self.manifest
         manifest[str(step)] = hashes
         atomic_write_json(self.path / MANIFEST_FILE, {"checkpoints": manifest})
@@ -901,3 +363,4 @@ class Run:
                 path.unlink(missing_ok=True)
         if state.residue is not None:
             shutil.rmtree(self.checkpoint_dir(state.residue), ignore_errors=True)
+

@@ -39,23 +39,15 @@ from interp.analysis import (
     load_all,
     run_analysis,
 )
-from interp.checkpoints import (
-    CHECKPOINTS_DIR,
-    CONFIG_FILE,
-    MANIFEST_FILE,
-    METRICS_FILE,
-    PROBES_DIR,
-    CheckpointError,
-    Run,
-    read_json,
-    scan_jsonl,
-)
+from interp.checkpoints import Run
 from interp.configs import ConfigError, parse_overrides
+from interp.files import read_json, scan_jsonl
 from interp.ids import HeadId
 from interp.metrics import circuits
 from interp.model import InsufficientMemoryError, ModelConfig, check_forward_memory, format_bytes
 from interp.parallel import Backend, JobsFailed, LocalBackend, RayBackend
 from interp.probing import cache_rows, cached_computations, probe
+from interp.run_layout import CHECKPOINTS_DIR, CONFIG_FILE, MANIFEST_FILE, METRICS_FILE, PROBES_DIR, CheckpointError
 from interp.suites import CheckpointSuite, is_suite_folder, open_suite
 from interp.sweep import parse_grid, run_sweep
 from interp.train import TrainConfig, step_generator

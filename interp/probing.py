@@ -9,7 +9,7 @@ hands the same activations to each probe. Results are cached per checkpoint in
 `probes/<key>.jsonl`, keyed by the probe's name, the batch contents and the
 checkpoint's hash, so re-probing a finished run costs nothing. A probe's key is
 the cache file's stem, so it must be a plain file name. Writing the cache takes
-the run's lock (`interp.checkpoints.run_lock`); a fully cached call writes nothing, and a
+the run's lock (`interp.locking.run_lock`); a fully cached call writes nothing, and a
 call on a run another process is writing, or on a read-only one, computes without caching
 (with a warning) rather than failing.
 The cache is strict JSON: a NaN or infinite probe value is stored as null and
@@ -35,19 +35,12 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from transformer_lens.model_bridge import TransformerBridge
 
-from interp.checkpoints import (
-    PROBES_DIR,
-    CheckpointSource,
-    JsonlScan,
-    Run,
-    RunInUseError,
-    append_jsonl,
-    atomic_write_bytes,
-    dumps_json,
-    scan_jsonl,
-)
+from interp.checkpoints import CheckpointSource, Run
+from interp.files import JsonlScan, append_jsonl, atomic_write_bytes, dumps_json, scan_jsonl
 from interp.ids import HeadId
+from interp.locking import RunInUseError
 from interp.model import Batch, batch_to, check_forward_memory, input_hooks, resolve_device
+from interp.run_layout import PROBES_DIR
 
 
 @dataclass(frozen=True)

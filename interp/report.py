@@ -16,7 +16,7 @@ from typing import Any
 
 import matplotlib.figure
 
-from interp.checkpoints import atomic_write_bytes
+from interp.files import atomic_write_bytes
 from interp.viz import save_figure
 
 FIGURES_DIR = "figures"

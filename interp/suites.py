@@ -47,15 +47,10 @@ import torch
 from torch import Tensor, nn
 from transformer_lens.model_bridge import TransformerBridge
 
-from interp.checkpoints import (
-    CheckpointError,
-    RunInUseError,
-    atomic_write_json,
-    loads_json,
-    run_lock,
-    sha256_file,
-)
+from interp.files import atomic_write_json, loads_json, sha256_file
+from interp.locking import RunInUseError, run_lock
 from interp.model import resolve_device
+from interp.run_layout import CheckpointError
 
 STEP_NAME = re.compile(r"step(\d+)")
 """A checkpoint's sub-folder or hub revision: `step<N>`, N its training step (Pythia's naming)."""
@@ -348,7 +343,7 @@ class CheckpointSuite:
 
     # --- the cache of results ---
     def lock(self) -> AbstractContextManager[None]:
-        """The writer lock of this suite's cache (`interp.checkpoints.run_lock` on `path`)."""
+        """The writer lock of this suite's cache (`interp.locking.run_lock` on `path`)."""
         return run_lock(self.path)
 
     def checkpoint_hash(self, step: int) -> str:

@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from interp.analysis import get_analysis, json_safe, resolve_config, run_analysis
-from interp.checkpoints import atomic_write_bytes, atomic_write_json, dumps_json, read_jsonl
+from interp.files import atomic_write_bytes, atomic_write_json, dumps_json, read_jsonl
 from interp.parallel import Backend, LocalBackend
 from interp.viz import plot_curves, save_figure
 

@@ -32,9 +32,11 @@ from tqdm.auto import tqdm
 from transformer_lens.model_bridge import TransformerBridge
 
 from interp.bridge import installed_version
-from interp.checkpoints import CONFIG_FILE, NonFiniteError, Run, RunDamagedError, run_lock
+from interp.checkpoints import Run
 from interp.configs import require, require_finite, require_literals, require_positive, to_dict
+from interp.files import NonFiniteError
 from interp.ids import CheckpointRef
+from interp.locking import run_lock
 from interp.model import (
     Batch,
     FwdHook,
@@ -49,6 +51,7 @@ from interp.model import (
     resolve_device,
     trim_padding,
 )
+from interp.run_layout import CONFIG_FILE, RunDamagedError
 from interp.seeding import BATCHES, generator
 
 logger = logging.getLogger(__name__)

@@ -13,10 +13,10 @@ import torch
 from helpers import D_VOCAB, N_CTX
 from test_suites import TOKENS, build_suite
 
-from interp.checkpoints import PROBES_DIR
 from interp.cli import main
 from interp.metrics import circuits
 from interp.probing import cached_computations, probe
+from interp.run_layout import PROBES_DIR
 from interp.suites import open_suite
 from interp.view.data import cached_probes
 
@@ -210,7 +210,7 @@ def test_a_run_another_process_writes_is_probed_without_caching(run_copy, tmp_pa
     (run_copy.path / PROBES_DIR / "ind.jsonl").unlink()
     ready = tmp_path / "holding"
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time, pathlib\nfrom interp.checkpoints import run_lock\n"
+        "import sys, time, pathlib\nfrom interp.locking import run_lock\n"
         f"with run_lock({str(run_copy.path)!r}):\n"
         f"    pathlib.Path({str(ready)!r}).touch()\n    time.sleep(60)\n")])
     try:

@@ -15,23 +15,12 @@ import torch
 from helpers import RandomTokens, assert_state_equal, tiny_model_config, tiny_train_config
 from safetensors import SafetensorError
 
-from interp import checkpoints
-from interp.checkpoints import (
-    LOCK_FILE,
-    MANIFEST_FILE,
-    STATE_FILE,
-    WEIGHTS_FILE,
-    CheckpointError,
-    Run,
-    RunDamagedError,
-    loads_json,
-    read_json,
-    read_jsonl,
-    run_lock,
-    save_safetensors,
-    sha256_file,
-)
+from interp import files, locking
+from interp.checkpoints import Run
+from interp.files import loads_json, read_json, read_jsonl, save_safetensors, sha256_file
+from interp.locking import run_lock
 from interp.model import build_model, fused_forward, load_model_state_dict
+from interp.run_layout import LOCK_FILE, MANIFEST_FILE, STATE_FILE, WEIGHTS_FILE, CheckpointError, RunDamagedError
 from interp.train import train
 
 EXPECTED_STEPS = [0, 2, 4, 6, 8]
@@ -355,7 +344,7 @@ def test_a_lock_file_removed_while_it_is_taken_is_not_the_one_held(tmp_path, mon
     the name leads to now: holding the removed one would let a third writer in beside it."""
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    real, opened = checkpoints._open_lock, []
+    real, opened = locking._open_lock, []
 
     def removed_after_the_first_open(path):
         fd, created = real(path)
@@ -364,7 +353,7 @@ def test_a_lock_file_removed_while_it_is_taken_is_not_the_one_held(tmp_path, mon
         opened.append(fd)
         return fd, created
 
-    monkeypatch.setattr(checkpoints, "_open_lock", removed_after_the_first_open)
+    monkeypatch.setattr(locking, "_open_lock", removed_after_the_first_open)
     with run_lock(run_dir):
         assert len(opened) == 2
         with open(run_dir / LOCK_FILE, "rb") as third, pytest.raises(BlockingIOError):
@@ -415,7 +404,7 @@ def test_safetensors_io_errors_are_raised_as_the_oserror_they_are(tmp_path, monk
     def full_disk(tensors, path):
         raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
 
-    monkeypatch.setattr(checkpoints, "save_file", full_disk)
+    monkeypatch.setattr(files, "save_file", full_disk)
     with pytest.raises(OSError, match="No space left on device") as info:
         save_safetensors({"w": torch.zeros(2)}, tmp_path / ".tmp" / WEIGHTS_FILE, tmp_path / WEIGHTS_FILE)
     assert info.value.errno == 28 and info.value.filename == str(tmp_path / WEIGHTS_FILE)
@@ -423,6 +412,6 @@ def test_safetensors_io_errors_are_raised_as_the_oserror_they_are(tmp_path, monk
     def other(tensors, path):
         raise SafetensorError("Error while serializing: header too large")
 
-    monkeypatch.setattr(checkpoints, "save_file", other)
+    monkeypatch.setattr(files, "save_file", other)
     with pytest.raises(SafetensorError, match="header too large"):  # not an I/O error: raised as it is
         save_safetensors({"w": torch.zeros(2)}, tmp_path / WEIGHTS_FILE)

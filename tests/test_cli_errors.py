@@ -28,9 +28,8 @@ from matplotlib.figure import Figure
 from safetensors import SafetensorError
 
 import interp.cli as cli
-from interp import checkpoints
+from interp import files
 from interp.analysis import accept_output_dir, get_analysis, resolve_config
-from interp.checkpoints import LOCK_FILE, MANIFEST_FILE
 from interp.cli import main
 from interp.configs import to_dict
 from interp.model import (
@@ -44,6 +43,7 @@ from interp.model import (
     parameter_count,
 )
 from interp.parallel import JobsFailed
+from interp.run_layout import LOCK_FILE, MANIFEST_FILE
 from interp.viz import save_figure
 
 ROOT = Path(__file__).parents[1]
@@ -589,7 +589,7 @@ def test_a_full_disk_while_weights_are_written_gives_one_line(tmp_path, monkeypa
         Path(path).write_bytes(b"partial")
         raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
 
-    monkeypatch.setattr(checkpoints, "save_file", full_disk)
+    monkeypatch.setattr(files, "save_file", full_disk)
     out = tmp_path / "out"
     assert main(["run", ANALYSIS, *TINY, "--out", str(out)]) == 2
     lines = error_lines(capsys)

@@ -25,27 +25,15 @@ from helpers import RandomTokens, assert_state_equal, tiny_model_config, tiny_tr
 
 import interp.checkpoints as checkpoints
 from interp.analysis import json_safe
-from interp.checkpoints import (
-    CONFIG_FILE,
-    LOCK_FILE,
-    MANIFEST_FILE,
-    METRICS_FILE,
-    CheckpointError,
-    JsonlError,
-    NonFiniteError,
-    Run,
-    RunDamagedError,
-    RunInUseError,
-    append_jsonl,
-    atomic_write_json,
-    read_jsonl,
-    run_lock,
-)
+from interp.checkpoints import Run
 from interp.cli import main
 from interp.configs import ConfigError, with_overrides
+from interp.files import JsonlError, NonFiniteError, append_jsonl, atomic_write_json, read_jsonl
+from interp.locking import RunInUseError, run_lock
 from interp.metrics import circuits
 from interp.model import ModelConfig
 from interp.probing import Probe, probe
+from interp.run_layout import CONFIG_FILE, LOCK_FILE, MANIFEST_FILE, METRICS_FILE, CheckpointError, RunDamagedError
 from interp.train import TrainConfig, TrainHooks, train
 
 TESTS = Path(__file__).parent
@@ -102,7 +90,7 @@ sys.path.insert(0, {tests!r})
 import torch
 from helpers import RandomTokens, threads_for_tests, tiny_model_config, tiny_train_config
 torch.set_num_threads(threads_for_tests())  # as in the tests' process (conftest): runs compared bitwise
-from interp.checkpoints import RunInUseError
+from interp.locking import RunInUseError
 from interp.train import TrainHooks, train
 
 run_dir, lr, ready, release = sys.argv[1:]

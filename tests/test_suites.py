@@ -35,11 +35,12 @@ from transformers import (
 )
 
 from interp import suites
-from interp.checkpoints import PROBES_DIR, loads_json
 from interp.cli import main
+from interp.files import loads_json
 from interp.ids import hooks
 from interp.metrics import circuits
 from interp.probing import Probe, ProbeContext, collect_activations, probe
+from interp.run_layout import PROBES_DIR
 from interp.suites import CheckpointSuite, SuiteError, open_suite
 
 D_VOCAB = 64

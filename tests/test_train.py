@@ -29,6 +29,7 @@ from interp.model import (
     model_state_dict,
     trainable_parameters,
 )
+from interp.run_layout import MANIFEST_FILE
 from interp.train import TrainConfig, TrainHooks, checkpoint_schedule, lr_at, step_generator, take_steps, train
 from tasks.induction import RepeatedSegments, RepeatedSegmentsConfig
 
@@ -148,7 +149,7 @@ def test_kill_between_checkpoint_dir_and_manifest_then_resume(tmp_path, monkeypa
     real_write = checkpoints.atomic_write_json
 
     def dying_write(path, obj):
-        if path.name == checkpoints.MANIFEST_FILE and "6" in obj["checkpoints"]:
+        if path.name == MANIFEST_FILE and "6" in obj["checkpoints"]:
             raise KeyboardInterrupt
         real_write(path, obj)
 

@@ -34,7 +34,8 @@ from typing import Any
 
 import numpy as np
 
-from interp.checkpoints import CheckpointSource, atomic_write_bytes, dumps_json, loads_json, sha256_file
+from interp.checkpoints import CheckpointSource
+from interp.files import atomic_write_bytes, dumps_json, loads_json, sha256_file
 from interp.ids import EMBED, HEAD_INPUTS, LOGITS, EdgeId, HeadId, MlpId, Node
 
 FORMAT = "interp.circuit/1"

@@ -73,17 +73,11 @@ from threadpoolctl import threadpool_limits
 from torch import Tensor
 
 from interp import seeding
-from interp.checkpoints import (
-    PROBES_DIR,
-    CheckpointSource,
-    Run,
-    atomic_write_json,
-    atomic_write_npy,
-    read_json,
-    save_safetensors,
-)
+from interp.checkpoints import CheckpointSource, Run
+from interp.files import atomic_write_json, atomic_write_npy, read_json, save_safetensors
 from interp.model import Batch
 from interp.probing import Probe, ProbeContext, ProbeTable, probe_artifacts
+from interp.run_layout import PROBES_DIR
 
 Kind = Literal["auto", "classification", "regression"]
 

@@ -27,7 +27,16 @@ import torch
 
 from interp import seeding
 from interp.analysis import ANALYSIS_FILE
-from interp.checkpoints import (
+from interp.checkpoints import Run
+from interp.files import atomic_write_bytes, atomic_write_json, atomic_write_npy, is_temporary, read_json, sha256_file
+from interp.ids import EdgeId, HeadId
+from interp.locking import RunInUseError
+from interp.metrics import spans
+from interp.metrics.circuits import repeated_tokens
+from interp.model import attention_patterns, resolve_device
+from interp.pipeline import RUNS_DIR
+from interp.probing import batch_hash, cached_computations
+from interp.run_layout import (
     CHECKPOINTS_DIR,
     CONFIG_FILE,
     LOCK_FILE,
@@ -35,21 +44,7 @@ from interp.checkpoints import (
     METRICS_FILE,
     PROBES_DIR,
     CheckpointError,
-    Run,
-    RunInUseError,
-    atomic_write_bytes,
-    atomic_write_json,
-    atomic_write_npy,
-    is_temporary,
-    read_json,
-    sha256_file,
 )
-from interp.ids import EdgeId, HeadId
-from interp.metrics import spans
-from interp.metrics.circuits import repeated_tokens
-from interp.model import attention_patterns, resolve_device
-from interp.pipeline import RUNS_DIR
-from interp.probing import batch_hash, cached_computations
 
 logger = logging.getLogger(__name__)
 

@@ -27,7 +27,8 @@ from typing import Any
 import numpy as np
 
 from interp.analysis import ANALYSIS_FILE, Analysis, AnalysisImportError, get_analysis
-from interp.checkpoints import Run, read_json
+from interp.checkpoints import Run
+from interp.files import read_json
 from interp.ids import HeadId
 from interp.metrics.lowrank import first_factor_order
 from interp.pipeline import RUNS_DIR

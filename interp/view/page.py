@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from interp.checkpoints import _fsync_dir
+from interp.files import fsync_dir
 from interp.view import headlines
 from interp.view.data import FORMAT, PATTERN_BUDGET, open_source, pattern_bytes, run_data
 
@@ -142,5 +142,5 @@ def write_view(
             os.replace(old, final)
         raise
     shutil.rmtree(old, ignore_errors=True)
-    _fsync_dir(root)
+    fsync_dir(root)
     return final / INDEX

@@ -1,0 +1,39 @@
+"""What a run directory is made of, and the errors of one that is missing, damaged or busy.
+
+Layout (see README):
+
+    config.json          everything needed to re-run
+    metrics.jsonl        one JSON object per logged step
+    manifest.json        step -> file -> sha256; a checkpoint exists once listed here
+    checkpoints/step_000123/weights.safetensors   model weights
+    checkpoints/step_000123/state.pt              optimizer state, step, running loss (no code)
+    probes/*.jsonl, figures/*.png, report.md, results.json
+    .lock                the pid of the process writing the run (see `interp.locking.run_lock`)
+
+The names live here, below the modules that write and check them (`interp.files`,
+`interp.locking`, `interp.run_state`) and the run directory itself (`interp.checkpoints.Run`),
+so that each of those can name a run's files and raise its errors without importing the others.
+"""
+
+from __future__ import annotations
+
+WEIGHTS_FILE = "weights.safetensors"
+STATE_FILE = "state.pt"
+MANIFEST_FILE = "manifest.json"
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.jsonl"
+LOCK_FILE = ".lock"
+CHECKPOINTS_DIR = "checkpoints"
+PROBES_DIR = "probes"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint or run directory is missing, incomplete, damaged or fails its hash check."""
+
+
+class RunDamagedError(CheckpointError):
+    """A run directory is inconsistent in a way no write of the toolkit can leave it."""
+
+
+def step_dirname(step: int) -> str:
+    return f"step_{step:06d}"
