@@ -65,12 +65,33 @@ def view_data(
     record = source.record
     title = (f"{record['analysis']} ({record.get('preset', '?')} preset)" if source.kind == "analysis"
              else f"run {source.path.name}")
-    return {
+    data = {
         "format": FORMAT, "title": title, "kind": source.kind, "analysis": source.analysis,
-        "preset": record.get("preset"), "path": str(source.path.resolve()),
+        "preset": record.get("preset"), "path": source.path.resolve().name,
         "generated": time.strftime("%Y-%m-%d %H:%M:%S"), "runs": [runs[n] for n in source.runs],
         "default_run": headline.get("run") or first, "headline": headline,
     }
+    return _folder_relative(data, source.path)
+
+
+def _folder_relative(value: Any, root: Path) -> Any:
+    """`value` with every path under `root` written relative to it (under the folder's own name): a
+    shared page does not disclose where its author keeps the folder."""
+    prefixes = sorted({str(root), str(root.resolve()), str(root.absolute())}, key=len, reverse=True)
+    name = root.resolve().name
+
+    def strip(v: Any) -> Any:
+        if isinstance(v, str):
+            for prefix in prefixes:
+                v = v.replace(prefix, name)
+            return v
+        if isinstance(v, dict):
+            return {strip(k): strip(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [strip(x) for x in v]
+        return v
+
+    return strip(value)
 
 
 PLOTLY_JS = "plotly-cartesian.min.js"
@@ -90,6 +111,9 @@ def _static(name: str) -> str:
 
 _PLACEHOLDER = re.compile(r"\{\{([A-Z]+)\}\}")
 _SCRIPT_END = re.compile(r"</(script)", re.IGNORECASE)
+# In the data block no `<`, `>` or `&` is left, so no string (`<!--<script>`, `</script>`) can move the
+# HTML tokenizer into another state; JSON.parse reads the escapes back as the same characters.
+_JSON_MARKUP = str.maketrans({"<": "\\u003c", ">": "\\u003e", "&": "\\u0026"})
 
 
 def _inline(text: str) -> str:
@@ -100,8 +124,8 @@ def _inline(text: str) -> str:
 
 def render_page(data: dict[str, Any]) -> str:
     """The HTML page of `data` (from `view_data`), with everything it needs inline."""
-    payload = json.dumps(data, separators=(",", ":"), allow_nan=False)
-    parts = {"TITLE": _escape(data["title"]), "CSS": _static("view.css"), "DATA": _inline(payload),
+    payload = json.dumps(data, separators=(",", ":"), allow_nan=False).translate(_JSON_MARKUP)
+    parts = {"TITLE": _escape(data["title"]), "CSS": _static("view.css"), "DATA": payload,
              "PLOTLY": _inline(plotly_js()), "APP": _inline(_static("view.js"))}
     pieces = _PLACEHOLDER.split(_static("page.html"))  # [text, name, text, name, ...]: filled in one pass
     missing = set(parts) - set(pieces[1::2])

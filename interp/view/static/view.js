@@ -6,8 +6,11 @@
   const started = performance.now();
   const D = JSON.parse(document.getElementById("view-data").textContent);
   const $ = (id) => document.getElementById(id);
-  const CONFIG = { displaylogo: false, responsive: true,
-                   modeBarButtonsToRemove: ["select2d", "lasso2d", "autoScale2d", "toggleSpikelines"] };
+  // No share-to-cloud button and no server to send a chart to: the page is offline and its data unpublished.
+  const CONFIG = { displaylogo: false, responsive: true, showSendToCloud: false, showEditInChartStudio: false,
+                   plotlyServerURL: "",
+                   modeBarButtonsToRemove: ["select2d", "lasso2d", "autoScale2d", "toggleSpikelines", "sendChartToCloud",
+                                            "sendDataToCloud", "editInChartStudio"] };
   const COLOR = { a: "#d62728", b: "#1f77b4", pos: "#1f77b4", neg: "#d62728", up: "#2ca02c", down: "#9467bd",
                   mark: "#7a4fc4", grey: "#8a94a3" };
   const ATTENTION_SCALE = [[0, "#ffffff"], [0.05, "#eef4fb"], [0.3, "#9ecae1"], [0.6, "#3182bd"], [1, "#08306b"]];
@@ -36,6 +39,22 @@
 
   function esc(text) {
     return String(text).replace(/[&<>"]/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;" })[c]);
+  }
+
+  // plotly reads every string it draws (titles, tick labels, legend names, hover text, annotations) as
+  // its own pseudo-HTML (<a href>, <span style>, <br>, ...) and decodes only a few entities, among them
+  // &amp; &lt; &gt;. Escaping those three makes a token like "<s>" or a name like "<a href=...>" show
+  // literally. Hover templates are the page's own markup and are left as written.
+  const PLOTLY_MARKUP = new Set(["hovertemplate", "texttemplate"]);
+  function plotlyText(value) {
+    if (typeof value === "string") return value.replace(/[&<>]/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;" })[c]);
+    if (Array.isArray(value)) return value.map(plotlyText);
+    if (value && typeof value === "object" && !ArrayBuffer.isView(value)) {
+      const out = {};
+      for (const [k, v] of Object.entries(value)) out[k] = PLOTLY_MARKUP.has(k) ? v : plotlyText(v);
+      return out;
+    }
+    return value;
   }
 
   /** Index of the value of `steps` nearest `step` (the earlier on a tie); -1 for none. */
@@ -88,7 +107,7 @@
       const labels = r.example.labels, T = labels.length, text = [];
       for (let q = 0; q < T; q++) {
         const row = [];
-        for (let k = 0; k < T; k++) row.push(`query ${q} '${esc(labels[q])}' &rarr; key ${k} '${esc(labels[k])}'`);
+        for (let k = 0; k < T; k++) row.push(`query ${q} '${labels[q]}' \u2192 key ${k} '${labels[k]}'`);
         text.push(row);
       }
       hoverText.set(r.name, text);
@@ -224,7 +243,7 @@
     if (layout.height) el.style.height = layout.height + "px";
     // react keeps a plot's earlier width; a box that changed size since (panels shown or hidden
     // beside it) needs a resize.
-    const done = Plotly.react(el, data, layout, CONFIG).then(() => {
+    const done = Plotly.react(el, plotlyText(data), plotlyText(layout), CONFIG).then(() => {
       const width = el.clientWidth;
       if (width && el._fullLayout && Math.abs(el._fullLayout.width - width) > 1) return Plotly.Plots.resize(el);
       return undefined;
@@ -601,7 +620,7 @@
       shapes.push({ type: "line", xref: "x", yref: "paper", x0: v.x, x1: v.x, y0: 0, y1: 1,
                     line: { color: COLOR.mark, width: 1.2, dash: "dashdot" } });
       annotations.push({ x: S.logx || f.logx ? Math.log10(Math.max(v.x, 1)) : v.x, y: 1, xref: "x", yref: "paper",
-                         text: esc(v.label), showarrow: false, textangle: -90, xanchor: "right", yanchor: "top",
+                         text: v.label, showarrow: false, textangle: -90, xanchor: "right", yanchor: "top",
                          font: { size: 10, color: COLOR.mark } });
     }
     for (const hl of f.hlines || []) {
@@ -612,7 +631,7 @@
       shapes.push({ type: "rect", xref: "x", yref: "paper", x0: f.band.x0, x1: f.band.x1, y0: 0, y1: 1, layer: "below",
                     fillcolor: "rgba(122,79,196,0.09)", line: { width: 0 } });
       annotations.push({ x: f.logx ? Math.log10(Math.max((f.band.x0 + f.band.x1) / 2, 1)) : (f.band.x0 + f.band.x1) / 2,
-                         y: 0.02, xref: "x", yref: "paper", text: esc(f.band.label), showarrow: false,
+                         y: 0.02, xref: "x", yref: "paper", text: f.band.label, showarrow: false,
                          font: { size: 11, color: COLOR.mark } });
     }
     const layout = lineLayout(f.title, { shapes, annotations, height: 380,

@@ -1,0 +1,138 @@
+"""The explorer page is safe with any string: hostile folder, run, probe, column, metric, circuit,
+result and token names are shown literally in a real headless Chromium, never parsed as HTML or as
+plotly's pseudo-HTML; no share-to-cloud button; no absolute path in the page."""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+from pathlib import Path
+
+from test_view import _console_errors, _open, _settle, browser  # noqa: F401 - `browser` is a fixture
+
+from interp.view import VIEW_DIR, view_data
+from interp.view.page import INDEX, render_page
+
+PWNED = "window.__pwned = 1"
+HOSTILE = [
+    "<!--<script>",
+    "</script><script>" + PWNED + "</script>",
+    "<s>",
+    "</s>",
+    f'<a href="javascript:{PWNED}">click</a>',
+    '<a href="https://example.com/leak">link</a>',
+    '<span style="font-size:90px">BIG</span>',
+    f"<img src=x onerror='{PWNED}'>",
+    "&rarr; &quot; &amp; <br>",
+    f"javascript:{PWNED}",
+]
+FOLDER = f"run <img src=x onerror='{PWNED}'> <!--<script> <s>"  # no '/': it is one folder's name
+
+
+def _rename_node(circuit: dict, old: str, new: str) -> None:
+    circuit["nodes"] = [new if n == old else n for n in circuit["nodes"]]
+    circuit["positions"] = {(new if n == old else n): p for n, p in circuit["positions"].items()}
+    for edge in circuit["edges"]:
+        for field in ("sender", "receiver"):
+            if edge[field] == old:
+                edge[field] = new
+        edge["edge"] = edge["edge"].replace(old, new)
+
+
+def _hostile_data(run_path: Path) -> dict:
+    """The page data of a run in a hostile folder, with hostile strings in every other name field."""
+    data = view_data(run_path, device="cpu")
+    data["title"] = HOSTILE[1]
+    data["preset"] = HOSTILE[0]
+    r = data["runs"][0]
+    steps = r["steps"]
+    r["status"] = HOSTILE[6]
+    r["notes"] = [*r["notes"], *HOSTILE]
+    r["marks"] = [{"step": steps[1], "label": HOSTILE[4]}]
+    metric = next(iter(r["metrics"].values()))
+    for name in HOSTILE:
+        r["metrics"][name] = copy.deepcopy(metric)
+    head_probe = next(p for p in r["probes"].values() if p["heads"])
+    column_probe = {**copy.deepcopy(head_probe), "heads": False, "probe": HOSTILE[5], "about": HOSTILE[7],
+                    "columns": HOSTILE[: len(head_probe["columns"])]}
+    r["probes"][HOSTILE[3]] = column_probe
+    r["probes"][HOSTILE[2]] = {**copy.deepcopy(head_probe), "probe": HOSTILE[4], "about": HOSTILE[6]}
+    labels = r["example"]["labels"]
+    r["example"]["labels"] = [HOSTILE[i % len(HOSTILE)] for i in range(len(labels))]
+    r["example"]["description"] = HOSTILE[5]
+    assert r["circuits"], "the run shows a circuit (the attention-pattern fallback at least)"
+    for circuit in r["circuits"]:
+        circuit.update(key=HOSTILE[2], method=HOSTILE[4], metric=HOSTILE[6], source=HOSTILE[7])
+        _rename_node(circuit, circuit["nodes"][1], HOSTILE[3])
+    name = r["name"]
+    data["headline"] = {
+        "title": HOSTILE[1], "caption": HOSTILE[4], "run": name,
+        "figures": [
+            {"type": "lines", "title": HOSTILE[5], "run": name, "ylabel": HOSTILE[6], "y2label": HOSTILE[2],
+             "series": [{"name": HOSTILE[7], "x": metric["steps"], "y": metric["values"], "axis": "y"},
+                        {"name": HOSTILE[8], "x": metric["steps"], "y": metric["values"], "axis": "y2"}],
+             "vlines": [{"x": steps[1], "label": HOSTILE[4]}],
+             "band": {"x0": steps[0], "x1": steps[1], "label": HOSTILE[6]}},
+            {"type": "heads", "title": HOSTILE[2], "run": name, "probe": HOSTILE[2], "head": None},
+            {"type": "table", "title": HOSTILE[7], "rows": [[h, h] for h in HOSTILE]},
+        ]}
+    return data
+
+
+def test_page_data_escapes_markup_and_holds_no_absolute_path(trained_run, tmp_path):
+    folder = tmp_path / FOLDER
+    shutil.copytree(trained_run.path, folder)
+    data = _hostile_data(folder)
+    html = render_page(data)
+    start = html.index('<script type="application/json" id="view-data">') + len(
+        '<script type="application/json" id="view-data">')
+    block = html[start:html.index("</script>", start)]
+    assert not set("<>&") & set(block)  # no HTML tokenizer state can be entered from the data
+    assert json.loads(block) == json.loads(json.dumps(data))  # and it reads back unchanged
+    assert str(tmp_path) not in html and str(tmp_path.resolve()) not in html
+    assert data["path"] == FOLDER and data["runs"][0]["path"] == FOLDER
+
+
+def test_hostile_strings_show_literally_in_chromium(trained_run, tmp_path, browser):  # noqa: F811
+    from selenium.webdriver.common.by import By
+
+    folder = tmp_path / FOLDER
+    shutil.copytree(trained_run.path, folder)
+    page = folder / VIEW_DIR / INDEX
+    page.parent.mkdir()
+    page.write_text(render_page(_hostile_data(folder)), encoding="utf-8")
+    _open(browser, page)
+    for tab in ("curves", "heads", "circuit", "headline"):
+        browser.find_element(By.CSS_SELECTOR, f'nav button[data-tab="{tab}"]').click()
+        _settle(browser)
+    if browser.find_elements(By.ID, "compare"):
+        browser.find_element(By.ID, "compare").click()
+        _settle(browser)
+    found = browser.execute_script("""
+        const text = (sel) => [...document.querySelectorAll(sel)].map((e) => e.textContent);
+        return {
+          pwned: window.__pwned === 1,
+          injected: document.querySelectorAll('img, iframe, object, embed, a, [onerror], [style*="90px"]').length,
+          scripts: document.querySelectorAll('script').length,
+          share: document.querySelectorAll('.modebar-btn[data-title^="Share"], .modebar-btn[data-title*="Cloud"]')
+            .length,
+          modebars: document.querySelectorAll('.modebar').length,
+          svg: text('svg text').join('\\n'),
+          options: text('#run-select option'),
+          page: document.body.innerText,
+          resources: performance.getEntriesByType('resource').map((e) => e.name),
+          errors: window.interpView.errors,
+        };""")
+    assert not found["pwned"]
+    assert found["injected"] == 0, "an element or link was injected from the data"
+    assert found["scripts"] == 3  # the data block, plotly and the app: none added, none swallowed
+    assert found["modebars"] > 0 and found["share"] == 0
+    assert found["options"] == [FOLDER]
+    for literal in ("<s>", "</s>", '<span style="font-size:90px">BIG</span>', "&rarr; &quot; &amp; <br>"):
+        assert literal in found["svg"], f"{literal!r} is not drawn literally by plotly"
+    for literal in (HOSTILE[1], HOSTILE[4], HOSTILE[7]):
+        assert literal in found["page"], f"{literal!r} is not shown literally on the page"
+    assert all(url.startswith(("file:", "data:")) for url in found["resources"]), found["resources"]
+    errors = _console_errors(browser) + found["errors"]
+    assert errors == [], f"browser console errors: {errors}"
