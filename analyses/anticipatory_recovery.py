@@ -28,16 +28,38 @@ import numpy as np
 import torch
 
 from analyses.toys import CyclicToyConfig, CyclicToyResult, cyclic_toy
-from interp import Run, TrainConfig, TrainHooks, probe
-from interp.analysis import Analysis, detail, results_dict
+from interp.analysis import (
+    Analysis,
+    AnalysisConfig,
+    Context,
+    Figure,
+    Frame,
+    Headline,
+    JobSetup,
+    Lines,
+    Mark,
+    Matrix,
+    ProbeTable,
+    Report,
+    Run,
+    RunsData,
+    Series,
+    Source,
+    Table,
+    TrainConfig,
+    TrainHooks,
+    TrainingJob,
+    detail,
+    nums,
+    probe,
+    read_results,
+    results_dict,
+)
 from interp.configs import ConfigError, require, require_positive
-from interp.files import atomic_write_json
+from interp.files import atomic_write_json, read_json
 from interp.ids import hooks
 from interp.metrics import drift, recovery
 from interp.metrics.linear_probes import linear_probe, load_directions
-from interp.pipeline import AnalysisConfig, Context, JobSetup, TrainingJob
-from interp.probing import ProbeTable
-from interp.report import Figure, Report
 from interp.viz import plot_curves, plot_matrix, plot_trajectory
 from tasks.cyclic import ORDERS, CyclicDocuments, CyclicDocumentsConfig, Order, identity_layout, loss_matrix
 
@@ -392,6 +414,82 @@ def doc_probe_text(cfg: AnticipatoryRecoveryConfig, r: RecoveryResults) -> str:
             f"{'recur' if lag_t > lag_half and same > other else 'do not recur'} with the cycle at this scale.")
 
 
+def reference_runs(source: Source) -> tuple[str, str]:
+    """The reference size's cyclic and shuffled runs of the first seed (else any cyclic run, and any
+    shuffled one or ""): the explorer opens on the cyclic one."""
+    r = read_results(source.path, RecoveryResults)
+    seed = (r.seeds or [0])[0]
+    cyclic, shuffled = f"{r.reference_size}-cyclic-s{seed}", f"{r.reference_size}-shuffled-s{seed}"
+    if cyclic not in source.runs:
+        cyclic = next((n for n in source.runs if "-cyclic-" in n), next(iter(source.runs)))
+    if shuffled not in source.runs:
+        shuffled = next((n for n in source.runs if "-shuffled-" in n), "")
+    return cyclic, shuffled
+
+
+def opens_on(source: Source) -> str:
+    return reference_runs(source)[0]
+
+
+def saved_loss_matrix(source: Source, name: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """The schedule and `[episode + 1, doc]` losses saved beside run `name` (`LOSS_MATRIX`), if any."""
+    path = source.runs[name].path / LOSS_MATRIX if name in source.runs else None
+    if path is None or not path.exists():
+        return None
+    saved = read_json(path)
+    return np.array(saved["schedule"], dtype=int), np.array(saved["losses"], dtype=float)
+
+
+def view(source: Source, runs: RunsData) -> Headline:
+    """The explorer's headline: the pairwise and residual loss matrices of each epoch, cyclic against
+    shuffled, with an epoch slider."""
+    r = read_results(source.path, RecoveryResults)
+    cyclic, shuffled = reference_runs(source)
+    figures: list[Lines | Matrix | Table] = []
+    loaded = {name: saved_loss_matrix(source, name) for name in (cyclic, shuffled) if name}
+    marks: dict[str, list[Mark]] = {}
+    for name, found in loaded.items():
+        if found is None:
+            continue
+        schedule, losses = found
+        n = losses.shape[1]
+        epochs = len(schedule) // n
+        docs = [f"doc {d}" for d in range(n)]
+        if name == cyclic:
+            pairwise = []
+            for e in range(epochs):
+                m = np.full((n, n), np.nan)
+                for k in range(e * n, (e + 1) * n):
+                    m[schedule[k]] = losses[k + 1] - losses[k]
+                pairwise.append(Frame(f"epoch {e + 1}", [nums(row) for row in m]))
+            figures.append(Matrix(f"Pairwise loss change, {name}", pairwise, docs, docs, "document j (loss measured)",
+                                  "document i (trained on)",
+                                  "Change of the loss on document j while training on document i in the epoch "
+                                  "(negative: the loss falls); recovery shows as falls just before j's turn."))
+        residual = []
+        for e in range(epochs):
+            block = losses[e * n:(e + 1) * n + 1]
+            residual.append(Frame(f"epoch {e + 1}", [nums(row) for row in block - block.mean(axis=0)]))
+        figures.append(Matrix(f"Loss residual, {name}", residual, docs, [f"after {t} docs" for t in range(n + 1)],
+                              "document", "episodes into the epoch",
+                              "Each document's loss through the epoch minus its mean over the epoch: with a cyclic "
+                              "order it falls before the document comes round again."))
+        per_doc = source.runs[name].config.get("task", {}).get("steps_per_doc")
+        if isinstance(per_doc, int) and per_doc > 0:
+            marks[name] = Mark.at(*((e * n * per_doc, f"epoch {e + 1} starts") for e in range(1, epochs)))
+    if loaded.get(cyclic) is not None:
+        series = [Series(f"doc 0, {name}", list(range(len(found[1]))), nums(found[1][:, 0]))
+                  for name, found in loaded.items() if found is not None]
+        figures.insert(0, Lines("Loss on document 0 over episodes", series, xlabel="episode (documents trained)",
+                                ylabel="loss (nats)"))
+    figures.append(Table.of(results_dict(r), ("reference_size", "rs_cyclic", "rs_shuffled", "recovery_ratio_cyclic",
+                                              "recovery_ratio_shuffled", "gap_growth", "pairwise_by_offset")))
+    return Headline("Anticipatory recovery: pairwise and residual matrices per epoch",
+                    (f"Documents trained in a fixed repeated order ({cyclic}) against a shuffled order "
+                     f"({shuffled or 'none'}); the epoch slider moves through the epochs."),
+                    figures, run=cyclic, marks=marks)
+
+
 PRESETS = {
     # ~3-4 minutes on 2 CPU cores: 4 sizes x 2 orders x 3 seeds.
     "quick": AnticipatoryRecoveryConfig(
@@ -414,6 +512,7 @@ PRESETS = {
 
 ANALYSIS = Analysis("anticipatory-recovery", "Cyclic fine-tuning: recovery before re-encounter, size sweep, "
                     "shuffled control, toy model", PRESETS, measure, figures, report,
-                    headline=("gap_growth", "prequential_cyclic", "prequential_shuffled"))
+                    headline=("gap_growth", "prequential_cyclic", "prequential_shuffled"), view=view,
+                    opens_on=opens_on)
 
 __all__ = ["ANALYSIS", "AnticipatoryRecoveryConfig", "ModelSize"]

@@ -36,18 +36,48 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from interp import ModelConfig, Run, TrainConfig
-from interp.analysis import Analysis, detail, json_safe
+from interp.analysis import (
+    Analysis,
+    AnalysisConfig,
+    Band,
+    Context,
+    Figure,
+    Headline,
+    Heads,
+    HLine,
+    JobSetup,
+    Lines,
+    Mark,
+    ModelConfig,
+    ProbeTable,
+    Report,
+    Run,
+    RunsData,
+    Series,
+    Source,
+    Table,
+    TrainConfig,
+    TrainHooks,
+    TrainingJob,
+    VLine,
+    detail,
+    final_only,
+    head_probe,
+    json_safe,
+    main_run,
+    nearest_step,
+    num,
+    nums,
+    probe,
+    read_results,
+    results_dict,
+)
 from interp.configs import require, require_positive
-from interp.files import atomic_write_json
+from interp.files import atomic_write_json, read_json
 from interp.ids import CheckpointRef, HeadId
 from interp.metrics import recovery, spans
 from interp.patching import pattern_patch
-from interp.pipeline import AnalysisConfig, Context, JobSetup, TrainingJob, final_only, nearest_step
-from interp.probing import ProbeTable, probe
-from interp.report import Figure, Report
 from interp.run_layout import METRICS_FILE
-from interp.train import TrainHooks
 from interp.viz import plot_curves
 from tasks import biographies
 from tasks.biographies import Biographies, BiographiesConfig
@@ -55,6 +85,7 @@ from tasks.biographies import Biographies, BiographiesConfig
 SEEN, UNSEEN, OLD, NEW = "seen", "unseen", "old", "new"
 EVAL_STREAM, PROBE_STREAM, REPLAY_STREAM, LINEAR_STREAM = 1, 2, 3, 4
 VALUE_ATTRIBUTE = "university"  # the attribute whose value the linear probes decode
+SIGNATURES_FILE = "signatures.json"  # beside results.json: the recall signatures per layer at every checkpoint
 Kind = Literal["main", "n", "alpha", "warmup", "patch", "finetune"]
 FINETUNE = {"none": False, "replay": True}  # fine-tuning conditions (results keys): with replay or not
 
@@ -340,7 +371,7 @@ def measure(cfg: FactLearningConfig, ctx: Context) -> FactLearningResults:
     plateau_end = main_phases["plateau_end"]
     probed = bios.draw_trained(cfg.probe_individuals, cfg.seed + 1, EVAL_STREAM)
     signatures = biographies.recall_signatures(main, bios.heldout_batch(probed, cfg.seed, PROBE_STREAM), ctx.device)
-    atomic_write_json(ctx.out / "signatures.json", json_safe(signatures))  # NaN: null
+    atomic_write_json(ctx.out / SIGNATURES_FILE, json_safe(signatures))  # NaN: null
     circuit = biographies.recall_circuit(main, bios.heldout_batch(probed, cfg.seed, PROBE_STREAM), ctx.device)
     people = bios.draw_trained(cfg.linear_individuals, cfg.seed, LINEAR_STREAM)
     values = probe(main, biographies.value_probes(range(cfg.model.n_layers), cfg.seed),
@@ -595,9 +626,47 @@ def value_probe_text(cfg: FactLearningConfig, r: FactLearningResults) -> str:
             f"recall accuracy (seen people) at step {r.recall_half_step}. The {VALUE_ATTRIBUTE} {verdict}.")
 
 
+def view(source: Source, runs: RunsData) -> Headline:
+    """The explorer's headline: attribute -> name attention (the recall circuit's signature) through the
+    three phases, against the attribute loss and its no-knowledge baseline."""
+    r, name = read_results(source.path, FactLearningResults), main_run(source)
+    run = runs[name]
+    series: list[Series | None] = []
+    signatures = read_json(source.path / SIGNATURES_FILE) if (source.path / SIGNATURES_FILE).exists() else None
+    if isinstance(signatures, dict) and isinstance(signatures.get("attribute_to_name"), dict):
+        series += [Series(f"attribute -> name attention, {layer} (mean over heads)", signatures["steps"], nums(values))
+                   for layer, values in signatures["attribute_to_name"].items()]
+    elif (probed := run["probes"].get("attribute_to_name")) and probed["heads"]:
+        grid = np.array([[np.nan if v is None else v for v in row] for row in probed["values"]], dtype=float)
+        for layer in sorted({HeadId.parse(c).layer for c in probed["columns"]}):
+            columns = [j for j, c in enumerate(probed["columns"]) if HeadId.parse(c).layer == layer]
+            series.append(Series(f"attribute -> name attention, layer{layer} (mean over heads)", probed["steps"],
+                                 nums(np.nanmean(grid[:, columns], axis=1))))
+    series += [Series.of_metric(run, f"{SEEN}/loss", "attribute loss, seen people (right axis)", "y2"),
+               Series.of_metric(run, f"{UNSEEN}/loss", "attribute loss, never-seen people (right axis)", "y2")]
+    start, end = r.phase1_end, r.plateau_end
+    band = None if start is None else Band(start, end if end is not None else run["steps"][-1],
+                                           "plateau" if end is not None else "plateau (not left)")
+    return Headline(
+        "The recall circuit forms during the plateau",
+        ("Attention from attribute tokens to the person's name (the recall circuit's signature) through the three "
+         "phases: it grows while the loss sits on the no-knowledge baseline."),
+        run=name, marks={name: Mark.at((start, "plateau starts (phase 1 ends)"), (end, "plateau ends: recall forms"))},
+        figures=[
+            Lines("Attribute -> name attention and the attribute loss", series, run=name, ylabel="attention",
+                  y2label="loss (nats)", band=band,
+                  hlines=[HLine(r.baseline, "no-knowledge baseline", "y2")] if num(r.baseline) else [],
+                  vlines=VLine.at((start, "plateau starts"), (end, "plateau ends"))),
+            Heads.of("Attribute -> name attention (layer x head) and a head's attention", name, run,
+                     head_probe(run, ("attribute_to_name",))),
+            Table.of(results_dict(r), ("baseline", "phase1_end", "plateau_end", "plateau_length",
+                                       "plateau_over_phase1", "final_loss", "final_accuracy", "signatures_final")),
+        ])
+
+
 ANALYSIS = Analysis("fact-learning", "Synthetic biographies: plateau at the no-knowledge baseline, recall circuit, "
                     "distributions, hallucinations, fine-tuning corruption", PRESETS, measure, figures, report,
                     headline=("plateau_end", "final_accuracy", "unseen_loss_final"),
-                    example=biographies.example_biography)
+                    example=biographies.example_biography, view=view)
 
 __all__ = ["ANALYSIS", "FactLearningConfig", "FactLearningResults", "setup_job"]

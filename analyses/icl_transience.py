@@ -39,17 +39,46 @@ import numpy as np
 import torch
 
 from analyses.toys import CoopetitionToyConfig, CoopetitionToyResult, coopetition_toy
-from interp import ModelConfig, Run, TrainConfig, TrainHooks, probe, seeding
-from interp.analysis import Analysis, detail
+from interp import seeding
+from interp.analysis import (
+    Analysis,
+    AnalysisConfig,
+    Context,
+    Figure,
+    Headline,
+    Heads,
+    HLine,
+    JobSetup,
+    Lines,
+    Mark,
+    ModelConfig,
+    ProbeTable,
+    Report,
+    Run,
+    RunsData,
+    Series,
+    Source,
+    Table,
+    TrainConfig,
+    TrainHooks,
+    TrainingJob,
+    VLine,
+    detail,
+    final_only,
+    head_probe,
+    main_run,
+    nearest_step,
+    probe,
+    probe_column,
+    read_results,
+    results_dict,
+)
 from interp.circuits.patching import PatchMetric, cross_checkpoint_probe
 from interp.circuits.readout import dla_probe
 from interp.configs import require, require_literals, require_positive
 from interp.ids import HeadId, hooks
 from interp.metrics import circuits, spans
 from interp.model import Batch, batch_to
-from interp.pipeline import AnalysisConfig, Context, JobSetup, TrainingJob, final_only, nearest_step
-from interp.probing import ProbeTable
-from interp.report import Figure, Report
 from interp.viz import plot_bars, plot_curves, plot_head_curves, plot_head_grids
 from tasks.fewshot import HEAD_CIRCUITS, FewShot, FewShotConfig, accuracy, answer_probes, answer_summary, circuit_probes
 
@@ -479,9 +508,44 @@ PRESETS = {
         eval_size=16, probe_size=8, workers=1, toy=CoopetitionToyConfig(dims=(3, 3, 3, 6), steps=40, record_every=10)),
 }
 
+def view(source: Source, runs: RunsData) -> Headline:
+    """The explorer's headline: ICL rising and fading as IWL takes over, with the induction strength
+    of the best head and the probability on in-context labels."""
+    r, name = read_results(source.path, ICLTransienceResults), main_run(source)
+    run = runs[name]
+    series = [Series.of_metric(run, "icl_novel/closed", "ICL accuracy (novel classes, closed)"),
+              Series.of_metric(run, "iwl/full", "IWL accuracy (full vocabulary)")]
+    induction = run["probes"].get("induction")
+    if induction and induction["heads"]:
+        later = [c for c in induction["columns"] if HeadId.parse(c).layer >= 1]
+        best = [max((v for v in (row[induction["columns"].index(c)] for c in later) if v is not None), default=None)
+                for row in induction["values"]]
+        series.append(Series("induction strength, best head in layers >= 1", induction["steps"], best))
+    mass = run["probes"].get("label_mass")
+    if mass and "mass" in mass["columns"]:
+        series.append(Series("probability on in-context labels", mass["steps"], probe_column(mass, "mass")))
+    series.append(Series.of_metric(run, "train/loss", "training loss (right axis)", "y2"))
+    ablated = r.ablation_at_peak["heads"]
+    head = HeadId.parse(ablated[0]) if ablated and HeadId.is_head(ablated[0]) else None
+    return Headline(
+        "In-context vs in-weights learning, and the induction circuit",
+        ("ICL emerges and fades while in-weights learning takes over; the induction strength of the best head "
+         "(matching minus non-matching label attention) rises and falls with ICL."),
+        run=name, marks={name: Mark.at((r.icl_peak_step, "ICL peak"))},
+        figures=[
+            Lines("ICL, IWL and induction strength", series, run=name, ylabel="accuracy / score",
+                  y2label="training loss", hlines=[HLine(0.5, "chance (2-way)")],
+                  vlines=VLine.at((r.icl_peak_step, "ICL peak"))),
+            Heads.of("Induction strength (layer x head) and a head's attention", name, run,
+                     head_probe(run, ("induction",)), head),
+            Table.of(results_dict(r), ("icl_peak", "icl_peak_step", "icl_final", "icl_drop", "iwl_final",
+                                       "train_loss_at_peak", "train_loss_final", "targets")),
+        ])
+
+
 ANALYSIS = Analysis(
     "icl-transience", "Bursty few-shot Gaussian clusters: ICL vs in-weights learning over training, circuit metrics, "
     "ablations, L2 sweep, negative control and the coopetition toy", PRESETS, measure, figures, report,
-    headline=("icl_peak", "icl_final", "iwl_final"))
+    headline=("icl_peak", "icl_final", "iwl_final"), view=view)
 
 __all__ = ["ANALYSIS", "ICLTransienceConfig", "jobs"]

@@ -21,8 +21,35 @@ import numpy as np
 import torch
 from scipy.stats import spearmanr
 
-from interp import ModelConfig, TrainConfig, probe
-from interp.analysis import Analysis, detail, results_dict
+from interp.analysis import (
+    Analysis,
+    AnalysisConfig,
+    Context,
+    Figure,
+    Headline,
+    Heads,
+    JobSetup,
+    Lines,
+    Mark,
+    ModelConfig,
+    ProbeTable,
+    Report,
+    RunsData,
+    Series,
+    Source,
+    Table,
+    TrainConfig,
+    TrainHooks,
+    TrainingJob,
+    VLine,
+    detail,
+    main_run,
+    nearest_step,
+    probe,
+    probe_column,
+    read_results,
+    results_dict,
+)
 from interp.circuits.graph import CircuitDiff, CircuitGraph
 from interp.circuits.patching import activation_patching_probe, mean_logprob
 from interp.circuits.trace import repeated_patch_batch, trace
@@ -31,10 +58,7 @@ from interp.configs import require
 from interp.ids import EdgeId, HeadId, hooks
 from interp.metrics import circuits, spans
 from interp.model import Batch, forward, scored_positions, token_losses
-from interp.pipeline import AnalysisConfig, Context, JobSetup, TrainingJob, nearest_step
-from interp.probing import ProbeTable
-from interp.report import Figure, Report
-from interp.train import TrainHooks, step_generator
+from interp.train import step_generator
 from interp.viz import plot_attention, plot_circuit_diff, plot_curves, plot_head_curves, plot_head_grids
 from tasks.induction import RecurringPairs, RecurringPairsConfig
 
@@ -391,8 +415,40 @@ def report(cfg: InductionHeadsConfig, results: InductionResults) -> Report:
                      "last_layer_offsets", "k_composition", "path_patching", "circuit_diff"))
 
 
+def view(source: Source, runs: RunsData) -> Headline:
+    """The explorer's headline: the last layer's induction scores over training with the loss on
+    repeated triggers' outputs, the head grid, and the phase change marked."""
+    r, name = read_results(source.path, InductionResults), main_run(source)
+    run = runs[name]
+    last = run["model"]["n_layers"] - 1
+    key = "induction" if "induction" in run["probes"] else "example.induction"
+    series: list[Series | None] = []
+    if key in run["probes"]:
+        p = run["probes"][key]
+        series = [Series(f"{c} induction score", p["steps"], probe_column(p, c)) for c in p["columns"]
+                  if HeadId.parse(c).layer == last]
+    series.append(Series.of_metric(run, "eval/repeated_loss", "loss on repeated-trigger outputs (right axis)", "y2"))
+    head = r.induction_head
+    return Headline(
+        "Induction heads forming",
+        (f"Layer-{last} heads' induction score (attention from a repeated token to the token after its earlier "
+         "occurrence) over training, with the loss on outputs of repeated triggers; the grid and the attention "
+         "pattern of the induction head follow the checkpoint slider."),
+        run=name, marks={name: Mark.at((r.phase_change_step, "phase change: repeated-token loss at its midpoint"),
+                                       (r.induction_half_step, f"{head} reaches half its final induction score"))},
+        figures=[
+            Lines("Induction score per head and repeated-token loss", series, run=name, ylabel="induction score",
+                  y2label="loss (nats)", vlines=VLine.at((r.phase_change_step, "phase change"),
+                                                         (r.induction_half_step, f"{head} half"))),
+            Heads.of("Induction score (layer x head) and the induction head's attention", name, run, key, head),
+            Table.of(results_dict(r), ("phase_change_step", "repeated_loss_before", "repeated_loss_after",
+                                       "induction_head", "induction_score_final", "induction_half_step",
+                                       "prev_token_head", "prev_token_score_final", "copy_head", "copy_offset")),
+        ])
+
+
 ANALYSIS = Analysis("induction-heads", "Induction-head phase change in a 2-layer attention-only transformer "
                     "(Olsson et al. 2022)", PRESETS, measure, figures, report,
-                    headline=("phase_change_step", "induction_score_final", "repeated_loss_after"))
+                    headline=("phase_change_step", "induction_score_final", "repeated_loss_after"), view=view)
 
 __all__ = ["ANALYSIS", "InductionHeadsConfig", "InductionResults"]

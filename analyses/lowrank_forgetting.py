@@ -27,16 +27,36 @@ import numpy as np
 import torch
 from transformer_lens.model_bridge import TransformerBridge
 
-from interp import ModelConfig, TrainConfig, seeding
-from interp.analysis import Analysis, detail
-from interp.checkpoints import Run
+from interp import seeding
+from interp.analysis import (
+    Analysis,
+    AnalysisConfig,
+    Context,
+    Figure,
+    Frame,
+    Headline,
+    JobSetup,
+    Matrix,
+    ModelConfig,
+    Report,
+    Run,
+    RunsData,
+    Source,
+    Table,
+    TrainConfig,
+    TrainHooks,
+    TrainingJob,
+    detail,
+    final_only,
+    nums,
+    read_results,
+    results_dict,
+)
 from interp.configs import require, require_positive, to_dict
-from interp.files import atomic_write_json, atomic_write_npy
+from interp.files import atomic_write_json, atomic_write_npy, read_json
 from interp.ids import CheckpointRef
 from interp.metrics import lowrank
-from interp.pipeline import AnalysisConfig, Context, JobSetup, TrainingJob, final_only
-from interp.report import Figure, Report
-from interp.train import TrainHooks, step_generator
+from interp.train import step_generator
 from interp.viz import plot_bars, plot_curves, plot_matrix
 from tasks import forgetting
 
@@ -44,6 +64,7 @@ Condition = Literal["none", "random", "predicted", "oracle"]
 CONDITIONS: tuple[Condition, ...] = ("none", "random", "predicted", "oracle")
 REPRESENTATION_STREAM = 3
 SCORES = "example_losses.npy"  # a fine-tuning run's final losses: `pool_...` and `heldout_...`
+Z_FILE, TASKS_FILE = "z.npy", "tasks.json"  # beside results.json: the forgetting matrix, each task's spec
 
 
 @dataclass(frozen=True)
@@ -185,9 +206,9 @@ def measure(cfg: LowRankForgettingConfig, ctx: Context) -> LowRankForgettingResu
     after = train_and_score(ctx, rows)
     z = lowrank.forgetting_matrix(before_pool, np.stack([after[job.name][0] for job in rows]))
     z_heldout = lowrank.forgetting_matrix(before_heldout, np.stack([after[job.name][1] for job in rows]))
-    atomic_write_npy(ctx.out / "z.npy", z)
+    atomic_write_npy(ctx.out / Z_FILE, z)
     atomic_write_npy(ctx.out / "z_heldout.npy", z_heldout)
-    atomic_write_json(ctx.out / "tasks.json", [to_dict(spec) for spec in specs])
+    atomic_write_json(ctx.out / TASKS_FILE, [to_dict(spec) for spec in specs])
 
     test_rows = np.sort(seeding.rng(cfg.seed, 7).choice(len(specs), cfg.test_tasks, replace=False))
     completion = lowrank.evaluate_completion(
@@ -294,8 +315,33 @@ PRESETS = {
     ),
 }
 
+def view(source: Source, runs: RunsData) -> Headline:
+    """The explorer's headline: Z sorted by its first factors (a rank-1 matrix is a smooth gradient)."""
+    r = read_results(source.path, LowRankForgettingResults)
+    figures: list[Matrix | Table] = []
+    if (source.path / Z_FILE).exists():
+        z = np.load(source.path / Z_FILE, allow_pickle=False)
+        rows, cols = lowrank.first_factor_order(z)
+        specs = read_json(source.path / TASKS_FILE) if (source.path / TASKS_FILE).exists() else []
+        labels = []
+        for i in rows:
+            spec = specs[i] if i < len(specs) and isinstance(specs[i], dict) else {}
+            weights = spec.get("domain_weights") or []
+            domain = f", mostly domain {int(np.argmax(weights))}" if weights else ""
+            labels.append(f"task {i}{domain}")
+        figures.append(Matrix("Forgetting matrix Z sorted by its first factors",
+                              [Frame("", [nums(row) for row in z[rows][:, cols]])], [f"ex {c}" for c in cols], labels,
+                              "upstream example", "fine-tuning task",
+                              "Loss increase on each upstream example after fine-tuning on each task; rows and "
+                              "columns in the order of the first singular vectors: a rank-1 (multiplicative) "
+                              "matrix shows as a smooth gradient from one corner."))
+    figures.append(Table.of(results_dict(r), ("shape", "r2_by_rank", "r2_multiplicative", "r2_additive",
+                                              "r2_shuffled_rank1", "singular_values", "completion", "replay")))
+    return Headline("Low-rank forgetting", "The M x N forgetting matrix is close to rank 1.", figures)
+
+
 ANALYSIS = Analysis("lowrank-forgetting", "Forgetting matrices of fine-tuning tasks x upstream examples: low-rank "
                     "fits, completion, replay", PRESETS, measure, figures, report,
-                    headline=("r2_additive", "r2_shuffled_rank1", "z_mean"))
+                    headline=("r2_additive", "r2_shuffled_rank1", "z_mean"), view=view)
 
 __all__ = ["ANALYSIS", "LowRankForgettingConfig", "finetune_job"]

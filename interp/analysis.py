@@ -5,9 +5,14 @@ An analysis module exposes an `Analysis` and registers it under the
 so the library never imports `analyses`, and only the analysis that is named is
 imported. An analysis supplies presets of its config (an `AnalysisConfig`),
 `measure` (trains its runs through `Context.train`, probes them, returns a typed
-results dataclass), `figures` (matplotlib figures with captions) and `report`
-(prose and tables that place the figures by key). `run_analysis` does the rest:
-it writes `analysis.json`, the figures, `report.md` and `results.json`.
+results dataclass), `figures` (matplotlib figures with captions), `report`
+(prose and tables that place the figures by key) and, optionally, `view` (its headline panel in
+the explorer, `interp view`). `run_analysis` does the rest: it writes `analysis.json`, the
+figures, `report.md` and `results.json`; `read_results` reads the results back typed.
+
+This module is also the one import surface for writing an analysis: it hands on the configs, the
+jobs and context of `interp.pipeline`, the probe runner, `Figure`/`Report` and the explorer's
+headline vocabulary (`interp.headline`), so an analysis imports its contract from here.
 
 An output directory is written only once it is accepted: new or empty, or holding
 this analysis (`analysis.json`) with nothing trained yet, or, with `resume`, the
@@ -22,6 +27,8 @@ import json
 import math
 import shutil
 import time
+import types
+import typing
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import EntryPoint, entry_points
@@ -33,13 +40,44 @@ import numpy as np
 from interp.checkpoints import Run
 from interp.configs import ConfigError, require, to_dict, with_overrides
 from interp.files import atomic_write_json, dumps_json, is_temporary, read_json
+from interp.headline import (
+    Band,
+    Frame,
+    Headline,
+    Heads,
+    HLine,
+    Lines,
+    Mark,
+    Matrix,
+    RunsData,
+    Series,
+    Source,
+    Table,
+    VLine,
+    head_probe,
+    main_run,
+    num,
+    nums,
+    probe_column,
+)
 from interp.ids import CheckpointRef, HeadId
 from interp.locking import run_lock
 from interp.model import ModelConfig, check_memory, resolve_device
 from interp.parallel import Backend
-from interp.pipeline import RUNS_DIR, AnalysisConfig, Context
+from interp.pipeline import (
+    RUNS_DIR,
+    AnalysisConfig,
+    Context,
+    JobSetup,
+    TrainingJob,
+    final_only,
+    nearest_step,
+    read_task,
+)
+from interp.probing import ProbeTable, probe
 from interp.report import FIGURES_DIR, Figure, Report, write_figures
 from interp.run_layout import CONFIG_FILE, LOCK_FILE
+from interp.train import TrainConfig, TrainHooks
 
 ENTRY_POINT_GROUP = "interp.analyses"
 ANALYSIS_FILE = "analysis.json"
@@ -59,9 +97,12 @@ def detail(**kw: Any) -> Any:
 class Analysis(Generic[ConfigT, ResultsT]):
     """`measure(config, context)` trains and measures; `figures(config, results, context)`
     draws; `report(config, results)` writes the prose. `headline` names the results a
-    sweep plots by default; `example(run)`, when given, is a token sequence of the run's
-    task on which the explorer (`interp view`) shows attention (default: random tokens
-    repeated twice)."""
+    sweep plots by default. For the explorer (`interp view`): `example(run)`, when given, is
+    a token sequence of the run's task on which it shows attention (default: random tokens
+    repeated twice); `view(source, runs)` builds the analysis's headline panel from its
+    directory and its runs' page data, reading its results with `read_results` (default: the
+    generic view, losses and a head grid); `opens_on(source)` names the run the page opens on
+    and computes first (default: "main", else "base", else the first)."""
 
     name: str
     description: str
@@ -71,6 +112,8 @@ class Analysis(Generic[ConfigT, ResultsT]):
     report: Callable[[ConfigT, ResultsT], Report]
     headline: tuple[str, ...] = ()
     example: Callable[[Run], Sequence[int]] | None = None
+    view: Callable[[Source, RunsData], Headline] | None = None
+    opens_on: Callable[[Source], str] | None = None
 
 
 class AnalysisImportError(ImportError):
@@ -327,6 +370,60 @@ def results_dict(results: Any) -> dict[str, Any]:
             if not f.metadata.get("detail")}
 
 
+def read_results(directory: str | Path, cls: type[ResultsT]) -> ResultsT:
+    """The results dataclass `cls` from `directory/results.json` (the inverse of `results_dict`):
+    identities parsed back from their text form, nested dataclasses rebuilt, `detail()` fields
+    left at None. A field of `cls` that the file lacks (renamed since, or another analysis's file)
+    is an error naming it, never a silently missing value; keys the file adds are ignored."""
+    path = Path(directory) / "results.json"
+    data = read_json(path)
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object of {cls.__name__}, got {type(data).__name__}")
+    return _typed_dataclass(cls, data, path)
+
+
+def _typed_dataclass(cls: type[ResultsT], data: Mapping[str, Any], path: Path, prefix: str = "") -> ResultsT:
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for f in dataclasses.fields(cls):
+        if f.metadata.get("detail") or not f.init:
+            continue
+        if f.name not in data:
+            if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING:
+                continue
+            raise ValueError(f"{path}: {prefix}{f.name} is missing: {cls.__name__} expects it (a file written by "
+                             "another version of the analysis? run it again)")
+        values[f.name] = _typed(hints[f.name], data[f.name], path, f"{prefix}{f.name}.")
+    return cls(**values)
+
+
+def _typed(hint: Any, value: Any, path: Path, prefix: str) -> Any:
+    """`value` as read from JSON, rebuilt as `hint` where it differs from its JSON form (see `_plain`)."""
+    if value is None:
+        return None
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        members = [a for a in args if a is not type(None)]
+        return _typed(members[0], value, path, prefix) if len(members) == 1 else value
+    if origin in (list, tuple, Sequence) and isinstance(value, list):
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            return tuple(_typed(a, v, path, prefix) for a, v in zip(args, value, strict=False))
+        items = [_typed(args[0], v, path, prefix) for v in value] if args else list(value)
+        return tuple(items) if origin is tuple else items
+    if origin in (dict, Mapping) and isinstance(value, dict):
+        key, item = args or (Any, Any)
+        number = key in (int, float)  # `results_dict` writes every key as text
+        return {key(k) if number else _typed(key, k, path, prefix): _typed(item, v, path, f"{prefix}{k}.")
+                for k, v in value.items()}
+    if isinstance(hint, type) and isinstance(value, str) and hasattr(hint, "parse"):
+        return hint.parse(value)  # an identity in its text form (HeadId, CheckpointRef, ...)
+    if dataclasses.is_dataclass(hint) and isinstance(value, dict):
+        return _typed_dataclass(hint, value, path, prefix)
+    if hint is np.ndarray:
+        return np.asarray(value)
+    return value
+
+
 def _plain(value: Any) -> Any:
     if isinstance(value, HeadId | CheckpointRef):  # identities are stored in their text form
         return str(value)
@@ -355,5 +452,16 @@ def json_safe(obj: Any) -> Any:
     return obj
 
 
-__all__ = ["ANALYSIS_FILE", "MAX_SEED", "Analysis", "AnalysisImportError", "Figure", "Report", "accept_output_dir",
-           "analysis_names", "detail", "get_analysis", "load_all", "resolve_config", "results_dict", "run_analysis"]
+__all__ = [
+    # the contract and running it
+    "ANALYSIS_FILE", "MAX_SEED", "Analysis", "AnalysisImportError", "accept_output_dir", "analysis_names", "detail",
+    "get_analysis", "json_safe", "load_all", "read_results", "resolve_config", "results_dict", "run_analysis",
+    # configs, jobs and the context that trains them (interp.pipeline, interp.model, interp.train)
+    "AnalysisConfig", "Context", "JobSetup", "ModelConfig", "Run", "TrainConfig", "TrainHooks", "TrainingJob",
+    "final_only", "nearest_step", "read_task",
+    # probing (interp.probing) and the report (interp.report)
+    "Figure", "ProbeTable", "Report", "probe",
+    # the explorer's headline (interp.headline)
+    "Band", "Frame", "HLine", "Headline", "Heads", "Lines", "Mark", "Matrix", "RunsData", "Series", "Source", "Table",
+    "VLine", "head_probe", "main_run", "num", "nums", "probe_column",
+]

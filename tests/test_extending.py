@@ -15,6 +15,7 @@ import pytest
 import interp.analysis as analysis_module
 from interp.analysis import AnalysisImportError, get_analysis, load_all, run_analysis
 from interp.cli import main
+from interp.view import view_data
 
 PAGE = Path(__file__).parents[1] / "docs" / "extending.md"
 GROUP = analysis_module.ENTRY_POINT_GROUP
@@ -53,6 +54,17 @@ def test_the_example_runs_end_to_end(registered, tmp_path):
     assert "figures/prev_scores.png" in report and "Previous-token heads" in report
     assert json.loads((tmp_path / "runs" / "main" / "config.json").read_text())["task"]["type"] == \
         "RepeatedSegmentsConfig"
+    headline = view_data(tmp_path, device="cpu")["headline"]  # the example's own view, not the generic one
+    assert headline["title"] == "Previous-token heads forming" and headline["run"] == "main"
+    assert [f["type"] for f in headline["figures"]] == ["lines", "heads"]
+    assert [s["name"] for s in headline["figures"][0]["series"]] == ["L0H0", "L0H1"]
+    assert headline["figures"][1]["head"] == results["best_head"]
+
+
+def test_the_example_imports_the_contract_from_one_module():
+    modules = set(re.findall(r"^from (\S+) import", example_source(), flags=re.M))
+    assert "interp.analysis" in modules
+    assert not modules & {"interp.pipeline", "interp.report", "interp.train", "interp.probing", "interp.headline"}
 
 
 def test_a_broken_analysis_is_named_and_does_not_stop_the_others(registered, capsys):

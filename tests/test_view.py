@@ -9,6 +9,8 @@ import math
 import os
 import shutil
 import time
+from dataclasses import dataclass, fields
+from importlib.metadata import EntryPoint
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -16,12 +18,28 @@ import numpy as np
 import pytest
 import torch
 
-from interp.analysis import run_analysis
+import interp.analysis as analysis_module
+from interp.analysis import (
+    Analysis,
+    Headline,
+    Heads,
+    Lines,
+    Mark,
+    Series,
+    Table,
+    VLine,
+    detail,
+    main_run,
+    read_results,
+    results_dict,
+    run_analysis,
+)
 from interp.checkpoints import Run
 from interp.circuits.graph import CircuitGraph, GraphSource, ModelShape, save_graphs
 from interp.cli import main
-from interp.ids import EdgeId, HeadId, hooks
-from interp.view import VIEW_DIR, ViewError, example_for, example_patterns, view_data, write_view
+from interp.ids import CheckpointRef, EdgeId, HeadId, hooks
+from interp.probing import ProbeTable
+from interp.view import VIEW_DIR, ViewError, example_for, example_patterns, owner, view_data, write_view
 from interp.view import data as view_module
 from interp.view import page as page_module
 
@@ -158,16 +176,22 @@ def test_saved_circuit_graphs_are_shown_and_attention_graph_is_the_fallback(trai
 
 def test_other_headlines_read_their_analysis_files(trained_run, tmp_path):
     """Recovery: pairwise and residual matrices per epoch from loss_matrix.json; low-rank: Z
-    sorted by its first factors; both from a hand-made analysis directory around a tiny run."""
-    def analysis(name: str, results: dict, runs: list[str]) -> Path:
+    sorted by its first factors; both from a hand-made analysis directory around a tiny run
+    (results: every field of the analysis's results null but those given)."""
+    from analyses.anticipatory_recovery import RecoveryResults
+    from analyses.lowrank_forgetting import LowRankForgettingResults
+
+    def analysis(name: str, results_type: type, given: dict, runs: list[str]) -> Path:
         out = tmp_path / name
         for run_name in runs:
             shutil.copytree(trained_run.path, out / "runs" / run_name)
         (out / "analysis.json").write_text(json.dumps({"analysis": name, "preset": "tiny", "config": {}}))
-        (out / "results.json").write_text(json.dumps(results))
+        results = {f.name: None for f in fields(results_type) if not f.metadata.get("detail")}
+        (out / "results.json").write_text(json.dumps({**results, **given}))
         return out
 
-    out = analysis("anticipatory-recovery", {"reference_size": "1x8", "seeds": [0]}, ["1x8-cyclic-s0"])
+    out = analysis("anticipatory-recovery", RecoveryResults, {"reference_size": "1x8", "seeds": [0]},
+                   ["1x8-cyclic-s0"])
     schedule, n = [0, 1, 2, 0, 1, 2], 3
     losses = np.arange(7 * n, dtype=float).reshape(7, n) ** 1.5
     (out / "runs" / "1x8-cyclic-s0" / "loss_matrix.json").write_text(
@@ -181,7 +205,7 @@ def test_other_headlines_read_their_analysis_files(trained_run, tmp_path):
     block = losses[3:7]
     np.testing.assert_allclose(residual["frames"][1]["z"], block - block.mean(axis=0), rtol=1e-4, atol=1e-9)
 
-    out = analysis("lowrank-forgetting", {"r2_multiplicative": 0.9}, ["base"])
+    out = analysis("lowrank-forgetting", LowRankForgettingResults, {"r2_multiplicative": 0.9}, ["base"])
     z = np.outer([3.0, 1.0, 2.0], [1.0, 4.0, 2.0, 3.0])
     np.save(out / "z.npy", z)
     (out / "tasks.json").write_text(json.dumps([{"domain_weights": [0.9, 0.1]}] * 3))
@@ -193,14 +217,12 @@ def test_other_headlines_read_their_analysis_files(trained_run, tmp_path):
 def test_an_analysis_can_give_the_example_sequence_of_its_task(trained_run, tmp_path, monkeypatch, caplog):
     """`Analysis.example(run)` (fact learning: a biography) replaces the random repeat; a hook
     that fails for a run falls back to it with a warning."""
-    from interp.view import headlines
-
     out = tmp_path / "fact-learning"
     shutil.copytree(trained_run.path, out / "runs" / "main")
     (out / "analysis.json").write_text(json.dumps({"analysis": "fact-learning", "preset": "tiny", "config": {}}))
     (out / "results.json").write_text(json.dumps({}))
     task_tokens = [1, 4, 2, 7, 3, 5]
-    monkeypatch.setattr(headlines, "get_analysis",
+    monkeypatch.setattr(owner, "get_analysis",
                         lambda name: SimpleNamespace(name=name, example=lambda run: task_tokens))
     example = _run_data(view_data(out, device="cpu"))["example"]
     assert example["tokens"] == task_tokens and example["period"] == 0 and "fact-learning" in example["description"]
@@ -208,11 +230,85 @@ def test_an_analysis_can_give_the_example_sequence_of_its_task(trained_run, tmp_
     def broken(run):
         raise ValueError("task.type: expected BiographiesConfig")
 
-    monkeypatch.setattr(headlines, "get_analysis", lambda name: SimpleNamespace(name=name, example=broken))
+    monkeypatch.setattr(owner, "get_analysis", lambda name: SimpleNamespace(name=name, example=broken))
     with caplog.at_level("WARNING"):
         example = _run_data(view_data(out, device="cpu"))["example"]
     assert example["period"] >= 2 and "random tokens" in example["description"]
     assert "example failed" in caplog.text
+
+
+@dataclass(frozen=True)
+class PeakResults:
+    """The results of `PEAK`, an analysis defined here that the library knows nothing of."""
+
+    best_head: HeadId
+    peak_step: int | None
+
+
+def peak_view(source, runs) -> Headline:
+    r, name = read_results(source.path, PeakResults), main_run(source)
+    return Headline("Peak heads", "A test analysis's own headline.", run=name,
+                    marks={name: Mark.at((r.peak_step, "the peak"))},
+                    figures=[Lines("Loss", [Series.of_metric(runs[name], "train/loss")], run=name,
+                                   vlines=VLine.at((r.peak_step, "peak"))),
+                             Heads.of("Previous-token attention", name, runs[name], "example.prev_token", r.best_head),
+                             Table.of(results_dict(r), ("best_head", "peak_step"))])
+
+
+def _not_run(*args):
+    raise AssertionError("only the view of this analysis is used")
+
+
+PEAK = Analysis("peak", "a test analysis with its own view", {}, _not_run, _not_run, _not_run, view=peak_view)
+
+
+def test_a_new_analysis_shows_its_own_headline_and_a_renamed_field_fails_loudly(trained_run, tmp_path, monkeypatch):
+    real = analysis_module._entry_points()
+    entry = EntryPoint("peak", f"{__name__}:PEAK", analysis_module.ENTRY_POINT_GROUP)
+    monkeypatch.setattr(analysis_module, "_entry_points", lambda: {**real, "peak": entry})
+    out = tmp_path / "peak"
+    shutil.copytree(trained_run.path, out / "runs" / "main")
+    (out / "analysis.json").write_text(json.dumps({"analysis": "peak", "preset": "tiny", "config": {}}))
+    (out / "results.json").write_text(json.dumps({"analysis": "peak", "best_head": "L1H0", "peak_step": 4}))
+    data = view_data(out, device="cpu")
+    headline = data["headline"]
+    assert headline["title"] == "Peak heads" and headline["run"] == data["default_run"] == "main"
+    assert [f["type"] for f in headline["figures"]] == ["lines", "heads", "table"]
+    lines, heads, table = headline["figures"]
+    assert [s["name"] for s in lines["series"]] == ["train/loss"] and lines["vlines"] == [{"x": 4, "label": "peak"}]
+    assert heads["head"] == "L1H0" and heads["probe"] == "example.prev_token"
+    assert table["rows"] == [["best_head", "L1H0"], ["peak_step", 4]]
+    assert {"step": 4, "label": "the peak"} in _run_data(data)["marks"]
+
+    (out / "results.json").write_text(json.dumps({"analysis": "peak", "best_head": "L1H0", "peak": 4}))
+    with pytest.raises(ValueError, match=r"results\.json: peak_step is missing: PeakResults expects it"):
+        view_data(out, device="cpu")
+
+
+@dataclass(frozen=True)
+class _Inner:
+    head: HeadId
+    ref: CheckpointRef | None
+
+
+@dataclass(frozen=True)
+class _Outer:
+    inner: _Inner
+    by_step: dict[int, float]
+    heads: tuple[HeadId, ...]
+    optional: _Inner | None
+    table: ProbeTable = detail()
+
+
+def test_results_read_back_typed(tmp_path):
+    """`read_results` is the inverse of `results_dict`: identities, nested results, numeric keys, tuples."""
+    written = _Outer(_Inner(HeadId(1, 0), CheckpointRef("runs/a", 3)), {4: 0.5}, (HeadId(0, 1),), None)
+    (tmp_path / "results.json").write_text(json.dumps({"analysis": "x", **results_dict(written)}))
+    read = read_results(tmp_path, _Outer)
+    assert read == written and isinstance(read.inner.head, HeadId) and read.table is None
+    (tmp_path / "results.json").write_text(json.dumps({**results_dict(written), "inner": {"head": "L1H0"}}))
+    with pytest.raises(ValueError, match=r"inner\.ref is missing: _Inner expects it"):
+        read_results(tmp_path, _Outer)
 
 
 # --- bad input ---------------------------------------------------------------------------------------

@@ -10,9 +10,9 @@ the circuit graph of the step (saved graphs, else attention metrics) with a diff
 between two steps, two steps side by side, and each analysis's headline panel.
 """
 
+from interp.headline import Source
 from interp.view.data import (
     Example,
-    Source,
     ViewError,
     example_for,
     example_patterns,

@@ -18,9 +18,9 @@ import errno
 import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,6 +29,7 @@ from interp import seeding
 from interp.analysis import ANALYSIS_FILE
 from interp.checkpoints import Run
 from interp.files import atomic_write_bytes, atomic_write_json, atomic_write_npy, is_temporary, read_json, sha256_file
+from interp.headline import Source, num, nums
 from interp.ids import EdgeId, HeadId
 from interp.locking import RunInUseError
 from interp.metrics import spans
@@ -57,7 +58,6 @@ MAX_PATTERN_STEPS = 80  # checkpoints per run whose patterns the page holds (eve
 PATTERN_BUDGET = 6 * 2**20  # bytes of float16 patterns in one page, over all its runs
 MAX_SERIES_POINTS = 1500  # points per logged curve (longer logs are thinned evenly, the last point kept)
 MAX_EDGES = 300  # edges per circuit key in the page: the strongest over all steps
-SIGNIFICANT = 5  # significant digits of the numbers the page holds
 
 
 class ViewError(ValueError):
@@ -65,22 +65,6 @@ class ViewError(ValueError):
 
 
 # --- numbers ---------------------------------------------------------------------------------
-
-
-def num(x: Any) -> float | int | None:
-    """A finite number rounded to `SIGNIFICANT` digits (ints kept); None for NaN, inf or non-numbers."""
-    if isinstance(x, bool) or not isinstance(x, int | float | np.integer | np.floating):
-        return None
-    if isinstance(x, int | np.integer):
-        return int(x)
-    x = float(x)
-    if not math.isfinite(x):
-        return None
-    return float(f"{x:.{SIGNIFICANT}g}")
-
-
-def nums(values: Sequence[Any] | np.ndarray) -> list[float | int | None]:
-    return [num(v) for v in np.asarray(values).tolist()] if isinstance(values, np.ndarray) else [num(v) for v in values]
 
 
 def thin(n: int, limit: int) -> list[int]:
@@ -91,22 +75,6 @@ def thin(n: int, limit: int) -> list[int]:
 
 
 # --- what a directory holds ------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Source:
-    """A directory to view: one run, or an analysis output with its runs (`runs/<name>/`)."""
-
-    path: Path
-    kind: Literal["run", "analysis"]
-    runs: dict[str, Run]
-    record: dict[str, Any] = field(default_factory=dict)
-    """`analysis.json` of an analysis (analysis name, preset, config); empty for a run."""
-    results: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def analysis(self) -> str | None:
-        return self.record.get("analysis") if self.kind == "analysis" else None
 
 
 def _visible(path: Path) -> list[str]:

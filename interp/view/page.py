@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from interp.files import fsync_dir
-from interp.view import headlines
+from interp.view import owner
 from interp.view.data import FORMAT, PATTERN_BUDGET, open_source, pattern_bytes, run_data
 
 VIEW_DIR = "view"
@@ -41,12 +41,12 @@ def view_data(
     checkpoints that lack them; the headline's run comes first in the patterns' size
     budget (`PATTERN_BUDGET`), and runs past it are shown without patterns."""
     source = open_source(path)
-    first = headlines.main_run(source)
-    period = headlines.example_period(source)
+    first = owner.opened_run(source)
+    period = owner.example_period(source)
     order = [first, *(n for n in source.runs if n != first)]
     budget = PATTERN_BUDGET
     runs: dict[str, dict[str, Any]] = {}
-    task_example = headlines.task_example(source)
+    task_example = owner.task_example(source)
     for name in order:
         run = source.runs[name]
         example = task_example(run, period)
@@ -56,11 +56,12 @@ def view_data(
         step_progress = None if progress is None else (lambda done, total, n=name: progress(n, done, total))
         runs[name] = run_data(run, name, period, patterns=with_patterns, device=device, progress=step_progress,
                               example=example)
-    headline = headlines.build(source, runs)
-    for name, marks in headline.pop("marks").items():  # the analysis's marks replace those found at their steps
+    headline = owner.headline(source, runs)
+    for name, marks in headline.marks.items():  # the analysis's marks replace those found at their steps
         if name in runs:
-            known = {m["step"] for m in marks}
-            runs[name]["marks"] = sorted([*marks, *(m for m in runs[name]["marks"] if m["step"] not in known)],
+            known = {m.step for m in marks}
+            runs[name]["marks"] = sorted([*(m.to_json() for m in marks),
+                                          *(m for m in runs[name]["marks"] if m["step"] not in known)],
                                          key=lambda m: m["step"])
     record = source.record
     title = (f"{record['analysis']} ({record.get('preset', '?')} preset)" if source.kind == "analysis"
@@ -69,7 +70,7 @@ def view_data(
         "format": FORMAT, "title": title, "kind": source.kind, "analysis": source.analysis,
         "preset": record.get("preset"), "path": source.path.resolve().name,
         "generated": time.strftime("%Y-%m-%d %H:%M:%S"), "runs": [runs[n] for n in source.runs],
-        "default_run": headline.get("run") or first, "headline": headline,
+        "default_run": headline.run or first, "headline": headline.to_json(first),
     }
     return _folder_relative(data, source.path)
 
