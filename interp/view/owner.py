@@ -11,7 +11,8 @@ from collections.abc import Callable
 from typing import Any
 
 from interp.analysis import ANALYSIS_FILE, Analysis, AnalysisImportError, get_analysis
-from interp.checkpoints import Run, read_json
+from interp.checkpoints import Run
+from interp.files import read_json
 from interp.headline import Headline, Heads, Lines, RunsData, Series, Source, head_probe, main_run
 from interp.pipeline import RUNS_DIR
 from interp.view.data import Example, example_for
