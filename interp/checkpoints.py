@@ -47,6 +47,7 @@ from safetensors.torch import load_file, save_file
 from transformer_lens.model_bridge import TransformerBridge
 
 from interp.configs import from_dict
+from interp.errors import InputError, InterpError
 from interp.model import ModelConfig, build_model, load_model_state_dict, model_state_dict
 
 logger = logging.getLogger(__name__)
@@ -63,7 +64,7 @@ PROBES_DIR = "probes"
 _STEP_DIR = re.compile(r"step_(\d+)")
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(InterpError, RuntimeError):
     """A checkpoint or run directory is missing, incomplete, damaged or fails its hash check."""
 
 
@@ -74,12 +75,14 @@ class RunInUseError(CheckpointError):
 class RunDamagedError(CheckpointError):
     """A run directory is inconsistent in a way no write of the toolkit can leave it."""
 
+    resumable = False
 
-class JsonlError(ValueError):
+
+class JsonlError(InterpError, ValueError):
     """A line of a JSONL file that is not a JSON object (not the torn last line of a killed append)."""
 
 
-class NonFiniteError(ValueError):
+class NonFiniteError(InputError):
     """A NaN or infinity where the toolkit only stores finite numbers."""
 
 

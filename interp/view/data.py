@@ -44,6 +44,7 @@ from interp.checkpoints import (
     read_json,
     sha256_file,
 )
+from interp.errors import InputError, MissingFileError
 from interp.ids import EdgeId, HeadId
 from interp.metrics import spans
 from interp.metrics.circuits import repeated_tokens
@@ -65,7 +66,7 @@ MAX_EDGES = 300  # edges per circuit key in the page: the strongest over all ste
 SIGNIFICANT = 5  # significant digits of the numbers the page holds
 
 
-class ViewError(ValueError):
+class ViewError(InputError):
     """A directory the explorer cannot show; the message says what is missing."""
 
 
@@ -123,7 +124,7 @@ def open_source(path: str | Path) -> Source:
     what is missing before anything is computed or written."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"{path}: no such directory (expected a run directory or an analysis directory)")
+        raise MissingFileError(f"{path}: no such directory (expected a run directory or an analysis directory)")
     if not path.is_dir():
         raise ViewError(f"{path} is not a directory (expected a run directory or an analysis directory)")
     if (path / ANALYSIS_FILE).exists():
