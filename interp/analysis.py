@@ -39,6 +39,7 @@ import numpy as np
 
 from interp.checkpoints import Run
 from interp.configs import ConfigError, require, to_dict, with_overrides
+from interp.errors import InputError, InterpError, OutputExistsError, UnknownNameError
 from interp.files import atomic_write_json, dumps_json, is_temporary, read_json
 from interp.headline import (
     Band,
@@ -116,7 +117,7 @@ class Analysis(Generic[ConfigT, ResultsT]):
     opens_on: Callable[[Source], str] | None = None
 
 
-class AnalysisImportError(ImportError):
+class AnalysisImportError(InterpError, ImportError):
     """The module of a registered analysis could not be loaded."""
 
 
@@ -133,7 +134,7 @@ def get_analysis(name: str) -> Analysis:
     """The analysis registered as `name`; only its module is imported."""
     found = _entry_points()
     if name not in found:
-        raise KeyError(f"unknown analysis {name!r}; available: {sorted(found)}")
+        raise UnknownNameError(f"unknown analysis {name!r}; available: {sorted(found)}")
     try:
         analysis = found[name].load()
     except Exception as err:  # noqa: BLE001 - any import failure is reported by name
@@ -164,7 +165,7 @@ def resolve_config(analysis: Analysis, preset: str, overrides: Mapping[str, Any]
     replaces with a value of its own (e.g. `model.d_vocab`, which follows the task) is
     refused rather than silently dropped."""
     if preset not in analysis.presets:
-        raise KeyError(f"preset: {analysis.name} has {sorted(analysis.presets)}, not {preset!r}")
+        raise UnknownNameError(f"preset: {analysis.name} has {sorted(analysis.presets)}, not {preset!r}")
     base = analysis.presets[preset]
     try:
         config = with_overrides(base, overrides)
@@ -276,7 +277,7 @@ def accept_output_dir(out: Path, record: Mapping[str, Any], *, resume: bool, for
     files of interrupted writes do not count as content."""
     name = record["analysis"]
     if out.exists() and not out.is_dir():
-        raise FileExistsError(f"{out} exists and is not a directory; choose another output directory")
+        raise OutputExistsError(f"{out} exists and is not a directory; choose another output directory")
     entries = sorted(p.name for p in out.iterdir() if p.name != LOCK_FILE and not is_temporary(p.name)) \
         if out.is_dir() else []
     if not entries:
@@ -293,18 +294,18 @@ def accept_output_dir(out: Path, record: Mapping[str, Any], *, resume: bool, for
         held = (f"an output of analysis {stored['analysis']!r}" if isinstance(stored, dict) and "analysis" in stored
                 else f"{ANALYSIS_FILE} that cannot be read{unreadable}" if ANALYSIS_FILE in entries
                 else f"files that are not an output of {name!r} ({_listing(entries)})")
-        raise FileExistsError(f"{out} is not empty: it holds {held}; choose another output directory, or pass "
-                              "--force (force=True) to write into it anyway")
+        raise OutputExistsError(f"{out} is not empty: it holds {held}; choose another output directory, or pass "
+                                "--force (force=True) to write into it anyway")
     runs_dir = out / RUNS_DIR
     runs = sorted(p.name for p in runs_dir.iterdir() if p.is_dir()) if runs_dir.is_dir() else []
     if not runs:
         return
     if not resume:
-        raise FileExistsError(f"{out} already holds analysis {name!r} with runs {_listing(runs)}; pass --resume "
-                              "(resume=True) to continue it with the same config, or choose another output directory")
+        raise OutputExistsError(f"{out} already holds analysis {name!r} with runs {_listing(runs)}; pass --resume "
+                                "(resume=True) to continue it with the same config, or choose another output directory")
     if stored.get("config") != _roundtrip(record["config"]):
         difference = _first_difference(stored.get("config"), _roundtrip(record["config"]))
-        raise ValueError(f"resume: the config differs from {out / ANALYSIS_FILE} at {difference}; resume with the "
+        raise InputError(f"resume: the config differs from {out / ANALYSIS_FILE} at {difference}; resume with the "
                          "same preset and overrides, or choose another output directory")
     for run in runs:
         if (runs_dir / run / CONFIG_FILE).exists():
@@ -338,7 +339,7 @@ def run_analysis(
         check_memory(config.model, resolved, batch_size=getattr(getattr(config, "train", None), "batch_size", 0))
     record = {"analysis": name, "preset": preset, "config": to_dict(config)}
     if out.exists() and not out.is_dir():
-        raise FileExistsError(f"{out} exists and is not a directory; choose another output directory")
+        raise OutputExistsError(f"{out} exists and is not a directory; choose another output directory")
     with run_lock(out):
         accept_output_dir(out, record, resume=resume, force=force)
         for leftover in analysis_leftovers(out):  # a killed writer's, never a live one's: we hold the lock

@@ -13,10 +13,12 @@ import typing
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
+from interp.errors import InputError
+
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """A config field holds a value outside what it accepts."""
 
     def __init__(self, field: str, expected: str, got: Any):

@@ -26,16 +26,17 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import save_file
 
+from interp.errors import InputError, InterpError
 from interp.run_layout import RunDamagedError
 
 logger = logging.getLogger(__name__)
 
 
-class JsonlError(ValueError):
+class JsonlError(InterpError, ValueError):
     """A line of a JSONL file that is not a JSON object (not the torn last line of a killed append)."""
 
 
-class NonFiniteError(ValueError):
+class NonFiniteError(InputError):
     """A NaN or infinity where the toolkit only stores finite numbers."""
 
 

@@ -34,6 +34,7 @@ from transformer_lens.model_bridge import TransformerBridge
 
 from interp.bridge import native_parts
 from interp.configs import require, require_literals, require_positive
+from interp.errors import InterpError
 from interp.ids import hooks
 
 Batch = dict[str, Tensor]
@@ -132,7 +133,7 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
 FLOAT_BYTES = 4  # weights, gradients, optimizer state and activations are float32
 
 
-class InsufficientMemoryError(MemoryError):
+class InsufficientMemoryError(InterpError, MemoryError):
     """A config needs more memory than the device has available (checked before allocating)."""
 
 

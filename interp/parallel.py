@@ -16,7 +16,6 @@ import atexit
 import logging
 import multiprocessing
 import os
-import traceback
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
@@ -25,6 +24,8 @@ from functools import partial
 from typing import Any, Protocol, TypeVar
 
 import torch
+
+from interp.errors import ErrorRecord, MissingDependencyError
 
 logger = logging.getLogger(__name__)
 
@@ -153,7 +154,7 @@ class RayBackend:
         try:
             import ray
         except ImportError as err:
-            raise ImportError("the ray backend needs Ray: pip install 'interp-dynamics[ray]'") from err
+            raise MissingDependencyError("the ray backend needs Ray: pip install 'interp-dynamics[ray]'") from err
         started = not ray.is_initialized()
         if started:
             ray.init(address=self.address, include_dashboard=False, log_to_driver=False, **self.init_kwargs)
@@ -172,11 +173,11 @@ class RayBackend:
 
 class JobsFailed(RuntimeError):
     """Some jobs of `run_all` raised; every other job ran to its end, so a re-run
-    with resume repeats only these. `errors` maps the failed jobs' indices to
-    `"Type: message"` and `tracebacks` to their formatted tracebacks."""
+    with resume repeats only these. `errors` maps the failed jobs' indices to what
+    they raised, `labels` to their names; `total` jobs ran."""
 
-    def __init__(self, errors: dict[int, str], tracebacks: dict[int, str], labels: dict[int, str], total: int):
-        self.errors, self.tracebacks = errors, tracebacks
+    def __init__(self, errors: dict[int, ErrorRecord], labels: dict[int, str], total: int):
+        self.errors, self.labels, self.total = errors, labels, total
         listed = "; ".join(f"{labels[i]}: {errors[i]}" for i in sorted(errors))
         super().__init__(f"{len(errors)} of {total} jobs failed (the others finished): {listed}")
 
@@ -184,15 +185,14 @@ class JobsFailed(RuntimeError):
 @dataclass(frozen=True)
 class _Outcome:
     value: Any = None
-    error: str = ""
-    traceback: str = ""
+    error: ErrorRecord | None = None
 
 
 def _capture(fn: Callable[[Any], T], item: Any) -> _Outcome:
     try:
         return _Outcome(value=fn(item))
     except Exception as err:  # noqa: BLE001 - reported with the others in JobsFailed
-        return _Outcome(error=f"{type(err).__name__}: {err}", traceback=traceback.format_exc())
+        return _Outcome(error=ErrorRecord.of(err))
 
 
 def run_all(fn: Callable[[Any], T], items: Sequence[Any], backend: Backend) -> list[T]:
@@ -201,11 +201,10 @@ def run_all(fn: Callable[[Any], T], items: Sequence[Any], backend: Backend) -> l
     A failing job does not stop the others: once all have ended, `JobsFailed`
     names every failure (by the item's `name` attribute where it has one)."""
     outcomes: dict[int, _Outcome] = dict(backend.imap(partial(_capture, fn), items))
-    failed = sorted(i for i, outcome in outcomes.items() if outcome.error)
-    if failed:
-        for i in failed:
-            logger.warning("job %d failed:\n%s", i, outcomes[i].traceback)
-        labels = {i: str(getattr(items[i], "name", "") or f"job {i}") for i in failed}
-        raise JobsFailed({i: outcomes[i].error for i in failed}, {i: outcomes[i].traceback for i in failed}, labels,
-                         len(items))
+    errors = {i: outcome.error for i, outcome in sorted(outcomes.items()) if outcome.error is not None}
+    if errors:
+        for i, error in errors.items():
+            logger.warning("job %d failed:\n%s", i, error.traceback)
+        labels = {i: str(getattr(items[i], "name", "") or f"job {i}") for i in errors}
+        raise JobsFailed(errors, labels, len(items))
     return [outcomes[i].value for i in range(len(items))]

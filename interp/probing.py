@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 from transformer_lens.model_bridge import TransformerBridge
 
 from interp.checkpoints import CheckpointSource, Run
+from interp.errors import InputError, UnknownNameError
 from interp.files import JsonlScan, append_jsonl, atomic_write_bytes, dumps_json, scan_jsonl
 from interp.ids import HeadId
 from interp.locking import RunInUseError
@@ -140,7 +141,7 @@ def check_probe_keys(probes: Mapping[str, Probe]) -> None:
     `probes/<key>.jsonl`, so `"../x"` would write outside the run's `probes/`."""
     for key in probes:
         if not isinstance(key, str) or not _SAFE_KEY.fullmatch(key) or key.endswith(".jsonl"):
-            raise ValueError(f"probes: key {key!r} is not a plain name (letters, digits and _ . + = -, not starting "
+            raise InputError(f"probes: key {key!r} is not a plain name (letters, digits and _ . + = -, not starting "
                              "with . or -); it names the cache file probes/<key>.jsonl")
 
 
@@ -274,15 +275,15 @@ def text_batch(source: CheckpointSource, text: Text) -> Batch:
     would enter every probe's statistics: they must tokenize to one length."""
     tokenizer = source.tokenizer
     if tokenizer is None:
-        raise ValueError(f"batch: text needs a tokenizer, and {source!r} has none; give token ids "
+        raise InputError(f"batch: text needs a tokenizer, and {source!r} has none; give token ids "
                          "({'tokens': tensor})")
     texts = [text] if isinstance(text, str) else list(text)
     ids = [list(tokenizer(t)["input_ids"]) for t in texts]
     lengths = sorted({len(i) for i in ids})
     if not ids or lengths[0] == 0:
-        raise ValueError(f"batch: expected text that tokenizes to at least one token, got {text!r}")
+        raise InputError(f"batch: expected text that tokenizes to at least one token, got {text!r}")
     if len(lengths) > 1:
-        raise ValueError(f"batch: the texts tokenize to {lengths} tokens; give texts of one token length "
+        raise InputError(f"batch: the texts tokenize to {lengths} tokens; give texts of one token length "
                          "(probe batches are not padded)")
     return {"tokens": torch.tensor(ids, dtype=torch.long)}
 
@@ -297,20 +298,20 @@ def check_batch_fits(source: CheckpointSource, batch: Batch | None) -> None:
         if not key.endswith("tokens"):
             continue
         if tensor.is_floating_point() or tensor.dim() != 2:
-            raise ValueError(f"batch[{key!r}]: expected integer token ids of shape [batch, pos], got "
+            raise InputError(f"batch[{key!r}]: expected integer token ids of shape [batch, pos], got "
                              f"{tensor.dtype} of shape {tuple(tensor.shape)}")
         if tensor.shape[1] > shape.n_ctx:
-            raise ValueError(f"batch[{key!r}]: sequences of {tensor.shape[1]} tokens are longer than the model's "
+            raise InputError(f"batch[{key!r}]: sequences of {tensor.shape[1]} tokens are longer than the model's "
                              f"context n_ctx={shape.n_ctx}")
         if tensor.numel() and (int(tensor.min()) < 0 or int(tensor.max()) >= shape.d_vocab):
-            raise ValueError(f"batch[{key!r}]: token ids must lie in [0, d_vocab={shape.d_vocab}), got "
+            raise InputError(f"batch[{key!r}]: token ids must lie in [0, d_vocab={shape.d_vocab}), got "
                              f"[{int(tensor.min())}, {int(tensor.max())}]")
 
 
 def _check_batch(probes: Mapping[str, Probe], batch: Batch | None) -> None:
     if batch is None and any(p.forward for p in probes.values()):
         needing = sorted(key for key, p in probes.items() if p.forward)
-        raise ValueError(f"batch: probes {needing} run the model and need a batch, got None")
+        raise InputError(f"batch: probes {needing} run the model and need a batch, got None")
 
 
 def probe(
@@ -340,7 +341,7 @@ def probe(
     steps = list(run.steps if steps is None else steps)
     missing = sorted(set(steps) - set(run.steps))
     if missing:
-        raise KeyError(f"steps {missing} have no checkpoint in {run!r}; available: {run.steps}")
+        raise UnknownNameError(f"steps {missing} have no checkpoint in {run!r}; available: {run.steps}")
     batch_id = batch_hash(batch)
     probe_dir = run.path / PROBES_DIR
     hashes = {step: run.checkpoint_hash(step) for step in steps}
@@ -491,7 +492,7 @@ def collect_activations(
     for step in steps:
         model = run.load(step, device=device, into=model)
         if hook not in model.hook_dict:
-            raise KeyError(f"hook: {hook!r} is not a hook point of this model")
+            raise UnknownNameError(f"hook: {hook!r} is not a hook point of this model")
         with torch.no_grad(), model.hooks(fwd_hooks=input_hooks(model, device_batch)):
             _, cache = model.run_with_cache(device_batch["tokens"], names_filter=[hook])
         stacked.append(cache[hook].float().cpu().numpy())

@@ -17,6 +17,8 @@ so that each of those can name a run's files and raise its errors without import
 
 from __future__ import annotations
 
+from interp.errors import InterpError
+
 WEIGHTS_FILE = "weights.safetensors"
 STATE_FILE = "state.pt"
 MANIFEST_FILE = "manifest.json"
@@ -27,12 +29,14 @@ CHECKPOINTS_DIR = "checkpoints"
 PROBES_DIR = "probes"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(InterpError, RuntimeError):
     """A checkpoint or run directory is missing, incomplete, damaged or fails its hash check."""
 
 
 class RunDamagedError(CheckpointError):
     """A run directory is inconsistent in a way no write of the toolkit can leave it."""
+
+    resumable = False
 
 
 def step_dirname(step: int) -> str:

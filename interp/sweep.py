@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from interp.analysis import get_analysis, json_safe, resolve_config, run_analysis
+from interp.errors import InputError
 from interp.files import atomic_write_bytes, atomic_write_json, dumps_json, read_jsonl
 from interp.parallel import Backend, LocalBackend
 from interp.viz import plot_curves, save_figure
@@ -66,11 +67,11 @@ def grid_points(grid: Mapping[str, Sequence[str]], seeds: Sequence[int]) -> list
     """The cartesian product of the grid's values, times the seeds, in row-major order."""
     for key, values in grid.items():
         if not values:
-            raise ValueError(f"--grid {key}: expected at least one value")
+            raise InputError(f"--grid {key}: expected at least one value")
         if key == "seed":
-            raise ValueError("--grid seed: use --seeds for seeds")
+            raise InputError("--grid seed: use --seeds for seeds")
     if not seeds:
-        raise ValueError("seeds: expected at least one seed")
+        raise InputError("seeds: expected at least one seed")
     points = []
     for combination in itertools.product(*grid.values()):
         for seed in seeds:
@@ -78,7 +79,7 @@ def grid_points(grid: Mapping[str, Sequence[str]], seeds: Sequence[int]) -> list
             points.append(SweepPoint(point_name(overrides), overrides))
     names = [p.name for p in points]
     if len(set(names)) != len(names):
-        raise ValueError(f"grid: two points share a directory name; check for repeated values in {dict(grid)}")
+        raise InputError(f"grid: two points share a directory name; check for repeated values in {dict(grid)}")
     return points
 
 
@@ -88,7 +89,7 @@ def parse_grid(specs: Sequence[str]) -> dict[str, list[str]]:
     for spec in specs:
         key, sep, values = spec.partition("=")
         if not sep or not key.strip() or not values.strip():
-            raise ValueError(f"--grid: expected key=v1,v2,..., got {spec!r}")
+            raise InputError(f"--grid: expected key=v1,v2,..., got {spec!r}")
         grid[key.strip()] = [v.strip() for v in values.split(",") if v.strip()]
     return grid
 

@@ -34,6 +34,7 @@ from transformer_lens.model_bridge import TransformerBridge
 from interp.bridge import installed_version
 from interp.checkpoints import Run
 from interp.configs import require, require_finite, require_literals, require_positive, to_dict
+from interp.errors import InputError, OutputExistsError
 from interp.files import NonFiniteError
 from interp.ids import CheckpointRef
 from interp.locking import run_lock
@@ -203,7 +204,7 @@ def parse_init_from(spec: str) -> tuple[Run, int]:
     ref = CheckpointRef.parse(spec)
     parent = Run.open(ref.run_dir)
     if not parent.steps:
-        raise ValueError(f"init_from: {ref.run_dir} has no checkpoints")
+        raise InputError(f"init_from: {ref.run_dir} has no checkpoints")
     return parent, parent.steps[-1] if ref.step is None else ref.step
 
 
@@ -266,7 +267,7 @@ class Stepper:
         for field_name in ("decay_only", "l2_only"):
             patterns = getattr(cfg, field_name)
             if patterns and not any(selected(patterns, n) for n in names):
-                raise ValueError(f"{field_name}: {list(patterns)} matches no parameter; names are {names}")
+                raise InputError(f"{field_name}: {list(patterns)} matches no parameter; names are {names}")
         self.penalized = [p for n, p in self.named_params if selected(cfg.l2_only, n)]
         self.optimizer = make_optimizer(cfg, self.named_params)
         self.device_type = self.params[0].device.type
@@ -422,7 +423,7 @@ def _open_run(run_dir: str | Path, config: dict[str, Any], train_cfg: TrainConfi
         if state.exists and not resume:
             problems = state.problems()
             found = f" ({'; '.join(problems)})" if problems else ""
-            raise FileExistsError(f"{run.path} already holds a run{found}; resume it or choose another directory")
+            raise OutputExistsError(f"{run.path} already holds a run{found}; resume it or choose another directory")
         damage = state.damage() if state.exists else []
         if damage:
             raise RunDamagedError(f"cannot resume {run.path}: {'; '.join(damage)}; nothing was changed")
@@ -434,7 +435,7 @@ def _open_run(run_dir: str | Path, config: dict[str, Any], train_cfg: TrainConfi
         # Comparing what the config defines (not where it ran) refuses a resume with other settings,
         # which would silently splice two different runs into one directory.
         if _identity(run.config) != _identity(_json_roundtrip(config)):
-            raise ValueError(f"resume: the config differs from {run.path / CONFIG_FILE}; start a new run instead")
+            raise InputError(f"resume: the config differs from {run.path / CONFIG_FILE}; start a new run instead")
         # What a killed writer leaves is after the last checkpoint (rows are logged before the
         # checkpoint that covers them), so removing it loses nothing that was saved: temporary
         # files, an uncommitted checkpoint directory, a torn last line and the rows after the

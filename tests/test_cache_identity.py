@@ -103,15 +103,15 @@ def test_plot_and_explorer_draw_the_most_complete_computation(run_copy, capsys):
 
 
 def test_plot_draws_the_full_curve(run_copy, monkeypatch):
-    import interp.cli as cli
+    import interp.cli.plot as cli_plot
 
-    drawn, real = {}, cli.plot_head_curves
+    drawn, real = {}, cli_plot.plot_head_curves
 
     def capture(grid, steps, **kwargs):
         drawn["steps"], drawn["grid"] = np.asarray(steps), grid
         return real(grid, steps, **kwargs)
 
-    monkeypatch.setattr(cli, "plot_head_curves", capture)
+    monkeypatch.setattr(cli_plot, "plot_head_curves", capture)
     probes = {"ind": circuits.induction_probe(layers=[1], period=PERIOD)}
     full = probe(run_copy, probes, batch(0))
     probe(run_copy, probes, batch(7), steps=[0, 8])

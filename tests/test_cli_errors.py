@@ -27,11 +27,14 @@ import torch
 from matplotlib.figure import Figure
 from safetensors import SafetensorError
 
-import interp.cli as cli
+import interp.cli.run as cli_run
 from interp import files
 from interp.analysis import accept_output_dir, get_analysis, resolve_config
 from interp.cli import main
+from interp.cli.errors import explain
+from interp.cli.parser import build_parser
 from interp.configs import to_dict
+from interp.errors import ErrorRecord, InputError, UnknownNameError
 from interp.model import (
     InsufficientMemoryError,
     ModelConfig,
@@ -252,33 +255,38 @@ def test_a_directory_without_write_permission_gives_one_line(tmp_path, capsys):
 
 
 @pytest.mark.parametrize(
-    ("type_name", "message", "expected"),
+    ("error", "expected"),
     [
-        ("RuntimeError", "[enforce fail at inline_container.cc:672] . unexpected pos 28352 vs 28244",
+        (RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 28352 vs 28244"),
          "no space left on device"),
-        ("OSError", "[Errno 28] No space left on device: '/d/runs/main/metrics.jsonl'",
+        (OSError(errno.ENOSPC, "No space left on device", "/d/runs/main/metrics.jsonl"),
          "no space left on device while writing /d/runs/main/metrics.jsonl"),
-        ("OSError", "[Errno 30] Read-only file system: '/d/x'", "read-only file system: cannot write /d/x"),
-        ("PermissionError", "[Errno 13] Permission denied: '/d/x'", "permission denied: /d/x"),
-        ("SafetensorError", 'Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space '
-         'left on device" })', "no space left on device"),
-        ("NonFiniteError", "training diverged at step 3: the loss is nan", "training diverged at step 3"),
+        (OSError(errno.EROFS, "Read-only file system", "/d/x"), "read-only file system: cannot write /d/x"),
+        (PermissionError(errno.EACCES, "Permission denied", "/d/x"), "permission denied: /d/x"),
+        (files.NonFiniteError("training diverged at step 3: the loss is nan"), "training diverged at step 3"),
+        (MemoryError(), "out of memory"),
     ],
 )
-def test_job_errors_are_explained_in_one_line(type_name, message, expected, tmp_path):
-    assert expected in cli.explain(type_name, message, where=tmp_path)
+def test_job_errors_are_explained_in_one_line(error, expected, tmp_path):
+    """A job's error reaches the CLI as an `ErrorRecord` (plain data), explained from its fields."""
+    assert expected in explain(ErrorRecord.of(error), where=tmp_path)
 
 
 def test_an_unexpected_job_error_is_not_explained_away():
-    assert cli.explain("ZeroDivisionError", "division by zero") is None
-    assert cli.explain("RuntimeError", "shape mismatch") is None
+    assert explain(ErrorRecord.of(ZeroDivisionError("division by zero"))) is None
+    assert explain(ErrorRecord.of(RuntimeError("shape mismatch"))) is None
+    # builtin errors are bugs too: only the toolkit's own (InterpError) are expected
+    assert explain(ErrorRecord.of(ValueError("bad"))) is None and explain(ErrorRecord.of(KeyError("k"))) is None
+    assert explain(ErrorRecord.of(InputError("x: expected y"))) == "x: expected y"
+    assert explain(ErrorRecord.of(UnknownNameError("unknown analysis 'z'"))) == "unknown analysis 'z'"
 
 
 def test_a_failed_job_is_reported_in_one_line_with_the_resume_command(tmp_path, monkeypatch, capsys):
     def fail(*args, **kwargs):
-        raise JobsFailed({0: "OSError: [Errno 28] No space left on device"}, {0: "Traceback ...\n"}, {0: "main"}, 1)
+        raise JobsFailed({0: ErrorRecord("OSError", "[Errno 28] No space left on device", "Traceback ...\n",
+                                         errno=errno.ENOSPC, strerror="No space left on device")}, {0: "main"}, 1)
 
-    monkeypatch.setattr(cli, "run_analysis", fail)
+    monkeypatch.setattr(cli_run, "run_analysis", fail)
     out = tmp_path / "out"
     assert main(["run", ANALYSIS, *TINY, "--out", str(out)]) == 2
     lines = error_lines(capsys)
@@ -392,16 +400,39 @@ def test_a_bug_keeps_its_traceback(monkeypatch, tmp_path):
     def bug(*args, **kwargs):
         raise ZeroDivisionError("a bug")
 
-    monkeypatch.setattr(cli, "run_analysis", bug)
+    monkeypatch.setattr(cli_run, "run_analysis", bug)
     with pytest.raises(ZeroDivisionError):
         main(["run", ANALYSIS, "--out", str(tmp_path / "o")])
+
+
+@pytest.mark.parametrize("bug", [ValueError("bug"), KeyError("bug"), FileNotFoundError("bug"), ImportError("bug")])
+def test_a_builtin_error_is_a_bug_and_keeps_its_traceback(bug, monkeypatch, tmp_path, capsys):
+    """Before: every ValueError, KeyError, OSError and ImportError was taken for bad input and
+    printed as one line; only the toolkit's own errors (`InterpError`) are expected now."""
+    def raising(*args, **kwargs):
+        raise bug
+
+    monkeypatch.setattr(cli_run, "run_analysis", raising)
+    with pytest.raises(type(bug)):
+        main(["run", ANALYSIS, "--out", str(tmp_path / "o")])
+    assert "error:" not in capsys.readouterr().err
+
+
+def test_a_builtin_error_of_a_job_shows_its_traceback_and_exit_1(monkeypatch, tmp_path, capsys):
+    def failed(*args, **kwargs):
+        raise JobsFailed({0: ErrorRecord("KeyError", "'bug'", "Traceback (bug)\n")}, {0: "main"}, 1)
+
+    monkeypatch.setattr(cli_run, "run_analysis", failed)
+    assert main(["run", ANALYSIS, "--out", str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback (bug)" in err and "main: KeyError: 'bug'" in err
 
 
 def test_ctrl_c_prints_one_line_with_the_resume_command(monkeypatch, tmp_path, capsys):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "run_analysis", interrupted)
+    monkeypatch.setattr(cli_run, "run_analysis", interrupted)
     out = tmp_path / "my runs" / "x"
     argv = ["run", ANALYSIS, "--preset", "tiny", "--out", str(out), "--seed", "3", "--set", "train.lr=0.01",
             "--workers", "2"]
@@ -411,7 +442,7 @@ def test_ctrl_c_prints_one_line_with_the_resume_command(monkeypatch, tmp_path, c
     command = lines[0].split("resume with: ", 1)[1]
     assert command == shlex.join(["interp", "run", ANALYSIS, "--preset", "tiny", "--out", str(out), "--seed", "3",
                                   "--workers", "2", "--set", "train.lr=0.01", "--resume"])
-    resumed = cli.build_parser().parse_args(shlex.split(command)[1:])
+    resumed = build_parser().parse_args(shlex.split(command)[1:])
     assert (resumed.name, resumed.preset, resumed.out, resumed.seed, resumed.set, resumed.resume) == \
         (ANALYSIS, "tiny", str(out), 3, ["train.lr=0.01"], True)
 
@@ -439,7 +470,7 @@ def test_a_real_ctrl_c_ends_in_one_line_and_the_command_resumes(tmp_path):
     assert proc.returncode == 130, stderr
     lines = [line for line in stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "interrupted; resume with: " in lines[0], stderr
-    resumed = cli.build_parser().parse_args(shlex.split(lines[0].split("resume with: ", 1)[1])[1:])
+    resumed = build_parser().parse_args(shlex.split(lines[0].split("resume with: ", 1)[1])[1:])
     config = resolve_config(get_analysis(ANALYSIS), resumed.preset, dict(s.split("=") for s in resumed.set))
     accept_output_dir(Path(resumed.out), {"analysis": ANALYSIS, "preset": resumed.preset, "config": to_dict(config)},
                       resume=resumed.resume, force=False)
@@ -473,7 +504,7 @@ def test_every_option_has_help_text():
             else:
                 yield parser.prog, action
 
-    missing = [f"{prog} {action.option_strings or action.dest}" for prog, action in walk(cli.build_parser())
+    missing = [f"{prog} {action.option_strings or action.dest}" for prog, action in walk(build_parser())
                if not action.help]
     assert not missing
 
@@ -599,9 +630,16 @@ def test_a_full_disk_while_weights_are_written_gives_one_line(tmp_path, monkeypa
     assert list((out / "runs" / "main" / "checkpoints").iterdir()) == []  # no partial checkpoint
 
 
-def test_a_safetensors_io_error_of_a_job_is_explained(tmp_path):
-    message = "Error while serializing: I/O error: No space left on device (os error 28)"
-    assert "no space left on device" in cli.explain("SafetensorError", message, where=tmp_path)
+def test_a_safetensors_io_error_is_an_os_error_naming_the_file(tmp_path, monkeypatch):
+    """`save_safetensors` raises safetensors' I/O error as the OSError it is, so a job's full disk
+    reaches the CLI with its errno and file, not as text to parse."""
+    def full_disk(tensors, path):
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(files, "save_file", full_disk)
+    with pytest.raises(OSError) as info:
+        files.save_safetensors({"x": torch.zeros(1)}, tmp_path / "w.safetensors")
+    assert "no space left on device" in explain(ErrorRecord.of(info.value), where=tmp_path)
 
 
 @pytest.mark.slow

@@ -32,7 +32,7 @@ def test_a_failing_job_raises_its_error():
     with pytest.raises(JobsFailed, match="1 of 3 jobs failed.*job 1: ValueError: negative job -1") as info:
         map_processes(square_and_threads, [1, -1, 2], workers=2, torch_threads=1)
     assert list(info.value.errors) == [1]
-    assert "square_and_threads" in info.value.tracebacks[1]
+    assert "square_and_threads" in info.value.errors[1].traceback
 
 
 @pytest.mark.parametrize("backend", [LocalBackend(workers=1), LocalBackend(workers=2, torch_threads=1)])

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from interp.checkpoints import CheckpointSource
+from interp.errors import InputError, MissingFileError
 from interp.files import atomic_write_bytes, dumps_json, loads_json, sha256_file
 from interp.ids import EMBED, HEAD_INPUTS, LOGITS, EdgeId, HeadId, MlpId, Node
 
@@ -119,7 +120,7 @@ class CircuitGraph:
         known = set(self.shape.edges())
         unknown = [str(e) for e in self.weights if e not in known]
         if unknown:
-            raise ValueError(f"edges: {unknown[:3]} are not edges of a model with {self.shape}")
+            raise InputError(f"edges: {unknown[:3]} are not edges of a model with {self.shape}")
 
     def strongest(self, k: int) -> list[tuple[EdgeId, float]]:
         """The `k` edges of largest |weight| (NaN weights last)."""
@@ -162,7 +163,7 @@ class CircuitGraph:
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> CircuitGraph:
         if data.get("format") != FORMAT:
-            raise ValueError(f"format: expected {FORMAT!r}, got {data.get('format')!r}")
+            raise InputError(f"format: expected {FORMAT!r}, got {data.get('format')!r}")
         model = data["model"]
         weights = {EdgeId.parse(e["edge"]): math.nan if e["weight"] is None else float(e["weight"])
                    for e in data["edges"]}
@@ -190,7 +191,7 @@ class CircuitDiff:
     @classmethod
     def between(cls, before: CircuitGraph, after: CircuitGraph, fraction: float = 0.1) -> CircuitDiff:
         if before.shape != after.shape:
-            raise ValueError(f"graphs: cannot diff models of different shapes, {before.shape} and {after.shape}")
+            raise InputError(f"graphs: cannot diff models of different shapes, {before.shape} and {after.shape}")
         kept_before, kept_after = before.kept(fraction), after.kept(fraction)
         order = {edge: i for i, edge in enumerate(before.shape.edges())}
 
@@ -247,7 +248,7 @@ def graphs_from_table(table: Any, key: str, method: str, shape: ModelShape, metr
     sub = table.select(key)
     edge_columns = [(i, EdgeId.parse(c)) for i, c in enumerate(sub.columns) if EdgeId.is_edge(c)]
     if not edge_columns:
-        raise ValueError(f"table: no edge column under {key!r}; columns: {list(sub.columns)[:5]}")
+        raise InputError(f"table: no edge column under {key!r}; columns: {list(sub.columns)[:5]}")
     baseline = sub[relative_to] if relative_to is not None else np.zeros(len(sub.steps))
     return [CircuitGraph(method, int(step), shape, {e: float(row[i] - base) for i, e in edge_columns}, metric)
             for step, row, base in zip(sub.steps, sub.values, baseline, strict=True)]
@@ -268,7 +269,7 @@ class GraphSetId:
 
     def __post_init__(self) -> None:
         if not _SET_ID.fullmatch(self.text):
-            raise ValueError(f"graph_set: expected 16 hex digits or 'legacy', got {self.text!r}")
+            raise InputError(f"graph_set: expected 16 hex digits or 'legacy', got {self.text!r}")
 
     def __str__(self) -> str:
         return self.text
@@ -370,9 +371,9 @@ def _read_object(path: Path) -> dict[str, Any]:
     try:
         data = loads_json(path.read_bytes())
     except (ValueError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path}: expected strict JSON ({err})") from None
+        raise InputError(f"{path}: expected strict JSON ({err})") from None
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
+        raise InputError(f"{path}: expected a JSON object, got {type(data).__name__}")
     return data
 
 
@@ -389,7 +390,7 @@ def _legacy_set(folder: Path, key: str, default: bool) -> GraphSet:
     index = folder / SET_INDEX
     data = _read_object(index)
     if data.get("format") != FORMAT:
-        raise ValueError(f"{index}: format: expected {FORMAT!r} (the old layout), got {data.get('format')!r}")
+        raise InputError(f"{index}: format: expected {FORMAT!r} (the old layout), got {data.get('format')!r}")
     return GraphSet(key, LEGACY_SET, str(data["method"]), str(data.get("metric", "")), None, None, None,
                     {int(s): None for s in data["steps"]}, folder, default)
 
@@ -398,7 +399,7 @@ def _new_set(folder: Path, key: str, set_id: GraphSetId, default: bool) -> Graph
     index = folder / str(set_id) / SET_INDEX
     data = _read_object(index)
     if data.get("format") != SET_FORMAT:
-        raise ValueError(f"{index}: format: expected {SET_FORMAT!r}, got {data.get('format')!r}")
+        raise InputError(f"{index}: format: expected {SET_FORMAT!r}, got {data.get('format')!r}")
     return GraphSet(key, set_id, str(data["method"]), str(data["metric"]), str(data["probe"]), str(data["batch"]),
                     str(data["numerics"]), {int(c["step"]): str(c["checkpoint"]) for c in data["checkpoints"]},
                     index.parent, default, {int(c["step"]): str(c["sha256"]) for c in data["checkpoints"]})
@@ -419,17 +420,17 @@ def _default_id(folder: Path, key: str, ids: Sequence[GraphSetId]) -> GraphSetId
     if index.exists():
         data = _read_object(index)
         if data.get("format") != KEY_FORMAT:
-            raise ValueError(f"{index}: format: expected {KEY_FORMAT!r}, got {data.get('format')!r}")
+            raise InputError(f"{index}: format: expected {KEY_FORMAT!r}, got {data.get('format')!r}")
         named = GraphSetId.parse(str(data["default"]))
         if named not in ids:
-            raise ValueError(f"{index}: default: expected one of the saved sets {[str(i) for i in ids]}, "
+            raise InputError(f"{index}: default: expected one of the saved sets {[str(i) for i in ids]}, "
                              f"got {str(named)!r}")
         return named
     if LEGACY_SET in ids:
         return LEGACY_SET
     if len(ids) == 1:
         return ids[0]
-    raise ValueError(f"{index}: default: no default graph set recorded for the key {key!r}; pass graph_set= "
+    raise InputError(f"{index}: default: no default graph set recorded for the key {key!r}; pass graph_set= "
                      f"one of {[str(i) for i in ids]}")
 
 
@@ -438,7 +439,7 @@ def list_graph_sets(run_dir: str | Path, key: str) -> list[GraphSet]:
     folder = graph_dir(run_dir, key)
     ids = _saved_ids(folder) + ([LEGACY_SET] if (folder / SET_INDEX).exists() else [])
     if not ids:
-        raise FileNotFoundError(f"{folder}: no circuit graphs saved under the key {key!r}")
+        raise MissingFileError(f"{folder}: no circuit graphs saved under the key {key!r}")
     default = _default_id(folder, key, ids)
     sets = [_legacy_set(folder, key, i == default) if i == LEGACY_SET else _new_set(folder, key, i, i == default)
             for i in ids]
@@ -454,7 +455,7 @@ def read_graph_set(run_dir: str | Path, key: str, graph_set: GraphSetId | str | 
     for found in sets:
         if found.set_id == wanted:
             return found
-    raise ValueError(f"graph_set: expected one of {[str(s.set_id) for s in sets]} saved under the key {key!r}, "
+    raise InputError(f"graph_set: expected one of {[str(s.set_id) for s in sets]} saved under the key {key!r}, "
                      f"got {str(wanted)!r}")
 
 
@@ -476,11 +477,11 @@ def save_graphs(run: CheckpointSource, key: str, graphs: Sequence[CircuitGraph],
     rewritten replaced). The first set of a key becomes its default; `make_default` makes
     this one the default even when the key has one."""
     if not graphs:
-        raise ValueError(f"graphs: expected at least one graph to save under {key!r}, got none")
+        raise InputError(f"graphs: expected at least one graph to save under {key!r}, got none")
     first = graphs[0]
     mixed = sorted({(g.method, g.metric) for g in graphs} - {(first.method, first.metric)})
     if mixed:
-        raise ValueError(f"graphs: expected one method and metric in a set, got {(first.method, first.metric)} "
+        raise InputError(f"graphs: expected one method and metric in a set, got {(first.method, first.metric)} "
                          f"and {mixed[0]}")
     folder = graph_dir(run.path, key)
     set_id = source.set_id
@@ -494,7 +495,7 @@ def save_graphs(run: CheckpointSource, key: str, graphs: Sequence[CircuitGraph],
             saved = _new_set(folder, key, set_id, False)
             found = (saved.method, saved.metric, saved.probe, saved.batch, saved.numerics)
             if found != (first.method, first.metric, source.probe, source.batch, source.numerics):
-                raise ValueError(f"{index}: method, metric, probe, batch, numerics: expected "
+                raise InputError(f"{index}: method, metric, probe, batch, numerics: expected "
                                  f"{(first.method, first.metric)} of {source}, got {found}")
             checkpoints = {s: str(sha) for s, sha in saved.checkpoints.items()}
             digests = dict(saved.digests)
@@ -525,10 +526,10 @@ def load_graphs(run_dir: str | Path, key: str, steps: Iterable[int] | None = Non
     wanted = found.steps if steps is None else sorted(steps)
     missing = sorted(set(wanted) - set(found.checkpoints))
     if missing:
-        raise ValueError(f"steps: expected steps saved in {found.folder}, {found.steps}; {missing} are not")
+        raise InputError(f"steps: expected steps saved in {found.folder}, {found.steps}; {missing} are not")
     edited = found.verify(wanted)
     if edited:
-        raise ValueError(f"{edited[0]}; trace again to recompute it")
+        raise InputError(f"{edited[0]}; trace again to recompute it")
     return [CircuitGraph.from_json(_read_object(found.folder / f"step_{s}.json")) for s in wanted]
 
 

@@ -74,6 +74,7 @@ from torch import Tensor
 
 from interp import seeding
 from interp.checkpoints import CheckpointSource, Run
+from interp.errors import InputError, MissingFileError, UnknownNameError
 from interp.files import atomic_write_json, atomic_write_npy, read_json, save_safetensors
 from interp.model import Batch
 from interp.probing import Probe, ProbeContext, ProbeTable, probe_artifacts
@@ -115,14 +116,14 @@ class ProbeExamples:
 
 def _per_example(batch: Batch, key: str, rows: Tensor, cols: Tensor, field_name: str) -> Tensor:
     if key not in batch:
-        raise KeyError(f"{field_name}: batch has no key {key!r}; keys: {sorted(batch)}")
+        raise UnknownNameError(f"{field_name}: batch has no key {key!r}; keys: {sorted(batch)}")
     value = batch[key]
     n_rows, n_pos = batch["tokens"].shape[:2]
     if value.shape == (n_rows,):
         return value[rows]
     if value.shape == (n_rows, n_pos):
         return value[rows, cols]
-    raise ValueError(f"{field_name}: batch[{key!r}] has shape {tuple(value.shape)}; expected [batch] = ({n_rows},) "
+    raise InputError(f"{field_name}: batch[{key!r}] has shape {tuple(value.shape)}; expected [batch] = ({n_rows},) "
                      f"or [batch, pos] = ({n_rows}, {n_pos})")
 
 
@@ -130,20 +131,20 @@ def select_positions(batch: Batch, positions: str) -> tuple[Tensor, Tensor]:
     """`(rows, cols)` of the probed positions: `batch[positions]` is a bool mask `[batch, pos]`
     or one integer position per row `[batch]` (negative: from the end)."""
     if positions not in batch:
-        raise KeyError(f"positions: batch has no key {positions!r}; keys: {sorted(batch)}")
+        raise UnknownNameError(f"positions: batch has no key {positions!r}; keys: {sorted(batch)}")
     where = batch[positions]
     n_rows, n_pos = batch["tokens"].shape[:2]
     if where.dtype == torch.bool and where.shape == (n_rows, n_pos):
         rows, cols = where.nonzero(as_tuple=True)
     elif not where.is_floating_point() and where.dtype != torch.bool and where.shape == (n_rows,):
         if bool(((where < -n_pos) | (where >= n_pos)).any()):
-            raise ValueError(f"positions: batch[{positions!r}] holds positions outside [-{n_pos}, {n_pos})")
+            raise InputError(f"positions: batch[{positions!r}] holds positions outside [-{n_pos}, {n_pos})")
         rows, cols = torch.arange(n_rows, device=where.device), where % n_pos
     else:
-        raise ValueError(f"positions: batch[{positions!r}] ({where.dtype}, shape {tuple(where.shape)}) is neither a "
+        raise InputError(f"positions: batch[{positions!r}] ({where.dtype}, shape {tuple(where.shape)}) is neither a "
                          f"bool mask [batch, pos] = ({n_rows}, {n_pos}) nor an integer position per row ({n_rows},)")
     if rows.numel() == 0:
-        raise ValueError(f"positions: batch[{positions!r}] selects no position")
+        raise InputError(f"positions: batch[{positions!r}] selects no position")
     return rows, cols
 
 
@@ -156,23 +157,23 @@ def probe_examples(acts: Tensor, batch: Batch, positions: str, labels: str, grou
     `[batch, pos]`."""
     n_rows, n_pos = batch["tokens"].shape[:2]
     if acts.dim() < 3 or tuple(acts.shape[:2]) != (n_rows, n_pos):
-        raise ValueError(f"hook: activations of shape {tuple(acts.shape)} are not [batch, pos, ...] = "
+        raise InputError(f"hook: activations of shape {tuple(acts.shape)} are not [batch, pos, ...] = "
                          f"({n_rows}, {n_pos}, ...) (attention patterns cannot be probed position-wise)")
     rows, cols = select_positions(batch, positions)
     features = acts[rows.to(acts.device), cols.to(acts.device)].reshape(len(rows), -1).float().cpu().numpy()
     label_values = _per_example(batch, labels, rows, cols, "labels").cpu().numpy()
     group_values = (rows if groups is None else _per_example(batch, groups, rows, cols, "groups")).cpu().numpy()
     if group_values.dtype.kind not in "iub":
-        raise ValueError(f"groups: batch[{groups!r}] must hold integer ids, got {group_values.dtype}")
+        raise InputError(f"groups: batch[{groups!r}] must hold integer ids, got {group_values.dtype}")
     type_key = "tokens" if control_types is None else control_types
     types = _per_example(batch, type_key, rows, cols, "control_types").cpu().numpy()
     if types.dtype.kind not in "iub":
-        raise ValueError(f"control_types: batch[{type_key!r}] must hold integer ids, got {types.dtype}")
+        raise InputError(f"control_types: batch[{type_key!r}] must hold integer ids, got {types.dtype}")
     test = None
     if split is not None:
         test = _per_example(batch, split, rows, cols, "split").cpu().numpy()
         if test.dtype != np.bool_:
-            raise ValueError(f"split: batch[{split!r}] must be a bool test mask, got {test.dtype}")
+            raise InputError(f"split: batch[{split!r}] must be a bool test mask, got {test.dtype}")
     return ProbeExamples(features, label_values, group_values.astype(np.int64), types.astype(np.int64), test)
 
 
@@ -191,25 +192,25 @@ def grouped_split(groups: Int[np.ndarray, " example"], *, test_size: float = 0.2
     n_groups = len(np.unique(groups))
     if test is None:
         if not 0 < test_size < 1:
-            raise ValueError(f"test_size: expected a fraction in (0, 1), got {test_size}")
+            raise InputError(f"test_size: expected a fraction in (0, 1), got {test_size}")
         state = int(seeding.rng(seed, LINEAR_PROBE_STREAM, SPLIT).integers(2**31))
         if n_groups < folds + 2:
-            raise ValueError(f"groups: {n_groups} distinct groups; a grouped split with {folds} cross-validation "
+            raise InputError(f"groups: {n_groups} distinct groups; a grouped split with {folds} cross-validation "
                              f"folds needs at least {folds + 2} (each group is held out whole)")
         train, held = next(GroupShuffleSplit(n_splits=1, test_size=test_size, random_state=state)
                            .split(groups, groups=groups))
     else:
         test = np.asarray(test, dtype=bool)
         if test.shape != groups.shape:
-            raise ValueError(f"split: test mask of shape {test.shape} does not match the {groups.shape} examples")
+            raise InputError(f"split: test mask of shape {test.shape} does not match the {groups.shape} examples")
         train, held = np.flatnonzero(~test), np.flatnonzero(test)
         both = np.intersect1d(groups[train], groups[held])
         if len(both):
-            raise ValueError(f"split: groups {both[:5].tolist()}{' ...' if len(both) > 5 else ''} have examples in "
+            raise InputError(f"split: groups {both[:5].tolist()}{' ...' if len(both) > 5 else ''} have examples in "
                              f"both train and test ({len(both)} groups); a probe could pass by memorising them")
     n_train, n_test = len(np.unique(groups[train])), len(np.unique(groups[held]))
     if n_train < folds or n_test < 2:
-        raise ValueError(f"groups: the split leaves {n_train} groups to train on and {n_test} to test on; need at "
+        raise InputError(f"groups: the split leaves {n_train} groups to train on and {n_test} to test on; need at "
                          f"least {folds} (the cross-validation folds) and 2")
     return np.sort(train), np.sort(held)
 
@@ -273,7 +274,7 @@ def resolve_kind(labels: np.ndarray, kind: Kind) -> Literal["classification", "r
     if kind == "auto":
         return "regression" if np.asarray(labels).dtype.kind == "f" else "classification"
     if kind not in ("classification", "regression"):
-        raise ValueError(f"kind: expected 'auto', 'classification' or 'regression', got {kind!r}")
+        raise InputError(f"kind: expected 'auto', 'classification' or 'regression', got {kind!r}")
     return kind
 
 
@@ -329,7 +330,7 @@ def _cross_validate(kind: str, features: np.ndarray, labels: np.ndarray, groups:
         parts.append((scaler.transform(features[fit_rows]), labels[fit_rows], scaler.transform(features[val_rows]),
                       labels[val_rows], _model(kind, order[0], max_iter, warm=True)))
     if not parts:
-        raise ValueError("labels: every cross-validation fold's training part holds a single class")
+        raise InputError("labels: every cross-validation fold's training part holds a single class")
     scores: list[float] = []
     for penalty in order:
         total = 0.0
@@ -358,33 +359,33 @@ def fit_probe(features: Float[np.ndarray, "example feature"], labels: np.ndarray
     labels = np.asarray(labels)
     n = len(labels)
     if features.ndim != 2 or features.shape[0] != n:
-        raise ValueError(f"features: expected [example, feature] with {n} examples, got shape {features.shape}")
+        raise InputError(f"features: expected [example, feature] with {n} examples, got shape {features.shape}")
     if not np.isfinite(features).all():
-        raise ValueError("features: activations are not all finite")
+        raise InputError("features: activations are not all finite")
     groups = np.arange(n) if groups is None else np.asarray(groups)
     types = np.arange(n) if types is None else np.asarray(types)
     if groups.shape != (n,) or types.shape != (n,):
-        raise ValueError(f"groups, types: expected one per example ({n}), got {groups.shape} and {types.shape}")
+        raise InputError(f"groups, types: expected one per example ({n}), got {groups.shape} and {types.shape}")
     kind_ = resolve_kind(labels, kind)
     if kind_ == "regression":
         labels = labels.astype(np.float64)
         if not np.isfinite(labels).all():
-            raise ValueError("labels: regression targets are not all finite")
+            raise InputError("labels: regression targets are not all finite")
     elif labels.dtype.kind not in "iub":
-        raise ValueError(f"labels: classification needs integer labels, got {labels.dtype} (kind='regression' for "
+        raise InputError(f"labels: classification needs integer labels, got {labels.dtype} (kind='regression' for "
                          "real values)")
     if k is not None:
         if test is not None:
-            raise ValueError("split: a sparse probe (k) makes its own grouped split; an explicit one is not supported")
+            raise InputError("split: a sparse probe (k) makes its own grouped split; an explicit one is not supported")
         return _fit_sparse(features, labels, groups, types, kind_, k, control, test_size, l2_strength, seed, max_iter)
     train, held = grouped_split(groups, test_size=test_size, folds=folds, seed=seed, test=test)
     if kind_ == "classification" and len(np.unique(labels[train])) < 2:
-        raise ValueError(f"labels: the training split holds one class ({labels[train][0]}); a classifier needs two")
+        raise InputError(f"labels: the training split holds one class ({labels[train][0]}); a classifier needs two")
     if kind_ == "regression" and np.ptp(labels[train]) == 0:
-        raise ValueError("labels: the training targets are constant; R² is undefined")
+        raise InputError("labels: the training targets are constant; R² is undefined")
     grid = tuple(alphas if kind_ == "regression" else Cs)
     if not grid or min(grid) <= 0:
-        raise ValueError(f"{'alphas' if kind_ == 'regression' else 'Cs'}: expected positive penalties, got {grid}")
+        raise InputError(f"{'alphas' if kind_ == 'regression' else 'Cs'}: expected positive penalties, got {grid}")
     with threadpool_limits(limits=1), warnings.catch_warnings():
         # One thread (BLAS and OpenMP): these are many small fits, where threads only contend
         # (up to 10x slower on a busy 2-core machine). Weak penalties may stop at max_iter on
@@ -430,7 +431,7 @@ def _fit_sparse(features: np.ndarray, labels: np.ndarray, groups: np.ndarray, ty
 
     classes = np.unique(labels)
     if kind != "classification" or len(classes) != 2:
-        raise ValueError(f"k: a sparse probe needs binary class labels, got {kind} with {len(classes)} classes")
+        raise InputError(f"k: a sparse probe needs binary class labels, got {kind} with {len(classes)} classes")
     x, g = torch.from_numpy(features), torch.from_numpy(groups.astype(np.int64))
     split_seed = int(seeding.rng(seed, LINEAR_PROBE_STREAM, SPLIT).integers(2**62))
 
@@ -477,9 +478,9 @@ def linear_probe(hook: str, positions: str, labels: str, groups: str | None = No
     the position). Columns: `ProbeFit.values`. Inside `probe()` the direction is saved at every
     checkpoint (`load_directions`)."""
     if k is not None and (not isinstance(k, int) or k < 1):
-        raise ValueError(f"k: expected a positive number of coordinates, got {k!r}")
+        raise InputError(f"k: expected a positive number of coordinates, got {k!r}")
     if not isinstance(folds, int) or folds < 2:
-        raise ValueError(f"folds: expected an integer >= 2, got {folds!r}")
+        raise InputError(f"folds: expected an integer >= 2, got {folds!r}")
     settings = {"hook": hook, "positions": positions, "labels": labels, "groups": groups, "kind": kind,
                 "split": split, "types": control_types, "control": control, "test": test_size, "folds": folds,
                 "Cs": list(Cs), "alphas": list(alphas), "k": k, "l2": l2_strength if k else None, "seed": seed,
@@ -488,17 +489,17 @@ def linear_probe(hook: str, positions: str, labels: str, groups: str | None = No
 
     def fn(ctx: ProbeContext) -> Mapping[str, float]:
         if ctx.batch is None:
-            raise ValueError("batch: a linear probe needs a batch with its positions and labels")
+            raise InputError("batch: a linear probe needs a batch with its positions and labels")
         fields = f"linear probe of {hook} (positions={positions!r}, labels={labels!r}, groups={groups!r})"
         if hook not in ctx.acts:
-            raise KeyError(f"hook: {hook!r} is not a hook point of this model (e.g. blocks.0.hook_resid_post)")
+            raise UnknownNameError(f"hook: {hook!r} is not a hook point of this model (e.g. blocks.0.hook_resid_post)")
         try:
             examples = probe_examples(ctx.acts[hook], ctx.batch, positions, labels, groups, split, control_types)
             fit = fit_probe(examples.features, examples.labels, examples.groups, kind=kind, types=examples.types,
                             test=examples.test, control=control, test_size=test_size, folds=folds, Cs=Cs,
                             alphas=alphas, k=k, l2_strength=l2_strength, seed=seed, max_iter=max_iter)
         except ValueError as err:
-            raise ValueError(f"{fields}: {err}") from None
+            raise InputError(f"{fields}: {err}") from None
         if save_directions and ctx.artifacts is not None and ctx.step is not None:
             save_direction(ctx.artifacts, ctx.step, fit, {"probe": name, "hook": hook})
         return fit.values()
@@ -553,18 +554,18 @@ def load_directions(run: CheckpointSource | str | Path, key: str, probe_obj: Pro
         found = sorted(p for p in (run.path / PROBES_DIR / key).glob("*") if (p / META_FILE).exists())
         if len(found) != 1:
             listed = "; ".join(f"{p.name}: {read_json(p / META_FILE).get('probe')}" for p in found) or "none"
-            raise ValueError(f"key: {len(found)} saved direction sets under {run.path / PROBES_DIR / key} ({listed}); "
+            raise InputError(f"key: {len(found)} saved direction sets under {run.path / PROBES_DIR / key} ({listed}); "
                              "pass the probe and its batch to choose")
         directory = found[0]
     if steps is None:
         saved = sorted(int(p.stem[len("step_"):]) for p in directory.glob("step_*.npy"))
         if not saved:
-            raise FileNotFoundError(f"{directory}: no saved directions (probe the run with this probe first)")
+            raise MissingFileError(f"{directory}: no saved directions (probe the run with this probe first)")
         steps = saved
     missing = [direction_file(directory, s) for s in steps if not direction_file(directory, s).exists()]
     if missing:
-        raise FileNotFoundError(f"{missing[0]} is missing ({len(missing)} steps): its result was cached without it; "
-                                "probe again with use_cache=False")
+        raise MissingFileError(f"{missing[0]} is missing ({len(missing)} steps): its result was cached without it; "
+                               "probe again with use_cache=False")
     stacked = np.stack([np.load(direction_file(directory, s), allow_pickle=False) for s in steps])
     meta = read_json(directory / META_FILE) if (directory / META_FILE).exists() else {}
     return ProbeDirections(np.asarray(steps), stacked, meta)
@@ -598,7 +599,7 @@ def direction_cosines(directions: Float[np.ndarray, "step output feature"]) -> F
     if d.ndim == 2:
         d = d[:, None, :]
     if d.ndim != 3:
-        raise ValueError(f"directions: expected [step, output, feature], got shape {d.shape}")
+        raise InputError(f"directions: expected [step, output, feature], got shape {d.shape}")
     with np.errstate(invalid="ignore", divide="ignore"):
         unit = d / np.linalg.norm(d, axis=-1, keepdims=True)
     return np.einsum("iof,jof->ij", unit, unit) / d.shape[1]
@@ -614,12 +615,12 @@ def direction_drift(directions: Float[np.ndarray, "step output feature"], steps:
     n = len(cos)
     steps_ = np.arange(n) if steps is None else np.asarray(steps)
     if steps_.shape != (n,) or (n > 1 and np.any(np.diff(steps_) <= 0)):
-        raise ValueError(f"steps: expected {n} increasing steps, got {steps_.tolist()}")
+        raise InputError(f"steps: expected {n} increasing steps, got {steps_.tolist()}")
     out = DirectionDrift(steps_, cos, np.diagonal(cos, 1).copy(), cos[:, -1].copy(), period, offset)
     if period is None:
         return out
     if period < 1:
-        raise ValueError(f"period: expected a positive number of steps, got {period}")
+        raise InputError(f"period: expected a positive number of steps, got {period}")
     inside = np.flatnonzero(steps_ >= offset)
     phase, cycle = (steps_ - offset) % period, (steps_ - offset) // period
     lags = int(cycle[inside].max() - cycle[inside].min()) if len(inside) else 0
@@ -646,7 +647,7 @@ def baseline_row(table: ProbeTable, key: str) -> dict[str, float]:
     """Probe `key`'s values at step 0, the baseline (random initialisation for a run trained
     from scratch); a table without a step-0 row is refused."""
     if 0 not in table.steps.tolist():
-        raise ValueError(f"steps: the table has no step-0 row, the baseline of probe {key!r}; probe with steps "
+        raise InputError(f"steps: the table has no step-0 row, the baseline of probe {key!r}; probe with steps "
                          "that include 0")
     sub = table.select(key)
     return dict(zip(sub.columns, sub.values[table.steps.tolist().index(0)].tolist(), strict=True))
@@ -669,29 +670,29 @@ def load_batch(path: str | Path, d_vocab: int | None = None, n_ctx: int | None =
     positions (where given: the model's sizes). Any problem is one line naming the file."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no batch file there (expected a safetensors file written by save_batch)")
+        raise MissingFileError(f"{path}: no batch file there (expected a safetensors file written by save_batch)")
     try:
         batch = load_file(path)
     except Exception as err:  # noqa: BLE001 - safetensors raises its own SafetensorError, or OSError
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ValueError(f"{path} is not a safetensors file ({reason}); write batches with "
+        raise InputError(f"{path} is not a safetensors file ({reason}); write batches with "
                          "interp.metrics.linear_probes.save_batch (a pickle such as a .pt file is never loaded)"
                          ) from None
     if "tokens" not in batch:
-        raise ValueError(f"{path} holds no 'tokens' (keys: {sorted(batch)})")
+        raise InputError(f"{path} holds no 'tokens' (keys: {sorted(batch)})")
     tokens = batch["tokens"]
     if tokens.dtype not in (torch.int64, torch.int32) or tokens.dim() != 2:
-        raise ValueError(f"{path}: 'tokens' must hold int64 (or int32) token ids of shape [batch, pos], got "
+        raise InputError(f"{path}: 'tokens' must hold int64 (or int32) token ids of shape [batch, pos], got "
                          f"{tokens.dtype} of shape {tuple(tokens.shape)}")
     if tokens.numel() == 0:
-        raise ValueError(f"{path}: 'tokens' is empty (shape {tuple(tokens.shape)}); a batch needs at least one "
+        raise InputError(f"{path}: 'tokens' is empty (shape {tuple(tokens.shape)}); a batch needs at least one "
                          "row and one position")
     low, high = int(tokens.min()), int(tokens.max())
     if low < 0 or (d_vocab is not None and high >= d_vocab):
         vocab = f"the model's vocabulary [0, d_vocab={d_vocab})" if d_vocab is not None else "[0, d_vocab)"
-        raise ValueError(f"{path}: 'tokens' holds ids in [{low}, {high}], outside {vocab}")
+        raise InputError(f"{path}: 'tokens' holds ids in [{low}, {high}], outside {vocab}")
     if n_ctx is not None and tokens.shape[1] > n_ctx:
-        raise ValueError(f"{path}: 'tokens' has {tokens.shape[1]} positions, more than the model's context "
+        raise InputError(f"{path}: 'tokens' has {tokens.shape[1]} positions, more than the model's context "
                          f"n_ctx={n_ctx}")
     return batch
 

@@ -28,6 +28,7 @@ import torch
 from interp import seeding
 from interp.analysis import ANALYSIS_FILE
 from interp.checkpoints import Run
+from interp.errors import InputError, MissingFileError
 from interp.files import atomic_write_bytes, atomic_write_json, atomic_write_npy, is_temporary, read_json, sha256_file
 from interp.headline import Source, num, nums
 from interp.ids import EdgeId, HeadId
@@ -60,7 +61,7 @@ MAX_SERIES_POINTS = 1500  # points per logged curve (longer logs are thinned eve
 MAX_EDGES = 300  # edges per circuit key in the page: the strongest over all steps
 
 
-class ViewError(ValueError):
+class ViewError(InputError):
     """A directory the explorer cannot show; the message says what is missing."""
 
 
@@ -86,7 +87,7 @@ def open_source(path: str | Path) -> Source:
     what is missing before anything is computed or written."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"{path}: no such directory (expected a run directory or an analysis directory)")
+        raise MissingFileError(f"{path}: no such directory (expected a run directory or an analysis directory)")
     if not path.is_dir():
         raise ViewError(f"{path} is not a directory (expected a run directory or an analysis directory)")
     if (path / ANALYSIS_FILE).exists():

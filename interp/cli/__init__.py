@@ -1,0 +1,46 @@
+"""The `interp` command (`parser.DESCRIPTION`): one module per command, the parser, and
+`errors`, which ends a command that failed in one line (an expected error) or its traceback
+(a bug)."""
+
+from __future__ import annotations
+
+import logging
+
+from interp.cli.errors import (
+    EXIT_ERROR,
+    QuietJobTracebacks,
+    end_broken_pipe,
+    report_error,
+    report_interrupt,
+    report_jobs_failed,
+)
+from interp.cli.parser import build_parser
+from interp.parallel import JobsFailed
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # --help, or a bad argument (argparse named it): a code, not an exception
+        return exit_.code if isinstance(exit_.code, int) else EXIT_ERROR
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
+    quiet = QuietJobTracebacks()
+    parallel_log = logging.getLogger("interp.parallel")
+    if not args.debug:
+        parallel_log.addFilter(quiet)
+    try:
+        return args.fn(args) or 0
+    except KeyboardInterrupt as err:
+        return report_interrupt(err, args)
+    except JobsFailed as err:
+        return report_jobs_failed(err, args)
+    except BrokenPipeError:
+        return end_broken_pipe()
+    except Exception as err:
+        code = report_error(err, args)
+        if code is None:
+            raise  # a bug: its traceback is what a report needs
+        return code
+    finally:
+        parallel_log.removeFilter(quiet)

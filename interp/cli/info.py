@@ -1,0 +1,208 @@
+"""`interp info`: what each run (or checkpoint suite) holds and how far it got; with
+`--verify`, every checkpoint against its hash, completeness and the strict JSON of its files."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from interp.analysis import ANALYSIS_FILE, analysis_leftovers
+from interp.checkpoints import Run
+from interp.cli.errors import EXIT_FAILED
+from interp.cli.runs import model_config, run_dirs
+from interp.files import read_json, scan_jsonl
+from interp.probing import cache_rows
+from interp.run_layout import CONFIG_FILE, PROBES_DIR, CheckpointError
+from interp.suites import CheckpointSuite, is_suite_folder, open_suite
+
+
+def run_status(run: Run) -> tuple[str, bool]:
+    """(one line on how far the run got, whether it is complete), without hashing the weights
+    (only the last checkpoint's small training state, which says whether the run stopped early)."""
+    try:
+        return _run_status(run)
+    except (CheckpointError, ValueError, OSError) as err:
+        return f"DAMAGED: {err}", False
+
+
+def _run_status(run: Run) -> tuple[str, bool]:
+    state = run.inspect()
+    if state.config_error:
+        return f"not usable: {run.path / CONFIG_FILE} is {state.config_error}", False
+    total = run.config.get("train", {}).get("steps")
+    last = state.last_step
+    if last is None:
+        return "INCOMPLETE: no checkpoint committed yet (killed early, or manifest.json is missing)", False
+    if last == total:
+        return f"complete: final checkpoint at step {last}", True
+    stopped = bool(run.load_training_state(last).get("stopped"))
+    if stopped:
+        return f"complete: stopped early at step {last} of {total} (its stop condition)", True
+    return (f"INCOMPLETE: last checkpoint at step {last} of {total} (interrupted or paused; `interp run ... "
+            "--resume` continues it)"), False
+
+
+def verify_run(run: Run) -> tuple[list[str], list[str]]:
+    """(failures, notes) of a run: every checkpoint's files against their sha256 in the
+    manifest and loaded (weights finite), the structure (`Run.inspect`: damage is a failure,
+    a killed writer's leftovers a note), completeness, and strict JSON in the probe caches."""
+    state = run.inspect()
+    failures, notes = list(state.damage()), list(state.repairs())
+    for step in state.steps:
+        if step not in state.step_dirs:
+            continue  # named by damage()
+        try:
+            weights = run.load_state_dict(step)
+            run.load_training_state(step)
+        except CheckpointError as err:
+            failures.append(str(err))
+            continue
+        except Exception as err:  # noqa: BLE001 - a file that matches its hash but does not load is reported
+            failures.append(f"{run.checkpoint_dir(step)} does not load: {type(err).__name__}: {err}")
+            continue
+        bad = [k for k, v in weights.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+        if bad:
+            failures.append(f"{run.checkpoint_dir(step)}: weights are not finite ({', '.join(bad[:3])})")
+    if state.config_error is None and not state.manifest_error:
+        status, complete = run_status(run)
+        if not complete:
+            failures.append(status)
+    elif state.unborn:
+        failures.append(f"INCOMPLETE: killed while being created (no {CONFIG_FILE} yet); nothing was trained")
+    for cache in sorted((run.path / PROBES_DIR).glob("*.jsonl")):
+        scan = scan_jsonl(cache)
+        if scan.bad_lines:
+            failures.append(str(scan.first_bad_line_error()))
+        if scan.torn_line is not None:
+            notes.append(f"{cache}: line {scan.torn_line} is torn (the next probe of this run repairs it)")
+        rows = cache_rows(scan)
+        if rows.tampered:
+            lines = ", ".join(str(i + 1) for i in rows.tampered[:6]) + (", ..." if len(rows.tampered) > 6 else "")
+            failures.append(f"{cache}: row(s) {lines} were edited after they were written (their digest does not "
+                            "match); the next probe recomputes them")
+        if rows.legacy:
+            notes.append(f"{cache}: {len(rows.legacy)} row(s) written before rows carried a digest and their "
+                         "numerics: shown by `interp view`/`plot`, recomputed by `probe`")
+    failures += _graph_failures(run)
+    from interp.view.data import pattern_problems  # the explorer's module, read only when asked
+
+    failures += pattern_problems(run)
+    return failures, notes
+
+
+def _graph_failures(run: Run) -> list[str]:
+    """Saved circuit graphs that are missing or were edited since they were written."""
+    from interp.circuits.graph import graph_keys, list_graph_sets  # the circuit module, read only when asked
+
+    failures = []
+    for key in graph_keys(run.path):
+        try:
+            for graph_set in list_graph_sets(run.path, key):
+                failures += graph_set.verify()
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            failures.append(f"{run.path}: the circuit graphs of {key!r} do not read ({err})")
+    return failures
+
+
+def _analysis_dirs(path: Path) -> list[Path]:
+    if (path / ANALYSIS_FILE).exists():
+        return [path]
+    return sorted(p.parent for p in path.rglob(ANALYSIS_FILE)) if path.is_dir() else []
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    """Without --verify a damaged file ends the command with an error naming it; with --verify
+    it is one of the failures, and every other run is still checked."""
+    path = Path(args.dir)
+    if is_suite_folder(path):  # its step<N>/config.json files are not run directories
+        return _describe_suite(open_suite(path), args.verify)
+    failed = False
+    for directory in _analysis_dirs(path):
+        try:
+            record = read_json(directory / ANALYSIS_FILE)
+            results = (directory / "results.json").exists()
+            if results and args.verify:
+                read_json(directory / "results.json")  # strict JSON, or an error naming the file
+        except (CheckpointError, ValueError) as err:
+            if not args.verify:
+                raise
+            print(f"analysis {directory}: FAILED: {err}")
+            failed = True
+            continue
+        print(f"analysis {directory}: {record.get('analysis')} (preset {record.get('preset')}); "
+              + ("results.json written" if results else "INCOMPLETE: no results.json (interrupted, or it failed)"))
+        failed |= args.verify and not results
+        leftovers = analysis_leftovers(directory) if args.verify else []
+        if leftovers:
+            print(f"    note: {len(leftovers)} temporary file(s) of interrupted writes, e.g. {leftovers[0]} (the next "
+                  "run of the analysis, e.g. with --resume, removes them)")
+    for run_dir in run_dirs(path):
+        run = Run(run_dir)
+        print(f"run {run.path}")
+        try:
+            if (run.path / CONFIG_FILE).exists():
+                _describe(run)
+            else:
+                print(f"  no {CONFIG_FILE}: not a usable run")
+        except (CheckpointError, ValueError, KeyError) as err:
+            if not args.verify:
+                raise
+            print(f"  unreadable: {err}")  # --verify lists what is wrong below
+        if args.verify:
+            failures, notes = verify_run(run)
+            if failures:
+                failed = True
+                print("  verify: FAILED")
+                for line in failures:
+                    print(f"    - {line}")
+            else:
+                print(f"  verify: OK ({len(run.steps)} checkpoints match their sha256 and load with finite weights)")
+            for line in notes:
+                print(f"    note: {line}")
+    return EXIT_FAILED if failed else 0
+
+
+def _describe_suite(suite: CheckpointSuite, verify: bool) -> int:
+    cfg = suite.model_config
+    print(f"suite {suite.source}: {cfg.architecture}, {cfg.n_layers} layers, d_model={cfg.d_model}, "
+          f"{cfg.n_heads} heads, vocab={cfg.d_vocab}, n_ctx={cfg.n_ctx}")
+    steps = suite.steps
+    print(f"  checkpoints: {len(steps)} ({steps[0]} .. {steps[-1]}); tokenizer: "
+          f"{'yes' if suite.tokenizer is not None else 'none'}")
+    print(f"  results cache: {suite.path}")
+    if not verify:
+        return 0
+    failures = suite.verify()
+    print("  verify: FAILED" if failures else f"  verify: OK ({len(steps)} checkpoints hold readable weights; a "
+          "suite folder keeps no hashes to check them against)")
+    for line in failures:
+        print(f"    - {line}")
+    return EXIT_FAILED if failures else 0
+
+
+def _describe(run: Run) -> None:
+    config = run.config
+    model = model_config(run)
+    print(f"  model: {model.n_layers} layers, d_model={model.d_model}, {model.n_heads} heads, "
+          f"vocab={model.d_vocab}, n_ctx={model.n_ctx}, attn_only={model.attn_only}")
+    train_cfg = config.get("train", {})
+    print(f"  train: {train_cfg.get('steps')} steps, {train_cfg.get('optimizer')} lr={train_cfg.get('lr')}, "
+          f"batch={train_cfg.get('batch_size')}, seed={train_cfg.get('seed')}")
+    state = run.inspect()
+    steps = state.steps
+    print(f"  checkpoints: {len(steps)} ({steps[0] if steps else '-'} .. {steps[-1] if steps else '-'})")
+    print(f"  status: {run_status(run)[0]}")
+    damage = state.damage()
+    if damage:
+        print(f"  DAMAGED: {damage[0]}" + (f" (and {len(damage) - 1} more; see --verify)" if len(damage) > 1 else ""))
+    last: dict[str, float] = {}
+    for row in state.metrics.rows:
+        last.update({k: v for k, v in row.items() if k != "step"})
+    for key, value in sorted(last.items()):
+        shown = f"{value:.4g}" if isinstance(value, int | float) else str(value)
+        print(f"  {key:28s} {shown} (last logged)")
+    probes = sorted(p.stem for p in (run.path / PROBES_DIR).glob("*.jsonl"))
+    if probes:
+        print(f"  cached probes: {', '.join(probes)}")

@@ -1,0 +1,214 @@
+"""The `interp` argument parser: every command, its options and their checks."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from interp.analysis import MAX_SEED
+from interp.cli.circuit import cmd_circuit
+from interp.cli.errors import EXIT_FAILED
+from interp.cli.info import cmd_info
+from interp.cli.list import analyses_epilog, cmd_list
+from interp.cli.plot import cmd_plot
+from interp.cli.probe import BUILTIN_PROBES, LINEAR_PROBE, cmd_probe
+from interp.cli.run import cmd_run
+from interp.cli.sweep import cmd_sweep
+from interp.cli.view import cmd_view
+
+DESCRIPTION = """\
+The `interp` command: list and run analyses, inspect, verify, probe and plot runs.
+
+Expected errors (bad input, a refused directory, a full disk, a run in use, Ctrl-C)
+end in one line on stderr naming the cause, with exit code 2 (130 for Ctrl-C, which
+also prints the command that resumes an interrupted `interp run`); `--debug` adds the
+traceback. Anything else is a bug and shows its traceback.
+"""
+
+# --- argument types: bad values are named by argparse ("argument --seed: expected ...") ------------
+
+
+def _int_in(low: int, high: int | None = None, expected: str = "") -> Callable[[str], int]:
+    expected = expected or (f"an integer >= {low}" if high is None else f"an integer in [{low}, {high}]")
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {value}")
+        return value
+
+    return parse
+
+
+def _float_at_least(low: float) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number >= {low}, got {text!r}") from None
+        if not value >= low or value == float("inf"):  # `not >=` also refuses NaN
+            raise argparse.ArgumentTypeError(f"expected a finite number >= {low}, got {text}")
+        return value
+
+    return parse
+
+
+SEED = _int_in(0, MAX_SEED, "an integer in [0, 2**63)")
+COUNT = _int_in(1)
+OPTIONAL_COUNT = _int_in(0)
+
+
+class _RunHelp(argparse.Action):
+    """`-h` of `interp run`: lists the analyses too, which imports them (seconds), so only on demand."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS,
+                 default: Any = argparse.SUPPRESS, help: str | None = None) -> None:  # noqa: A002 - argparse's name
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        parser.epilog = analyses_epilog()
+        parser.print_help()
+        parser.exit()
+
+
+def _add_backend_args(p: argparse.ArgumentParser, job: str) -> None:
+    p.add_argument("--backend", choices=("local", "ray"), default="local",
+                   help=f"where each independent {job} runs (default: local processes)")
+    p.add_argument("--workers", type=OPTIONAL_COUNT, default=0, help="local processes (default 0: one per core)")
+    p.add_argument("--threads", type=OPTIONAL_COUNT, default=0,
+                   help=f"torch threads per {job} (default: cores / workers locally, --cpus-per-job on Ray)")
+    p.add_argument("--address", default=None, help="Ray cluster address (default: start a local Ray instance)")
+    p.add_argument("--cpus-per-job", type=COUNT, default=1, help="Ray CPUs per job (default 1)")
+    p.add_argument("--gpus-per-job", type=_float_at_least(0.0), default=0.0, help="Ray GPUs per job (default 0)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    # --debug is accepted before and after the subcommand; SUPPRESS keeps a subcommand's
+    # absent flag from resetting one given before it.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show the traceback of an error (default: one line naming the cause)")
+    parser = argparse.ArgumentParser(prog="interp", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log library progress messages")
+    parser.add_argument("--debug", action="store_true", default=False,
+                        help="show the traceback of an error (default: one line naming the cause)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    sub.add_parser("list", parents=[common], help="list the analyses, their presets and each preset's sizes") \
+        .set_defaults(fn=cmd_list)
+
+    p = sub.add_parser("run", parents=[common], add_help=False, formatter_class=argparse.RawDescriptionHelpFormatter,
+                       help="run an analysis end to end (train, probe, plot, report)",
+                       description="Run an analysis end to end: train its runs into OUT/runs/, probe them, "
+                                   "write OUT/figures/, OUT/report.md and OUT/results.json.")
+    p.add_argument("-h", "--help", action=_RunHelp, help="show this help, with the analyses and presets, and exit")
+    p.add_argument("name", help="analysis name (listed below and by `interp list`)")
+    p.add_argument("--preset", default="quick", help="named configuration (default: quick; listed below)")
+    p.add_argument("--out", help="output directory (default: runs/NAME); a non-empty directory that holds no "
+                                 "output of this analysis is refused unless --force")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps, auto (default: CUDA if present)")
+    p.add_argument("--seed", type=SEED, default=None,
+                   help="one seed for model init, data and evaluation, in [0, 2**63) (default: the preset's)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override, e.g. --set train.lr=1e-3 --set model.d_model=128 (repeatable)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run in --out (the same preset and overrides)")
+    p.add_argument("--force", action="store_true",
+                   help="write into a non-empty --out that holds no output of this analysis (its files may be "
+                        "overwritten)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_backend_args(p, "training run of the analysis")
+    p.set_defaults(fn=cmd_run)
+
+    p = sub.add_parser("sweep", parents=[common],
+                       help="run an analysis over a grid of overrides x seeds (resumable)")
+    p.add_argument("name", help="analysis name (see `interp list`)")
+    p.add_argument("--preset", default="quick", help="named configuration (default: quick)")
+    p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
+                   help="swept config key and its values, e.g. --grid train.lr=1e-3,2e-3 (repeatable: a product)")
+    p.add_argument("--seeds", type=COUNT, default=1, help="seeds 0..N-1 for every grid point (default 1)")
+    p.add_argument("--seed-list", type=SEED, nargs="+", default=None, help="explicit seeds instead of --seeds")
+    p.add_argument("--out", help="sweep directory (default: runs/sweep-NAME); re-run it to finish a sweep")
+    _add_backend_args(p, "point")
+    p.add_argument("--device", default=None, help="device for every point (default: CUDA if present)")
+    p.add_argument("--metrics", default="", help="comma-separated results to tabulate and plot (default: headline)")
+    p.set_defaults(fn=cmd_sweep)
+
+    p = sub.add_parser("info", parents=[common],
+                       help="summarize a run directory (or every run below a directory); --verify checks it")
+    p.add_argument("dir", help="a run directory, or an analysis or sweep directory (every run below it)")
+    p.add_argument("--verify", action="store_true",
+                   help="check every checkpoint against its sha256, that its weights are finite, and that each run "
+                        f"is complete and undamaged; exit code {EXIT_FAILED} if anything fails")
+    p.set_defaults(fn=cmd_info)
+
+    p = sub.add_parser("probe", parents=[common],
+                       help="compute a built-in head score or a linear probe at every checkpoint of a run")
+    p.add_argument("dir", help="a run directory, an analysis directory that holds one run, or a checkpoint-suite "
+                               "folder (step<N> sub-folders saved by transformers)")
+    p.add_argument("metric", choices=(*BUILTIN_PROBES, LINEAR_PROBE),
+                   help="the head score (previous-token or induction attention), or a linear probe (needs --batch, "
+                        "--hook, --positions, --labels)")
+    p.add_argument("--layers", type=OPTIONAL_COUNT, nargs="+", default=None, help="layers to score (default: all)")
+    p.add_argument("--steps", type=OPTIONAL_COUNT, nargs="+", default=None, help="checkpoint steps (default: all)")
+    p.add_argument("--period", type=OPTIONAL_COUNT, default=0,
+                   help="repeat period of the probe tokens (default 0: n_ctx/2)")
+    p.add_argument("--sequences", type=COUNT, default=32, help="probe sequences (default 32)")
+    p.add_argument("--seed", type=SEED, default=0, help="seed of the probe tokens (default 0)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: CUDA if present)")
+    p.add_argument("--csv", help="also write the table to this CSV file")
+    linear = p.add_argument_group("linear probe (metric `linear`; --seed seeds its split and control task)")
+    linear.add_argument("--batch", help="a batch file (safetensors, `linear_probes.save_batch`): tokens and the keys")
+    linear.add_argument("--hook", nargs="+", help="hook(s) to probe, e.g. blocks.1.hook_resid_post")
+    linear.add_argument("--positions", help="batch key: bool mask [batch, pos] or a position per row")
+    linear.add_argument("--labels", help="batch key: integer classes or real values, per row or per position")
+    linear.add_argument("--groups", help="batch key: the unit a probe could memorise (default: the batch row)")
+    linear.add_argument("--split", help="batch key: an explicit bool test mask (default: a grouped random split)")
+    linear.add_argument("--control-types", help="batch key: the control task's types (default: the token)")
+    linear.add_argument("--kind", choices=("auto", "classification", "regression"), default="auto",
+                        help="default auto: integer labels are classes, floats are values")
+    linear.add_argument("--cycle", type=OPTIONAL_COUNT, default=0,
+                        help="steps per cycle of a periodic schedule: also print same-phase direction cosines")
+    p.set_defaults(fn=cmd_probe)
+
+    p = sub.add_parser("circuit", parents=[common],
+                       help="trace a circuit method over a run's checkpoints (graphs saved in the run, as a "
+                            "graph set of this batch beside the others)")
+    p.add_argument("dir", help="a run directory, or an analysis directory that holds one run")
+    p.add_argument("--method", choices=("path", "eap", "composition", "dla", "logit-lens"), required=True,
+                   help="path patching, edge attribution (EAP), weight composition, direct logit attribution or "
+                        "the logit lens")
+    p.add_argument("--steps", type=OPTIONAL_COUNT, nargs="+", default=None, help="checkpoint steps (default: all)")
+    p.add_argument("--period", type=OPTIONAL_COUNT, default=0,
+                   help="repeat period of the patching tokens (default 0: n_ctx/2)")
+    p.add_argument("--sequences", type=COUNT, default=32, help="patching sequences (default 32)")
+    p.add_argument("--ig-steps", type=COUNT, default=1,
+                   help="eap: integrated-gradient steps (default 1: plain EAP; more: EAP-IG, saved as eap-ig)")
+    p.add_argument("--seed", type=SEED, default=0, help="seed of the patching tokens (default 0)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: CUDA if present)")
+    p.add_argument("--make-default", action="store_true",
+                   help="make these graphs the key's default set, the one `interp view` shows (default: only a "
+                        "key's first set is; an analysis's own graphs stay shown)")
+    p.set_defaults(fn=cmd_circuit)
+
+    p = sub.add_parser("plot", parents=[common],
+                       help="plot logged metrics and cached probes of a run into its figures/")
+    p.add_argument("dir", help="a run directory, an analysis or sweep directory (every run below it), or a "
+                               "checkpoint-suite folder")
+    p.add_argument("--logx", action="store_true", help="logarithmic step axis")
+    p.set_defaults(fn=cmd_plot)
+
+    p = sub.add_parser("view", parents=[common],
+                       help="write DIR/view/index.html: an interactive, offline explorer with a checkpoint slider")
+    p.add_argument("dir", help="a run directory or an analysis directory (its runs and its headline view)")
+    p.add_argument("--open", action="store_true", help="open the page in the default browser")
+    p.add_argument("--device", default=None, help="device for the example's attention patterns (default: CUDA "
+                                                  "if present)")
+    p.set_defaults(fn=cmd_view)
+    return parser

@@ -1,0 +1,49 @@
+"""`interp plot`: logged metrics and cached per-head probes of each run, into its figures/."""
+
+from __future__ import annotations
+
+import argparse
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from interp.checkpoints import Run
+from interp.cli.runs import find_runs, model_config
+from interp.ids import HeadId
+from interp.probing import cached_computations
+from interp.run_layout import PROBES_DIR
+from interp.viz import plot_curves, plot_head_curves, save_figure
+
+
+def cmd_plot(args: argparse.Namespace) -> None:
+    for run in find_runs(Path(args.dir)):
+        rows = run.metrics()
+        groups: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = defaultdict(dict)
+        for key in sorted({k for r in rows for k in r} - {"step"}):
+            groups[key.split("/")[0] if "/" in key else key][key] = run.series(key)
+        fig_dir = run.path / "figures"
+        for group, series in groups.items():
+            path = save_figure(plot_curves(series, title=f"{run.path.name}: {group}", logx=args.logx),
+                               fig_dir / f"metrics_{group}.png")
+            print(f"wrote {path}")
+        for cache in sorted((run.path / PROBES_DIR).glob("*.jsonl")):
+            drawn = _plot_cached_probe(run, cache.stem, fig_dir, args.logx)
+            if drawn:
+                print(f"wrote {drawn[0]}: {drawn[1]}")
+
+
+def _plot_cached_probe(run: Run, key: str, fig_dir: Path, logx: bool) -> tuple[Path, str] | None:
+    """Per-head curves of a cached `L{l}H{h}` probe: its most complete computation (one batch
+    and numerics, never a mix); the figure's path and which computation it draws."""
+    found = cached_computations(run, key)
+    if not found or not all(HeadId.is_head(c) for c in found[0].table.columns):
+        return None
+    best = found[0]
+    cfg = model_config(run)
+    grid = best.table.head_grid(None, cfg.n_layers, cfg.n_heads)
+    about = best.describe() + (f"; {len(found) - 1} other computation(s) in the cache not drawn" if len(found) > 1
+                               else "")
+    title = f"{run.path.name}: {best.probe} (batch {best.batch})"
+    return save_figure(plot_head_curves(grid, best.table.steps, title=title, logx=logx),
+                       fig_dir / f"probe_{key}.png"), about

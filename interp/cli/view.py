@@ -1,0 +1,31 @@
+"""`interp view`: the offline explorer page of a run or an analysis directory."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from interp.cli.checks import check_device
+from interp.model import format_bytes
+
+
+def cmd_view(args: argparse.Namespace) -> None:
+    from tqdm.auto import tqdm
+
+    from interp.view import write_view  # the explorer: imported only by this command
+
+    bars: dict[str, Any] = {}
+
+    def progress(run: str, done: int, total: int) -> None:
+        bar = bars.get(run) or bars.setdefault(run, tqdm(total=total, desc=f"attention patterns, {run}", leave=False))
+        bar.update(done - bar.n)
+        if done == total:
+            bar.close()
+
+    page = write_view(Path(args.dir), device=check_device(args.device), progress=progress)
+    print(f"wrote {page} ({format_bytes(page.stat().st_size)}); open it in a browser (it works offline)")
+    if args.open:
+        import webbrowser
+
+        webbrowser.open(page.resolve().as_uri())
