@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import keyword
 import math
 import shutil
 import time
@@ -41,7 +42,7 @@ from interp.checkpoints import (
     run_lock,
 )
 from interp.configs import ConfigError, require, to_dict, with_overrides
-from interp.ids import CheckpointRef, HeadId
+from interp.ids import Identity
 from interp.model import ModelConfig, check_memory, resolve_device
 from interp.parallel import Backend
 from interp.pipeline import RUNS_DIR, AnalysisConfig, Context
@@ -59,6 +60,13 @@ def detail(**kw: Any) -> Any:
     """A results field that figures and reports read but `results.json` leaves out
     (curves, grids, probe tables)."""
     return field(default=None, repr=False, compare=False, metadata={"detail": True}, **kw)
+
+
+def inline(**kw: Any) -> Any:
+    """A results field holding a results dataclass whose fields `results.json` writes at
+    this field's level, in its place, under their own names (e.g. the findings of one step
+    of an analysis among the analysis's other numbers)."""
+    return field(metadata={"inline": True}, **kw)
 
 
 @dataclass(frozen=True)
@@ -325,16 +333,31 @@ def analysis_leftovers(out: Path) -> list[Path]:
 
 
 def results_dict(results: Any) -> dict[str, Any]:
-    """The results dataclass as `results.json` holds it: nested dataclasses become
-    dicts, numpy values plain numbers and lists, `detail()` fields are left out."""
-    if not dataclasses.is_dataclass(results):
+    """The results dataclass as `results.json` holds it: nested dataclasses become dicts
+    (an `inline()` field's fields join its parent's), identities their text form,
+    numpy values plain numbers and lists; `detail()` fields are left out. A field named
+    after a Python keyword with a trailing underscore (`lambda_`) is written without it."""
+    if not dataclasses.is_dataclass(results) or isinstance(results, type):
         raise TypeError(f"results: expected a dataclass, got {type(results).__name__}")
-    return {f.name: _plain(getattr(results, f.name)) for f in dataclasses.fields(results)
-            if not f.metadata.get("detail")}
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(results):
+        if f.metadata.get("detail"):
+            continue
+        value = getattr(results, f.name)
+        if f.metadata.get("inline"):
+            out.update(results_dict(value))
+        else:
+            out[_key(f.name)] = _plain(value)
+    return out
+
+
+def _key(name: str) -> str:
+    stripped = name.removesuffix("_")
+    return stripped if stripped != name and keyword.iskeyword(stripped) else name
 
 
 def _plain(value: Any) -> Any:
-    if isinstance(value, HeadId | CheckpointRef):  # identities are stored in their text form
+    if isinstance(value, Identity):  # one rule for every identity: its text form, read back by `parse`
         return str(value)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return results_dict(value)
@@ -362,4 +385,5 @@ def json_safe(obj: Any) -> Any:
 
 
 __all__ = ["ANALYSIS_FILE", "MAX_SEED", "Analysis", "AnalysisImportError", "Figure", "Report", "accept_output_dir",
-           "analysis_names", "detail", "get_analysis", "load_all", "resolve_config", "results_dict", "run_analysis"]
+           "analysis_names", "detail", "get_analysis", "inline", "load_all", "resolve_config", "results_dict",
+           "run_analysis"]
