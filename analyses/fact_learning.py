@@ -63,6 +63,7 @@ from interp.analysis import (
     detail,
     final_only,
     head_probe,
+    inline,
     json_safe,
     main_run,
     nearest_step,
@@ -74,13 +75,13 @@ from interp.analysis import (
 )
 from interp.configs import require, require_positive
 from interp.files import atomic_write_json, read_json
-from interp.ids import CheckpointRef, HeadId
+from interp.ids import LOGITS, CheckpointRef, EdgeId, HeadId
 from interp.metrics import recovery, spans
 from interp.patching import pattern_patch
 from interp.run_layout import METRICS_FILE
 from interp.viz import plot_curves
 from tasks import biographies
-from tasks.biographies import Biographies, BiographiesConfig
+from tasks.biographies import Biographies, BiographiesConfig, RecallCircuit, RecallSignatures
 
 SEEN, UNSEEN, OLD, NEW = "seen", "unseen", "old", "new"
 EVAL_STREAM, PROBE_STREAM, REPLAY_STREAM, LINEAR_STREAM = 1, 2, 3, 4
@@ -165,9 +166,48 @@ class FactLearningConfig(AnalysisConfig):
 
 
 @dataclass(frozen=True)
+class SizeRow:
+    """The phases of the run on `n_individuals` people."""
+
+    n_individuals: int
+    phases: spans.PhaseRow = inline()
+
+
+@dataclass(frozen=True)
+class AlphaRow:
+    """The phases of the run sampling people by a power law of exponent `alpha` (0: uniform)."""
+
+    alpha: float
+    phases: spans.PhaseRow = inline()
+
+
+@dataclass(frozen=True)
+class PatchRow:
+    """The phases of the run trained with the attention patterns of main-run checkpoint
+    `reference_step` (labelled `reference`: before, inside, after the plateau)."""
+
+    reference: str
+    reference_step: int
+    phases: spans.PhaseRow = inline()
+
+
+@dataclass(frozen=True)
+class RecallHeadEffects:
+    """At `step`: the recall head's direct logit to the value (`dla`) and all components'
+    (`dla_total`), and the change of the value's log-prob when its direct path to the logits
+    (`path_to_logits`) and its whole output (`whole_output`) carry another person's write."""
+
+    step: int
+    dla: float
+    dla_total: float
+    path_to_logits: float
+    whole_output: float
+
+
+@dataclass(frozen=True)
 class FactLearningResults:
     """Phase rows (`plateau_by_n`, `alpha_sweep`, `warmup`, `patching`): a run's label, then its
-    `spans.phase_row`; signatures are per layer (mean over heads) at the checkpoint nearest a step."""
+    `spans.PhaseRow`; signatures are per layer (mean over heads) at the checkpoint nearest a step."""
 
     baseline: float
     phase1_end: int | None
@@ -176,26 +216,26 @@ class FactLearningResults:
     plateau_over_phase1: float | None
     final_loss: float
     final_accuracy: float
-    plateau_by_n: list[dict[str, Any]]
+    plateau_by_n: list[SizeRow]
     plateau_power_law: spans.PowerLaw | None
     compare_steps: int
-    alpha_sweep: list[dict[str, Any]]
-    warmup: dict[str, Any] | None
+    alpha_sweep: list[AlphaRow]
+    warmup: spans.PhaseRow | None
     unseen_loss_final: float
     seen_max_prob_final: float
     unseen_max_prob_final: float
     seen_entropy_final: float
     unseen_entropy_final: float
     unseen_loss_at_plateau_end: float | None
-    patching: list[dict[str, Any]]
+    patching: list[PatchRow]
     finetune: dict[str, recovery.ForgettingSummary]
     signatures_at_plateau_start: dict[str, dict[str, float]]
     signatures_at_plateau_end: dict[str, dict[str, float]]
     signatures_final: dict[str, dict[str, float]]
     lens_top1_step: dict[str, int | None]
     recall_head: HeadId
-    recall_head_at_plateau: dict[str, float] | None
-    recall_head_final: dict[str, float]
+    recall_head_at_plateau: RecallHeadEffects | None
+    recall_head_final: RecallHeadEffects
     value_probe_initial: dict[str, dict[str, float]]  # by position ("name", "query") and layer
     value_probe_final: dict[str, dict[str, float]]
     value_probe_half_step: dict[str, int | None]  # the first probed step where the best layer reaches 0.5
@@ -206,8 +246,8 @@ class FactLearningResults:
     warmup_run: Run | None = detail()
     patched: dict[str, Run] = detail()  # by reference label
     finetuned: dict[str, Run] = detail()  # by condition
-    signatures: dict[str, Any] = detail()  # "steps", and per signature and layer a value per step
-    circuit: dict[str, Any] = detail()  # biographies.recall_circuit's tables
+    signatures: RecallSignatures = detail()
+    circuit: RecallCircuit = detail()
     values: ProbeTable = detail()  # biographies.value_probes on the main run
 
 
@@ -301,7 +341,7 @@ def setup_job(job: TrainingJob, device: torch.device) -> JobSetup:
     return JobSetup(data, hooks, finish=lambda run: bios.vocab.save(run.path / "vocab.json"))
 
 
-def phases(run: Run, cfg: FactLearningConfig, until: int | None = None) -> dict[str, Any]:
+def phases(run: Run, cfg: FactLearningConfig, until: int | None = None) -> spans.CurvePhases:
     """Phase boundaries and final values of a run's eval curve (up to step `until` if given)."""
     return spans.curve_phases(*run.series(f"{SEEN}/loss", until), run.series(f"{SEEN}/accuracy", until)[1],
                               run.config["baseline"], cfg.delta, cfg.smooth_window)
@@ -313,14 +353,14 @@ def left_plateau_step(run: Run, cfg: FactLearningConfig) -> int | None:
     return spans.first_below(*run.series(f"{SEEN}/loss"), run.config["baseline"] - cfg.pause_below)
 
 
-def patch_references(main: Run, cfg: FactLearningConfig, main_phases: dict[str, Any],
+def patch_references(main: Run, cfg: FactLearningConfig, main_phases: spans.PlateauPhases,
                      after: int | None = None) -> dict[str, int]:
     """Checkpoints of the main run from before and inside the plateau, and `after` it
     (default: the last checkpoint)."""
     if cfg.patch_steps:
         return {f"step{s}": nearest_step(main.steps, s) for s in cfg.patch_steps}
-    phase1_end = main_phases["phase1_end"] or cfg.train.steps // 10
-    plateau_end = main_phases["plateau_end"] or cfg.train.steps // 2
+    phase1_end = main_phases.phase1_end or cfg.train.steps // 10
+    plateau_end = main_phases.plateau_end or cfg.train.steps // 2
     return {"before": nearest_step(main.steps, phase1_end // 2),
             "inside": nearest_step(main.steps, (phase1_end + plateau_end) // 2),
             "after": nearest_step(main.steps, after) if after else main.steps[-1]}
@@ -357,7 +397,7 @@ def measure(cfg: FactLearningConfig, ctx: Context) -> FactLearningResults:
     paused_at = left_plateau_step(main, cfg)
     early_phases = phases(main, cfg, until=paused_at)
     references = patch_references(main, cfg, early_phases, after=paused_at)
-    horizon = int(cfg.patch_horizon * (early_phases["plateau_end"] or cfg.train.steps))
+    horizon = int(cfg.patch_horizon * (early_phases.plateau_end or cfg.train.steps))
     patch_jobs = {label: job(f"patch-{label}", "patch", patch_from=CheckpointRef.of(main.path, step),
                              stop_step=horizon) for label, step in references.items()}
     second = ctx.train([replace(main_job, continues=True, params=replace(main_job.params, pause=False)),
@@ -368,33 +408,37 @@ def measure(cfg: FactLearningConfig, ctx: Context) -> FactLearningResults:
     third = ctx.train(list(finetune_jobs.values()))
 
     main_phases, unseen, bios = phases(main, cfg), main.series(f"{UNSEEN}/loss"), populations[base.n_individuals]
-    plateau_end = main_phases["plateau_end"]
+    plateau_end = main_phases.plateau_end
     probed = bios.draw_trained(cfg.probe_individuals, cfg.seed + 1, EVAL_STREAM)
     signatures = biographies.recall_signatures(main, bios.heldout_batch(probed, cfg.seed, PROBE_STREAM), ctx.device)
-    atomic_write_json(ctx.out / SIGNATURES_FILE, json_safe(signatures))  # NaN: null
+    atomic_write_json(ctx.out / SIGNATURES_FILE, json_safe(signatures.to_json()))  # NaN: null
     circuit = biographies.recall_circuit(main, bios.heldout_batch(probed, cfg.seed, PROBE_STREAM), ctx.device)
     people = bios.draw_trained(cfg.linear_individuals, cfg.seed, LINEAR_STREAM)
     values = probe(main, biographies.value_probes(range(cfg.model.n_layers), cfg.seed),
                    bios.value_batch(people, VALUE_ATTRIBUTE, cfg.seed, LINEAR_STREAM),
                    steps=[*main.steps[:-1:2], main.steps[-1]], device=ctx.device)
-    plateau_mid = (nearest_step(main.steps, (main_phases["phase1_end"] + plateau_end) // 2)
-                   if main_phases["phase1_end"] and plateau_end else None)
+    plateau_mid = (nearest_step(main.steps, (main_phases.phase1_end + plateau_end) // 2)
+                   if main_phases.phase1_end and plateau_end else None)
     by_n = {n: first[j.name] for n, j in n_jobs.items()} | {base.n_individuals: main}
-    plateau_by_n = [{"n_individuals": n, **spans.phase_row(phases(by_n[n], cfg))} for n in sorted(by_n)]
-    reached = np.array([(r["n_individuals"], r["plateau_end"]) for r in plateau_by_n if r["plateau_end"]], float)
+    plateau_by_n = [SizeRow(n, phases(by_n[n], cfg).row()) for n in sorted(by_n)]
+    reached = np.array([(r.n_individuals, r.phases.plateau_end) for r in plateau_by_n if r.phases.plateau_end],
+                       float)
     by_alpha = {a: first[j.name] for a, j in alpha_jobs.items()}
     warmup_run = first[warmup_jobs[0].name] if warmup_jobs else None
     patched = {label: second[j.name] for label, j in patch_jobs.items()}
     finetuned = {c: third[j.name] for c, j in finetune_jobs.items()}
+    value_probe = biographies.value_probe_summary(values, cfg.model.n_layers)
     return FactLearningResults(
         baseline=round(main.config["baseline"], 4),
-        **{k: v for k, v in main_phases.items() if k != "last_step"},  # the main run's phases, unrounded
+        # the main run's phases, unrounded
+        phase1_end=main_phases.phase1_end, plateau_end=plateau_end, plateau_length=main_phases.plateau_length,
+        plateau_over_phase1=main_phases.plateau_over_phase1, final_loss=main_phases.final_loss,
+        final_accuracy=main_phases.final_accuracy,
         plateau_by_n=plateau_by_n,
         plateau_power_law=spans.power_law_fit(*reached.reshape(-1, 2).T),
         compare_steps=budget,
-        alpha_sweep=[{"alpha": a, **spans.phase_row(phases(run, cfg, budget))}
-                     for a, run in {0.0: main, **by_alpha}.items()],
-        warmup=spans.phase_row(phases(warmup_run, cfg, budget)) if warmup_run else None,
+        alpha_sweep=[AlphaRow(a, phases(run, cfg, budget).row()) for a, run in {0.0: main, **by_alpha}.items()],
+        warmup=phases(warmup_run, cfg, budget).row() if warmup_run else None,
         unseen_loss_final=float(unseen[1][-1]),
         seen_max_prob_final=float(main.series(f"{SEEN}/max_prob")[1][-1]),
         unseen_max_prob_final=float(main.series(f"{UNSEEN}/max_prob")[1][-1]),
@@ -402,36 +446,33 @@ def measure(cfg: FactLearningConfig, ctx: Context) -> FactLearningResults:
         unseen_entropy_final=float(main.series(f"{UNSEEN}/entropy")[1][-1]),
         unseen_loss_at_plateau_end=None if plateau_end is None else float(
             unseen[1][np.searchsorted(unseen[0], plateau_end)]),
-        patching=[{"reference": label, "reference_step": references[label], **spans.phase_row(phases(run, cfg))}
-                  for label, run in patched.items()],
+        patching=[PatchRow(label, references[label], phases(run, cfg).row()) for label, run in patched.items()],
         finetune={c: recovery.forgetting_summary(*run.series(f"{OLD}/loss"), run.series(f"{OLD}/accuracy")[1],
                                                  run.series(f"{NEW}/loss")[1], main.config["baseline"])
                   for c, run in finetuned.items()},
-        signatures_at_plateau_start=biographies.signatures_at(signatures, main_phases["phase1_end"]),
-        signatures_at_plateau_end=biographies.signatures_at(signatures, plateau_end),
-        signatures_final=biographies.signatures_at(signatures, main_phases["last_step"]),
-        lens_top1_step={entry.removesuffix("/top1"): spans.first_crossing(circuit["lens"].steps,
-                                                                          circuit["lens"][entry], 0.5)
-                        for entry in circuit["lens"].columns if entry.endswith("/top1")},
-        recall_head=circuit["head"],
+        signatures_at_plateau_start=signatures.at(main_phases.phase1_end),
+        signatures_at_plateau_end=signatures.at(plateau_end),
+        signatures_final=signatures.at(main_phases.last_step),
+        lens_top1_step={entry.removesuffix("/top1"): spans.first_crossing(circuit.lens.steps, circuit.lens[entry], 0.5)
+                        for entry in circuit.lens.columns if entry.endswith("/top1")},
+        recall_head=circuit.head,
         recall_head_at_plateau=None if plateau_mid is None else recall_head_at(circuit, plateau_mid),
         recall_head_final=recall_head_at(circuit, main.steps[-1]), circuit=circuit, values=values,
-        **biographies.value_probe_summary(values, cfg.model.n_layers),
+        value_probe_initial=value_probe.initial, value_probe_final=value_probe.final,
+        value_probe_half_step=value_probe.half_step,
         recall_half_step=spans.first_crossing(*main.series(f"{SEEN}/accuracy"), 0.5),
         main=main, by_n=by_n, by_alpha=by_alpha, warmup_run=warmup_run, patched=patched, finetuned=finetuned,
         signatures=signatures,
     )
 
 
-def recall_head_at(circuit: dict[str, Any], step: int) -> dict[str, float]:
-    """At `step`: the recall head's direct logit to the value and its share of all components',
-    and the change of the value's log-prob when its direct path to the logits (and its whole
-    output) carries another person's write."""
-    i = int(np.searchsorted(circuit["dla"].steps, step))
-    head, dla, path, whole = str(circuit["head"]), circuit["dla"], circuit["path"], circuit["whole"]
-    return {"step": step, "dla": round(float(dla[head][i]), 4), "dla_total": round(float(dla["total"][i]), 4),
-            "path_to_logits": round(float(path[f"{head}->logits"][i] - path["base"][i]), 4),
-            "whole_output": round(float(whole[head][i] - whole["base"][i]), 4)}
+def recall_head_at(circuit: RecallCircuit, step: int) -> RecallHeadEffects:
+    """The `RecallHeadEffects` of the circuit's head at `step`, rounded to 4 digits."""
+    i = int(np.searchsorted(circuit.dla.steps, step))
+    head, dla, path, whole = circuit.head, circuit.dla, circuit.path, circuit.whole
+    return RecallHeadEffects(step=step, dla=round(float(dla[head][i]), 4), dla_total=round(float(dla["total"][i]), 4),
+                             path_to_logits=round(float(path[EdgeId(head, LOGITS)][i] - path["base"][i]), 4),
+                             whole_output=round(float(whole[head][i] - whole["base"][i]), 4))
 
 
 def band_label(delta: float) -> str:
@@ -472,10 +513,10 @@ def figures(cfg: FactLearningConfig, results: FactLearningResults, ctx: Context)
     draw("loss_by_n", "Attribute loss by N",
          {f"N = {n}": run.series(f"{SEEN}/loss") for n, run in sorted(r.by_n.items())},
          hlines={"baseline": baseline}, title="Attribute loss by number of individuals", ylabel="attribute loss (nats)")
-    reached = [row for row in r.plateau_by_n if row["plateau_end"]]
+    reached = [row for row in r.plateau_by_n if row.phases.plateau_end]
     if reached:
-        ns = np.array([row["n_individuals"] for row in reached], float)
-        series = {"plateau end": (ns, np.array([row["plateau_end"] for row in reached], float))}
+        ns = np.array([row.n_individuals for row in reached], float)
+        series = {"plateau end": (ns, np.array([row.phases.plateau_end for row in reached], float))}
         if fit := r.plateau_power_law:
             grid = np.geomspace(ns.min(), ns.max(), 50)
             series[f"{fit.prefactor:.3g} N^{fit.exponent:.2f} (R² {fit.r2:.3f})"] = (
@@ -493,9 +534,9 @@ def figures(cfg: FactLearningConfig, results: FactLearningResults, ctx: Context)
          ylabel="attribute loss, uniform over people (nats)")
 
     # At the scale of the delta band: the patched runs stop once their plateau is over.
-    runs = {"no patching": main} | {f"patterns of step {row['reference_step']} ({row['reference']})":
-                                    r.patched[row["reference"]] for row in r.patching}
-    until = max(row["last_step"] for row in r.patching)
+    runs = {"no patching": main} | {f"patterns of step {row.reference_step} ({row.reference})":
+                                    r.patched[row.reference] for row in r.patching}
+    until = max(row.phases.last_step for row in r.patching)
     patched = {name: spans.near_baseline(*run.series(f"{SEEN}/loss"), baseline, cfg.smooth_window, until)[::2]
                for name, run in runs.items()}
     patched[band_label(cfg.delta)] = (np.array([0, until]), np.zeros(2))
@@ -503,21 +544,21 @@ def figures(cfg: FactLearningConfig, results: FactLearningResults, ctx: Context)
          bands={band_label(cfg.delta): np.asarray(cfg.delta)}, title="Training with attention patterns patched in",
          ylabel=f"attribute loss − baseline, smoothed over {cfg.smooth_window} (nats)")
 
-    steps = np.array(r.signatures["steps"])
+    steps = np.array(r.signatures.steps)
     for name, label in biographies.RECALL_SIGNATURES.items():
         draw(f"signature_{name}", f"Signature: {name.replace('_', ' ')}",
-             {layer: (steps, np.array(v)) for layer, v in r.signatures[name].items()}, vlines=marks, title=label,
+             {layer: (steps, np.array(v)) for layer, v in r.signatures.values[name].items()}, vlines=marks, title=label,
              ylabel="mean over heads")
-    lens, head = r.circuit["lens"], r.recall_head
+    lens, head = r.circuit.lens, r.recall_head
     draw("logit_lens", "Logit lens at the attribute query: how often the value is the top token, per residual entry",
          {entry.removesuffix("/top1"): (lens.steps, lens[entry]) for entry in lens.columns if entry.endswith("/top1")}
          | {"accuracy (seen people)": main.series(f"{SEEN}/accuracy")}, vlines=marks,
          title="Logit lens: value top-1 rate by layer", ylabel="top-1 rate")
-    dla, path, whole = r.circuit["dla"], r.circuit["path"], r.circuit["whole"]
+    dla, path, whole, to_logits = r.circuit.dla, r.circuit.path, r.circuit.whole, EdgeId(head, LOGITS)
     draw("recall_head", f"The recall head {head}: its direct logit to the value, and patching its output with "
-         "another person's", {f"{head} direct logit": (dla.steps, dla[str(head)]),
-                              f"{head} -> logits, path patched": (path.steps, path[f"{head}->logits"] - path["base"]),
-                              f"{head} whole output patched": (whole.steps, whole[str(head)] - whole["base"])},
+         "another person's", {f"{head} direct logit": (dla.steps, dla[head]),
+                              f"{head} -> logits, path patched": (path.steps, path[to_logits] - path["base"]),
+                              f"{head} whole output patched": (whole.steps, whole[head] - whole["base"])},
          vlines=marks, title=f"Recall head {head}", ylabel="logit / change of log-prob")
     values, where = r.values, {"name": "at the name's last token", "query": "at the value's query"}
     draw("value_probe", f"Linear probes of the {VALUE_ATTRIBUTE} per layer, held-out people, with recall accuracy",
@@ -559,22 +600,22 @@ def report(cfg: FactLearningConfig, results: FactLearningResults) -> Report:
     ]).figures("phases", "plateau", "accuracy")
     out.text("Plateau by number of individuals (sweep runs stop once their plateau end is known):")
     out.grid(["N", "phase 1 end", "plateau end", "final loss", "final accuracy", "last step"],
-             [[row["n_individuals"], row["phase1_end"], row["plateau_end"], row["final_loss"], row["final_accuracy"],
-               row["last_step"]] for row in r.plateau_by_n])
+             [[row.n_individuals, row.phases.phase1_end, row.phases.plateau_end, row.phases.final_loss,
+               row.phases.final_accuracy, row.phases.last_step] for row in r.plateau_by_n])
     if fit := r.plateau_power_law:
         out.text(f"Power-law fit: plateau end ≈ {fit.prefactor:.3g} · N^{fit.exponent:.3f} (R² {fit.r2:.3f}).")
     out.figures("loss_by_n", "plateau_by_n").text(f"Sampling distributions at a budget of {r.compare_steps} steps:")
-    labelled = [(f"power law alpha = {row['alpha']:g}" if row["alpha"] else "uniform", row) for row in r.alpha_sweep]
+    labelled = [(f"power law alpha = {row.alpha:g}" if row.alpha else "uniform", row.phases) for row in r.alpha_sweep]
     if r.warmup:
         labelled.append((f"warm-up: {cfg.warmup_individuals} people for {cfg.warmup_steps} steps", r.warmup))
     out.grid(["distribution", "plateau end", "final loss", "final accuracy"],
-             [[label, row["plateau_end"], row["final_loss"], row["final_accuracy"]] for label, row in labelled])
+             [[label, row.plateau_end, row.final_loss, row.final_accuracy] for label, row in labelled])
     out.figures("distributions").text("Attention-pattern patching (same initialization and batches; every layer's "
                                       "pattern from a main-run checkpoint):")
     out.grid(["reference", "reference step", "phase 1 end", "plateau end", "loss at stop", "last step"],
              [["none (main run)", "", r.phase1_end, r.plateau_end, "", ""]]
-             + [[row["reference"], row["reference_step"], row["phase1_end"], row["plateau_end"], row["final_loss"],
-                 row["last_step"]] for row in r.patching]).figures("patching")
+             + [[row.reference, row.reference_step, row.phases.phase1_end, row.phases.plateau_end,
+                 row.phases.final_loss, row.phases.last_step] for row in r.patching]).figures("patching")
     out.text("Attention signatures (mean over heads, per layer) at the start and end of the plateau and at "
              "the end of training:")
     out.grid(["when", "signature", "by layer"],
@@ -589,7 +630,7 @@ def report(cfg: FactLearningConfig, results: FactLearningResults) -> Report:
              f"{r.recall_head}; its direct logit to the value and the effect of patching its output with another "
              "person's name (change of the value's log-prob):")
     out.grid(["when", "step", "direct logit", "all components", "path to logits patched", "whole output patched"],
-             [[when, at["step"], at["dla"], at["dla_total"], at["path_to_logits"], at["whole_output"]]
+             [[when, at.step, at.dla, at.dla_total, at.path_to_logits, at.whole_output]
               for when, at in (("mid plateau", r.recall_head_at_plateau), ("final", r.recall_head_final)) if at])
     out.figures("logit_lens", "recall_head").text(value_probe_text(cfg, r)).figures("value_probe", "confidence").text(
         f"Fine-tuning on {cfg.data.n_finetune} new people at constant lr {cfg.finetune.lr:g} for {cfg.finetune.steps} "

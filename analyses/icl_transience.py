@@ -31,14 +31,14 @@ learning takes over. The analysis runs:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from functools import partial
-from typing import Any, Literal, get_args
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
-from analyses.toys import CoopetitionToyConfig, CoopetitionToyResult, coopetition_toy
+from analyses.toys import CoopetitionSummary, CoopetitionToyConfig, CoopetitionToyResult, coopetition_toy
 from interp import seeding
 from interp.analysis import (
     Analysis,
@@ -66,6 +66,7 @@ from interp.analysis import (
     detail,
     final_only,
     head_probe,
+    inline,
     main_run,
     nearest_step,
     probe,
@@ -76,18 +77,26 @@ from interp.analysis import (
 from interp.circuits.patching import PatchMetric, cross_checkpoint_probe
 from interp.circuits.readout import dla_probe
 from interp.configs import require, require_literals, require_positive
-from interp.ids import HeadId, hooks
+from interp.ids import EMBED, HeadId, MlpId, Node, hooks, parse_node
 from interp.metrics import circuits, spans
 from interp.model import Batch, batch_to
 from interp.viz import plot_bars, plot_curves, plot_head_curves, plot_head_grids
-from tasks.fewshot import HEAD_CIRCUITS, FewShot, FewShotConfig, accuracy, answer_probes, answer_summary, circuit_probes
+from tasks.fewshot import (
+    HEAD_CIRCUITS,
+    AnswerSummary,
+    FewShot,
+    FewShotConfig,
+    accuracy,
+    answer_probes,
+    answer_summary,
+    circuit_probes,
+)
 
 ICLKind = Literal["icl_novel", "icl_permuted"]
 Control = Literal["negative_control", "no_decay_control"]
 # Where an exemplar -> label mapping can be memorized: everything but the attention.
 IN_WEIGHTS_PATHWAY = ("blocks.*.mlp.*", "embed.*", "unembed.*", "input_proj.*")
 EVAL_STREAM, PROBE_STREAM, LINEAR_STREAM = 1, 2, 3
-SIDE_RUN_KEYS = ("icl_peak", "icl_peak_step", "icl_final", "iwl_final", "train_loss_final")  # L2 sweep, controls
 DLA_SETS = ("train", "icl_novel", "iwl")  # batches on which the query's correct label is attributed
 ICL_ACCURACY = PatchMetric("icl_accuracy_closed", lambda logits, batch: torch.tensor(accuracy(logits, batch)))
 CONTROL_LABELS: dict[Control, str] = {"negative_control": "the query copies its in-context exemplar",
@@ -135,7 +144,21 @@ class ICLTransienceConfig(AnalysisConfig):
 
 
 @dataclass(frozen=True)
-class ICLTransienceResults:
+class SideRunDynamics:
+    """`Dynamics` of a side run (the L2 sweep, the controls): its ICL peak and the final values."""
+
+    icl_peak: float
+    icl_peak_step: int
+    icl_final: float
+    iwl_final: float
+    train_loss_final: float
+
+
+@dataclass(frozen=True)
+class Dynamics:
+    """ICL peak and end, IWL at the end and the training loss around them (`dynamics`); the
+    final closed-class accuracy of the flip, CIWL and both ICL evaluation sets."""
+
     icl_peak: float
     icl_peak_step: int
     icl_final: float
@@ -149,27 +172,88 @@ class ICLTransienceResults:
     ciwl_final: float
     icl_novel_final: float
     icl_permuted_final: float
-    circuits_initial: dict[str, Any]
-    circuits_at_peak: dict[str, Any]
-    circuits_final: dict[str, Any]
-    ablation_at_peak: dict[str, Any]
-    ablation_final: dict[str, Any]
-    l2_sweep: list[dict[str, Any]]
-    negative_control: dict[str, Any] | None
-    no_decay_control: dict[str, Any] | None
-    coopetition_toy: dict[str, Any]
-    dla_initial: dict[str, dict[str, float]]
-    dla_at_peak: dict[str, dict[str, float]]
-    dla_final: dict[str, dict[str, float]]
-    cross_checkpoint: dict[str, Any]
-    in_weights_probe_initial: float
-    in_weights_probe_final: float
-    in_weights_probe_half_step: int | None  # first probed step at half its final accuracy
-    iwl_half_step: int | None  # the same for IWL accuracy (smoothed)
-    in_context_probe_initial: float
-    in_context_probe_peak: float
-    in_context_probe_peak_step: int
-    in_context_probe_final: float
+
+    def side(self) -> SideRunDynamics:
+        return SideRunDynamics(self.icl_peak, self.icl_peak_step, self.icl_final, self.iwl_final,
+                               self.train_loss_final)
+
+
+@dataclass(frozen=True)
+class L2Row:
+    """The run with L2 strength `lambda_` (written `lambda`)."""
+
+    lambda_: float
+    run: SideRunDynamics = inline()
+
+
+@dataclass(frozen=True)
+class CircuitSummary:
+    """At `step`: the strongest layer-0 previous-token head, the strongest induction head
+    above layer 0, total label attention (best head above layer 0) and label mass."""
+
+    step: int
+    prev_token_layer0_max: float
+    induction_max: float
+    label_attention_max: float
+    label_mass: float
+
+
+@dataclass(frozen=True)
+class Ablation:
+    """At `step`: the accuracy drop on ICL and IWL when each head is ablated (`[layer, head]`),
+    and ICL accuracy clean and with `heads` ablated together."""
+
+    step: int
+    icl_drop_by_head: np.ndarray
+    iwl_drop_by_head: np.ndarray
+    icl_clean: float
+    heads: list[HeadId]
+    icl_heads_ablated: float
+
+
+@dataclass(frozen=True)
+class LogitSplit:
+    """The correct label's direct logit at the query from heads above layer 0 (`late_heads`),
+    from the MLPs and embeddings (`in_weights`), and in all (`total`)."""
+
+    late_heads: float
+    in_weights: float
+    total: float
+
+
+@dataclass(frozen=True)
+class CrossCheckpoint:
+    """Novel-class ICL accuracy at `end_step` and at `peak_step`, and at the end with each
+    component's weights (`weights`) or output (`activations`) alone from the peak, with the
+    three that restore it most."""
+
+    peak_step: int
+    end_step: int
+    icl_at_end: float
+    icl_at_peak: float
+    weights: dict[Node, float]
+    weights_most_restoring: list[Node]
+    activations: dict[Node, float]
+    activations_most_restoring: list[Node]
+
+
+@dataclass(frozen=True)
+class ICLTransienceResults:
+    dynamics: Dynamics = inline()
+    circuits_initial: CircuitSummary
+    circuits_at_peak: CircuitSummary
+    circuits_final: CircuitSummary
+    ablation_at_peak: Ablation
+    ablation_final: Ablation
+    l2_sweep: list[L2Row]
+    negative_control: SideRunDynamics | None
+    no_decay_control: SideRunDynamics | None
+    coopetition_toy: CoopetitionSummary
+    dla_initial: dict[str, LogitSplit]  # by DLA set
+    dla_at_peak: dict[str, LogitSplit]
+    dla_final: dict[str, LogitSplit]
+    cross_checkpoint: CrossCheckpoint
+    answer_summary: AnswerSummary = inline()
     targets: dict[str, bool]
     table: ProbeTable = detail()  # the circuit probes of the main run
     dla: ProbeTable = detail()  # direct logit attribution at the query, per DLA_SETS batch
@@ -203,10 +287,9 @@ def jobs(cfg: ICLTransienceConfig) -> tuple[TrainingJob, dict[float, TrainingJob
     return job("main", cfg.train, show_progress=True), sweep, controls
 
 
-def dynamics(run: Run, cfg: ICLTransienceConfig) -> dict[str, Any]:
-    """ICL peak and end, IWL at the end and the training loss around them, all read from
-    evaluation curves smoothed over `smooth_window` evaluations (a single evaluation of
-    `eval_size` sequences is noisy by a few points)."""
+def dynamics(run: Run, cfg: ICLTransienceConfig) -> Dynamics:
+    """The `Dynamics` of a run, all read from evaluation curves smoothed over `smooth_window`
+    evaluations (a single evaluation of `eval_size` sequences is noisy by a few points)."""
 
     def smoothed(key: str) -> tuple[np.ndarray, np.ndarray]:
         steps, values = run.series(key)
@@ -216,31 +299,34 @@ def dynamics(run: Run, cfg: ICLTransienceConfig) -> dict[str, Any]:
                                                   (f"{cfg.icl_kind}/closed", "train/loss", "iwl/full"))
     peak = int(np.argmax(icl))
     at_peak = min(int(np.searchsorted(loss_steps, steps[peak])), len(loss) - 1)
-    return {"icl_peak": float(icl[peak]), "icl_peak_step": int(steps[peak]), "icl_final": float(icl[-1]),
-            "icl_drop": float(icl[peak] - icl[-1]), "iwl_final": float(iwl[-1]), "iwl_max": float(iwl.max()),
-            "train_loss_first": float(run.series("train/loss")[1][0]), "train_loss_at_peak": float(loss[at_peak]),
-            "train_loss_final": float(loss[-1]), **{f"{kind}_final": float(smoothed(f"{kind}/closed")[1][-1])
-                                                    for kind in ("flip", "ciwl", *get_args(ICLKind))}}
+
+    def final(kind: str) -> float:
+        return float(smoothed(f"{kind}/closed")[1][-1])
+
+    return Dynamics(icl_peak=float(icl[peak]), icl_peak_step=int(steps[peak]), icl_final=float(icl[-1]),
+                    icl_drop=float(icl[peak] - icl[-1]), iwl_final=float(iwl[-1]), iwl_max=float(iwl.max()),
+                    train_loss_first=float(run.series("train/loss")[1][0]), train_loss_at_peak=float(loss[at_peak]),
+                    train_loss_final=float(loss[-1]), flip_final=final("flip"), ciwl_final=final("ciwl"),
+                    icl_novel_final=final("icl_novel"), icl_permuted_final=final("icl_permuted"))
 
 
-def circuit_summary(table: ProbeTable, grids: dict[str, np.ndarray], step: int) -> dict[str, Any]:
-    """At `step`: the strongest layer-0 previous-token head, the strongest induction
-    head above layer 0, total label attention (best head above layer 0) and label mass."""
+def circuit_summary(table: ProbeTable, grids: dict[str, np.ndarray], step: int) -> CircuitSummary:
+    """The `CircuitSummary` at the probed step `step`."""
     i = int(np.searchsorted(table.steps, step))
-    return {"step": int(table.steps[i]), "prev_token_layer0_max": float(grids["prev_token"][i, 0].max()),
-            "induction_max": float(grids["induction"][i, 1:].max()),
-            "label_attention_max": float(grids["label_attention"][i, 1:].max()),
-            "label_mass": float(table["label_mass/mass"][i])}
+    return CircuitSummary(step=int(table.steps[i]), prev_token_layer0_max=float(grids["prev_token"][i, 0].max()),
+                          induction_max=float(grids["induction"][i, 1:].max()),
+                          label_attention_max=float(grids["label_attention"][i, 1:].max()),
+                          label_mass=float(table["label_mass/mass"][i]))
 
 
-def ablations(run: Run, step: int, icl: Batch, iwl: Batch, heads: list[HeadId], device: torch.device) -> dict[str, Any]:
+def ablations(run: Run, step: int, icl: Batch, iwl: Batch, heads: list[HeadId], device: torch.device) -> Ablation:
     """Per-head accuracy drops (`[layer, head]`) on ICL and IWL at `step`, and ICL with `heads` ablated together."""
     model, icl, iwl = run.load(step, device=device), batch_to(icl, device), batch_to(iwl, device)
     icl_accuracy, iwl_accuracy = partial(accuracy, closed=True), partial(accuracy, closed=False)
     clean, ablated = (circuits.ablated_metric(model, icl, icl_accuracy, chosen) for chosen in ([], heads))
-    return {"step": step, "icl_drop_by_head": -np.array(circuits.head_ablation_grid(model, icl, icl_accuracy)),
-            "iwl_drop_by_head": -np.array(circuits.head_ablation_grid(model, iwl, iwl_accuracy)),
-            "icl_clean": clean, "heads": heads, "icl_heads_ablated": ablated}
+    return Ablation(step=step, icl_drop_by_head=-np.array(circuits.head_ablation_grid(model, icl, icl_accuracy)),
+                    iwl_drop_by_head=-np.array(circuits.head_ablation_grid(model, iwl, iwl_accuracy)),
+                    icl_clean=clean, heads=heads, icl_heads_ablated=ablated)
 
 
 def measure(cfg: ICLTransienceConfig, ctx: Context) -> ICLTransienceResults:
@@ -252,14 +338,14 @@ def measure(cfg: ICLTransienceConfig, ctx: Context) -> ICLTransienceResults:
                 for kind in ("icl_novel", "iwl"))
     table = probe(main, circuit_probes(range(cfg.model.n_layers)), icl, device=ctx.device)
     grids = {k: table.head_grid(k, cfg.model.n_layers, cfg.model.n_heads) for k in HEAD_CIRCUITS}
-    peak, end = nearest_step(main.steps, found["icl_peak_step"]), main.steps[-1]
+    peak, end = nearest_step(main.steps, found.icl_peak_step), main.steps[-1]
     heads = circuits.strongest_heads(grids["induction"][np.searchsorted(table.steps, peak)], cfg.induction_threshold)
     at_peak, final = (ablations(main, step, icl, iwl, heads, ctx.device) for step in (peak, end))
     sweep_runs = {cfg.train.l2: main, **{lam: runs[job.name] for lam, job in sweep_jobs.items()}}
     control_runs = {key: runs[job.name] for key, job in control_jobs.items()}
 
-    def side(run: Run) -> dict[str, Any]:
-        return {k: v for k, v in dynamics(run, cfg).items() if k in SIDE_RUN_KEYS}
+    def side(run: Run) -> SideRunDynamics:
+        return dynamics(run, cfg).side()
 
     controls, toy = {key: side(run) for key, run in control_runs.items()}, coopetition_toy(cfg.toy)
     summary = partial(circuit_summary, table, grids)
@@ -270,14 +356,14 @@ def measure(cfg: ICLTransienceConfig, ctx: Context) -> ICLTransienceResults:
                     device=ctx.device)
     iwl_steps, iwl = main.series("iwl/full")  # smoothed as in `dynamics`
     results = ICLTransienceResults(
-        **found, circuits_initial=summary(0), circuits_at_peak=summary(peak), circuits_final=summary(end),
+        dynamics=found, circuits_initial=summary(0), circuits_at_peak=summary(peak), circuits_final=summary(end),
         dla_initial=dla_split(0), dla_at_peak=dla_split(peak), dla_final=dla_split(end), dla=dla,
         cross_checkpoint=cross_checkpoint(main, peak, end, icl, ctx),
         ablation_at_peak=at_peak, ablation_final=final, control_runs=control_runs,
-        l2_sweep=[{"lambda": lam, **side(run)} for lam, run in sweep_runs.items()],
+        l2_sweep=[L2Row(lam, side(run)) for lam, run in sweep_runs.items()],
         negative_control=controls.get("negative_control"), no_decay_control=controls.get("no_decay_control"),
         coopetition_toy=toy.summary(), targets={}, table=table, grids=grids, toy=toy, sweep_runs=sweep_runs,
-        answers=answers, **answer_summary(answers, iwl_steps, spans.smooth(iwl, cfg.smooth_window)))
+        answers=answers, answer_summary=answer_summary(answers, iwl_steps, spans.smooth(iwl, cfg.smooth_window)))
     return replace(results, targets=targets(results))
 
 
@@ -289,53 +375,57 @@ def attributions(run: Run, task: FewShot, cfg: ICLTransienceConfig, ctx: Context
     return ProbeTable(tables[0].steps, sum((t.columns for t in tables), ()), np.hstack([t.values for t in tables]))
 
 
-def logit_split(dla: ProbeTable, n_layers: int, n_heads: int, step: int) -> dict[str, dict[str, float]]:
-    """At `step`, per DLA set: the correct label's direct logit from heads above layer 0
-    (`late_heads`), from the MLPs and embeddings (`in_weights`), and in all (`total`)."""
+def logit_split(dla: ProbeTable, n_layers: int, n_heads: int, step: int) -> dict[str, LogitSplit]:
+    """The `LogitSplit` at `step` on each of the DLA sets."""
     i = int(np.searchsorted(dla.steps, step))
-    late = [str(HeadId(layer, h)) for layer in range(1, n_layers) for h in range(n_heads)]
-    weights = ["embed", *(f"MLP{layer}" for layer in range(n_layers))]
-    return {kind: {"late_heads": round(float(sum(dla[f"{kind}/{c}"][i] for c in late)), 4),
-                   "in_weights": round(float(sum(dla[f"{kind}/{c}"][i] for c in weights if f"{kind}/{c}" in
-                                                 dla.columns)), 4),
-                   "total": round(float(dla[f"{kind}/total"][i]), 4)} for kind in DLA_SETS}
+    late = [HeadId(layer, h) for layer in range(1, n_layers) for h in range(n_heads)]
+    weights = [EMBED, *(MlpId(layer) for layer in range(n_layers))]
+    by_set = {kind: dla.select(kind) for kind in DLA_SETS}
+    return {kind: LogitSplit(late_heads=round(float(sum(table[c][i] for c in late)), 4),
+                             in_weights=round(float(sum(table[c][i] for c in weights if c in table)), 4),
+                             total=round(float(table["total"][i]), 4)) for kind, table in by_set.items()}
 
 
-def cross_checkpoint(run: Run, peak: int, end: int, icl: Batch, ctx: Context) -> dict[str, Any]:
+def cross_checkpoint(run: Run, peak: int, end: int, icl: Batch, ctx: Context) -> CrossCheckpoint:
     """Novel-class ICL accuracy of the final model with each component taken alone from the
     ICL peak: its weights, or its output on the same sequences."""
     probes = {f"cross_{mode}": cross_checkpoint_probe(lambda device: run.load(peak, device=device),
                                                       run.checkpoint_hash(peak), ICL_ACCURACY, mode)
               for mode in ("weights", "activations")}
     table = probe(run, probes, icl, steps=[end], device=ctx.device)
-    out: dict[str, Any] = {"peak_step": peak, "end_step": end, "icl_at_end": float(table["cross_weights/base"][0]),
-                           "icl_at_peak": float(table["cross_weights/source"][0])}
-    for mode in ("weights", "activations"):
-        moved = table.select(f"cross_{mode}")
-        values = {c: round(float(v), 4) for c, v in zip(moved.columns, moved.values[0], strict=True)
-                  if c not in ("base", "source")}
-        out[mode] = values
-        out[f"{mode}_most_restoring"] = sorted(values, key=lambda c: -values[c])[:3]
-    return out
+
+    def moved(mode: str) -> dict[Node, float]:
+        by_component = table.select(f"cross_{mode}")
+        return {parse_node(c): round(float(v), 4) for c, v in zip(by_component.columns, by_component.values[0],
+                                                                  strict=True) if c not in ("base", "source")}
+
+    def most_restoring(values: dict[Node, float]) -> list[Node]:
+        return sorted(values, key=lambda c: -values[c])[:3]
+
+    weights, activations = moved("weights"), moved("activations")
+    return CrossCheckpoint(peak_step=peak, end_step=end, icl_at_end=float(table["cross_weights/base"][0]),
+                           icl_at_peak=float(table["cross_weights/source"][0]), weights=weights,
+                           weights_most_restoring=most_restoring(weights), activations=activations,
+                           activations_most_restoring=most_restoring(activations))
 
 
 def targets(r: ICLTransienceResults) -> dict[str, bool]:
     """The issue's criteria for transience, evaluated on the measured numbers (reported, never tuned)."""
-    at_peak = r.ablation_at_peak
-    return {"icl_peak_at_least_0.8": r.icl_peak >= 0.8, "icl_falls_by_0.2": r.icl_drop >= 0.2,
-            "iwl_final_at_least_0.9": r.iwl_final >= 0.9,
-            "train_loss_falls_after_peak": r.train_loss_final < r.train_loss_at_peak,
+    d, at_peak = r.dynamics, r.ablation_at_peak
+    return {"icl_peak_at_least_0.8": d.icl_peak >= 0.8, "icl_falls_by_0.2": d.icl_drop >= 0.2,
+            "iwl_final_at_least_0.9": d.iwl_final >= 0.9,
+            "train_loss_falls_after_peak": d.train_loss_final < d.train_loss_at_peak,
             "some_l2_keeps_icl_within_0.1_of_a_peak_of_0.8": any(
-                row["icl_peak"] >= 0.8 and row["icl_peak"] - row["icl_final"] <= 0.1
-                for row in r.l2_sweep if row["lambda"] > 0),
+                row.run.icl_peak >= 0.8 and row.run.icl_peak - row.run.icl_final <= 0.1
+                for row in r.l2_sweep if row.lambda_ > 0),
             "induction_rises_by_0.1_with_icl":
-                r.circuits_at_peak["induction_max"] - r.circuits_initial["induction_max"] >= 0.1,
-            "induction_heads_ablation_removes_icl": at_peak["icl_heads_ablated"] <= 0.6 < at_peak["icl_clean"]}
+                r.circuits_at_peak.induction_max - r.circuits_initial.induction_max >= 0.1,
+            "induction_heads_ablation_removes_icl": at_peak.icl_heads_ablated <= 0.6 < at_peak.icl_clean}
 
 
 def figures(cfg: ICLTransienceConfig, results: ICLTransienceResults, ctx: Context) -> list[Figure]:
     r, main, steps, icl = results, results.sweep_runs[cfg.train.l2], results.table.steps, f"{cfg.icl_kind}/closed"
-    peak = {"ICL peak": r.icl_peak_step}
+    peak = {"ICL peak": r.dynamics.icl_peak_step}
     drawn = [Figure("dynamics", "ICL, IWL, flip and CIWL accuracy and the training loss", plot_curves(
         {"ICL, novel classes (closed)": main.series("icl_novel/closed"),
          "ICL, permuted labels (closed)": main.series("icl_permuted/closed"),
@@ -358,16 +448,19 @@ def figures(cfg: ICLTransienceConfig, results: ICLTransienceResults, ctx: Contex
     splits = [logit_split(r.dla, n_layers, n_heads, int(step)) for step in r.dla.steps]
     drawn.append(Figure("dla_split", "Direct logit of the correct label at the query: heads above layer 0 vs MLPs "
                         "and embeddings", plot_curves(
-                            {f"{part}, {kind} sequences": (r.dla.steps, np.array([s[kind][part] for s in splits]))
+                            {f"{part}, {kind} sequences": (r.dla.steps,
+                                                           np.array([getattr(s[kind], part) for s in splits]))
                              for kind in ("train", "icl_novel") for part in ("late_heads", "in_weights")},
                             vlines=peak, title="In-context vs in-weights share of the correct logit",
                             ylabel="direct logit (centred)")))
     cross = r.cross_checkpoint
-    drawn.append(Figure("cross_checkpoint", f"ICL accuracy at step {cross['end_step']} with one component from the "
-                        f"peak (step {cross['peak_step']})", plot_bars(
-                            cross["weights"], reference=cross["icl_at_end"], ylabel="ICL accuracy (closed)",
+    drawn.append(Figure("cross_checkpoint", f"ICL accuracy at step {cross.end_step} with one component from the "
+                        f"peak (step {cross.peak_step})", plot_bars(
+                            {str(c): v for c, v in cross.weights.items()}, reference=cross.icl_at_end,
+                            ylabel="ICL accuracy (closed)",
                             title="Final model, one component's weights from the ICL peak")))
-    answers, half = r.answers, {"IWL at half its final": r.iwl_half_step} if r.iwl_half_step is not None else {}
+    iwl_half_step = r.answer_summary.iwl_half_step
+    answers, half = r.answers, {"IWL at half its final": iwl_half_step} if iwl_half_step is not None else {}
     drawn.append(Figure("answer_probes", "The answer decoded from the query's residual before the last MLP, with "
                         "IWL and ICL accuracy", plot_curves(
                             {"probe: in-weights label (IWL sequences)": (answers.steps, answers["in_weights/accuracy"]),
@@ -378,10 +471,10 @@ def figures(cfg: ICLTransienceConfig, results: ICLTransienceResults, ctx: Contex
                             hlines={"probe chance": 1 / cfg.data.labels}, vlines=peak | half, ylabel="accuracy",
                             title="Linear probes of the answer at the query")))
     pairs = (r.ablation_at_peak, r.ablation_final)
-    ablation = np.stack([a[f"{what}_drop_by_head"] for a in pairs for what in ("icl", "iwl")])
+    ablation = np.stack([drop for a in pairs for drop in (a.icl_drop_by_head, a.iwl_drop_by_head)])
     scale = max(0.05, float(np.abs(ablation).max()))
     drawn.append(Figure("ablation", "Which heads carry ICL and IWL, at the peak and at the end", plot_head_grids(
-        ablation, np.array([a["step"] for a in pairs for _ in range(2)]), vmin=-scale, vmax=scale, cmap="RdBu_r",
+        ablation, np.array([a.step for a in pairs for _ in range(2)]), vmin=-scale, vmax=scale, cmap="RdBu_r",
         titles=["ICL drop at the peak", "IWL drop at the peak", "ICL drop at the end", "IWL drop at the end"],
         title="Accuracy drop when one head is ablated")))
     where = "the in-weights pathway" if cfg.l2_only == IN_WEIGHTS_PATHWAY else ", ".join(cfg.l2_only) or "all weights"
@@ -400,25 +493,26 @@ def figures(cfg: ICLTransienceConfig, results: ICLTransienceResults, ctx: Contex
 
 
 def answer_text(cfg: ICLTransienceConfig, r: ICLTransienceResults) -> str:
-    steps, control = r.answers.steps, r.answers["in_weights/control_accuracy"][-1]
-    when = spans.timing(r.in_weights_probe_half_step, r.iwl_half_step, int(np.diff(steps).max(initial=0)))
-    falls = spans.timing(r.in_weights_probe_half_step, r.icl_peak_step)
+    steps, control, a = r.answers.steps, r.answers["in_weights/control_accuracy"][-1], r.answer_summary
+    icl_peak_step = r.dynamics.icl_peak_step
+    when = spans.timing(a.in_weights_probe_half_step, a.iwl_half_step, int(np.diff(steps).max(initial=0)))
+    falls = spans.timing(a.in_weights_probe_half_step, icl_peak_step)
     words = {"before": "before", "with": "as", "after": "after", "undetermined": "(IWL never rises) before"}
     timing = ("The in-weights probe never rises above its initial accuracy." if when == "never" else
-              f"It first reaches half its final accuracy at step {r.in_weights_probe_half_step}, IWL accuracy at step "
-              f"{r.iwl_half_step}: the in-weights answer becomes decodable {words[when]} IWL accuracy rises ('as': "
-              f"within one probed interval) and {falls} the ICL peak (step {r.icl_peak_step}), where ICL starts to "
+              f"It first reaches half its final accuracy at step {a.in_weights_probe_half_step}, IWL accuracy at step "
+              f"{a.iwl_half_step}: the in-weights answer becomes decodable {words[when]} IWL accuracy rises ('as': "
+              f"within one probed interval) and {falls} the ICL peak (step {icl_peak_step}), where ICL starts to "
               "fall.")
     return (f"Linear probes of the answer (logistic regression on {hooks.resid_mid(cfg.model.n_layers - 1)}, the "
             f"query's residual before the last MLP; {2 * cfg.probe_size} sequences of each kind, every "
             "checkpoint). The in-weights label on IWL sequences, grouped by query class (a class is held out whole, "
-            f"so only a label code shared across classes passes): {r.in_weights_probe_initial:.3f} at "
-            f"initialization, {r.in_weights_probe_final:.3f} at the end (control task {control:.3f}, chance "
+            f"so only a label code shared across classes passes): {a.in_weights_probe_initial:.3f} at "
+            f"initialization, {a.in_weights_probe_final:.3f} at the end (control task {control:.3f}, chance "
             f"{1 / cfg.data.labels:.3f}). {timing} The in-context label on novel-class ICL sequences, grouped by "
             "sequence (no control task: the label is drawn per sequence, so memorising a type of input cannot "
-            f"pass): {r.in_context_probe_initial:.3f} at initialization (the baseline), "
-            f"{r.in_context_probe_peak:.3f} at its peak (step {r.in_context_probe_peak_step}), "
-            f"{r.in_context_probe_final:.3f} at the end.")
+            f"pass): {a.in_context_probe_initial:.3f} at initialization (the baseline), "
+            f"{a.in_context_probe_peak:.3f} at its peak (step {a.in_context_probe_peak_step}), "
+            f"{a.in_context_probe_final:.3f} at the end.")
 
 
 def report(cfg: ICLTransienceConfig, results: ICLTransienceResults) -> Report:
@@ -430,24 +524,24 @@ def report(cfg: ICLTransienceConfig, results: ICLTransienceResults) -> Report:
         f"Task: {d.describe()}. Each evaluation set holds {cfg.eval_size} sequences; ICL is `{cfg.icl_kind}` "
         f"closed-class accuracy (chance 0.5), IWL full-vocabulary accuracy (chance 1/{d.labels}). Peaks and final "
         f"values are read from curves smoothed over {cfg.smooth_window} evaluations.")
-    report.table([(k.replace("_", " "), getattr(r, k)) for k in (
+    report.table([(k.replace("_", " "), getattr(r.dynamics, k)) for k in (
         "icl_peak", "icl_peak_step", "icl_final", "icl_drop", "iwl_final", "iwl_max", "flip_final", "ciwl_final",
         "train_loss_first", "train_loss_at_peak", "train_loss_final")]).text("The transience criteria, as measured:")
     report.table([(k.replace("_", " "), v) for k, v in r.targets.items()], header=("criterion", "met"))
     report.figures("dynamics").text("Circuit metrics on novel-class ICL sequences:")
     summaries = (r.circuits_initial, r.circuits_at_peak, r.circuits_final)
-    report.grid(["metric", "at initialization", "at the ICL peak", "at the end"], [[key, *(s[key] for s in summaries)]
-                for key in ("step", "prev_token_layer0_max", "induction_max", "label_attention_max", "label_mass")])
+    report.grid(["metric", "at initialization", "at the ICL peak", "at the end"],
+                [[f.name, *(getattr(s, f.name) for s in summaries)] for f in fields(CircuitSummary)])
     report.figures("circuits", *(f"{k}_grid" for k in HEAD_CIRCUITS), *(f"{k}_heads" for k in HEAD_CIRCUITS))
     report.text(f"Ablating together the induction heads of the peak (strength >= {cfg.induction_threshold:g}; "
                 "outputs zeroed):")
     report.grid(["checkpoint", "step", "heads", "ICL accuracy", "ICL accuracy, heads ablated"],
-                [[when, a["step"], ", ".join(map(str, a["heads"])), a["icl_clean"], a["icl_heads_ablated"]]
+                [[when, a.step, ", ".join(map(str, a.heads)), a.icl_clean, a.icl_heads_ablated]
                  for when, a in (("ICL peak", r.ablation_at_peak), ("end", r.ablation_final))])
     where = f"the parameters matching {', '.join(cfg.l2_only)}" if cfg.l2_only else "all parameters"
     report.figures("ablation")
-    split = [(when, d["train"]["late_heads"], d["train"]["in_weights"], d["icl_novel"]["late_heads"],
-              d["iwl"]["in_weights"]) for when, d in (("initialization", r.dla_initial), ("ICL peak", r.dla_at_peak),
+    split = [(when, d["train"].late_heads, d["train"].in_weights, d["icl_novel"].late_heads,
+              d["iwl"].in_weights) for when, d in (("initialization", r.dla_initial), ("ICL peak", r.dla_at_peak),
                                                        ("end", r.dla_final))]
     report.text("Direct logit attribution of the correct label at the query (centred logits): heads above layer 0 "
                 "carry the in-context answer, MLPs and embeddings the in-weights one.")
@@ -455,23 +549,25 @@ def report(cfg: ICLTransienceConfig, results: ICLTransienceResults) -> Report:
                  "IWL: MLPs + embed"], [list(row) for row in split])
     cross = r.cross_checkpoint
 
-    def restoring(mode: str) -> str:
-        return ", ".join(f"{c} ({cross[mode][c]:.3f})" for c in cross[f"{mode}_most_restoring"])
+    def restoring(values: dict[Node, float], most: list[Node]) -> str:
+        return ", ".join(f"{c} ({values[c]:.3f})" for c in most)
 
-    report.text(f"Cross-checkpoint patching: at step {cross['end_step']} novel-class ICL accuracy is "
-                f"{cross['icl_at_end']:.3f} (peak: {cross['icl_at_peak']:.3f}). With one component's weights from "
-                f"the peak it is highest for {restoring('weights')}; with one component's output from the peak, "
-                f"for {restoring('activations')}.")
+    by_weights = restoring(cross.weights, cross.weights_most_restoring)
+    by_output = restoring(cross.activations, cross.activations_most_restoring)
+    report.text(f"Cross-checkpoint patching: at step {cross.end_step} novel-class ICL accuracy is "
+                f"{cross.icl_at_end:.3f} (peak: {cross.icl_at_peak:.3f}). With one component's weights from "
+                f"the peak it is highest for {by_weights}; with one component's output from the peak, "
+                f"for {by_output}.")
     report.figures("dla_split", "cross_checkpoint").text(answer_text(cfg, r)).figures("answer_probes").text(
         f"L2 sweep (loss + lambda/2 |theta|^2 over {where}, on top of the main run's settings):")
     report.grid(["lambda", "ICL peak (step)", "ICL final", "IWL final", "training loss final"],
-                [[row["lambda"], f"{row['icl_peak']:.3f} ({row['icl_peak_step']})", row["icl_final"],
-                  row["iwl_final"], row["train_loss_final"]] for row in r.l2_sweep])
+                [[row.lambda_, f"{row.run.icl_peak:.3f} ({row.run.icl_peak_step})", row.run.icl_final,
+                  row.run.iwl_final, row.run.train_loss_final] for row in r.l2_sweep])
     report.figures("l2_sweep_icl", "l2_sweep_iwl")
     for key, label in CONTROL_LABELS.items():
         if (c := getattr(r, key)) is not None:
-            report.text(f"Control, {label}: ICL peak {c['icl_peak']:.3f} at step {c['icl_peak_step']}, final "
-                        f"{c['icl_final']:.3f}; IWL final {c['iwl_final']:.3f}.").figures(key)
+            report.text(f"Control, {label}: ICL peak {c.icl_peak:.3f} at step {c.icl_peak_step}, final "
+                        f"{c.icl_final:.3f}; IWL final {c.iwl_final:.3f}.").figures(key)
     return report.text(r.toy.describe(cfg.toy)).figures("coopetition")
 
 

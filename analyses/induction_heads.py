@@ -43,6 +43,7 @@ from interp.analysis import (
     TrainingJob,
     VLine,
     detail,
+    inline,
     main_run,
     nearest_step,
     probe,
@@ -106,13 +107,36 @@ class InductionResults:
     copy_offset: str
     copy_attention_final: float
     copy_half_step: int | None
+    circuit_findings: CircuitFindings = inline()
+    checkpoints: int
+    train_steps: int
+    n_params: int
+    table: ProbeTable = detail()
+    probe_batch: Batch = detail()
+    circuit: CircuitTrace = detail()
+
+
+@dataclass(frozen=True)
+class CircuitDiffSummary:
+    """The path-patching circuit's changes across the phase change, as edges (`CircuitDiff`)."""
+
+    appeared: list[EdgeId]
+    vanished: list[EdgeId]
+    sign_flipped: list[EdgeId]
+    largest_changes: list[str]  # "<edge> <change>", the five largest
+
+
+@dataclass(frozen=True)
+class CircuitFindings:
+    """The circuit's numbers (`circuit_findings`), written among the other results."""
+
     k_composition_final: float
     k_composition_half_step: int | None
-    k_composition_by_head: dict[str, float]
+    k_composition_by_head: dict[HeadId, float]
     path_k_effect: float
     prev_head_patch_effect: float
     path_k_share: float
-    eap_top_edges: list[str]
+    eap_top_edges: list[str]  # "<edge> <weight>", the five strongest
     eap_path_spearman_final: float
     eap_path_spearman_median: float
     eap_path_spearman_at_change: float | None
@@ -121,13 +145,7 @@ class InductionResults:
     copying_init: float
     copying_final: float
     circuit_diff_steps: list[int]
-    circuit_diff: dict[str, object]
-    checkpoints: int
-    train_steps: int
-    n_params: int
-    table: ProbeTable = detail()
-    probe_batch: Batch = detail()
-    circuit: CircuitTrace = detail()
+    circuit_diff: CircuitDiffSummary
 
 
 @dataclass(frozen=True)
@@ -237,7 +255,7 @@ def measure(cfg: InductionHeadsConfig, ctx: Context) -> InductionResults:
         copy_offset=f"P{SHIFTS[copy_shift]:+d}",
         copy_attention_final=float(copy_curve[-1]),
         copy_half_step=spans.first_crossing(table.steps, copy_curve, 0.5 * float(copy_curve[-1])),
-        **circuit_findings(circuit, best_prev, best_induction, change_step, run.steps),
+        circuit_findings=circuit_findings(circuit, best_prev, best_induction, change_step, run.steps),
         checkpoints=len(table.steps),
         train_steps=cfg.train.steps,
         n_params=sum(int(np.prod(v.shape)) for v in run.load_state_dict(run.steps[-1]).values()),
@@ -275,7 +293,7 @@ def rank_agreement(actual: CircuitGraph, estimated: CircuitGraph) -> float:
 
 
 def circuit_findings(circuit: CircuitTrace, prev: HeadId, induction: HeadId, change_step: int | None,
-                     steps: list[int]) -> dict[str, object]:
+                     steps: list[int]) -> CircuitFindings:
     """The circuit's numbers for the results: composition timing, path vs whole-head patching,
     EAP against path patching, copying at init and end, the graph diff across the change."""
     k_edge = EdgeId(prev, induction, "k")
@@ -283,30 +301,29 @@ def circuit_findings(circuit: CircuitTrace, prev: HeadId, induction: HeadId, cha
     final_path = circuit.path[-1].weights
     rho, rho_ig = ([rank_agreement(a, b) for a, b in zip(circuit.path, estimates, strict=True)]
                    for estimates in (circuit.eap, circuit.eap_ig))
-    head_effect = float(circuit.head_patch[str(prev)][-1] - circuit.head_patch["base"][-1])
+    head_effect = float(circuit.head_patch[prev][-1] - circuit.head_patch["base"][-1])
     before = nearest_step(steps, int(0.75 * change_step)) if change_step else steps[0]
     diff = CircuitDiff.between(*(next(g for g in circuit.path if g.step == s) for s in (before, steps[-1])))
-    return {
-        "k_composition_final": float(k_curve[-1]),
-        "k_composition_half_step": spans.halfway_step(np.array(steps), k_curve),
-        "k_composition_by_head": {str(e.receiver): round(w, 4) for e, w in circuit.composition[-1].weights.items()
-                                  if e.sender == prev and e.input == "k"},
-        "path_k_effect": final_path[k_edge],
-        "prev_head_patch_effect": head_effect,
-        "path_k_share": final_path[k_edge] / head_effect if head_effect else math.nan,
-        "eap_top_edges": [f"{e} {w:+.3f}" for e, w in circuit.eap[-1].strongest(5)],
-        "eap_path_spearman_final": rho[-1],
-        "eap_path_spearman_median": float(np.nanmedian(rho)),
-        "eap_path_spearman_at_change": rho[steps.index(nearest_step(steps, change_step))] if change_step else None,
-        "eap_ig_path_spearman_final": rho_ig[-1],
-        "eap_ig_path_spearman_median": float(np.nanmedian(rho_ig)),
-        "copying_init": float(circuit.copying[str(induction)][0]),
-        "copying_final": float(circuit.copying[str(induction)][-1]),
-        "circuit_diff_steps": [before, steps[-1]],
-        "circuit_diff": {"appeared": [str(e) for e in diff.appeared], "vanished": [str(e) for e in diff.vanished],
-                         "sign_flipped": [str(e) for e in diff.sign_flipped],
-                         "largest_changes": [f"{e} {d:+.3f}" for e, d in diff.largest_changes[:5]]},
-    }
+    return CircuitFindings(
+        k_composition_final=float(k_curve[-1]),
+        k_composition_half_step=spans.halfway_step(np.array(steps), k_curve),
+        k_composition_by_head={e.receiver: round(w, 4) for e, w in circuit.composition[-1].weights.items()
+                               if e.sender == prev and e.input == "k"},
+        path_k_effect=final_path[k_edge],
+        prev_head_patch_effect=head_effect,
+        path_k_share=final_path[k_edge] / head_effect if head_effect else math.nan,
+        eap_top_edges=[f"{e} {w:+.3f}" for e, w in circuit.eap[-1].strongest(5)],
+        eap_path_spearman_final=rho[-1],
+        eap_path_spearman_median=float(np.nanmedian(rho)),
+        eap_path_spearman_at_change=rho[steps.index(nearest_step(steps, change_step))] if change_step else None,
+        eap_ig_path_spearman_final=rho_ig[-1],
+        eap_ig_path_spearman_median=float(np.nanmedian(rho_ig)),
+        copying_init=float(circuit.copying[induction][0]),
+        copying_final=float(circuit.copying[induction][-1]),
+        circuit_diff_steps=[before, steps[-1]],
+        circuit_diff=CircuitDiffSummary(list(diff.appeared), list(diff.vanished), list(diff.sign_flipped),
+                                        [f"{e} {d:+.3f}" for e, d in diff.largest_changes[:5]]),
+    )
 
 
 def offset_profile(cfg: InductionHeadsConfig, table: ProbeTable) -> np.ndarray:
@@ -358,8 +375,9 @@ def circuit_figures(results: InductionResults, marks: dict[str, int]) -> list[Fi
     k_edge = EdgeId(prev, induction, "k")
     head_patch = circuit.head_patch
     effects = {f"path {k_edge}": (steps, np.array([g.weights[k_edge] for g in circuit.path])),
-               f"whole {prev} output": (head_patch.steps, head_patch[str(prev)] - head_patch["base"])}
-    before, after = (next(g for g in circuit.path if g.step == s) for s in results.circuit_diff_steps)
+               f"whole {prev} output": (head_patch.steps, head_patch[prev] - head_patch["base"])}
+    diff_steps = results.circuit_findings.circuit_diff_steps
+    before, after = (next(g for g in circuit.path if g.step == s) for s in diff_steps)
     return [
         Figure("k_composition", f"K-composition of the previous-token head {prev} into each layer-1 head",
                plot_curves(k_curves, title=f"K-composition from {prev}", ylabel="composition score", logx=True,
@@ -391,17 +409,18 @@ def report(cfg: InductionHeadsConfig, results: InductionResults) -> Report:
                         "the offset figure.")
     verdict += (f" The best layer-0 previous-token head is {r.prev_token_head} "
                 f"(score {r.prev_token_score_final:.2f}).")
+    f = r.circuit_findings
     circuit = (f"Circuit: the K-composition of {r.prev_token_head} into {r.induction_head} ends at "
-               f"{r.k_composition_final:.3f} and is halfway from its initial to its final value at step "
-               f"{r.k_composition_half_step} (phase change: {r.phase_change_step}). Path patching only "
+               f"{f.k_composition_final:.3f} and is halfway from its initial to its final value at step "
+               f"{f.k_composition_half_step} (phase change: {r.phase_change_step}). Path patching only "
                f"{r.prev_token_head} -> {r.induction_head}.k with the resampled source changes the repeat log-prob "
-               f"by {r.path_k_effect:+.3f}, {r.path_k_share:.0%} of patching the whole head's output "
-               f"({r.prev_head_patch_effect:+.3f}). EAP ranks edges like path patching with Spearman "
-               f"{r.eap_path_spearman_final:.2f} at the end (median over checkpoints "
-               f"{r.eap_path_spearman_median:.2f}, at the phase change {r.eap_path_spearman_at_change}); EAP-IG "
-               f"({EAP_IG_STEPS} steps) with {r.eap_ig_path_spearman_final:.2f} (median "
-               f"{r.eap_ig_path_spearman_median:.2f}). The OV copying score of {r.induction_head} goes from "
-               f"{r.copying_init:.2f} at initialization to {r.copying_final:.2f}.")
+               f"by {f.path_k_effect:+.3f}, {f.path_k_share:.0%} of patching the whole head's output "
+               f"({f.prev_head_patch_effect:+.3f}). EAP ranks edges like path patching with Spearman "
+               f"{f.eap_path_spearman_final:.2f} at the end (median over checkpoints "
+               f"{f.eap_path_spearman_median:.2f}, at the phase change {f.eap_path_spearman_at_change}); EAP-IG "
+               f"({EAP_IG_STEPS} steps) with {f.eap_ig_path_spearman_final:.2f} (median "
+               f"{f.eap_ig_path_spearman_median:.2f}). The OV copying score of {r.induction_head} goes from "
+               f"{f.copying_init:.2f} at initialization to {f.copying_final:.2f}.")
     return (Report("Induction heads: phase change in a 2-layer attention-only model")
             .text(f"{cfg.model.n_layers}-layer attention-only transformer (d_model={cfg.model.d_model}, "
                   f"{cfg.model.n_heads} heads, {r.n_params} parameters) trained for {cfg.train.steps} steps on "

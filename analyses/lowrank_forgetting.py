@@ -219,10 +219,16 @@ def measure(cfg: LowRankForgettingConfig, ctx: Context) -> LowRankForgettingResu
     after |= train_and_score(ctx, [job for job in replay.values() if job.name not in after])
     increase = {c: np.array([float((after[job.name][1] - before_heldout).mean())
                              for (condition, _, _), job in replay.items() if condition == c]) for c in CONDITIONS}
-    statistics = {**lowrank.matrix_summary(z, cfg.shuffle_controls, cfg.seed), "z_heldout_mean": z_heldout.mean(),
-                  "completion": completion}
-    return LowRankForgettingResults(shape=list(z.shape), test_tasks=test_rows.tolist(), **lowrank.rounded(statistics),
-                                    replay=lowrank.replay_summary(increase), z=z)
+    summary = lowrank.rounded(lowrank.matrix_summary(z, cfg.shuffle_controls, cfg.seed))
+    return LowRankForgettingResults(
+        shape=list(z.shape), z_mean=summary.z_mean, z_std=summary.z_std, z_row_mean_std=summary.z_row_mean_std,
+        z_column_mean_std=summary.z_column_mean_std, z_heldout_mean=lowrank.rounded(z_heldout.mean()),
+        r2_by_rank=summary.fits.r2_by_rank, r2_additive=summary.fits.r2_additive,
+        r2_multiplicative=summary.fits.r2_multiplicative, r2_row_only=summary.fits.r2_row_only,
+        r2_column_only=summary.fits.r2_column_only, r2_shuffled_rank1=summary.r2_shuffled_rank1,
+        r2_shuffled_rank1_std=summary.r2_shuffled_rank1_std, singular_values=summary.singular_values,
+        test_tasks=test_rows.tolist(), completion=lowrank.rounded(completion),
+        replay=lowrank.replay_summary(increase), z=z)
 
 
 def figures(cfg: LowRankForgettingConfig, results: LowRankForgettingResults, ctx: Context) -> list[Figure]:

@@ -126,6 +126,18 @@ class CoopetitionToyConfig:
 
 
 @dataclass(frozen=True)
+class CoopetitionSummary:
+    """L1 at its minimum (and when), and L1, L2, |a| and |d| at the end."""
+
+    loss1_min: float
+    loss1_min_step: int
+    loss1_final: float
+    loss2_final: float
+    a_norm_final: float
+    d_norm_final: float
+
+
+@dataclass(frozen=True)
 class CoopetitionToyResult:
     steps: np.ndarray  # [records]
     loss1: np.ndarray  # L1, the first mechanism's error
@@ -133,19 +145,18 @@ class CoopetitionToyResult:
     total: np.ndarray  # L
     norms: np.ndarray  # [records, 4]: |a|, |b|, |c|, |d|
 
-    def summary(self) -> dict[str, float | int]:
-        """L1 at its minimum (and when), and L1, L2, |a| and |d| at the end."""
+    def summary(self) -> CoopetitionSummary:
         best = int(np.argmin(self.loss1))
-        return {"loss1_min": float(self.loss1[best]), "loss1_min_step": int(self.steps[best]),
-                "loss1_final": float(self.loss1[-1]), "loss2_final": float(self.loss2[-1]),
-                "a_norm_final": float(self.norms[-1, 0]), "d_norm_final": float(self.norms[-1, 3])}
+        return CoopetitionSummary(loss1_min=float(self.loss1[best]), loss1_min_step=int(self.steps[best]),
+                                  loss1_final=float(self.loss1[-1]), loss2_final=float(self.loss2[-1]),
+                                  a_norm_final=float(self.norms[-1, 0]), d_norm_final=float(self.norms[-1, 3]))
 
     def describe(self, cfg: CoopetitionToyConfig) -> str:
         """The run of `cfg` that gave these curves, in words, for reports."""
         s = self.summary()
         return (f"Coopetition toy (dims {cfg.dims}, alpha {cfg.alpha:g}, mu1 {cfg.mu1:g}, mu2 {cfg.mu2:g}, "
-                f"lr {cfg.lr:g}): L1 reaches {s['loss1_min']:.4f} at step {s['loss1_min_step']} and ends at "
-                f"{s['loss1_final']:.4f} while L2 ends at {s['loss2_final']:.2g} and |a| at {s['a_norm_final']:.2g}: "
+                f"lr {cfg.lr:g}): L1 reaches {s.loss1_min:.4f} at step {s.loss1_min_step} and ends at "
+                f"{s.loss1_final:.4f} while L2 ends at {s.loss2_final:.2g} and |a| at {s.a_norm_final:.2g}: "
                 "mechanism 1 is learned, then lost.")
 
     def figure(self) -> Figure:

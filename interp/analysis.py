@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import keyword
 import math
 import shutil
 import time
@@ -61,7 +62,7 @@ from interp.headline import (
     nums,
     probe_column,
 )
-from interp.ids import CheckpointRef, HeadId
+from interp.ids import Identity
 from interp.locking import run_lock
 from interp.model import ModelConfig, check_memory, resolve_device
 from interp.parallel import Backend
@@ -92,6 +93,13 @@ def detail(**kw: Any) -> Any:
     """A results field that figures and reports read but `results.json` leaves out
     (curves, grids, probe tables)."""
     return field(default=None, repr=False, compare=False, metadata={"detail": True}, **kw)
+
+
+def inline(**kw: Any) -> Any:
+    """A results field holding a results dataclass whose fields `results.json` writes at
+    this field's level, in its place, under their own names (e.g. the findings of one step
+    of an analysis among the analysis's other numbers)."""
+    return field(metadata={"inline": True}, **kw)
 
 
 @dataclass(frozen=True)
@@ -363,12 +371,27 @@ def analysis_leftovers(out: Path) -> list[Path]:
 
 
 def results_dict(results: Any) -> dict[str, Any]:
-    """The results dataclass as `results.json` holds it: nested dataclasses become
-    dicts, numpy values plain numbers and lists, `detail()` fields are left out."""
-    if not dataclasses.is_dataclass(results):
+    """The results dataclass as `results.json` holds it: nested dataclasses become dicts
+    (an `inline()` field's fields join its parent's), identities their text form,
+    numpy values plain numbers and lists; `detail()` fields are left out. A field named
+    after a Python keyword with a trailing underscore (`lambda_`) is written without it."""
+    if not dataclasses.is_dataclass(results) or isinstance(results, type):
         raise TypeError(f"results: expected a dataclass, got {type(results).__name__}")
-    return {f.name: _plain(getattr(results, f.name)) for f in dataclasses.fields(results)
-            if not f.metadata.get("detail")}
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(results):
+        if f.metadata.get("detail"):
+            continue
+        value = getattr(results, f.name)
+        if f.metadata.get("inline"):
+            out.update(results_dict(value))
+        else:
+            out[_key(f.name)] = _plain(value)
+    return out
+
+
+def _key(name: str) -> str:
+    stripped = name.removesuffix("_")
+    return stripped if stripped != name and keyword.iskeyword(stripped) else name
 
 
 def read_results(directory: str | Path, cls: type[ResultsT]) -> ResultsT:
@@ -426,7 +449,7 @@ def _typed(hint: Any, value: Any, path: Path, prefix: str) -> Any:
 
 
 def _plain(value: Any) -> Any:
-    if isinstance(value, HeadId | CheckpointRef):  # identities are stored in their text form
+    if isinstance(value, Identity):  # one rule for every identity: its text form, read back by `parse`
         return str(value)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return results_dict(value)
@@ -456,7 +479,7 @@ def json_safe(obj: Any) -> Any:
 __all__ = [
     # the contract and running it
     "ANALYSIS_FILE", "MAX_SEED", "Analysis", "AnalysisImportError", "accept_output_dir", "analysis_names", "detail",
-    "get_analysis", "json_safe", "load_all", "read_results", "resolve_config", "results_dict", "run_analysis",
+    "get_analysis", "inline", "json_safe", "load_all", "read_results", "resolve_config", "results_dict", "run_analysis",
     # configs, jobs and the context that trains them (interp.pipeline, interp.model, interp.train)
     "AnalysisConfig", "Context", "JobSetup", "ModelConfig", "Run", "TrainConfig", "TrainHooks", "TrainingJob",
     "final_only", "nearest_step", "read_task",

@@ -1,7 +1,9 @@
-"""Typed identities: a head, a checkpoint of a run, and the hook names of a model.
+"""Typed identities: a head, an MLP, the embedding and logits, an edge between them, a
+checkpoint of a run; and the hook names of a model.
 
-Each identity has one text form, written by `str()` and read back by `parse()`,
-so nothing else in the code builds or splits these strings.
+Each identity (`Identity`) has one text form, written by `str()` and read back by its
+class's `parse()`, wherever it is stored (results.json, probe columns, graph files,
+figure labels), so nothing else in the code builds or splits these strings.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from pathlib import Path
 from typing import Literal
 
 _HEAD = re.compile(r"L(\d+)H(\d+)")
+_MLP = re.compile(r"MLP(\d+)")
 
 
 @dataclass(frozen=True, order=True)
@@ -111,6 +114,13 @@ class MlpId:
     def __str__(self) -> str:
         return f"MLP{self.layer}"
 
+    @classmethod
+    def parse(cls, text: str) -> MlpId:
+        match = _MLP.fullmatch(text)
+        if match is None:
+            raise ValueError(f"mlp: expected 'MLP<layer>' such as 'MLP1', got {text!r}")
+        return cls(int(match[1]))
+
 
 @dataclass(frozen=True, order=True)
 class Terminal:
@@ -126,6 +136,12 @@ class Terminal:
     def __str__(self) -> str:
         return self.name
 
+    @classmethod
+    def parse(cls, text: str) -> Terminal:
+        if text not in ("embed", "logits"):
+            raise ValueError(f"node: expected 'embed' or 'logits', got {text!r}")
+        return cls(text)  # type: ignore[arg-type]
+
 
 EMBED = Terminal("embed")
 LOGITS = Terminal("logits")
@@ -133,15 +149,12 @@ LOGITS = Terminal("logits")
 Node = HeadId | MlpId | Terminal
 """A node of a circuit graph: something that writes to or reads from the residual stream."""
 
-_MLP = re.compile(r"MLP(\d+)")
-
-
 def parse_node(text: str) -> Node:
     """The node written `text` (`"L1H3"`, `"MLP0"`, `"embed"`, `"logits"`)."""
     if text in ("embed", "logits"):
-        return Terminal(text)  # type: ignore[arg-type]
-    if (match := _MLP.fullmatch(text)) is not None:
-        return MlpId(int(match[1]))
+        return Terminal.parse(text)
+    if _MLP.fullmatch(text):
+        return MlpId.parse(text)
     if HeadId.is_head(text):
         return HeadId.parse(text)
     raise ValueError(f"node: expected 'embed', 'logits', 'MLP<layer>' or 'L<layer>H<head>', got {text!r}")
@@ -194,3 +207,7 @@ class EdgeId:
         except ValueError:
             return False
         return True
+
+
+Identity = HeadId | MlpId | Terminal | EdgeId | CheckpointRef
+"""Every typed identity; each is stored as its text form `str(identity)`, read back by `type.parse`."""

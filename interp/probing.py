@@ -38,7 +38,7 @@ from transformer_lens.model_bridge import TransformerBridge
 from interp.checkpoints import CheckpointSource, Run
 from interp.errors import InputError, UnknownNameError
 from interp.files import JsonlScan, append_jsonl, atomic_write_bytes, dumps_json, scan_jsonl
-from interp.ids import HeadId
+from interp.ids import HeadId, Identity
 from interp.locking import RunInUseError
 from interp.model import Batch, batch_to, check_forward_memory, input_hooks, resolve_device
 from interp.run_layout import PROBES_DIR
@@ -74,18 +74,28 @@ class Probe:
     forward: bool = True
 
 
+Column = str | Identity
+"""A column of a `ProbeTable`: its name, or the identity (a head, an edge, ...) it is named by."""
+
+
 @dataclass(frozen=True)
 class ProbeTable:
-    """Probe results: one row per step, one column per `"<key>/<metric>"`."""
+    """Probe results: one row per step, one column per `"<key>/<metric>"`. A column is read
+    by its name or, where a probe names it by an identity, by that identity:
+    `table.select("head_patch")[HeadId(0, 1)]` reads `"head_patch/L0H1"`."""
 
     steps: np.ndarray
     columns: tuple[str, ...]
     values: np.ndarray
 
-    def __getitem__(self, column: str) -> np.ndarray:
-        if column not in self.columns:
-            raise KeyError(f"no column {column!r}; columns: {list(self.columns)}")
-        return self.values[:, self.columns.index(column)]
+    def __getitem__(self, column: Column) -> np.ndarray:
+        name = str(column)  # an identity's column is named by its text form
+        if name not in self.columns:
+            raise KeyError(f"no column {name!r}; columns: {list(self.columns)}")
+        return self.values[:, self.columns.index(name)]
+
+    def __contains__(self, column: object) -> bool:
+        return isinstance(column, Column) and str(column) in self.columns
 
     def select(self, prefix: str) -> ProbeTable:
         """Columns under `prefix/`, with the prefix stripped."""
@@ -499,6 +509,6 @@ def collect_activations(
     return np.stack(stacked)
 
 
-__all__ = ["CachedComputation", "Probe", "ProbeContext", "ProbeTable", "batch_hash", "cache_rows",
+__all__ = ["CachedComputation", "Column", "Probe", "ProbeContext", "ProbeTable", "batch_hash", "cache_rows",
            "cached_computations", "collect_activations", "numerics", "probe", "probe_artifacts", "run_probes",
            "text_batch"]

@@ -37,7 +37,7 @@ import torch
 from interp import seeding
 from interp.checkpoints import Run
 from interp.configs import require, require_literals, require_positive
-from interp.ids import hooks
+from interp.ids import HeadId, hooks
 from interp.metrics import circuits, spans
 from interp.metrics.linear_probes import linear_probe
 from interp.model import Batch, FwdHook, Patterns, forward, token_losses
@@ -183,26 +183,37 @@ def recall_probes(layers: Sequence[int]) -> dict[str, Probe]:
             "sharpness": circuits.sharpness_probe(layers, "attribute_query")}
 
 
-def recall_signatures(run: Run, batch: Batch, device: torch.device | str | None = None) -> dict[str, Any]:
-    """Each of `RECALL_SIGNATURES` per layer (mean over heads) at every checkpoint of `run`,
-    on `batch`: `{"steps": [...], signature: {"layer<l>": [a value per step]}}`."""
+@dataclass(frozen=True)
+class RecallSignatures:
+    """Each of `RECALL_SIGNATURES` per layer (mean over heads) at every checkpoint `steps`:
+    `values[signature]["layer<l>"]`, a value per step."""
+
+    steps: list[int]
+    values: dict[str, dict[str, list[float]]]
+
+    def at(self, step: int | None) -> dict[str, dict[str, float]]:
+        """The values at the checkpoint nearest `step`, rounded to 4 digits (empty for None: a
+        step never reached)."""
+        if step is None:
+            return {}
+        index = self.steps.index(nearest_step(self.steps, step))
+        return {name: {layer: round(values[index], 4) for layer, values in self.values[name].items()}
+                for name in RECALL_SIGNATURES}
+
+    def to_json(self) -> dict[str, Any]:
+        """As `signatures.json` holds it: `{"steps": [...], signature: {"layer<l>": [...]}}`."""
+        return {"steps": self.steps} | self.values
+
+
+def recall_signatures(run: Run, batch: Batch, device: torch.device | str | None = None) -> RecallSignatures:
+    """The `RecallSignatures` of `run`'s checkpoints on `batch`."""
     shape = run.model_config.n_layers, run.model_config.n_heads
     table = probe(run, recall_probes(range(shape[0])), {**batch, **recall_masks(batch)}, device=device)
-    out: dict[str, Any] = {"steps": table.steps.tolist()}
+    values = {}
     for name in RECALL_SIGNATURES:
         grid = table.head_grid(name, *shape)
-        out[name] = {f"layer{layer}": grid[:, layer].mean(axis=1).tolist() for layer in range(shape[0])}
-    return out
-
-
-def signatures_at(signatures: dict[str, Any], step: int | None) -> dict[str, dict[str, float]]:
-    """`recall_signatures` values at the checkpoint nearest `step`, rounded to 4 digits
-    (empty for None: a step never reached)."""
-    if step is None:
-        return {}
-    index = signatures["steps"].index(nearest_step(signatures["steps"], step))
-    return {name: {layer: round(values[index], 4) for layer, values in signatures[name].items()}
-            for name in RECALL_SIGNATURES}
+        values[name] = {f"layer{layer}": grid[:, layer].mean(axis=1).tolist() for layer in range(shape[0])}
+    return RecallSignatures(table.steps.tolist(), values)
 
 
 def value_probes(layers: Sequence[int], seed: int = 0) -> dict[str, Probe]:
@@ -215,16 +226,24 @@ def value_probes(layers: Sequence[int], seed: int = 0) -> dict[str, Probe]:
             for where, positions in VALUE_POSITIONS.items() for layer in layers}
 
 
-def value_probe_summary(table: ProbeTable, n_layers: int) -> dict[str, Any]:
-    """From a table of `value_probes` (steps ascending), per position: each layer's accuracy at
-    the first and the last step (`value_probe_initial`, `value_probe_final`), and the first step
-    at which the best layer's accuracy reaches 0.5 (`value_probe_half_step`)."""
-    out: dict[str, Any] = {"value_probe_initial": {}, "value_probe_final": {}, "value_probe_half_step": {}}
+@dataclass(frozen=True)
+class ValueProbeSummary:
+    """Per position (`VALUE_POSITIONS`): each layer's accuracy at the first and the last step
+    (`"layer<l>"`), and the first step at which the best layer's accuracy reaches 0.5."""
+
+    initial: dict[str, dict[str, float]]
+    final: dict[str, dict[str, float]]
+    half_step: dict[str, int | None]
+
+
+def value_probe_summary(table: ProbeTable, n_layers: int) -> ValueProbeSummary:
+    """The `ValueProbeSummary` of a table of `value_probes` (steps ascending)."""
+    out = ValueProbeSummary({}, {}, {})
     for where in VALUE_POSITIONS:
         accuracy = np.stack([table[f"value_{where}{layer}/accuracy"] for layer in range(n_layers)], axis=1)
-        for key, row in (("value_probe_initial", accuracy[0]), ("value_probe_final", accuracy[-1])):
-            out[key][where] = {f"layer{layer}": round(float(v), 4) for layer, v in enumerate(row)}
-        out["value_probe_half_step"][where] = spans.first_crossing(table.steps, accuracy.max(axis=1), 0.5)
+        for by_position, row in ((out.initial, accuracy[0]), (out.final, accuracy[-1])):
+            by_position[where] = {f"layer{layer}": round(float(v), 4) for layer, v in enumerate(row)}
+        out.half_step[where] = spans.first_crossing(table.steps, accuracy.max(axis=1), 0.5)
     return out
 
 
@@ -240,19 +259,28 @@ def swap_names(batch: Batch) -> torch.Tensor:
     return tokens
 
 
-def recall_circuit(run: Run, batch: Batch, device: torch.device | str | None = None) -> dict[str, Any]:
-    """The recall circuit traced over `run`'s checkpoints at the attribute queries (positions
-    predicting a value's first token), on `batch`:
-    - `lens`: logit-lens top-1 rate of the value per residual entry (`"0_pre"`, ..., `"final_post"`);
+@dataclass(frozen=True)
+class RecallCircuit:
+    """The recall circuit traced over a run's checkpoints at the attribute queries (positions
+    predicting a value's first token), each table over the checkpoints:
     - `head`: the head attending most from the attribute query to the name at the end;
-    - `dla`: its direct logit attribution to the value, and every component's total;
-    - `path`: the change of the value's log-prob when each of its paths (and its whole output)
-      carries the write it makes for another person (`swap_names`).
-    Each is a ProbeTable over the checkpoints (the same runner and cache as every probe)."""
+    - `lens`: logit-lens top-1 rate of the value per residual entry (`"0_pre"`, ..., `"final_post"`);
+    - `dla`: the head's direct logit attribution to the value, and every component's total;
+    - `path`, `whole`: the change of the value's log-prob when each of the head's paths (and its
+      whole output) carries the write it makes for another person (`swap_names`)."""
+
+    head: HeadId
+    lens: ProbeTable
+    dla: ProbeTable
+    path: ProbeTable
+    whole: ProbeTable
+
+
+def recall_circuit(run: Run, batch: Batch, device: torch.device | str | None = None) -> RecallCircuit:
+    """The `RecallCircuit` of `run` on `batch`, probed by the same runner and cache as every probe."""
     from interp.circuits.graph import ModelShape
     from interp.circuits.patching import SOURCE_KEY, activation_patching_probe, mean_logprob, path_patching_probe
     from interp.circuits.readout import dla_probe, logit_lens_probe
-    from interp.ids import HeadId
 
     shape = run.model_config.n_layers, run.model_config.n_heads
     masked = {**batch, **recall_masks(batch), SOURCE_KEY: swap_names(batch)}
@@ -266,8 +294,8 @@ def recall_circuit(run: Run, batch: Batch, device: torch.device | str | None = N
     edges = [e for e in ModelShape.of(run.model_config).edges() if e.sender == head]
     patched = probe(run, {"path": path_patching_probe(metric, edges), "whole": activation_patching_probe(metric)},
                     masked, device=device)
-    return {"head": head, "lens": found.select("lens"), "dla": found.select("dla"), "path": patched.select("path"),
-            "whole": patched.select("whole")}
+    return RecallCircuit(head, found.select("lens"), found.select("dla"), patched.select("path"),
+                         patched.select("whole"))
 
 
 def example_biography(run: Run, seed: int = 0) -> list[int]:

@@ -24,7 +24,6 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
 
 import numpy as np
 import torch
@@ -347,23 +346,39 @@ def answer_probes(hook: str, seed: int = 0) -> dict[str, Probe]:
             "in_context": linear_probe(hook, "icl_query", "answer", control=False, seed=seed)}
 
 
-def answer_summary(answers: ProbeTable, iwl_steps: np.ndarray, iwl: np.ndarray) -> dict[str, Any]:
-    """From a table of `answer_probes` (steps ascending) and an IWL accuracy curve: the probes at
-    the first and the last step, the in-context one's peak, and the first steps at which the
-    in-weights probe and IWL accuracy reach half their final value (None for a curve that ends no
-    higher than it starts)."""
+@dataclass(frozen=True)
+class AnswerSummary:
+    """From a table of `answer_probes` and an IWL accuracy curve (`answer_summary`): the probes
+    at the first and the last step, the in-context one's peak, and the first steps at which the
+    in-weights probe and IWL accuracy reach half their final value (None for a curve that ends
+    no higher than it starts)."""
+
+    in_weights_probe_initial: float
+    in_weights_probe_final: float
+    in_weights_probe_half_step: int | None
+    iwl_half_step: int | None
+    in_context_probe_initial: float
+    in_context_probe_peak: float
+    in_context_probe_peak_step: int
+    in_context_probe_final: float
+
+
+def answer_summary(answers: ProbeTable, iwl_steps: np.ndarray, iwl: np.ndarray) -> AnswerSummary:
+    """The `AnswerSummary` of a table of `answer_probes` (steps ascending) and an IWL accuracy curve."""
     steps, in_weights, in_context = answers.steps, answers["in_weights/accuracy"], answers["in_context/accuracy"]
     peak = int(np.argmax(in_context))
 
     def half(steps: np.ndarray, values: np.ndarray) -> int | None:
         return first_crossing(steps, values, values[-1] / 2) if values[-1] > values[0] else None
 
-    return {"in_weights_probe_initial": round(float(in_weights[0]), 4),
-            "in_weights_probe_final": round(float(in_weights[-1]), 4),
-            "in_weights_probe_half_step": half(steps, in_weights), "iwl_half_step": half(np.asarray(iwl_steps), iwl),
-            "in_context_probe_initial": round(float(in_context[0]), 4),
-            "in_context_probe_peak": round(float(in_context[peak]), 4), "in_context_probe_peak_step": int(steps[peak]),
-            "in_context_probe_final": round(float(in_context[-1]), 4)}
+    return AnswerSummary(in_weights_probe_initial=round(float(in_weights[0]), 4),
+                         in_weights_probe_final=round(float(in_weights[-1]), 4),
+                         in_weights_probe_half_step=half(steps, in_weights),
+                         iwl_half_step=half(np.asarray(iwl_steps), iwl),
+                         in_context_probe_initial=round(float(in_context[0]), 4),
+                         in_context_probe_peak=round(float(in_context[peak]), 4),
+                         in_context_probe_peak_step=int(steps[peak]),
+                         in_context_probe_final=round(float(in_context[-1]), 4))
 
 
 def circuit_probes(layers: Sequence[int]) -> dict[str, Probe]:

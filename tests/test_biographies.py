@@ -21,13 +21,13 @@ from tasks.biographies import (
     RECALL_SIGNATURES,
     Biographies,
     BiographiesConfig,
+    RecallSignatures,
     Vocabulary,
     attribute_evaluator,
     evaluate_attributes,
     model_shape,
     recall_masks,
     recall_signatures,
-    signatures_at,
 )
 
 CFG = BiographiesConfig(n_individuals=50, n_unseen=10, n_finetune=10, seed=3)
@@ -175,10 +175,11 @@ def test_recall_signatures_and_the_attribute_evaluator_on_a_short_run(tmp_path):
                 device="cpu", progress=False)
     batch = TASK.sample(TASK.trained[:3], np.random.default_rng(0), heldout=True)
     signatures = recall_signatures(run, batch, device="cpu")
-    assert signatures["steps"] == [0, 2] and set(signatures) == {"steps", *RECALL_SIGNATURES}
+    assert signatures.steps == [0, 2] and set(signatures.values) == set(RECALL_SIGNATURES)
+    assert signatures.to_json() == {"steps": [0, 2], **signatures.values}  # signatures.json
     for name in RECALL_SIGNATURES:
-        assert set(signatures[name]) == {"layer0", "layer1"}
-        assert all(0 <= v <= 1 for values in signatures[name].values() for v in values)
+        assert set(signatures.values[name]) == {"layer0", "layer1"}
+        assert all(0 <= v <= 1 for values in signatures.values[name].values() for v in values)
     model = run.load(device="cpu")
     assert attribute_evaluator(batch, "cpu")(model) == evaluate_attributes(model, batch)
     # Patterns taken from the model itself change nothing.
@@ -212,11 +213,11 @@ def test_with_replay_mixes_a_fixed_pool_of_trained_biographies_into_a_source():
 
 
 def test_signatures_at_the_nearest_checkpoint():
-    signatures = {"steps": [0, 10, 20], **{name: {"layer0": [0.1, 0.123456, 0.3]} for name in RECALL_SIGNATURES}}
-    assert signatures_at(signatures, 12) == {name: {"layer0": 0.1235} for name in RECALL_SIGNATURES}
-    assert signatures_at(signatures, 5)["sharpness"] == {"layer0": 0.1}  # a tie: the earlier checkpoint
-    assert signatures_at(signatures, 99)["sharpness"] == {"layer0": 0.3}
-    assert signatures_at(signatures, None) == {}
+    signatures = RecallSignatures([0, 10, 20], {name: {"layer0": [0.1, 0.123456, 0.3]} for name in RECALL_SIGNATURES})
+    assert signatures.at(12) == {name: {"layer0": 0.1235} for name in RECALL_SIGNATURES}
+    assert signatures.at(5)["sharpness"] == {"layer0": 0.1}  # a tie: the earlier checkpoint
+    assert signatures.at(99)["sharpness"] == {"layer0": 0.3}
+    assert signatures.at(None) == {}
 
 
 def test_the_value_batch_labels_each_person_with_the_index_of_the_value():

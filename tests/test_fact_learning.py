@@ -12,6 +12,7 @@ from interp.analysis import run_analysis
 from interp.checkpoints import Run
 from interp.configs import ConfigError, with_overrides
 from interp.ids import CheckpointRef
+from interp.metrics import spans
 from tasks.biographies import model_shape
 
 
@@ -40,7 +41,7 @@ def test_patch_references_come_from_the_phases_and_the_step_that_left_the_platea
     cfg = PRESETS["quick"]  # pause_below 0.5: first below 2.5 at step 800
     assert left_plateau_step(run, cfg) == 800
     assert left_plateau_step(_LossCurve(steps, [3.0] * 11), cfg) is None
-    phases = {"phase1_end": 300, "plateau_end": 700}
+    phases = spans.PlateauPhases(phase1_end=300, plateau_end=700, plateau_length=400, plateau_over_phase1=4 / 3)
     assert patch_references(run, cfg, phases, after=800) == {"before": 100, "inside": 500, "after": 800}
     assert patch_references(run, cfg, phases)["after"] == 1000  # no pause: the last checkpoint
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from interp.ids import CheckpointRef, HeadId, hooks
+from interp.ids import EMBED, LOGITS, CheckpointRef, EdgeId, HeadId, Identity, MlpId, Terminal, hooks, parse_node
 
 
 def test_head_round_trips_through_its_text():
@@ -18,6 +18,23 @@ def test_bad_head_text_is_refused(text):
     assert not HeadId.is_head(text)
     with pytest.raises(ValueError, match="head: expected 'L<layer>H<head>'"):
         HeadId.parse(text)
+
+
+@pytest.mark.parametrize("identity", [HeadId(1, 3), MlpId(2), EMBED, LOGITS, EdgeId(HeadId(0, 1), HeadId(1, 2), "k"),
+                                      EdgeId(EMBED, MlpId(0)), EdgeId(HeadId(1, 2), LOGITS),
+                                      CheckpointRef("runs/a", 4)])
+def test_every_identity_round_trips_through_its_text_by_its_parse(identity):
+    assert isinstance(identity, Identity)
+    assert type(identity).parse(str(identity)) == identity
+    if not isinstance(identity, EdgeId | CheckpointRef):
+        assert parse_node(str(identity)) == identity
+
+
+@pytest.mark.parametrize("cls, text, message", [(MlpId, "MLP", "mlp: expected 'MLP<layer>'"),
+                                                (MlpId, "L0H1", "mlp: expected"), (Terminal, "unembed", "node:")])
+def test_bad_node_text_is_refused(cls, text, message):
+    with pytest.raises(ValueError, match=message):
+        cls.parse(text)
 
 
 def test_checkpoint_round_trips_through_its_text():

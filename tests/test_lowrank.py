@@ -28,8 +28,8 @@ def test_forgetting_matrix_is_after_minus_before():
 
 def test_exact_rank_one_matrix():
     fits = lr.fit_summary(RANK1)
-    assert fits["r2_multiplicative"] == pytest.approx(1.0)
-    assert fits["r2_by_rank"] == pytest.approx([1.0] * 5)
+    assert fits.r2_multiplicative == pytest.approx(1.0)
+    assert fits.r2_by_rank == pytest.approx([1.0] * 5)
     s = lr.singular_values(RANK1)
     assert s[0] == pytest.approx(np.linalg.norm(A) * np.linalg.norm(B))
     assert np.allclose(s[1:], 0.0, atol=1e-10)
@@ -37,13 +37,13 @@ def test_exact_rank_one_matrix():
 
 def test_additive_matrix_is_fitted_exactly_and_has_rank_two():
     fits = lr.fit_summary(ADDITIVE)
-    assert fits["r2_additive"] == pytest.approx(1.0)
-    assert fits["r2_by_rank"][1] == pytest.approx(1.0)
-    assert fits["r2_by_rank"][0] < 1.0 - 1e-3
+    assert fits.r2_additive == pytest.approx(1.0)
+    assert fits.r2_by_rank[1] == pytest.approx(1.0)
+    assert fits.r2_by_rank[0] < 1.0 - 1e-3
     # closed form: the row-only fit explains the variance of the t_i, the column-only that of the e_j
     total = ADDITIVE.var()
-    assert fits["r2_row_only"] == pytest.approx(T.var() / total)
-    assert fits["r2_column_only"] == pytest.approx(E.var() / total)
+    assert fits.r2_row_only == pytest.approx(T.var() / total)
+    assert fits.r2_column_only == pytest.approx(E.var() / total)
 
 
 def test_row_only_and_column_only_matrices():
@@ -219,9 +219,10 @@ def test_scaled_softmax_sets_the_temperature_by_the_spread():
 
 def test_matrix_summary_of_a_rank_one_matrix():
     summary = lr.matrix_summary(RANK1, shuffle_controls=2)
-    assert summary["z_mean"] == pytest.approx(RANK1.mean()) and summary["r2_multiplicative"] == pytest.approx(1.0)
-    assert summary["z_row_mean_std"] == pytest.approx(RANK1.mean(axis=1).std())
-    assert summary["r2_shuffled_rank1"] < 0.9 and len(summary["singular_values"]) == 10
+    assert summary.z_mean == pytest.approx(RANK1.mean()) and summary.fits.r2_multiplicative == pytest.approx(1.0)
+    assert summary.z_row_mean_std == pytest.approx(RANK1.mean(axis=1).std())
+    assert summary.r2_shuffled_rank1 < 0.9 and len(summary.singular_values) == 10
+    assert lr.rounded(summary).z_mean == round(summary.z_mean, 4)  # a dataclass's numbers, rounded
 
 
 def test_replay_summary_reduction_is_relative_to_the_baseline():

@@ -12,7 +12,7 @@ from transformer_lens.model_bridge import TransformerBridge
 from transformer_lens.model_bridge.sources.native.model import NativeModel
 
 import interp.probing as probing
-from interp.ids import hooks
+from interp.ids import EMBED, LOGITS, EdgeId, HeadId, MlpId, hooks
 from interp.metrics import circuits
 from interp.model import fused_forward, masked_mean_loss
 from interp.probing import Probe, ProbeTable, probe
@@ -292,6 +292,19 @@ def test_table_getitem_and_unknown_column():
     assert "c/loss" in message
     for column in table.columns:
         assert column in message
+
+
+def test_table_columns_named_by_an_identity_are_read_by_it():
+    table = ProbeTable(np.array([0, 5]), ("L0H1", "L0H1->logits", "MLP0", "base", "embed"),
+                       np.arange(10.0).reshape(2, 5))
+    head = HeadId(0, 1)
+    assert table[head].tolist() == table["L0H1"].tolist() == [0.0, 5.0]
+    assert table[EdgeId(head, LOGITS)].tolist() == [1.0, 6.0]
+    assert MlpId(0) in table and EMBED in table and "base" in table
+    assert HeadId(1, 1) not in table and MlpId(1) not in table and 3 not in table
+    with pytest.raises(KeyError, match="L1H1"):
+        table[HeadId(1, 1)]
+    assert small_table().select("a")[HeadId(1, 1)].tolist() == [0.2, 0.5]
 
 
 def test_table_select_and_head_grid():

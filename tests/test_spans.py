@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -94,10 +96,10 @@ def test_plateau_phases_add_the_length_and_its_ratio_to_phase_1():
     steps = np.arange(0, 1000, 10)
     curve = np.where(steps < 100, 8 - 3 * steps / 100, 5.0)
     curve = np.where(steps >= 600, 5 - (steps - 600) / 100, curve)
-    assert spans.plateau_phases(steps, curve, baseline=5.0) == {
-        "phase1_end": 100, "plateau_end": 620, "plateau_length": 520, "plateau_over_phase1": 5.2}
-    assert spans.plateau_phases(steps, np.full(100, 5.0), baseline=5.0) == {
-        "phase1_end": 0, "plateau_end": None, "plateau_length": None, "plateau_over_phase1": None}
+    assert spans.plateau_phases(steps, curve, baseline=5.0) == spans.PlateauPhases(
+        phase1_end=100, plateau_end=620, plateau_length=520, plateau_over_phase1=5.2)
+    assert spans.plateau_phases(steps, np.full(100, 5.0), baseline=5.0) == spans.PlateauPhases(
+        phase1_end=0, plateau_end=None, plateau_length=None, plateau_over_phase1=None)
 
 
 def test_plateau_end_settles_once_its_smoothing_window_is_complete():
@@ -137,16 +139,15 @@ def test_curve_phases_add_the_final_values_and_a_phase_row_rounds_them():
     curve = np.where(steps < 100, 8 - 3 * steps / 100, 5.0)
     curve = np.where(steps >= 600, 5 - (steps - 600) / 100, curve)
     phases = spans.curve_phases(steps, curve, steps / 1000, baseline=5.0)
-    assert phases == {"phase1_end": 100, "plateau_end": 620, "plateau_length": 520, "plateau_over_phase1": 5.2,
-                      "final_loss": pytest.approx(1.1), "final_accuracy": 0.99, "last_step": 990}
-    assert type(phases["last_step"]) is int and type(phases["final_loss"]) is float
-    row = spans.phase_row({**phases, "final_loss": 1.234567})
-    assert row == {"phase1_end": 100, "plateau_end": 620, "plateau_length": 520, "final_loss": 1.2346,
-                   "final_accuracy": 0.99, "last_step": 990}
-    assert tuple(row) == spans.PHASE_ROW
-    flat = spans.phase_row(spans.curve_phases(steps, np.full(100, 9.0), steps / 1000, baseline=5.0))
-    assert flat == {"phase1_end": None, "plateau_end": None, "plateau_length": None, "final_loss": 9.0,
-                    "final_accuracy": 0.99, "last_step": 990}
+    assert phases == spans.CurvePhases(phase1_end=100, plateau_end=620, plateau_length=520, plateau_over_phase1=5.2,
+                                       final_loss=pytest.approx(1.1), final_accuracy=0.99, last_step=990)
+    assert type(phases.last_step) is int and type(phases.final_loss) is float
+    row = replace(phases, final_loss=1.234567).row()
+    assert row == spans.PhaseRow(phase1_end=100, plateau_end=620, plateau_length=520, final_loss=1.2346,
+                                 final_accuracy=0.99, last_step=990)
+    flat = spans.curve_phases(steps, np.full(100, 9.0), steps / 1000, baseline=5.0).row()
+    assert flat == spans.PhaseRow(phase1_end=None, plateau_end=None, plateau_length=None, final_loss=9.0,
+                                  final_accuracy=0.99, last_step=990)
 
 
 def test_plateau_watch_settles_when_the_whole_curve_does():

@@ -5,7 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from analyses.toys import CoopetitionToyConfig, CyclicToyConfig, coopetition_toy, cyclic_toy, rank1_error
+from analyses.toys import (
+    CoopetitionSummary,
+    CoopetitionToyConfig,
+    CyclicToyConfig,
+    coopetition_toy,
+    cyclic_toy,
+    rank1_error,
+)
 from interp.configs import ConfigError
 
 
@@ -64,11 +71,11 @@ def test_coopetition_summary_description_and_figure():
     result = coopetition_toy(cfg)
     summary = result.summary()
     best = int(np.argmin(result.loss1))
-    assert summary == {"loss1_min": result.loss1[best], "loss1_min_step": int(result.steps[best]),
-                       "loss1_final": result.loss1[-1], "loss2_final": result.loss2[-1],
-                       "a_norm_final": result.norms[-1, 0], "d_norm_final": result.norms[-1, 3]}
+    assert summary == CoopetitionSummary(loss1_min=result.loss1[best], loss1_min_step=int(result.steps[best]),
+                                         loss1_final=result.loss1[-1], loss2_final=result.loss2[-1],
+                                         a_norm_final=result.norms[-1, 0], d_norm_final=result.norms[-1, 3])
     text = result.describe(cfg)
-    assert text.startswith("Coopetition toy (dims (3, 3, 3, 6), alpha 0.1") and f"{summary['loss1_min']:.4f}" in text
+    assert text.startswith("Coopetition toy (dims (3, 3, 3, 6), alpha 0.1") and f"{summary.loss1_min:.4f}" in text
     assert len(result.figure().axes) == 2  # the losses, and the factor norms on a second axis
 
 

@@ -13,6 +13,7 @@ similarity baseline are built.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -93,15 +94,22 @@ def column_only_fit(z: np.ndarray) -> np.ndarray:
     return np.broadcast_to(z.mean(axis=0, keepdims=True), z.shape).copy()
 
 
-def fit_summary(z: np.ndarray, ranks: Sequence[int] = (1, 2, 3, 4, 5)) -> dict[str, float | list[float]]:
+@dataclass(frozen=True)
+class FitSummary:
+    """R² of every fit: rank-k SVD for each k, rank 1 (`multiplicative`), additive, row and column only."""
+
+    r2_by_rank: list[float]
+    r2_multiplicative: float
+    r2_additive: float
+    r2_row_only: float
+    r2_column_only: float
+
+
+def fit_summary(z: np.ndarray, ranks: Sequence[int] = (1, 2, 3, 4, 5)) -> FitSummary:
     """R² of every fit, for a report."""
-    return {
-        "r2_by_rank": r2_by_rank(z, ranks),
-        "r2_multiplicative": r2(z, svd_fit(z, 1)),
-        "r2_additive": r2(z, additive_fit(z)),
-        "r2_row_only": r2(z, row_only_fit(z)),
-        "r2_column_only": r2(z, column_only_fit(z)),
-    }
+    return FitSummary(r2_by_rank=r2_by_rank(z, ranks), r2_multiplicative=r2(z, svd_fit(z, 1)),
+                      r2_additive=r2(z, additive_fit(z)), r2_row_only=r2(z, row_only_fit(z)),
+                      r2_column_only=r2(z, column_only_fit(z)))
 
 
 def shuffle_rows_independently(z: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -407,17 +415,31 @@ def scaled_softmax(scores: np.ndarray, temperature: float = 1.0) -> np.ndarray:
 
 
 
-def matrix_summary(z: np.ndarray, shuffle_controls: int = 5, seed: int = 0) -> dict[str, Any]:
-    """Z's mean and sd, the sd of its row (task) and column (example) means, every fit's
-    R² (`fit_summary`), the rank-1 R² of `shuffle_controls` row-shuffled copies (mean and
-    sd; generator `[seed, i]` for the i-th) and the first 10 singular values."""
+@dataclass(frozen=True)
+class MatrixSummary:
+    """Z's mean and sd, the sd of its row (task) and column (example) means, every fit's R²,
+    the rank-1 R² of row-shuffled copies (mean and sd) and the first 10 singular values."""
+
+    z_mean: float
+    z_std: float
+    z_row_mean_std: float
+    z_column_mean_std: float
+    fits: FitSummary
+    r2_shuffled_rank1: float
+    r2_shuffled_rank1_std: float
+    singular_values: list[float]
+
+
+def matrix_summary(z: np.ndarray, shuffle_controls: int = 5, seed: int = 0) -> MatrixSummary:
+    """The `MatrixSummary` of Z with `shuffle_controls` row-shuffled copies (generator
+    `[seed, i]` for the i-th)."""
     z = _matrix(z)
     shuffled = [r2_by_rank(shuffle_rows_independently(z, seeding.rng(seed, i)), [1])[0]
                 for i in range(shuffle_controls)]
-    return {"z_mean": float(z.mean()), "z_std": float(z.std()), "z_row_mean_std": float(z.mean(axis=1).std()),
-            "z_column_mean_std": float(z.mean(axis=0).std()), **fit_summary(z),
-            "r2_shuffled_rank1": float(np.mean(shuffled)), "r2_shuffled_rank1_std": float(np.std(shuffled)),
-            "singular_values": singular_values(z)[:10].tolist()}
+    return MatrixSummary(z_mean=float(z.mean()), z_std=float(z.std()), z_row_mean_std=float(z.mean(axis=1).std()),
+                         z_column_mean_std=float(z.mean(axis=0).std()), fits=fit_summary(z),
+                         r2_shuffled_rank1=float(np.mean(shuffled)), r2_shuffled_rank1_std=float(np.std(shuffled)),
+                         singular_values=singular_values(z)[:10].tolist())
 
 
 def replay_summary(increase: Mapping[str, np.ndarray], baseline: str = "none",
@@ -438,7 +460,9 @@ def replay_summary(increase: Mapping[str, np.ndarray], baseline: str = "none",
 
 
 def rounded(x: Any, digits: int = 4) -> Any:
-    """Every number in nested dicts and lists rounded to `digits` (a report's precision)."""
+    """Every number in nested dataclasses, dicts and lists rounded to `digits` (a report's precision)."""
+    if dataclasses.is_dataclass(x) and not isinstance(x, type):
+        return dataclasses.replace(x, **{f.name: rounded(getattr(x, f.name), digits) for f in dataclasses.fields(x)})
     if isinstance(x, Mapping):
         return {k: rounded(v, digits) for k, v in x.items()}
     if isinstance(x, list | tuple):

@@ -141,15 +141,24 @@ def phase_change(steps: np.ndarray, loss: np.ndarray, min_drop: float = 0.5) -> 
     return (int(steps[below[0]]) if len(below) else None), before, after
 
 
+@dataclass(frozen=True)
+class PlateauPhases:
+    """`phase_boundaries` with the plateau's length and its ratio to phase 1's (None where undefined)."""
+
+    phase1_end: int | None
+    plateau_end: int | None
+    plateau_length: int | None
+    plateau_over_phase1: float | None
+
+
 def plateau_phases(
     steps: np.ndarray, values: np.ndarray, baseline: float, delta: float = 0.1, window: int = 1
-) -> dict[str, int | float | None]:
-    """`phase_boundaries` with the plateau's length and its ratio to phase 1's:
-    `phase1_end`, `plateau_end`, `plateau_length`, `plateau_over_phase1` (None where undefined)."""
+) -> PlateauPhases:
+    """The `PlateauPhases` of a loss curve."""
     phase1_end, plateau_end = phase_boundaries(steps, values, baseline, delta, window)
     length = None if phase1_end is None or plateau_end is None else plateau_end - phase1_end
-    return {"phase1_end": phase1_end, "plateau_end": plateau_end, "plateau_length": length,
-            "plateau_over_phase1": None if length is None or not phase1_end else length / phase1_end}
+    return PlateauPhases(phase1_end, plateau_end, length,
+                         None if length is None or not phase1_end else length / phase1_end)
 
 
 def plateau_end_settled(
@@ -200,22 +209,40 @@ def first_below(steps: np.ndarray, values: np.ndarray, level: float) -> int | No
     return int(steps[below[0]]) if len(below) else None
 
 
+@dataclass(frozen=True)
+class PhaseRow:
+    """One run's row in a table of runs (`CurvePhases.row`): its phases and final values."""
+
+    phase1_end: int | None
+    plateau_end: int | None
+    plateau_length: int | None
+    final_loss: float
+    final_accuracy: float
+    last_step: int
+
+
+@dataclass(frozen=True)
+class CurvePhases(PlateauPhases):
+    """`PlateauPhases` of a loss curve with its `final_loss`, the `final_accuracy` of the
+    accuracy curve evaluated beside it, and its `last_step`."""
+
+    final_loss: float
+    final_accuracy: float
+    last_step: int
+
+    def row(self, digits: int = 4) -> PhaseRow:
+        """The `PhaseRow`, its losses rounded to `digits` (the ratio `plateau_over_phase1` is left out)."""
+        return PhaseRow(self.phase1_end, self.plateau_end, self.plateau_length, round(self.final_loss, digits),
+                        round(self.final_accuracy, digits), self.last_step)
+
+
 def curve_phases(
     steps: np.ndarray, loss: np.ndarray, accuracy: np.ndarray, baseline: float, delta: float = 0.1, window: int = 1
-) -> dict[str, int | float | None]:
-    """`plateau_phases` of a loss curve, with its `final_loss`, the `final_accuracy` of the
-    accuracy curve evaluated beside it, and its `last_step`."""
-    return {**plateau_phases(steps, loss, baseline, delta, window), "final_loss": float(loss[-1]),
-            "final_accuracy": float(accuracy[-1]), "last_step": int(steps[-1])}
-
-
-PHASE_ROW = ("phase1_end", "plateau_end", "plateau_length", "final_loss", "final_accuracy", "last_step")
-
-
-def phase_row(phases: dict[str, int | float | None], digits: int = 4) -> dict[str, int | float | None]:
-    """The `PHASE_ROW` entries of `curve_phases`, floats rounded to `digits`: one run's row in
-    a table of runs (the ratio `plateau_over_phase1` is left out)."""
-    return {k: round(phases[k], digits) if isinstance(phases[k], float) else phases[k] for k in PHASE_ROW}
+) -> CurvePhases:
+    """The `CurvePhases` of a loss curve and the accuracy curve evaluated beside it."""
+    plateau = plateau_phases(steps, loss, baseline, delta, window)
+    return CurvePhases(plateau.phase1_end, plateau.plateau_end, plateau.plateau_length, plateau.plateau_over_phase1,
+                       float(loss[-1]), float(accuracy[-1]), int(steps[-1]))
 
 
 class PlateauWatch:
