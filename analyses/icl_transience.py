@@ -621,17 +621,17 @@ def view(source: Source, runs: RunsData) -> Headline:
     if mass and "mass" in mass["columns"]:
         series.append(Series("probability on in-context labels", mass["steps"], probe_column(mass, "mass")))
     series.append(Series.of_metric(run, "train/loss", "training loss (right axis)", "y2"))
-    ablated = r.ablation_at_peak["heads"]
-    head = HeadId.parse(ablated[0]) if ablated and HeadId.is_head(ablated[0]) else None
+    ablated = r.ablation_at_peak.heads
+    head = ablated[0] if ablated else None
     return Headline(
         "In-context vs in-weights learning, and the induction circuit",
         ("ICL emerges and fades while in-weights learning takes over; the induction strength of the best head "
          "(matching minus non-matching label attention) rises and falls with ICL."),
-        run=name, marks={name: Mark.at((r.icl_peak_step, "ICL peak"))},
+        run=name, marks={name: Mark.at((r.dynamics.icl_peak_step, "ICL peak"))},
         figures=[
             Lines("ICL, IWL and induction strength", series, run=name, ylabel="accuracy / score",
                   y2label="training loss", hlines=[HLine(0.5, "chance (2-way)")],
-                  vlines=VLine.at((r.icl_peak_step, "ICL peak"))),
+                  vlines=VLine.at((r.dynamics.icl_peak_step, "ICL peak"))),
             Heads.of("Induction strength (layer x head) and a head's attention", name, run,
                      head_probe(run, ("induction",)), head),
             Table.of(results_dict(r), ("icl_peak", "icl_peak_step", "icl_final", "icl_drop", "iwl_final",

@@ -402,7 +402,7 @@ def read_results(directory: str | Path, cls: type[ResultsT]) -> ResultsT:
     path = Path(directory) / "results.json"
     data = read_json(path)
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object of {cls.__name__}, got {type(data).__name__}")
+        raise InputError(f"{path}: expected a JSON object of {cls.__name__}, got {type(data).__name__}")
     return _typed_dataclass(cls, data, path)
 
 
@@ -412,12 +412,16 @@ def _typed_dataclass(cls: type[ResultsT], data: Mapping[str, Any], path: Path, p
     for f in dataclasses.fields(cls):
         if f.metadata.get("detail") or not f.init:
             continue
-        if f.name not in data:
+        if f.metadata.get("inline"):  # its fields are the parent's (see `results_dict`)
+            values[f.name] = _typed_dataclass(hints[f.name], data, path, prefix)
+            continue
+        key = _key(f.name)
+        if key not in data:
             if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING:
                 continue
-            raise ValueError(f"{path}: {prefix}{f.name} is missing: {cls.__name__} expects it (a file written by "
+            raise InputError(f"{path}: {prefix}{key} is missing: {cls.__name__} expects it (a file written by "
                              "another version of the analysis? run it again)")
-        values[f.name] = _typed(hints[f.name], data[f.name], path, f"{prefix}{f.name}.")
+        values[f.name] = _typed(hints[f.name], data[key], path, f"{prefix}{key}.")
     return cls(**values)
 
 
