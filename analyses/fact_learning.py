@@ -42,7 +42,7 @@ from interp.checkpoints import METRICS_FILE, atomic_write_json
 from interp.configs import require, require_positive
 from interp.ids import CheckpointRef, HeadId
 from interp.metrics import recovery, spans
-from interp.patching import pattern_patch
+from interp.pattern_substitution import reference_patterns
 from interp.pipeline import AnalysisConfig, Context, JobSetup, TrainingJob, final_only, nearest_step
 from interp.probing import ProbeTable, probe
 from interp.report import Figure, Report
@@ -241,7 +241,7 @@ def setup_job(job: TrainingJob, device: torch.device) -> JobSetup:
     data: Any = bios
     # A patched model never trains its own queries and keys: it is evaluated as trained, patched.
     ref = p.patch_from
-    patterns = pattern_patch(Run.open(ref.run_dir).load(ref.step, device=device)) if ref else None
+    patterns = reference_patterns(Run.open(ref.run_dir).load(ref.step, device=device)) if ref else None
     people = {SEEN: bios.draw_trained(cfg.eval_individuals, cfg.seed, EVAL_STREAM)}
     if p.kind == "finetune":
         people = {OLD: people[SEEN], NEW: bios.finetune[: cfg.eval_individuals]}

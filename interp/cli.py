@@ -39,6 +39,7 @@ from interp.analysis import (
     load_all,
     run_analysis,
 )
+from interp.batches import repeated_patch_batch, repeated_tokens
 from interp.checkpoints import (
     CHECKPOINTS_DIR,
     CONFIG_FILE,
@@ -51,8 +52,9 @@ from interp.checkpoints import (
     scan_jsonl,
 )
 from interp.configs import ConfigError, parse_overrides
+from interp.hooks import hook_name
 from interp.ids import HeadId
-from interp.metrics import circuits
+from interp.metrics import heads
 from interp.model import InsufficientMemoryError, ModelConfig, check_forward_memory, format_bytes
 from interp.parallel import Backend, JobsFailed, LocalBackend, RayBackend
 from interp.probing import cache_rows, cached_computations, probe
@@ -526,11 +528,11 @@ def cmd_probe(args: argparse.Namespace) -> None:
         raise ConfigError("--period", f"between 2 and n_ctx/2 = {model_cfg.n_ctx // 2}", period)
     device = check_device(args.device)
     if args.metric == "prev-token":
-        probe_obj = circuits.previous_token_probe(layers)
+        probe_obj = heads.previous_token_probe(layers)
     else:
-        probe_obj = circuits.induction_probe(layers, period)
+        probe_obj = heads.induction_probe(layers, period)
     check_forward_memory(model_cfg, _shape_only(args.sequences, 2 * period), probe_obj.hooks, device)
-    tokens = circuits.repeated_tokens(args.sequences, period, model_cfg.d_vocab, step_generator(args.seed, 0, 2))
+    tokens = repeated_tokens(args.sequences, period, model_cfg.d_vocab, step_generator(args.seed, 0, 2))
     key = args.metric.replace("-", "_")
     table = probe(run, {key: probe_obj}, {"tokens": tokens}, steps=args.steps, device=device,
                   progress=True).select(key)
@@ -591,9 +593,9 @@ def cmd_circuit(args: argparse.Namespace) -> None:
     run resamples the first copy (the induction circuit's test); graphs saved in the run as a
     graph set of this probe and batch, beside (never over) the key's other sets."""
     from interp.circuits import graph as circuit_graph
-    from interp.circuits.patching import mean_logprob
+    from interp.circuits.common import mean_logprob
     from interp.circuits.readout import dla_probe, logit_lens_probe
-    from interp.circuits.trace import repeated_patch_batch, trace
+    from interp.circuits.trace import trace
 
     run = one_run(Path(args.dir))
     model_cfg = model_config(run)
@@ -786,7 +788,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--csv", help="also write the table to this CSV file")
     linear = p.add_argument_group("linear probe (metric `linear`; --seed seeds its split and control task)")
     linear.add_argument("--batch", help="a batch file (safetensors, `linear_probes.save_batch`): tokens and the keys")
-    linear.add_argument("--hook", nargs="+", help="hook(s) to probe, e.g. blocks.1.hook_resid_post")
+    linear.add_argument("--hook", nargs="+", help=f"hook(s) to probe, e.g. {hook_name('resid_post', 1)}")
     linear.add_argument("--positions", help="batch key: bool mask [batch, pos] or a position per row")
     linear.add_argument("--labels", help="batch key: integer classes or real values, per row or per position")
     linear.add_argument("--groups", help="batch key: the unit a probe could memorise (default: the batch row)")

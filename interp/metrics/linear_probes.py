@@ -7,7 +7,7 @@ split. `linear_probe(...)` returns an `interp.probing.Probe`, so it rides the on
 forward per checkpoint shared with every other probe asked for at the same time) and its
 cache (`probes/<key>.jsonl`):
 
-    probes = {"month": linear_probe("blocks.1.hook_resid_post", positions="name_last",
+    probes = {"month": linear_probe(hook_name("resid_post", 1), positions="name_last",
                                     labels="birth_month", groups="person")}
     table = probe(run, probes, batch)          # batch: tokens + the three keys named above
     table["month/accuracy"], table["month/selectivity"]
@@ -82,6 +82,7 @@ from interp.checkpoints import (
     read_json,
     save_safetensors,
 )
+from interp.hooks import hook_name
 from interp.model import Batch
 from interp.probing import Probe, ProbeContext, ProbeTable, probe_artifacts
 
@@ -497,7 +498,7 @@ def linear_probe(hook: str, positions: str, labels: str, groups: str | None = No
             raise ValueError("batch: a linear probe needs a batch with its positions and labels")
         fields = f"linear probe of {hook} (positions={positions!r}, labels={labels!r}, groups={groups!r})"
         if hook not in ctx.acts:
-            raise KeyError(f"hook: {hook!r} is not a hook point of this model (e.g. blocks.0.hook_resid_post)")
+            raise KeyError(f"hook: {hook!r} is not a hook point of this model (e.g. {hook_name('resid_post', 0)})")
         try:
             examples = probe_examples(ctx.acts[hook], ctx.batch, positions, labels, groups, split, control_types)
             fit = fit_probe(examples.features, examples.labels, examples.groups, kind=kind, types=examples.types,
