@@ -55,9 +55,10 @@ from interp.analysis import (
     read_results,
     results_dict,
 )
+from interp.bridge import attention_parameters
 from interp.configs import ConfigError, require, require_positive
 from interp.files import atomic_write_json, read_json
-from interp.ids import hooks
+from interp.hooks import hook_name
 from interp.metrics import drift, recovery
 from interp.metrics.linear_probes import linear_probe, load_directions
 from interp.viz import plot_curves, plot_matrix, plot_trajectory
@@ -256,16 +257,16 @@ def measure(cfg: AnticipatoryRecoveryConfig, ctx: Context) -> RecoveryResults:
                                           ref_data.document_losses, jobs[reference].train, episode, ctx.device)
     model = ref_run.load(cfg.pairwise_step, device=ctx.device)
     gradients = drift.gradient_cosines(model, [{"tokens": doc[None].to(ctx.device)} for doc in ref_data.documents],
-                                       list(model.blocks[cfg.gradient_layer].attn.parameters()))
+                                       attention_parameters(model, cfg.gradient_layer))
     first, last = n, min(4 * n, cfg.task.epochs * n - half)  # episodes analysed
     residual_cosine = drift.residual_cosine(ref_run, [e * episode for e in range(first - half, last + half + 1)], half)
     unembedding = drift.weight_trajectory(ref_run, [e * episode for e in range(first, last + 1)], ["unembed.weight"])
     unembedding_pca, explained = drift.pca(unembedding, 3)
-    activation_cosine = drift.activation_cosine(ref_run, hooks.final_norm, {"tokens": ref_data.documents[:1]},
+    activation_cosine = drift.activation_cosine(ref_run, hook_name("normalized"), {"tokens": ref_data.documents[:1]},
                                                 [e * episode for e in range(cfg.task.epochs * n + 1)], ctx.device)
     # Document identity from the final residual, probed every `stride` episodes (T and T/2 multiples of it).
     identity, stride = ref_data.identity_batch(), 2 if n % 4 == 0 else 1
-    doc = {"doc": linear_probe(hooks.resid_post(cfg.reference.layers - 1), "probed", "doc", groups="window",
+    doc = {"doc": linear_probe(hook_name("resid_post", cfg.reference.layers - 1), "probed", "doc", groups="window",
                                seed=cfg.seed)}
     probed = [e * episode for e in range(0, cfg.task.epochs * n + 1, stride)]
     doc_probe = probe(ref_run, doc, identity, steps=probed, device=ctx.device)

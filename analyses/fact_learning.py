@@ -77,7 +77,7 @@ from interp.configs import require, require_positive
 from interp.files import atomic_write_json, read_json
 from interp.ids import LOGITS, CheckpointRef, EdgeId, HeadId
 from interp.metrics import recovery, spans
-from interp.patching import pattern_patch
+from interp.pattern_substitution import reference_patterns
 from interp.run_layout import METRICS_FILE
 from interp.viz import plot_curves
 from tasks import biographies
@@ -313,7 +313,7 @@ def setup_job(job: TrainingJob, device: torch.device) -> JobSetup:
     data: Any = bios
     # A patched model never trains its own queries and keys: it is evaluated as trained, patched.
     ref = p.patch_from
-    patterns = pattern_patch(Run.open(ref.run_dir).load(ref.step, device=device)) if ref else None
+    patterns = reference_patterns(Run.open(ref.run_dir).load(ref.step, device=device)) if ref else None
     people = {SEEN: bios.draw_trained(cfg.eval_individuals, cfg.seed, EVAL_STREAM)}
     if p.kind == "finetune":
         people = {OLD: people[SEEN], NEW: bios.finetune[: cfg.eval_individuals]}

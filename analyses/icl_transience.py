@@ -74,11 +74,15 @@ from interp.analysis import (
     read_results,
     results_dict,
 )
-from interp.circuits.patching import PatchMetric, cross_checkpoint_probe
+from interp.circuits.common import PatchMetric
+from interp.circuits.cross_checkpoint import cross_checkpoint_probe
 from interp.circuits.readout import dla_probe
 from interp.configs import require, require_literals, require_positive
-from interp.ids import EMBED, HeadId, MlpId, Node, hooks, parse_node
-from interp.metrics import circuits, spans
+from interp.hooks import hook_name
+from interp.ids import EMBED, HeadId, MlpId, Node, parse_node
+from interp.metrics import spans
+from interp.metrics.ablation import ablated_metric, head_ablation_grid
+from interp.metrics.heads import strongest_heads
 from interp.model import Batch, batch_to
 from interp.viz import plot_bars, plot_curves, plot_head_curves, plot_head_grids
 from tasks.fewshot import (
@@ -323,9 +327,9 @@ def ablations(run: Run, step: int, icl: Batch, iwl: Batch, heads: list[HeadId], 
     """Per-head accuracy drops (`[layer, head]`) on ICL and IWL at `step`, and ICL with `heads` ablated together."""
     model, icl, iwl = run.load(step, device=device), batch_to(icl, device), batch_to(iwl, device)
     icl_accuracy, iwl_accuracy = partial(accuracy, closed=True), partial(accuracy, closed=False)
-    clean, ablated = (circuits.ablated_metric(model, icl, icl_accuracy, chosen) for chosen in ([], heads))
-    return Ablation(step=step, icl_drop_by_head=-np.array(circuits.head_ablation_grid(model, icl, icl_accuracy)),
-                    iwl_drop_by_head=-np.array(circuits.head_ablation_grid(model, iwl, iwl_accuracy)),
+    clean, ablated = (ablated_metric(model, icl, icl_accuracy, chosen) for chosen in ([], heads))
+    return Ablation(step=step, icl_drop_by_head=-np.array(head_ablation_grid(model, icl, icl_accuracy)),
+                    iwl_drop_by_head=-np.array(head_ablation_grid(model, iwl, iwl_accuracy)),
                     icl_clean=clean, heads=heads, icl_heads_ablated=ablated)
 
 
@@ -339,7 +343,7 @@ def measure(cfg: ICLTransienceConfig, ctx: Context) -> ICLTransienceResults:
     table = probe(main, circuit_probes(range(cfg.model.n_layers)), icl, device=ctx.device)
     grids = {k: table.head_grid(k, cfg.model.n_layers, cfg.model.n_heads) for k in HEAD_CIRCUITS}
     peak, end = nearest_step(main.steps, found.icl_peak_step), main.steps[-1]
-    heads = circuits.strongest_heads(grids["induction"][np.searchsorted(table.steps, peak)], cfg.induction_threshold)
+    heads = strongest_heads(grids["induction"][np.searchsorted(table.steps, peak)], cfg.induction_threshold)
     at_peak, final = (ablations(main, step, icl, iwl, heads, ctx.device) for step in (peak, end))
     sweep_runs = {cfg.train.l2: main, **{lam: runs[job.name] for lam, job in sweep_jobs.items()}}
     control_runs = {key: runs[job.name] for key, job in control_jobs.items()}
@@ -352,7 +356,7 @@ def measure(cfg: ICLTransienceConfig, ctx: Context) -> ICLTransienceResults:
     dla = attributions(main, task, cfg, ctx)
     dla_split = partial(logit_split, dla, cfg.model.n_layers, cfg.model.n_heads)
     answer_batch = task.answer_batch(2 * cfg.probe_size, seeding.generator(cfg.seed, LINEAR_STREAM))
-    answers = probe(main, answer_probes(hooks.resid_mid(cfg.model.n_layers - 1), cfg.seed), answer_batch,
+    answers = probe(main, answer_probes(hook_name("resid_mid", cfg.model.n_layers - 1), cfg.seed), answer_batch,
                     device=ctx.device)
     iwl_steps, iwl = main.series("iwl/full")  # smoothed as in `dynamics`
     results = ICLTransienceResults(
@@ -503,7 +507,8 @@ def answer_text(cfg: ICLTransienceConfig, r: ICLTransienceResults) -> str:
               f"{a.iwl_half_step}: the in-weights answer becomes decodable {words[when]} IWL accuracy rises ('as': "
               f"within one probed interval) and {falls} the ICL peak (step {icl_peak_step}), where ICL starts to "
               "fall.")
-    return (f"Linear probes of the answer (logistic regression on {hooks.resid_mid(cfg.model.n_layers - 1)}, the "
+    hook = hook_name("resid_mid", cfg.model.n_layers - 1)
+    return (f"Linear probes of the answer (logistic regression on {hook}, the "
             f"query's residual before the last MLP; {2 * cfg.probe_size} sequences of each kind, every "
             "checkpoint). The in-weights label on IWL sequences, grouped by query class (a class is held out whole, "
             f"so only a label code shared across classes passes): {a.in_weights_probe_initial:.3f} at "

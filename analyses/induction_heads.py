@@ -51,13 +51,16 @@ from interp.analysis import (
     read_results,
     results_dict,
 )
+from interp.batches import repeated_patch_batch, repeated_tokens
+from interp.circuits.activation import activation_patching_probe
+from interp.circuits.common import mean_logprob
 from interp.circuits.graph import CircuitDiff, CircuitGraph
-from interp.circuits.patching import activation_patching_probe, mean_logprob
-from interp.circuits.trace import repeated_patch_batch, trace
+from interp.circuits.trace import trace
 from interp.circuits.weights import copying_probe
 from interp.configs import require
-from interp.ids import EdgeId, HeadId, hooks
-from interp.metrics import circuits, spans
+from interp.hooks import hook_name
+from interp.ids import EdgeId, HeadId
+from interp.metrics import heads, outputs, spans
 from interp.model import Batch, forward, scored_positions, token_losses
 from interp.train import step_generator
 from interp.viz import plot_attention, plot_circuit_diff, plot_curves, plot_head_curves, plot_head_grids
@@ -203,8 +206,8 @@ def setup_job(job: TrainingJob, device: torch.device) -> JobSetup:
 
 
 def probe_batch(cfg: InductionHeadsConfig) -> Batch:
-    tokens = circuits.repeated_tokens(cfg.probe_sequences, cfg.probe_period, cfg.model.d_vocab,
-                                      step_generator(cfg.seed, 0, PROBE_STREAM))
+    tokens = repeated_tokens(cfg.probe_sequences, cfg.probe_period, cfg.model.d_vocab,
+                             step_generator(cfg.seed, 0, PROBE_STREAM))
     return {"tokens": tokens, "in_repeat": torch.arange(tokens.shape[1]).expand_as(tokens) >= cfg.probe_period}
 
 
@@ -213,12 +216,12 @@ def measure(cfg: InductionHeadsConfig, ctx: Context) -> InductionResults:
     run = ctx.train([job])["main"]
     layers = list(range(cfg.model.n_layers))
     probes = {
-        "prev": circuits.previous_token_probe(layers),
-        "induction": circuits.induction_probe(layers, cfg.probe_period),
+        "prev": heads.previous_token_probe(layers),
+        "induction": heads.induction_probe(layers, cfg.probe_period),
         # Neighbours of the induction offset P-1: P-2 is a shifted copy circuit, P a duplicate-token head.
-        **{f"offset_{d:+d}": circuits.offset_probe(layers, cfg.probe_period + d, cfg.probe_period + max(SHIFTS))
+        **{f"offset_{d:+d}": heads.offset_probe(layers, cfg.probe_period + d, cfg.probe_period + max(SHIFTS))
            for d in SHIFTS if d != -1},
-        "repeat_loss": circuits.loss_probe("in_repeat"),
+        "repeat_loss": outputs.loss_probe("in_repeat"),
     }
     batch = probe_batch(cfg)
     table = probe(run, probes, batch, device=ctx.device, progress=ctx.progress)
@@ -359,9 +362,10 @@ def figures(cfg: InductionHeadsConfig, results: InductionResults, ctx: Context) 
     model = run.load(device=ctx.device)
     example = results.probe_batch["tokens"][:1].to(ctx.device)
     with torch.no_grad():
-        _, cache = model.run_with_cache(example, names_filter=[hooks.pattern(layer) for layer in range(n_layers)])
+        _, cache = model.run_with_cache(example,
+                                        names_filter=[hook_name("pattern", layer) for layer in range(n_layers)])
     for head in (results.induction_head, results.prev_token_head):
-        pattern = cache[hooks.pattern(head.layer)][0, head.head].cpu().numpy()
+        pattern = cache[hook_name("pattern", head.layer)][0, head.head].cpu().numpy()
         drawn.append(Figure(f"attention_{head}", f"Attention pattern of {head} at the final step",
                             plot_attention(pattern, title=f"{head} attention on a repeated sequence (final step)")))
     return drawn

@@ -29,11 +29,12 @@ from scipy.stats import spearmanr
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import environment, table, write_result  # noqa: E402
 
+from interp.batches import repeated_patch_batch  # noqa: E402
 from interp.checkpoints import Run  # noqa: E402
+from interp.circuits.common import mean_logprob  # noqa: E402
 from interp.circuits.graph import CIRCUITS_DIR  # noqa: E402
-from interp.circuits.patching import mean_logprob  # noqa: E402
 from interp.circuits.readout import dla_probe  # noqa: E402
-from interp.circuits.trace import repeated_patch_batch, trace  # noqa: E402
+from interp.circuits.trace import trace  # noqa: E402
 from interp.circuits.weights import composition_probe, copying_probe, qk_matching_probe  # noqa: E402
 from interp.probing import probe  # noqa: E402
 from interp.run_layout import PROBES_DIR  # noqa: E402

@@ -55,14 +55,15 @@ from _common import environment, median, spread, table, write_result  # noqa: E4
 
 import interp.metrics.linear_probes as linear_probes  # noqa: E402
 from interp import seeding  # noqa: E402
-from interp.metrics.circuits import loss_probe  # noqa: E402
+from interp.hooks import hook_name  # noqa: E402
+from interp.metrics.outputs import loss_probe  # noqa: E402
 from interp.model import ModelConfig, resolve_device  # noqa: E402
 from interp.probing import Probe, probe  # noqa: E402
 from interp.train import TrainConfig, train  # noqa: E402
 from tasks.induction import RepeatedSegments, RepeatedSegmentsConfig  # noqa: E402
 
 TARGET_S = 30.0
-HOOKS = ("blocks.0.hook_resid_post", "blocks.1.hook_resid_mid", "blocks.1.hook_resid_post")
+HOOKS = (hook_name("resid_post", 0), hook_name("resid_mid", 1), hook_name("resid_post", 1))
 MODEL = ModelConfig(n_layers=2, d_model=64, n_heads=4, d_vocab=64, n_ctx=32, seed=0)
 TRAIN = TrainConfig(steps=310, batch_size=16, optimizer="adam", lr=3e-3, checkpoint_log=0, checkpoint_every=10,
                     log_every=50)

@@ -70,7 +70,8 @@ def random_tokens(cfg: ModelConfig):
 
 
 def probes_of(cfg: ModelConfig):
-    from interp.metrics.circuits import loss_probe, previous_token_probe
+    from interp.metrics.heads import previous_token_probe
+    from interp.metrics.outputs import loss_probe
 
     return {"prev": previous_token_probe(range(cfg.n_layers)), "loss": loss_probe()}
 

@@ -50,17 +50,17 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import environment, median, spread, table, write_result  # noqa: E402
 
+from interp.batches import repeated_tokens  # noqa: E402
 from interp.checkpoints import Run  # noqa: E402
-from interp.ids import hooks  # noqa: E402
-from interp.metrics.circuits import (  # noqa: E402
+from interp.hooks import hook_name  # noqa: E402
+from interp.metrics.heads import (  # noqa: E402
     induction_probe,
     induction_score,
-    loss_probe,
     per_head,
     previous_token_probe,
     previous_token_score,
-    repeated_tokens,
 )
+from interp.metrics.outputs import loss_probe  # noqa: E402
 from interp.model import ModelConfig, resolve_device, scored_positions, token_losses  # noqa: E402
 from interp.probing import probe  # noqa: E402
 from interp.train import TrainConfig, train  # noqa: E402
@@ -92,9 +92,9 @@ def naive_metric(key: str, model, batch, period: int) -> dict[str, float]:
     """One probe the naive way: a full cache of every hook, then the metric."""
     logits, cache = model.run_with_cache(batch["tokens"])
     if key == "prev":
-        out = per_head(previous_token_score(cache[hooks.pattern(0)]), 0)
+        out = per_head(previous_token_score(cache[hook_name("pattern", 0)]), 0)
     elif key == "ind":
-        out = per_head(induction_score(cache[hooks.pattern(1)], period), 1)
+        out = per_head(induction_score(cache[hook_name("pattern", 1)], period), 1)
     elif key == "loss":
         out = {"loss": float(token_losses(logits, batch)[scored_positions(batch)].mean())}
     else:
@@ -178,7 +178,7 @@ PRELOAD = [
     "torch",
     "interp.checkpoints",
     "interp.probing",
-    "interp.metrics.circuits",
+    "interp.metrics.heads",
     "interp.train",
     "tasks.induction",
     "_common",

@@ -1,12 +1,13 @@
 """interp: train small TransformerLens models with checkpoints and probe how
 their circuits form, fade and come back.
 
-    from interp import Run, probe
-    from interp.metrics import circuits
+    from interp import Run, probe, seeding
+    from interp.batches import repeated_tokens
+    from interp.metrics import heads
 
     run = Run.open("runs/induction")
-    model = run.load(step=run.steps[-1])
-    table = probe(run, {"ind": circuits.induction_probe(layers=[1], period=16)}, batch)
+    batch = {"tokens": repeated_tokens(8, 16, run.model_config.d_vocab, seeding.generator(0, 1))}
+    table = probe(run, {"ind": heads.induction_probe(layers=[1], period=16)}, batch)
 """
 
 from interp.checkpoints import CheckpointSource, Run

@@ -1,5 +1,6 @@
 """The one place that reads TransformerLens internals: the plain torch modules behind a
-`TransformerBridge` built with `boot_native`, for the fused training path.
+`TransformerBridge` built with `boot_native`, for the fused training path, and the weights
+and parameter names the circuit methods read.
 
 The fused forward (`interp.model.fused_forward`) computes the bridge's function on the
 bridge's own weights without its hook wrappers. It reaches those weights through public
@@ -8,6 +9,10 @@ TransformerLens API: the bridge's component slots (`embed`, `pos_embed`, `blocks
 and state-dict keys), each component's `original_component`, and `model.cfg`. Three
 facts have no public accessor and are read from TransformerLens's native modules: the
 attention's score `scale`, its `rotary.apply_rope`, and the MLP's activation `act`.
+
+The circuit methods (`interp.circuits`) and analyses read a head's weights, a layer's
+attention norm and parameters, and what a checkpoint parameter's name says it belongs to
+through the functions at the end of this module, not through the bridge's attributes.
 
 Nothing here runs at import, so an untested TransformerLens inside the supported range
 imports and trains as long as its layout matches; an out-of-range version, or one whose
@@ -18,14 +23,17 @@ naming the installed version and the supported range.
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import version
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 from packaging.specifiers import SpecifierSet
 from torch import Tensor, nn
 from transformer_lens.model_bridge import TransformerBridge
+
+from interp.ids import EMBED, LOGITS, HeadInput, MlpId, Node
 
 SUPPORTED = ">=4.0,<5"
 """TransformerLens versions the fast path accepts (pyproject.toml's dependency range)."""
@@ -175,3 +183,82 @@ def _resolve(model: TransformerBridge) -> NativeParts:
         n_heads=cfg.n_heads,
         d_head=cfg.d_head,
     )
+
+
+# --- weights and parameter names the circuit methods read --------------------------------
+
+
+def attention_norm(model: TransformerBridge, layer: int) -> nn.Module:
+    """Layer `layer`'s pre-norm of the attention (`ln1`), as the bridge runs it."""
+    return model.blocks[layer].ln1
+
+
+def attention_parameters(model: TransformerBridge, layer: int) -> list[nn.Parameter]:
+    """Every parameter of layer `layer`'s attention (q, k, v, o and their biases)."""
+    return list(model.blocks[layer].attn.parameters())
+
+
+def head_input_weights(model: TransformerBridge, head_input: HeadInput, layer: int, head: int) -> tuple[Tensor, Tensor]:
+    """The weight `[d_model, d_head]` and bias `[d_head]` of a head's q, k or v projection."""
+    if head_input == "q":
+        return model.W_Q[layer, head], model.b_Q[layer, head]
+    if head_input == "k":
+        return model.W_K[layer, head], model.b_K[layer, head]
+    if head_input == "v":
+        return model.W_V[layer, head], model.b_V[layer, head]
+    raise ValueError(f"head_input: expected 'q', 'k' or 'v', got {head_input!r}")
+
+
+def head_output_weight(model: TransformerBridge, layer: int, head: int) -> Tensor:
+    """A head's slice of the output projection, `[d_head, d_model]`."""
+    return model.W_O[layer, head]
+
+
+@dataclass(frozen=True)
+class LayerAttention:
+    """Owner of the attention parameters a layer's heads share (its pre-norm, the output
+    bias) or split between them (q, k, v, o)."""
+
+    layer: int
+
+
+def parameter_owner(name: str) -> Node | LayerAttention:
+    """The circuit node a checkpoint parameter (`interp.model.model_state_dict`'s `name`)
+    belongs to: the embedding (token, position and input-vector weights), an MLP (with its
+    pre-norm), the logits (the final norm and the unembedding), or a layer's attention."""
+    if name.startswith(("embed.", "pos_embed.", "input_proj.")):
+        return EMBED
+    if name.startswith(("ln_final.", "unembed.")):
+        return LOGITS
+    parts = name.split(".")
+    layer = int(parts[1])
+    if parts[2] in ("ln2", "mlp"):
+        return MlpId(layer)
+    return LayerAttention(layer)
+
+
+_HEAD_PARAMETER = re.compile(r"blocks\.(\d+)\.attn\.([qkvo])\.(weight|bias)")
+
+
+@dataclass(frozen=True)
+class HeadSlices:
+    """A parameter split between a layer's heads: the rows of a q, k or v weight or bias,
+    the columns of the o weight."""
+
+    layer: int
+    projection: Literal["q", "k", "v", "o"]
+
+    def index(self, head: int, n_heads: int, shape: tuple[int, ...]) -> tuple[slice, ...]:
+        """Where head `head`'s part lies in a parameter of `shape`."""
+        width = shape[-1 if self.projection == "o" else 0] // n_heads
+        rows = slice(head * width, (head + 1) * width)
+        return (slice(None), rows) if self.projection == "o" else (rows,)
+
+
+def head_slices(name: str) -> HeadSlices | None:
+    """How checkpoint parameter `name` splits between heads; None if it does not (the
+    output bias is shared)."""
+    match = _HEAD_PARAMETER.fullmatch(name)
+    if match is None or (match[2] == "o" and match[3] == "bias"):
+        return None
+    return HeadSlices(int(match[1]), match[2])  # type: ignore[arg-type]

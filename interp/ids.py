@@ -1,5 +1,5 @@
 """Typed identities: a head, an MLP, the embedding and logits, an edge between them, a
-checkpoint of a run; and the hook names of a model.
+checkpoint of a run.
 
 Each identity (`Identity`) has one text form, written by `str()` and read back by its
 class's `parse()`, wherever it is stored (results.json, probe columns, graph files,
@@ -70,35 +70,6 @@ class CheckpointRef:
     @classmethod
     def of(cls, run_dir: str | Path, step: int | None = None) -> CheckpointRef:
         return cls(str(run_dir), step)
-
-
-class hooks:  # noqa: N801 - a namespace of hook-name builders, read as `hooks.pattern(1)`
-    """TransformerLens hook names, built in one place."""
-
-    @staticmethod
-    def pattern(layer: int) -> str:
-        return f"blocks.{layer}.attn.hook_pattern"
-
-    @staticmethod
-    def resid_pre(layer: int) -> str:
-        return f"blocks.{layer}.hook_resid_pre"
-
-    @staticmethod
-    def resid_mid(layer: int) -> str:
-        """The residual stream between the attention and the MLP of layer `layer`."""
-        return f"blocks.{layer}.hook_resid_mid"
-
-    @staticmethod
-    def resid_post(layer: int) -> str:
-        return f"blocks.{layer}.hook_resid_post"
-
-    @staticmethod
-    def head_output(layer: int) -> str:
-        """Per-head attention output before the output projection, `[batch, pos, head, d_head]`."""
-        return f"blocks.{layer}.attn.hook_z"
-
-    embed = "hook_embed"
-    final_norm = "ln_final.hook_normalized"
 
 
 @dataclass(frozen=True, order=True)

@@ -2,7 +2,7 @@
 
 A `ModelConfig` becomes a TransformerLens `TransformerBridge` built with
 `boot_native`, so every checkpoint is probed with TransformerLens hook names
-(`blocks.{l}.attn.hook_pattern`, `blocks.{l}.hook_resid_pre`, ...).
+(`interp.hooks.hook_name`).
 
 Batches are dicts of tensors (see `Batch`). A task may feed continuous vectors
 instead of token embeddings at chosen positions (`vectors`, `vector_mask`): they
@@ -35,7 +35,7 @@ from transformer_lens.model_bridge import TransformerBridge
 from interp.bridge import native_parts
 from interp.configs import require, require_literals, require_positive
 from interp.errors import InterpError
-from interp.ids import hooks
+from interp.hooks import hook_name, hook_size_kind
 
 Batch = dict[str, Tensor]
 """Keys: `tokens` [batch, pos] (required); `targets` [batch, pos], the label the
@@ -220,32 +220,17 @@ class ForwardEstimate:
         return max(self.load, self.parameters + self.cached + self.transient + self.kept)
 
 
-# Hook names by the shape of what they record; anything else is [batch, pos, d_model] (the
-# residual stream, attention and MLP outputs, norms' inputs and outputs).
-_PATTERN_HOOKS = ("hook_pattern", "hook_attn_scores")
-_HEAD_HOOKS = ("hook_q", "hook_k", "hook_v", "hook_z", "q.hook_out", "k.hook_out", "v.hook_out", "o.hook_in",
-               "hook_rot_q", "hook_rot_k")
-_MLP_HOOKS = ("mlp.hook_pre", "mlp.hook_post", "mlp.in.hook_out", "mlp.out.hook_in", "mlp.hook_pre_linear")
-_VOCAB_HOOKS = ("hook_unembed", "unembed.hook_out")
-
-
 def hook_numel(cfg: ModelConfig, name: str, batch_size: int, positions: int) -> int:
     """Numbers in the activation the bridge's hook `name` records on a [batch_size, positions]
     batch, from the name alone (for an estimate made before the model is loaded)."""
     tokens = batch_size * positions
-    if name.endswith(_PATTERN_HOOKS):
+    per_token = {"head": cfg.n_heads * cfg.head_dim, "head_result": cfg.n_heads * cfg.d_model,
+                 "mlp_hidden": cfg.d_mlp or 4 * cfg.d_model, "vocab": cfg.d_vocab, "per_token": 1,
+                 "residual": cfg.d_model}
+    kind = hook_size_kind(name)
+    if kind == "pattern":
         return batch_size * cfg.n_heads * positions**2
-    if name.endswith(_HEAD_HOOKS):
-        return tokens * cfg.n_heads * cfg.head_dim
-    if name.endswith("hook_result"):
-        return tokens * cfg.n_heads * cfg.d_model
-    if name.endswith(_MLP_HOOKS):
-        return tokens * (cfg.d_mlp or 4 * cfg.d_model)
-    if name.endswith(_VOCAB_HOOKS):
-        return tokens * cfg.d_vocab
-    if name.endswith("hook_scale") or name in ("embed.hook_in", "pos_embed.hook_in"):  # the last: token ids
-        return tokens
-    return tokens * cfg.d_model
+    return tokens * per_token[kind]
 
 
 def estimate_forward(cfg: ModelConfig, batch_size: int, positions: int, hooks: Iterable[str] = (),
@@ -571,7 +556,7 @@ def input_hooks(model: TransformerBridge, batch: Batch) -> list[FwdHook]:
     """Hooks that make a bridge forward read the batch's continuous vectors."""
     if "vectors" not in batch:
         return []
-    return [(hooks.embed, lambda act, hook: _embed(model, batch, act))]
+    return [(hook_name("embed"), lambda act, hook: _embed(model, batch, act))]
 
 
 def fused_forward(
@@ -632,7 +617,7 @@ def _fused(model: TransformerBridge, batch: Batch, patterns: Patterns | None = N
 
 def pattern_hooks(patterns: Patterns) -> list[FwdHook]:
     """Bridge hooks that replace each layer's attention pattern with the given one (None: keep)."""
-    return [(hooks.pattern(layer), lambda pattern, hook, fixed=fixed: fixed.to(pattern.dtype))
+    return [(hook_name("pattern", layer), lambda pattern, hook, fixed=fixed: fixed.to(pattern.dtype))
             for layer, fixed in enumerate(patterns) if fixed is not None]
 
 

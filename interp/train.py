@@ -80,7 +80,7 @@ the run there (e.g. once a loss has left its plateau)."""
 
 BatchPatterns = Callable[[Batch], Patterns]
 """Attention patterns that depend on the batch (e.g. a reference model's on it,
-`interp.patching.pattern_patch`), used instead of the model's own at every training
+`interp.pattern_substitution.reference_patterns`), used instead of the model's own at every training
 step; they carry no gradient, so queries and keys are not trained."""
 
 

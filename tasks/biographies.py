@@ -37,8 +37,9 @@ import torch
 from interp import seeding
 from interp.checkpoints import Run
 from interp.configs import require, require_literals, require_positive
-from interp.ids import HeadId, hooks
-from interp.metrics import circuits, spans
+from interp.hooks import hook_name
+from interp.ids import HeadId
+from interp.metrics import heads, spans
 from interp.metrics.linear_probes import linear_probe
 from interp.model import Batch, FwdHook, Patterns, forward, token_losses
 from interp.pipeline import nearest_step, read_task
@@ -177,10 +178,10 @@ RECALL_SIGNATURES = {
 def recall_probes(layers: Sequence[int]) -> dict[str, Probe]:
     """The recall circuit's attention signatures (`RECALL_SIGNATURES`) per head of `layers`,
     on a batch with its `recall_masks`."""
-    return {"attribute_to_name": circuits.attention_mass_probe(layers, "attribute_query", "name"),
-            "attribute_to_text": circuits.attention_mass_probe(layers, "attribute_query", "text"),
-            "name_to_name": circuits.attention_mass_probe(layers, "last_name", "same_name"),
-            "sharpness": circuits.sharpness_probe(layers, "attribute_query")}
+    return {"attribute_to_name": heads.attention_mass_probe(layers, "attribute_query", "name"),
+            "attribute_to_text": heads.attention_mass_probe(layers, "attribute_query", "text"),
+            "name_to_name": heads.attention_mass_probe(layers, "last_name", "same_name"),
+            "sharpness": heads.sharpness_probe(layers, "attribute_query")}
 
 
 @dataclass(frozen=True)
@@ -221,8 +222,8 @@ def value_probes(layers: Sequence[int], seed: int = 0) -> dict[str, Probe]:
     after each of `layers`, at each of `VALUE_POSITIONS` (keys `value_name<l>`, `value_query<l>`).
     Grouped by person: a person is held out whole, so the probe passes only with a code of the
     value shared across people. The control task gives each surname a random value."""
-    return {f"value_{where}{layer}": linear_probe(hooks.resid_post(layer), positions, "value", groups="individual",
-                                                  control_types="surname", seed=seed)
+    return {f"value_{where}{layer}": linear_probe(hook_name("resid_post", layer), positions, "value",
+                                                  groups="individual", control_types="surname", seed=seed)
             for where, positions in VALUE_POSITIONS.items() for layer in layers}
 
 
@@ -278,8 +279,11 @@ class RecallCircuit:
 
 def recall_circuit(run: Run, batch: Batch, device: torch.device | str | None = None) -> RecallCircuit:
     """The `RecallCircuit` of `run` on `batch`, probed by the same runner and cache as every probe."""
+    from interp.batches import SOURCE_KEY
+    from interp.circuits.activation import activation_patching_probe
+    from interp.circuits.common import mean_logprob
     from interp.circuits.graph import ModelShape
-    from interp.circuits.patching import SOURCE_KEY, activation_patching_probe, mean_logprob, path_patching_probe
+    from interp.circuits.paths import path_patching_probe
     from interp.circuits.readout import dla_probe, logit_lens_probe
 
     shape = run.model_config.n_layers, run.model_config.n_heads
@@ -324,7 +328,7 @@ def evaluate_attributes(model, batch: Batch, fwd_hooks: Sequence[FwdHook] = (),
 def attribute_evaluator(batch: Batch, device: torch.device | str,
                         patterns: Callable[[Batch], Patterns] | None = None) -> Callable[[Any], dict[str, float]]:
     """`evaluate_attributes` on `batch` as a training evaluator; with batch `patterns`
-    (e.g. `interp.patching.pattern_patch`) the model is evaluated with them, as trained."""
+    (e.g. `interp.pattern_substitution.reference_patterns`) the model is evaluated with them, as trained."""
     batch = {k: v.to(device) for k, v in batch.items()}
     return lambda model: evaluate_attributes(model, batch, patterns=patterns(batch) if patterns else None)
 

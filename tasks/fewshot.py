@@ -31,9 +31,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from interp.configs import require, require_positive
-from interp.metrics import circuits
-from interp.metrics.circuits import token_set_mass
+from interp.metrics import heads
 from interp.metrics.linear_probes import linear_probe
+from interp.metrics.outputs import token_set_mass, token_set_mass_probe
 from interp.metrics.spans import first_crossing
 from interp.model import IGNORE_INDEX, Batch, batch_to, forward
 from interp.probing import Probe, ProbeTable
@@ -384,7 +384,7 @@ def answer_summary(answers: ProbeTable, iwl_steps: np.ndarray, iwl: np.ndarray) 
 def circuit_probes(layers: Sequence[int]) -> dict[str, Probe]:
     """Probes of the `HEAD_CIRCUITS` (per head of `layers`) and `label_mass`, the probability
     on the labels in context."""
-    return {"prev_token": circuits.corrected_previous_token_probe(layers, "label_mask"),
-            "induction": circuits.induction_strength_probe(layers, "query_mask", "match_mask", "nonmatch_mask"),
-            "label_attention": circuits.attention_mass_probe(layers, "query_mask", "label_mask"),
-            "label_mass": circuits.token_set_mass_probe("query_mask", "context_labels")}
+    return {"prev_token": heads.corrected_previous_token_probe(layers, "label_mask"),
+            "induction": heads.induction_strength_probe(layers, "query_mask", "match_mask", "nonmatch_mask"),
+            "label_attention": heads.attention_mass_probe(layers, "query_mask", "label_mask"),
+            "label_mass": token_set_mass_probe("query_mask", "context_labels")}

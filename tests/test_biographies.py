@@ -12,7 +12,7 @@ import torch
 from interp.configs import ConfigError
 from interp.metrics import spans
 from interp.model import ModelConfig
-from interp.patching import pattern_patch
+from interp.pattern_substitution import reference_patterns
 from interp.replay import Replay
 from interp.train import TrainConfig, train
 from tasks.biographies import (
@@ -183,7 +183,7 @@ def test_recall_signatures_and_the_attribute_evaluator_on_a_short_run(tmp_path):
     model = run.load(device="cpu")
     assert attribute_evaluator(batch, "cpu")(model) == evaluate_attributes(model, batch)
     # Patterns taken from the model itself change nothing.
-    assert attribute_evaluator(batch, "cpu", pattern_patch(model))(model) == pytest.approx(
+    assert attribute_evaluator(batch, "cpu", reference_patterns(model))(model) == pytest.approx(
         evaluate_attributes(model, batch))
 
 

@@ -13,8 +13,9 @@ import torch
 from helpers import D_VOCAB, N_CTX
 from test_suites import TOKENS, build_suite
 
+from interp.batches import repeated_tokens
 from interp.cli import main
-from interp.metrics import circuits
+from interp.metrics import heads, outputs
 from interp.probing import cached_computations, probe
 from interp.run_layout import PROBES_DIR
 from interp.suites import open_suite
@@ -24,7 +25,7 @@ PERIOD = N_CTX // 2
 
 
 def batch(seed: int = 0) -> dict[str, torch.Tensor]:
-    return {"tokens": circuits.repeated_tokens(3, PERIOD, D_VOCAB, torch.Generator().manual_seed(seed))}
+    return {"tokens": repeated_tokens(3, PERIOD, D_VOCAB, torch.Generator().manual_seed(seed))}
 
 
 def rows(run, key: str) -> list[dict]:
@@ -38,7 +39,7 @@ def suite_folder(tmp_path_factory):
 
 @pytest.mark.parametrize("order", [("bfloat16", "float32"), ("float32", "bfloat16")])
 def test_each_precision_gets_its_own_values(suite_folder, tmp_path, order):
-    probes = {"ind": circuits.induction_probe(layers=[1], period=6)}
+    probes = {"ind": heads.induction_probe(layers=[1], period=6)}
     fresh = {}  # each precision alone, in a cache of its own: the values to expect
     for i, name in enumerate(order):
         alone = open_suite(suite_folder, dtype=getattr(torch, name), cache=tmp_path / f"alone{i}")
@@ -55,7 +56,7 @@ def test_each_precision_gets_its_own_values(suite_folder, tmp_path, order):
 
 
 def test_an_edited_row_is_recomputed_with_a_warning_and_reported(run_copy, caplog):
-    probes = {"ind": circuits.induction_probe(layers=[1], period=PERIOD)}
+    probes = {"ind": heads.induction_probe(layers=[1], period=PERIOD)}
     original = probe(run_copy, probes, batch())
     cache = run_copy.path / PROBES_DIR / "ind.jsonl"
     lines = cache.read_text().splitlines()
@@ -74,7 +75,7 @@ def test_an_edited_row_is_recomputed_with_a_warning_and_reported(run_copy, caplo
 
 
 def test_rows_without_a_digest_are_shown_but_never_returned(run_copy):
-    probes = {"ind": circuits.induction_probe(layers=[1], period=PERIOD)}
+    probes = {"ind": heads.induction_probe(layers=[1], period=PERIOD)}
     original = probe(run_copy, probes, batch())
     cache = run_copy.path / PROBES_DIR / "ind.jsonl"
     legacy = [{k: v for k, v in r.items() if k not in ("digest", "numerics")} for r in rows(run_copy, "ind")]
@@ -87,7 +88,7 @@ def test_rows_without_a_digest_are_shown_but_never_returned(run_copy):
 
 
 def test_plot_and_explorer_draw_the_most_complete_computation(run_copy, capsys):
-    probes = {"ind": circuits.induction_probe(layers=[1], period=PERIOD)}
+    probes = {"ind": heads.induction_probe(layers=[1], period=PERIOD)}
     full = probe(run_copy, probes, batch(0))
     probe(run_copy, probes, batch(7), steps=[0, 8])  # a small extra call with another batch, written last
     best = cached_computations(run_copy, "ind")[0]
@@ -112,7 +113,7 @@ def test_plot_draws_the_full_curve(run_copy, monkeypatch):
         return real(grid, steps, **kwargs)
 
     monkeypatch.setattr(cli_plot, "plot_head_curves", capture)
-    probes = {"ind": circuits.induction_probe(layers=[1], period=PERIOD)}
+    probes = {"ind": heads.induction_probe(layers=[1], period=PERIOD)}
     full = probe(run_copy, probes, batch(0))
     probe(run_copy, probes, batch(7), steps=[0, 8])
     assert main(["plot", str(run_copy.path)]) == 0
@@ -127,7 +128,7 @@ def test_plot_draws_the_full_curve(run_copy, monkeypatch):
 ])
 def test_a_batch_the_model_cannot_read_is_one_line(run_copy, bad, message):
     with pytest.raises(ValueError) as err:
-        probe(run_copy, {"loss": circuits.loss_probe()}, {"tokens": bad})
+        probe(run_copy, {"loss": outputs.loss_probe()}, {"tokens": bad})
     assert message in str(err.value) and "\n" not in str(err.value)
 
 
@@ -152,9 +153,10 @@ def test_an_edited_cache_value_does_not_change_a_resumed_analysis(tmp_path):
 
 
 def test_an_edited_circuit_graph_is_refused_by_name_and_reported(run_copy):
+    from interp.batches import repeated_patch_batch
+    from interp.circuits.common import mean_logprob
     from interp.circuits.graph import load_graphs
-    from interp.circuits.patching import mean_logprob
-    from interp.circuits.trace import repeated_patch_batch, trace
+    from interp.circuits.trace import trace
 
     traced = trace(run_copy, "path", repeated_patch_batch(4, PERIOD, D_VOCAB, torch.Generator().manual_seed(0)),
                    mean_logprob("in_repeat"), steps=[0, 8])
@@ -205,7 +207,7 @@ def test_a_run_another_process_writes_is_probed_without_caching(run_copy, tmp_pa
     import sys
     import time
 
-    probes = {"ind": circuits.induction_probe(layers=[1], period=PERIOD)}
+    probes = {"ind": heads.induction_probe(layers=[1], period=PERIOD)}
     expected = probe(run_copy, probes, batch(), use_cache=False)
     (run_copy.path / PROBES_DIR / "ind.jsonl").unlink()
     ready = tmp_path / "holding"

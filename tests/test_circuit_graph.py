@@ -13,7 +13,10 @@ import torch
 from helpers import D_VOCAB, N_CTX
 from test_probing import ForwardCounter
 
+from interp.batches import repeated_patch_batch
 from interp.checkpoints import Run
+from interp.circuits.common import mean_logprob
+from interp.circuits.cross_checkpoint import cross_checkpoint_probe
 from interp.circuits.graph import (
     LEGACY_SET,
     CircuitDiff,
@@ -24,9 +27,8 @@ from interp.circuits.graph import (
     load_graphs,
     read_graph_set,
 )
-from interp.circuits.patching import cross_checkpoint_probe, mean_logprob
 from interp.circuits.readout import dla_probe, logit_lens_probe
-from interp.circuits.trace import repeated_patch_batch, trace
+from interp.circuits.trace import trace
 from interp.circuits.weights import composition_probe, copying_probe, qk_matching_probe
 from interp.cli import main
 from interp.ids import EMBED, LOGITS, EdgeId, HeadId, MlpId, parse_node

@@ -13,17 +13,13 @@ import pytest
 import torch
 from helpers import D_VOCAB, N_CTX
 
+from interp.batches import SOURCE_KEY
+from interp.circuits.activation import activation_patch
+from interp.circuits.attribution import edge_attribution
+from interp.circuits.common import PatchMetric, mean_logprob
+from interp.circuits.cross_checkpoint import cross_checkpoint_patch
 from interp.circuits.graph import ModelShape
-from interp.circuits.patching import (
-    SOURCE_KEY,
-    PatchMetric,
-    activation_patch,
-    cross_checkpoint_patch,
-    edge_attribution,
-    mean_logprob,
-    path_patch,
-    path_patch_edges,
-)
+from interp.circuits.paths import path_patch, path_patch_edges
 from interp.circuits.readout import direct_logit_attributions, logit_lens_readout
 from interp.circuits.weights import composition_scores, copying_scores, qk_matching_scores
 from interp.ids import EMBED, LOGITS, EdgeId, HeadId, MlpId

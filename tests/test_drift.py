@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from interp.ids import hooks
+from interp.hooks import hook_name
 from interp.metrics.drift import (
     activation_cosine,
     cosine_matrix,
@@ -125,7 +125,7 @@ def test_residual_and_activation_cosines_of_a_run(trained_run):
     np.testing.assert_allclose(residual, cosine_matrix(window_residuals(weight_trajectory(run, steps), 1)))
     assert residual.shape == (3, 3)
     batch = {"tokens": trained_run.tokens}
-    acts = activation_cosine(run, hooks.final_norm, batch, steps, device="cpu")
-    expected = collect_activations(run, hooks.final_norm, batch, steps, device="cpu").reshape(len(steps), -1)
+    acts = activation_cosine(run, hook_name("normalized"), batch, steps, device="cpu")
+    expected = collect_activations(run, hook_name("normalized"), batch, steps, device="cpu").reshape(len(steps), -1)
     np.testing.assert_allclose(acts, cosine_matrix(expected))
     np.testing.assert_allclose(np.diag(acts), 1.0, atol=1e-6)

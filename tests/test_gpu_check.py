@@ -50,7 +50,7 @@ class Finding:
 # caller (`batch_to` in the trainer, `probe`, an evaluator built for a device). Every entry
 # covers all calls of its kind in that function; one that matches nothing fails a test below.
 ALLOWED: dict[tuple[str, str, str], str] = {
-    ("interp/circuits/trace.py", "repeated_patch_batch", "factory"):
+    ("interp/batches.py", "repeated_patch_batch", "factory"):
         "a patching batch drawn from a CPU generator; probe() moves the batch with batch_to",
     ("interp/metrics/linear_probes.py", "_fit_sparse", "numpy_on_device"):
         "TransformerLens's sparse probe fitted on CPU tensors made with torch.from_numpy: its results are on the CPU",
@@ -68,7 +68,7 @@ ALLOWED: dict[tuple[str, str, str], str] = {
         "ICL_ACCURACY wraps a Python float (accuracy is computed on the host) as the patching metric's value",
     ("interp/train.py", "_total_norm", "factory"):
         "no gradients: a CPU 0.0, as torch's own get_total_norm returns (the fallback for torch < 2.6)",
-    ("interp/metrics/circuits.py", "repeated_tokens", "factory"):
+    ("interp/batches.py", "repeated_tokens", "factory"):
         "probe tokens drawn from a CPU generator; probe() moves the batch with batch_to",
     ("interp/probing.py", "batch_hash", "numpy_on_device"):
         "hashes a tensor copied to the CPU on the line before (`.detach().cpu()`)",

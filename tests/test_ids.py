@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from interp.ids import EMBED, LOGITS, CheckpointRef, EdgeId, HeadId, Identity, MlpId, Terminal, hooks, parse_node
+from interp.ids import EMBED, LOGITS, CheckpointRef, EdgeId, HeadId, Identity, MlpId, Terminal, parse_node
 
 
 def test_head_round_trips_through_its_text():
@@ -49,10 +49,3 @@ def test_checkpoint_round_trips_through_its_text():
 def test_bad_checkpoint_text_is_refused(text, message):
     with pytest.raises(ValueError, match=message):
         CheckpointRef.parse(text)
-
-
-def test_hook_names():
-    assert hooks.pattern(1) == "blocks.1.attn.hook_pattern"
-    assert hooks.resid_post(0) == "blocks.0.hook_resid_post"
-    assert hooks.resid_mid(1) == "blocks.1.hook_resid_mid"
-    assert hooks.head_output(2) == "blocks.2.attn.hook_z"

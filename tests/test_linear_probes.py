@@ -12,7 +12,7 @@ from scipy.stats import norm
 from transformer_lens.model_bridge import TransformerBridge
 
 from interp.cli import main
-from interp.metrics import circuits
+from interp.metrics import outputs
 from interp.metrics.linear_probes import (
     baseline_row,
     direction_drift,
@@ -232,7 +232,7 @@ def test_linear_probes_share_one_forward_per_checkpoint_and_save_directions(run_
     batch = labelled_batch()
     probes = {"parity0": linear_probe("blocks.0.hook_resid_post", "probed", "parity"),
               "parity1": linear_probe("blocks.1.hook_resid_post", "probed", "parity", folds=2),
-              "loss": circuits.loss_probe()}
+              "loss": outputs.loss_probe()}
     table = probe(run_copy, probes, batch, device="cpu")
     steps = run_copy.steps
     assert forwards[0] == len(steps) and table.steps.tolist() == steps

@@ -7,7 +7,7 @@ import pytest
 import torch
 from helpers import tiny_model_config
 
-from interp.ids import hooks
+from interp.hooks import hook_name
 from interp.metrics import lowrank as lr
 from interp.model import build_model
 from interp.replay import softmax_weights
@@ -170,9 +170,9 @@ def test_pooled_representations_are_one_position_averaged_row_per_sequence():
     model = build_model(tiny_model_config(), device="cpu")
     tokens = torch.randint(0, 11, (3, 12), generator=torch.Generator().manual_seed(1))
     pooled = lr.pooled_representations(model, tokens)
-    _, cache = model.run_with_cache(tokens[:1], names_filter=[hooks.final_norm])
+    _, cache = model.run_with_cache(tokens[:1], names_filter=[hook_name("normalized")])
     assert pooled.shape == (3, model.cfg.d_model)
-    assert pooled[0] == pytest.approx(cache[hooks.final_norm][0].mean(0).detach().numpy(), abs=1e-5)
+    assert pooled[0] == pytest.approx(cache[hook_name("normalized")][0].mean(0).detach().numpy(), abs=1e-5)
 
 
 def test_row_cosines_known_values():

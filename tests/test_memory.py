@@ -242,9 +242,9 @@ def huge_batch(n: int) -> dict[str, torch.Tensor]:
 
 
 def test_a_probe_batch_that_cannot_fit_is_refused_before_loading(run_copy, two_gb, no_loading):
-    from interp.metrics import circuits
+    from interp.metrics import heads, outputs
 
-    probes = {"ind": circuits.induction_probe([0, 1], N_CTX // 2), "loss": circuits.loss_probe()}
+    probes = {"ind": heads.induction_probe([0, 1], N_CTX // 2), "loss": outputs.loss_probe()}
     with pytest.raises(InsufficientMemoryError) as err:
         probe(run_copy, probes, huge_batch(10**6), device="cpu")
     message = str(err.value)
@@ -257,9 +257,9 @@ def test_a_probe_batch_that_cannot_fit_is_refused_before_loading(run_copy, two_g
 
 
 def test_a_batch_that_fits_is_probed(run_copy, two_gb):
-    from interp.metrics import circuits
+    from interp.metrics import outputs
 
-    table = probe(run_copy, {"loss": circuits.loss_probe()}, huge_batch(4), steps=[0], device="cpu")
+    table = probe(run_copy, {"loss": outputs.loss_probe()}, huge_batch(4), steps=[0], device="cpu")
     assert table.values.shape == (1, 1)
 
 

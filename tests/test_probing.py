@@ -12,8 +12,10 @@ from transformer_lens.model_bridge import TransformerBridge
 from transformer_lens.model_bridge.sources.native.model import NativeModel
 
 import interp.probing as probing
-from interp.ids import EMBED, LOGITS, EdgeId, HeadId, MlpId, hooks
-from interp.metrics import circuits
+from interp.batches import repeated_tokens
+from interp.hooks import hook_name
+from interp.ids import EMBED, LOGITS, EdgeId, HeadId, MlpId
+from interp.metrics import ablation, heads, outputs
 from interp.model import fused_forward, masked_mean_loss
 from interp.probing import Probe, ProbeTable, probe
 from interp.train import train
@@ -23,14 +25,14 @@ SOME = [0, 8]  # a subset of the fixture run's checkpoints, for tests that need 
 
 
 def probe_batch(seed: int = 0) -> dict[str, torch.Tensor]:
-    return {"tokens": circuits.repeated_tokens(3, PERIOD, D_VOCAB, torch.Generator().manual_seed(seed))}
+    return {"tokens": repeated_tokens(3, PERIOD, D_VOCAB, torch.Generator().manual_seed(seed))}
 
 
 def three_probes() -> dict[str, Probe]:
     return {
-        "prev": circuits.previous_token_probe(layers=[0, 1]),
-        "ind": circuits.induction_probe(layers=[1], period=PERIOD),
-        "loss": circuits.loss_probe(),
+        "prev": heads.previous_token_probe(layers=[0, 1]),
+        "ind": heads.induction_probe(layers=[1], period=PERIOD),
+        "loss": outputs.loss_probe(),
     }
 
 
@@ -136,12 +138,12 @@ def test_cache_survives_new_process_state(run_copy, counter):
 
 def test_probe_parameters_key_the_cache(run_copy, counter):
     batch = probe_batch()
-    probe(run_copy, {"ind": circuits.induction_probe(layers=[1], period=PERIOD)}, batch, steps=[8], device="cpu")
+    probe(run_copy, {"ind": heads.induction_probe(layers=[1], period=PERIOD)}, batch, steps=[8], device="cpu")
     counter.reset()
-    table = probe(run_copy, {"ind": circuits.induction_probe(layers=[1], period=3)}, batch, steps=[8], device="cpu")
+    table = probe(run_copy, {"ind": heads.induction_probe(layers=[1], period=3)}, batch, steps=[8], device="cpu")
     assert counter.forwards == 1
-    direct = circuits.induction_score(
-        run_copy.load(8, device="cpu").run_with_cache(batch["tokens"])[1][hooks.pattern(1)], 3
+    direct = heads.induction_score(
+        run_copy.load(8, device="cpu").run_with_cache(batch["tokens"])[1][hook_name("pattern", 1)], 3
     )
     assert table["ind/L1H0"][-1] == pytest.approx(float(direct[0]), abs=1e-6)
 
@@ -221,8 +223,8 @@ def test_probe_values_match_direct_computation(run_copy):
         model = run_copy.load(step, device="cpu")
         with torch.no_grad():
             logits, cache = model.run_with_cache(batch["tokens"])
-        prev0 = circuits.previous_token_score(cache[hooks.pattern(0)])
-        ind1 = circuits.induction_score(cache[hooks.pattern(1)], PERIOD)
+        prev0 = heads.previous_token_score(cache[hook_name("pattern", 0)])
+        ind1 = heads.induction_score(cache[hook_name("pattern", 1)], PERIOD)
         assert table["prev/L0H1"][i] == pytest.approx(float(prev0[1]), abs=1e-6)
         assert table["ind/L1H0"][i] == pytest.approx(float(ind1[0]), abs=1e-6)
         assert table["loss/loss"][i] == pytest.approx(float(masked_mean_loss(logits, batch)), abs=1e-5)
@@ -261,7 +263,7 @@ def test_probe_with_continuous_inputs_uses_the_vectors(tmp_path):
     model_cfg = tiny_model_config(d_input=3)
     run = train(tmp_path / "vec", model_cfg, tiny_train_config(steps=2), Vectors(), device="cpu", progress=False)
     batch = Vectors().batch(0, 3, torch.Generator().manual_seed(5))
-    table = probe(run, {"loss": circuits.loss_probe()}, batch, device="cpu")
+    table = probe(run, {"loss": outputs.loss_probe()}, batch, device="cpu")
     for i, step in enumerate(run.steps):
         model = run.load(step, device="cpu")
         with torch.no_grad():
@@ -348,15 +350,15 @@ def test_attention_mass_and_ablation_probes_match_the_direct_metrics(run_copy):
     batch = {**batch, "query": positions >= pos // 2, "key": positions < 2}
     metric = lambda logits, b: float(logits.mean())  # noqa: E731
     table = probe(run_copy, {
-        "mass": circuits.attention_mass_probe([0, 1], "query", "key"),
-        "abl": circuits.ablation_probe(metric, "mean_logit", "zero", layers=[1]),
+        "mass": heads.attention_mass_probe([0, 1], "query", "key"),
+        "abl": ablation.ablation_probe(metric, "mean_logit", "zero", layers=[1]),
     }, batch, steps=[run_copy.steps[-1]])
     model = run_copy.load()
     with torch.no_grad():
-        _, cache = model.run_with_cache(batch["tokens"], names_filter=[hooks.pattern(1)])
-    direct_mass = circuits.attention_mass(cache[hooks.pattern(1)], batch["query"], batch["key"])
+        _, cache = model.run_with_cache(batch["tokens"], names_filter=[hook_name("pattern", 1)])
+    direct_mass = heads.attention_mass(cache[hook_name("pattern", 1)], batch["query"], batch["key"])
     assert table["mass/L1H0"][0] == pytest.approx(float(direct_mass[0]), abs=1e-6)
-    direct_ablation = circuits.head_ablation_effect(model, batch, metric, "zero", layers=[1])
+    direct_ablation = ablation.head_ablation_effect(model, batch, metric, "zero", layers=[1])
     assert table["abl/L1H1"][0] == pytest.approx(direct_ablation["L1H1"], abs=1e-6)
     assert not any(c.startswith("abl/L0") for c in table.columns)
 

@@ -25,12 +25,13 @@ from helpers import RandomTokens, assert_state_equal, tiny_model_config, tiny_tr
 
 import interp.checkpoints as checkpoints
 from interp.analysis import json_safe
+from interp.batches import repeated_tokens
 from interp.checkpoints import Run
 from interp.cli import main
 from interp.configs import ConfigError, with_overrides
 from interp.files import JsonlError, NonFiniteError, append_jsonl, atomic_write_json, read_jsonl
 from interp.locking import RunInUseError, run_lock
-from interp.metrics import circuits
+from interp.metrics import outputs
 from interp.model import ModelConfig
 from interp.probing import Probe, probe
 from interp.run_layout import CONFIG_FILE, LOCK_FILE, MANIFEST_FILE, METRICS_FILE, CheckpointError, RunDamagedError
@@ -231,7 +232,7 @@ def test_a_training_callback_may_probe_its_own_run(tmp_path):
     def probe_now(done, model, loss):
         if done == 2:
             run = Run.open(tmp_path / "run")
-            table = probe(run, {"loss": circuits.loss_probe()}, {"tokens": torch.zeros(2, 12, dtype=torch.long)},
+            table = probe(run, {"loss": outputs.loss_probe()}, {"tokens": torch.zeros(2, 12, dtype=torch.long)},
                           steps=[2], device="cpu")
             seen.append(table.values.shape)
 
@@ -609,13 +610,13 @@ def test_a_repeated_step_0_row_of_older_versions_is_repaired_on_resume(finished,
 
 
 def cache_probe_batch() -> dict[str, torch.Tensor]:
-    return {"tokens": circuits.repeated_tokens(2, 6, 11, torch.Generator().manual_seed(0))}
+    return {"tokens": repeated_tokens(2, 6, 11, torch.Generator().manual_seed(0))}
 
 
 def test_a_torn_probe_cache_line_does_not_disable_the_cache(finished, monkeypatch):
     """Before: a kill mid-append glued the next record onto the torn line; the reader stopped
     there, so every later record was recomputed and appended again on every run."""
-    probes = {"loss": circuits.loss_probe()}
+    probes = {"loss": outputs.loss_probe()}
     first = probe(finished, probes, cache_probe_batch(), steps=[0, 2], device="cpu")
     cache = finished.path / "probes" / "loss.jsonl"
     with open(cache, "a") as f:
@@ -642,7 +643,7 @@ def test_a_torn_probe_cache_line_does_not_disable_the_cache(finished, monkeypatc
 
 
 def test_a_probe_cache_damaged_by_older_versions_is_repaired(finished):
-    probes = {"loss": circuits.loss_probe()}
+    probes = {"loss": outputs.loss_probe()}
     probe(finished, probes, cache_probe_batch(), steps=[0], device="cpu")
     cache = finished.path / "probes" / "loss.jsonl"
     good = cache.read_text()
@@ -664,7 +665,7 @@ def test_probe_keys_must_be_plain_file_names(finished, tmp_path, key):
     """Before: `probe(run, {"../../x": ...})` wrote outside probes/."""
     before = sorted(tmp_path.rglob("*"))
     with pytest.raises(ValueError, match="is not a plain name"):
-        probe(finished, {key: circuits.loss_probe()}, cache_probe_batch(), steps=[0], device="cpu")
+        probe(finished, {key: outputs.loss_probe()}, cache_probe_batch(), steps=[0], device="cpu")
     assert sorted(tmp_path.rglob("*")) == before
 
 

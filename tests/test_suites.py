@@ -35,10 +35,11 @@ from transformers import (
 )
 
 from interp import suites
+from interp.batches import repeated_tokens
 from interp.cli import main
 from interp.files import loads_json
-from interp.ids import hooks
-from interp.metrics import circuits
+from interp.hooks import hook_name
+from interp.metrics import heads
 from interp.probing import Probe, ProbeContext, collect_activations, probe
 from interp.run_layout import PROBES_DIR
 from interp.suites import CheckpointSuite, SuiteError, open_suite
@@ -57,7 +58,7 @@ def hf_config(arch: str):
     return GPT2Config(vocab_size=D_VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=N_CTX)
 
 
-TOKENS = circuits.repeated_tokens(3, PERIOD, D_VOCAB, torch.Generator().manual_seed(7), repeats=3)
+TOKENS = repeated_tokens(3, PERIOD, D_VOCAB, torch.Generator().manual_seed(7), repeats=3)
 
 
 @dataclass
@@ -130,7 +131,7 @@ class Loads:
 
 def resid_probe(layer: int) -> Probe:
     """A probe of our own on the residual stream: the mean of `blocks.<layer>.hook_resid_post` per row."""
-    hook = hooks.resid_post(layer)
+    hook = hook_name("resid_post", layer)
 
     def fn(ctx: ProbeContext) -> dict[str, float]:
         return {f"row{i}": float(v) for i, v in enumerate(ctx.acts[hook].mean(dim=(1, 2)))}
@@ -139,7 +140,7 @@ def resid_probe(layer: int) -> Probe:
 
 
 def head_probes() -> dict[str, Probe]:
-    return {"ind": circuits.induction_probe([1], PERIOD), "prev": circuits.previous_token_probe([0, 1]),
+    return {"ind": heads.induction_probe([1], PERIOD), "prev": heads.previous_token_probe([0, 1]),
             "resid": resid_probe(0)}
 
 
@@ -194,9 +195,9 @@ def test_circuit_probes_run_through_the_probe_runner(built, arch, tmp_path):
         patterns = reference.patterns[step]  # the transformers model's attention, [batch, head, query, key]
         for head in range(4):
             assert table[f"ind/L1H{head}"][i] == pytest.approx(
-                float(circuits.induction_score(patterns[1], PERIOD)[head]), abs=1e-5)
+                float(heads.induction_score(patterns[1], PERIOD)[head]), abs=1e-5)
             assert table[f"prev/L0H{head}"][i] == pytest.approx(
-                float(circuits.previous_token_score(patterns[0])[head]), abs=1e-5)
+                float(heads.previous_token_score(patterns[0])[head]), abs=1e-5)
         means = reference.resid_post[step][0].mean(dim=(1, 2))
         np.testing.assert_allclose([table[f"resid/row{r}"][i] for r in range(3)], means.numpy(), atol=1e-5)
     grid = table.head_grid("prev", suite.model_config.n_layers, suite.model_config.n_heads)
@@ -206,13 +207,13 @@ def test_circuit_probes_run_through_the_probe_runner(built, arch, tmp_path):
 def test_a_linear_probe_and_collected_activations_run_on_a_suite(built, tmp_path):
     linear_probes = pytest.importorskip("interp.metrics.linear_probes")
     suite = open_suite(built["gpt_neox"].folder, cache=tmp_path / "cache")
-    acts = collect_activations(suite, hooks.resid_post(0), {"tokens": TOKENS}, steps=[0, 512], device="cpu")
+    acts = collect_activations(suite, hook_name("resid_post", 0), {"tokens": TOKENS}, steps=[0, 512], device="cpu")
     for i, step in enumerate([0, 512]):
         np.testing.assert_allclose(acts[i], built["gpt_neox"].resid_post[step][0].numpy(), atol=1e-5)
 
     tokens = torch.randint(0, D_VOCAB, (24, 8), generator=torch.Generator().manual_seed(3))
     batch = {"tokens": tokens, "where": torch.ones_like(tokens, dtype=torch.bool), "parity": tokens % 2}
-    lin = linear_probes.linear_probe(hooks.resid_post(0), "where", "parity", seed=0)
+    lin = linear_probes.linear_probe(hook_name("resid_post", 0), "where", "parity", seed=0)
     table = probe(suite, {"lin": lin}, batch, steps=[0, 512], device="cpu")
     assert table.steps.tolist() == [0, 512]
     assert np.isfinite(table["lin/accuracy"]).all()
@@ -284,10 +285,10 @@ def test_a_hub_suite_is_lazy_and_keyed_by_model_and_revision(built, tmp_path, mo
     monkeypatch.setattr(suites, "_from_pretrained", from_hub)
     monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", config_from_hub)
     monkeypatch.setattr(CheckpointSuite, "tokenizer", property(lambda self: None))
-    table = probe(suite, {"ind": circuits.induction_probe([1], PERIOD)}, {"tokens": TOKENS}, device="cpu")
+    table = probe(suite, {"ind": heads.induction_probe([1], PERIOD)}, {"tokens": TOKENS}, device="cpu")
     assert asked == [("EleutherAI/pythia-70m", "step0", False), ("EleutherAI/pythia-70m", "step512", False)]
     assert table["ind/L1H0"][1] == pytest.approx(
-        float(circuits.induction_score(built["gpt_neox"].patterns[512][1], PERIOD)[0]), abs=1e-5)
+        float(heads.induction_score(built["gpt_neox"].patterns[512][1], PERIOD)[0]), abs=1e-5)
     rows = [loads_json(line) for line in (suite.path / PROBES_DIR / "ind.jsonl").read_text().splitlines()]
     assert [r["weights"] for r in rows] == ["EleutherAI/pythia-70m@step0", "EleutherAI/pythia-70m@step512"]
 
@@ -373,14 +374,14 @@ def test_probes_take_text_where_the_suite_has_a_tokenizer(built, tmp_path, monke
     save_tokenizer(folder)
     suite = open_suite(folder, steps=[0, 512])
     texts = [" ".join(f"t{int(i)}" for i in row) for row in TOKENS]
-    probes = {"ind": circuits.induction_probe([1], PERIOD)}
+    probes = {"ind": heads.induction_probe([1], PERIOD)}
     from_text = probe(suite, probes, texts, device="cpu")
     loads = Loads(monkeypatch)
     from_ids = probe(suite, probes, {"tokens": TOKENS}, device="cpu")
     assert loads.count == 0  # the same tokens: the text's results are the cached ones
     np.testing.assert_array_equal(from_text.values, from_ids.values)
     assert from_text["ind/L1H2"][1] == pytest.approx(
-        float(circuits.induction_score(built["gpt_neox"].patterns[512][1], PERIOD)[2]), abs=1e-5)
+        float(heads.induction_score(built["gpt_neox"].patterns[512][1], PERIOD)[2]), abs=1e-5)
     assert suite.load(0, device="cpu").tokenizer is not None
     with pytest.raises(ValueError, match=r"texts tokenize to \[2, 3\] tokens"):
         probe(suite, probes, ["t1 t2", "t1 t2 t3"], device="cpu")
@@ -397,7 +398,7 @@ def test_text_needs_a_tokenizer_and_a_suite_without_one_stays_tokenizer_less(bui
     assert suite.tokenizer is None
     assert suite.load(0, device="cpu").tokenizer is None  # none made up from the config
     with pytest.raises(ValueError, match="batch: text needs a tokenizer"):
-        probe(suite, {"ind": circuits.induction_probe([1], PERIOD)}, "t1 t2 t3", device="cpu")
+        probe(suite, {"ind": heads.induction_probe([1], PERIOD)}, "t1 t2 t3", device="cpu")
 
 
 # --- offline, and errors that name their cause -----------------------------------------------
@@ -423,7 +424,7 @@ def test_a_folder_is_read_without_any_download(built, tmp_path, no_network):
     save_tokenizer(folder)
     suite = open_suite(folder, steps=[0, 10])
     assert suite.model_config.architecture == "GPT2LMHeadModel" and suite.tokenizer is not None
-    table = probe(suite, {"ind": circuits.induction_probe([1], PERIOD)}, {"tokens": TOKENS}, device="cpu")
+    table = probe(suite, {"ind": heads.induction_probe([1], PERIOD)}, {"tokens": TOKENS}, device="cpu")
     assert np.isfinite(table.values).all()
 
 

@@ -37,7 +37,8 @@ from interp.analysis import (
 from interp.checkpoints import Run
 from interp.circuits.graph import CircuitGraph, GraphSource, ModelShape, save_graphs
 from interp.cli import main
-from interp.ids import CheckpointRef, EdgeId, HeadId, hooks
+from interp.hooks import hook_name
+from interp.ids import CheckpointRef, EdgeId, HeadId
 from interp.probing import ProbeTable
 from interp.view import VIEW_DIR, ViewError, example_for, example_patterns, owner, view_data, write_view
 from interp.view import data as view_module
@@ -91,9 +92,10 @@ def test_patterns_are_cached_per_checkpoint_hash_and_match_a_bridge_forward(anal
     assert stored.dtype == np.float16 and stored.shape == (len(run.steps), 2, 2, 12, 12)
     model = run.load(run.steps[-1], device="cpu")
     with torch.no_grad():
-        _, cache = model.run_with_cache(example.batch()["tokens"], names_filter=[hooks.pattern(0), hooks.pattern(1)])
+        _, cache = model.run_with_cache(example.batch()["tokens"],
+                                        names_filter=[hook_name("pattern", 0), hook_name("pattern", 1)])
     for layer in range(2):
-        np.testing.assert_allclose(stored[-1, layer].astype(np.float32), cache[hooks.pattern(layer)][0].numpy(),
+        np.testing.assert_allclose(stored[-1, layer].astype(np.float32), cache[hook_name("pattern", layer)][0].numpy(),
                                    atol=2e-3)
     np.testing.assert_allclose(stored[..., :, :].astype(np.float32).sum(-1), 1.0, atol=1e-2)  # rows sum to 1
 

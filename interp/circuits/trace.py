@@ -4,7 +4,7 @@ as a graph set of the probe and batch (`interp.circuits.graph`): a trace on anot
 adds a set beside the key's others and leaves the key's default (what `load_graphs` and the
 explorer read) alone, unless it is traced with `make_default=True`, as an analysis does.
 
-    batch = repeated_patch_batch(32, period=24, d_vocab=64, generator=generator(0, 2))
+    batch = repeated_patch_batch(32, period=24, d_vocab=64, generator=generator(0, 2))  # interp.batches
     traced = trace(run, "path", batch, mean_logprob("in_repeat"))
     traced.graphs[0].diff(traced.graphs[-1]).summary()
 """
@@ -18,9 +18,12 @@ from typing import Literal
 
 import torch
 
+from interp.batches import SOURCE_KEY
 from interp.checkpoints import CheckpointSource, Run
+from interp.circuits.attribution import edge_attribution_probe
+from interp.circuits.common import PatchMetric
 from interp.circuits.graph import CircuitGraph, GraphSource, ModelShape, SavedGraphs, graphs_from_table, save_graphs
-from interp.circuits.patching import SOURCE_KEY, PatchMetric, edge_attribution_probe, path_patching_probe
+from interp.circuits.paths import path_patching_probe
 from interp.circuits.weights import composition_probe
 from interp.model import Batch, resolve_device
 from interp.probing import Probe, ProbeTable, batch_hash, numerics, probe
@@ -84,16 +87,4 @@ def trace(run: CheckpointSource | str | Path, method: GraphMethod, batch: Batch 
     return Traced(table, graphs, save_graphs(run, key, graphs, source, make_default=make_default))
 
 
-def repeated_patch_batch(n: int, period: int, d_vocab: int, generator: torch.Generator) -> Batch:
-    """Uniform random tokens repeated once (`tokens`), and the same with the first copy
-    resampled (`source_tokens`): the source has no earlier copy to induce from, so an
-    edge of the induction circuit carrying the source's write breaks the copy. `in_repeat`
-    marks the positions that predict a token of the second copy."""
-    first = torch.randint(0, d_vocab, (n, period), generator=generator)
-    other = torch.randint(0, d_vocab, (n, period), generator=generator)
-    tokens = first.repeat(1, 2)
-    positions = torch.arange(2 * period).expand(n, -1)
-    return {"tokens": tokens, SOURCE_KEY: torch.cat([other, first], dim=1), "in_repeat": positions >= period}
-
-
-__all__ = ["GRAPH_METHODS", "GraphMethod", "Traced", "graph_probe", "repeated_patch_batch", "trace"]
+__all__ = ["GRAPH_METHODS", "GraphMethod", "Traced", "graph_probe", "trace"]

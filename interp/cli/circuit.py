@@ -16,10 +16,11 @@ def cmd_circuit(args: argparse.Namespace) -> None:
     """A circuit method at every checkpoint (cached), on repeated random tokens whose source
     run resamples the first copy (the induction circuit's test); graphs saved in the run as a
     graph set of this probe and batch, beside (never over) the key's other sets."""
+    from interp.batches import repeated_patch_batch
     from interp.circuits import graph as circuit_graph
-    from interp.circuits.patching import mean_logprob
+    from interp.circuits.common import mean_logprob
     from interp.circuits.readout import dla_probe, logit_lens_probe
-    from interp.circuits.trace import repeated_patch_batch, trace
+    from interp.circuits.trace import trace
 
     run = one_run(Path(args.dir))
     model_cfg = model_config(run)

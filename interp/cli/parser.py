@@ -16,6 +16,7 @@ from interp.cli.probe import BUILTIN_PROBES, LINEAR_PROBE, cmd_probe
 from interp.cli.run import cmd_run
 from interp.cli.sweep import cmd_sweep
 from interp.cli.view import cmd_view
+from interp.hooks import hook_name
 
 DESCRIPTION = """\
 The `interp` command: list and run analyses, inspect, verify, probe and plot runs.
@@ -165,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--csv", help="also write the table to this CSV file")
     linear = p.add_argument_group("linear probe (metric `linear`; --seed seeds its split and control task)")
     linear.add_argument("--batch", help="a batch file (safetensors, `linear_probes.save_batch`): tokens and the keys")
-    linear.add_argument("--hook", nargs="+", help="hook(s) to probe, e.g. blocks.1.hook_resid_post")
+    linear.add_argument("--hook", nargs="+", help=f"hook(s) to probe, e.g. {hook_name('resid_post', 1)}")
     linear.add_argument("--positions", help="batch key: bool mask [batch, pos] or a position per row")
     linear.add_argument("--labels", help="batch key: integer classes or real values, per row or per position")
     linear.add_argument("--groups", help="batch key: the unit a probe could memorise (default: the batch row)")

@@ -6,11 +6,12 @@ import argparse
 import re
 from pathlib import Path
 
+from interp.batches import repeated_tokens
 from interp.checkpoints import Run
 from interp.cli.checks import check_device, check_period, shape_only
 from interp.cli.runs import model_config, one_run
 from interp.configs import ConfigError
-from interp.metrics import circuits
+from interp.metrics import heads
 from interp.model import check_forward_memory
 from interp.probing import probe
 from interp.train import step_generator
@@ -31,11 +32,11 @@ def cmd_probe(args: argparse.Namespace) -> None:
     period = check_period(args.period, model_cfg)
     device = check_device(args.device)
     if args.metric == "prev-token":
-        probe_obj = circuits.previous_token_probe(layers)
+        probe_obj = heads.previous_token_probe(layers)
     else:
-        probe_obj = circuits.induction_probe(layers, period)
+        probe_obj = heads.induction_probe(layers, period)
     check_forward_memory(model_cfg, shape_only(args.sequences, 2 * period), probe_obj.hooks, device)
-    tokens = circuits.repeated_tokens(args.sequences, period, model_cfg.d_vocab, step_generator(args.seed, 0, 2))
+    tokens = repeated_tokens(args.sequences, period, model_cfg.d_vocab, step_generator(args.seed, 0, 2))
     key = args.metric.replace("-", "_")
     table = probe(run, {key: probe_obj}, {"tokens": tokens}, steps=args.steps, device=device,
                   progress=True).select(key)

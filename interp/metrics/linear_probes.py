@@ -7,7 +7,7 @@ split. `linear_probe(...)` returns an `interp.probing.Probe`, so it rides the on
 forward per checkpoint shared with every other probe asked for at the same time) and its
 cache (`probes/<key>.jsonl`):
 
-    probes = {"month": linear_probe("blocks.1.hook_resid_post", positions="name_last",
+    probes = {"month": linear_probe(hook_name("resid_post", 1), positions="name_last",
                                     labels="birth_month", groups="person")}
     table = probe(run, probes, batch)          # batch: tokens + the three keys named above
     table["month/accuracy"], table["month/selectivity"]

@@ -26,7 +26,7 @@ from scipy.stats import spearmanr
 from transformer_lens.model_bridge import TransformerBridge
 
 from interp import seeding
-from interp.ids import hooks
+from interp.hooks import hook_name
 from interp.model import forward, scored_positions, token_losses
 from interp.replay import softmax_weights
 
@@ -344,7 +344,7 @@ def example_losses(model: TransformerBridge, tokens: Int[torch.Tensor, "example 
 
 
 def pooled_representations(model: TransformerBridge, tokens: Int[torch.Tensor, "example pos"],
-                           hook: str = hooks.final_norm) -> Float[np.ndarray, "example d_model"]:
+                           hook: str = hook_name("normalized")) -> Float[np.ndarray, "example d_model"]:
     """Mean over positions of the activation at `hook` (default: the final normalized
     residual stream), one row per sequence."""
     with torch.no_grad():

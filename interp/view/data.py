@@ -27,6 +27,7 @@ import torch
 
 from interp import seeding
 from interp.analysis import ANALYSIS_FILE
+from interp.batches import repeated_tokens
 from interp.checkpoints import Run
 from interp.errors import InputError, MissingFileError
 from interp.files import atomic_write_bytes, atomic_write_json, atomic_write_npy, is_temporary, read_json, sha256_file
@@ -34,7 +35,6 @@ from interp.headline import Source, num, nums
 from interp.ids import EdgeId, HeadId
 from interp.locking import RunInUseError
 from interp.metrics import spans
-from interp.metrics.circuits import repeated_tokens
 from interp.model import attention_patterns, resolve_device
 from interp.pipeline import RUNS_DIR
 from interp.probing import batch_hash, cached_computations
@@ -321,7 +321,7 @@ def _compute_patterns(run: Run, example: Example, steps: list[int], device: Any,
 
 def pattern_scores(patterns: np.ndarray, period: int) -> dict[str, np.ndarray]:
     """`[step, layer, head]` previous-token and induction attention of `[step, layer, head, q, k]`
-    patterns of a sequence repeated with `period` (as `interp.metrics.circuits` scores them)."""
+    patterns of a sequence repeated with `period` (as `interp.metrics.heads` scores them)."""
     p = patterns.astype(np.float32)
     length = p.shape[-1]
     q = np.arange(1, length)

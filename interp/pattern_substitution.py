@@ -1,6 +1,6 @@
-"""Attention-pattern patching during training (Zucchet et al. 2025's causal test).
+"""Attention-pattern substitution during training (Zucchet et al. 2025's causal test).
 
-`pattern_patch(reference)` returns batch patterns for `train(..., hooks=TrainHooks(batch_patterns=...))`:
+`reference_patterns(reference)` returns batch patterns for `train(..., hooks=TrainHooks(batch_patterns=...))`:
 at every step the reference model computes its attention patterns on the
 training batch, and the trained model uses them (detached) in place of its own.
 The trained model then learns everything but where to attend. The same patterns
@@ -16,7 +16,8 @@ from transformer_lens.model_bridge import TransformerBridge
 from interp.model import Batch, Patterns, attention_patterns
 
 
-def pattern_patch(reference: TransformerBridge, layers: Sequence[int] | None = None) -> Callable[[Batch], Patterns]:
+def reference_patterns(reference: TransformerBridge,
+                       layers: Sequence[int] | None = None) -> Callable[[Batch], Patterns]:
     """Batch patterns: the reference's pattern in `layers` (default: all), the model's own elsewhere."""
     chosen = set(range(reference.cfg.n_layers) if layers is None else layers)
     device = next(reference.parameters()).device

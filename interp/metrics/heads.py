@@ -1,5 +1,6 @@
-"""Attention-circuit metrics on patterns `[batch, head, query, key]`, and probes
-built from them.
+"""Attention-head scores on patterns `[batch, head, query, key]`, and probes built
+from them: previous-token, induction, attention to an offset, attention mass,
+sharpness, induction strength; and the strongest heads of a score grid.
 
 The scalar metrics are task-agnostic: they take position offsets or boolean
 position sets, so a task only has to say which positions matter. Each returns
@@ -9,15 +10,14 @@ one number per head; probes flatten them to `"L{layer}H{head}"` keys.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from functools import partial
 
 import torch
-from jaxtyping import Bool, Float, Int
+from jaxtyping import Bool, Float
 from torch import Tensor
-from transformer_lens.model_bridge import TransformerBridge
 
-from interp.ids import HeadId, hooks
-from interp.model import Batch, FwdHook, forward, scored_positions, token_losses
+from interp.hooks import hook_name
+from interp.ids import HeadId
+from interp.model import Batch
 from interp.probing import Probe, ProbeContext
 
 Pattern = Float[Tensor, "batch head query key"]
@@ -140,32 +140,8 @@ def induction_strength(
     return (difference * weights).sum(dim=(0, 2)) / weights.sum(dim=(0, 2))
 
 
-def token_set_mass(
-    logits: Float[Tensor, "batch pos vocab"],
-    query_mask: Bool[Tensor, "batch pos"],
-    token_mask: Bool[Tensor, "batch vocab"],
-) -> float:
-    """Probability the model puts on a per-sequence set of tokens (e.g. the labels
-    present in context), averaged over the selected positions."""
-    if query_mask.shape != logits.shape[:2] or token_mask.shape != logits.shape[:1] + logits.shape[2:]:
-        raise ValueError(f"masks do not fit logits {tuple(logits.shape)}: query_mask {tuple(query_mask.shape)}, "
-                         f"token_mask {tuple(token_mask.shape)}")
-    if not query_mask.any():
-        raise ValueError("query_mask selects no position")
-    mass = (logits.float().softmax(-1) * token_mask[:, None, :].float()).sum(-1)
-    return float(mass[query_mask].mean())
-
-
 def per_head(scores: Float[Tensor, " head"], layer: int) -> dict[str, float]:
     return {str(HeadId(layer, h)): float(s) for h, s in enumerate(scores)}
-
-
-def repeated_tokens(
-    n_batch: int, period: int, d_vocab: int, generator: torch.Generator, repeats: int = 2
-) -> Int[Tensor, "batch pos"]:
-    """Uniform random tokens of length `period`, repeated `repeats` times."""
-    segment = torch.randint(0, d_vocab, (n_batch, period), generator=generator)
-    return segment.repeat(1, repeats)
 
 
 # --- probes ----------------------------------------------------------------------
@@ -177,10 +153,10 @@ def _layer_probe(
     def fn(ctx: ProbeContext) -> dict[str, float]:
         out: dict[str, float] = {}
         for layer in layers:
-            out.update(per_head(score(ctx.acts[hooks.pattern(layer)], ctx.batch), layer))
+            out.update(per_head(score(ctx.acts[hook_name("pattern", layer)], ctx.batch), layer))
         return out
 
-    return Probe(name=name, hooks=tuple(hooks.pattern(layer) for layer in layers), fn=fn)
+    return Probe(name=name, hooks=tuple(hook_name("pattern", layer) for layer in layers), fn=fn)
 
 
 def previous_token_probe(layers: Sequence[int]) -> Probe:
@@ -199,7 +175,7 @@ def offset_probe(layers: Sequence[int], offset: int, min_query: int | None = Non
 
 
 def induction_probe(layers: Sequence[int], period: int) -> Probe:
-    """Induction score; the probe batch must be `repeated_tokens(..., period)`."""
+    """Induction score; the probe batch must be `interp.batches.repeated_tokens(..., period)`."""
     layers = tuple(layers)
     return _layer_probe(
         f"induction(layers={layers},period={period})", layers, lambda p, b: induction_score(p, period)
@@ -238,112 +214,9 @@ def induction_strength_probe(layers: Sequence[int], query_key: str, match_key: s
         lambda p, b: induction_strength(p, b[query_key].bool(), b[match_key].bool(), b[nonmatch_key].bool()))
 
 
-def token_set_mass_probe(query_key: str, token_key: str) -> Probe:
-    """Probability on the tokens in `batch[token_key]` at the positions in `batch[query_key]`."""
-    return Probe(name=f"token_set_mass({query_key},{token_key})", hooks=(),
-                 fn=lambda ctx: {"mass": token_set_mass(ctx.logits, ctx.batch[query_key].bool(),
-                                                        ctx.batch[token_key].bool())})
-
-
-def loss_probe(mask_key: str | None = None) -> Probe:
-    """Mean loss over scored positions, optionally restricted to `batch[mask_key]`."""
-
-    def fn(ctx: ProbeContext) -> dict[str, float]:
-        mask = scored_positions(ctx.batch)
-        if mask_key is not None:
-            mask = mask & ctx.batch[mask_key].bool()
-        return {"loss": float(token_losses(ctx.logits, ctx.batch)[mask].mean())}
-
-    return Probe(name=f"loss(mask={mask_key})", hooks=(), fn=fn)
-
-
-# --- ablation --------------------------------------------------------------------
-
-ABLATIONS = ("zero", "mean")
-
-
-def head_ablation_hooks(heads: Sequence[HeadId], kind: str = "zero") -> list[FwdHook]:
-    """Hooks on `hook_z` that ablate every head in `heads` together, to zero
-    or to the head's mean output over batch and positions."""
-    if kind not in ABLATIONS:
-        raise ValueError(f"kind: expected one of {ABLATIONS}, got {kind!r}")
-    by_layer: dict[int, list[int]] = {}
-    for head in heads:
-        by_layer.setdefault(head.layer, []).append(head.head)
-
-    def ablate(z: Tensor, hook, chosen: tuple[int, ...]) -> Tensor:
-        z = z.clone()
-        index = list(chosen)
-        z[:, :, index] = 0.0 if kind == "zero" else z[:, :, index].mean(dim=(0, 1))
-        return z
-
-    return [(hooks.head_output(layer), partial(ablate, chosen=tuple(chosen)))
-            for layer, chosen in sorted(by_layer.items())]
-
-
-def head_ablation_effect(
-    model: TransformerBridge,
-    batch: Batch,
-    metric: Callable[[Float[Tensor, "batch pos vocab"], Batch], float],
-    kind: str = "zero",
-    layers: Sequence[int] | None = None,
-) -> dict[str, float]:
-    """`metric(ablated) - metric(clean)` for each head, ablating its output
-    (`hook_z`) to zero or to its mean over batch and positions."""
-    if kind not in ABLATIONS:
-        raise ValueError(f"kind: expected one of {ABLATIONS}, got {kind!r}")
-    layers = range(model.cfg.n_layers) if layers is None else layers
-    with torch.no_grad():
-        clean = metric(forward(model, batch), batch)
-        effects: dict[str, float] = {}
-        for layer in layers:
-            for head in range(model.cfg.n_heads):
-                logits = forward(model, batch, head_ablation_hooks([HeadId(layer, head)], kind))
-                effects[str(HeadId(layer, head))] = metric(logits, batch) - clean
-    return effects
-
-
-def ablation_probe(
-    metric: Callable[[Float[Tensor, "batch pos vocab"], Batch], float],
-    name: str,
-    kind: str = "zero",
-    layers: Sequence[int] | None = None,
-) -> Probe:
-    """Per-head ablation effect as a probe (one extra forward per head)."""
-    return Probe(
-        name=f"ablation({name},{kind},layers={tuple(layers) if layers else None})",
-        hooks=(),
-        fn=lambda ctx: head_ablation_effect(ctx.model, ctx.batch, metric, kind, layers),
-    )
-
-
 def strongest_heads(scores: Sequence[Sequence[float]], threshold: float, min_layer: int = 1) -> list[HeadId]:
     """Every head of layer `min_layer` or above whose score (`scores[layer][head]`) reaches
     `threshold`, strongest first (ties in layer, head order); the strongest alone if none does."""
     order = sorted((HeadId(layer, head) for layer in range(min_layer, len(scores))
                     for head in range(len(scores[layer]))), key=lambda h: -float(scores[h.layer][h.head]))
     return [h for h in order if scores[h.layer][h.head] >= threshold] or order[:1]
-
-
-def head_ablation_grid(
-    model: TransformerBridge,
-    batch: Batch,
-    metric: Callable[[Float[Tensor, "batch pos vocab"], Batch], float],
-    kind: str = "zero",
-) -> list[list[float]]:
-    """`head_ablation_effect` of every head as a `[layer][head]` grid."""
-    effects = head_ablation_effect(model, batch, metric, kind)
-    return [[effects[str(HeadId(layer, head))] for head in range(model.cfg.n_heads)]
-            for layer in range(model.cfg.n_layers)]
-
-
-def ablated_metric(
-    model: TransformerBridge,
-    batch: Batch,
-    metric: Callable[[Float[Tensor, "batch pos vocab"], Batch], float],
-    heads: Sequence[HeadId],
-    kind: str = "zero",
-) -> float:
-    """`metric` with every head in `heads` ablated together (none: the clean model)."""
-    with torch.no_grad():
-        return metric(forward(model, batch, head_ablation_hooks(heads, kind)), batch)

@@ -1,4 +1,4 @@
-"""interp.patching: a model given another's attention patterns computes with them."""
+"""interp.pattern_substitution: a model given another's attention patterns computes with them."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from interp.model import (
     model_state_dict,
     pattern_hooks,
 )
-from interp.patching import pattern_patch
+from interp.pattern_substitution import reference_patterns
 from interp.train import TrainHooks, train
 
 
@@ -34,7 +34,7 @@ def test_patched_twin_reproduces_the_reference_exactly():
     batch = RandomTokens().batch(0, 4, torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert (forward(b, batch) - forward(a, batch)).abs().max() > 1e-2
-        patched = forward(b, batch, patterns=pattern_patch(a)(batch))
+        patched = forward(b, batch, patterns=reference_patterns(a)(batch))
         torch.testing.assert_close(patched, forward(a, batch), rtol=1e-4, atol=1e-5)
 
 
@@ -42,14 +42,14 @@ def test_patching_a_subset_of_layers_is_not_enough():
     a, b = twins()
     batch = RandomTokens().batch(0, 4, torch.Generator().manual_seed(0))
     with torch.no_grad():
-        partial = forward(b, batch, patterns=pattern_patch(a, layers=[0])(batch))
+        partial = forward(b, batch, patterns=reference_patterns(a, layers=[0])(batch))
         assert (partial - forward(a, batch)).abs().max() > 1e-3
 
 
 def test_training_with_patched_patterns_leaves_queries_and_keys_untrained(tmp_path):
     reference = build_model(tiny_model_config(seed=5))
     run = train(tmp_path / "run", tiny_model_config(), tiny_train_config(steps=3), RandomTokens(),
-                hooks=TrainHooks(batch_patterns=pattern_patch(reference)), device="cpu", progress=False)
+                hooks=TrainHooks(batch_patterns=reference_patterns(reference)), device="cpu", progress=False)
     start, end = run.load_state_dict(0), run.load_state_dict(3)
     qk = [k for k in start if ".attn.q." in k or ".attn.k." in k]
     assert qk and all(torch.equal(start[k], end[k]) for k in qk)  # the patched patterns carry no gradient to Q, K

@@ -1,0 +1,45 @@
+"""Measurements of the model's output: the loss, and the probability it puts on a set of
+tokens, as functions of logits and as probes."""
+
+from __future__ import annotations
+
+from jaxtyping import Bool, Float
+from torch import Tensor
+
+from interp.model import scored_positions, token_losses
+from interp.probing import Probe, ProbeContext
+
+
+def token_set_mass(
+    logits: Float[Tensor, "batch pos vocab"],
+    query_mask: Bool[Tensor, "batch pos"],
+    token_mask: Bool[Tensor, "batch vocab"],
+) -> float:
+    """Probability the model puts on a per-sequence set of tokens (e.g. the labels
+    present in context), averaged over the selected positions."""
+    if query_mask.shape != logits.shape[:2] or token_mask.shape != logits.shape[:1] + logits.shape[2:]:
+        raise ValueError(f"masks do not fit logits {tuple(logits.shape)}: query_mask {tuple(query_mask.shape)}, "
+                         f"token_mask {tuple(token_mask.shape)}")
+    if not query_mask.any():
+        raise ValueError("query_mask selects no position")
+    mass = (logits.float().softmax(-1) * token_mask[:, None, :].float()).sum(-1)
+    return float(mass[query_mask].mean())
+
+
+def token_set_mass_probe(query_key: str, token_key: str) -> Probe:
+    """Probability on the tokens in `batch[token_key]` at the positions in `batch[query_key]`."""
+    return Probe(name=f"token_set_mass({query_key},{token_key})", hooks=(),
+                 fn=lambda ctx: {"mass": token_set_mass(ctx.logits, ctx.batch[query_key].bool(),
+                                                        ctx.batch[token_key].bool())})
+
+
+def loss_probe(mask_key: str | None = None) -> Probe:
+    """Mean loss over scored positions, optionally restricted to `batch[mask_key]`."""
+
+    def fn(ctx: ProbeContext) -> dict[str, float]:
+        mask = scored_positions(ctx.batch)
+        if mask_key is not None:
+            mask = mask & ctx.batch[mask_key].bool()
+        return {"loss": float(token_losses(ctx.logits, ctx.batch)[mask].mean())}
+
+    return Probe(name=f"loss(mask={mask_key})", hooks=(), fn=fn)
