@@ -76,6 +76,7 @@ from interp import seeding
 from interp.checkpoints import CheckpointSource, Run
 from interp.errors import InputError, MissingFileError, UnknownNameError
 from interp.files import atomic_write_json, atomic_write_npy, read_json, save_safetensors
+from interp.hooks import hook_name
 from interp.model import Batch
 from interp.probing import Probe, ProbeContext, ProbeTable, probe_artifacts
 from interp.run_layout import PROBES_DIR
@@ -492,7 +493,8 @@ def linear_probe(hook: str, positions: str, labels: str, groups: str | None = No
             raise InputError("batch: a linear probe needs a batch with its positions and labels")
         fields = f"linear probe of {hook} (positions={positions!r}, labels={labels!r}, groups={groups!r})"
         if hook not in ctx.acts:
-            raise UnknownNameError(f"hook: {hook!r} is not a hook point of this model (e.g. blocks.0.hook_resid_post)")
+            raise UnknownNameError(f"hook: {hook!r} is not a hook point of this model "
+                                   f"(e.g. {hook_name('resid_post', 0)})")
         try:
             examples = probe_examples(ctx.acts[hook], ctx.batch, positions, labels, groups, split, control_types)
             fit = fit_probe(examples.features, examples.labels, examples.groups, kind=kind, types=examples.types,
