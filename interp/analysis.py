@@ -40,7 +40,7 @@ import numpy as np
 
 from interp.checkpoints import Run
 from interp.configs import ConfigError, require, to_dict, with_overrides
-from interp.errors import InputError, InterpError, OutputExistsError, UnknownNameError
+from interp.errors import InputError, InterpError, OutputExistsError, UnknownNameError, listing
 from interp.files import atomic_write_json, dumps_json, is_temporary, read_json
 from interp.headline import (
     Band,
@@ -268,10 +268,6 @@ def _shown(value: Any) -> str:
     return "nothing" if value is _MISSING else repr(value)
 
 
-def _listing(names: list[str], limit: int = 5) -> str:
-    return ", ".join(names[:limit]) + (f", ... ({len(names)} in all)" if len(names) > limit else "")
-
-
 def accept_output_dir(out: Path, record: Mapping[str, Any], *, resume: bool, force: bool) -> None:
     """Raise unless `out` may receive the analysis described by `record` (`analysis.json`).
 
@@ -301,7 +297,7 @@ def accept_output_dir(out: Path, record: Mapping[str, Any], *, resume: bool, for
             return
         held = (f"an output of analysis {stored['analysis']!r}" if isinstance(stored, dict) and "analysis" in stored
                 else f"{ANALYSIS_FILE} that cannot be read{unreadable}" if ANALYSIS_FILE in entries
-                else f"files that are not an output of {name!r} ({_listing(entries)})")
+                else f"files that are not an output of {name!r} {listing(entries, 5)}")
         raise OutputExistsError(f"{out} is not empty: it holds {held}; choose another output directory, or pass "
                                 "--force (force=True) to write into it anyway")
     runs_dir = out / RUNS_DIR
@@ -309,7 +305,7 @@ def accept_output_dir(out: Path, record: Mapping[str, Any], *, resume: bool, for
     if not runs:
         return
     if not resume:
-        raise OutputExistsError(f"{out} already holds analysis {name!r} with runs {_listing(runs)}; pass --resume "
+        raise OutputExistsError(f"{out} already holds analysis {name!r} with runs {listing(runs, 5)}; pass --resume "
                                 "(resume=True) to continue it with the same config, or choose another output directory")
     if stored.get("config") != _roundtrip(record["config"]):
         difference = _first_difference(stored.get("config"), _roundtrip(record["config"]))

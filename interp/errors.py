@@ -10,6 +10,7 @@ that catches the builtin catches it too.
 from __future__ import annotations
 
 import traceback
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
@@ -55,6 +56,12 @@ class OutputExistsError(InterpError, FileExistsError):
 class MissingDependencyError(InterpError, ImportError):
     """An optional dependency a chosen feature needs is not installed."""
 
+
+
+def listing(items: Sequence[object], limit: int = 6) -> str:
+    """`items` for a one-line message: `[a, b, c]`, or the first `limit` and how many in all."""
+    shown = ", ".join(str(i) for i in items[:limit])
+    return f"[{shown}]" if len(items) <= limit else f"[{shown}, ... ({len(items)} in all)]"
 
 @dataclass(frozen=True)
 class ErrorRecord:

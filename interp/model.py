@@ -194,11 +194,6 @@ def estimate_memory(cfg: ModelConfig, batch_size: int = 0) -> MemoryEstimate:
     return MemoryEstimate(parameters=params, build=build, optimizer=3 * params, activations=activations)
 
 
-def estimate_memory_bytes(cfg: ModelConfig, batch_size: int = 0) -> int:
-    """`estimate_memory(cfg, batch_size).total`: bytes to build (and train) the model."""
-    return estimate_memory(cfg, batch_size).total
-
-
 @dataclass(frozen=True)
 class ForwardEstimate:
     """Bytes a forward pass without gradients needs (a probe's `run_with_cache`): the float32

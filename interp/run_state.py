@@ -12,13 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from interp.errors import listing
 from interp.files import JsonlScan
 from interp.run_layout import CHECKPOINTS_DIR, CONFIG_FILE, MANIFEST_FILE, METRICS_FILE, RunDamagedError, step_dirname
-
-
-def _listing(steps: list[int], limit: int = 6) -> str:
-    shown = ", ".join(str(s) for s in steps[:limit])
-    return f"[{shown}]" if len(steps) <= limit else f"[{shown}, ... ({len(steps)} in all)]"
 
 
 def logged_steps(train: Mapping[str, Any], last: int, evaluated: bool) -> tuple[set[int], set[int]] | None:
@@ -105,25 +101,25 @@ class RunState:
             out.append(f"{path / MANIFEST_FILE} is {self.manifest_error}")
         gone = [s for s in self.steps if s not in self.step_dirs]
         if gone:
-            out.append(f"{path / MANIFEST_FILE} lists steps {_listing(gone)} that have no directory under "
+            out.append(f"{path / MANIFEST_FILE} lists steps {listing(gone)} that have no directory under "
                        f"{path / CHECKPOINTS_DIR}")
         if self.uncommitted and self.residue is None:
             where = (f"{path / MANIFEST_FILE} is missing" if not (path / MANIFEST_FILE).exists()
                      else f"{path / MANIFEST_FILE} does not list them")
-            out.append(f"{path / CHECKPOINTS_DIR} holds steps {_listing(self.uncommitted)}, but {where}")
+            out.append(f"{path / CHECKPOINTS_DIR} holds steps {listing(self.uncommitted)}, but {where}")
         metrics = path / METRICS_FILE
         if self.metrics.bad_lines:
             out.append(str(self.metrics.first_bad_line_error()))
         if self.stepless_rows:
             out.append(f"{metrics}: {self.stepless_rows} rows have no integer step")
         if self.missing_rows:
-            out.append(f"{metrics} lacks the rows of steps {_listing(self.missing_rows)}, logged before the last "
+            out.append(f"{metrics} lacks the rows of steps {listing(self.missing_rows)}, logged before the last "
                        f"checkpoint (step {self.last_step})")
         if self.conflicting_rows:
-            out.append(f"{metrics} logs steps {_listing(self.conflicting_rows)} more than once with different "
+            out.append(f"{metrics} logs steps {listing(self.conflicting_rows)} more than once with different "
                        "values (two runs in one directory?)")
         if self.unexpected_rows:
-            out.append(f"{metrics} has rows at steps {_listing(self.unexpected_rows)}, where this run's config "
+            out.append(f"{metrics} has rows at steps {listing(self.unexpected_rows)}, where this run's config "
                        "logs none (two runs in one directory?)")
         return out
 
@@ -135,7 +131,7 @@ class RunState:
         if self.metrics.torn_line is not None:
             out.append(f"{self.path / METRICS_FILE}: line {self.metrics.torn_line} is torn (killed mid-append)")
         if self.repeated_rows:
-            out.append(f"{self.path / METRICS_FILE} repeats the rows of steps {_listing(self.repeated_rows)}")
+            out.append(f"{self.path / METRICS_FILE} repeats the rows of steps {listing(self.repeated_rows)}")
         if self.residue is not None:
             out.append(f"{self.path / CHECKPOINTS_DIR / step_dirname(self.residue)} was never listed in "
                        f"{MANIFEST_FILE} (killed while saving it)")
@@ -179,8 +175,8 @@ def check_metrics_log(path: Path, rows: list[dict[str, Any]], config: Mapping[st
     drawn from them would be shortened, or zigzag between two runs."""
     problems = row_problems(rows, config, last)
     if problems["missing_rows"]:
-        raise RunDamagedError(f"{path} lacks the rows of steps {_listing(problems['missing_rows'])}, logged before "
+        raise RunDamagedError(f"{path} lacks the rows of steps {listing(problems['missing_rows'])}, logged before "
                               f"the last checkpoint (step {last}); the log is damaged")
     if problems["conflicting_rows"]:
-        raise RunDamagedError(f"{path} logs steps {_listing(problems['conflicting_rows'])} more than once with "
+        raise RunDamagedError(f"{path} logs steps {listing(problems['conflicting_rows'])} more than once with "
                               "different values (two runs in one directory?); the log is damaged")

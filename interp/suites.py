@@ -47,6 +47,7 @@ import torch
 from torch import Tensor, nn
 from transformer_lens.model_bridge import TransformerBridge
 
+from interp.errors import listing
 from interp.files import atomic_write_json, loads_json, sha256_file
 from interp.locking import RunInUseError, run_lock
 from interp.model import resolve_device
@@ -98,11 +99,6 @@ class SuiteModelConfig:
     @property
     def head_dim(self) -> int:
         return self.d_head
-
-
-def _listing(steps: Sequence[int], limit: int = 8) -> str:
-    shown = ", ".join(str(s) for s in steps[:limit])
-    return f"[{shown}]" if len(steps) <= limit else f"[{shown}, ... ({len(steps)} in all)]"
 
 
 def _first_line(err: BaseException) -> str:
@@ -252,7 +248,7 @@ class CheckpointSuite:
             return self._revisions[step]
         except KeyError:
             raise SuiteError(f"{self.source}: no checkpoint at step {step}; available steps: "
-                             f"{_listing(self.steps)}") from None
+                             f"{listing(self.steps, 8)}") from None
 
     def _where(self, step: int) -> str:
         """The checkpoint, as an error names it: its folder, or `model@revision`."""
@@ -575,7 +571,7 @@ def _open_folder(folder: Path, requested: dict[int, str] | None, cache: str | Pa
         missing = [r for s, r in requested.items() if s not in available]
         if missing:
             raise SuiteError(f"{folder}: no checkpoint {', '.join(missing)} (no sub-folder {folder / missing[0]}); "
-                             f"available steps: {_listing(list(available))}")
+                             f"available steps: {listing(list(available), 8)}")
     chosen = {s: available[s] for s in sorted(available if requested is None else requested)}
     configs = {step: _read_config(folder / name / HF_CONFIG_FILE) for step, name in chosen.items()}
     first = next(iter(chosen))

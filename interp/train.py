@@ -397,22 +397,6 @@ class RunStart:
     loss_count: int = 0
 
 
-def open_run(
-    run_dir: str | Path,
-    model_cfg: ModelConfig,
-    train_cfg: TrainConfig,
-    config_extra: Mapping[str, Any],
-    *,
-    resume: bool,
-    device: torch.device,
-) -> RunStart:
-    """Create the run directory, or reopen it to resume; see `train` for the rules.
-
-    Takes the run's lock while it looks and repairs; `train` holds it for the whole run."""
-    return _open_run(run_dir, _run_config(model_cfg, train_cfg, config_extra), train_cfg, resume=resume,
-                     device=device)
-
-
 def _open_run(run_dir: str | Path, config: dict[str, Any], train_cfg: TrainConfig, *, resume: bool,
               device: torch.device) -> RunStart:
     with run_lock(run_dir):

@@ -245,9 +245,6 @@ class CompletionScores:
     f1: float
     spearman: float
 
-    def as_dict(self) -> dict[str, float]:
-        return {"rmse": self.rmse, "f1": self.f1, "spearman": self.spearman}
-
 
 def reveal_mask(n_rows: int, n_cols: int, revealed: int, rng: np.random.Generator) -> Bool[np.ndarray, "row col"]:
     """`revealed` entries per row, drawn without replacement."""
