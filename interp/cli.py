@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from interp import seeding
 from interp.analysis import (
     ANALYSIS_FILE,
     MAX_SEED,
@@ -58,10 +59,12 @@ from interp.parallel import Backend, JobsFailed, LocalBackend, RayBackend
 from interp.probing import cache_rows, cached_computations, probe
 from interp.suites import CheckpointSuite, is_suite_folder, open_suite
 from interp.sweep import parse_grid, run_sweep
-from interp.train import TrainConfig, step_generator
+from interp.train import TrainConfig
 from interp.viz import plot_curves, plot_head_curves, save_figure
 
-BUILTIN_PROBES = ("prev-token", "induction")
+BUILTIN_PROBES = {"prev-token": "prev", "induction": "induction"}
+"""`interp probe RUN <name>` -> the key its results are cached under: the induction-heads
+analysis's keys for the same probes, so one cache file holds both (`interp plot`, `interp view`)."""
 LINEAR_PROBE = "linear"  # `interp probe RUN linear ...`: a linear probe on a saved batch (`_probe_linear`)
 EXIT_FAILED = 1  # a check failed (`info --verify`) or a job raised an unexpected error
 EXIT_ERROR = 2  # an expected error: bad input, a refused directory, a full disk ... (argparse's code too)
@@ -530,8 +533,9 @@ def cmd_probe(args: argparse.Namespace) -> None:
     else:
         probe_obj = circuits.induction_probe(layers, period)
     check_forward_memory(model_cfg, _shape_only(args.sequences, 2 * period), probe_obj.hooks, device)
-    tokens = circuits.repeated_tokens(args.sequences, period, model_cfg.d_vocab, step_generator(args.seed, 0, 2))
-    key = args.metric.replace("-", "_")
+    tokens = circuits.repeated_tokens(args.sequences, period, model_cfg.d_vocab,
+                                      seeding.generator(args.seed, seeding.CLI_BATCHES))
+    key = BUILTIN_PROBES[args.metric]
     table = probe(run, {key: probe_obj}, {"tokens": tokens}, steps=args.steps, device=device,
                   progress=True).select(key)
     print("step  " + " ".join(f"{c:>7s}" for c in table.columns))
@@ -561,8 +565,9 @@ def _probe_linear(run: Run, args: argparse.Namespace) -> None:
     batch = linear_probes.load_batch(args.batch, d_vocab=shape.d_vocab, n_ctx=shape.n_ctx)
     steps = None if args.steps is None else sorted({*args.steps, *([0] if 0 in run.steps else [])})
     probes = {re.sub(r"[^A-Za-z0-9_.+=-]", "_", f"linear-{args.labels}-{hook}"): linear_probes.linear_probe(
-        hook, args.positions, args.labels, args.groups, kind=args.kind, split=args.split,
-        control_types=args.control_types, seed=args.seed) for hook in args.hook}
+        linear_probes.LinearProbeSettings(hook, args.positions, args.labels, args.groups, kind=args.kind,
+                                          split=args.split, control_types=args.control_types,
+                                          fit=linear_probes.FitSettings(seed=args.seed))) for hook in args.hook}
     device = check_device(args.device)
     table = probe(run, probes, batch, steps=steps, device=device, progress=True)
     for (key, probe_obj), hook in zip(probes.items(), args.hook, strict=True):
@@ -603,7 +608,8 @@ def cmd_circuit(args: argparse.Namespace) -> None:
     device = check_device(args.device)
     # One forward's worth (patching's extra copies of component writes are not counted yet).
     check_forward_memory(model_cfg, _shape_only(args.sequences, 2 * period), (), device)
-    batch = repeated_patch_batch(args.sequences, period, model_cfg.d_vocab, step_generator(args.seed, 0, 2))
+    batch = repeated_patch_batch(args.sequences, period, model_cfg.d_vocab,
+                                 seeding.generator(args.seed, seeding.CLI_BATCHES))
     metric = mean_logprob("in_repeat")
     if args.method in ("dla", "logit-lens"):
         key = args.method.replace("-", "_")
@@ -697,10 +703,11 @@ def cmd_view(args: argparse.Namespace) -> None:
 # --- the parser -------------------------------------------------------------------------------
 
 
-def _add_backend_args(p: argparse.ArgumentParser, job: str) -> None:
+def _add_backend_args(p: argparse.ArgumentParser, job: str, default_workers: str = "one per core") -> None:
     p.add_argument("--backend", choices=("local", "ray"), default="local",
                    help=f"where each independent {job} runs (default: local processes)")
-    p.add_argument("--workers", type=OPTIONAL_COUNT, default=0, help="local processes (default 0: one per core)")
+    p.add_argument("--workers", type=OPTIONAL_COUNT, default=0,
+                   help=f"local processes, not part of the config (default 0: {default_workers})")
     p.add_argument("--threads", type=OPTIONAL_COUNT, default=0,
                    help=f"torch threads per {job} (default: cores / workers locally, --cpus-per-job on Ray)")
     p.add_argument("--address", default=None, help="Ray cluster address (default: start a local Ray instance)")
@@ -744,7 +751,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write into a non-empty --out that holds no output of this analysis (its files may be "
                         "overwritten)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    _add_backend_args(p, "training run of the analysis")
+    _add_backend_args(p, "training run of the analysis", "the preset's count where it sets one, else one per core")
     p.set_defaults(fn=cmd_run)
 
     p = sub.add_parser("sweep", parents=[common],

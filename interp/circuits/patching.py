@@ -501,19 +501,21 @@ def path_patching_probe(metric: PatchMetric, edges: Sequence[EdgeId] | None = No
     """`path_patch_edges` at every checkpoint; columns are edges plus `base` and `source`."""
     chosen = None if edges is None else tuple(edges)
     name = f"path_patching({metric.name},edges={None if chosen is None else tuple(map(str, chosen))})"
-    return Probe(name=name, hooks=(), fn=lambda ctx: path_patch_edges(ctx.model, _need(ctx), metric, chosen))
+    return Probe(name=name, hooks=(), fn=lambda ctx: path_patch_edges(ctx.model, _need(ctx), metric, chosen),
+                 reads="batch")
 
 
 def edge_attribution_probe(metric: PatchMetric, ig_steps: int = 1) -> Probe:
     """`edge_attribution` at every checkpoint; columns are edges, `node/<sender>` and `base`."""
     name = f"edge_attribution({metric.name})" if ig_steps == 1 else f"edge_attribution({metric.name},ig={ig_steps})"
-    return Probe(name=name, hooks=(), fn=lambda ctx: edge_attribution(ctx.model, _need(ctx), metric, ig_steps))
+    return Probe(name=name, hooks=(), fn=lambda ctx: edge_attribution(ctx.model, _need(ctx), metric, ig_steps),
+                 reads="batch")
 
 
 def activation_patching_probe(metric: PatchMetric, kind: ActivationKind = "head_out",
                               by_position: bool = False) -> Probe:
     return Probe(name=f"activation_patching({metric.name},{kind},by_position={by_position})", hooks=(),
-                 fn=lambda ctx: activation_patch(ctx.model, _need(ctx), metric, kind, by_position))
+                 fn=lambda ctx: activation_patch(ctx.model, _need(ctx), metric, kind, by_position), reads="batch")
 
 
 def cross_checkpoint_probe(load_source: Callable[[torch.device], TransformerBridge], source_id: str,
@@ -542,7 +544,8 @@ def cross_checkpoint_probe(load_source: Callable[[torch.device], TransformerBrid
         return out
 
     chosen_name = None if moved is None else tuple(map(str, moved))
-    return Probe(name=f"cross_checkpoint({source_id},{metric.name},{mode},moved={chosen_name})", hooks=(), fn=fn)
+    return Probe(name=f"cross_checkpoint({source_id},{metric.name},{mode},moved={chosen_name})", hooks=(), fn=fn,
+                 reads="batch")
 
 
 def _need(ctx: ProbeContext) -> Batch:
