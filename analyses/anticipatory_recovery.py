@@ -60,7 +60,7 @@ from interp.configs import ConfigError, require, require_positive
 from interp.files import atomic_write_json, read_json
 from interp.hooks import hook_name
 from interp.metrics import drift, recovery
-from interp.metrics.linear_probes import linear_probe, load_directions
+from interp.metrics.linear_probes import FitSettings, LinearProbeSettings, linear_probe, load_directions
 from interp.viz import plot_curves, plot_matrix, plot_trajectory
 from tasks.cyclic import ORDERS, CyclicDocuments, CyclicDocumentsConfig, Order, identity_layout, loss_matrix
 
@@ -119,7 +119,6 @@ class AnticipatoryRecoveryConfig(AnalysisConfig):
     toy: CyclicToyConfig = field(default_factory=CyclicToyConfig)
 
     def __post_init__(self) -> None:
-        super().__post_init__()
         require(len(self.sizes) > 0, "sizes", "at least one 'LxD' size", self.sizes)
         require(set(REQUIRED_ORDERS) <= set(self.orders) <= set(ORDERS), "orders",
                 f"cyclic and shuffled, optionally with others of {ORDERS}", self.orders)
@@ -266,8 +265,8 @@ def measure(cfg: AnticipatoryRecoveryConfig, ctx: Context) -> RecoveryResults:
                                                 [e * episode for e in range(cfg.task.epochs * n + 1)], ctx.device)
     # Document identity from the final residual, probed every `stride` episodes (T and T/2 multiples of it).
     identity, stride = ref_data.identity_batch(), 2 if n % 4 == 0 else 1
-    doc = {"doc": linear_probe(hook_name("resid_post", cfg.reference.layers - 1), "probed", "doc", groups="window",
-                               seed=cfg.seed)}
+    doc = {"doc": linear_probe(LinearProbeSettings(hook_name("resid_post", cfg.reference.layers - 1), "probed", "doc",
+                                                   groups="window", fit=FitSettings(seed=cfg.seed)))}
     probed = [e * episode for e in range(0, cfg.task.epochs * n + 1, stride)]
     doc_probe = probe(ref_run, doc, identity, steps=probed, device=ctx.device)
     doc_drift = load_directions(ref_run, "doc", doc["doc"], identity, probed, ctx.device).drift(period=n * episode)
@@ -498,7 +497,7 @@ PRESETS = {
     # seconds: for smoke tests of the whole pipeline, not for the phenomenon.
     "tiny": AnticipatoryRecoveryConfig(
         task=CyclicDocumentsConfig(n_docs=4, doc_len=8, d_vocab=32, epochs=5, steps_per_doc=2), sizes=("1x8", "2x16"),
-        d_head=8, seeds=2, workers=1, toy=CyclicToyConfig(n_tasks=5, input_dim=8, output_dim=8, epochs=4)),
+        d_head=8, seeds=2, toy=CyclicToyConfig(n_tasks=5, input_dim=8, output_dim=8, epochs=4)),
     # The published shape (T=25, C=256, M=10, E=5, plain SGD at lr 1e-3) at larger sizes, for a GPU.
     # Dense checkpoints only for 4x256 (126 x 21 MB); 8x768 would need 32 GB. Not yet run on a GPU.
     # From scratch, plain SGD at lr 1e-3 (the paper's rate for *pre-trained* Pythia) barely moves
@@ -512,7 +511,7 @@ PRESETS = {
 }
 
 ANALYSIS = Analysis("anticipatory-recovery", "Cyclic fine-tuning: recovery before re-encounter, size sweep, "
-                    "shuffled control, toy model", PRESETS, measure, figures, report,
+                    "shuffled control, toy model", PRESETS, measure, figures, report, preset_workers={"tiny": 1},
                     headline=("gap_growth", "prequential_cyclic", "prequential_shuffled"), view=view,
                     opens_on=opens_on)
 

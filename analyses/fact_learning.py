@@ -137,7 +137,6 @@ class FactLearningConfig(AnalysisConfig):
     replay_pool: int = 2000
 
     def __post_init__(self) -> None:
-        super().__post_init__()
         self.fit_model(*biographies.model_shape(self.data))
         require_positive(self, "eval_individuals", "probe_individuals", "linear_individuals", "smooth_window",
                          "replay_pool")
@@ -278,7 +277,7 @@ PRESETS = {
                           schedule="cosine", eval_every=100, log_every=100, checkpoint_log=0, checkpoint_every=500,
                           precision="bf16"),
         n_sweep=(16000, 32000), alphas=(0.4, 0.8), warmup_individuals=8000, warmup_steps=2000, compare_steps=8000,
-        eval_individuals=512, probe_individuals=128, workers=1,
+        eval_individuals=512, probe_individuals=128,
         finetune=TrainConfig(steps=1000, batch_size=640, optimizer="adamw", lr=3e-5, beta2=0.95, weight_decay=0.1,
                              eval_every=25, log_every=25, checkpoint_log=0, precision="bf16")),
     "tiny": FactLearningConfig(
@@ -287,7 +286,7 @@ PRESETS = {
         model=ModelConfig(n_layers=1, d_model=16, n_heads=2),
         train=TrainConfig(steps=12, batch_size=4, eval_every=4, log_every=4, checkpoint_log=0, checkpoint_every=4),
         n_sweep=(20,), alphas=(0.5,), warmup_individuals=10, warmup_steps=4, eval_individuals=8,
-        probe_individuals=4, linear_individuals=32, replay_pool=16, workers=1,
+        probe_individuals=4, linear_individuals=32, replay_pool=16,
         finetune=TrainConfig(steps=6, batch_size=4, lr=1e-3, eval_every=2, log_every=2, checkpoint_log=0)),
 }
 
@@ -707,6 +706,7 @@ def view(source: Source, runs: RunsData) -> Headline:
 
 ANALYSIS = Analysis("fact-learning", "Synthetic biographies: plateau at the no-knowledge baseline, recall circuit, "
                     "distributions, hallucinations, fine-tuning corruption", PRESETS, measure, figures, report,
+                    preset_workers={"paper": 1, "tiny": 1},
                     headline=("plateau_end", "final_accuracy", "unseen_loss_final"),
                     example=biographies.example_biography, view=view)
 

@@ -135,7 +135,6 @@ class ICLTransienceConfig(AnalysisConfig):
     toy: CoopetitionToyConfig = field(default_factory=CoopetitionToyConfig)
 
     def __post_init__(self) -> None:
-        super().__post_init__()
         self.fit_model(self.data.d_vocab, self.data.n_ctx, self.data.dim)
         require(self.model.n_layers >= 2, "model.n_layers", "at least 2 (induction needs two)", self.model.n_layers)
         require(self.train.eval_every > 0, "train.eval_every", "a positive evaluation interval", self.train.eval_every)
@@ -606,7 +605,7 @@ PRESETS = {
         model=ModelConfig(n_layers=2, d_model=16, n_heads=2), l2_sweep=(1e-3,), l2_only=IN_WEIGHTS_PATHWAY,
         train=TrainConfig(steps=8, batch_size=4, eval_every=4, log_every=4, checkpoint_log=0, checkpoint_every=4,
                           weight_decay=0.1, decay_only=("blocks.*.attn.*",)),
-        eval_size=16, probe_size=8, workers=1, toy=CoopetitionToyConfig(dims=(3, 3, 3, 6), steps=40, record_every=10)),
+        eval_size=16, probe_size=8, toy=CoopetitionToyConfig(dims=(3, 3, 3, 6), steps=40, record_every=10)),
 }
 
 def view(source: Source, runs: RunsData) -> Headline:
@@ -647,6 +646,7 @@ def view(source: Source, runs: RunsData) -> Headline:
 ANALYSIS = Analysis(
     "icl-transience", "Bursty few-shot Gaussian clusters: ICL vs in-weights learning over training, circuit metrics, "
     "ablations, L2 sweep, negative control and the coopetition toy", PRESETS, measure, figures, report,
+    preset_workers={"tiny": 1},
     headline=("icl_peak", "icl_final", "iwl_final"), view=view)
 
 __all__ = ["ANALYSIS", "ICLTransienceConfig", "jobs"]

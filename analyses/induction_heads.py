@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from scipy.stats import spearmanr
 
+from interp import seeding
 from interp.analysis import (
     Analysis,
     AnalysisConfig,
@@ -62,7 +63,6 @@ from interp.hooks import hook_name
 from interp.ids import EdgeId, HeadId
 from interp.metrics import heads, outputs, spans
 from interp.model import Batch, forward, scored_positions, token_losses
-from interp.train import step_generator
 from interp.viz import plot_attention, plot_circuit_diff, plot_curves, plot_head_curves, plot_head_grids
 from tasks.induction import RecurringPairs, RecurringPairsConfig
 
@@ -84,7 +84,6 @@ class InductionHeadsConfig(AnalysisConfig):
     probe_period: int = 24
 
     def __post_init__(self) -> None:
-        super().__post_init__()
         self.fit_model(self.task.d_vocab, self.task.seq_len)
         require(self.probe_period >= 2 and 2 * self.probe_period <= self.model.n_ctx, "probe_period",
                 f"between 2 and n_ctx/2={self.model.n_ctx // 2}", self.probe_period)
@@ -194,7 +193,7 @@ def setup_job(job: TrainingJob, device: torch.device) -> JobSetup:
     cfg: InductionHeadsConfig = job.params
     task = RecurringPairs(cfg.task)
     batch = {k: v.to(device) for k, v in task.sample(cfg.eval_sequences,
-                                                     step_generator(cfg.seed, 0, EVAL_STREAM)).items()}
+                                                     seeding.generator(cfg.seed, EVAL_STREAM)).items()}
     scored = scored_positions(batch)
     repeat, other = batch["repeat_mask"] & scored, ~batch["repeat_mask"] & scored
 
@@ -207,7 +206,7 @@ def setup_job(job: TrainingJob, device: torch.device) -> JobSetup:
 
 def probe_batch(cfg: InductionHeadsConfig) -> Batch:
     tokens = repeated_tokens(cfg.probe_sequences, cfg.probe_period, cfg.model.d_vocab,
-                             step_generator(cfg.seed, 0, PROBE_STREAM))
+                             seeding.generator(cfg.seed, PROBE_STREAM))
     return {"tokens": tokens, "in_repeat": torch.arange(tokens.shape[1]).expand_as(tokens) >= cfg.probe_period}
 
 
@@ -274,7 +273,7 @@ def trace_circuit(cfg: InductionHeadsConfig, run, ctx: Context) -> CircuitTrace:
     copying scores. The source run resamples the first copy, so a path the induction circuit
     needs carries a wrong token."""
     batch = repeated_patch_batch(cfg.probe_sequences, cfg.probe_period, cfg.model.d_vocab,
-                                 step_generator(cfg.seed, 0, CIRCUIT_STREAM))
+                                 seeding.generator(cfg.seed, CIRCUIT_STREAM))
     metric = mean_logprob("in_repeat")
     # make_default: these are the graphs behind results.json, so the explorer and load_graphs show them,
     # not a set a user traced on another batch before or after.

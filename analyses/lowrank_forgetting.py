@@ -56,7 +56,6 @@ from interp.configs import require, require_positive, to_dict
 from interp.files import atomic_write_json, atomic_write_npy, read_json
 from interp.ids import CheckpointRef
 from interp.metrics import lowrank
-from interp.train import step_generator
 from interp.viz import plot_bars, plot_curves, plot_matrix
 from tasks import forgetting
 
@@ -93,7 +92,6 @@ class LowRankForgettingConfig(AnalysisConfig):
     shuffle_controls: int = 5
 
     def __post_init__(self) -> None:
-        super().__post_init__()
         self.fit_model(self.upstream.d_vocab, self.upstream.seq_len)
         require_positive(self, "test_tasks", "revealed", "completion_seeds", "knn_k", "mf_rank", "replay_seeds",
                          "shuffle_controls")
@@ -172,7 +170,7 @@ def representation_similarity(cfg: LowRankForgettingConfig, model: TransformerBr
     """`S[i, j]`: cosine between task i's mean pooled representation (over a batch
     of its examples) and upstream example j's, under the base model."""
     tasks = [lowrank.pooled_representations(model, forgetting.FineTuningTask(corpus.domains, spec).batch(
-        0, 64, step_generator(cfg.seed, i, REPRESENTATION_STREAM))["tokens"]).mean(axis=0)
+        0, 64, seeding.generator(cfg.seed, REPRESENTATION_STREAM, i))["tokens"]).mean(axis=0)
         for i, spec in enumerate(forgetting.task_specs(cfg.tasks))]
     return lowrank.row_cosines(np.stack(tasks), lowrank.pooled_representations(model, corpus.sequences[corpus.pool]))
 
@@ -308,7 +306,7 @@ PRESETS = {
         upstream=forgetting.UpstreamConfig(d_vocab=512, seq_len=64, corpus_size=80000, pool_size=4000,
                                            heldout_size=2000, n_facts=256, modulus=23),
         tasks=forgetting.TaskFamilyConfig(n_tasks=85, steps_choices=(100, 200, 400), lr_choices=(1e-4, 3e-4)),
-        test_tasks=20, revealed=200, knn_k=10, mf_rank=8, replay_seeds=5, workers=1,
+        test_tasks=20, revealed=200, knn_k=10, mf_rank=8, replay_seeds=5,
     ),
     "tiny": LowRankForgettingConfig(
         model=ModelConfig(n_layers=1, d_model=16, n_heads=2),
@@ -317,7 +315,7 @@ PRESETS = {
         upstream=forgetting.UpstreamConfig(d_vocab=32, seq_len=12, corpus_size=200, pool_size=40, heldout_size=20,
                                            n_facts=8, modulus=5),
         tasks=forgetting.TaskFamilyConfig(n_tasks=6, steps_choices=(2, 3)),
-        test_tasks=2, revealed=5, completion_seeds=2, knn_k=2, mf_rank=2, replay_seeds=2, shuffle_controls=2, workers=1,
+        test_tasks=2, revealed=5, completion_seeds=2, knn_k=2, mf_rank=2, replay_seeds=2, shuffle_controls=2,
     ),
 }
 
@@ -347,7 +345,7 @@ def view(source: Source, runs: RunsData) -> Headline:
 
 
 ANALYSIS = Analysis("lowrank-forgetting", "Forgetting matrices of fine-tuning tasks x upstream examples: low-rank "
-                    "fits, completion, replay", PRESETS, measure, figures, report,
+                    "fits, completion, replay", PRESETS, measure, figures, report, preset_workers={"gpu": 1, "tiny": 1},
                     headline=("r2_additive", "r2_shuffled_rank1", "z_mean"), view=view)
 
 __all__ = ["ANALYSIS", "LowRankForgettingConfig", "finetune_job"]

@@ -55,7 +55,8 @@ from interp.configs import to_dict  # noqa: E402
 from interp.ids import CheckpointRef  # noqa: E402
 from interp.model import batch_to, build_model, resolve_device, trainable_parameters  # noqa: E402
 from interp.pipeline import JobSetup, TrainingJob, final_only, task_record  # noqa: E402
-from interp.train import Stepper, TrainConfig, checkpoint_schedule, step_generator  # noqa: E402
+from interp.seeding import BATCHES, generator  # noqa: E402
+from interp.train import Stepper, TrainConfig, checkpoint_schedule  # noqa: E402
 
 STAGES = ("environment", "tiny_presets", "throughput", "slices")
 # Share of the time left when a stage starts that the stage may use; what it leaves goes to the
@@ -557,7 +558,7 @@ def measure_part(part: SlicePart, device: torch.device, deadline: float, max_ste
     model.train()
 
     def batch(step: int) -> dict[str, torch.Tensor]:
-        return batch_to(setup.data.batch(step, job.train.batch_size, step_generator(job.train.seed, step)), device)
+        return batch_to(setup.data.batch(step, job.train.batch_size, generator(job.train.seed, BATCHES, step)), device)
 
     clock.time("first_step_s", timing, lambda: stepper.step(0, batch(0)))
     steps = 0

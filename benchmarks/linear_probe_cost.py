@@ -104,7 +104,8 @@ def measure(run_dir: Path, variant: str, labels: str, batch: dict, device: torch
         return run_with_cache(model_self, *args, **kwargs)
 
     if variant == "linear":
-        probes = {f"{labels}{i}": linear_probes.linear_probe(hook, "probed", labels) for i, hook in enumerate(HOOKS)}
+        probes = {f"{labels}{i}": linear_probes.linear_probe(linear_probes.LinearProbeSettings(hook, "probed", labels))
+                  for i, hook in enumerate(HOOKS)}
     else:
         probes = {f"null{i}": null_probe(hook) for i, hook in enumerate(HOOKS)}
     probes["loss"] = loss_probe()

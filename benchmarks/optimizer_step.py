@@ -31,7 +31,8 @@ from _common import environment, median, spread, table, write_result  # noqa: E4
 
 from analyses.icl_transience import PRESETS  # noqa: E402
 from interp.model import build_model, forward, masked_mean_loss, named_trainable_parameters  # noqa: E402
-from interp.train import Stepper, decayed, step_generator  # noqa: E402
+from interp.seeding import BATCHES, generator  # noqa: E402
+from interp.train import Stepper, decayed  # noqa: E402
 from tasks.fewshot import FewShot  # noqa: E402
 
 
@@ -71,7 +72,7 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     cfg = PRESETS["quick"]
     task = FewShot(cfg.data)
-    batches = [task.batch(s, cfg.train.batch_size, step_generator(0, s)) for s in range(args.steps)]
+    batches = [task.batch(s, cfg.train.batch_size, generator(0, BATCHES, s)) for s in range(args.steps)]
     variants = {"trainer (fused AdamW)": time_trainer, "default AdamW": time_default_optimizer}
     times: dict[str, list[float]] = {name: [] for name in variants}
     for fn in variants.values():  # warm-up

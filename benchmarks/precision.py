@@ -31,7 +31,8 @@ from _common import environment, median, spread, sync, table, write_result  # no
 
 from analyses.fact_learning import PRESETS  # noqa: E402
 from interp.model import batch_to, build_model, masked_mean_loss, resolve_device  # noqa: E402
-from interp.train import Stepper, step_generator  # noqa: E402
+from interp.seeding import BATCHES, generator  # noqa: E402
+from interp.train import Stepper  # noqa: E402
 from tasks.biographies import Biographies  # noqa: E402
 
 
@@ -85,7 +86,8 @@ def main() -> int:
     cfg = PRESETS[args.preset]
     cfg = replace(cfg, train=replace(cfg.train, batch_size=args.batch_size or cfg.train.batch_size))
     bios = Biographies(cfg.data)
-    batches = [batch_to(bios.batch(s, cfg.train.batch_size, step_generator(0, s)), device) for s in range(args.steps)]
+    batches = [batch_to(bios.batch(s, cfg.train.batch_size, generator(0, BATCHES, s)), device)
+               for s in range(args.steps)]
     variants = {"plain fp32": time_plain(False), "plain bf16": time_plain(True),
                 "trainer fp32": time_trainer("fp32"), "trainer bf16": time_trainer("bf16")}
     times: dict[str, list[float]] = {name: [] for name in variants}

@@ -41,7 +41,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import environment, median, spread, sync, table, write_result  # noqa: E402
 
 from interp.model import ModelConfig, build_model, resolve_device, trainable_parameters  # noqa: E402
-from interp.train import TrainConfig, step_generator, train  # noqa: E402
+from interp.seeding import BATCHES, generator  # noqa: E402
+from interp.train import TrainConfig, train  # noqa: E402
 from tasks.induction import RepeatedSegments, RepeatedSegmentsConfig  # noqa: E402
 
 TARGET = 0.9
@@ -174,7 +175,7 @@ def data_time(data, steps: int, batch_size: int) -> float:
     """Seconds the trainer spends drawing its batches (with its per-step generators)."""
     start = time.perf_counter()
     for step in range(steps):
-        data.batch(step, batch_size, step_generator(0, step))
+        data.batch(step, batch_size, generator(0, BATCHES, step))
     return time.perf_counter() - start
 
 

@@ -83,6 +83,9 @@ from interp.train import TrainConfig, TrainHooks
 
 ENTRY_POINT_GROUP = "interp.analyses"
 ANALYSIS_FILE = "analysis.json"
+RETIRED_CONFIG_FIELDS = ("workers",)
+"""Keys that an older `analysis.json` holds in its config but configs no longer have:
+`workers`, an execution setting now (`Context.workers`), which never changed a result."""
 MAX_SEED = 2**63 - 1  # seeds reach torch.manual_seed, which takes at most a signed 64-bit integer
 
 ConfigT = TypeVar("ConfigT", bound=AnalysisConfig)
@@ -111,7 +114,10 @@ class Analysis(Generic[ConfigT, ResultsT]):
     repeated twice); `view(source, runs)` builds the analysis's headline panel from its
     directory and its runs' page data, reading its results with `read_results` (default: the
     generic view, losses and a head grid); `opens_on(source)` names the run the page opens on
-    and computes first (default: "main", else "base", else the first)."""
+    and computes first (default: "main", else "base", else the first). `preset_workers` names presets whose independent
+    runs train on that many local processes unless the caller chooses (`backend`, `--workers`),
+    e.g. 1 where starting a pool costs more than the runs; other presets use one per core. It is
+    an execution setting, not part of a preset's config: it never changes a result."""
 
     name: str
     description: str
@@ -123,6 +129,14 @@ class Analysis(Generic[ConfigT, ResultsT]):
     example: Callable[[Run], Sequence[int]] | None = None
     view: Callable[[Source, RunsData], Headline] | None = None
     opens_on: Callable[[Source], str] | None = None
+    preset_workers: Mapping[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for preset, workers in self.preset_workers.items():
+            require(preset in self.presets, "preset_workers", f"keys among the presets {sorted(self.presets)}",
+                    preset)
+            require(isinstance(workers, int) and not isinstance(workers, bool) and workers >= 0,
+                    f"preset_workers[{preset!r}]", "an integer >= 0 (0: one per core)", workers)
 
 
 class AnalysisImportError(InterpError, ImportError):
@@ -307,8 +321,11 @@ def accept_output_dir(out: Path, record: Mapping[str, Any], *, resume: bool, for
     if not resume:
         raise OutputExistsError(f"{out} already holds analysis {name!r} with runs {listing(runs, 5)}; pass --resume "
                                 "(resume=True) to continue it with the same config, or choose another output directory")
-    if stored.get("config") != _roundtrip(record["config"]):
-        difference = _first_difference(stored.get("config"), _roundtrip(record["config"]))
+    config = stored.get("config")
+    if isinstance(config, dict):
+        config = {k: v for k, v in config.items() if k not in RETIRED_CONFIG_FIELDS}
+    if config != _roundtrip(record["config"]):
+        difference = _first_difference(config, _roundtrip(record["config"]))
         raise InputError(f"resume: the config differs from {out / ANALYSIS_FILE} at {difference}; resume with the "
                          "same preset and overrides, or choose another output directory")
     for run in runs:
@@ -332,7 +349,9 @@ def run_analysis(
     Before anything is written: the config is resolved and checked, the main model's
     training memory is checked against the device (`InsufficientMemoryError`), the
     output directory is locked and accepted (`accept_output_dir`; `force` allows a
-    non-empty directory that holds no output of this analysis)."""
+    non-empty directory that holds no output of this analysis). `backend` runs each
+    stage's independent runs (None: the preset's `preset_workers` local processes, else
+    one per core); like the device, it is not part of the config."""
     analysis = get_analysis(name)
     config = resolve_config(analysis, preset, overrides or {})
     out = Path(out_dir)
@@ -348,7 +367,8 @@ def run_analysis(
         accept_output_dir(out, record, resume=resume, force=force)
         for leftover in analysis_leftovers(out):  # a killed writer's, never a live one's: we hold the lock
             shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
-        context = Context(out, resolved, progress=progress, resume=resume, backend=backend, workers=config.workers)
+        context = Context(out, resolved, progress=progress, resume=resume, backend=backend,
+                          workers=analysis.preset_workers.get(preset, 0))
         atomic_write_json(out / ANALYSIS_FILE, record)
         started = time.perf_counter()
         measured = analysis.measure(config, context)

@@ -32,17 +32,12 @@ T = TypeVar("T")
 @dataclass(frozen=True)
 class AnalysisConfig:
     """What every analysis config declares: the main run's `model` and `train`
-    configs, the `seed` that drives data, initialization and evaluation, and the
-    number of local `workers` for independent runs (0: one per core)."""
+    configs and the `seed` that drives data, initialization and evaluation. How the
+    runs are executed (`Context.backend`, `Context.workers`) is not part of it."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     seed: int = 0
-    workers: int = 0
-
-    def __post_init__(self) -> None:
-        require(isinstance(self.workers, int) and self.workers >= 0, "workers", "an integer >= 0 (0: one per core)",
-                self.workers)
 
     def fit_model(self, d_vocab: int, n_ctx: int, d_input: int | None = None) -> None:
         """Set the model's vocabulary, context (and input dimension) to the task's.
@@ -128,8 +123,9 @@ def _launch(launch: _Launch) -> str:
 class Context:
     """Where an analysis writes (`out`), on which device, and how its jobs run.
 
-    `backend` runs each stage's independent jobs (None: a local pool of the config's
-    `workers` processes; one process on CUDA, where jobs share the one device)."""
+    `backend` runs each stage's independent jobs (None: a local pool of `workers`
+    processes, 0 one per core; one process on CUDA, where jobs share the one device).
+    Neither is part of the analysis's config: they change where runs train, not their results."""
 
     out: Path
     device: torch.device

@@ -5,7 +5,9 @@ A `Probe` declares the hook names it reads and maps a `ProbeContext` (the
 cached activations, the logits, the batch and the model) to a flat dict of named
 numbers. `probe()` takes the union of the hooks of every probe still to be
 computed at a checkpoint, runs `run_with_cache(names_filter=...)` once, and
-hands the same activations to each probe. Results are cached per checkpoint in
+hands the same activations to each probe; a probe that runs forward passes of its
+own (patching, readouts) or reads only the weights says so (`Probe.reads`), and a
+checkpoint whose probes all do gets no shared forward. Results are cached per checkpoint in
 `probes/<key>.jsonl`, keyed by the probe's name, the batch contents and the
 checkpoint's hash, so re-probing a finished run costs nothing. A probe's key is
 the cache file's stem, so it must be a plain file name. Writing the cache takes
@@ -28,6 +30,7 @@ from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -46,8 +49,8 @@ from interp.run_layout import PROBES_DIR
 
 @dataclass(frozen=True)
 class ProbeContext:
-    """What a probe reads at one checkpoint. Without a forward pass (every probe asked for
-    reads only the weights) `acts` is empty and `logits` is None."""
+    """What a probe reads at one checkpoint. Without the shared forward pass (no probe asked
+    for reads `"activations"`) `acts` is empty and `logits` is None."""
 
     acts: Mapping[str, Tensor]
     logits: Tensor | None
@@ -61,17 +64,22 @@ class ProbeContext:
     runs. None outside `probe()`: nothing to save."""
 
 
+ProbeReads = Literal["activations", "batch", "weights"]
+
+
 @dataclass(frozen=True)
 class Probe:
     """`name` identifies the probe and its parameters (it keys the cache);
-    `hooks` are the activation names `fn` reads from `ctx.acts`; `forward=False` marks a
-    probe that reads only the weights (`ctx.model`), which needs neither a batch nor a
-    forward pass."""
+    `hooks` are the activation names `fn` reads from `ctx.acts`. `reads` is what `fn` needs:
+    `"activations"`, the runner's one shared forward pass on the batch (`ctx.acts`,
+    `ctx.logits`); `"batch"`, the batch and `ctx.model`, for a probe that runs its own forward
+    passes (patching, readouts: the shared one would be wasted on it); `"weights"`, `ctx.model`
+    alone (neither a batch nor a forward pass)."""
 
     name: str
     hooks: tuple[str, ...]
     fn: Callable[[ProbeContext], Mapping[str, float]]
-    forward: bool = True
+    reads: ProbeReads = "activations"
 
 
 Column = str | Identity
@@ -244,12 +252,13 @@ def _repair_cache(path: Path, scan: JsonlScan) -> None:
 
 def run_probes(model: TransformerBridge, probes: Mapping[str, Probe], batch: Batch | None, step: int | None = None,
                artifacts: Mapping[str, Path] | None = None) -> dict[str, float]:
-    """Evaluate probes on one model with a single cached forward pass (none when every
-    probe reads only the weights). `step` and `artifacts` (per key) fill the context's fields."""
+    """Evaluate probes on one model with a single cached forward pass (none when no probe
+    reads its activations). `step` and `artifacts` (per key) fill the context's fields."""
     _check_batch(probes, batch)
-    if batch is None or not any(p.forward for p in probes.values()):
-        ctx = ProbeContext(acts={}, logits=None, batch=batch, model=model, step=step)
-        return _flatten(probes, ctx, artifacts)
+    if batch is None or not any(p.reads == "activations" for p in probes.values()):
+        # Without gradients, as beside the shared forward (a probe that needs them enables them).
+        with torch.no_grad():
+            return _flatten(probes, ProbeContext(acts={}, logits=None, batch=batch, model=model, step=step), artifacts)
     hooks = sorted({h for p in probes.values() for h in p.hooks})
     with torch.no_grad(), model.hooks(fwd_hooks=input_hooks(model, batch)):
         logits, cache = model.run_with_cache(batch["tokens"], names_filter=hooks)
@@ -319,8 +328,8 @@ def check_batch_fits(source: CheckpointSource, batch: Batch | None) -> None:
 
 
 def _check_batch(probes: Mapping[str, Probe], batch: Batch | None) -> None:
-    if batch is None and any(p.forward for p in probes.values()):
-        needing = sorted(key for key, p in probes.items() if p.forward)
+    if batch is None and any(p.reads != "weights" for p in probes.values()):
+        needing = sorted(key for key, p in probes.items() if p.reads != "weights")
         raise InputError(f"batch: probes {needing} run the model and need a batch, got None")
 
 
@@ -337,7 +346,7 @@ def probe(
     any other `CheckpointSource` (a checkpoint suite, `interp.suites.open_suite`).
 
     Returns a step x metric `ProbeTable` with columns `"<key>/<metric>"`. `batch` may be
-    None when every probe reads only the weights (`Probe.forward=False`), and text (one
+    None when every probe reads only the weights (`Probe.reads`), and text (one
     string or several of one token length) when the source has a tokenizer.
     """
     check_probe_keys(probes)
@@ -345,7 +354,7 @@ def probe(
     run = Run.open(run) if isinstance(run, str | Path) else run
     batch = text_batch(run, batch) if _is_text(batch) else batch
     check_batch_fits(run, batch)
-    check_forward_memory(run.model_config, batch if any(p.forward for p in probes.values()) else None,
+    check_forward_memory(run.model_config, batch if any(p.reads != "weights" for p in probes.values()) else None,
                          {h for p in probes.values() for h in p.hooks}, device)
     device = resolve_device(device)
     steps = list(run.steps if steps is None else steps)
@@ -509,6 +518,6 @@ def collect_activations(
     return np.stack(stacked)
 
 
-__all__ = ["CachedComputation", "Column", "Probe", "ProbeContext", "ProbeTable", "batch_hash", "cache_rows",
-           "cached_computations", "collect_activations", "numerics", "probe", "probe_artifacts", "run_probes",
-           "text_batch"]
+__all__ = ["CachedComputation", "Column", "Probe", "ProbeContext", "ProbeReads", "ProbeTable", "batch_hash",
+           "cache_rows", "cached_computations", "collect_activations", "numerics", "probe", "probe_artifacts",
+           "run_probes", "text_batch"]

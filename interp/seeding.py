@@ -1,11 +1,15 @@
 """The one random-stream scheme: every random draw comes from `(seed, *stream)`.
 
-A stream is a tuple of small integers naming what the draws are for (the
-trainer's batches are `(seed, 0, step)`; an analysis names its evaluation or
-probe batches with its own constants). Both generators are seeded from
+A stream is a tuple of small integers: first what the draws are for (a named
+constant), then which of them (a step, an index), e.g. the trainer's batch of
+`step` is `generator(seed, BATCHES, step)`. Both generators are seeded from
 `numpy.random.SeedSequence([seed, *stream])`, so the same key gives the same
 draws in torch and numpy alike, different keys give independent streams, and
-nothing touches a global random state.
+nothing touches a global random state. (SeedSequence pads its entropy with zeros,
+so a trailing 0 names the same stream: `(seed, s)` is `(seed, s, 0)`.)
+
+The library's own streams are named here; an analysis or a task names its
+evaluation and probe batches with constants of its own module.
 """
 
 from __future__ import annotations
@@ -13,7 +17,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-BATCHES = 0  # the trainer's stream: batch `step` is drawn from `generator(seed, BATCHES, step)`
+BATCHES = 0
+"""The trainer's: the batch of `step` is drawn from `generator(seed, BATCHES, step)`."""
+CLI_BATCHES = 2
+"""The batches `interp probe` and `interp circuit` draw from their `--seed`."""
+LINEAR_PROBES = 21
+"""A linear probe's split, folds and control labels (`interp.metrics.linear_probes`)."""
+EXAMPLES = 9001
+"""The explorer's example sequence (`interp view`), apart from any analysis's streams."""
 
 
 def generator(seed: int, *stream: int) -> torch.Generator:

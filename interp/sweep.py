@@ -16,8 +16,8 @@ that raises is recorded with its error; the others run on.
 Points run on a backend of `interp.parallel`: `LocalBackend` (a process pool; the
 default) or `RayBackend` (a Ray cluster, or a local Ray instance). Each
 point gets a fixed number of torch threads, so the same seeds give the same
-numbers on either backend. An analysis's own process pool is set to one worker
-inside a sweep (unless the grid sets `workers`): the sweep already fills the cores.
+numbers on either backend. A point trains its own runs in its process
+(`LocalBackend(1)`): the sweep already fills the cores.
 
     interp sweep icl-transience --preset quick --grid train.lr=5e-4,1e-3 --seeds 3 --out runs/lr
 """
@@ -111,7 +111,7 @@ def run_point(task: PointTask) -> dict[str, Any]:
     started = time.perf_counter()
     try:
         results = run_analysis(task.analysis, task.out, task.preset, task.overrides, device=task.device,
-                               progress=False, resume=True)
+                               progress=False, resume=True, backend=LocalBackend(1))
         return {"status": "ok", "results": point_results(results),
                 "wall_seconds": round(time.perf_counter() - started, 1)}
     except Exception as err:  # noqa: BLE001 - a sweep reports every failure and runs on
@@ -150,7 +150,6 @@ def run_sweep(analysis: str, out: str | Path, preset: str = "quick", grid: Mappi
     points = grid_points(grid, seeds)
     spec = get_analysis(analysis)
     resolve_config(spec, preset, {})  # an unknown preset fails here, before any point runs
-    inner = {} if "workers" in grid else {"workers": "1"}  # every AnalysisConfig declares it
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "sweep.json", {"analysis": analysis, "preset": preset, "grid": grid,
                                            "seeds": list(seeds), "device": device})
@@ -165,7 +164,7 @@ def run_sweep(analysis: str, out: str | Path, preset: str = "quick", grid: Mappi
         else:
             todo.append(point)
     logger.info("sweep %s: %d points, %d complete, %d to run", out, len(points), len(rows), len(todo))
-    tasks = [PointTask(analysis, preset, {**inner, **p.overrides}, str(out / "points" / p.name), device) for p in todo]
+    tasks = [PointTask(analysis, preset, p.overrides, str(out / "points" / p.name), device) for p in todo]
     for index, outcome in (backend or LocalBackend()).imap(run_point, tasks):
         point = todo[index]
         rows[point.name] = _row(point, outcome, skipped=False)

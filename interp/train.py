@@ -92,9 +92,14 @@ class TrainConfig:
     decoupled `weight_decay`. Each applies to the parameters whose checkpoint names
     match one of its patterns, `l2_only` and `decay_only` (fnmatch, e.g.
     `"blocks.*.attn.*"`: the attention only), or to all when they are empty.
-    Checkpoints are taken at step 0, the last step,
-    `checkpoint_log` log-spaced steps, every `checkpoint_every` steps and at each
-    of `checkpoint_steps`. `init_from` is `"run_dir"` (last step) or `"run_dir@step"`.
+    `log_every` is an interval: the training loss (averaged over the steps since the
+    last row) and the learning rate are logged every `log_every` steps and at the last;
+    evaluators run every `eval_every` steps (0: at step 0 and the last step only).
+    Checkpoints are taken at step 0, the last step, at `checkpoint_log` log-spaced steps
+    (a count, not an interval: `geomspace(1, steps, checkpoint_log)` rounded; 0: none),
+    every `checkpoint_every` steps (an interval; 0: none) and at each of
+    `checkpoint_steps`. (These names are keys of every saved run's `config.json`, which
+    identifies the run, so they stay.) `init_from` is `"run_dir"` (last step) or `"run_dir@step"`.
     `precision="bf16"` runs the training forward pass under bfloat16 autocast
     (weights, optimizer state and evaluation stay float32); bfloat16 keeps float32's
     exponent range, so it needs no loss scaling.
@@ -193,11 +198,6 @@ def make_optimizer(cfg: TrainConfig, named_params: Sequence[tuple[str, Tensor]])
     if cfg.optimizer == "adam":
         return torch.optim.Adam(groups, lr=cfg.lr, betas=betas, fused=True)
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=betas, fused=True)
-
-
-def step_generator(seed: int, step: int, stream: int = BATCHES) -> torch.Generator:
-    """The generator of `step` in `stream` (`interp.seeding`): the trainer's batches by default."""
-    return generator(seed, stream, step)
 
 
 def parse_init_from(spec: str) -> tuple[Run, int]:
@@ -320,7 +320,7 @@ def take_steps(
     model.train()
     stats: list[StepStats] = []
     for step in steps:
-        batch = data.batch(step, train_cfg.batch_size, step_generator(train_cfg.seed, step))
+        batch = data.batch(step, train_cfg.batch_size, generator(train_cfg.seed, BATCHES, step))
         stats.append(stepper.step(step, batch_to(batch, device)))
     model.eval()
     return read_steps(train_cfg, list(steps), stats)
@@ -535,7 +535,7 @@ def _train_from(start: RunStart, model_cfg: ModelConfig, train_cfg: TrainConfig,
 
     def checkpoint(step: int, stopped: bool = False) -> None:
         # The running train-loss average rides along so a resumed log matches an uninterrupted one.
-        # No RNG state: every random draw comes from step_generator(seed, step), so the
+        # No RNG state: every random draw comes from generator(seed, BATCHES, step), so the
         # data position is the step and the caller's global RNG is never touched.
         # The optimizer state is stored only where a run can continue from it: not at the end
         # of a finished (or stopped) run, and not at an episode boundary of a resetting run,
@@ -573,7 +573,7 @@ def _train_from(start: RunStart, model_cfg: ModelConfig, train_cfg: TrainConfig,
     model.train()
     bar = tqdm(total=total, initial=start.step, disable=not progress, desc=run.path.name, leave=False)
     for step in range(start.step, total):
-        batch = batch_to(data.batch(step, train_cfg.batch_size, step_generator(train_cfg.seed, step)), device)
+        batch = batch_to(data.batch(step, train_cfg.batch_size, generator(train_cfg.seed, BATCHES, step)), device)
         unread.append(stepper.step(step, batch))
         unread_steps.append(step)
         done = step + 1

@@ -40,7 +40,7 @@ from interp.configs import require, require_literals, require_positive
 from interp.hooks import hook_name
 from interp.ids import HeadId
 from interp.metrics import heads, spans
-from interp.metrics.linear_probes import linear_probe
+from interp.metrics.linear_probes import FitSettings, LinearProbeSettings, linear_probe
 from interp.model import Batch, FwdHook, Patterns, forward, token_losses
 from interp.pipeline import nearest_step, read_task
 from interp.probing import Probe, ProbeTable, probe
@@ -222,8 +222,9 @@ def value_probes(layers: Sequence[int], seed: int = 0) -> dict[str, Probe]:
     after each of `layers`, at each of `VALUE_POSITIONS` (keys `value_name<l>`, `value_query<l>`).
     Grouped by person: a person is held out whole, so the probe passes only with a code of the
     value shared across people. The control task gives each surname a random value."""
-    return {f"value_{where}{layer}": linear_probe(hook_name("resid_post", layer), positions, "value",
-                                                  groups="individual", control_types="surname", seed=seed)
+    return {f"value_{where}{layer}": linear_probe(LinearProbeSettings(
+                hook_name("resid_post", layer), positions, "value", groups="individual", control_types="surname",
+                fit=FitSettings(seed=seed)))
             for where, positions in VALUE_POSITIONS.items() for layer in layers}
 
 

@@ -32,7 +32,7 @@ from torch import Tensor
 
 from interp.configs import require, require_positive
 from interp.metrics import heads
-from interp.metrics.linear_probes import linear_probe
+from interp.metrics.linear_probes import FitSettings, LinearProbeSettings, linear_probe
 from interp.metrics.outputs import token_set_mass, token_set_mass_probe
 from interp.metrics.spans import first_crossing
 from interp.model import IGNORE_INDEX, Batch, batch_to, forward
@@ -341,9 +341,10 @@ def answer_probes(hook: str, seed: int = 0) -> dict[str, Probe]:
       sequence. No control task: that label is drawn per sequence, so no type of input determines
       it and memorising types cannot pass (a control by query class would only measure how well
       the class itself is decodable)."""
-    return {"in_weights": linear_probe(hook, "iwl_query", "answer", groups="query_class", control_types="query_class",
-                                       seed=seed),
-            "in_context": linear_probe(hook, "icl_query", "answer", control=False, seed=seed)}
+    return {"in_weights": linear_probe(LinearProbeSettings(hook, "iwl_query", "answer", groups="query_class",
+                                                           control_types="query_class", fit=FitSettings(seed=seed))),
+            "in_context": linear_probe(LinearProbeSettings(hook, "icl_query", "answer",
+                                                           fit=FitSettings(control=False, seed=seed)))}
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -42,6 +43,11 @@ def test_info_probe_plot(tiny_out, capsys, tmp_path):
     assert main(["probe", str(tiny_out), "prev-token", "--layers", "0", "--csv", str(csv)]) == 0
     table = np.loadtxt(csv, delimiter=",", skiprows=1)
     assert table.shape[1] == 1 + 2  # step + two heads of layer 0
+    # cached under the analysis's own key for the probe: one file holds both computations
+    caches = tiny_out / "runs" / "main" / "probes"
+    assert not (caches / "prev_token.jsonl").exists()
+    names = {json.loads(line)["probe"] for line in (caches / "prev.jsonl").read_text().splitlines()}
+    assert names == {"prev_token(layers=(0, 1))", "prev_token(layers=(0,))"}
     assert main(["plot", str(tiny_out)]) == 0
     assert (tiny_out / "runs" / "main" / "figures" / "metrics_train.png").exists()
 
@@ -59,6 +65,8 @@ def test_list_names_the_analysis(capsys):
         (["run", "induction-heads", "--preset", "tiny", "--set", "train.lr=-1"], "lr"),
         (["run", "induction-heads", "--preset", "tiny", "--set", "model.bogus=1"], "model.bogus"),
         (["run", "induction-heads", "--preset", "tiny", "--set", "noequals"], "key=value"),
+        # an execution setting (--workers), not a field of the config
+        (["run", "induction-heads", "--preset", "tiny", "--set", "workers=2"], "workers: expected a field of"),
         (["info", "/nonexistent/run"], "no run directory"),
     ],
 )
@@ -67,6 +75,23 @@ def test_bad_input_gives_a_named_error(argv, message, capsys, tmp_path):
         argv = [*argv, "--out", str(tmp_path / "out"), "--quiet"]
     assert main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+def test_an_analysis_written_with_workers_in_its_config_resumes_unchanged(tiny_out, tmp_path):
+    """Every analysis.json written while `workers` was a config field holds it (0 unless set):
+    such a directory resumes, the key dropped when the configs are compared, to the same results."""
+    out = tmp_path / "old"
+    shutil.copytree(tiny_out, out)
+    record = json.loads((out / "analysis.json").read_text())
+    assert "workers" not in record["config"]
+    (out / "analysis.json").write_text(json.dumps({**record, "config": {**record["config"], "workers": 0}}))
+    before = json.loads((out / "results.json").read_text())
+    assert main(["run", "induction-heads", "--preset", "tiny", "--out", str(out), "--quiet", "--seed", "3",
+                 "--workers", "1", "--resume"]) == 0
+    after = json.loads((out / "results.json").read_text())
+    assert {k: v for k, v in after.items() if k != "wall_seconds"} == \
+        {k: v for k, v in before.items() if k != "wall_seconds"}
+    assert json.loads((out / "analysis.json").read_text()) == record  # rewritten as configs are now
 
 
 def test_probe_rejects_a_layer_out_of_range(tiny_out, capsys):

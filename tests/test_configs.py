@@ -279,3 +279,17 @@ def test_parse_overrides_rejects_malformed(bad):
 def test_parse_then_apply():
     cfg = with_overrides(ExperimentConfig(), parse_overrides(["model.d_model=32", "seed=4"]))
     assert cfg.model.d_model == 32 and cfg.model.seed == 4
+
+
+def test_an_analysis_config_holds_no_execution_setting_and_preset_workers_are_checked():
+    from interp.analysis import Analysis, get_analysis, resolve_config
+
+    induction = get_analysis("induction-heads")
+    assert "workers" not in to_dict(induction.presets["tiny"])
+    with pytest.raises(ConfigError, match=r"^workers: expected a field of InductionHeadsConfig"):
+        resolve_config(induction, "tiny", {"workers": "2"})
+    parts = (induction.measure, induction.figures, induction.report)
+    with pytest.raises(ConfigError, match=r"^preset_workers: expected keys among the presets"):
+        Analysis("x", "", induction.presets, *parts, preset_workers={"huge": 1})
+    with pytest.raises(ConfigError, match=r"^preset_workers\['tiny'\]: expected an integer >= 0"):
+        Analysis("x", "", induction.presets, *parts, preset_workers={"tiny": -1})

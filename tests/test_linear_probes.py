@@ -12,8 +12,11 @@ from scipy.stats import norm
 from transformer_lens.model_bridge import TransformerBridge
 
 from interp.cli import main
+from interp.hooks import hook_name
 from interp.metrics import outputs
 from interp.metrics.linear_probes import (
+    FitSettings,
+    LinearProbeSettings,
     baseline_row,
     direction_drift,
     fit_probe,
@@ -41,7 +44,7 @@ def two_gaussians(n: int, d: int, mu: float, seed: int, direction: np.ndarray | 
 
 def test_planted_binary_signal_reaches_bayes_accuracy():
     features, labels = two_gaussians(12000, 32, mu=1.0, seed=0)
-    fit = fit_probe(features, labels, test_size=0.5)
+    fit = fit_probe(features, labels, settings=FitSettings(test_size=0.5))
     assert fit.kind == "classification"
     assert abs(fit.score - norm.cdf(1.0)) < 0.02
     assert abs(fit.control_score - 0.5) < 0.03  # every example its own type: random labels
@@ -61,7 +64,7 @@ def test_planted_multiclass_signal_reaches_bayes_accuracy():
     big = rng.integers(0, k, 200000)
     sample = rng.normal(size=(len(big), d)) + means[big]
     bayes = float(np.mean(np.argmin(((sample[:, None, :] - means[None]) ** 2).sum(-1), axis=1) == big))
-    fit = fit_probe(features, labels, test_size=0.5)
+    fit = fit_probe(features, labels, settings=FitSettings(test_size=0.5))
     assert abs(fit.score - bayes) < 0.02
     assert fit.direction.shape == (k, d) and fit.classes.tolist() == [0, 1, 2, 3]
     assert fit.values()["n_classes"] == 4
@@ -74,7 +77,7 @@ def test_planted_linear_value_reaches_bayes_r2():
     features = rng.normal(size=(n, d))
     values = features @ w + 0.5 * rng.normal(size=n)
     bayes = float(w @ w / (w @ w + 0.25))
-    fit = fit_probe(features, values, test_size=0.5)
+    fit = fit_probe(features, values, settings=FitSettings(test_size=0.5))
     assert fit.kind == "regression"
     assert abs(fit.score - bayes) < 0.02
     assert set(fit.values()) >= {"r2", "control_r2", "selectivity", "alpha"}
@@ -85,7 +88,7 @@ def test_planted_linear_value_reaches_bayes_r2():
 def test_permuted_labels_are_at_chance_with_no_selectivity():
     features, labels = two_gaussians(8000, 32, mu=1.0, seed=3)
     permuted = np.random.default_rng(4).permutation(labels)
-    fit = fit_probe(features, permuted, test_size=0.5)
+    fit = fit_probe(features, permuted, settings=FitSettings(test_size=0.5))
     assert abs(fit.score - fit.chance) < 0.03
     assert abs(fit.selectivity) < 0.04
 
@@ -136,9 +139,9 @@ def test_a_leaking_split_is_refused_and_too_few_groups_too():
 
 def test_fits_are_deterministic_and_the_seed_moves_the_split():
     features, labels = two_gaussians(600, 8, 1.0, seed=7)
-    a, b = fit_probe(features, labels, seed=3), fit_probe(features, labels, seed=3)
+    a, b = (fit_probe(features, labels, settings=FitSettings(seed=3)) for _ in range(2))
     assert a.values() == b.values() and np.array_equal(a.direction, b.direction)
-    assert not np.array_equal(fit_probe(features, labels, seed=4).test_index, a.test_index)
+    assert not np.array_equal(fit_probe(features, labels, settings=FitSettings(seed=4)).test_index, a.test_index)
 
 
 def test_directions_rotated_by_a_known_angle_give_its_cosine():
@@ -148,7 +151,7 @@ def test_directions_rotated_by_a_known_angle_give_its_cosine():
         u = np.zeros(16)
         u[:2] = np.cos(i * theta), np.sin(i * theta)
         features, labels = two_gaussians(20000, 16, 1.5, seed=10 + i, direction=u)
-        directions.append(fit_probe(features, labels, test_size=0.5).direction)
+        directions.append(fit_probe(features, labels, settings=FitSettings(test_size=0.5)).direction)
     drift = direction_drift(np.stack(directions), steps=[0, 10, 20, 30])
     assert np.allclose(drift.consecutive, np.cos(theta), atol=0.02)
     assert np.allclose(drift.to_final, np.cos(theta * np.arange(3, -1, -1)), atol=0.03)
@@ -172,12 +175,12 @@ def test_same_phase_cosines_across_cycles():
 def test_sparse_probe_uses_transformer_lens():
     features, labels = two_gaussians(2000, 32, mu=1.0, seed=9)
     features[:, 5] += np.where(labels == 1, 1.0, -1.0)
-    fit = fit_probe(features, labels, np.arange(2000) // 4, k=2)
+    fit = fit_probe(features, labels, np.arange(2000) // 4, settings=FitSettings(k=2))
     assert fit.k == 2 and set(np.flatnonzero(fit.direction[0])) == {0, 5}
     assert fit.score > 0.9 and abs(fit.control_score - 0.5) < 0.1
     assert {"accuracy", "control_accuracy", "selectivity", "l2_strength", "k"} <= set(fit.values())
     with pytest.raises(ValueError, match="k: a sparse probe needs binary class labels"):
-        fit_probe(features, np.arange(2000) % 3, np.arange(2000) // 4, k=2)
+        fit_probe(features, np.arange(2000) % 3, np.arange(2000) // 4, settings=FitSettings(k=2))
 
 
 # --- examples from a batch -----------------------------------------------------------------------
@@ -230,8 +233,9 @@ def forwards(monkeypatch) -> list[int]:
 
 def test_linear_probes_share_one_forward_per_checkpoint_and_save_directions(run_copy, forwards):
     batch = labelled_batch()
-    probes = {"parity0": linear_probe("blocks.0.hook_resid_post", "probed", "parity"),
-              "parity1": linear_probe("blocks.1.hook_resid_post", "probed", "parity", folds=2),
+    probes = {"parity0": linear_probe(LinearProbeSettings(hook_name("resid_post", 0), "probed", "parity")),
+              "parity1": linear_probe(LinearProbeSettings(hook_name("resid_post", 1), "probed", "parity",
+                                                       fit=FitSettings(folds=2))),
               "loss": outputs.loss_probe()}
     table = probe(run_copy, probes, batch, device="cpu")
     steps = run_copy.steps
@@ -260,14 +264,58 @@ def test_linear_probes_share_one_forward_per_checkpoint_and_save_directions(run_
     assert forwards[0] == 0 and np.array_equal(again.values, table.values, equal_nan=True)
 
 
+# Names written by `linear_probe(hook, positions, labels, groups, kind=..., seed=..., ...)` before its
+# settings became one object: the same settings keep their name, so their cached rows still hit.
+NAMES_BEFORE_THE_SETTINGS_OBJECT = [
+    (LinearProbeSettings("blocks.0.hook_resid_post", "probed", "parity"),
+     "linear(hook=blocks.0.hook_resid_post,positions=probed,labels=parity,groups=None,kind=auto,split=None,"
+     "types=None,control=True,test=0.25,folds=3,Cs=[0.001, 0.01, 0.1, 1.0, 10.0],"
+     "alphas=[0.1, 1.0, 10.0, 100.0, 1000.0],k=None,l2=None,seed=0,max_iter=200,v=1)"),
+    (LinearProbeSettings("blocks.1.hook_resid_mid", "iwl_query", "answer", groups="query_class",
+                         control_types="query_class", fit=FitSettings(seed=3)),
+     "linear(hook=blocks.1.hook_resid_mid,positions=iwl_query,labels=answer,groups=query_class,kind=auto,"
+     "split=None,types=query_class,control=True,test=0.25,folds=3,Cs=[0.001, 0.01, 0.1, 1.0, 10.0],"
+     "alphas=[0.1, 1.0, 10.0, 100.0, 1000.0],k=None,l2=None,seed=3,max_iter=200,v=1)"),
+    (LinearProbeSettings("blocks.1.hook_resid_post", "icl_query", "answer", fit=FitSettings(control=False)),
+     "linear(hook=blocks.1.hook_resid_post,positions=icl_query,labels=answer,groups=None,kind=auto,split=None,"
+     "types=None,control=False,test=0.25,folds=3,Cs=[0.001, 0.01, 0.1, 1.0, 10.0],"
+     "alphas=[0.1, 1.0, 10.0, 100.0, 1000.0],k=None,l2=None,seed=0,max_iter=200,v=1)"),
+    (LinearProbeSettings("blocks.0.hook_resid_post", "probed", "prev", "sequence", kind="classification",
+                         split="test", control_types="types",
+                         fit=FitSettings(test_size=0.5, folds=2, Cs=[1, 10], alphas=(0.5,), k=2, l2_strength=0.1,
+                                         seed=7, max_iter=50)),
+     "linear(hook=blocks.0.hook_resid_post,positions=probed,labels=prev,groups=sequence,kind=classification,"
+     "split=test,types=types,control=True,test=0.5,folds=2,Cs=[1, 10],alphas=[0.5],k=2,l2=0.1,seed=7,"
+     "max_iter=50,v=1)"),
+    (LinearProbeSettings("h", "p", "l", fit=FitSettings(k=3)),
+     "linear(hook=h,positions=p,labels=l,groups=None,kind=auto,split=None,types=None,control=True,test=0.25,"
+     "folds=3,Cs=[0.001, 0.01, 0.1, 1.0, 10.0],alphas=[0.1, 1.0, 10.0, 100.0, 1000.0],k=3,l2=0.01,seed=0,"
+     "max_iter=200,v=1)"),
+]
+
+
+@pytest.mark.parametrize(("settings", "name"), NAMES_BEFORE_THE_SETTINGS_OBJECT)
+def test_settings_name_their_probe_as_the_cache_always_did(settings, name):
+    assert settings.name == name and linear_probe(settings).name == name
+
+
+@pytest.mark.parametrize(("bad", "message"), [
+    ({"k": 0}, "k: expected a positive number of coordinates, got 0"),
+    ({"folds": 1}, "folds: expected an integer >= 2, got 1"),
+])
+def test_bad_fit_settings_name_the_field(bad, message):
+    with pytest.raises(ValueError, match=f"^{message}$"):
+        FitSettings(**bad)
+
+
 def test_linear_probe_errors_name_the_field(run_copy):
     batch = labelled_batch()
     with pytest.raises(ValueError, match=r"linear probe of blocks.0.hook_resid_post .*groups: 2 distinct"):
-        probe(run_copy, {"p": linear_probe("blocks.0.hook_resid_post", "probed", "parity", "few")},
+        probe(run_copy, {"p": linear_probe(LinearProbeSettings("blocks.0.hook_resid_post", "probed", "parity", "few"))},
               {**batch, "few": torch.arange(48) % 2}, steps=[0], device="cpu")
     with pytest.raises(ValueError, match="no step-0 row"):
-        baseline_row(probe(run_copy, {"p": linear_probe("blocks.0.hook_resid_post", "probed", "parity")}, batch,
-                           steps=[8], device="cpu"), "p")
+        parity = linear_probe(LinearProbeSettings("blocks.0.hook_resid_post", "probed", "parity"))
+        baseline_row(probe(run_copy, {"p": parity}, batch, steps=[8], device="cpu"), "p")
 
 
 def test_cli_probes_a_saved_batch(run_copy, tmp_path, capsys):

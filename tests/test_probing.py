@@ -199,6 +199,24 @@ def test_probes_without_hooks_cache_nothing(run_copy):
     assert acts == [0]
 
 
+def test_a_probe_that_runs_its_own_forward_passes_gets_no_shared_one(run_copy, counter):
+    seen: list[tuple[int, bool, bool]] = []
+
+    def fn(ctx):
+        seen.append((len(ctx.acts), ctx.logits is None, torch.is_grad_enabled()))
+        return {"x": 1.0}
+
+    own = Probe("own", (), fn, reads="batch")
+    probe(run_copy, {"own": own}, probe_batch(), steps=SOME, device="cpu", use_cache=False)
+    assert counter.counts == (0, 0, len(SOME)) and seen == [(0, True, False)] * len(SOME)
+    with pytest.raises(ValueError, match=r"batch: probes \['own'\] run the model and need a batch"):
+        probe(run_copy, {"own": own}, None, steps=SOME, device="cpu")
+    counter.reset()  # beside a probe of the activations, the shared forward is run once, for it
+    probe(run_copy, {"own": own, "loss": outputs.loss_probe()}, probe_batch(), steps=SOME, device="cpu",
+          use_cache=False)
+    assert counter.counts == (len(SOME), len(SOME), len(SOME))
+
+
 def test_partially_cached_probes_only_cache_the_missing_hooks(run_copy, counter):
     batch = probe_batch()
     seen_a: list[set[str]] = []

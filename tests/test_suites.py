@@ -213,7 +213,7 @@ def test_a_linear_probe_and_collected_activations_run_on_a_suite(built, tmp_path
 
     tokens = torch.randint(0, D_VOCAB, (24, 8), generator=torch.Generator().manual_seed(3))
     batch = {"tokens": tokens, "where": torch.ones_like(tokens, dtype=torch.bool), "parity": tokens % 2}
-    lin = linear_probes.linear_probe(hook_name("resid_post", 0), "where", "parity", seed=0)
+    lin = linear_probes.linear_probe(linear_probes.LinearProbeSettings(hook_name("resid_post", 0), "where", "parity"))
     table = probe(suite, {"lin": lin}, batch, steps=[0, 512], device="cpu")
     assert table.steps.tolist() == [0, 512]
     assert np.isfinite(table["lin/accuracy"]).all()

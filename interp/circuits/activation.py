@@ -86,4 +86,4 @@ def activation_patch(model: TransformerBridge, batch: Batch, metric: PatchMetric
 def activation_patching_probe(metric: PatchMetric, kind: ActivationKind = "head_out",
                               by_position: bool = False) -> Probe:
     return Probe(name=f"activation_patching({metric.name},{kind},by_position={by_position})", hooks=(),
-                 fn=lambda ctx: activation_patch(ctx.model, probe_batch(ctx), metric, kind, by_position))
+                 fn=lambda ctx: activation_patch(ctx.model, probe_batch(ctx), metric, kind, by_position), reads="batch")

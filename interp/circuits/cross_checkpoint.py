@@ -140,4 +140,5 @@ def cross_checkpoint_probe(load_source: Callable[[torch.device], TransformerBrid
         return out
 
     chosen_name = None if moved is None else tuple(map(str, moved))
-    return Probe(name=f"cross_checkpoint({source_id},{metric.name},{mode},moved={chosen_name})", hooks=(), fn=fn)
+    return Probe(name=f"cross_checkpoint({source_id},{metric.name},{mode},moved={chosen_name})", hooks=(), fn=fn,
+                 reads="batch")

@@ -103,4 +103,5 @@ def path_patching_probe(metric: PatchMetric, edges: Sequence[EdgeId] | None = No
     """`path_patch_edges` at every checkpoint; columns are edges plus `base` and `source`."""
     chosen = None if edges is None else tuple(edges)
     name = f"path_patching({metric.name},edges={None if chosen is None else tuple(map(str, chosen))})"
-    return Probe(name=name, hooks=(), fn=lambda ctx: path_patch_edges(ctx.model, probe_batch(ctx), metric, chosen))
+    return Probe(name=name, hooks=(), fn=lambda ctx: path_patch_edges(ctx.model, probe_batch(ctx), metric, chosen),
+                 reads="batch")

@@ -41,6 +41,8 @@ def direct_logit_attributions(model: TransformerBridge, batch: Batch, mask_key: 
     `direct_logit_attribution` on a copy of the model in compatibility mode (which folds
     the final norm's weights into the unembedding, as it requires) does the work."""
     mask = _positions(batch, mask_key)
+    # Compatibility mode rewrites the weights in place, and the runner reuses `model` (for the
+    # checkpoint's other probes, then loading the next checkpoint into it): fold a copy.
     folded = copy.deepcopy(model)
     folded.enable_compatibility_mode()
     targets = targets_of(batch).clamp_min(0)
@@ -91,13 +93,13 @@ def logit_lens_readout(model: TransformerBridge, batch: Batch, mask_key: str | N
 def dla_probe(mask_key: str | None = None) -> Probe:
     """`direct_logit_attributions` at every checkpoint."""
     return Probe(name=f"dla({mask_key})", hooks=(), fn=lambda ctx: direct_logit_attributions(ctx.model, _need(ctx),
-                                                                                             mask_key))
+                                                                                             mask_key), reads="batch")
 
 
 def logit_lens_probe(mask_key: str | None = None) -> Probe:
     """`logit_lens_readout` at every checkpoint."""
     return Probe(name=f"logit_lens({mask_key})", hooks=(), fn=lambda ctx: logit_lens_readout(ctx.model, _need(ctx),
-                                                                                             mask_key))
+                                                                                             mask_key), reads="batch")
 
 
 def _need(ctx: ProbeContext) -> Batch:

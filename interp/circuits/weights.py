@@ -14,7 +14,7 @@ pass, milliseconds per checkpoint.
   token?).
 
 These read the weights as trained (layer norms not folded in) and ignore positional
-embeddings, as the papers' definitions do. Each probe has `forward=False`, so
+embeddings, as the papers' definitions do. Each probe has `reads="weights"`, so
 `probe(run, {...})` needs no batch. Columns: composition by `EdgeId` ("L0H1->L1H2.k"),
 copying by `HeadId`, QK matching by `HeadId` (direct) and `EdgeId` into `.k` (through
 the sender head).
@@ -93,7 +93,7 @@ def _weight_probe(name: str, score) -> Probe:
     def fn(ctx: ProbeContext) -> dict[str, float]:
         return {str(key): value for key, value in score(ctx.model).items()}
 
-    return Probe(name=name, hooks=(), fn=fn, forward=False)
+    return Probe(name=name, hooks=(), fn=fn, reads="weights")
 
 
 def composition_probe(inputs: tuple[HeadInput, ...] = ("q", "k", "v")) -> Probe:

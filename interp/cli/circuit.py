@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from interp import seeding
 from interp.cli.checks import check_device, check_period, shape_only
 from interp.cli.runs import model_config, one_run
 from interp.model import check_forward_memory
 from interp.probing import probe
-from interp.train import step_generator
 
 
 def cmd_circuit(args: argparse.Namespace) -> None:
@@ -28,7 +28,8 @@ def cmd_circuit(args: argparse.Namespace) -> None:
     device = check_device(args.device)
     # One forward's worth (patching's extra copies of component writes are not counted yet).
     check_forward_memory(model_cfg, shape_only(args.sequences, 2 * period), (), device)
-    batch = repeated_patch_batch(args.sequences, period, model_cfg.d_vocab, step_generator(args.seed, 0, 2))
+    batch = repeated_patch_batch(args.sequences, period, model_cfg.d_vocab,
+                                 seeding.generator(args.seed, seeding.CLI_BATCHES))
     metric = mean_logprob("in_repeat")
     if args.method in ("dla", "logit-lens"):
         key = args.method.replace("-", "_")

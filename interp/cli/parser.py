@@ -77,10 +77,11 @@ class _RunHelp(argparse.Action):
         parser.exit()
 
 
-def _add_backend_args(p: argparse.ArgumentParser, job: str) -> None:
+def _add_backend_args(p: argparse.ArgumentParser, job: str, default_workers: str = "one per core") -> None:
     p.add_argument("--backend", choices=("local", "ray"), default="local",
                    help=f"where each independent {job} runs (default: local processes)")
-    p.add_argument("--workers", type=OPTIONAL_COUNT, default=0, help="local processes (default 0: one per core)")
+    p.add_argument("--workers", type=OPTIONAL_COUNT, default=0,
+                   help=f"local processes, not part of the config (default 0: {default_workers})")
     p.add_argument("--threads", type=OPTIONAL_COUNT, default=0,
                    help=f"torch threads per {job} (default: cores / workers locally, --cpus-per-job on Ray)")
     p.add_argument("--address", default=None, help="Ray cluster address (default: start a local Ray instance)")
@@ -124,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write into a non-empty --out that holds no output of this analysis (its files may be "
                         "overwritten)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    _add_backend_args(p, "training run of the analysis")
+    _add_backend_args(p, "training run of the analysis", "the preset's count where it sets one, else one per core")
     p.set_defaults(fn=cmd_run)
 
     p = sub.add_parser("sweep", parents=[common],

@@ -6,6 +6,7 @@ import argparse
 import re
 from pathlib import Path
 
+from interp import seeding
 from interp.batches import repeated_tokens
 from interp.checkpoints import Run
 from interp.cli.checks import check_device, check_period, shape_only
@@ -14,9 +15,10 @@ from interp.configs import ConfigError
 from interp.metrics import heads
 from interp.model import check_forward_memory
 from interp.probing import probe
-from interp.train import step_generator
 
-BUILTIN_PROBES = ("prev-token", "induction")
+BUILTIN_PROBES = {"prev-token": "prev", "induction": "induction"}
+"""`interp probe RUN <name>` -> the key its results are cached under: the induction-heads
+analysis's keys for the same probes, so one cache file holds both (`interp plot`, `interp view`)."""
 LINEAR_PROBE = "linear"  # `interp probe RUN linear ...`: a linear probe on a saved batch (`_probe_linear`)
 
 
@@ -36,8 +38,9 @@ def cmd_probe(args: argparse.Namespace) -> None:
     else:
         probe_obj = heads.induction_probe(layers, period)
     check_forward_memory(model_cfg, shape_only(args.sequences, 2 * period), probe_obj.hooks, device)
-    tokens = repeated_tokens(args.sequences, period, model_cfg.d_vocab, step_generator(args.seed, 0, 2))
-    key = args.metric.replace("-", "_")
+    tokens = repeated_tokens(args.sequences, period, model_cfg.d_vocab,
+                             seeding.generator(args.seed, seeding.CLI_BATCHES))
+    key = BUILTIN_PROBES[args.metric]
     table = probe(run, {key: probe_obj}, {"tokens": tokens}, steps=args.steps, device=device,
                   progress=True).select(key)
     print("step  " + " ".join(f"{c:>7s}" for c in table.columns))
@@ -62,8 +65,9 @@ def _probe_linear(run: Run, args: argparse.Namespace) -> None:
     batch = linear_probes.load_batch(args.batch, d_vocab=shape.d_vocab, n_ctx=shape.n_ctx)
     steps = None if args.steps is None else sorted({*args.steps, *([0] if 0 in run.steps else [])})
     probes = {re.sub(r"[^A-Za-z0-9_.+=-]", "_", f"linear-{args.labels}-{hook}"): linear_probes.linear_probe(
-        hook, args.positions, args.labels, args.groups, kind=args.kind, split=args.split,
-        control_types=args.control_types, seed=args.seed) for hook in args.hook}
+        linear_probes.LinearProbeSettings(hook, args.positions, args.labels, args.groups, kind=args.kind,
+                                          split=args.split, control_types=args.control_types,
+                                          fit=linear_probes.FitSettings(seed=args.seed))) for hook in args.hook}
     device = check_device(args.device)
     table = probe(run, probes, batch, steps=steps, device=device, progress=True)
     for (key, probe_obj), hook in zip(probes.items(), args.hook, strict=True):

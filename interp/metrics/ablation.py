@@ -72,6 +72,7 @@ def ablation_probe(
         name=f"ablation({name},{kind},layers={tuple(layers) if layers else None})",
         hooks=(),
         fn=lambda ctx: head_ablation_effect(ctx.model, ctx.batch, metric, kind, layers),
+        reads="batch",
     )
 
 

@@ -3,18 +3,20 @@
 A linear probe reads a property out of one hook's activations at chosen positions with a
 scikit-learn model: logistic regression for class labels, ridge regression for real values,
 on standardised inputs, with the penalty chosen by grouped cross-validation on the training
-split. `linear_probe(...)` returns an `interp.probing.Probe`, so it rides the one runner (one
-forward per checkpoint shared with every other probe asked for at the same time) and its
-cache (`probes/<key>.jsonl`):
+split. `linear_probe(LinearProbeSettings(...))` returns an `interp.probing.Probe`, so it rides
+the one runner (one forward per checkpoint shared with every other probe asked for at the same
+time) and its cache (`probes/<key>.jsonl`):
 
-    probes = {"month": linear_probe(hook_name("resid_post", 1), positions="name_last",
-                                    labels="birth_month", groups="person")}
+    month = LinearProbeSettings(hook_name("resid_post", 1), positions="name_last", labels="birth_month",
+                                groups="person", fit=FitSettings(seed=1))
+    probes = {"month": linear_probe(month)}
     table = probe(run, probes, batch)          # batch: tokens + the three keys named above
     table["month/accuracy"], table["month/selectivity"]
     load_directions(run, "month", probes["month"], batch).drift(period=...)
 
 Positions, labels, groups, an explicit test split and the control task's types are batch
-keys, so the probe's cache key (its name and a hash of the batch) covers their contents.
+keys, so the probe's cache key (its name, `LinearProbeSettings.name`, and a hash of the batch)
+covers their contents.
 
 The controls that make a probe result trustworthy are on by default:
 
@@ -54,9 +56,10 @@ control fit makes its own grouped split (stratified on the control labels).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -74,6 +77,7 @@ from torch import Tensor
 
 from interp import seeding
 from interp.checkpoints import CheckpointSource, Run
+from interp.configs import require
 from interp.errors import InputError, MissingFileError, UnknownNameError
 from interp.files import atomic_write_json, atomic_write_npy, read_json, save_safetensors
 from interp.hooks import hook_name
@@ -83,10 +87,10 @@ from interp.run_layout import PROBES_DIR
 
 Kind = Literal["auto", "classification", "regression"]
 
-LINEAR_PROBE_STREAM = 21
-"""`interp.seeding` streams of a probe's `seed`: `(seed, 21, 0)` draws the test split,
-`(seed, 21, 1)` the cross-validation folds and `(seed, 21, 2)` the control task's labels."""
 SPLIT, FOLDS, CONTROL = 0, 1, 2
+"""A probe's draws from its `seed` (`interp.seeding`): `(seed, LINEAR_PROBES, SPLIT)` the test
+split, `(seed, LINEAR_PROBES, FOLDS)` the cross-validation folds and `(seed, LINEAR_PROBES,
+CONTROL)` the control task's labels."""
 
 DEFAULT_CS = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
 """Inverse penalties of logistic regression tried by cross-validation (standardised inputs)."""
@@ -95,6 +99,76 @@ DEFAULT_ALPHAS = (1e-1, 1.0, 10.0, 100.0, 1000.0)
 VERSION = 1
 """Part of every linear probe's name: a change of the fitting procedure invalidates cached results."""
 META_FILE = "meta.json"
+
+
+# --- settings: what a probe reads and how it is fitted -------------------------------------------
+
+
+@dataclass(frozen=True)
+class FitSettings:
+    """How a linear probe is fitted (see `fit_probe`).
+
+    `control`: fit the control task too; `test_size`: the share of groups a random split holds
+    out; `folds`: grouped cross-validation folds; `Cs` / `alphas`: the penalties tried for
+    logistic / ridge regression; `k`: fit a k-sparse binary probe (TransformerLens's) with the
+    fixed penalty `l2_strength` instead; `seed`: the split, folds and control labels;
+    `max_iter`: of each logistic fit."""
+
+    control: bool = True
+    test_size: float = field(default=0.25, metadata={"key": "test"})
+    folds: int = 3
+    Cs: tuple[float, ...] = DEFAULT_CS
+    alphas: tuple[float, ...] = DEFAULT_ALPHAS
+    k: int | None = None
+    l2_strength: float = field(default=1e-2, metadata={"key": "l2"})
+    seed: int = 0
+    max_iter: int = 200
+
+    def __post_init__(self) -> None:
+        require(self.k is None or isinstance(self.k, int) and not isinstance(self.k, bool) and self.k >= 1, "k",
+                "a positive number of coordinates", self.k)
+        require(isinstance(self.folds, int) and self.folds >= 2, "folds", "an integer >= 2", self.folds)
+        object.__setattr__(self, "Cs", tuple(self.Cs))  # a list is accepted; the frozen settings hold a tuple
+        object.__setattr__(self, "alphas", tuple(self.alphas))
+
+
+@dataclass(frozen=True)
+class LinearProbeSettings:
+    """Everything that decides a linear probe's results: the `hook` it reads and the batch
+    keys of its examples (see `probe_examples`), the labels' `kind`, and how it is `fit`.
+
+    `positions`: the probed positions (bool mask `[batch, pos]` or an index per row);
+    `labels` (integers: classes, logistic regression; floats: values, ridge; or `kind`);
+    `groups`: the unit a probe could memorise (default: the batch row); `split`: an explicit
+    bool test mask (default: a grouped random split); `control_types`: the control task's
+    types (default: the token at the position)."""
+
+    hook: str
+    positions: str
+    labels: str
+    groups: str | None = None
+    kind: Kind = "auto"
+    split: str | None = None
+    control_types: str | None = field(default=None, metadata={"key": "types"})
+    fit: FitSettings = field(default_factory=FitSettings)
+
+    @property
+    def name(self) -> str:
+        """The probe's name, which keys its cache: `linear(hook=...,positions=...,v=VERSION)`,
+        every setting in field order (`fit`'s in its place) under its short key, as cache files
+        have always spelled it."""
+        settings = dict(_named_settings(self))
+        settings["l2"] = self.fit.l2_strength if self.fit.k else None  # only a sparse probe reads it
+        return "linear(" + ",".join(f"{key}={value}" for key, value in {**settings, "v": VERSION}.items()) + ")"
+
+
+def _named_settings(settings: object) -> Iterator[tuple[str, object]]:
+    for f in dataclasses.fields(settings):
+        value = getattr(settings, f.name)
+        if dataclasses.is_dataclass(value):
+            yield from _named_settings(value)
+        else:
+            yield f.metadata.get("key", f.name), list(value) if isinstance(value, tuple) else value
 
 
 # --- examples: what a probe is fitted on -------------------------------------------------------
@@ -194,7 +268,7 @@ def grouped_split(groups: Int[np.ndarray, " example"], *, test_size: float = 0.2
     if test is None:
         if not 0 < test_size < 1:
             raise InputError(f"test_size: expected a fraction in (0, 1), got {test_size}")
-        state = int(seeding.rng(seed, LINEAR_PROBE_STREAM, SPLIT).integers(2**31))
+        state = int(seeding.rng(seed, seeding.LINEAR_PROBES, SPLIT).integers(2**31))
         if n_groups < folds + 2:
             raise InputError(f"groups: {n_groups} distinct groups; a grouped split with {folds} cross-validation "
                              f"folds needs at least {folds + 2} (each group is held out whole)")
@@ -284,7 +358,7 @@ def control_labels(labels: np.ndarray, types: Int[np.ndarray, " example"], train
     """The control task (Hewitt & Liang 2019): every type gets one label drawn from the empirical
     distribution of the training labels, and each example the label of its type."""
     unique, inverse = np.unique(types, return_inverse=True)
-    rng = seeding.rng(seed, LINEAR_PROBE_STREAM, CONTROL)
+    rng = seeding.rng(seed, seeding.LINEAR_PROBES, CONTROL)
     drawn = np.asarray(labels)[train][rng.integers(len(train), size=len(unique))]
     return drawn[inverse]
 
@@ -313,7 +387,7 @@ def _validation_score(model: LogisticRegression | Ridge, features: np.ndarray, l
 
 
 def _cross_validate(kind: str, features: np.ndarray, labels: np.ndarray, groups: np.ndarray, grid: Sequence[float],
-                    folds: int, seed: int, max_iter: int) -> float:
+                    settings: FitSettings) -> float:
     """The penalty of `grid` with the best mean validation score (`_validation_score`) over
     grouped folds of the training examples. Each fold standardises on its own training part.
     The grid is walked from the strongest penalty to the weakest, logistic fits warm-starting
@@ -321,15 +395,15 @@ def _cross_validate(kind: str, features: np.ndarray, labels: np.ndarray, groups:
     so far: the validation curve of a penalty is unimodal in practice, and the weak penalties
     past its peak are the slowest fits (on data with nothing to decode, all of them)."""
     order = sorted(grid) if kind == "classification" else sorted(grid, reverse=True)  # strongest penalty first
-    state = int(seeding.rng(seed, LINEAR_PROBE_STREAM, FOLDS).integers(2**31))
+    state = int(seeding.rng(settings.seed, seeding.LINEAR_PROBES, FOLDS).integers(2**31))
     parts = []
-    for fit_rows, val_rows in GroupKFold(n_splits=folds, shuffle=True, random_state=state).split(
+    for fit_rows, val_rows in GroupKFold(n_splits=settings.folds, shuffle=True, random_state=state).split(
             features, labels, groups):
         if kind == "classification" and len(np.unique(labels[fit_rows])) < 2:
             continue  # a fold with one class cannot rank the penalties
         scaler = StandardScaler().fit(features[fit_rows])
         parts.append((scaler.transform(features[fit_rows]), labels[fit_rows], scaler.transform(features[val_rows]),
-                      labels[val_rows], _model(kind, order[0], max_iter, warm=True)))
+                      labels[val_rows], _model(kind, order[0], settings.max_iter, warm=True)))
     if not parts:
         raise InputError("labels: every cross-validation fold's training part holds a single class")
     scores: list[float] = []
@@ -347,15 +421,13 @@ def _cross_validate(kind: str, features: np.ndarray, labels: np.ndarray, groups:
 def fit_probe(features: Float[np.ndarray, "example feature"], labels: np.ndarray,
               groups: Int[np.ndarray, " example"] | None = None, *, kind: Kind = "auto",
               types: Int[np.ndarray, " example"] | None = None, test: Bool[np.ndarray, " example"] | None = None,
-              control: bool = True, test_size: float = 0.25, folds: int = 3, Cs: Sequence[float] = DEFAULT_CS,
-              alphas: Sequence[float] = DEFAULT_ALPHAS, k: int | None = None, l2_strength: float = 1e-2,
-              seed: int = 0, max_iter: int = 200) -> ProbeFit:
-    """Fit one linear probe with its controls (see the module's docstring).
+              settings: FitSettings = FitSettings()) -> ProbeFit:
+    """Fit one linear probe with its controls (see the module's docstring), as `settings` say.
 
     `groups` (default: every example its own group) decides the grouped split and folds;
     `types` (default: every example its own type) the control task; `test` an explicit test
-    mask. `k` fits a k-sparse binary probe with TransformerLens's `fit_sparse_probe` instead.
-    Deterministic: the same inputs and `seed` give the same fit."""
+    mask. `settings.k` fits a k-sparse binary probe with TransformerLens's `fit_sparse_probe`
+    instead. Deterministic: the same inputs and `settings.seed` give the same fit."""
     features = np.asarray(features, dtype=np.float64)
     labels = np.asarray(labels)
     n = len(labels)
@@ -375,16 +447,17 @@ def fit_probe(features: Float[np.ndarray, "example feature"], labels: np.ndarray
     elif labels.dtype.kind not in "iub":
         raise InputError(f"labels: classification needs integer labels, got {labels.dtype} (kind='regression' for "
                          "real values)")
-    if k is not None:
+    if settings.k is not None:
         if test is not None:
             raise InputError("split: a sparse probe (k) makes its own grouped split; an explicit one is not supported")
-        return _fit_sparse(features, labels, groups, types, kind_, k, control, test_size, l2_strength, seed, max_iter)
-    train, held = grouped_split(groups, test_size=test_size, folds=folds, seed=seed, test=test)
+        return _fit_sparse(features, labels, groups, types, kind_, settings)
+    train, held = grouped_split(groups, test_size=settings.test_size, folds=settings.folds, seed=settings.seed,
+                                test=test)
     if kind_ == "classification" and len(np.unique(labels[train])) < 2:
         raise InputError(f"labels: the training split holds one class ({labels[train][0]}); a classifier needs two")
     if kind_ == "regression" and np.ptp(labels[train]) == 0:
         raise InputError("labels: the training targets are constant; R² is undefined")
-    grid = tuple(alphas if kind_ == "regression" else Cs)
+    grid = settings.alphas if kind_ == "regression" else settings.Cs
     if not grid or min(grid) <= 0:
         raise InputError(f"{'alphas' if kind_ == 'regression' else 'Cs'}: expected positive penalties, got {grid}")
     with threadpool_limits(limits=1), warnings.catch_warnings():
@@ -392,20 +465,20 @@ def fit_probe(features: Float[np.ndarray, "example feature"], labels: np.ndarray
         # (up to 10x slower on a busy 2-core machine). Weak penalties may stop at max_iter on
         # separable data; the chosen penalty is what the validation score says.
         warnings.simplefilter("ignore", ConvergenceWarning)
-        penalty = _cross_validate(kind_, features[train], labels[train], groups[train], grid, folds, seed, max_iter)
+        penalty = _cross_validate(kind_, features[train], labels[train], groups[train], grid, settings)
         scaler = StandardScaler().fit(features[train])
         train_x, test_x = scaler.transform(features[train]), scaler.transform(features[held])
-        model = _model(kind_, penalty, max_iter).fit(train_x, labels[train])
+        model = _model(kind_, penalty, settings.max_iter).fit(train_x, labels[train])
         score, train_score = _score(model, test_x, labels[held]), _score(model, train_x, labels[train])
         control_score = math.nan
-        if control:
-            shuffled = control_labels(labels, types, train, seed)
+        if settings.control:
+            shuffled = control_labels(labels, types, train, settings.seed)
             if kind_ == "classification" and len(np.unique(shuffled[train])) < 2:
                 control_score = float(np.mean(shuffled[held] == shuffled[train][0]))  # one class: constant answer
             elif kind_ == "regression" and np.ptp(shuffled[train]) == 0:
                 control_score = _r2(np.full(len(held), shuffled[train][0]), shuffled[held])
             else:
-                control_model = _model(kind_, penalty, max_iter).fit(train_x, shuffled[train])
+                control_model = _model(kind_, penalty, settings.max_iter).fit(train_x, shuffled[train])
                 control_score = _score(control_model, test_x, shuffled[held])
     coef = np.atleast_2d(model.coef_) / scaler.scale_[None, :]
     intercept = np.atleast_1d(model.intercept_) - coef @ scaler.mean_
@@ -424,8 +497,8 @@ def _chance(labels: np.ndarray, train: np.ndarray, held: np.ndarray) -> float:
     return float(np.mean(labels[held] == values[np.argmax(counts)]))
 
 
-def _fit_sparse(features: np.ndarray, labels: np.ndarray, groups: np.ndarray, types: np.ndarray, kind: str, k: int,
-                control: bool, test_size: float, l2_strength: float, seed: int, max_iter: int) -> ProbeFit:
+def _fit_sparse(features: np.ndarray, labels: np.ndarray, groups: np.ndarray, types: np.ndarray, kind: str,
+                settings: FitSettings) -> ProbeFit:
     """A k-sparse binary probe: TransformerLens's `fit_sparse_probe` (train-split feature
     selection, standardisation and grouped split), for the labels and the control task."""
     from transformer_lens.tools.analysis.sparse_probing import fit_sparse_probe
@@ -434,18 +507,19 @@ def _fit_sparse(features: np.ndarray, labels: np.ndarray, groups: np.ndarray, ty
     if kind != "classification" or len(classes) != 2:
         raise InputError(f"k: a sparse probe needs binary class labels, got {kind} with {len(classes)} classes")
     x, g = torch.from_numpy(features), torch.from_numpy(groups.astype(np.int64))
-    split_seed = int(seeding.rng(seed, LINEAR_PROBE_STREAM, SPLIT).integers(2**62))
+    split_seed = int(seeding.rng(settings.seed, seeding.LINEAR_PROBES, SPLIT).integers(2**62))
+    k = settings.k
 
     def fit(y: np.ndarray):
         return fit_sparse_probe(x, torch.from_numpy((y == classes[1]).astype(np.int64)), k=k, groups=g,
-                                test_fraction=test_size, preprocess="standardize", l2_strength=l2_strength,
-                                seed=split_seed, max_iter=max_iter)
+                                test_fraction=settings.test_size, preprocess="standardize",
+                                l2_strength=settings.l2_strength, seed=split_seed, max_iter=settings.max_iter)
 
     result = fit(labels)
     train, held = result.train_indices.numpy(), result.test_indices.numpy()
     control_score = math.nan
-    if control:
-        shuffled = control_labels(labels, types, train, seed)
+    if settings.control:
+        shuffled = control_labels(labels, types, train, settings.seed)
         try:
             control_score = fit(shuffled).metrics.accuracy if len(np.unique(shuffled)) == 2 else math.nan
         except ValueError:  # the control labels leave a class in fewer than two groups
@@ -457,49 +531,33 @@ def _fit_sparse(features: np.ndarray, labels: np.ndarray, groups: np.ndarray, ty
     predicted = (features[train] @ direction[0] + intercept[0] > 0)
     train_score = float(np.mean(predicted == (labels[train] == classes[1])))
     return ProbeFit("classification", float(result.metrics.accuracy), float(control_score),
-                    _chance(labels, train, held), train_score, l2_strength, direction, intercept, classes,
+                    _chance(labels, train, held), train_score, settings.l2_strength, direction, intercept, classes,
                     train, held, k=k)
 
 
 # --- the probe -----------------------------------------------------------------------------------
 
 
-def linear_probe(hook: str, positions: str, labels: str, groups: str | None = None, *, kind: Kind = "auto",
-                 split: str | None = None, control_types: str | None = None, control: bool = True,
-                 test_size: float = 0.25, folds: int = 3, Cs: Sequence[float] = DEFAULT_CS,
-                 alphas: Sequence[float] = DEFAULT_ALPHAS, k: int | None = None, l2_strength: float = 1e-2,
-                 seed: int = 0, max_iter: int = 200, save_directions: bool = True) -> Probe:
-    """A linear probe of `hook` as an `interp.probing.Probe`, for `probe(run, {key: ...}, batch)`.
-
-    `positions`, `labels`, `groups`, `split` and `control_types` name batch keys (see
-    `probe_examples`): the probed positions (bool mask `[batch, pos]` or an index per row),
-    the labels (integers: classes, logistic regression; floats: values, ridge; or `kind`), the
-    unit a probe could memorise (default: the batch row), an explicit bool test mask (default:
-    a grouped random split of `test_size`), and the control task's types (default: the token at
-    the position). Columns: `ProbeFit.values`. Inside `probe()` the direction is saved at every
-    checkpoint (`load_directions`)."""
-    if k is not None and (not isinstance(k, int) or k < 1):
-        raise InputError(f"k: expected a positive number of coordinates, got {k!r}")
-    if not isinstance(folds, int) or folds < 2:
-        raise InputError(f"folds: expected an integer >= 2, got {folds!r}")
-    settings = {"hook": hook, "positions": positions, "labels": labels, "groups": groups, "kind": kind,
-                "split": split, "types": control_types, "control": control, "test": test_size, "folds": folds,
-                "Cs": list(Cs), "alphas": list(alphas), "k": k, "l2": l2_strength if k else None, "seed": seed,
-                "max_iter": max_iter, "v": VERSION}
-    name = "linear(" + ",".join(f"{key}={value}" for key, value in settings.items()) + ")"
+def linear_probe(settings: LinearProbeSettings, *, save_directions: bool = True) -> Probe:
+    """A linear probe as an `interp.probing.Probe`, for `probe(run, {key: ...}, batch)`: at each
+    checkpoint, the examples `settings` select from the batch (`probe_examples`) fitted as
+    `settings.fit` says (`fit_probe`). Columns: `ProbeFit.values`. Inside `probe()` the
+    direction is saved at every checkpoint (`load_directions`) unless `save_directions` is False."""
+    name, hook = settings.name, settings.hook
 
     def fn(ctx: ProbeContext) -> Mapping[str, float]:
         if ctx.batch is None:
             raise InputError("batch: a linear probe needs a batch with its positions and labels")
-        fields = f"linear probe of {hook} (positions={positions!r}, labels={labels!r}, groups={groups!r})"
+        fields = (f"linear probe of {hook} (positions={settings.positions!r}, labels={settings.labels!r}, "
+                  f"groups={settings.groups!r})")
         if hook not in ctx.acts:
             raise UnknownNameError(f"hook: {hook!r} is not a hook point of this model "
                                    f"(e.g. {hook_name('resid_post', 0)})")
         try:
-            examples = probe_examples(ctx.acts[hook], ctx.batch, positions, labels, groups, split, control_types)
-            fit = fit_probe(examples.features, examples.labels, examples.groups, kind=kind, types=examples.types,
-                            test=examples.test, control=control, test_size=test_size, folds=folds, Cs=Cs,
-                            alphas=alphas, k=k, l2_strength=l2_strength, seed=seed, max_iter=max_iter)
+            examples = probe_examples(ctx.acts[hook], ctx.batch, settings.positions, settings.labels, settings.groups,
+                                      settings.split, settings.control_types)
+            fit = fit_probe(examples.features, examples.labels, examples.groups, kind=settings.kind,
+                            types=examples.types, test=examples.test, settings=settings.fit)
         except ValueError as err:
             raise InputError(f"{fields}: {err}") from None
         if save_directions and ctx.artifacts is not None and ctx.step is not None:
@@ -567,7 +625,7 @@ def load_directions(run: CheckpointSource | str | Path, key: str, probe_obj: Pro
     missing = [direction_file(directory, s) for s in steps if not direction_file(directory, s).exists()]
     if missing:
         raise MissingFileError(f"{missing[0]} is missing ({len(missing)} steps): its result was cached without it; "
-                               "probe again with use_cache=False")
+                                "probe again with use_cache=False")
     stacked = np.stack([np.load(direction_file(directory, s), allow_pickle=False) for s in steps])
     meta = read_json(directory / META_FILE) if (directory / META_FILE).exists() else {}
     return ProbeDirections(np.asarray(steps), stacked, meta)
@@ -699,7 +757,7 @@ def load_batch(path: str | Path, d_vocab: int | None = None, n_ctx: int | None =
     return batch
 
 
-__all__ = ["DEFAULT_ALPHAS", "DEFAULT_CS", "DirectionDrift", "ProbeDirections", "ProbeExamples", "ProbeFit",
-           "baseline_row", "control_labels", "direction_cosines", "direction_drift", "fit_probe", "grouped_split",
-           "linear_probe", "load_batch", "load_directions", "over_baseline", "probe_examples", "save_batch",
-           "save_direction", "select_positions"]
+__all__ = ["DEFAULT_ALPHAS", "DEFAULT_CS", "DirectionDrift", "FitSettings", "LinearProbeSettings", "ProbeDirections",
+           "ProbeExamples", "ProbeFit", "baseline_row", "control_labels", "direction_cosines", "direction_drift",
+           "fit_probe", "grouped_split", "linear_probe", "load_batch", "load_directions", "over_baseline",
+           "probe_examples", "save_batch", "save_direction", "select_positions"]

@@ -53,7 +53,6 @@ logger = logging.getLogger(__name__)
 FORMAT = "interp.view/1"
 PATTERNS_DIR = "patterns"
 EXAMPLE_FILE = "example.json"
-EXAMPLE_STREAM = 9001  # the example sequence's random stream (`interp.seeding`), apart from any analysis's
 MAX_EXAMPLE_LEN = 64  # positions of the example sequence (bounded: the page holds T x T per head and step)
 MAX_PATTERN_STEPS = 80  # checkpoints per run whose patterns the page holds (evenly spread, first and last kept)
 PATTERN_BUDGET = 6 * 2**20  # bytes of float16 patterns in one page, over all its runs
@@ -207,10 +206,10 @@ def example_for(run: Run, period: int | None = None, seed: int = 0,
                                                                           "tokens)")
     longest = min(cfg.n_ctx, MAX_EXAMPLE_LEN) // 2
     if longest < 2:  # a context too short to repeat anything: its random tokens once
-        tokens = repeated_tokens(1, cfg.n_ctx, cfg.d_vocab, seeding.generator(seed, EXAMPLE_STREAM), 1)[0].tolist()
+        tokens = repeated_tokens(1, cfg.n_ctx, cfg.d_vocab, seeding.generator(seed, seeding.EXAMPLES), 1)[0].tolist()
         return Example(tuple(tokens), cfg.n_ctx, token_labels(run, tokens), f"{cfg.n_ctx} random tokens (seed {seed})")
     period = longest if not period else max(2, min(int(period), longest))
-    tokens = repeated_tokens(1, period, cfg.d_vocab, seeding.generator(seed, EXAMPLE_STREAM))[0].tolist()
+    tokens = repeated_tokens(1, period, cfg.d_vocab, seeding.generator(seed, seeding.EXAMPLES))[0].tolist()
     return Example(tuple(tokens), period, token_labels(run, tokens),
                    f"{period} random tokens repeated twice (seed {seed})")
 
