@@ -60,7 +60,8 @@ from interp.configs import ConfigError, require, require_positive
 from interp.files import atomic_write_json, read_json
 from interp.hooks import hook_name
 from interp.metrics import drift, recovery
-from interp.metrics.linear_probes import FitSettings, LinearProbeSettings, linear_probe, load_directions
+from interp.metrics.linear_probes import LinearProbeSettings, linear_probe, load_directions
+from interp.metrics.probe_fitting import FitSettings
 from interp.viz import plot_curves, plot_matrix, plot_trajectory
 from tasks.cyclic import ORDERS, CyclicDocuments, CyclicDocumentsConfig, Order, identity_layout, loss_matrix
 

@@ -90,6 +90,7 @@ def null_probe(hook: str) -> Probe:
 
 def measure(run_dir: Path, variant: str, labels: str, batch: dict, device: torch.device) -> dict:
     fit_seconds, forwards = [0.0], [0]
+    # fit_probe (interp.metrics.probe_fitting) is timed where linear_probe looks it up
     fit, run_with_cache = linear_probes.fit_probe, TransformerBridge.run_with_cache
 
     def timed_fit(*args, **kwargs):

@@ -22,7 +22,7 @@ BATCHES = 0
 CLI_BATCHES = 2
 """The batches `interp probe` and `interp circuit` draw from their `--seed`."""
 LINEAR_PROBES = 21
-"""A linear probe's split, folds and control labels (`interp.metrics.linear_probes`)."""
+"""A linear probe's split, folds and control labels (`interp.metrics.probe_fitting`)."""
 EXAMPLES = 9001
 """The explorer's example sequence (`interp view`), apart from any analysis's streams."""
 

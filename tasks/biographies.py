@@ -40,7 +40,8 @@ from interp.configs import require, require_literals, require_positive
 from interp.hooks import hook_name
 from interp.ids import HeadId
 from interp.metrics import heads, spans
-from interp.metrics.linear_probes import FitSettings, LinearProbeSettings, linear_probe
+from interp.metrics.linear_probes import LinearProbeSettings, linear_probe
+from interp.metrics.probe_fitting import FitSettings
 from interp.model import Batch, FwdHook, Patterns, forward, token_losses
 from interp.pipeline import nearest_step, read_task
 from interp.probing import Probe, ProbeTable, probe

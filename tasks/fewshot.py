@@ -32,8 +32,9 @@ from torch import Tensor
 
 from interp.configs import require, require_positive
 from interp.metrics import heads
-from interp.metrics.linear_probes import FitSettings, LinearProbeSettings, linear_probe
+from interp.metrics.linear_probes import LinearProbeSettings, linear_probe
 from interp.metrics.outputs import token_set_mass, token_set_mass_probe
+from interp.metrics.probe_fitting import FitSettings
 from interp.metrics.spans import first_crossing
 from interp.model import IGNORE_INDEX, Batch, batch_to, forward
 from interp.probing import Probe, ProbeTable

@@ -52,7 +52,7 @@ class Finding:
 ALLOWED: dict[tuple[str, str, str], str] = {
     ("interp/batches.py", "repeated_patch_batch", "factory"):
         "a patching batch drawn from a CPU generator; probe() moves the batch with batch_to",
-    ("interp/metrics/linear_probes.py", "_fit_sparse", "numpy_on_device"):
+    ("interp/metrics/probe_fitting.py", "_fit_sparse", "numpy_on_device"):
         "TransformerLens's sparse probe fitted on CPU tensors made with torch.from_numpy: its results are on the CPU",
     ("interp/probing.py", "text_batch", "factory"):
         "token ids from a tokenizer, a CPU batch; probe() moves it with batch_to",

@@ -1,6 +1,7 @@
-"""Linear probes (interp.metrics.linear_probes): known answers on synthetic activations (Bayes
-accuracy, chance under permuted labels, grouped splits that refuse leaks, the control task,
-direction cosines under a known rotation), and the probe inside the one-forward runner and CLI."""
+"""Linear probes (interp.metrics.probe_fitting, interp.metrics.linear_probes): known answers on
+synthetic activations (Bayes accuracy, chance under permuted labels, grouped splits that refuse
+leaks, the control task, direction cosines under a known rotation), and the probe inside the
+one-forward runner and CLI."""
 
 from __future__ import annotations
 
@@ -15,18 +16,16 @@ from interp.cli import main
 from interp.hooks import hook_name
 from interp.metrics import outputs
 from interp.metrics.linear_probes import (
-    FitSettings,
     LinearProbeSettings,
     baseline_row,
     direction_drift,
-    fit_probe,
-    grouped_split,
     linear_probe,
     load_directions,
     over_baseline,
     probe_examples,
     save_batch,
 )
+from interp.metrics.probe_fitting import FitSettings, fit_probe, grouped_split
 from interp.probing import probe, probe_artifacts
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from interp import seeding
-from interp.metrics.linear_probes import CONTROL, FOLDS, SPLIT
+from interp.metrics.probe_fitting import CONTROL, FOLDS, SPLIT
 
 
 def draw(generator: torch.Generator) -> list[int]:

@@ -55,7 +55,7 @@ def _probe_linear(run: Run, args: argparse.Namespace) -> None:
     """A linear probe per `--hook` on the batch file `--batch` (written by
     `interp.metrics.linear_probes.save_batch`: tokens plus the keys named by --positions,
     --labels, ...), at every checkpoint; step 0, the random-init baseline, is always included."""
-    from interp.metrics import linear_probes  # scikit-learn: imported only when asked for
+    from interp.metrics import linear_probes, probe_fitting  # scikit-learn: imported only when asked for
 
     for flag, value in (("--batch", args.batch), ("--hook", args.hook), ("--positions", args.positions),
                         ("--labels", args.labels)):
@@ -67,7 +67,7 @@ def _probe_linear(run: Run, args: argparse.Namespace) -> None:
     probes = {re.sub(r"[^A-Za-z0-9_.+=-]", "_", f"linear-{args.labels}-{hook}"): linear_probes.linear_probe(
         linear_probes.LinearProbeSettings(hook, args.positions, args.labels, args.groups, kind=args.kind,
                                           split=args.split, control_types=args.control_types,
-                                          fit=linear_probes.FitSettings(seed=args.seed))) for hook in args.hook}
+                                          fit=probe_fitting.FitSettings(seed=args.seed))) for hook in args.hook}
     device = check_device(args.device)
     table = probe(run, probes, batch, steps=steps, device=device, progress=True)
     for (key, probe_obj), hook in zip(probes.items(), args.hook, strict=True):
