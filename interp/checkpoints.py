@@ -16,7 +16,6 @@ import re
 import secrets
 import shutil
 from collections.abc import Iterator
-from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -40,7 +39,6 @@ from interp.files import (
     scan_jsonl,
     sha256_file,
 )
-from interp.locking import run_lock
 from interp.model import ModelConfig, build_model, load_model_state_dict, model_state_dict
 from interp.run_layout import (
     CHECKPOINTS_DIR,
@@ -81,8 +79,9 @@ class CheckpointSource(Protocol):
     Hugging Face format, such as Pythia's revisions (`interp.suites.CheckpointSuite`).
 
     Results derived from the checkpoints (the probe cache `probes/`, `figures/`) live under
-    `path`, written under `lock()`; `checkpoint_hash(step)` identifies a checkpoint's weights,
-    so a cached result is reused only for the weights it was computed on."""
+    `path`, written under its lock (`interp.locking.run_lock`; a folder this process cannot
+    write has its cache elsewhere, `interp.cache_dirs`); `checkpoint_hash(step)` identifies a
+    checkpoint's weights, so a cached result is reused only for the weights it was computed on."""
 
     path: Path
     """The directory of results derived from these checkpoints (a run: the run directory)."""
@@ -115,8 +114,6 @@ class CheckpointSource(Protocol):
         ...
 
     def checkpoint_hash(self, step: int) -> str: ...
-
-    def lock(self) -> AbstractContextManager[None]: ...
 
     def metrics(self) -> list[dict[str, Any]]:
         """The training log, one row per logged step (a suite: none)."""
@@ -154,10 +151,6 @@ class Run:
 
     def __repr__(self) -> str:
         return f"Run({str(self.path)!r}, steps={len(self.steps)})"
-
-    def lock(self) -> AbstractContextManager[None]:
-        """This run's writer lock (`run_lock`), as a context manager."""
-        return run_lock(self.path)
 
     @property
     def tokenizer(self) -> None:

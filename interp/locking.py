@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import stat
 import threading
@@ -12,7 +13,17 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
+from interp.errors import InputError
 from interp.run_layout import LOCK_FILE, CheckpointError, RunDamagedError
+
+LOG = logging.getLogger(__name__)
+
+BRIEF_WAIT_S = 30.0
+"""How long a writer waits for a lock whose holder is expected to let go soon (a probe caching
+its results, a circuit saving its graphs, training starting while a probe writes the run)."""
+BRIEF_WAIT_ENV = "INTERP_LOCK_WAIT"
+"""The environment variable that overrides `BRIEF_WAIT_S` (seconds; 0 fails at once)."""
+_POLL_S = 0.1
 
 
 class RunInUseError(CheckpointError):
@@ -32,16 +43,32 @@ _HELD: dict[Path, _Held] = {}
 _HELD_GUARD = threading.Lock()
 
 
+def brief_wait() -> float:
+    """Seconds to wait for a briefly held lock: `$INTERP_LOCK_WAIT`, else `BRIEF_WAIT_S`."""
+    text = os.environ.get(BRIEF_WAIT_ENV, "").strip()
+    if not text:
+        return BRIEF_WAIT_S
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not seconds >= 0:  # also refuses nan
+        raise InputError(f"{BRIEF_WAIT_ENV}: expected a number of seconds >= 0, got {text!r}")
+    return seconds
+
+
 @contextmanager
-def run_lock(path: str | Path) -> Iterator[None]:
+def run_lock(path: str | Path, wait: float = 0.0) -> Iterator[None]:
     """Hold the writer lock of run directory `path` (created if missing) for the `with` block.
 
     The lock is an `fcntl.flock` on `path/.lock`, which holds the writer's pid. A second
-    writer fails at once with `RunInUseError` ("run directory X is in use by pid N")
-    instead of interleaving its files with the first one's. The kernel drops a flock when
-    its process dies, however it dies, so the lock of a killed writer is free for the next
-    one: there is no stale lock to detect or break. Nested use in the thread that holds the
-    lock is allowed (a training callback may probe its own run). Readers take no lock.
+    writer fails with `RunInUseError` ("run directory X is in use by pid N") instead of
+    interleaving its files with the first one's: at once, or after polling for up to `wait`
+    seconds (logging once that it waits, and for whom) where the holder needs the lock only
+    briefly (`brief_wait()`). The kernel drops a flock when its process dies, however it
+    dies, so the lock of a killed writer is free for the next one: there is no stale lock to
+    detect or break. Nested use in the thread that holds the lock is allowed (a training
+    callback may probe its own run). Readers take no lock.
 
     `.lock` is opened by name, never through a link, and written only once it is known to be
     a regular file with no other name: a shared or downloaded run whose `.lock` is a link
@@ -59,7 +86,11 @@ def run_lock(path: str | Path) -> Iterator[None]:
                 raise RunInUseError(f"run directory {directory} is in use by pid {pid} (another thread)")
             held.depth += 1
         else:
-            held = _HELD[key] = _Held(*_acquire(key / LOCK_FILE, directory), pid, thread)
+            held = None
+    if held is None:  # outside the guard, which a wait would hold up for every other directory
+        acquired = _Held(*_acquire(key / LOCK_FILE, directory, wait), pid, thread)
+        with _HELD_GUARD:
+            held = _HELD[key] = acquired
     failed = False
     try:
         yield
@@ -74,8 +105,11 @@ def run_lock(path: str | Path) -> Iterator[None]:
                 _release(held.fd, key / LOCK_FILE if failed and held.created else None)
 
 
-def _acquire(lock_path: Path, directory: Path) -> tuple[int, bool]:
-    """(fd, created) of the flock-held lock file, the pid written in it."""
+def _acquire(lock_path: Path, directory: Path, wait: float) -> tuple[int, bool]:
+    """(fd, created) of the flock-held lock file, the pid written in it; polled for up to
+    `wait` seconds while another process holds it."""
+    deadline = time.monotonic() + wait
+    waiting = False
     while True:
         fd, created = _open_lock(lock_path)
         try:
@@ -87,7 +121,14 @@ def _acquire(lock_path: Path, directory: Path) -> tuple[int, bool]:
         except BlockingIOError:
             holder = _lock_holder(fd)
             os.close(fd)
-            raise RunInUseError(f"run directory {directory} is in use by {holder}") from None
+            if time.monotonic() >= deadline:
+                waited = f" (waited {wait:g} s)" if wait > 0 else ""
+                raise RunInUseError(f"run directory {directory} is in use by {holder}{waited}") from None
+            if not waiting:
+                LOG.warning("waiting for %s (held by %s) for up to %g s", directory, holder, wait)
+                waiting = True
+            time.sleep(_POLL_S)
+            continue
         except BaseException:
             os.close(fd)
             raise

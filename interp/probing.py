@@ -10,10 +10,12 @@ own (patching, readouts) or reads only the weights says so (`Probe.reads`), and 
 checkpoint whose probes all do gets no shared forward. Results are cached per checkpoint in
 `probes/<key>.jsonl`, keyed by the probe's name, the batch contents and the
 checkpoint's hash, so re-probing a finished run costs nothing. A probe's key is
-the cache file's stem, so it must be a plain file name. Writing the cache takes
-the run's lock (`interp.locking.run_lock`); a fully cached call writes nothing, and a
-call on a run another process is writing, or on a read-only one, computes without caching
-(with a warning) rather than failing.
+the cache file's stem, so it must be a plain file name. A run this process cannot write
+keeps its cache in a folder outside it (`interp.cache_dirs`), which readers look in after the
+run's own. Writing the cache takes that folder's lock, waiting briefly for another holder
+(`interp.locking.brief_wait`); a fully cached call writes nothing, and a call on a run another
+process still writes after the wait computes without caching (with a warning naming the
+holder) rather than failing.
 The cache is strict JSON: a NaN or infinite probe value is stored as null and
 read back as NaN. The batch may be text where the source has a tokenizer (`text_batch`).
 """
@@ -38,6 +40,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from transformer_lens.model_bridge import TransformerBridge
 
+from interp.cache_dirs import cache_dirs, lock_cache_dir
 from interp.checkpoints import CheckpointSource, Run
 from interp.errors import InputError, UnknownNameError
 from interp.files import JsonlScan, append_jsonl, atomic_write_bytes, dumps_json, scan_jsonl
@@ -59,9 +62,9 @@ class ProbeContext:
     step: int | None = None
     """The checkpoint's step (None outside `probe()`)."""
     artifacts: Path | None = None
-    """A directory of the run (`probe_artifacts`, not yet created) where this probe may save
-    files of its own, e.g. `step_000123.npy`; `probe()` holds the run's lock while the probe
-    runs. None outside `probe()`: nothing to save."""
+    """A directory of the run's cache (`probe_artifacts`, not yet created) where this probe may
+    save files of its own, e.g. `step_000123.npy`; `probe()` holds the cache's lock while the
+    probe runs. None outside `probe()` or where the results are not cached: nothing to save."""
 
 
 ProbeReads = Literal["activations", "batch", "weights"]
@@ -272,12 +275,22 @@ def _flatten(probes: Mapping[str, Probe], ctx: ProbeContext,
 
 
 def probe_artifacts(run: CheckpointSource, key: str, probe_obj: Probe, batch: Batch | None,
-                    device: str | torch.device | None = None) -> Path:
+                    device: str | torch.device | None = None, cache_dir: Path | None = None) -> Path:
     """The directory where probe `key` saves files of its own (`ProbeContext.artifacts`):
-    `probes/<key>/<id>/`, `<id>` a hash of the probe's name, the batch and the numerics the
-    probe runs in on `device` (default: as `probe()` chooses)."""
+    `probes/<key>/<id>/` in `cache_dir` (default: the first of the run's cache folders,
+    `interp.cache_dirs`, that holds it, else the run), `<id>` a hash of the probe's name, the
+    batch and the numerics the probe runs in on `device` (default: as `probe()` chooses)."""
     ident = f"{probe_obj.name}\0{batch_hash(batch)}\0{numerics(run, resolve_device(device))}"
-    return run.path / PROBES_DIR / key / hashlib.sha256(ident.encode()).hexdigest()[:16]
+    inside = Path(PROBES_DIR, key, hashlib.sha256(ident.encode()).hexdigest()[:16])
+    if cache_dir is None:
+        cache_dir = next((d for d in cache_dirs(run.path) if (d / inside).is_dir()), run.path)
+    return cache_dir / inside
+
+
+def probe_cache_files(run: CheckpointSource) -> list[Path]:
+    """Every probe cache file of `run`, `probes/<key>.jsonl`: the run's own, then those in the
+    cache folder outside it (`interp.cache_dirs`)."""
+    return [path for directory in cache_dirs(run.path) for path in sorted((directory / PROBES_DIR).glob("*.jsonl"))]
 
 
 Text = str | Sequence[str]
@@ -362,7 +375,6 @@ def probe(
     if missing:
         raise UnknownNameError(f"steps {missing} have no checkpoint in {run!r}; available: {run.steps}")
     batch_id = batch_hash(batch)
-    probe_dir = run.path / PROBES_DIR
     hashes = {step: run.checkpoint_hash(step) for step in steps}
 
     run_numerics = numerics(run, device)
@@ -370,27 +382,26 @@ def probe(
     def cache_key(key: str, step: int) -> CacheKey:
         return (probes[key].name, batch_id, hashes[step], run_numerics, step)
 
-    def read_cache() -> dict[str, JsonlScan]:
-        return {key: scan_jsonl(probe_dir / f"{key}.jsonl") for key in probes}
-
     cached: dict[CacheKey, dict[str, float]] = {}
     if use_cache:
-        for scan in read_cache().values():
-            cached.update(cache_rows(scan).results)
+        for directory in cache_dirs(run.path):
+            for key in probes:
+                cached.update(cache_rows(scan_jsonl(directory / PROBES_DIR / f"{key}.jsonl")).results)
     todo = [step for step in steps if any(cache_key(key, step) not in cached for key in probes)]
-    if todo:  # only a call that computes something writes, and takes the run's lock for it
+    if todo:  # only a call that computes something writes, and takes its cache folder's lock for it
         with ExitStack() as held:
-            store = _hold_cache_lock(run, held)
-            if store:
+            cache_dir = _hold_cache_lock(run, held)
+            probe_dir = None if cache_dir is None else cache_dir / PROBES_DIR
+            if probe_dir is not None:
                 probe_dir.mkdir(exist_ok=True)
-                for key, scan in read_cache().items():  # again: the last writer may have changed them
+                for key in probes:  # again: the last writer may have changed them
+                    scan = scan_jsonl(probe_dir / f"{key}.jsonl")
                     _repair_cache(probe_dir / f"{key}.jsonl", scan)
                     if use_cache:
                         cached.update(cache_rows(scan).results)
-            artifacts = {key: probe_artifacts(run, key, p, batch, device) for key, p in probes.items()} if store \
-                else None
-            _compute(run, probes, batch, todo, cached, cache_key, device, progress, probe_dir if store else None,
-                     artifacts)
+            artifacts = None if cache_dir is None else \
+                {key: probe_artifacts(run, key, p, batch, device, cache_dir) for key, p in probes.items()}
+            _compute(run, probes, batch, todo, cached, cache_key, device, progress, probe_dir, artifacts)
 
     rows = [{f"{key}/{n}": v for key in probes for n, v in cached[cache_key(key, step)].items()} for step in steps]
     columns = tuple(sorted({c for row in rows for c in row}))
@@ -418,21 +429,25 @@ class CachedComputation:
 
 
 def cached_computations(run: CheckpointSource, key: str) -> list[CachedComputation]:
-    """Every computation in `probes/<key>.jsonl` at `run`'s current checkpoints, the most
-    complete first (the latest written on a tie): what a reader of the cache draws from, one
-    computation per curve, never a mix of batches or precisions."""
-    scan = scan_jsonl(run.path / PROBES_DIR / f"{key}.jsonl")
-    rows = cache_rows(scan)
+    """Every computation in `probes/<key>.jsonl` (the run's, then the one in its cache folder
+    outside it) at `run`'s current checkpoints, the most complete first (the latest written on
+    a tie): what a reader of the cache draws from, one computation per curve, never a mix of
+    batches or precisions."""
     current = {run.checkpoint_hash(step): step for step in run.steps}
     groups: dict[tuple[str, str, str], dict[int, dict[str, float]]] = {}
     latest: dict[tuple[str, str, str], int] = {}
-    for found, values in [*rows.results.items(), *rows.legacy.items()]:
-        probe_name, batch_id, weights, row_numerics, step = found
-        if current.get(weights) != step:
-            continue
-        group = (probe_name, batch_id, row_numerics)
-        groups.setdefault(group, {})[step] = values
-        latest[group] = max(latest.get(group, -1), rows.order[found])
+    written_before = 0  # rows of an earlier folder's file count as written before this one's
+    for directory in cache_dirs(run.path):
+        scan = scan_jsonl(directory / PROBES_DIR / f"{key}.jsonl")
+        rows = cache_rows(scan)
+        for found, values in [*rows.results.items(), *rows.legacy.items()]:
+            probe_name, batch_id, weights, row_numerics, step = found
+            if current.get(weights) != step:
+                continue
+            group = (probe_name, batch_id, row_numerics)
+            groups.setdefault(group, {}).setdefault(step, values)
+            latest[group] = max(latest.get(group, -1), written_before + rows.order[found])
+        written_before += len(scan.rows)
     out = []
     for group in sorted(groups, key=lambda g: (-len(groups[g]), -latest[g])):
         by_step = groups[group]
@@ -445,20 +460,21 @@ def cached_computations(run: CheckpointSource, key: str) -> list[CachedComputati
     return out
 
 
-def _hold_cache_lock(run: CheckpointSource, held: ExitStack) -> bool:
-    """Take the run's lock into `held` to write its cache; False (results computed, not cached,
-    with a warning) where another process writes the run or it is not writable: a reader
-    needs the cache only to save time."""
+def _hold_cache_lock(run: CheckpointSource, held: ExitStack) -> Path | None:
+    """Take the lock of the folder `run`'s cache is written in (`interp.cache_dirs`) into
+    `held` and return the folder; None (results computed, not cached, with a warning) where
+    another process holds it past the brief wait or it cannot be written: a reader needs the
+    cache only to save time."""
     try:
-        held.enter_context(run.lock())
-        return True
+        return held.enter_context(lock_cache_dir(run.path))
     except RunInUseError as err:
         LOG.warning("%s; probing without caching the results", err)
     except OSError as err:
         if err.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
             raise
-        LOG.warning("%s is not writable (%s); probing without caching the results", run.path, err.strerror)
-    return False
+        LOG.warning("%s is not writable (%s); probing without caching the results", err.filename or run.path,
+                    err.strerror)
+    return None
 
 
 def _compute(run: CheckpointSource, probes: Mapping[str, Probe], batch: Batch | None, steps: list[int],
@@ -520,4 +536,4 @@ def collect_activations(
 
 __all__ = ["CachedComputation", "Column", "Probe", "ProbeContext", "ProbeReads", "ProbeTable", "batch_hash",
            "cache_rows", "cached_computations", "collect_activations", "numerics", "probe", "probe_artifacts",
-           "run_probes", "text_batch"]
+           "probe_cache_files", "run_probes", "text_batch"]

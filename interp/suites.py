@@ -38,7 +38,7 @@ import os
 import re
 import weakref
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -338,10 +338,6 @@ class CheckpointSuite:
         return []
 
     # --- the cache of results ---
-    def lock(self) -> AbstractContextManager[None]:
-        """The writer lock of this suite's cache (`interp.locking.run_lock` on `path`)."""
-        return run_lock(self.path)
-
     def checkpoint_hash(self, step: int) -> str:
         """The checkpoint's identity, which keys its cached probe results: `model@revision` for
         a hub suite, the sha256 of the step folder's config and weight files for a folder."""
@@ -387,7 +383,7 @@ class CheckpointSuite:
 
     def _save_file_hashes(self) -> None:
         try:
-            with self.lock():
+            with run_lock(self.path):
                 atomic_write_json(self.path / HASHES_FILE, {"files": self._file_hashes()})
         except RunInUseError:
             pass  # another process writes this cache now; the memo only saves hashing, so the next call stores it

@@ -37,7 +37,7 @@ from interp.configs import require, require_finite, require_literals, require_po
 from interp.errors import InputError, OutputExistsError
 from interp.files import NonFiniteError
 from interp.ids import CheckpointRef
-from interp.locking import run_lock
+from interp.locking import brief_wait, run_lock
 from interp.model import (
     Batch,
     FwdHook,
@@ -494,7 +494,9 @@ def train(
     or metrics.jsonl) is refused rather than overwritten.
 
     The run directory's lock (`run_lock`) is held throughout: a second writer of the
-    same directory fails at once with `RunInUseError`. Training stops with
+    same directory fails with `RunInUseError`. Taking it, training waits up to
+    `interp.locking.brief_wait()` seconds (saying so) for a holder that needs it briefly:
+    a probe caching its results in the run when training starts or resumes. Training stops with
     `NonFiniteError`, naming the step, at the first NaN or infinite training loss,
     gradient norm, evaluation or weight, before anything non-finite is logged or saved.
 
@@ -508,8 +510,8 @@ def train(
     device = resolve_device(device)
     config = _run_config(model_cfg, train_cfg, config_extra or {})  # checked before anything is created
     # One writer per run directory for as long as it trains: a second `train` on the same
-    # directory fails at once instead of interleaving its checkpoints and rows with ours.
-    with run_lock(run_dir):
+    # directory fails instead of interleaving its checkpoints and rows with ours.
+    with run_lock(run_dir, wait=brief_wait()):
         start = _open_run(run_dir, config, train_cfg, resume=resume, device=device)
         if start.finished:
             return start.run

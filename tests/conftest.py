@@ -31,6 +31,15 @@ from interp.train import TrainHooks, checkpoint_schedule, train
 torch.set_num_threads(threads_for_tests())
 
 
+@pytest.fixture(autouse=True)
+def private_cache_dir(tmp_path_factory, monkeypatch) -> Path:
+    """Each test's own folder for caches outside read-only runs (`interp.cache_dirs`): never the
+    user's ~/.cache, and no test sees another's (copies of one run share a folder by content)."""
+    folder = tmp_path_factory.mktemp("outside-cache")
+    monkeypatch.setenv("INTERP_CACHE_DIR", str(folder))
+    return folder
+
+
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory) -> TrainedRun:
     """A finished 8-step run with checkpoints at 0, 2, 4, 6, 8 and, for each

@@ -202,11 +202,16 @@ def test_temporary_files_of_an_analysis_level_kill_are_listed_and_removed_on_res
     assert again["induction_score_final"] == first["induction_score_final"]
 
 
-def test_a_run_another_process_writes_is_probed_without_caching(run_copy, tmp_path, caplog):
+def test_a_run_another_process_writes_past_the_wait_is_probed_without_caching(run_copy, tmp_path, caplog,
+                                                                             monkeypatch):
     import subprocess
     import sys
     import time
 
+    from interp import locking
+
+    monkeypatch.delenv(locking.BRIEF_WAIT_ENV, raising=False)
+    monkeypatch.setattr(locking, "BRIEF_WAIT_S", 0.3)  # the holder outlives the wait
     probes = {"ind": heads.induction_probe(layers=[1], period=PERIOD)}
     expected = probe(run_copy, probes, batch(), use_cache=False)
     (run_copy.path / PROBES_DIR / "ind.jsonl").unlink()
@@ -227,4 +232,5 @@ def test_a_run_another_process_writes_is_probed_without_caching(run_copy, tmp_pa
         holder.wait()
     np.testing.assert_array_equal(got.values, expected.values)
     assert not (run_copy.path / PROBES_DIR / "ind.jsonl").exists()  # nothing written past the other writer
-    assert any("in use by" in r.getMessage() and "without caching" in r.getMessage() for r in caplog.records)
+    assert f"run directory {run_copy.path} is in use by pid {holder.pid} (waited 0.3 s); probing without caching " \
+        "the results" in [r.getMessage() for r in caplog.records]

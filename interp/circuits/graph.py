@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from interp.cache_dirs import cache_dirs, lock_cache_dir
 from interp.checkpoints import CheckpointSource
 from interp.errors import InputError, MissingFileError
 from interp.files import atomic_write_bytes, dumps_json, loads_json, sha256_file
@@ -355,16 +356,21 @@ class GraphSet:
 
 @dataclass(frozen=True)
 class SavedGraphs:
-    """What `save_graphs` did: the set as its index now reads, and whether this call created
-    it (False: the same probe and batch were saved before, and their set was updated in place)."""
+    """What `save_graphs` did: the set as its index now reads, whether this call created it
+    (False: the same probe and batch were saved before, and their set was updated in place,
+    or held these graphs already), and the cache folder it is in: the run, or the folder
+    outside a read-only run (`interp.cache_dirs`)."""
 
     graph_set: GraphSet
     created: bool
+    cache_dir: Path
 
 
 def graph_dir(run_dir: str | Path, key: str) -> Path:
-    """The folder of `key`'s graph sets."""
-    return Path(run_dir) / CIRCUITS_DIR / key
+    """The folder of `key`'s graph sets: in the first of the run's cache folders that holds
+    the key (the run, then the folder outside it, `interp.cache_dirs`), else in the run."""
+    found = [d / CIRCUITS_DIR / key for d in cache_dirs(Path(run_dir))]
+    return next((folder for folder in found if folder.is_dir()), found[0])
 
 
 def _read_object(path: Path) -> dict[str, Any]:
@@ -375,14 +381,6 @@ def _read_object(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise InputError(f"{path}: expected a JSON object, got {type(data).__name__}")
     return data
-
-
-def _write_if_changed(path: Path, data: Mapping[str, Any]) -> None:
-    """Write `data` atomically unless the file holds it already: saving the same trace again
-    leaves its files as they were."""
-    encoded = dumps_json(data, path).encode()
-    if not path.exists() or path.read_bytes() != encoded:
-        atomic_write_bytes(path, encoded)
 
 
 def _legacy_set(folder: Path, key: str, default: bool) -> GraphSet:
@@ -460,22 +458,22 @@ def read_graph_set(run_dir: str | Path, key: str, graph_set: GraphSetId | str | 
 
 
 def graph_keys(run_dir: str | Path) -> list[str]:
-    """The keys with saved graphs in the run, sorted."""
-    root = Path(run_dir) / CIRCUITS_DIR
-    if not root.is_dir():
-        return []
-    return sorted(p.name for p in root.iterdir()
-                  if p.is_dir() and ((p / SET_INDEX).exists() or (p / KEY_INDEX).exists() or _saved_ids(p)))
+    """The keys with saved graphs in the run (or in the folder outside it, `interp.cache_dirs`), sorted."""
+    roots = [d / CIRCUITS_DIR for d in cache_dirs(Path(run_dir))]
+    return sorted({p.name for root in roots if root.is_dir() for p in root.iterdir()
+                   if p.is_dir() and ((p / SET_INDEX).exists() or (p / KEY_INDEX).exists() or _saved_ids(p))})
 
 
 def save_graphs(run: CheckpointSource, key: str, graphs: Sequence[CircuitGraph], source: GraphSource,
                 make_default: bool = False) -> SavedGraphs:
     """Write `graphs` (one per step) into the set of `source` under `key`,
-    `<run>/circuits/<key>/<set id>/step_<N>.json`, and its index, under the run's lock.
-    Another source makes another set and leaves every other set's files as they were; the
-    same source again updates its own set (steps added, a step whose checkpoint was
-    rewritten replaced). The first set of a key becomes its default; `make_default` makes
-    this one the default even when the key has one."""
+    `<run>/circuits/<key>/<set id>/step_<N>.json`, and its index, under the run's lock
+    (a read-only run's: in the folder outside it, `interp.cache_dirs`). Another source makes
+    another set and leaves every other set's files as they were; the same source again updates
+    its own set (steps added, a step whose checkpoint was rewritten replaced), and a set that
+    holds these graphs already is left alone, without taking the lock (so a read-only run
+    whose graphs are saved needs no folder outside it). The first set of a key becomes its
+    default; `make_default` makes this one the default even when the key has one."""
     if not graphs:
         raise InputError(f"graphs: expected at least one graph to save under {key!r}, got none")
     first = graphs[0]
@@ -483,39 +481,62 @@ def save_graphs(run: CheckpointSource, key: str, graphs: Sequence[CircuitGraph],
     if mixed:
         raise InputError(f"graphs: expected one method and metric in a set, got {(first.method, first.metric)} "
                          f"and {mixed[0]}")
-    folder = graph_dir(run.path, key)
-    set_id = source.set_id
-    set_folder = folder / str(set_id)
-    with run.lock():
-        index = set_folder / SET_INDEX
-        created = not index.exists()
-        checkpoints: dict[int, str] = {}
-        digests: dict[int, str] = {}
-        if not created:
-            saved = _new_set(folder, key, set_id, False)
-            found = (saved.method, saved.metric, saved.probe, saved.batch, saved.numerics)
-            if found != (first.method, first.metric, source.probe, source.batch, source.numerics):
-                raise InputError(f"{index}: method, metric, probe, batch, numerics: expected "
-                                 f"{(first.method, first.metric)} of {source}, got {found}")
-            checkpoints = {s: str(sha) for s, sha in saved.checkpoints.items()}
-            digests = dict(saved.digests)
-        set_folder.mkdir(parents=True, exist_ok=True)
-        for graph in graphs:
-            step_file = set_folder / f"step_{graph.step}.json"
-            _write_if_changed(step_file, graph.to_json())
-            checkpoints[graph.step] = run.checkpoint_hash(graph.step)
-            digests[graph.step] = sha256_file(step_file)
-        # The set's index last: a set is listed only once its graphs are all on disk.
-        _write_if_changed(index, {
-            "format": SET_FORMAT, "key": key, "id": str(set_id), "method": first.method, "metric": first.metric,
-            "probe": source.probe, "batch": source.batch, "numerics": source.numerics,
-            "checkpoints": [{"step": s, "checkpoint": checkpoints[s], "sha256": digests[s]}
-                            for s in sorted(checkpoints)]})
-        key_index = folder / KEY_INDEX
-        if make_default or not key_index.exists():
-            default = set_id if make_default or not (folder / SET_INDEX).exists() else LEGACY_SET
-            _write_if_changed(key_index, {"format": KEY_FORMAT, "key": key, "default": str(default)})
-        return SavedGraphs(read_graph_set(run.path, key, set_id), created)
+    for directory in cache_dirs(run.path):
+        folder = directory / CIRCUITS_DIR / key
+        if (folder / str(source.set_id) / SET_INDEX).exists():
+            files, _ = _planned_files(run, folder, key, graphs, source, make_default)
+            if not _changed(files):
+                return SavedGraphs(read_graph_set(directory, key, source.set_id), False, directory)
+    with lock_cache_dir(run.path) as directory:
+        folder = directory / CIRCUITS_DIR / key
+        files, created = _planned_files(run, folder, key, graphs, source, make_default)
+        (folder / str(source.set_id)).mkdir(parents=True, exist_ok=True)
+        for path, encoded in _changed(files).items():
+            atomic_write_bytes(path, encoded)
+        return SavedGraphs(read_graph_set(directory, key, source.set_id), created, directory)
+
+
+def _planned_files(run: CheckpointSource, folder: Path, key: str, graphs: Sequence[CircuitGraph],
+                   source: GraphSource, make_default: bool) -> tuple[dict[Path, bytes], bool]:
+    """What saving `graphs` into `key`'s folder `folder` writes: each file's content, in
+    writing order (the set's index after its graphs: a set is listed only once its graphs are
+    all on disk; the key's index last), and whether the set is new."""
+    first = graphs[0]
+    set_folder = folder / str(source.set_id)
+    index = set_folder / SET_INDEX
+    created = not index.exists()
+    checkpoints: dict[int, str] = {}
+    digests: dict[int, str] = {}
+    if not created:
+        saved = _new_set(folder, key, source.set_id, False)
+        found = (saved.method, saved.metric, saved.probe, saved.batch, saved.numerics)
+        if found != (first.method, first.metric, source.probe, source.batch, source.numerics):
+            raise InputError(f"{index}: method, metric, probe, batch, numerics: expected "
+                             f"{(first.method, first.metric)} of {source}, got {found}")
+        checkpoints = {s: str(sha) for s, sha in saved.checkpoints.items()}
+        digests = dict(saved.digests)
+    files: dict[Path, bytes] = {}
+    for graph in graphs:
+        step_file = set_folder / f"step_{graph.step}.json"
+        files[step_file] = dumps_json(graph.to_json(), step_file).encode()
+        checkpoints[graph.step] = run.checkpoint_hash(graph.step)
+        digests[graph.step] = hashlib.sha256(files[step_file]).hexdigest()
+    files[index] = dumps_json({
+        "format": SET_FORMAT, "key": key, "id": str(source.set_id), "method": first.method, "metric": first.metric,
+        "probe": source.probe, "batch": source.batch, "numerics": source.numerics,
+        "checkpoints": [{"step": s, "checkpoint": checkpoints[s], "sha256": digests[s]}
+                        for s in sorted(checkpoints)]}, index).encode()
+    key_index = folder / KEY_INDEX
+    if make_default or not key_index.exists():
+        default = source.set_id if make_default or not (folder / SET_INDEX).exists() else LEGACY_SET
+        files[key_index] = dumps_json({"format": KEY_FORMAT, "key": key, "default": str(default)}, key_index).encode()
+    return files, created
+
+
+def _changed(files: Mapping[Path, bytes]) -> dict[Path, bytes]:
+    """The files that do not hold their planned content yet: saving the same trace again
+    leaves its files as they were."""
+    return {path: data for path, data in files.items() if not path.exists() or path.read_bytes() != data}
 
 
 def load_graphs(run_dir: str | Path, key: str, steps: Iterable[int] | None = None,
@@ -534,5 +555,5 @@ def load_graphs(run_dir: str | Path, key: str, steps: Iterable[int] | None = Non
 
 
 __all__ = ["CircuitDiff", "CircuitGraph", "GraphSet", "GraphSetId", "GraphSource", "LEGACY_SET", "ModelShape",
-           "SavedGraphs", "graph_keys", "graphs_from_table", "list_graph_sets", "load_graphs", "read_graph_set",
-           "save_graphs"]
+           "SavedGraphs", "graph_dir", "graph_keys", "graphs_from_table", "list_graph_sets", "load_graphs",
+           "read_graph_set", "save_graphs"]

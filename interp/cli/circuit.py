@@ -58,6 +58,6 @@ def cmd_circuit(args: argparse.Namespace) -> None:
     role = "the key's default" if saved.default else "not the key's default"
     print(f"wrote {len(traced.graphs)} graphs to {saved.folder} ({kind} {saved.set_id}, {role})")
     if not saved.default:
-        default = circuit_graph.read_graph_set(run.path, saved.key)
+        default = circuit_graph.read_graph_set(traced.saved.cache_dir, saved.key)
         print(f"the default graph set of {saved.key!r} (what `interp view` and load_graphs read) stays "
               f"{default.summary()}")

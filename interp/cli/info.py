@@ -13,8 +13,8 @@ from interp.checkpoints import Run
 from interp.cli.errors import EXIT_FAILED
 from interp.cli.runs import model_config, run_dirs
 from interp.files import read_json, scan_jsonl
-from interp.probing import cache_rows
-from interp.run_layout import CONFIG_FILE, PROBES_DIR, CheckpointError
+from interp.probing import cache_rows, probe_cache_files
+from interp.run_layout import CONFIG_FILE, CheckpointError
 from interp.suites import CheckpointSuite, is_suite_folder, open_suite
 
 
@@ -71,7 +71,7 @@ def verify_run(run: Run) -> tuple[list[str], list[str]]:
             failures.append(status)
     elif state.unborn:
         failures.append(f"INCOMPLETE: killed while being created (no {CONFIG_FILE} yet); nothing was trained")
-    for cache in sorted((run.path / PROBES_DIR).glob("*.jsonl")):
+    for cache in probe_cache_files(run):
         scan = scan_jsonl(cache)
         if scan.bad_lines:
             failures.append(str(scan.first_bad_line_error()))
@@ -203,6 +203,6 @@ def _describe(run: Run) -> None:
     for key, value in sorted(last.items()):
         shown = f"{value:.4g}" if isinstance(value, int | float) else str(value)
         print(f"  {key:28s} {shown} (last logged)")
-    probes = sorted(p.stem for p in (run.path / PROBES_DIR).glob("*.jsonl"))
+    probes = sorted({p.stem for p in probe_cache_files(run)})
     if probes:
         print(f"  cached probes: {', '.join(probes)}")

@@ -11,8 +11,7 @@ import numpy as np
 from interp.checkpoints import Run
 from interp.cli.runs import find_runs, model_config
 from interp.ids import HeadId
-from interp.probing import cached_computations
-from interp.run_layout import PROBES_DIR
+from interp.probing import cached_computations, probe_cache_files
 from interp.viz import plot_curves, plot_head_curves, save_figure
 
 
@@ -27,8 +26,8 @@ def cmd_plot(args: argparse.Namespace) -> None:
             path = save_figure(plot_curves(series, title=f"{run.path.name}: {group}", logx=args.logx),
                                fig_dir / f"metrics_{group}.png")
             print(f"wrote {path}")
-        for cache in sorted((run.path / PROBES_DIR).glob("*.jsonl")):
-            drawn = _plot_cached_probe(run, cache.stem, fig_dir, args.logx)
+        for key in sorted({cache.stem for cache in probe_cache_files(run)}):
+            drawn = _plot_cached_probe(run, key, fig_dir, args.logx)
             if drawn:
                 print(f"wrote {drawn[0]}: {drawn[1]}")
 

@@ -28,6 +28,7 @@ import torch
 from interp import seeding
 from interp.analysis import ANALYSIS_FILE
 from interp.batches import repeated_tokens
+from interp.cache_dirs import cache_dirs, lock_cache_dir
 from interp.checkpoints import Run
 from interp.errors import InputError, MissingFileError
 from interp.files import atomic_write_bytes, atomic_write_json, atomic_write_npy, is_temporary, read_json, sha256_file
@@ -37,14 +38,13 @@ from interp.locking import RunInUseError
 from interp.metrics import spans
 from interp.model import attention_patterns, resolve_device
 from interp.pipeline import RUNS_DIR
-from interp.probing import batch_hash, cached_computations
+from interp.probing import batch_hash, cached_computations, probe_cache_files
 from interp.run_layout import (
     CHECKPOINTS_DIR,
     CONFIG_FILE,
     LOCK_FILE,
     MANIFEST_FILE,
     METRICS_FILE,
-    PROBES_DIR,
     CheckpointError,
 )
 
@@ -214,8 +214,10 @@ def example_for(run: Run, period: int | None = None, seed: int = 0,
                    f"{period} random tokens repeated twice (seed {seed})")
 
 
-def _pattern_file(run: Run, example: Example, step: int) -> Path:
-    return run.path / PATTERNS_DIR / example.key / f"{run.checkpoint_hash(step)[:16]}.npy"
+def _pattern_file(cache_dir: Path, run: Run, example: Example, step: int) -> Path:
+    """Where `example`'s patterns at `step` are cached in `cache_dir`, one of the run's cache
+    folders (`interp.cache_dirs`: the run, or the folder outside a read-only one)."""
+    return cache_dir / PATTERNS_DIR / example.key / f"{run.checkpoint_hash(step)[:16]}.npy"
 
 
 def _digest_file(pattern: Path) -> Path:
@@ -235,7 +237,7 @@ def _pattern_problem(path: Path) -> str | None:
 def pattern_problems(run: Run) -> list[str]:
     """One line per cached pattern file edited since it was written (`interp info --verify`;
     a file without a digest, from an older version, is simply recomputed by the next view)."""
-    return [p for path in sorted((run.path / PATTERNS_DIR).glob("*/*.npy"))
+    return [p for cache_dir in cache_dirs(run.path) for path in sorted((cache_dir / PATTERNS_DIR).glob("*/*.npy"))
             if _digest_file(path).exists() and (p := _pattern_problem(path))]
 
 
@@ -265,40 +267,43 @@ def example_patterns(
     progress: Callable[[int, int], None] | None = None,
 ) -> np.ndarray:
     """`[step, layer, head, query, key]` float16 attention of `example` at `steps` (default:
-    every checkpoint), from the run's pattern cache where present; the rest is computed (one
-    forward per checkpoint) and, with `cache`, stored in the run under its writer lock. A run
-    that another process is writing, or a read-only one, is computed without storing."""
+    every checkpoint), from the run's pattern cache where present (the run's, then the one
+    outside it, `interp.cache_dirs`); the rest is computed (one forward per checkpoint) and,
+    with `cache`, stored in the run under its writer lock (a read-only run's: outside it). A
+    run that another process still writes after a brief wait is computed without storing."""
     cfg = run.model_config
     steps = list(run.steps if steps is None else steps)
     length = len(example.tokens)
     shape = (cfg.n_layers, cfg.n_heads, length, length)
-    found = {s: a for s in steps if (a := _load_pattern(_pattern_file(run, example, s), shape)) is not None}
+    found: dict[int, np.ndarray] = {}
+    for cache_dir in cache_dirs(run.path):
+        found |= {s: a for s in steps if s not in found
+                  and (a := _load_pattern(_pattern_file(cache_dir, run, example, s), shape)) is not None}
     todo = [s for s in steps if s not in found]
     if todo:
-        store = cache
         if cache:
             try:
-                with run.lock():
-                    found.update(_compute_patterns(run, example, todo, device, True, progress))
-                store = False
-            except RunInUseError:
-                logger.warning("%s is being written by another process: patterns are computed, not cached", run.path)
+                with lock_cache_dir(run.path) as cache_dir:
+                    found.update(_compute_patterns(run, example, todo, device, cache_dir, progress))
+            except RunInUseError as err:
+                logger.warning("%s: patterns are computed, not cached", err)
             except OSError as err:
                 if err.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
                     raise
                 logger.warning("%s is not writable (%s): patterns are computed, not cached", run.path, err)
         if len(found) < len(steps):
-            found.update(_compute_patterns(run, example, [s for s in steps if s not in found], device, store,
+            found.update(_compute_patterns(run, example, [s for s in steps if s not in found], device, None,
                                            progress))
     return np.stack([found[s] for s in steps]) if steps else np.zeros((0, *shape), np.float16)
 
 
-def _compute_patterns(run: Run, example: Example, steps: list[int], device: Any, store: bool,
+def _compute_patterns(run: Run, example: Example, steps: list[int], device: Any, cache_dir: Path | None,
                       progress: Callable[[int, int], None] | None) -> dict[int, np.ndarray]:
+    """`example`'s patterns at `steps`, each stored in `cache_dir` (held locked) unless None."""
     device = resolve_device(device)
     batch = {k: v.to(device) for k, v in example.batch().items()}
-    folder = run.path / PATTERNS_DIR / example.key
-    if store:
+    if cache_dir is not None:
+        folder = cache_dir / PATTERNS_DIR / example.key
         folder.mkdir(parents=True, exist_ok=True)
         if not (folder / EXAMPLE_FILE).exists():
             atomic_write_json(folder / EXAMPLE_FILE, example.to_json())
@@ -308,8 +313,8 @@ def _compute_patterns(run: Run, example: Example, steps: list[int], device: Any,
         model = run.load(step, device=device, into=model)
         layers = attention_patterns(model, batch)
         array = torch.stack([p[0] for p in layers]).float().cpu().numpy().astype(np.float16)
-        if store:
-            path = _pattern_file(run, example, step)
+        if cache_dir is not None:
+            path = _pattern_file(cache_dir, run, example, step)
             atomic_write_npy(path, array)
             atomic_write_bytes(_digest_file(path), sha256_file(path).encode())  # after the file: a cut write is caught
         out[step] = array
@@ -368,14 +373,14 @@ def cached_probes(run: Run) -> dict[str, dict[str, Any]]:
     latest on a tie), as `{"probe", "about", "steps", "columns", "values": [step][column], "heads"}`.
     Damaged or edited rows are skipped (a cache can be recomputed)."""
     out: dict[str, dict[str, Any]] = {}
-    for cache in sorted((run.path / PROBES_DIR).glob("*.jsonl")):
-        found = cached_computations(run, cache.stem)
+    for key in sorted({cache.stem for cache in probe_cache_files(run)}):
+        found = cached_computations(run, key)
         if not found:
             continue
         best = found[0]
         columns = sorted(best.table.columns, key=head_order)
         order = [best.table.columns.index(c) for c in columns]
-        out[cache.stem] = {
+        out[key] = {
             "probe": best.probe, "about": best.describe(), "steps": [int(s) for s in best.table.steps],
             "columns": columns, "values": [nums(row[order]) for row in best.table.values],
             "heads": bool(columns) and all(HeadId.is_head(c) for c in columns),
@@ -393,11 +398,11 @@ def saved_circuits(run: Run) -> tuple[list[dict[str, Any]], list[str]]:
     "metric", "source", "steps", "nodes", "positions", "edges", "weights": [step][edge]}` with
     its `MAX_EDGES` strongest edges; and notes: a key that could not be read, a key's other
     sets, steps whose checkpoint was rewritten after its graph was computed."""
-    from interp.circuits.graph import CIRCUITS_DIR, graph_keys, list_graph_sets, load_graphs  # read only when used
+    from interp.circuits.graph import graph_dir, graph_keys, list_graph_sets, load_graphs  # read only when used
 
     out, notes = [], []
     for key in graph_keys(run.path):
-        folder = run.path / CIRCUITS_DIR / key
+        folder = graph_dir(run.path, key)
         try:
             sets = list_graph_sets(run.path, key)
             shown = sets[0]  # the default
@@ -420,7 +425,8 @@ def saved_circuits(run: Run) -> tuple[list[dict[str, Any]], list[str]]:
         shape = graphs[0].shape
         out.append({
             "key": key, "graph_set": str(shown.set_id), "method": graphs[0].method, "metric": graphs[0].metric,
-            "source": shown.folder.relative_to(run.path).as_posix(), "steps": [g.step for g in graphs],
+            "source": (shown.folder.relative_to(run.path) if shown.folder.is_relative_to(run.path)
+                       else shown.folder).as_posix(), "steps": [g.step for g in graphs],
             **_layout(shape), "edges": [_edge_record(e) for e in edges],
             "weights": [[num(g.weights.get(e)) for e in edges] for g in graphs],
         })
