@@ -524,6 +524,13 @@ def test_page_in_headless_chromium_compare_circuit_and_headline(analysis_dir, br
     browser.find_element(By.CSS_SELECTOR, 'nav button[data-tab="curves"]').click()
     cursors = browser.execute_script("return document.getElementById('curve-0').layout.shapes.length")
     assert cursors >= 2  # the A and B cursors
+    browser.find_element(By.CSS_SELECTOR, 'nav button[data-tab="headline"]').click()
+    _settle(browser)
+    hover = browser.execute_script("""
+        const gd = document.getElementById('headline-grid-a');
+        Plotly.Fx.hover(gd, {xval: 1, yval: 1});
+        return gd.querySelector('.hoverlayer').textContent;""")
+    assert hover.startswith("L1H1: "), hover  # the head's own name, not the tick labels run together
     errors = _console_errors(browser) + browser.execute_script("return window.interpView.errors")
     assert errors == [], f"browser console errors: {errors}"
     assert math.isfinite(browser.execute_script("return window.interpView.readyAt"))

@@ -367,9 +367,11 @@
   function gridFigure(r, key, step, head, title) {
     const { z, step: probed } = probeGrid(r, key, step), [lo, hi] = probeRange(r.probes[key]);
     const { n_layers: L, n_heads: H } = r.model;
+    // The hover names the head from its own text: %{x}/%{y} read the tick labels (H1, L1), not the index.
+    const names = [...Array(L).keys()].map((l) => [...Array(H).keys()].map((h) => `L${l}H${h}`));
     const data = [{ type: "heatmap", z, x: [...Array(H).keys()], y: [...Array(L).keys()], zmin: lo, zmax: hi,
-      colorscale: "Viridis", texttemplate: "%{z:.2f}", textfont: { size: 11 },
-      hovertemplate: "L%{y}H%{x}: %{z:.4f}<extra></extra>", colorbar: { thickness: 10 } }];
+      colorscale: "Viridis", texttemplate: "%{z:.2f}", textfont: { size: 11 }, text: names,
+      hovertemplate: "%{text}: %{z:.4f}<extra></extra>", colorbar: { thickness: 10 } }];
     const layout = {
       title: { text: title + (probed !== step ? ` (probed at step ${probed})` : ""), font: { size: 13 }, x: 0.01, xanchor: "left" }, font: FONT,
       margin: { l: 44, r: 10, t: 34, b: 36 }, height: Math.min(420, 150 + 60 * L),
@@ -386,7 +388,7 @@
     const i = nearest(r.patterns.steps, step), z = headPattern(r, i, head.layer, head.head);
     const labels = r.example.labels, T = labels.length, P = r.example.period, ticks = [...Array(T).keys()];
     const every = T > 40 ? 2 : 1;
-    const axis = (title) => ({ title: { text: title }, autorange: true, tickvals: ticks.filter((t) => t % every === 0),
+    const axis = (title) => ({ title: { text: title }, autorange: true, zeroline: false, tickvals: ticks.filter((t) => t % every === 0),
       ticktext: ticks.filter((t) => t % every === 0).map((t) => labels[t]), tickfont: { size: 9 }, tickangle: 0 });
     const data = [{ type: "heatmap", z, zmin: 0, zmax: 1, colorscale: ATTENTION_SCALE, text: patternHover(r),
       hovertemplate: "%{text}<br>weight %{z:.3f}<extra></extra>", colorbar: { thickness: 10 }, hoverongaps: false }];
