@@ -16,7 +16,9 @@ linear or any other probes) and `interp probe`/`plot`/`info` take either. Probe 
 the checkpoint's identity: for a hub suite the model and revision
 (`EleutherAI/pythia-70m@step1000`: a published revision does not change), for a folder the
 sha256 of each step's config and weight files (a user's own run may be saved again), remembered
-by file size and modification time so that re-probing a finished suite hashes nothing.
+with each file's size, mtime, ctime and inode so that re-probing a finished suite hashes nothing;
+a file whose ctime moved (every write moves it, and `touch`/`os.utime` cannot set it back) is
+hashed again, and `verify` re-hashes them all.
 
 Loading is lazy (opening a folder reads its config files only, a hub suite nothing) and keeps
 one model in memory: `load(step, into=model)` releases `model`'s weights before the next
@@ -58,7 +60,10 @@ STEP_NAME = re.compile(r"step(\d+)")
 DEFAULT_CACHE = "interp-cache"
 """The cache of a folder's probe results when `open_suite` is given none: `<folder>/interp-cache`."""
 HASHES_FILE = "weight_hashes.json"
-"""Under a folder suite's `path`: the sha256 of each checkpoint file, by size and mtime."""
+"""Under a folder suite's `path`: the sha256 of each checkpoint file, by its `FILE_IDENTITY`."""
+FILE_IDENTITY = ("size", "mtime_ns", "ctime_ns", "inode")
+"""What a remembered hash is trusted by: any change (a write moves ctime even when mtime is set
+back, a replacement changes the inode) hashes the file again."""
 HF_CONFIG_FILE = "config.json"
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 TOKENIZER_FILES = ("tokenizer.json", TOKENIZER_CONFIG_FILE, "vocab.json", "tokenizer.model", "vocab.txt")
@@ -125,16 +130,32 @@ def _read_config(path: Path) -> dict[str, Any]:
     return config
 
 
+def _refuse_auto_map(config: Mapping[str, Any], where: str) -> None:
+    """Refuse a config that asks for Python code shipped with the checkpoint (`auto_map`):
+    `transformers` would prompt for it, and run it if answered yes. (Every load also passes
+    `trust_remote_code=False`, which refuses it without a prompt.)"""
+    if "auto_map" in config:
+        raise SuiteError(f"{where}: auto_map asks to run Python code shipped with the checkpoint; interp never "
+                         "runs a checkpoint's own code (remove auto_map if transformers implements the model)")
+
+
 def _refuse_remote_code(folders: Sequence[Path]) -> None:
-    """Refuse, before anything loads, a folder whose config asks for Python code shipped with the
-    checkpoint (`auto_map`): `transformers` would prompt for it, and run it if answered yes.
-    (Every load also passes `trust_remote_code=False`, which refuses it without a prompt.)"""
+    """Refuse, before anything loads, a folder whose config or tokenizer config has an `auto_map`."""
     for folder in folders:
         for name in (HF_CONFIG_FILE, TOKENIZER_CONFIG_FILE):
             path = folder / name
-            if path.is_file() and "auto_map" in _read_config(path):
-                raise SuiteError(f"{path}: auto_map asks to run Python code shipped with the checkpoint; interp never "
-                                 "runs a checkpoint's own code (remove auto_map if transformers implements the model)")
+            if path.is_file():
+                _refuse_auto_map(_read_config(path), str(path))
+
+
+def _hub_config_dict(repo: str, revision: str) -> dict[str, Any]:
+    """A hub revision's config.json as downloaded, read as data: no model class is looked up, so
+    no code named in it can run."""
+    from transformers import PretrainedConfig
+
+    with _quiet_transformers():
+        config, _ = PretrainedConfig.get_config_dict(repo, revision=revision)
+    return config
 
 
 def _first_difference(config: Mapping[str, Any], reference: Mapping[str, Any]) -> str | None:
@@ -232,6 +253,7 @@ class CheckpointSuite:
         self._tokenizer_read = False
         self._hf_config: Any | None = None
         self._loaded_config: tuple[dict[str, Any], str] | None = None
+        self._hub_revisions_checked: set[str] = set()
         self._models: weakref.WeakSet[nn.Module] = weakref.WeakSet()
 
     def __repr__(self) -> str:
@@ -262,10 +284,24 @@ class CheckpointSuite:
             return str(self.folder / revision), {"local_files_only": True}  # a folder: never the hub
         return self.source, {"revision": revision}
 
+    def _refuse_hub_remote_code(self, step: int) -> None:
+        """A hub revision's config, once downloaded and before any config or model is built from
+        it, is refused if it asks for the checkpoint's own code (a folder's is checked when opened)."""
+        revision = self.revision(step)
+        if self.folder is not None or revision in self._hub_revisions_checked:
+            return
+        try:
+            config = _hub_config_dict(self.source, revision)
+        except (OSError, ValueError) as err:
+            raise SuiteError(f"{self._where(step)}: its config does not load ({_first_line(err)})") from err
+        _refuse_auto_map(config, f"{self._where(step)} {HF_CONFIG_FILE}")
+        self._hub_revisions_checked.add(revision)
+
     def _transformers_config(self) -> Any:
         if self._hf_config is None:
             from transformers import AutoConfig
 
+            self._refuse_hub_remote_code(self.steps[0])
             location, kwargs = self._pretrained_args(self.steps[0])
             try:
                 self._hf_config = AutoConfig.from_pretrained(location, trust_remote_code=False, **kwargs)
@@ -323,14 +359,29 @@ class CheckpointSuite:
 
     def verify(self) -> list[str]:
         """What is wrong with a folder's checkpoints, one line each, without loading them: each
-        step folder must hold weights whose safetensors headers read (a folder keeps no hashes,
-        so changed bytes inside a well-formed file go unnoticed). A hub suite: nothing to check."""
+        step folder must hold weights whose safetensors headers read, and each config and weight
+        file is hashed again: one whose content no longer matches the hash remembered for its
+        size and mtime is named (its cached results would be keyed by the old content if its
+        ctime and inode were not checked too). A hub suite: nothing to check."""
         failures = []
+        memo = self._file_hashes() if self.folder is not None else {}
         for step in self.steps if self.folder is not None else []:
+            folder = Path(self._where(step))
             try:
-                _check_weight_files(Path(self._where(step)))
+                _check_weight_files(folder)
             except SuiteError as err:
                 failures.append(str(err))
+                continue
+            for file in self._identity_files(folder):
+                known = memo.get(file.relative_to(self.folder).as_posix())
+                if not file.is_file():
+                    failures.append(f"{file} is missing")
+                    continue
+                stat = file.stat()
+                if known and (known["size"], known["mtime_ns"]) == (stat.st_size, stat.st_mtime_ns) \
+                        and sha256_file(file) != known["sha256"]:
+                    failures.append(f"{file}: its content changed since it was hashed, though its size and mtime "
+                                    f"did not (cached results of step {step} are computed again)")
         return failures
 
     def metrics(self) -> list[dict[str, Any]]:
@@ -348,23 +399,29 @@ class CheckpointSuite:
         memo = self._file_hashes()
         changed = False
         parts = []
-        for file in [folder / HF_CONFIG_FILE, *weight_files(folder)]:
+        for file in self._identity_files(folder):
             key = file.relative_to(self.folder).as_posix()
             try:
                 stat = file.stat()
             except FileNotFoundError:
                 raise SuiteError(f"{file} is missing") from None
+            identity = _file_identity(stat)
             known = memo.get(key)
-            if known and known.get("size") == stat.st_size and known.get("mtime_ns") == stat.st_mtime_ns:
+            if known and all(known[k] == identity[k] for k in FILE_IDENTITY):
                 digest = known["sha256"]
             else:
                 digest = sha256_file(file)
-                memo[key] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": digest}
+                memo[key] = {**identity, "sha256": digest}
                 changed = True
             parts.append(f"{file.name} {digest}")
         if changed:
             self._save_file_hashes()
         return "sha256:" + hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+    @staticmethod
+    def _identity_files(folder: Path) -> list[Path]:
+        """The files whose content is a step's identity: its config and weights."""
+        return [folder / HF_CONFIG_FILE, *weight_files(folder)]
 
     def _file_hashes(self) -> dict[str, dict[str, Any]]:
         if self._hashes is None:
@@ -377,8 +434,8 @@ class CheckpointSuite:
             files = stored.get("files") if isinstance(stored, dict) else None
             for key, entry in (files or {}).items():
                 if isinstance(entry, dict) and isinstance(entry.get("sha256"), str) \
-                        and all(isinstance(entry.get(k), int) for k in ("size", "mtime_ns")):
-                    self._hashes[key] = entry
+                        and all(isinstance(entry.get(k), int) for k in FILE_IDENTITY):
+                    self._hashes[key] = entry  # an entry of an older memo, without ctime and inode, is hashed again
         return self._hashes
 
     def _save_file_hashes(self) -> None:
@@ -405,6 +462,7 @@ class CheckpointSuite:
                              f"a {type(into).__name__} it did not load")
         if self.folder is not None:
             _check_weight_files(self.folder / self.revision(step))
+        self._refuse_hub_remote_code(step)
         if into is not None:
             _release_weights(into)  # before the next checkpoint loads: one model in memory, not two
         location, kwargs = self._pretrained_args(step)
@@ -442,6 +500,10 @@ class CheckpointSuite:
 
 
 
+def _file_identity(stat: os.stat_result) -> dict[str, int]:
+    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "ctime_ns": stat.st_ctime_ns, "inode": stat.st_ino}
+
+
 def _require_weights(folder: Path) -> list[Path]:
     files = weight_files(folder)
     if not files:
@@ -453,7 +515,7 @@ def _require_weights(folder: Path) -> list[Path]:
 def _check_weight_files(folder: Path) -> None:
     """A step folder's weights are present and each safetensors header reads: a truncated or
     overwritten file is named here, instead of somewhere in a `transformers` traceback. (A
-    folder has no hashes to check the tensors' bytes against.)"""
+    folder has no manifest: changed bytes in a well-formed file are another checkpoint.)"""
     from safetensors import safe_open
 
     for file in _require_weights(folder):

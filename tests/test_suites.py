@@ -8,6 +8,7 @@ The models the suite loads are checked against these `transformers` models.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import shutil
@@ -256,6 +257,35 @@ def test_results_are_cached_by_checkpoint_so_a_reprobe_loads_and_hashes_nothing(
     assert moved.tolist() == [step == 10 for step in STEPS]
 
 
+def test_a_same_size_replacement_with_its_mtime_restored_is_hashed_again(built, tmp_path, monkeypatch, capsys):
+    """Before: a step's identity was remembered by size and mtime, so these new weights reused the
+    old weights' cached results."""
+    folder = private_copy(built["gpt_neox"], tmp_path)
+    loads = Loads(monkeypatch)
+    first = probe(open_suite(folder), head_probes(), {"tokens": TOKENS}, device="cpu")
+    weights = folder / "step10" / "model.safetensors"
+    stat = weights.stat()
+    torch.manual_seed(1)
+    AutoModelForCausalLM.from_config(hf_config("gpt_neox"), attn_implementation="eager").save_pretrained(
+        tmp_path / "other")
+    other = (tmp_path / "other" / "model.safetensors").read_bytes()
+    assert len(other) == stat.st_size and other != weights.read_bytes()
+    weights.write_bytes(other)  # in place: the same inode
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert (weights.stat().st_size, weights.stat().st_mtime_ns) == (stat.st_size, stat.st_mtime_ns)
+
+    assert main(["info", str(folder), "--verify"]) == 1
+    out = capsys.readouterr().out
+    assert "verify: FAILED" in out and f"- {weights}: its content changed since it was hashed, though its size " \
+        "and mtime did not (cached results of step 10 are computed again)" in out
+
+    again = probe(open_suite(folder), head_probes(), {"tokens": TOKENS}, device="cpu")
+    assert loads.count == len(STEPS) + 1  # step10 only
+    moved = ~np.isclose(again.values, first.values).all(axis=1)
+    assert moved.tolist() == [step == 10 for step in STEPS]
+    assert main(["info", str(folder), "--verify"]) == 0 and "verify: OK" in capsys.readouterr().out
+
+
 def test_a_hub_suite_is_lazy_and_keyed_by_model_and_revision(built, tmp_path, monkeypatch, no_network):
     suite = open_suite("EleutherAI/pythia-70m", steps=[512, 0], cache=tmp_path / "cache")
     assert suite.folder is None and suite.steps == [0, 512]
@@ -284,6 +314,8 @@ def test_a_hub_suite_is_lazy_and_keyed_by_model_and_revision(built, tmp_path, mo
 
     monkeypatch.setattr(suites, "_from_pretrained", from_hub)
     monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", config_from_hub)
+    monkeypatch.setattr(suites, "_hub_config_dict", lambda repo, revision: json.loads(
+        (built["gpt_neox"].folder / revision / "config.json").read_text()))
     monkeypatch.setattr(CheckpointSuite, "tokenizer", property(lambda self: None))
     table = probe(suite, {"ind": heads.induction_probe([1], PERIOD)}, {"tokens": TOKENS}, device="cpu")
     assert asked == [("EleutherAI/pythia-70m", "step0", False), ("EleutherAI/pythia-70m", "step512", False)]
@@ -572,6 +604,41 @@ def test_a_folder_asking_to_run_its_own_code_is_refused_unprompted_even_if_answe
                      "checkpoint; interp never runs a checkpoint's own code (remove auto_map if transformers "
                      "implements the model)"]
     assert list(markers.iterdir()) == []
+
+
+def test_a_hub_config_asking_for_remote_code_is_refused_once_downloaded_before_anything_is_built(
+        built, tmp_path, monkeypatch, no_network):
+    """A hub id cannot be checked before its config is downloaded: the downloaded config.json
+    (here from a patched download) is read as data and refused before a config or model is built."""
+    config = json.loads((built["gpt_neox"].folder / "step0" / "config.json").read_text())
+    config.update(model_type="owngpt", auto_map={"AutoConfig": "configuration_own.Own",
+                                                 "AutoModelForCausalLM": "modeling_own.Own"})
+    real_get_config_dict = transformers.PretrainedConfig.get_config_dict.__func__
+    downloaded = []
+
+    def download(cls, location, **kwargs):
+        if location != "someone/own-model":
+            return real_get_config_dict(cls, location, **kwargs)
+        downloaded.append(kwargs["revision"])
+        return dict(config), {}
+
+    built_from = []
+    monkeypatch.setattr(transformers.PretrainedConfig, "get_config_dict", classmethod(download))
+    monkeypatch.setattr(suites, "_from_pretrained", lambda *args, **kwargs: built_from.append(args))
+    monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", lambda *args, **kwargs: built_from.append(args))
+    modules_before = set(sys.modules)
+    suite = open_suite("someone/own-model", steps=[0, 512], cache=tmp_path / "cache")
+    refusal = ("someone/own-model@step0 config.json: auto_map asks to run Python code shipped with the checkpoint; "
+               "interp never runs a checkpoint's own code (remove auto_map if transformers implements the model)")
+    for use in (lambda: suite.config, lambda: suite.model_config, lambda: suite.load(0, device="cpu"),
+                lambda: probe(suite, {"ind": heads.induction_probe([1], PERIOD)}, {"tokens": TOKENS}, device="cpu")):
+        with pytest.raises(SuiteError) as info:
+            use()
+        assert str(info.value) == refusal
+    with pytest.raises(SuiteError, match="someone/own-model@step512 config.json: auto_map asks"):
+        suite.load(512, device="cpu")
+    assert set(downloaded) == {"step0", "step512"} and built_from == []
+    assert not [m for m in set(sys.modules) - modules_before if "own" in m or m.startswith("transformers_modules")]
 
 
 def test_every_transformers_load_refuses_remote_code_without_asking(built, tmp_path, monkeypatch):

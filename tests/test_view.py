@@ -376,6 +376,31 @@ def test_a_failure_while_writing_keeps_the_previous_view(trained_run, tmp_path, 
     assert first.read_text() == old and _leftovers(path) == []
 
 
+def test_a_view_of_the_users_own_is_refused_untouched_and_our_page_is_replaced(trained_run, tmp_path, capsys):
+    """Before: a user's own file or folder named `view` was renamed aside and left as a hidden temp file."""
+    path = tmp_path / "run"
+    shutil.copytree(trained_run.path, path)
+    view = path / VIEW_DIR
+    for make in (lambda: view.write_text("my notes"), lambda: (view.mkdir(), (view / "notes.txt").write_text("mine")),
+                 lambda: (view.mkdir(), (view / "index.html").write_text("<html><head><title>mine</title></head>"))):
+        make()
+        before = sorted((p.relative_to(tmp_path), p.is_file() and p.read_bytes()) for p in tmp_path.rglob("*"))
+        with pytest.raises(ViewError) as info:
+            write_view(path, device="cpu")
+        assert str(info.value) == (f"{view} exists and is not an explorer page written by interp view: move it away "
+                                   "or choose another directory")
+        after = sorted((p.relative_to(tmp_path), p.is_file() and p.read_bytes()) for p in tmp_path.rglob("*"))
+        assert after == before and _leftovers(path) == []
+        assert main(["view", str(path)]) == 2
+        assert capsys.readouterr().err.strip().splitlines() == [f"interp view: error: {info.value}"]
+        shutil.rmtree(view) if view.is_dir() else view.unlink()
+
+    first = write_view(path, device="cpu")  # a page this toolkit wrote is replaced
+    first.write_text(first.read_text().replace("</head>", "<!-- older --></head>", 1))
+    assert write_view(path, device="cpu") == first and "<!-- older -->" not in first.read_text()
+    assert sorted(p.name for p in view.iterdir()) == ["index.html"] and _leftovers(path) == []
+
+
 def test_cli_view_prints_the_page_and_names_bad_input(analysis_dir, tmp_path, capsys):
     assert main(["view", str(analysis_dir)]) == 0
     out = capsys.readouterr().out

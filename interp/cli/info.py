@@ -175,8 +175,8 @@ def _describe_suite(suite: CheckpointSuite, verify: bool) -> int:
     if not verify:
         return 0
     failures = suite.verify()
-    print("  verify: FAILED" if failures else f"  verify: OK ({len(steps)} checkpoints hold readable weights; a "
-          "suite folder keeps no hashes to check them against)")
+    print("  verify: FAILED" if failures else f"  verify: OK ({len(steps)} checkpoints hold readable weights, none "
+          "changed under the hash its cached results are keyed by)")
     for line in failures:
         print(f"    - {line}")
     return EXIT_FAILED if failures else 0

@@ -24,7 +24,7 @@ import torch
 
 from interp.files import fsync_dir
 from interp.view import owner
-from interp.view.data import FORMAT, PATTERN_BUDGET, open_source, pattern_bytes, run_data
+from interp.view.data import FORMAT, PATTERN_BUDGET, ViewError, open_source, pattern_bytes, run_data
 
 VIEW_DIR = "view"
 INDEX = "index.html"
@@ -139,17 +139,37 @@ def _escape(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
+_OUR_TITLE = re.compile(rb"<title>[^<]*- interp view</title>")
+"""How the template's head (`static/page.html`) ends a page's title: marks a page this module wrote."""
+
+
+def _is_our_page(folder: Path) -> bool:
+    """Whether `folder` is a view this module wrote (and may replace): a real folder holding only
+    an index.html whose title is the template's. Anything else is the user's, never moved."""
+    if folder.is_symlink() or not folder.is_dir() or [p.name for p in folder.iterdir()] != [INDEX]:
+        return False
+    index = folder / INDEX
+    if index.is_symlink() or not index.is_file():
+        return False
+    with open(index, "rb") as f:
+        head = f.read(64 * 1024).split(b"</head>", 1)[0]
+    return _OUR_TITLE.search(head) is not None
+
+
 def write_view(
     path: str | Path,
     device: str | torch.device | None = None,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> Path:
     """Write `path/view/index.html` for the run or analysis directory `path`; returns the
-    page's path. Bad input (a missing, empty or half-written directory) raises before
-    anything is written, naming what is missing."""
+    page's path. Bad input (a missing, empty or half-written directory, or a `view` of the
+    user's own in it) raises before anything is written, naming what is wrong."""
     root = Path(path)
-    page = render_page(view_data(root, device=device, progress=progress))
     final = root / VIEW_DIR
+    if os.path.lexists(final) and not _is_our_page(final):
+        raise ViewError(f"{final} exists and is not an explorer page written by interp view: move it away or "
+                        "choose another directory")
+    page = render_page(view_data(root, device=device, progress=progress))
     tmp = root / f".{VIEW_DIR}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
     old = root / f".{VIEW_DIR}-old.{os.getpid()}.{secrets.token_hex(4)}.tmp"
     tmp.mkdir()
