@@ -18,7 +18,9 @@ the work.
 Shapes: `tiny-vocab1e6` is the `induction-heads` tiny preset with a vocabulary of a
 million (an adversarial review's case: 2 layers, d_model 16, attention only, context 16,
 batch 8); `mid` is 4 layers, d_model 256, 8 heads, an MLP, vocabulary 4096, context 256
-at batch 64; `mid-probe` probes that model's shape at context 128 with 256 sequences.
+at batch 64; `mid-probe` probes that model's shape at context 128 with 256 sequences;
+`small-path` and `small-eap` run path patching and edge attribution (`Probe.memory` counted)
+on 128 repeated-token sequences of context 64 through 2 layers, d_model 128, vocabulary 4096.
 
 Target (`--check`, exit 1 when missed): every estimate + baseline within 25% of the peak.
 
@@ -45,7 +47,10 @@ SHAPES = {
     "tiny-vocab1e6": ("train", dict(n_layers=2, d_model=16, n_heads=2, attn_only=True, d_vocab=10**6, n_ctx=16), 8),
     "mid": ("train", dict(n_layers=4, d_model=256, n_heads=8, d_vocab=4096, n_ctx=256), 64),
     "mid-probe": ("probe", dict(n_layers=4, d_model=256, n_heads=8, d_vocab=4096, n_ctx=128), 256),
+    "small-path": ("path", dict(n_layers=2, d_model=128, n_heads=4, d_vocab=4096, n_ctx=64), 128),
+    "small-eap": ("eap", dict(n_layers=2, d_model=128, n_heads=4, d_vocab=4096, n_ctx=64), 128),
 }
+CIRCUIT_KINDS = ("path", "eap")  # `probe()` with the method's probe on repeated tokens and their resample
 BASELINE = "import torch, transformer_lens, interp.train, interp.probing"
 TOLERANCE = 0.25
 
@@ -90,9 +95,25 @@ def worker(mode: str, shape: str, run_dir: str, steps: int, threads: int) -> Non
     elif mode == "make-run":  # one step at batch 1: the run `probe` reads
         train(run_dir, cfg, TrainConfig(steps=1, batch_size=1, checkpoint_log=0), random_tokens(cfg), device="cpu",
               progress=False)
+    elif mode in CIRCUIT_KINDS:
+        probe(run_dir, {mode: circuit_probe(mode)}, circuit_batch(cfg, batch_size), steps=[1], device="cpu",
+              use_cache=False)
     else:
         tokens = torch.randint(0, cfg.d_vocab, (batch_size, cfg.n_ctx), generator=torch.Generator().manual_seed(0))
         probe(run_dir, probes_of(cfg), {"tokens": tokens}, steps=[1], device="cpu", use_cache=False)
+
+
+def circuit_probe(method: str):
+    from interp.circuits.common import mean_logprob
+    from interp.circuits.trace import graph_probe
+
+    return graph_probe(method, mean_logprob("in_repeat"))
+
+
+def circuit_batch(cfg: ModelConfig, batch_size: int) -> dict[str, torch.Tensor]:
+    from interp.batches import repeated_patch_batch
+
+    return repeated_patch_batch(batch_size, cfg.n_ctx // 2, cfg.d_vocab, torch.Generator().manual_seed(0))
 
 
 def estimate(shape: str) -> int:
@@ -100,6 +121,9 @@ def estimate(shape: str) -> int:
     cfg = ModelConfig(**kw)
     if kind == "train":
         return estimate_memory(cfg, batch_size).total
+    if kind in CIRCUIT_KINDS:
+        return estimate_forward(cfg, batch_size, cfg.n_ctx, own=circuit_probe(kind).memory(cfg, batch_size,
+                                                                                            cfg.n_ctx)).total
     hooks = {h for p in probes_of(cfg).values() for h in p.hooks}
     return estimate_forward(cfg, batch_size, cfg.n_ctx, hooks).total
 
@@ -125,7 +149,7 @@ def main() -> int:
         kind = SHAPES[shape][0]
         with tempfile.TemporaryDirectory() as tmp:
             run_dir = str(Path(tmp) / "run")
-            if kind == "probe":
+            if kind != "train":
                 subprocess.run([*me, "make-run", shape, run_dir], check=True)
             measured = peak_rss([*me, kind, shape, run_dir])
         estimated = estimate(shape)

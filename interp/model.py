@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 import resource
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -199,9 +199,10 @@ class ForwardEstimate:
     """Bytes a forward pass without gradients needs (a probe's `run_with_cache`): the float32
     `parameters`; `load`, the peak of loading a checkpoint (its state dict beside a model being
     built); the activations `cached` for the hooks asked for; the `transient` peak of the pass
-    itself (one layer's intermediates, or the logits and their log-softmax); and `kept`, copies
+    itself (one layer's intermediates, or the logits and their log-softmax); `kept`, copies
     of the cached activations the caller holds on to (one per checkpoint in
-    `collect_activations`)."""
+    `collect_activations`); and `own`, what a method allocates beyond one forward pass (a
+    circuit method's extra passes, gradients or second model: `Probe.memory`)."""
 
     parameters: int
     load: int
@@ -209,10 +210,11 @@ class ForwardEstimate:
     transient: int = 0
     kept: int = 0
     largest_hook: str = ""
+    own: int = 0
 
     @property
     def total(self) -> int:
-        return max(self.load, self.parameters + self.cached + self.transient + self.kept)
+        return max(self.load, self.parameters + self.cached + self.transient + self.kept + self.own)
 
 
 def hook_numel(cfg: ModelConfig, name: str, batch_size: int, positions: int) -> int:
@@ -229,10 +231,11 @@ def hook_numel(cfg: ModelConfig, name: str, batch_size: int, positions: int) -> 
 
 
 def estimate_forward(cfg: ModelConfig, batch_size: int, positions: int, hooks: Iterable[str] = (),
-                     kept_copies: int = 0) -> ForwardEstimate:
+                     kept_copies: int = 0, own: int = 0) -> ForwardEstimate:
     """What one forward pass without gradients through the bridge needs on a [batch_size,
-    positions] batch, caching `hooks`, with `kept_copies` copies of the cache kept after it;
-    `batch_size=0` estimates loading the model alone."""
+    positions] batch, caching `hooks`, with `kept_copies` copies of the cache kept after it
+    and `own` bytes a method allocates beyond the pass; `batch_size=0` estimates loading the
+    model alone."""
     params = parameter_count(cfg) * FLOAT_BYTES
     load = params + estimate_memory(cfg).build
     if batch_size <= 0:
@@ -249,7 +252,7 @@ def estimate_forward(cfg: ModelConfig, batch_size: int, positions: int, hooks: I
     logits = 2 * tokens * cfg.d_vocab  # the logits, and the log-softmax a probe of the loss takes
     return ForwardEstimate(parameters=params, load=load, cached=cached,
                            transient=max(layer, logits) * FLOAT_BYTES, kept=kept_copies * cached,
-                           largest_hook=max(sizes, key=lambda n: (sizes[n], n)) if sizes else "")
+                           largest_hook=max(sizes, key=lambda n: (sizes[n], n)) if sizes else "", own=own)
 
 
 @dataclass(frozen=True)
@@ -447,14 +450,18 @@ def _largest_term(cfg: ModelConfig, estimate: MemoryEstimate, batch_size: int) -
 
 
 def check_forward_memory(cfg: ModelConfig, batch: Batch | None, hooks: Iterable[str] = (),
-                         device: str | torch.device | None = None, kept_copies: int = 0) -> None:
+                         device: str | torch.device | None = None, kept_copies: int = 0,
+                         own_passes: Mapping[str, int] | None = None) -> None:
     """Raise `InsufficientMemoryError`, before any checkpoint is loaded, if a forward pass
     without gradients on `batch` (None: loading the model alone) caching `hooks` needs more
-    than `device` has available (`estimate_forward`); the message names the estimate, what is
-    available and its bound, and the batch's shape."""
+    than `device` has available (`estimate_forward`); `own_passes` maps each method run on the
+    batch (a probe's name) to what it allocates beyond that pass, of which the largest counts
+    (the methods run one after another). The message names the estimate, what is available
+    and its bound, the batch's shape and the method that does not fit."""
     device = resolve_device(device)
     n_batch, n_pos = (0, 0) if batch is None else batch["tokens"].shape[:2]
-    estimate = estimate_forward(cfg, n_batch, n_pos, hooks, kept_copies)
+    own_by, own = max((own_passes or {}).items(), key=lambda item: (item[1], item[0]), default=("", 0))
+    estimate = estimate_forward(cfg, n_batch, n_pos, hooks, kept_copies, own)
     available = available_memory(device)
     if available is None or estimate.total <= available.free:
         return
@@ -471,10 +478,41 @@ def check_forward_memory(cfg: ModelConfig, batch: Batch | None, hooks: Iterable[
     parts.append(f"logits or a layer's intermediates {format_bytes(estimate.transient)}")
     if kept_copies:
         parts.append(f"{kept_copies} kept copies of the cache {format_bytes(estimate.kept)}")
+    if own:
+        parts.append(f"{own_by}'s own passes {format_bytes(own)}")
+    what = f"{own_by} on" if own else f"a forward pass of the {model} on"
     raise InsufficientMemoryError(
-        f"a forward pass of the {model} on a batch of {n_batch} sequences x {n_pos} positions needs about "
+        f"{what} a batch of {n_batch} sequences x {n_pos} positions needs about "
         f"{format_bytes(estimate.total)} ({', '.join(parts)}) but {format_bytes(available.free)} is available on "
         f"{device}; reduce the batch (memory bounded by {available.source})")
+
+
+def forward_chunk_rows(cfg: ModelConfig, batch: Batch, hooks: Iterable[str] = (),
+                       device: str | torch.device | None = None, kept_copies: int = 1) -> int:
+    """Rows of `batch` per forward pass so that each pass, caching `hooks`, fits beside
+    `kept_copies` copies of the whole batch's cached activations (what a caller filling them
+    chunk by chunk holds): every row where one pass fits. Rows are independent in a forward
+    pass, so chunking is exact. `InsufficientMemoryError` where not even one row fits."""
+    device = resolve_device(device)
+    n_batch, n_pos = batch["tokens"].shape[:2]
+    hooks = list(hooks)
+    whole = estimate_forward(cfg, n_batch, n_pos, hooks, kept_copies)
+    available = available_memory(device)
+    if available is None or whole.total <= available.free:
+        return n_batch
+    one = estimate_forward(cfg, 1, n_pos, hooks)
+    # A chunk's cache and intermediates grow with its rows; the parameters and the kept copies do not.
+    rows = (available.free - whole.parameters - whole.kept) // (one.cached + one.transient)
+    if whole.load > available.free:
+        check_forward_memory(cfg, None, device=device)
+    if rows < 1:
+        raise InsufficientMemoryError(
+            f"collecting {len(hooks)} hook(s) on a batch of {n_batch} sequences x {n_pos} positions keeps "
+            f"{kept_copies} copies of their activations ({format_bytes(whole.kept)}) beside the parameters "
+            f"({format_bytes(whole.parameters)}) and a one-sequence forward pass "
+            f"({format_bytes(one.cached + one.transient)}), but {format_bytes(available.free)} is available on "
+            f"{device}; reduce the batch or the steps (memory bounded by {available.source})")
+    return int(min(rows, n_batch))
 
 
 def build_model(cfg: ModelConfig, device: str | torch.device | None = None) -> TransformerBridge:

@@ -46,7 +46,15 @@ from interp.errors import InputError, UnknownNameError
 from interp.files import JsonlScan, append_jsonl, atomic_write_bytes, dumps_json, scan_jsonl
 from interp.ids import HeadId, Identity
 from interp.locking import RunInUseError
-from interp.model import Batch, batch_to, check_forward_memory, input_hooks, resolve_device
+from interp.model import (
+    Batch,
+    ModelConfig,
+    batch_to,
+    check_forward_memory,
+    forward_chunk_rows,
+    input_hooks,
+    resolve_device,
+)
 from interp.run_layout import PROBES_DIR
 
 
@@ -77,12 +85,16 @@ class Probe:
     `"activations"`, the runner's one shared forward pass on the batch (`ctx.acts`,
     `ctx.logits`); `"batch"`, the batch and `ctx.model`, for a probe that runs its own forward
     passes (patching, readouts: the shared one would be wasted on it); `"weights"`, `ctx.model`
-    alone (neither a batch nor a forward pass)."""
+    alone (neither a batch nor a forward pass). `memory(model config, batch size, positions)`:
+    the bytes `fn` allocates beyond one forward pass on the batch (a circuit method's extra
+    passes, gradients or second model), which `probe()` checks before loading (None: nothing
+    beyond it)."""
 
     name: str
     hooks: tuple[str, ...]
     fn: Callable[[ProbeContext], Mapping[str, float]]
     reads: ProbeReads = "activations"
+    memory: Callable[[ModelConfig, int, int], int] | None = None
 
 
 Column = str | Identity
@@ -346,6 +358,17 @@ def _check_batch(probes: Mapping[str, Probe], batch: Batch | None) -> None:
         raise InputError(f"batch: probes {needing} run the model and need a batch, got None")
 
 
+def check_probe_memory(cfg: ModelConfig, probes: Mapping[str, Probe], batch: Batch | None,
+                       device: str | torch.device | None = None) -> None:
+    """`InsufficientMemoryError` unless one forward pass on `batch` caching every probe's hooks,
+    plus the largest of their own allocations (`Probe.memory`), fits on `device`."""
+    runs_model = batch is not None and any(p.reads != "weights" for p in probes.values())
+    n_batch, n_pos = batch["tokens"].shape[:2] if runs_model else (0, 0)
+    own = {p.name: p.memory(cfg, n_batch, n_pos) for p in probes.values() if p.memory is not None and runs_model}
+    check_forward_memory(cfg, batch if runs_model else None, {h for p in probes.values() for h in p.hooks}, device,
+                         own_passes=own)
+
+
 def probe(
     run: CheckpointSource | str | Path,
     probes: Mapping[str, Probe],
@@ -367,8 +390,7 @@ def probe(
     run = Run.open(run) if isinstance(run, str | Path) else run
     batch = text_batch(run, batch) if _is_text(batch) else batch
     check_batch_fits(run, batch)
-    check_forward_memory(run.model_config, batch if any(p.reads != "weights" for p in probes.values()) else None,
-                         {h for p in probes.values() for h in p.hooks}, device)
+    check_probe_memory(run.model_config, probes, batch, device)
     device = resolve_device(device)
     steps = list(run.steps if steps is None else steps)
     missing = sorted(set(steps) - set(run.steps))
@@ -511,29 +533,36 @@ def collect_activations(
 
     For measurements that compare checkpoints with each other (activation
     drift, similarity across training), which per-checkpoint probes cannot
-    express. One filtered forward per checkpoint into one reused model.
+    express. One filtered forward per checkpoint into one reused model, in chunks of rows
+    where the whole batch's forward would not fit (`forward_chunk_rows`: exact, since rows
+    do not interact); refused only where the activations kept for every step cannot fit.
     """
     run = Run.open(run) if isinstance(run, str | Path) else run
     batch = text_batch(run, batch) if _is_text(batch) else batch
     check_batch_fits(run, batch)
-    # kept: each step's activations and, at the end, their stack
-    check_forward_memory(run.model_config, batch, [hook], device,
-                         kept_copies=2 * len(run.steps if steps is None else steps))
-    device = resolve_device(device)
     steps = list(run.steps if steps is None else steps)
+    chunk = forward_chunk_rows(run.model_config, batch, [hook], device, kept_copies=len(steps))
+    device = resolve_device(device)
     device_batch = batch_to(batch, device)
+    n_rows = batch["tokens"].shape[0]
     model: TransformerBridge | None = None
-    stacked = []
-    for step in steps:
+    stacked: np.ndarray | None = None  # filled chunk by chunk: one copy of every step's activations
+    for index, step in enumerate(steps):
         model = run.load(step, device=device, into=model)
         if hook not in model.hook_dict:
             raise UnknownNameError(f"hook: {hook!r} is not a hook point of this model")
-        with torch.no_grad(), model.hooks(fwd_hooks=input_hooks(model, device_batch)):
-            _, cache = model.run_with_cache(device_batch["tokens"], names_filter=[hook])
-        stacked.append(cache[hook].float().cpu().numpy())
-    return np.stack(stacked)
+        for start in range(0, n_rows, chunk):
+            rows = {key: value[start:start + chunk] if value.dim() and len(value) == n_rows else value
+                    for key, value in device_batch.items()}
+            with torch.no_grad(), model.hooks(fwd_hooks=input_hooks(model, rows)):
+                _, cache = model.run_with_cache(rows["tokens"], names_filter=[hook])
+            acts = cache[hook].float().cpu().numpy()
+            if stacked is None:
+                stacked = np.empty((len(steps), n_rows, *acts.shape[1:]), dtype=acts.dtype)
+            stacked[index, start:start + len(acts)] = acts
+    return np.zeros((0, n_rows)) if stacked is None else stacked
 
 
 __all__ = ["CachedComputation", "Column", "Probe", "ProbeContext", "ProbeReads", "ProbeTable", "batch_hash",
-           "cache_rows", "cached_computations", "collect_activations", "numerics", "probe", "probe_artifacts",
-           "probe_cache_files", "run_probes", "text_batch"]
+           "cache_rows", "cached_computations", "check_probe_memory", "collect_activations", "numerics", "probe",
+           "probe_artifacts", "probe_cache_files", "run_probes", "text_batch"]

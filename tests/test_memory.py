@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from helpers import N_CTX, tiny_model_config
@@ -21,6 +22,7 @@ from interp.checkpoints import Run
 from interp.cli import main
 from interp.model import (
     FLOAT_BYTES,
+    AvailableMemory,
     InsufficientMemoryError,
     ModelConfig,
     available_memory,
@@ -263,13 +265,36 @@ def test_a_batch_that_fits_is_probed(run_copy, two_gb):
     assert table.values.shape == (1, 1)
 
 
-def test_collect_activations_counts_every_steps_copy(run_copy, two_gb, no_loading):
+def test_collect_activations_refuses_when_the_kept_activations_cannot_fit(run_copy, two_gb, no_loading):
     hook = "blocks.0.hook_resid_post"
-    # [n, 12, 16] float32 per step: 0.77 KB a sequence; five steps kept twice (each step, then the stack)
-    n = 150_000
-    assert estimate_forward(run_copy.model_config, n, N_CTX, [hook]).total < 2 * GB
-    with pytest.raises(InsufficientMemoryError, match=r"10 kept copies of the cache .*; reduce the batch"):
+    # [n, 12, 16] float32 per step: 0.77 KB a sequence; five steps kept, filled chunk by chunk
+    n = 1_000_000
+    with pytest.raises(InsufficientMemoryError, match=r"keeps 5 copies of their activations \(3\.8 GB\) .*; "
+                                                      r"reduce the batch or the steps"):
         collect_activations(run_copy, hook, huge_batch(n), device="cpu")
+
+
+def test_collect_activations_in_chunks_equals_one_forward(run_copy, monkeypatch):
+    """A batch whose forward does not fit is collected a few rows at a time, exactly."""
+    hook, steps = "blocks.1.hook_resid_mid", run_copy.steps[:2]
+    batch = {"tokens": torch.randint(0, run_copy.model_config.d_vocab, (23, N_CTX),
+                                     generator=torch.Generator().manual_seed(0))}
+    whole = collect_activations(run_copy, hook, batch, steps=steps, device="cpu")
+    cfg = run_copy.model_config
+    kept = estimate_forward(cfg, 23, N_CTX, [hook], kept_copies=len(steps))
+    one = estimate_forward(cfg, 1, N_CTX, [hook])
+    free = kept.parameters + kept.kept + 5 * (one.cached + one.transient)  # five rows a forward
+    assert free > kept.load
+    monkeypatch.setattr(model_module, "available_memory", lambda device=None: AvailableMemory(free, "a test"))
+    assert model_module.forward_chunk_rows(cfg, batch, [hook], "cpu", kept_copies=len(steps)) == 5
+    seen: list[int] = []
+    real = type(run_copy.load(0, device="cpu")).run_with_cache
+    monkeypatch.setattr(type(run_copy.load(0, device="cpu")), "run_with_cache",
+                        lambda self, tokens, **kw: (seen.append(len(tokens)), real(self, tokens, **kw))[1])
+    chunked = collect_activations(run_copy, hook, batch, steps=steps, device="cpu")
+    assert seen == [5, 5, 5, 5, 3] * len(steps)
+    assert chunked.shape == whole.shape == (len(steps), 23, N_CTX, cfg.d_model)
+    np.testing.assert_allclose(chunked, whole, rtol=1e-6, atol=1e-6)
 
 
 def test_the_cli_refuses_a_probe_that_cannot_fit_with_exit_2(run_copy, two_gb, no_loading, capsys):
@@ -317,3 +342,53 @@ def test_a_real_address_space_limit_is_refused_in_one_line_not_killed(run_copy):
 
 def test_the_tiny_model_config_fits_here():
     check_memory(tiny_model_config(), "cpu", batch_size=4)
+
+
+# --- a circuit method's own passes, the explorer's patterns ---------------------------------------
+
+
+def method_batch_sizes(cfg: ModelConfig, own, positions: int, free: int) -> int:
+    """A batch size whose one forward fits in `free` bytes but not with the method's own passes."""
+    n = 1
+    while estimate_forward(cfg, n, positions, own=own(cfg, n, positions)).total <= free:
+        n *= 2
+    assert estimate_forward(cfg, n, positions).total < free
+    return n
+
+
+@pytest.mark.parametrize(("method", "name"), [("path", "path_patching("), ("eap", "edge_attribution(")])
+def test_the_cli_refuses_a_circuit_method_that_cannot_fit(run_copy, two_gb, no_loading, capsys, method, name):
+    from interp.circuits.attribution import edge_attribution_memory
+    from interp.circuits.paths import path_patching_memory
+
+    own = path_patching_memory if method == "path" else edge_attribution_memory
+    n = method_batch_sizes(run_copy.model_config, own, N_CTX, 2 * GB)
+    assert main(["circuit", str(run_copy.path), "--method", method, "--sequences", str(n), "--device", "cpu"]) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"interp circuit: error: {name}")
+    assert f"on a batch of {n} sequences x {N_CTX} positions" in lines[0] and "'s own passes" in lines[0]
+    assert lines[0].endswith("(memory bounded by the cgroup v1 memory limit of 2.0 GB)")
+
+
+def test_probe_counts_each_methods_own_passes(run_copy, two_gb, no_loading):
+    from interp.batches import repeated_patch_batch
+    from interp.circuits.activation import activation_patching_memory, activation_patching_probe
+    from interp.circuits.common import mean_logprob
+    from interp.circuits.cross_checkpoint import cross_checkpoint_memory, cross_checkpoint_probe
+
+    metric = mean_logprob("in_repeat")
+    for made, own in ((activation_patching_probe(metric), activation_patching_memory),
+                      (cross_checkpoint_probe(lambda device: None, "a", metric), cross_checkpoint_memory)):
+        n = method_batch_sizes(run_copy.model_config, own, N_CTX, 2 * GB)
+        batch = {key: value[:1].expand(n, -1) for key, value in
+                 repeated_patch_batch(1, N_CTX // 2, run_copy.model_config.d_vocab, torch.Generator()).items()}
+        with pytest.raises(InsufficientMemoryError, match=rf"^{made.name.split('(')[0]}\(.* on a batch of {n} "):
+            probe(run_copy, {"m": made}, batch, device="cpu")
+
+
+def test_the_explorers_pattern_pass_is_checked_before_loading(run_copy, no_loading, monkeypatch):
+    from interp.view.data import example_for, example_patterns
+
+    monkeypatch.setattr(model_module, "available_memory", lambda device=None: AvailableMemory(10**4, "a test"))
+    with pytest.raises(InsufficientMemoryError, match=r"memory bounded by a test\)$"):
+        example_patterns(run_copy, example_for(run_copy), device="cpu", cache=False)

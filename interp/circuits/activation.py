@@ -18,7 +18,7 @@ from transformer_lens.model_bridge import TransformerBridge
 
 from interp.circuits.common import PatchMetric, probe_batch, run_with_full_cache, run_with_hooks, source_batch
 from interp.ids import HeadId
-from interp.model import Batch, input_hooks
+from interp.model import FLOAT_BYTES, Batch, ModelConfig, input_hooks
 from interp.probing import Probe
 
 ActivationKind = Literal["head_out", "q", "k", "v", "pattern", "resid_pre", "attn_out", "mlp_out"]
@@ -83,7 +83,18 @@ def activation_patch(model: TransformerBridge, batch: Batch, metric: PatchMetric
     return out
 
 
+def activation_patching_memory(cfg: ModelConfig, batch_size: int, positions: int) -> int:
+    """Bytes `activation_patch` holds beyond one forward pass: the source run's cache of every
+    hook (per layer the residual stream's copies, q/k/v/z, the attention scores and pattern,
+    the MLP's hidden layer before and after its activation) and the two runs' logits."""
+    tokens = batch_size * positions
+    inner, d_mlp = cfg.n_heads * cfg.head_dim, 0 if cfg.attn_only else (cfg.d_mlp or 4 * cfg.d_model)
+    per_layer = tokens * (10 * cfg.d_model + 4 * inner + 2 * d_mlp) + 2 * batch_size * cfg.n_heads * positions**2
+    return (cfg.n_layers * per_layer + tokens * (4 * cfg.d_model + 4 * cfg.d_vocab)) * FLOAT_BYTES
+
+
 def activation_patching_probe(metric: PatchMetric, kind: ActivationKind = "head_out",
                               by_position: bool = False) -> Probe:
     return Probe(name=f"activation_patching({metric.name},{kind},by_position={by_position})", hooks=(),
-                 fn=lambda ctx: activation_patch(ctx.model, probe_batch(ctx), metric, kind, by_position), reads="batch")
+                 fn=lambda ctx: activation_patch(ctx.model, probe_batch(ctx), metric, kind, by_position), reads="batch",
+                 memory=activation_patching_memory)

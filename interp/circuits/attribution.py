@@ -17,11 +17,11 @@ from torch import Tensor
 from transformer_lens.model_bridge import TransformerBridge
 
 from interp.circuits.common import PatchMetric, probe_batch, run_with_hooks, source_batch
-from interp.circuits.edges import head_input, write, write_hooks
+from interp.circuits.edges import head_input, write, write_bytes, write_hooks
 from interp.circuits.graph import ModelShape
 from interp.hooks import hook_name
 from interp.ids import HEAD_INPUTS, LOGITS, HeadId, HeadInput, MlpId, Node
-from interp.model import Batch
+from interp.model import FLOAT_BYTES, Batch, ModelConfig
 from interp.probing import Probe
 
 
@@ -108,8 +108,25 @@ def _receiver_grads(model: TransformerBridge, shape: ModelShape, acts: Mapping[s
     return out
 
 
+def edge_attribution_memory(cfg: ModelConfig, batch_size: int, positions: int, ig_steps: int = 1) -> int:
+    """Bytes `edge_attribution` holds beyond one forward pass: the base and source runs' logits
+    and write caches; the gradient pass's saved activations (the bridge keeps each layer's
+    attention scores and pattern), its tracked input copies and their gradients, the logits'
+    gradients; a gradient per receiver input (twice, summed over EAP-IG's steps) and a write
+    change per sender, each `[batch, pos, d_model]`."""
+    tokens, d_model = batch_size * positions, cfg.d_model
+    inner, d_mlp = cfg.n_heads * cfg.head_dim, 0 if cfg.attn_only else (cfg.d_mlp or 4 * d_model)
+    saved_per_layer = 8 * d_model + 10 * inner + 3 * d_mlp
+    patterns = 2 * cfg.n_layers * batch_size * cfg.n_heads * positions**2
+    receivers = cfg.n_layers * (3 * cfg.n_heads + (1 if d_mlp else 0)) + 1
+    senders = 1 + cfg.n_layers * (cfg.n_heads + (1 if d_mlp else 0))
+    per_token = (4 * cfg.d_vocab + cfg.n_layers * saved_per_layer + 2 * max(cfg.d_vocab, d_mlp)
+                 + ((2 if ig_steps > 1 else 1) * receivers + senders + 1) * d_model)
+    return 2 * write_bytes(cfg, batch_size, positions) + (tokens * per_token + patterns) * FLOAT_BYTES
+
+
 def edge_attribution_probe(metric: PatchMetric, ig_steps: int = 1) -> Probe:
     """`edge_attribution` at every checkpoint; columns are edges, `node/<sender>` and `base`."""
     name = f"edge_attribution({metric.name})" if ig_steps == 1 else f"edge_attribution({metric.name},ig={ig_steps})"
     return Probe(name=name, hooks=(), fn=lambda ctx: edge_attribution(ctx.model, probe_batch(ctx), metric, ig_steps),
-                 reads="batch")
+                 reads="batch", memory=partial(edge_attribution_memory, ig_steps=ig_steps))

@@ -14,11 +14,11 @@ from transformer_lens.model_bridge import TransformerBridge
 
 from interp.bridge import LayerAttention, head_output_weight, head_slices, parameter_owner
 from interp.circuits.common import PatchMetric, probe_batch, run_with_hooks
-from interp.circuits.edges import write, write_hooks
+from interp.circuits.edges import write, write_bytes, write_hooks
 from interp.circuits.graph import ModelShape
 from interp.hooks import hook_name
 from interp.ids import EMBED, LOGITS, HeadId, MlpId, Node
-from interp.model import Batch, load_model_state_dict, model_state_dict
+from interp.model import FLOAT_BYTES, Batch, ModelConfig, load_model_state_dict, model_state_dict, parameter_count
 from interp.probing import Probe, ProbeContext
 
 Component = Node
@@ -114,6 +114,15 @@ def _activation_hooks(source_model: TransformerBridge, model: TransformerBridge,
     return fwd
 
 
+def cross_checkpoint_memory(cfg: ModelConfig, batch_size: int, positions: int) -> int:
+    """Bytes `cross_checkpoint_probe` holds beyond one forward pass: the source checkpoint and a
+    scratch model, a mixed state dict loading into it, the source run's writes and attention
+    outputs, and the base and source runs' logits."""
+    tokens = batch_size * positions
+    return 3 * parameter_count(cfg) * FLOAT_BYTES + write_bytes(cfg, batch_size, positions) + \
+        tokens * (cfg.n_layers * cfg.d_model + 2 * cfg.d_vocab) * FLOAT_BYTES
+
+
 def cross_checkpoint_probe(load_source: Callable[[torch.device], TransformerBridge], source_id: str,
                            metric: PatchMetric, mode: CrossMode = "weights",
                            moved: Sequence[Component] | None = None) -> Probe:
@@ -141,4 +150,4 @@ def cross_checkpoint_probe(load_source: Callable[[torch.device], TransformerBrid
 
     chosen_name = None if moved is None else tuple(map(str, moved))
     return Probe(name=f"cross_checkpoint({source_id},{metric.name},{mode},moved={chosen_name})", hooks=(), fn=fn,
-                 reads="batch")
+                 reads="batch", memory=cross_checkpoint_memory)

@@ -14,6 +14,7 @@ from interp.bridge import attention_norm, head_input_weights, head_output_weight
 from interp.circuits.graph import ModelShape
 from interp.hooks import hook_name
 from interp.ids import EMBED, EdgeId, HeadId, HeadInput, MlpId, Node
+from interp.model import FLOAT_BYTES, ModelConfig, hook_numel
 
 
 def write_hooks(shape: ModelShape) -> list[str]:
@@ -21,6 +22,11 @@ def write_hooks(shape: ModelShape) -> list[str]:
     senders = [EMBED, *(HeadId(layer, 0) for layer in range(shape.n_layers)),
                *([] if shape.attn_only else [MlpId(layer) for layer in range(shape.n_layers)])]
     return [write_hook(sender) for sender in senders]
+
+
+def write_bytes(cfg: ModelConfig, batch_size: int, positions: int) -> int:
+    """Bytes of one run's cache of `write_hooks` (what path patching and attribution keep per run)."""
+    return sum(hook_numel(cfg, name, batch_size, positions) for name in write_hooks(ModelShape.of(cfg))) * FLOAT_BYTES
 
 
 def write_hook(sender: Node) -> str:

@@ -20,11 +20,11 @@ from torch import Tensor
 from transformer_lens.model_bridge import TransformerBridge
 
 from interp.circuits.common import PatchMetric, probe_batch, run_with_hooks, source_batch
-from interp.circuits.edges import check_edges, head_input, reader_hook, write, write_hook, write_hooks
+from interp.circuits.edges import check_edges, head_input, reader_hook, write, write_bytes, write_hook, write_hooks
 from interp.circuits.graph import ModelShape
 from interp.hooks import hook_name
 from interp.ids import EdgeId, HeadId, HeadInput, Node
-from interp.model import Batch
+from interp.model import FLOAT_BYTES, Batch, ModelConfig
 from interp.probing import Probe
 
 
@@ -99,9 +99,19 @@ def path_patch_edges(model: TransformerBridge, batch: Batch, metric: PatchMetric
     return out
 
 
+def path_patching_memory(cfg: ModelConfig, batch_size: int, positions: int) -> int:
+    """Bytes `path_patch_edges` holds beyond one forward pass: the base and source runs' logits
+    and caches of every sender's write, and per patched pass the sender's source write and the
+    clones of its live write and its receiver's residual."""
+    tokens = batch_size * positions
+    width = max(cfg.d_model, cfg.n_heads * cfg.head_dim)
+    return 2 * tokens * cfg.d_vocab * FLOAT_BYTES + 2 * write_bytes(cfg, batch_size, positions) + \
+        4 * tokens * width * FLOAT_BYTES
+
+
 def path_patching_probe(metric: PatchMetric, edges: Sequence[EdgeId] | None = None) -> Probe:
     """`path_patch_edges` at every checkpoint; columns are edges plus `base` and `source`."""
     chosen = None if edges is None else tuple(edges)
     name = f"path_patching({metric.name},edges={None if chosen is None else tuple(map(str, chosen))})"
     return Probe(name=name, hooks=(), fn=lambda ctx: path_patch_edges(ctx.model, probe_batch(ctx), metric, chosen),
-                 reads="batch")
+                 reads="batch", memory=path_patching_memory)

@@ -8,8 +8,7 @@ from pathlib import Path
 from interp import seeding
 from interp.cli.checks import check_device, check_period, shape_only
 from interp.cli.runs import model_config, one_run
-from interp.model import check_forward_memory
-from interp.probing import probe
+from interp.probing import check_probe_memory, probe
 
 
 def cmd_circuit(args: argparse.Namespace) -> None:
@@ -20,20 +19,23 @@ def cmd_circuit(args: argparse.Namespace) -> None:
     from interp.circuits import graph as circuit_graph
     from interp.circuits.common import mean_logprob
     from interp.circuits.readout import dla_probe, logit_lens_probe
-    from interp.circuits.trace import trace
+    from interp.circuits.trace import graph_probe, trace
 
     run = one_run(Path(args.dir))
     model_cfg = model_config(run)
     period = check_period(args.period, model_cfg)
     device = check_device(args.device)
-    # One forward's worth (patching's extra copies of component writes are not counted yet).
-    check_forward_memory(model_cfg, shape_only(args.sequences, 2 * period), (), device)
-    batch = repeated_patch_batch(args.sequences, period, model_cfg.d_vocab,
-                                 seeding.generator(args.seed, seeding.CLI_BATCHES))
     metric = mean_logprob("in_repeat")
     if args.method in ("dla", "logit-lens"):
-        key = args.method.replace("-", "_")
         made = dla_probe("in_repeat") if args.method == "dla" else logit_lens_probe("in_repeat")
+    else:
+        made = graph_probe(args.method, None if args.method == "composition" else metric, args.ig_steps)
+    # Before the batch is built: the method's own passes beyond one forward (`Probe.memory`) count.
+    check_probe_memory(model_cfg, {args.method: made}, shape_only(args.sequences, 2 * period), device)
+    batch = repeated_patch_batch(args.sequences, period, model_cfg.d_vocab,
+                                 seeding.generator(args.seed, seeding.CLI_BATCHES))
+    if args.method in ("dla", "logit-lens"):
+        key = args.method.replace("-", "_")
         table = probe(run, {key: made}, batch, steps=args.steps, device=device, progress=True).select(key)
         shown = [c for c in table.columns if args.method == "dla" or c.endswith("/top1")]
         print(f"{'dla: direct logit of the repeated token' if args.method == 'dla' else 'logit lens: top-1 rate'} "

@@ -33,10 +33,11 @@ from interp.checkpoints import Run
 from interp.errors import InputError, MissingFileError
 from interp.files import atomic_write_bytes, atomic_write_json, atomic_write_npy, is_temporary, read_json, sha256_file
 from interp.headline import Source, num, nums
+from interp.hooks import hook_name
 from interp.ids import EdgeId, HeadId
 from interp.locking import RunInUseError
 from interp.metrics import spans
-from interp.model import attention_patterns, resolve_device
+from interp.model import attention_patterns, check_forward_memory, resolve_device
 from interp.pipeline import RUNS_DIR
 from interp.probing import batch_hash, cached_computations, probe_cache_files
 from interp.run_layout import (
@@ -301,6 +302,11 @@ def _compute_patterns(run: Run, example: Example, steps: list[int], device: Any,
                       progress: Callable[[int, int], None] | None) -> dict[int, np.ndarray]:
     """`example`'s patterns at `steps`, each stored in `cache_dir` (held locked) unless None."""
     device = resolve_device(device)
+    # Before the first checkpoint loads: one forward recording every layer's pattern, with the
+    # float16 patterns of every step kept (a quarter of a float32 copy each).
+    check_forward_memory(run.model_config, example.batch(),
+                         [hook_name("pattern", layer) for layer in range(run.model_config.n_layers)], device,
+                         kept_copies=(len(steps) + 3) // 4)
     batch = {k: v.to(device) for k, v in example.batch().items()}
     if cache_dir is not None:
         folder = cache_dir / PATTERNS_DIR / example.key
