@@ -52,8 +52,9 @@ from interp.analysis import Analysis, json_safe, load_all  # noqa: E402
 from interp.bridge import installed_version  # noqa: E402
 from interp.checkpoints import Run  # noqa: E402
 from interp.configs import to_dict  # noqa: E402
+from interp.devices import resolve_device  # noqa: E402
 from interp.ids import CheckpointRef  # noqa: E402
-from interp.model import batch_to, build_model, resolve_device, trainable_parameters  # noqa: E402
+from interp.model import batch_to, build_model, trainable_parameters  # noqa: E402
 from interp.pipeline import JobSetup, TrainingJob, final_only, task_record  # noqa: E402
 from interp.seeding import BATCHES, generator  # noqa: E402
 from interp.train import Stepper, TrainConfig, checkpoint_schedule  # noqa: E402

@@ -55,9 +55,10 @@ from _common import environment, median, spread, table, write_result  # noqa: E4
 
 import interp.metrics.linear_probes as linear_probes  # noqa: E402
 from interp import seeding  # noqa: E402
+from interp.devices import resolve_device  # noqa: E402
 from interp.hooks import hook_name  # noqa: E402
 from interp.metrics.outputs import loss_probe  # noqa: E402
-from interp.model import ModelConfig, resolve_device  # noqa: E402
+from interp.model import ModelConfig  # noqa: E402
 from interp.probing import Probe, probe  # noqa: E402
 from interp.train import TrainConfig, train  # noqa: E402
 from tasks.induction import RepeatedSegments, RepeatedSegmentsConfig  # noqa: E402

@@ -41,7 +41,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import environment, table, write_result  # noqa: E402
 
-from interp.model import ModelConfig, estimate_forward, estimate_memory, format_bytes  # noqa: E402
+from interp.memory import estimate_forward, estimate_memory, format_bytes  # noqa: E402
+from interp.model import ModelConfig  # noqa: E402
 
 SHAPES = {
     "tiny-vocab1e6": ("train", dict(n_layers=2, d_model=16, n_heads=2, attn_only=True, d_vocab=10**6, n_ctx=16), 8),

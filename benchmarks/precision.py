@@ -30,7 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import environment, median, spread, sync, table, write_result  # noqa: E402
 
 from analyses.fact_learning import PRESETS  # noqa: E402
-from interp.model import batch_to, build_model, masked_mean_loss, resolve_device  # noqa: E402
+from interp.devices import resolve_device  # noqa: E402
+from interp.model import batch_to, build_model, masked_mean_loss  # noqa: E402
 from interp.seeding import BATCHES, generator  # noqa: E402
 from interp.train import Stepper  # noqa: E402
 from tasks.biographies import Biographies  # noqa: E402

@@ -52,6 +52,7 @@ from _common import environment, median, spread, table, write_result  # noqa: E4
 
 from interp.batches import repeated_tokens  # noqa: E402
 from interp.checkpoints import Run  # noqa: E402
+from interp.devices import resolve_device  # noqa: E402
 from interp.hooks import hook_name  # noqa: E402
 from interp.metrics.heads import (  # noqa: E402
     induction_probe,
@@ -61,7 +62,7 @@ from interp.metrics.heads import (  # noqa: E402
     previous_token_score,
 )
 from interp.metrics.outputs import loss_probe  # noqa: E402
-from interp.model import ModelConfig, resolve_device, scored_positions, token_losses  # noqa: E402
+from interp.model import ModelConfig, scored_positions, token_losses  # noqa: E402
 from interp.probing import probe  # noqa: E402
 from interp.train import TrainConfig, train  # noqa: E402
 from tasks.induction import RepeatedSegments, RepeatedSegmentsConfig  # noqa: E402

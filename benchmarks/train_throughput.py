@@ -40,7 +40,8 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import environment, median, spread, sync, table, write_result  # noqa: E402
 
-from interp.model import ModelConfig, build_model, resolve_device, trainable_parameters  # noqa: E402
+from interp.devices import resolve_device  # noqa: E402
+from interp.model import ModelConfig, build_model, trainable_parameters  # noqa: E402
 from interp.seeding import BATCHES, generator  # noqa: E402
 from interp.train import TrainConfig, train  # noqa: E402
 from tasks.induction import RepeatedSegments, RepeatedSegmentsConfig  # noqa: E402

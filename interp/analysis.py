@@ -40,6 +40,7 @@ import numpy as np
 
 from interp.checkpoints import Run
 from interp.configs import ConfigError, require, to_dict, with_overrides
+from interp.devices import resolve_device
 from interp.errors import InputError, InterpError, OutputExistsError, UnknownNameError, listing
 from interp.files import atomic_write_json, dumps_json, is_temporary, read_json
 from interp.headline import (
@@ -64,7 +65,8 @@ from interp.headline import (
 )
 from interp.ids import Identity
 from interp.locking import run_lock
-from interp.model import ModelConfig, check_memory, resolve_device
+from interp.memory import check_memory
+from interp.model import ModelConfig
 from interp.parallel import Backend
 from interp.pipeline import (
     RUNS_DIR,

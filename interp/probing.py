@@ -42,19 +42,13 @@ from transformer_lens.model_bridge import TransformerBridge
 
 from interp.cache_dirs import cache_dirs, lock_cache_dir
 from interp.checkpoints import CheckpointSource, Run
+from interp.devices import resolve_device
 from interp.errors import InputError, UnknownNameError
 from interp.files import JsonlScan, append_jsonl, atomic_write_bytes, dumps_json, scan_jsonl
 from interp.ids import HeadId, Identity
 from interp.locking import RunInUseError
-from interp.model import (
-    Batch,
-    ModelConfig,
-    batch_to,
-    check_forward_memory,
-    forward_chunk_rows,
-    input_hooks,
-    resolve_device,
-)
+from interp.memory import check_forward_memory, forward_chunk_rows
+from interp.model import Batch, ModelConfig, batch_to, input_hooks
 from interp.run_layout import PROBES_DIR
 
 

@@ -49,10 +49,10 @@ import torch
 from torch import Tensor, nn
 from transformer_lens.model_bridge import TransformerBridge
 
+from interp.devices import resolve_device
 from interp.errors import listing
 from interp.files import atomic_write_json, loads_json, sha256_file
 from interp.locking import RunInUseError, run_lock
-from interp.model import resolve_device
 from interp.run_layout import CheckpointError
 
 STEP_NAME = re.compile(r"step(\d+)")

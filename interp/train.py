@@ -34,6 +34,7 @@ from transformer_lens.model_bridge import TransformerBridge
 from interp.bridge import installed_version
 from interp.checkpoints import Run
 from interp.configs import require, require_finite, require_literals, require_positive, to_dict
+from interp.devices import resolve_device
 from interp.errors import InputError, OutputExistsError
 from interp.files import NonFiniteError
 from interp.ids import CheckpointRef
@@ -49,7 +50,6 @@ from interp.model import (
     load_model_state_dict,
     masked_mean_loss,
     named_trainable_parameters,
-    resolve_device,
     trim_padding,
 )
 from interp.run_layout import CONFIG_FILE, RunDamagedError

@@ -35,16 +35,14 @@ from interp.cli.errors import explain
 from interp.cli.parser import build_parser
 from interp.configs import to_dict
 from interp.errors import ErrorRecord, InputError, UnknownNameError
-from interp.model import (
+from interp.memory import (
     InsufficientMemoryError,
-    ModelConfig,
     available_memory_bytes,
-    build_model,
     check_memory,
     estimate_memory,
-    model_state_dict,
     parameter_count,
 )
+from interp.model import ModelConfig, build_model, model_state_dict
 from interp.parallel import JobsFailed
 from interp.run_layout import LOCK_FILE, MANIFEST_FILE
 from interp.viz import save_figure

@@ -17,24 +17,21 @@ import pytest
 import torch
 from helpers import N_CTX, tiny_model_config
 
-import interp.model as model_module
+import interp.memory as memory_module
 from interp.checkpoints import Run
 from interp.cli import main
-from interp.model import (
+from interp.memory import (
     FLOAT_BYTES,
     AvailableMemory,
     InsufficientMemoryError,
-    ModelConfig,
     available_memory,
-    build_model,
     check_memory,
     estimate_forward,
     estimate_memory,
-    forward,
     hook_numel,
-    masked_mean_loss,
     parameter_count,
 )
+from interp.model import ModelConfig, build_model, forward, masked_mean_loss
 from interp.probing import collect_activations, probe
 
 GB = 10**9
@@ -66,7 +63,7 @@ def v1_group(folder: str, limit: str, usage: int, inactive: int = 0) -> dict[str
 
 def test_only_physical_memory_bounds_a_process_without_limits(tmp_path):
     root = fake_root(tmp_path, ["0::/"], [V2_MOUNT], {"sys/fs/cgroup/memory.current": "1\n"}, available_kb=5 * 10**6)
-    assert available_memory("cpu", root) == model_module.AvailableMemory(5 * 1024 * 10**6,
+    assert available_memory("cpu", root) == memory_module.AvailableMemory(5 * 1024 * 10**6,
                                                                          "free physical memory (MemAvailable)")
 
 
@@ -144,7 +141,8 @@ def test_the_tightest_bound_wins(tmp_path):
                      available_kb=10**6)
     assert available_memory("cpu", root).source == "free physical memory (MemAvailable)"
     (root / "proc/meminfo").write_text(f"MemAvailable: {10**8} kB\n")
-    assert available_memory("cpu", root) == model_module.AvailableMemory(2 * GB, "the cgroup v1 memory limit of 3.0 GB")
+    assert available_memory("cpu", root) == memory_module.AvailableMemory(2 * GB,
+                                                                          "the cgroup v1 memory limit of 3.0 GB")
 
 
 def test_this_machine_has_a_bound():
@@ -154,7 +152,7 @@ def test_this_machine_has_a_bound():
 
 def test_a_training_refusal_names_the_bound(tmp_path, monkeypatch):
     root = fake_root(tmp_path, ["4:memory:/a"], [V1_MOUNT], v1_group("sys/fs/cgroup/memory/a", str(2 * GB), 0))
-    monkeypatch.setattr(model_module, "available_memory", functools.partial(available_memory, root=root))
+    monkeypatch.setattr(memory_module, "available_memory", functools.partial(available_memory, root=root))
     with pytest.raises(InsufficientMemoryError, match=r"but 2\.0 GB is available on cpu; reduce batch_size=8, .* "
                                                       r"\(memory bounded by the cgroup v1 memory limit of 2\.0 GB\)$"):
         check_memory(ModelConfig(d_vocab=10**6, d_model=16, n_heads=2, n_ctx=16, attn_only=True), "cpu", batch_size=8)
@@ -226,7 +224,7 @@ def test_the_forward_estimate_grows_with_the_batch_and_the_hooks():
 def two_gb(tmp_path, monkeypatch) -> None:
     """This process behind a 2 GB cgroup v1 limit (a fake tree), whatever the host has."""
     root = fake_root(tmp_path, ["4:memory:/job"], [V1_MOUNT], v1_group("sys/fs/cgroup/memory/job", str(2 * GB), 0))
-    monkeypatch.setattr(model_module, "available_memory", functools.partial(available_memory, root=root))
+    monkeypatch.setattr(memory_module, "available_memory", functools.partial(available_memory, root=root))
 
 
 @pytest.fixture
@@ -285,8 +283,8 @@ def test_collect_activations_in_chunks_equals_one_forward(run_copy, monkeypatch)
     one = estimate_forward(cfg, 1, N_CTX, [hook])
     free = kept.parameters + kept.kept + 5 * (one.cached + one.transient)  # five rows a forward
     assert free > kept.load
-    monkeypatch.setattr(model_module, "available_memory", lambda device=None: AvailableMemory(free, "a test"))
-    assert model_module.forward_chunk_rows(cfg, batch, [hook], "cpu", kept_copies=len(steps)) == 5
+    monkeypatch.setattr(memory_module, "available_memory", lambda device=None: AvailableMemory(free, "a test"))
+    assert memory_module.forward_chunk_rows(cfg, batch, [hook], "cpu", kept_copies=len(steps)) == 5
     seen: list[int] = []
     real = type(run_copy.load(0, device="cpu")).run_with_cache
     monkeypatch.setattr(type(run_copy.load(0, device="cpu")), "run_with_cache",
@@ -309,7 +307,7 @@ def test_training_behind_a_cgroup_v1_limit_is_refused_with_exit_2(tmp_path, monk
     under a 2 GB cgroup v1 limit, half a gigabyte of it in use; it used to be killed."""
     root = fake_root(tmp_path, ["4:memory:/job"], [V1_MOUNT],
                      v1_group("sys/fs/cgroup/memory/job", str(2 * GB), GB // 2))
-    monkeypatch.setattr(model_module, "available_memory", functools.partial(available_memory, root=root))
+    monkeypatch.setattr(memory_module, "available_memory", functools.partial(available_memory, root=root))
     out = tmp_path / "out"
     assert main(["run", "induction-heads", "--preset", "tiny", "--set", "task.d_vocab=1000000", "--out", str(out),
                  "--device", "cpu", "--quiet"]) == 2
@@ -389,6 +387,6 @@ def test_probe_counts_each_methods_own_passes(run_copy, two_gb, no_loading):
 def test_the_explorers_pattern_pass_is_checked_before_loading(run_copy, no_loading, monkeypatch):
     from interp.view.data import example_for, example_patterns
 
-    monkeypatch.setattr(model_module, "available_memory", lambda device=None: AvailableMemory(10**4, "a test"))
+    monkeypatch.setattr(memory_module, "available_memory", lambda device=None: AvailableMemory(10**4, "a test"))
     with pytest.raises(InsufficientMemoryError, match=r"memory bounded by a test\)$"):
         example_patterns(run_copy, example_for(run_copy), device="cpu", cache=False)

@@ -18,7 +18,8 @@ from transformer_lens.model_bridge import TransformerBridge
 
 from interp.circuits.common import PatchMetric, probe_batch, run_with_full_cache, run_with_hooks, source_batch
 from interp.ids import HeadId
-from interp.model import FLOAT_BYTES, Batch, ModelConfig, input_hooks
+from interp.memory import FLOAT_BYTES
+from interp.model import Batch, ModelConfig, input_hooks
 from interp.probing import Probe
 
 ActivationKind = Literal["head_out", "q", "k", "v", "pattern", "resid_pre", "attn_out", "mlp_out"]

@@ -21,7 +21,8 @@ from interp.circuits.edges import head_input, write, write_bytes, write_hooks
 from interp.circuits.graph import ModelShape
 from interp.hooks import hook_name
 from interp.ids import HEAD_INPUTS, LOGITS, HeadId, HeadInput, MlpId, Node
-from interp.model import FLOAT_BYTES, Batch, ModelConfig
+from interp.memory import FLOAT_BYTES
+from interp.model import Batch, ModelConfig
 from interp.probing import Probe
 
 

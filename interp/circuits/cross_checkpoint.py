@@ -18,7 +18,8 @@ from interp.circuits.edges import write, write_bytes, write_hooks
 from interp.circuits.graph import ModelShape
 from interp.hooks import hook_name
 from interp.ids import EMBED, LOGITS, HeadId, MlpId, Node
-from interp.model import FLOAT_BYTES, Batch, ModelConfig, load_model_state_dict, model_state_dict, parameter_count
+from interp.memory import FLOAT_BYTES, parameter_count
+from interp.model import Batch, ModelConfig, load_model_state_dict, model_state_dict
 from interp.probing import Probe, ProbeContext
 
 Component = Node

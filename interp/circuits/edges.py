@@ -14,7 +14,8 @@ from interp.bridge import attention_norm, head_input_weights, head_output_weight
 from interp.circuits.graph import ModelShape
 from interp.hooks import hook_name
 from interp.ids import EMBED, EdgeId, HeadId, HeadInput, MlpId, Node
-from interp.model import FLOAT_BYTES, ModelConfig, hook_numel
+from interp.memory import FLOAT_BYTES, hook_numel
+from interp.model import ModelConfig
 
 
 def write_hooks(shape: ModelShape) -> list[str]:

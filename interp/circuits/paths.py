@@ -24,7 +24,8 @@ from interp.circuits.edges import check_edges, head_input, reader_hook, write, w
 from interp.circuits.graph import ModelShape
 from interp.hooks import hook_name
 from interp.ids import EdgeId, HeadId, HeadInput, Node
-from interp.model import FLOAT_BYTES, Batch, ModelConfig
+from interp.memory import FLOAT_BYTES
+from interp.model import Batch, ModelConfig
 from interp.probing import Probe
 
 

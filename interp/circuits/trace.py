@@ -25,7 +25,8 @@ from interp.circuits.common import PatchMetric
 from interp.circuits.graph import CircuitGraph, GraphSource, ModelShape, SavedGraphs, graphs_from_table, save_graphs
 from interp.circuits.paths import path_patching_probe
 from interp.circuits.weights import composition_probe
-from interp.model import Batch, resolve_device
+from interp.devices import resolve_device
+from interp.model import Batch
 from interp.probing import Probe, ProbeTable, batch_hash, numerics, probe
 
 GraphMethod = Literal["path", "eap", "composition"]

@@ -25,7 +25,7 @@ from pathlib import Path
 from interp.cli.run import output_dir, resume_command
 from interp.cli.sweep import sweep_dir
 from interp.errors import ErrorRecord
-from interp.model import format_bytes
+from interp.memory import format_bytes
 from interp.parallel import JobsFailed
 
 EXIT_FAILED = 1  # a check failed (`info --verify`) or a job raised an unexpected error

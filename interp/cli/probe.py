@@ -12,8 +12,8 @@ from interp.checkpoints import Run
 from interp.cli.checks import check_device, check_period, shape_only
 from interp.cli.runs import model_config, one_run
 from interp.configs import ConfigError
+from interp.memory import check_forward_memory
 from interp.metrics import heads
-from interp.model import check_forward_memory
 from interp.probing import probe
 
 BUILTIN_PROBES = {"prev-token": "prev", "induction": "induction"}

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from interp.cli.checks import check_device
-from interp.model import format_bytes
+from interp.memory import format_bytes
 
 
 def cmd_view(args: argparse.Namespace) -> None:

@@ -30,14 +30,16 @@ from interp.analysis import ANALYSIS_FILE
 from interp.batches import repeated_tokens
 from interp.cache_dirs import cache_dirs, lock_cache_dir
 from interp.checkpoints import Run
+from interp.devices import resolve_device
 from interp.errors import InputError, MissingFileError
 from interp.files import atomic_write_bytes, atomic_write_json, atomic_write_npy, is_temporary, read_json, sha256_file
 from interp.headline import Source, num, nums
 from interp.hooks import hook_name
 from interp.ids import EdgeId, HeadId
 from interp.locking import RunInUseError
+from interp.memory import check_forward_memory
 from interp.metrics import spans
-from interp.model import attention_patterns, check_forward_memory, resolve_device
+from interp.model import attention_patterns
 from interp.pipeline import RUNS_DIR
 from interp.probing import batch_hash, cached_computations, probe_cache_files
 from interp.run_layout import (
