@@ -2,8 +2,8 @@
 limit that applies allows (physical memory, cgroup v2 and v1, `ulimit`, the GPU), and a
 one-line refusal (`InsufficientMemoryError`) naming both before the kernel kills the process.
 
-Estimates read only a model's sizes (`ModelConfig`), so this sits below `interp.model`, whose
-`build_model` checks them.
+Estimates read only a model's sizes (`ModelDimensions`), so this sits below `interp.model`, whose
+`build_model` checks them, and serve checkpoint suites' models as well.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import resource
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 
@@ -21,8 +21,28 @@ from interp.devices import resolve_device
 from interp.errors import InterpError
 from interp.hooks import hook_size_kind
 
-if TYPE_CHECKING:
-    from interp.model import Batch, ModelConfig
+Batch = Mapping[str, torch.Tensor]
+
+
+class ModelDimensions(Protocol):
+    """What an estimate reads of a model: its sizes and the parts that change them. Both the
+    toolkit's `interp.model.ModelConfig` and a suite's `interp.suites.SuiteModelConfig` are one."""
+
+    n_layers: int
+    n_heads: int
+    d_model: int
+    d_vocab: int
+    n_ctx: int
+    d_input: int
+    attn_only: bool
+    normalization: str
+    positional: str
+
+    @property
+    def d_mlp(self) -> int: ...
+
+    @property
+    def head_dim(self) -> int: ...
 
 FLOAT_BYTES = 4  # weights, gradients, optimizer state and activations are float32
 
@@ -47,7 +67,7 @@ class MemoryEstimate:
         return max(self.build, self.parameters + self.optimizer + self.activations)
 
 
-def parameter_count(cfg: ModelConfig) -> int:
+def parameter_count(cfg: ModelDimensions) -> int:
     """Numbers in the state dict of the model `build_model(cfg)` makes (the trainable
     parameters and the unembedding bias), from the config alone."""
     d_model, d_mlp, inner = cfg.d_model, cfg.d_mlp or 4 * cfg.d_model, cfg.n_heads * cfg.head_dim
@@ -60,7 +80,7 @@ def parameter_count(cfg: ModelConfig) -> int:
     return embeddings + cfg.n_layers * (attention + mlp) + norm + unembed + projection
 
 
-def estimate_memory(cfg: ModelConfig, batch_size: int = 0) -> MemoryEstimate:
+def estimate_memory(cfg: ModelDimensions, batch_size: int = 0) -> MemoryEstimate:
     """What building (`batch_size=0`) or training at `batch_size` needs: the peak of a
     training step on the fused path (`fused_forward`), without the process's own baseline
     (python, torch and TransformerLens: about 0.5 GB, already in use when this is checked).
@@ -111,7 +131,7 @@ class ForwardEstimate:
         return max(self.load, self.parameters + self.cached + self.transient + self.kept + self.own)
 
 
-def hook_numel(cfg: ModelConfig, name: str, batch_size: int, positions: int) -> int:
+def hook_numel(cfg: ModelDimensions, name: str, batch_size: int, positions: int) -> int:
     """Numbers in the activation the bridge's hook `name` records on a [batch_size, positions]
     batch, from the name alone (for an estimate made before the model is loaded)."""
     tokens = batch_size * positions
@@ -124,7 +144,7 @@ def hook_numel(cfg: ModelConfig, name: str, batch_size: int, positions: int) -> 
     return tokens * per_token[kind]
 
 
-def estimate_forward(cfg: ModelConfig, batch_size: int, positions: int, hooks: Iterable[str] = (),
+def estimate_forward(cfg: ModelDimensions, batch_size: int, positions: int, hooks: Iterable[str] = (),
                      kept_copies: int = 0, own: int = 0) -> ForwardEstimate:
     """What one forward pass without gradients through the bridge needs on a [batch_size,
     positions] batch, caching `hooks`, with `kept_copies` copies of the cache kept after it
@@ -313,7 +333,7 @@ def format_bytes(n: float) -> str:
     raise AssertionError("unreachable")
 
 
-def check_memory(cfg: ModelConfig, device: str | torch.device | None = None, batch_size: int = 0) -> None:
+def check_memory(cfg: ModelDimensions, device: str | torch.device | None = None, batch_size: int = 0) -> None:
     """Raise `InsufficientMemoryError` if building (`batch_size=0`) or training the model at
     `batch_size` needs more than `device` has available; the message names the estimate,
     what is available and its bound, and the sizes that drive it. Nothing is allocated."""
@@ -332,7 +352,7 @@ def check_memory(cfg: ModelConfig, device: str | torch.device | None = None, bat
         f"on {device}; reduce {_largest_term(cfg, estimate, batch_size)} (memory bounded by {available.source})")
 
 
-def _largest_term(cfg: ModelConfig, estimate: MemoryEstimate, batch_size: int) -> str:
+def _largest_term(cfg: ModelDimensions, estimate: MemoryEstimate, batch_size: int) -> str:
     """The sizes behind the largest part of the estimate, to name in the error."""
     embedding = 2 * cfg.d_vocab * cfg.d_model * FLOAT_BYTES
     if estimate.activations > estimate.parameters + estimate.optimizer:
@@ -343,7 +363,7 @@ def _largest_term(cfg: ModelConfig, estimate: MemoryEstimate, batch_size: int) -
     return f"d_model={cfg.d_model}, n_layers={cfg.n_layers}{mlp}"
 
 
-def check_forward_memory(cfg: ModelConfig, batch: Batch | None, hooks: Iterable[str] = (),
+def check_forward_memory(cfg: ModelDimensions, batch: Batch | None, hooks: Iterable[str] = (),
                          device: str | torch.device | None = None, kept_copies: int = 0,
                          own_passes: Mapping[str, int] | None = None) -> None:
     """Raise `InsufficientMemoryError`, before any checkpoint is loaded, if a forward pass
@@ -381,7 +401,7 @@ def check_forward_memory(cfg: ModelConfig, batch: Batch | None, hooks: Iterable[
         f"{device}; reduce the batch (memory bounded by {available.source})")
 
 
-def forward_chunk_rows(cfg: ModelConfig, batch: Batch, hooks: Iterable[str] = (),
+def forward_chunk_rows(cfg: ModelDimensions, batch: Batch, hooks: Iterable[str] = (),
                        device: str | torch.device | None = None, kept_copies: int = 1) -> int:
     """Rows of `batch` per forward pass so that each pass, caching `hooks`, fits beside
     `kept_copies` copies of the whole batch's cached activations (what a caller filling them
