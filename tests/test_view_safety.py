@@ -136,3 +136,34 @@ def test_hostile_strings_show_literally_in_chromium(trained_run, tmp_path, brows
     assert all(url.startswith(("file:", "data:")) for url in found["resources"]), found["resources"]
     errors = _console_errors(browser) + found["errors"]
     assert errors == [], f"browser console errors: {errors}"
+
+
+def test_curves_draw_one_point_series_and_say_what_they_leave_out(trained_run, tmp_path, browser):  # noqa: F811
+    from selenium.webdriver.common.by import By
+
+    folder = tmp_path / "run"
+    shutil.copytree(trained_run.path, folder)
+    data = view_data(folder, device="cpu")
+    r = data["runs"][0]
+    r["metrics"]["solo"] = {"steps": [r["steps"][-1]], "values": [0.5]}
+    head_probe = next(p for p in r["probes"].values() if p["heads"])
+    r["probes"]["many"] = {**copy.deepcopy(head_probe), "heads": False, "columns": [f"c{i}" for i in range(45)],
+                           "values": [[float(i)] * 45 for i in range(len(head_probe["steps"]))]}
+    page = folder / VIEW_DIR / INDEX
+    page.parent.mkdir()
+    page.write_text(render_page(data), encoding="utf-8")
+    _open(browser, page)
+    browser.find_element(By.CSS_SELECTOR, 'nav button[data-tab="curves"]').click()
+    for chip in browser.find_elements(By.CSS_SELECTOR, "#curve-groups label.chip"):
+        box = chip.find_element(By.TAG_NAME, "input")
+        if chip.text.strip() in ("solo", "probe many") and not box.is_selected():
+            box.click()
+    _settle(browser)
+    plots = browser.execute_script("""
+        return [...document.querySelectorAll('#curves .plot')].filter((e) => !e.hidden && e.data).map((e) => ({
+          title: e.layout.title.text, traces: e.data.map((t) => [t.name, t.mode, t.x.length])}));""")
+    solo = [t for p in plots for t in p["traces"] if t[0] == "solo"]
+    assert solo == [["solo", "lines+markers", 1]]  # one point, drawn as a marker
+    many = [p for p in plots if p["title"].startswith("probe many")]
+    assert len(many) == 1 and len(many[0]["traces"]) == 40
+    assert many[0]["title"] == "probe many (the first 40 of 45 curves)"

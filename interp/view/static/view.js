@@ -297,6 +297,11 @@
     }
   }
 
+  // A group draws at most this many curves (a legend past it is unreadable) and says so in its title.
+  const MAX_TRACES = 40;
+  // A line needs two points: a series of one or two points gets markers too, so it never draws nothing.
+  const seriesMode = (x) => (x.length > 2 ? "lines" : "lines+markers");
+
   let curvesKey = "";
   function renderCurves(rebuild) {
     const r = run(), box = $("curves"), groups = curveGroups(r);
@@ -308,9 +313,11 @@
       const plots = chosen.map((g, i) => plotDiv(box, "curve-" + i));
       box.querySelectorAll(".plot").forEach((el) => { el.hidden = !plots.includes(el); });
       chosen.forEach((g, i) => {
-        const traces = groups.get(g).slice(0, 40).map((t) => ({ type: "scatter", mode: "lines", name: t.name,
+        const all = groups.get(g), shown = all.slice(0, MAX_TRACES);
+        const traces = shown.map((t) => ({ type: "scatter", mode: seriesMode(t.x), name: t.name,
           x: t.x, y: t.y, line: { width: 1.5 } }));
-        draw(plots[i], traces, lineLayout(g, { shapes: cursorShapes(r.name, S.logx) }));
+        const title = all.length > shown.length ? `${g} (the first ${shown.length} of ${all.length} curves)` : g;
+        draw(plots[i], traces, lineLayout(title, { shapes: cursorShapes(r.name, S.logx) }));
       });
       return;
     }
@@ -614,7 +621,7 @@
   }
 
   function linesFigure(f) {
-    const data = f.series.map((s) => ({ type: "scatter", mode: "lines", name: s.name, x: s.x, y: s.y,
+    const data = f.series.map((s) => ({ type: "scatter", mode: seriesMode(s.x), name: s.name, x: s.x, y: s.y,
       yaxis: s.axis === "y2" ? "y2" : "y", line: { width: s.axis === "y2" ? 1.2 : 2, dash: s.axis === "y2" ? "dot" : "solid" } }));
     const shapes = f.run ? cursorShapes(f.run, f.logx) : [];
     const annotations = [];
