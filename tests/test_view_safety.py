@@ -72,7 +72,7 @@ def _hostile_data(run_path: Path) -> dict:
             {"type": "lines", "title": HOSTILE[5], "run": name, "ylabel": HOSTILE[6], "y2label": HOSTILE[2],
              "series": [{"name": HOSTILE[7], "x": metric["steps"], "y": metric["values"], "axis": "y"},
                         {"name": HOSTILE[8], "x": metric["steps"], "y": metric["values"], "axis": "y2"}],
-             "vlines": [{"x": steps[1], "label": HOSTILE[4]}],
+             "vlines": [{"x": steps[1], "label": HOSTILE[4]}], "hlines": [{"y": 0.5, "label": HOSTILE[0]}],
              "band": {"x0": steps[0], "x1": steps[1], "label": HOSTILE[6]}},
             {"type": "heads", "title": HOSTILE[2], "run": name, "probe": HOSTILE[2], "head": None},
             {"type": "table", "title": HOSTILE[7], "rows": [[h, h] for h in HOSTILE]},
@@ -129,7 +129,8 @@ def test_hostile_strings_show_literally_in_chromium(trained_run, tmp_path, brows
     assert found["scripts"] == 3  # the data block, plotly and the app: none added, none swallowed
     assert found["modebars"] > 0 and found["share"] == 0
     assert found["options"] == [FOLDER]
-    for literal in ("<s>", "</s>", '<span style="font-size:90px">BIG</span>', "&rarr; &quot; &amp; <br>"):
+    for literal in ("<s>", "</s>", '<span style="font-size:90px">BIG</span>', "&rarr; &quot; &amp; <br>",
+                    "<!--<script>", f'<a href="javascript:{PWNED}">click</a>'):  # ... and reference lines' labels
         assert literal in found["svg"], f"{literal!r} is not drawn literally by plotly"
     for literal in (HOSTILE[1], HOSTILE[4], HOSTILE[7]):
         assert literal in found["page"], f"{literal!r} is not shown literally on the page"

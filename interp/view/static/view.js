@@ -635,6 +635,10 @@
     for (const hl of f.hlines || []) {
       shapes.push({ type: "line", xref: "paper", yref: hl.axis === "y2" ? "y2" : "y", x0: 0, x1: 1, y0: hl.y, y1: hl.y,
                     line: { color: COLOR.grey, width: 1, dash: "dot" } });
+      if (hl.label) {
+        annotations.push({ x: 1, y: hl.y, xref: "paper", yref: hl.axis === "y2" ? "y2" : "y", text: hl.label,
+                           showarrow: false, xanchor: "right", yanchor: "bottom", font: { size: 10, color: COLOR.grey } });
+      }
     }
     if (f.band) {
       shapes.push({ type: "rect", xref: "x", yref: "paper", x0: f.band.x0, x1: f.band.x1, y0: 0, y1: 1, layer: "below",
@@ -645,11 +649,12 @@
     }
     const layout = lineLayout(f.title, { shapes, annotations, height: 380,
       xaxis: { title: { text: f.xlabel || "step" }, type: f.logx ? "log" : "linear", zeroline: false, autorange: true },
-      yaxis: { title: { text: f.ylabel || "" }, zeroline: false, autorange: true },
+      yaxis: { title: { text: f.ylabel || "" }, zeroline: false, autorange: true, automargin: true },
       legend: { orientation: "h", y: -0.2, font: { size: 11 } }, margin: { l: 56, r: 56, t: 34, b: 40 } });
     if (data.some((t) => t.yaxis === "y2")) {
+      // Round ticks (".3~g": 0.25, not 0.25000000000000006) and a margin that fits them and the title.
       layout.yaxis2 = { title: { text: f.y2label || "" }, overlaying: "y", side: "right", zeroline: false, showgrid: false,
-                        autorange: true };
+                        autorange: true, tickformat: ".3~g", automargin: true };
     }
     return { data, layout };
   }
