@@ -147,7 +147,7 @@ def _chain(model: nn.Module, params: list[nn.Parameter], loss_fn: LossFn, data: 
         for _ in range(settings.burn_in + settings.draws):
             rows = torch.randint(n, (settings.batch_size,), generator=batches)
             loss = loss_fn(model, {k: t[rows.to(t.device)] for k, t in data.items()})
-            value = float(loss)
+            value = float(loss.detach())
             trace.append(value)
             if not math.isfinite(value):
                 break
