@@ -23,6 +23,10 @@ CLI_BATCHES = 2
 """The batches `interp probe` and `interp circuit` draw from their `--seed`."""
 LINEAR_PROBES = 21
 """A linear probe's split, folds and control labels (`interp.metrics.probe_fitting`)."""
+LLC_BATCHES = 31
+"""The SGLD minibatches of an LLC estimate's chain `c`: `generator(seed, LLC_BATCHES, c)` (`interp.metrics.llc`)."""
+LLC_NOISE = 32
+"""The seed of chain `c`'s SGLD noise: `generator(seed, LLC_NOISE, c)`."""
 EXAMPLES = 9001
 """The explorer's example sequence (`interp view`), apart from any analysis's streams."""
 

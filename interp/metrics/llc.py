@@ -23,12 +23,7 @@ from torch import Tensor, nn
 
 from interp.model import forward, masked_mean_loss
 from interp.probing import Probe, ProbeContext
-from interp.seeding import generator
-
-LLC_BATCHES = 31
-"""Stream of the SGLD minibatches of chain `c`: `generator(seed, LLC_BATCHES, c)`."""
-LLC_NOISE = 32
-"""Stream the seed of chain `c`'s SGLD noise is drawn from: `generator(seed, LLC_NOISE, c)`."""
+from interp.seeding import LLC_BATCHES, LLC_NOISE, generator
 
 DIVERGENCE_MARGIN = 2.0
 """A chain diverged when its loss rises above the initial loss by more than
