@@ -133,14 +133,15 @@ def _chain(model: nn.Module, params: list[nn.Parameter], loss_fn: LossFn, data: 
     """One SGLD chain from the model's current weights; its minibatch loss at every step,
     stopping at the first non-finite one."""
     batches = generator(settings.seed, LLC_BATCHES, chain)
-    noise_seed = int(torch.randint(2**62, (1,), generator=generator(settings.seed, LLC_NOISE, chain)))
+    # Drawn by CPU generators (the toolkit's streams), whatever device the model is on.
+    noise_seed = int(torch.randint(2**62, (1,), generator=generator(settings.seed, LLC_NOISE, chain), device="cpu"))
     optimizer = SGMCMC.sgld(params, lr=settings.lr, nbeta=settings.effective_nbeta, localization=settings.gamma)
     trace: list[float] = []
     # devinterp draws its noise from torch's global stream; the caller's is left as it was
     with torch.random.fork_rng(devices=[]), torch.enable_grad():
         torch.manual_seed(noise_seed)
         for _ in range(settings.burn_in + settings.draws):
-            rows = torch.randint(n, (settings.batch_size,), generator=batches)
+            rows = torch.randint(n, (settings.batch_size,), generator=batches, device="cpu")
             loss = loss_fn(model, {k: t[rows.to(t.device)] for k, t in data.items()})
             value = float(loss.detach())
             trace.append(value)
