@@ -5,7 +5,7 @@ their circuits form, fade and come back.
     from interp.batches import repeated_tokens
     from interp.metrics import heads
 
-    run = Run.open("runs/induction")
+    run = Run.open("runs/induction/runs/main")  # the main run of `interp run induction-heads`
     batch = {"tokens": repeated_tokens(8, 16, run.model_config.d_vocab, seeding.generator(0, 1))}
     table = probe(run, {"ind": heads.induction_probe(layers=[1], period=16)}, batch)
 """
