@@ -35,6 +35,7 @@ from interp.analysis import (
     ModelConfig,
     ProbeTable,
     Report,
+    Run,
     RunsData,
     Series,
     Source,
@@ -50,6 +51,7 @@ from interp.analysis import (
     probe,
     probe_column,
     read_results,
+    read_task,
     results_dict,
 )
 from interp.batches import repeated_patch_batch, repeated_tokens
@@ -469,8 +471,14 @@ def view(source: Source, runs: RunsData) -> Headline:
         ])
 
 
+def training_rows(run: Run, n: int, generator: torch.Generator) -> Batch:
+    """`n` sequences of the recurring-pairs task `run` was trained on."""
+    return RecurringPairs(read_task(run, RecurringPairsConfig)).sample(n, generator)
+
+
 ANALYSIS = Analysis("induction-heads", "Induction-head phase change in a 2-layer attention-only transformer "
                     "(Olsson et al. 2022)", PRESETS, measure, figures, report,
-                    headline=("phase_change_step", "induction_score_final", "repeated_loss_after"), view=view)
+                    headline=("phase_change_step", "induction_score_final", "repeated_loss_after"), view=view,
+                    training_rows=training_rows)
 
 __all__ = ["ANALYSIS", "InductionHeadsConfig", "InductionResults"]

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 import numpy as np
+import torch
 
 from interp.checkpoints import Run
 from interp.configs import ConfigError, require, to_dict, with_overrides
@@ -66,7 +67,7 @@ from interp.headline import (
 from interp.ids import Identity
 from interp.locking import run_lock
 from interp.memory import check_memory
-from interp.model import ModelConfig
+from interp.model import Batch, ModelConfig
 from interp.parallel import Backend
 from interp.pipeline import (
     RUNS_DIR,
@@ -116,7 +117,9 @@ class Analysis(Generic[ConfigT, ResultsT]):
     repeated twice); `view(source, runs)` builds the analysis's headline panel from its
     directory and its runs' page data, reading its results with `read_results` (default: the
     generic view, losses and a head grid); `opens_on(source)` names the run the page opens on
-    and computes first (default: "main", else "base", else the first). `preset_workers` names presets whose independent
+    and computes first (default: "main", else "base", else the first). `training_rows(run, n,
+    generator)`, when given, draws `n` rows of the distribution `run` was trained on: the data of
+    sampling-based probes such as the LLC (`interp llc`). `preset_workers` names presets whose independent
     runs train on that many local processes unless the caller chooses (`backend`, `--workers`),
     e.g. 1 where starting a pool costs more than the runs; other presets use one per core. It is
     an execution setting, not part of a preset's config: it never changes a result."""
@@ -129,6 +132,7 @@ class Analysis(Generic[ConfigT, ResultsT]):
     report: Callable[[ConfigT, ResultsT], Report]
     headline: tuple[str, ...] = ()
     example: Callable[[Run], Sequence[int]] | None = None
+    training_rows: Callable[[Run, int, torch.Generator], Batch] | None = None
     view: Callable[[Source, RunsData], Headline] | None = None
     opens_on: Callable[[Source], str] | None = None
     preset_workers: Mapping[str, int] = field(default_factory=dict)
@@ -168,6 +172,18 @@ def get_analysis(name: str) -> Analysis:
         raise AnalysisImportError(f"analysis {name!r}: {found[name].value} is a {type(analysis).__name__}, "
                                   "not an interp.analysis.Analysis")
     return analysis
+
+
+def analysis_of_run(run: Run) -> Analysis | None:
+    """The registered analysis that trained `run` (a run in `<analysis dir>/runs/<name>/`), or None
+    for a run of no analysis. An analysis that is named but does not load is an error."""
+    record_file = run.path.parent.parent / ANALYSIS_FILE
+    if run.path.parent.name != RUNS_DIR or not record_file.is_file():
+        return None
+    name = read_json(record_file).get("analysis")
+    if not isinstance(name, str):
+        raise InputError(f"{record_file}: analysis: expected the analysis's name, got {name!r}")
+    return get_analysis(name)
 
 
 def load_all() -> tuple[dict[str, Analysis], dict[str, str]]:

@@ -97,3 +97,34 @@ def test_an_analysis_written_with_workers_in_its_config_resumes_unchanged(tiny_o
 def test_probe_rejects_a_layer_out_of_range(tiny_out, capsys):
     assert main(["probe", str(tiny_out), "induction", "--layers", "5"]) == 2
     assert "--layers" in capsys.readouterr().err
+
+
+def test_llc_at_every_checkpoint_on_the_training_distribution(tiny_out, capsys, tmp_path):
+    """`interp llc` samples rows of the task the run was trained on (its analysis draws them),
+    caches one computation per sampler setting, and answers a second call from the cache."""
+    argv = ["llc", str(tiny_out), "--chains", "2", "--draws", "6", "--burn-in", "2", "--sequences", "16",
+            "--batch-size", "4", "--csv", str(tmp_path / "llc.csv")]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    steps = json.loads((tiny_out / "runs" / "main" / "manifest.json").read_text())
+    table = np.loadtxt(tmp_path / "llc.csv", delimiter=",", skiprows=1, ndmin=2)
+    assert table.shape[1] == 1 + 4 + 2  # step, llc, llc_std, init_loss, trustworthy, one llc per chain
+    assert "2 chains x 6 draws after 2 burn-in" in out and "trustworthy" in out
+    cache = tiny_out / "runs" / "main" / "probes" / "llc.jsonl"
+    rows = cache.read_text().splitlines()
+    assert len(rows) == len(table) and steps
+    assert main(argv) == 0
+    assert cache.read_text().splitlines() == rows  # answered from the cache
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--lr", "0"], "--lr"), (["--draws", "2"], "--draws"), (["--batch", "/nonexistent.safetensors"], "no batch file"),
+])
+def test_llc_refuses_bad_settings_in_one_line(tiny_out, capsys, extra, message):
+    assert main(["llc", str(tiny_out), *extra]) == 2
+    assert message in capsys.readouterr().err.strip().splitlines()[-1]  # after argparse's usage, one line
+
+
+def test_llc_of_a_run_of_no_analysis_asks_for_a_batch(trained_run, capsys):
+    assert main(["llc", str(trained_run.path)]) == 2
+    assert "--batch" in capsys.readouterr().err

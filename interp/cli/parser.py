@@ -11,12 +11,14 @@ from interp.cli.circuit import cmd_circuit
 from interp.cli.errors import EXIT_FAILED
 from interp.cli.info import cmd_info
 from interp.cli.list import analyses_epilog, cmd_list
+from interp.cli.llc import LLC_KEY, cmd_llc
 from interp.cli.plot import cmd_plot
 from interp.cli.probe import BUILTIN_PROBES, LINEAR_PROBE, cmd_probe
 from interp.cli.run import cmd_run
 from interp.cli.sweep import cmd_sweep
 from interp.cli.view import cmd_view
 from interp.hooks import hook_name
+from interp.metrics.llc import LLCSettings
 
 DESCRIPTION = """\
 The `interp` command: list and run analyses, inspect, verify, probe and plot runs.
@@ -56,6 +58,16 @@ def _float_at_least(low: float) -> Callable[[str], float]:
         return value
 
     return parse
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not 0 < value < float("inf"):  # also refuses NaN
+        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {text}")
+    return value
 
 
 SEED = _int_in(0, MAX_SEED, "an integer in [0, 2**63)")
@@ -178,6 +190,36 @@ def build_parser() -> argparse.ArgumentParser:
     linear.add_argument("--cycle", type=OPTIONAL_COUNT, default=0,
                         help="steps per cycle of a periodic schedule: also print same-phase direction cosines")
     p.set_defaults(fn=cmd_probe)
+
+    defaults = LLCSettings()
+    p = sub.add_parser("llc", parents=[common],
+                       help="estimate the local learning coefficient (SGLD, devinterp) at every checkpoint of a run",
+                       description="The local learning coefficient (Lau et al. 2023) at every checkpoint, by SGLD on "
+                                   "rows of the run's training distribution (drawn by its analysis) or of --batch; "
+                                   f"cached in the run as probes/{LLC_KEY}.jsonl per sampler setting.")
+    p.add_argument("dir", help="a run directory, an analysis directory that holds one run, or a checkpoint-suite "
+                               "folder (with --batch)")
+    p.add_argument("--steps", type=OPTIONAL_COUNT, nargs="+", default=None, help="checkpoint steps (default: all)")
+    p.add_argument("--batch", help="a batch file (safetensors, `linear_probes.save_batch`) of rows to sample from "
+                                   "(default: rows of the run's training distribution, from its analysis)")
+    p.add_argument("--sequences", type=COUNT, default=1024,
+                   help="rows drawn from the training distribution without --batch (default 1024)")
+    p.add_argument("--chains", type=COUNT, default=defaults.chains, help=f"SGLD chains (default {defaults.chains})")
+    p.add_argument("--draws", type=_int_in(3), default=defaults.draws,
+                   help=f"draws per chain after burn-in (default {defaults.draws})")
+    p.add_argument("--burn-in", type=OPTIONAL_COUNT, default=defaults.burn_in,
+                   help=f"steps per chain before the draws (default {defaults.burn_in})")
+    p.add_argument("--lr", type=_positive, default=defaults.lr, help=f"SGLD step size (default {defaults.lr:g})")
+    p.add_argument("--gamma", type=_float_at_least(0.0), default=defaults.gamma,
+                   help=f"localization strength (default {defaults.gamma:g})")
+    p.add_argument("--nbeta", type=_positive, default=None,
+                   help="inverse temperature times n (default: batch size / log(batch size), devinterp's choice)")
+    p.add_argument("--batch-size", type=_int_in(2), default=defaults.batch_size,
+                   help=f"rows per SGLD step (default {defaults.batch_size})")
+    p.add_argument("--seed", type=SEED, default=0, help="seed of the rows, minibatches and noise (default 0)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: CUDA if present)")
+    p.add_argument("--csv", help="also write the table to this CSV file")
+    p.set_defaults(fn=cmd_llc)
 
     p = sub.add_parser("circuit", parents=[common],
                        help="trace a circuit method over a run's checkpoints (graphs saved in the run, as a "
