@@ -16,9 +16,11 @@ checkpoints' Gram matrix: cheap however long the vectors are).
 Turning points: the paper reads developmental stages off the turns and cusps of the PC
 trajectory (it smooths the PC curves and draws their osculating circles; a cusp of the evolute
 is where the curvature peaks). Here the top-k trajectory is smoothed with a Gaussian over
-checkpoints, the turn at each checkpoint is the angle between the secant from `span` checkpoints
-before and the secant to `span` checkpoints after, and a turning point is a local maximum of
-that angle above `min_angle` degrees: the discrete, unit-free form of a curvature peak.
+checkpoints (`sigma`, default 1), the turn at each checkpoint is the angle between the secant
+from `span` checkpoints before and the secant to `span` checkpoints after (default 2: wider than
+the smoothing, which rounds a corner over about two checkpoints, so the whole turn shows at
+one), and a turning point is a local maximum of that angle above `min_angle` degrees: the
+discrete, unit-free form of a curvature peak.
 Secants shorter than `min_move` of the trajectory's diameter carry no direction (a pause, or
 noise) and give no angle.
 """
