@@ -1,10 +1,14 @@
 """`interp llc`: the local learning coefficient at every checkpoint of a run, with each
-estimate's spread over chains and whether to trust it."""
+estimate's spread over chains and whether to trust it, the stages its curve splits training into,
+and those stage boundaries beside the run's other change points (the loss's drop, the turns of
+the essential-dynamics trajectory)."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
+
+import numpy as np
 
 from interp import seeding
 from interp.analysis import analysis_of_run
@@ -14,7 +18,7 @@ from interp.cli.runs import model_config, one_run
 from interp.errors import InputError
 from interp.metrics.llc import LLCSettings, llc_probe
 from interp.model import Batch
-from interp.probing import probe
+from interp.probing import ProbeTable, probe
 from interp.suites import CheckpointSuite
 
 LLC_KEY = "llc"
@@ -57,6 +61,40 @@ def cmd_llc(args: argparse.Namespace) -> None:
     if untrusted:
         print(f"{untrusted} of {len(table.steps)} estimates are not trustworthy (a chain diverged, the loss trace "
               "drifts after burn-in, or chains disagree): try a smaller --lr, a larger --gamma or more --burn-in")
+    _print_stages(source, table, rows, device)
     if args.csv:
         table.to_csv(args.csv)
         print(f"wrote {args.csv}")
+
+
+DYNAMICS_ROWS = 32
+"""Rows of the LLC's data whose outputs trace the essential-dynamics trajectory."""
+
+
+def _print_stages(source: Run | CheckpointSuite, table: ProbeTable, rows: Batch, device: str | None) -> None:
+    """The LLC curve's stages and each boundary's nearest other change point, where the curve
+    has enough finite estimates to segment."""
+    from interp.metrics.essential_dynamics import essential_dynamics
+    from interp.metrics.stages import change_points, llc_stages
+
+    finite = np.isfinite(table["llc"]) & np.isfinite(table["llc_std"])
+    if finite.sum() < 3:
+        print("stages: fewer than 3 finite LLC estimates; none segmented")
+        return
+    steps = table.steps[finite]
+    stages = llc_stages(steps, table["llc"][finite], table["llc_std"][finite])
+    loss = [(m["step"], m["train/loss"]) for m in source.metrics() if "train/loss" in m]
+    dynamics = essential_dynamics(source, {k: t[:DYNAMICS_ROWS] for k, t in rows.items()}, steps=steps.tolist(),
+                                  device=device) if len(steps) >= 5 else None
+    found = change_points(stages, checkpoint_steps=steps.tolist(),
+                          loss=tuple(zip(*loss, strict=True)) if len(loss) >= 2 else None, dynamics=dynamics)
+    print(f"stages (LLC noise band {stages.noise:.3g}): "
+          + ", ".join(f"{s.kind} {s.start}-{s.end}" for s in stages.stages))
+    for match in found.matches:
+        nearest = "no other change point" if match.nearest is None else \
+            f"nearest: {match.nearest.source} at {match.nearest.step} ({match.distance:.1f} checkpoints away; " \
+            f"{match.nearest.detail})"
+        print(f"  boundary at {match.boundary.step}: {match.boundary.kind}; {nearest}")
+    others = [row for row in found.rows if row.source != "llc stage"]
+    if others:
+        print("other change points: " + "; ".join(f"{row.source} at {row.step}" for row in others))
