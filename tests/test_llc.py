@@ -18,6 +18,7 @@ statistical error about sqrt(d/k) times larger (fewer directions average out): 3
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -37,6 +38,7 @@ from interp.metrics.llc import (
     loss_on_positions,
     refined_llc_probe,
 )
+from interp.metrics.llc_calibration import calibrate_llc
 
 TOLERANCE = 0.15
 D = 6
@@ -352,3 +354,76 @@ def test_refined_probe_refuses_bad_components_and_restrictions():
 def test_loading_traces_never_saved_names_the_folder(run_copy, trained_run):
     with pytest.raises(FileNotFoundError, match="no saved LLC traces"):
         load_llc_traces(run_copy, "llc", llc_probe(LLCSettings()), {"tokens": trained_run.tokens}, device="cpu")
+
+
+# --- pinned to devinterp's own estimator ---------------------------------------------------------
+
+
+def test_estimate_agrees_with_devinterps_llc(tmp_path):
+    """devinterp's `llc()` (2.0.1: sampling plus `compute_llc`) on the same regression, settings
+    and SGLD optimizer. Its data is a dataset of `input_ids`, so each row is its index (and a
+    dummy second token: one per-token loss per row). It averages every step's loss, burn-in
+    included, so both run without burn-in; its initial loss covers the whole data set when
+    `num_init_loss_batches * batch_size` = the rows. The two differ only in which rows each
+    step draws (devinterp: an epoch without replacement, replayed; here: with replacement) and
+    in the noise, so their means agree within the spread of a difference of two 4-chain means:
+    3 standard errors, `3 * sqrt((s1^2 + s2^2) / 4)` from the chains' own spreads."""
+    from datasets import Dataset
+    from devinterp.slt.llc import llc as devinterp_llc
+
+    rows = 2048
+    model, data = regression_at_minimum(torch.randn(rows, D, generator=torch.Generator().manual_seed(1)))
+    settings = LLCSettings(lr=5e-3, gamma=0.1, chains=4, draws=500, burn_in=0, batch_size=64, seed=0)
+    ours = estimate_llc(model, gaussian_nll, data, settings)
+
+    def per_row_nll(m: nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
+        index = input_ids[:, 0]
+        return (0.5 * (m(data["x"][index]).squeeze(-1) - data["y"][index]) ** 2).unsqueeze(-1)
+
+    theirs = devinterp_llc(
+        model, Dataset.from_dict({"input_ids": [[i, 0] for i in range(rows)]}).with_format("torch"), {},
+        lr=settings.lr, n_beta=settings.effective_nbeta, localization=settings.gamma, num_chains=settings.chains,
+        num_draws=settings.draws, batch_size=settings.batch_size, num_burnin_steps=0,
+        num_init_loss_batches=rows // settings.batch_size, init_seed=0, loss_fn=per_row_nll, device="cpu",
+        output_path=tmp_path / "samples.zarr")
+    assert float(theirs.init_loss) == pytest.approx(ours.init_loss, rel=1e-5)
+    their_chains = np.asarray(theirs.llc_per_chain.values, dtype=float)
+    spread = 3 * math.sqrt((np.var(ours.llc_per_chain, ddof=1) + np.var(their_chains, ddof=1)) / settings.chains)
+    assert abs(ours.llc - float(theirs.llc_mean)) < spread, (ours.llc, float(theirs.llc_mean), spread)
+    assert ours.llc == pytest.approx(D / 2, rel=TOLERANCE)
+
+
+# --- calibration ---------------------------------------------------------------------------------
+
+
+CALIBRATION_BASE = LLCSettings(lr=1e-3, gamma=0.1, chains=4, draws=600, burn_in=200, batch_size=64, seed=0)
+
+
+def test_calibration_picks_the_largest_step_size_that_passes_and_it_gives_the_known_answer():
+    """lr 5 diverges; 5e-3 (0.04 of a relaxation time, `2 / (lr * nbeta)`, per step) passes and is
+    the largest that does, so it is chosen (2e-3 may pass or not: its trace drifts more over 600
+    draws); its estimate is d/2."""
+    model, data = regular()
+    calibration = calibrate_llc(model, gaussian_nll, data, CALIBRATION_BASE, lrs=(2e-3, 5e-3, 5.0))
+    assert [t.settings.lr for t in calibration.trials] == [2e-3, 5e-3, 5.0]
+    assert not calibration.trials[2].passed and "diverged" in calibration.trials[2].estimate.problems[0]
+    assert calibration.passed and calibration.chosen == replace(CALIBRATION_BASE, lr=5e-3), calibration.reason
+    assert calibration.chosen_estimate.llc == pytest.approx(D / 2, rel=TOLERANCE)
+    assert "largest step size that passed" in calibration.reason
+
+
+def test_calibration_with_only_a_divergent_step_size_says_none_passed():
+    model, data = regular()
+    calibration = calibrate_llc(model, gaussian_nll, data, replace(CALIBRATION_BASE, draws=30, burn_in=0),
+                                lrs=(5.0,), gammas=(0.1, 1.0))
+    assert not calibration.passed and calibration.chosen is None and calibration.chosen_estimate is None
+    assert len(calibration.trials) == 2
+    assert calibration.reason.startswith("none passed") and "diverged" in calibration.reason
+
+
+@pytest.mark.parametrize("grid, match", [({"lrs": ()}, "^lrs: expected"), ({"lrs": (-1.0,)}, "^lr: expected"),
+                                         ({"gammas": ()}, "^gammas: expected"), ({"nbetas": (0.0,)}, "^nbeta:")])
+def test_calibration_refuses_a_bad_grid(grid, match):
+    model, data = regular()
+    with pytest.raises(ValueError, match=match):
+        calibrate_llc(model, gaussian_nll, data, CALIBRATION_BASE, **grid)
