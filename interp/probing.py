@@ -124,10 +124,13 @@ class ProbeTable:
 
     def head_grid(self, prefix: str | None, n_layers: int, n_heads: int) -> np.ndarray:
         """`[step, layer, head]` array of an `"L{l}H{h}"`-keyed probe under `prefix/` (None: the
-        columns are head names already), NaN where absent."""
+        columns are head names already), NaN where absent. Columns under `prefix/` named by other
+        components (`MLP0`, `embed`: a refined LLC probe's) are not heads and are left out."""
         grid = np.full((len(self.steps), n_layers, n_heads), np.nan)
         sub = self if prefix is None else self.select(prefix)
         for name, column in zip(sub.columns, sub.values.T, strict=True):
+            if not HeadId.is_head(name):
+                continue
             head = HeadId.parse(name)
             grid[:, head.layer, head.head] = column
         return grid

@@ -1,6 +1,8 @@
 """The local learning coefficient (LLC; Lau et al. 2023) of a model at its current weights,
 estimated by SGLD with devinterp's sampler, with its diagnostics, and as a probe over
-checkpoints.
+checkpoints; the refined LLC of one component (Wang et al. 2024: a head, an MLP, the
+embedding or the logits), sampling only that component's weights, optionally on a loss
+restricted to some positions.
 
 The estimate is `nbeta * (mean loss over the post-burn-in draws - loss at the weights)`,
 sampling from `exp(-nbeta * L(w) - gamma/2 * |w - w0|^2)` with devinterp's SGLD optimizer. An
@@ -14,6 +16,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -21,14 +24,21 @@ from devinterp.optim import SGMCMC
 from devinterp.utils import default_nbeta
 from torch import Tensor, nn
 
-from interp.model import forward, masked_mean_loss
-from interp.probing import Probe, ProbeContext
+from interp.bridge import head_slices, parameter_owner
+from interp.checkpoints import CheckpointSource, Run
+from interp.circuits.graph import ModelShape
+from interp.errors import InputError, MissingFileError
+from interp.files import atomic_write_json, atomic_write_npy, read_json
+from interp.ids import HeadId, Node
+from interp.model import Batch, forward, masked_mean_loss, named_trainable_parameters, scored_positions
+from interp.probing import Probe, ProbeContext, probe_artifacts
 from interp.seeding import LLC_BATCHES, LLC_NOISE, generator
 
 DIVERGENCE_MARGIN = 2.0
 """A chain diverged when its loss rises above the initial loss by more than
-`DIVERGENCE_MARGIN * (n_params / 2) / nbeta` over a third of its draws: twice the rise of the largest LLC a local
-minimum can have (d/2), so the chain has left the basin."""
+`DIVERGENCE_MARGIN * (d / 2) / nbeta` over a third of its draws, d the number of weight entries
+sampled: twice the rise of the largest LLC a local minimum can have (d/2), so the chain has
+left the basin."""
 DRIFT_TOLERANCE = 2.0
 """The trace is not flat when the first and last thirds of the post-burn-in draws differ (in
 LLC units) by more than `DRIFT_TOLERANCE` chain spreads (plus `RELATIVE_FLOOR` of the estimate)."""
@@ -41,6 +51,15 @@ Data = Mapping[str, Tensor]
 """Named tensors with one row per example along dim 0 (a `Batch` is one)."""
 LossFn = Callable[[nn.Module, Data], Tensor]
 """`(model, rows) -> the mean loss over the rows` (a scalar with a gradient)."""
+WeightMasks = Mapping[str, Tensor]
+"""Parameter name (as `interp.model.named_trainable_parameters` names it, e.g.
+`blocks.0.attn.q.weight`) -> bool mask of the parameter's shape, True at the entries sampled;
+parameters not named are held fixed."""
+Component = Node
+"""What a refined LLC samples: a head (its rows of W_Q/W_K/W_V and their biases, its columns
+of W_O), an MLP (with its pre-norm), the embedding (token, position and input-vector weights)
+or the logits (the final norm and the unembedding), as `interp.bridge.parameter_owner` splits
+the weights."""
 
 
 @dataclass(frozen=True)
@@ -99,6 +118,8 @@ class LLCEstimate:
     """Per chain, the minibatch loss at every step, burn-in included (shorter if it diverged)."""
     problems: tuple[str, ...] = field(default=())
     """Why the estimate is not trustworthy; empty when it is."""
+    sampled_entries: int = 0
+    """How many weight entries were sampled (the `d` of the divergence margin)."""
 
     @property
     def trustworthy(self) -> bool:
@@ -107,7 +128,7 @@ class LLCEstimate:
 
 def sampled_parameters(model: nn.Module, restrict_to: Sequence[str] = ()) -> list[tuple[str, nn.Parameter]]:
     """The parameters an LLC estimate samples: all, or those matching a `restrict_to` pattern."""
-    named = list(model.named_parameters())
+    named = named_trainable_parameters(model)
     chosen = [(n, p) for n, p in named if not restrict_to or any(fnmatchcase(n, pat) for pat in restrict_to)]
     if not chosen:
         raise ValueError(f"restrict_to: no parameter matches {list(restrict_to)}; names: {[n for n, _ in named]}")
@@ -128,14 +149,39 @@ def _full_loss(model: nn.Module, loss_fn: LossFn, data: Data, n: int, batch_size
     return total / n
 
 
-def _chain(model: nn.Module, params: list[nn.Parameter], loss_fn: LossFn, data: Data, n: int,
-           settings: LLCSettings, chain: int) -> list[float]:
+def _sampled(model: nn.Module, settings: LLCSettings,
+             masks: WeightMasks | None) -> list[tuple[str, nn.Parameter, Tensor | None]]:
+    """(name, parameter, mask of the entries sampled or None for all of them) of every sampled parameter."""
+    if masks is None:
+        return [(name, p, None) for name, p in sampled_parameters(model, settings.restrict_to)]
+    if settings.restrict_to:
+        raise ValueError("masks: give weight masks or settings.restrict_to, not both")
+    named = dict(named_trainable_parameters(model))
+    chosen = []
+    for name, mask in masks.items():
+        if name not in named:
+            raise ValueError(f"masks: no parameter named {name!r}; names: {list(named)}")
+        p = named[name]
+        if mask.dtype != torch.bool or mask.shape != p.shape:
+            raise ValueError(f"masks: expected a bool mask of shape {tuple(p.shape)} for {name!r}, "
+                             f"got {mask.dtype} {tuple(mask.shape)}")
+        if mask.any():
+            chosen.append((name, p, None if mask.all() else mask.to(p.device)))
+    if not chosen:
+        raise ValueError("masks: expected at least one sampled weight entry, got none (every mask is all False)")
+    return chosen
+
+
+def _chain(model: nn.Module, sampled: list[tuple[str, nn.Parameter, Tensor | None]], loss_fn: LossFn,
+           data: Data, n: int, settings: LLCSettings, chain: int) -> list[float]:
     """One SGLD chain from the model's current weights; its minibatch loss at every step,
     stopping at the first non-finite one."""
     batches = generator(settings.seed, LLC_BATCHES, chain)
     # Drawn by CPU generators (the toolkit's streams), whatever device the model is on.
     noise_seed = int(torch.randint(2**62, (1,), generator=generator(settings.seed, LLC_NOISE, chain), device="cpu"))
-    optimizer = SGMCMC.sgld(params, lr=settings.lr, nbeta=settings.effective_nbeta, localization=settings.gamma)
+    # devinterp's mask scales the gradient, localization and noise of an entry alike: masked entries never move
+    groups = [{"params": [p], "mask": None if mask is None else mask.to(p.dtype)} for _, p, mask in sampled]
+    optimizer = SGMCMC.sgld(groups, lr=settings.lr, nbeta=settings.effective_nbeta, localization=settings.gamma)
     trace: list[float] = []
     # devinterp draws its noise from torch's global stream; the caller's is left as it was
     with torch.random.fork_rng(devices=[]), torch.enable_grad():
@@ -153,22 +199,26 @@ def _chain(model: nn.Module, params: list[nn.Parameter], loss_fn: LossFn, data: 
     return trace
 
 
-def estimate_llc(model: nn.Module, loss_fn: LossFn, data: Data, settings: LLCSettings) -> LLCEstimate:
+def estimate_llc(model: nn.Module, loss_fn: LossFn, data: Data, settings: LLCSettings,
+                 masks: WeightMasks | None = None) -> LLCEstimate:
     """The LLC of `model` at its current weights on `data` (rows drawn with replacement, one
-    minibatch per SGLD step), and whether to trust it. The model's weights are left as found."""
+    minibatch per SGLD step), and whether to trust it. The model's weights are left as found.
+
+    `masks` (e.g. `component_masks(model, HeadId(1, 0))`): sample only those weight entries,
+    the rest held at their values: the refined LLC of that part of the model."""
     n = _rows(data)
-    named = sampled_parameters(model, settings.restrict_to)
-    params = [p for _, p in named]
-    saved = [(p, p.detach().clone(), p.requires_grad) for _, p in model.named_parameters()]
-    sampled = {id(p) for p in params}
+    sampled = _sampled(model, settings, masks)
+    entries = sum(p.numel() if mask is None else int(mask.sum()) for _, p, mask in sampled)
+    saved = [(p, p.detach().clone(), p.requires_grad) for _, p in named_trainable_parameters(model)]
+    sampled_ids = {id(p) for _, p, _ in sampled}
     nbeta = settings.effective_nbeta
     try:
         for p, _, _ in saved:
-            p.requires_grad_(id(p) in sampled)
+            p.requires_grad_(id(p) in sampled_ids)
         init_loss = _full_loss(model, loss_fn, data, n, settings.batch_size)
         traces = []
         for chain in range(settings.chains):
-            traces.append(_chain(model, params, loss_fn, data, n, settings, chain))
+            traces.append(_chain(model, sampled, loss_fn, data, n, settings, chain))
             with torch.no_grad():
                 for p, value, _ in saved:
                     p.copy_(value)
@@ -181,7 +231,7 @@ def estimate_llc(model: nn.Module, loss_fn: LossFn, data: Data, settings: LLCSet
 
     problems: list[str] = []
     steps = settings.burn_in + settings.draws
-    margin = DIVERGENCE_MARGIN * sum(p.numel() for p in params) / 2 / nbeta
+    margin = DIVERGENCE_MARGIN * entries / 2 / nbeta
     healthy = []
     for chain, trace in enumerate(traces):
         if len(trace) < steps or not all(math.isfinite(v) for v in trace):
@@ -208,7 +258,34 @@ def estimate_llc(model: nn.Module, loss_fn: LossFn, data: Data, settings: LLCSet
             problems.append(f"chains disagree: spread {llc_std:.3g} over mean {llc:.3g}")
         if llc < 0:
             problems.append(f"negative LLC {llc:.3g}: the weights are not at a local minimum of the loss")
-    return LLCEstimate(llc, llc_std, tuple(per_chain), init_loss, tuple(tuple(t) for t in traces), tuple(problems))
+    return LLCEstimate(llc, llc_std, tuple(per_chain), init_loss, tuple(tuple(t) for t in traces), tuple(problems),
+                       entries)
+
+
+# --- refined LLC: one component's weights, optionally a restricted loss ---------------------------
+
+
+def component_masks(model: nn.Module, component: Component) -> dict[str, Tensor]:
+    """The weight entries of `component` (see `Component`) in a model built by `interp.model`,
+    as `WeightMasks` for `estimate_llc`. A layer's attention pre-norm and output bias, shared by
+    its heads, belong to no head."""
+    shape = ModelShape.of(model.cfg)
+    if component not in shape.nodes():
+        raise InputError(f"component: expected one of {[str(c) for c in shape.nodes()]}, got {component!s}")
+    masks = {}
+    for name, p in named_trainable_parameters(model):
+        if isinstance(component, HeadId):
+            split = head_slices(name)
+            if split is None or split.layer != component.layer:
+                continue
+            mask = torch.zeros(p.shape, dtype=torch.bool, device=p.device)
+            mask[split.index(component.head, shape.n_heads, tuple(p.shape))] = True
+        elif parameter_owner(name) == component:
+            mask = torch.ones(p.shape, dtype=torch.bool, device=p.device)
+        else:
+            continue
+        masks[name] = mask
+    return masks
 
 
 def language_model_loss(model: nn.Module, rows: Data) -> Tensor:
@@ -216,15 +293,137 @@ def language_model_loss(model: nn.Module, rows: Data) -> Tensor:
     return masked_mean_loss(forward(model, rows), rows)
 
 
+def loss_on_positions(key: str) -> LossFn:
+    """The training loss over only the scored positions where `rows[key]` (a bool `[batch, pos]`
+    mask in the batch, e.g. the repeated-token positions) is True: the data restriction of a
+    refined LLC. Name it in the probe's `loss_name` (e.g. `f"positions={key}"`)."""
+
+    def loss(model: nn.Module, rows: Data) -> Tensor:
+        chosen = rows.get(key)
+        if chosen is None or chosen.dtype != torch.bool or chosen.shape != rows["tokens"].shape:
+            raise InputError(f"batch: expected a bool mask {key!r} shaped like the tokens, of the positions the "
+                             f"loss reads; got {None if chosen is None else (chosen.dtype, tuple(chosen.shape))}")
+        return masked_mean_loss(forward(model, rows), {**rows, "loss_mask": scored_positions(rows) & chosen})
+
+    return loss
+
+
+# --- probes, with their per-chain loss traces ---------------------------------------------------
+
+TRACES_META = "meta.json"
+
+
+def _columns(estimate: LLCEstimate, suffix: str = "") -> dict[str, float]:
+    """The estimate's columns, each name followed by `suffix` (a refined probe's `/<component>`)."""
+    columns = {"llc": estimate.llc, "llc_std": estimate.llc_std, "trustworthy": float(estimate.trustworthy),
+               **{f"llc_chain{c}": v for c, v in enumerate(estimate.llc_per_chain)}}
+    return {name + suffix: value for name, value in columns.items()}
+
+
+def _trace_array(estimate: LLCEstimate, steps: int) -> np.ndarray:
+    """`[chain, sgld step]` minibatch losses, NaN after a chain stopped (diverged)."""
+    out = np.full((len(estimate.loss_traces), steps), np.nan, dtype=np.float32)
+    for chain, trace in enumerate(estimate.loss_traces):
+        out[chain, :len(trace)] = trace
+    return out
+
+
+def traces_file(directory: Path, step: int) -> Path:
+    return directory / f"step_{step:06d}.npy"
+
+
+def _save_traces(ctx: ProbeContext, traces: np.ndarray, meta: Mapping[str, object]) -> None:
+    """Write one checkpoint's traces into the probe's artifacts folder (`probe()` holds the
+    cache's lock while the probe runs); nothing outside `probe()` or where nothing is cached."""
+    if ctx.artifacts is None or ctx.step is None:
+        return
+    ctx.artifacts.mkdir(parents=True, exist_ok=True)
+    if not (ctx.artifacts / TRACES_META).exists():
+        atomic_write_json(ctx.artifacts / TRACES_META, meta)
+    atomic_write_npy(traces_file(ctx.artifacts, ctx.step), traces)
+
+
 def llc_probe(settings: LLCSettings, loss: LossFn = language_model_loss, loss_name: str = "loss") -> Probe:
     """The LLC at each checkpoint on the probe's batch (its rows are the SGLD data), as columns
-    `llc`, `llc_std`, `init_loss`, `trustworthy` (1/0). `loss_name` names `loss` in the cache key."""
+    `llc`, `llc_std`, `init_loss`, `trustworthy` (1/0) and `llc_chain<c>` (each chain's
+    estimate, NaN if it diverged). `loss_name` names `loss` in the cache key. Inside `probe()`
+    each checkpoint's loss traces `[chain, sgld step]` are saved (`load_llc_traces`)."""
+    name = f"llc({loss_name};{settings.canonical()})"
 
     def fn(ctx: ProbeContext) -> dict[str, float]:
         if ctx.batch is None:
             raise ValueError("batch: the LLC probe samples over the probe's batch; pass one")
         estimate = estimate_llc(ctx.model, loss, ctx.batch, settings)
-        return {"llc": estimate.llc, "llc_std": estimate.llc_std, "init_loss": estimate.init_loss,
-                "trustworthy": float(estimate.trustworthy)}
+        _save_traces(ctx, _trace_array(estimate, settings.burn_in + settings.draws),
+                     {"probe": name, "axes": ["chain", "sgld_step"], "burn_in": settings.burn_in})
+        return {**_columns(estimate), "init_loss": estimate.init_loss}
 
-    return Probe(name=f"llc({loss_name};{settings.canonical()})", hooks=(), fn=fn, reads="batch")
+    return Probe(name=name, hooks=(), fn=fn, reads="batch")
+
+
+def refined_llc_probe(settings: LLCSettings, components: Sequence[Component] | None = None,
+                      loss: LossFn = language_model_loss, loss_name: str = "loss") -> Probe:
+    """The refined LLC of each component (None: every one, in `ModelShape.nodes()` order) at each
+    checkpoint, sampling only its weights (`component_masks`) on the probe's batch, on `loss`
+    (e.g. `loss_on_positions("repeated")` for a data restriction; `loss_name` names it in the
+    cache key). Columns `llc/<component>`, `llc_std/<component>`, `trustworthy/<component>`,
+    `llc_chain<c>/<component>` and `init_loss`, so `table.head_grid(f"{key}/llc", n_layers,
+    n_heads)` is the per-head grid over steps. Inside `probe()` each checkpoint's traces
+    `[component, chain, sgld step]` are saved (`load_llc_traces`)."""
+    if settings.restrict_to:
+        raise ValueError("restrict_to: a refined LLC probe samples its components' weights; leave it empty")
+    chosen = None if components is None else tuple(components)
+    if chosen is not None and (not chosen or len(set(chosen)) != len(chosen)):
+        raise InputError(f"components: expected distinct components, got {[str(c) for c in chosen]}")
+    listed = "all" if chosen is None else ",".join(map(str, chosen))
+    name = f"rllc({loss_name};{settings.canonical()};components={listed})"
+
+    def fn(ctx: ProbeContext) -> dict[str, float]:
+        if ctx.batch is None:
+            raise ValueError("batch: the refined LLC probe samples over the probe's batch; pass one")
+        order = ModelShape.of(ctx.model.cfg).nodes() if chosen is None else chosen
+        columns: dict[str, float] = {}
+        traces = []
+        init_loss = math.nan
+        for component in order:
+            estimate = estimate_llc(ctx.model, loss, ctx.batch, settings, component_masks(ctx.model, component))
+            columns.update(_columns(estimate, f"/{component}"))
+            traces.append(_trace_array(estimate, settings.burn_in + settings.draws))
+            init_loss = estimate.init_loss
+        _save_traces(ctx, np.stack(traces), {"probe": name, "axes": ["component", "chain", "sgld_step"],
+                                             "components": [str(c) for c in order], "burn_in": settings.burn_in})
+        return {**columns, "init_loss": init_loss}
+
+    return Probe(name=name, hooks=(), fn=fn, reads="batch")
+
+
+def load_llc_traces(run: CheckpointSource | str | Path, key: str, probe_obj: Probe, batch: Batch,
+                    steps: Sequence[int] | None = None,
+                    device: str | torch.device | None = None) -> dict[int, np.ndarray]:
+    """`{step: traces}` that LLC probe `probe_obj` saved under `key` in `run` (a run, its
+    directory or another checkpoint source) on `batch`, computed on `device`'s class (default as
+    `probe()` chooses): every saved step, or `steps`. Traces are minibatch losses, `[chain, sgld
+    step]` (`llc_probe`) or `[component, chain, sgld step]` (`refined_llc_probe`, components as
+    its `meta.json` lists them), burn-in included, NaN after a chain diverged."""
+    run = Run.open(run) if isinstance(run, str | Path) else run
+    directory = probe_artifacts(run, key, probe_obj, batch, device)
+    if steps is None:
+        steps = sorted(int(p.stem[len("step_"):]) for p in directory.glob("step_*.npy"))
+        if not steps:
+            raise MissingFileError(f"{directory}: no saved LLC traces (probe the run with this probe first)")
+    missing = [traces_file(directory, s) for s in steps if not traces_file(directory, s).exists()]
+    if missing:
+        raise MissingFileError(f"{missing[0]} is missing ({len(missing)} steps): its result was cached without it; "
+                               "probe again with use_cache=False")
+    return {int(s): np.load(traces_file(directory, s), allow_pickle=False) for s in steps}
+
+
+def load_llc_traces_meta(run: CheckpointSource | str | Path, key: str, probe_obj: Probe, batch: Batch,
+                         device: str | torch.device | None = None) -> dict[str, object]:
+    """What the traces `load_llc_traces` returns hold: the probe's name, the axes, the burn-in and (refined)
+    the components in order."""
+    run = Run.open(run) if isinstance(run, str | Path) else run
+    path = probe_artifacts(run, key, probe_obj, batch, device) / TRACES_META
+    if not path.exists():
+        raise MissingFileError(f"{path}: no saved LLC traces (probe the run with this probe first)")
+    return read_json(path)
