@@ -11,6 +11,7 @@ import json
 import shutil
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 from test_view import _console_errors, _open, _settle, browser  # noqa: F401 - `browser` is a fixture
@@ -208,12 +209,17 @@ def test_a_hostile_or_stale_fragment_is_ignored(runs_dir, browser, fragment):  #
     assert _console_errors(browser) == []
 
 
+def _metric_id(key: str) -> str:
+    """The fragment value naming the Runs tab's overlay of metric `key` (as the page writes it)."""
+    return quote(json.dumps(["metric", key], separators=(",", ":")), safe="")
+
+
 def test_runs_side_by_side_with_a_seed_mean_and_band(runs_dir, browser):  # noqa: F811
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select
 
     page = runs_dir / VIEW_DIR / INDEX
-    _open_at(browser, page, "#tab=runs&quantity=" + json.dumps(["metric", "eval/score"]).replace('"', "%22"))
+    _open_at(browser, page, "#tab=runs&quantity=" + _metric_id("eval/score"))
     traces = browser.execute_script("""return document.getElementById('runs-plot').data.map(
         (t) => ({name: t.name, x: t.x, y: t.y, fill: t.fill || null, legend: t.showlegend !== false}));""")
     legend = {t["name"]: t for t in traces if t["legend"]}
@@ -264,3 +270,43 @@ def test_provenance_panel_and_its_config_diff(runs_dir, browser):  # noqa: F811
         .map((tr) => [...tr.children].map((c) => c.textContent));""")
     assert rows[0] == ["key", "wide", "s1"]
     assert {r[0] for r in rows[1:]} == {"model.seed", "train.seed", "train.lr", "versions.torch"}
+
+
+HOSTILE = ["<!--<script>", f"<img src=x onerror='{PWNED}'>", f'<a href="javascript:{PWNED}">click</a>', "<s>"]
+
+
+def test_hostile_names_and_configs_show_literally_in_the_runs_tab_and_provenance(runs_dir, browser, tmp_path):  # noqa: F811
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    from interp.view.page import render_page
+
+    data = view_data(runs_dir, device="cpu")
+    hostile_run = next(r for r in data["runs"] if r["name"] not in (data["default_run"], *data["seed_groups"][0]))
+    hostile_run["name"] = HOSTILE[1]
+    for r in data["runs"]:
+        p = r["provenance"]
+        p["config"]["task"] = {"type": HOSTILE[0], HOSTILE[2]: HOSTILE[3]}
+        p["seeds"] = {HOSTILE[3]: HOSTILE[1]}
+        p["versions"] = {"git_commit": HOSTILE[2], HOSTILE[0]: r["name"]}
+        r["metrics"][HOSTILE[2]] = r["metrics"]["eval/score"]
+    data["analysis_config"] = {HOSTILE[1]: HOSTILE[0]}
+    data["toolkit_version"] = HOSTILE[3]
+    page = tmp_path / INDEX
+    page.write_text(render_page(data), encoding="utf-8")
+    _open_at(browser, page, "#tab=runs&quantity=" + _metric_id(HOSTILE[2]))
+    browser.find_element(By.CSS_SELECTOR, "#provenance summary").click()
+    Select(browser.find_element(By.ID, "provenance-with")).select_by_value(HOSTILE[1])
+    _settle(browser)
+    found = browser.execute_script("""
+        return {pwned: window.__pwned === 1, injected: document.querySelectorAll('img, iframe, a, [onerror]').length,
+                scripts: document.querySelectorAll('script').length, page: document.body.innerText,
+                svg: [...document.querySelectorAll('#tab-runs svg text')].map((e) => e.textContent).join('\\n'),
+                errors: window.interpView.errors};""")
+    assert not found["pwned"] and found["injected"] == 0 and found["scripts"] == 3 and found["errors"] == []
+    for literal in HOSTILE:
+        assert literal in found["page"], f"{literal!r} is not shown literally"
+    quantity = browser.execute_script("return window.interpView.state.quantity")
+    assert json.loads(quantity) == ["metric", HOSTILE[2]]
+    assert HOSTILE[2] in found["svg"] and HOSTILE[1] in found["svg"], found["svg"]  # the plot's and a grid's title
+    assert _console_errors(browser) == []
