@@ -8,6 +8,9 @@ view: logged metrics and probe columns with a cursor, the layer x head grid of a
 per-head probe with the attention pattern of a clicked head on an example sequence,
 the circuit graph of the step (saved graphs, else attention metrics) with a diff
 between two steps, two steps side by side, and each analysis's headline panel.
+
+    from interp.view import show
+    show("runs/induction")                       # the same page inline in a Jupyter notebook
 """
 
 from interp.headline import Source
@@ -19,7 +22,9 @@ from interp.view.data import (
     open_source,
     pattern_scores,
 )
+from interp.view.notebook import NotebookView, show
 from interp.view.page import INDEX, VIEW_DIR, render_page, view_data, write_view
 
 __all__ = ["INDEX", "VIEW_DIR", "Example", "Source", "ViewError", "example_for", "example_patterns", "open_source",
            "pattern_scores", "render_page", "view_data", "write_view"]
+__all__ += ["NotebookView", "show"]

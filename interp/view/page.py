@@ -25,6 +25,7 @@ import torch
 from interp.files import fsync_dir
 from interp.view import owner
 from interp.view.data import FORMAT, PATTERN_BUDGET, ViewError, open_source, pattern_bytes, run_data
+from interp.view.provenance import run_provenance, seed_groups, toolkit_version
 
 VIEW_DIR = "view"
 INDEX = "index.html"
@@ -71,7 +72,12 @@ def view_data(
         "preset": record.get("preset"), "path": source.path.resolve().name,
         "generated": time.strftime("%Y-%m-%d %H:%M:%S"), "runs": [runs[n] for n in source.runs],
         "default_run": headline.run or first, "headline": headline.to_json(first),
+        "toolkit_version": toolkit_version(),
+        "analysis_config": record.get("config") if source.kind == "analysis" else None,
+        "seed_groups": seed_groups({n: source.runs[n].config for n in source.runs}),
     }
+    for name, run in source.runs.items():
+        runs[name]["provenance"] = run_provenance(run)
     return _folder_relative(data, source.path)
 
 
