@@ -20,8 +20,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from devinterp.optim import SGMCMC
-from devinterp.utils import default_nbeta
 from torch import Tensor, nn
 
 from interp.bridge import head_slices, parameter_owner
@@ -95,6 +93,8 @@ class LLCSettings:
 
     @property
     def effective_nbeta(self) -> float:
+        from devinterp.utils import default_nbeta  # devinterp (xarray, zarr) loads only when an estimate is made
+
         return float(default_nbeta(self.batch_size)) if self.nbeta is None else self.nbeta
 
     def canonical(self) -> str:
@@ -176,6 +176,8 @@ def _chain(model: nn.Module, sampled: list[tuple[str, nn.Parameter, Tensor | Non
            data: Data, n: int, settings: LLCSettings, chain: int) -> list[float]:
     """One SGLD chain from the model's current weights; its minibatch loss at every step,
     stopping at the first non-finite one."""
+    from devinterp.optim import SGMCMC
+
     batches = generator(settings.seed, LLC_BATCHES, chain)
     # Drawn by CPU generators (the toolkit's streams), whatever device the model is on.
     noise_seed = int(torch.randint(2**62, (1,), generator=generator(settings.seed, LLC_NOISE, chain), device="cpu"))
