@@ -704,6 +704,7 @@
   // --- tabs and events -----------------------------------------------------------------------
 
   const TABS = { headline: renderHeadline, curves: renderCurves, heads: renderHeads, circuit: renderCircuit };
+  if (window.interpViewTokens) TABS.tokens = window.interpViewTokens({ $, S, run, stepOf, nearest, F16 });  // tokens.js
   function renderTab(rebuild) {
     for (const name of Object.keys(TABS)) {
       $("tab-" + name).classList.toggle("active", name === S.tab);
