@@ -4,7 +4,8 @@ checkpoint.
 
 Both read the batch's targets (`interp.model.targets_of`: the next token unless the batch
 says otherwise) at its scored positions, optionally narrowed to `batch[mask_key]`, and
-average over those positions.
+average over those positions; `position_readout` keeps every position (and adds the loss and
+the top-k predictions), from one forward pass, for the explorer's token strips.
 """
 
 from __future__ import annotations

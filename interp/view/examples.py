@@ -33,7 +33,7 @@ from interp.checkpoints import Run
 from interp.circuits.readout import position_readout
 from interp.devices import resolve_device
 from interp.errors import InputError
-from interp.files import atomic_write_bytes, read_json, sha256_file
+from interp.files import atomic_write_bytes, loads_json, read_json, sha256_file
 from interp.hooks import hook_name
 from interp.locking import RunInUseError
 from interp.memory import check_forward_memory, parameter_count
@@ -91,8 +91,8 @@ def read_example_batch(path: str | Path) -> list[ExampleInput]:
         rows = tokens.reshape(-1, tokens.shape[-1]).tolist()
     else:
         try:
-            record = read_json(path)
-        except ValueError as err:
+            record = loads_json(path.read_bytes())
+        except (ValueError, UnicodeDecodeError) as err:
             raise InputError(f"{flag}: not strict JSON ({err})") from None
         rows = record.get("tokens") if isinstance(record, dict) else None
         if not isinstance(rows, list) or not all(isinstance(r, list) and all(

@@ -92,7 +92,7 @@ window.interpViewTokens = function (lib) {
     const T = ex.tokens.length, k = strip.k, E = strip.lens.length, hasNext = pos < T - 1;
     const next = hasNext ? ex.tokens[pos + 1] : null;
     box.appendChild(el("div", "pair-title", `position ${pos}: '${ex.labels[pos]}'` +
-      (hasNext ? ` \u2192 next token '${label(strip, next)}' (loss ${num(a.losses[pos])} nats)` :
+      (hasNext ? ` \u2192 next token '${ex.labels[pos + 1]}' (loss ${num(a.losses[pos])} nats)` :
         " (the last position: no next token to score)")));
     const row = el("div", "row");
     const top = [];
