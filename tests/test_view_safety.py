@@ -61,6 +61,10 @@ def _hostile_data(run_path: Path) -> dict:
     labels = r["example"]["labels"]
     r["example"]["labels"] = [HOSTILE[i % len(HOSTILE)] for i in range(len(labels))]
     r["example"]["description"] = HOSTILE[5]
+    for example in r["strip"]["examples"]:  # the token strips: token labels, predicted tokens, descriptions
+        example["labels"] = [HOSTILE[i % len(HOSTILE)] for i in range(len(example["labels"]))]
+        example["description"] = HOSTILE[7]
+    r["strip"]["vocab"] = {t: HOSTILE[i % len(HOSTILE)] for i, t in enumerate(r["strip"]["vocab"])}
     assert r["circuits"], "the run shows a circuit (the attention-pattern fallback at least)"
     for circuit in r["circuits"]:
         circuit.update(key=HOSTILE[2], method=HOSTILE[4], metric=HOSTILE[6], source=HOSTILE[7])
@@ -137,6 +141,26 @@ def test_hostile_strings_show_literally_in_chromium(trained_run, tmp_path, brows
     assert all(url.startswith(("file:", "data:")) for url in found["resources"]), found["resources"]
     errors = _console_errors(browser) + found["errors"]
     assert errors == [], f"browser console errors: {errors}"
+    _hostile_tokens_show_literally(browser)
+
+
+def _hostile_tokens_show_literally(driver) -> None:
+    """The Tokens tab, a token hovered: every hostile label is text, none is markup."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    driver.find_element(By.CSS_SELECTOR, 'nav button[data-tab="tokens"]').click()
+    tokens = driver.find_elements(By.CSS_SELECTOR, "#tokens .token")
+    assert [t.text for t in tokens[:len(HOSTILE)]] == [h.strip() for h in HOSTILE]
+    ActionChains(driver).move_to_element(tokens[2]).perform()
+    found = driver.execute_script("""return {
+        pwned: window.__pwned === 1, text: document.getElementById('tab-tokens').innerText,
+        injected: document.querySelectorAll('#tab-tokens :is(img, iframe, a, s, span[style*="90px"], [onerror])')
+          .length, errors: window.interpView.errors};""")
+    assert not found["pwned"] and found["injected"] == 0 and found["errors"] == []
+    for literal in ("position 2: '<s>'", "next token '</s>'", HOSTILE[7]):
+        assert literal in found["text"], f"{literal!r} is not shown literally in the Tokens tab"
+    assert _console_errors(driver) == []
 
 
 def test_curves_draw_one_point_series_and_say_what_they_leave_out(trained_run, tmp_path, browser):  # noqa: F811

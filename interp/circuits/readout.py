@@ -4,12 +4,15 @@ checkpoint.
 
 Both read the batch's targets (`interp.model.targets_of`: the next token unless the batch
 says otherwise) at its scored positions, optionally narrowed to `batch[mask_key]`, and
-average over those positions.
+average over those positions; `position_readout` keeps every position (and adds the loss and
+the top-k predictions), from one forward pass, for the explorer's token strips.
 """
 
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -18,7 +21,7 @@ from transformer_lens.tools.analysis.direct_logit_attribution import direct_logi
 from transformer_lens.tools.analysis.logit_lens import logit_lens
 
 from interp.ids import HeadId, MlpId
-from interp.model import Batch, input_hooks, scored_positions, targets_of
+from interp.model import IGNORE_INDEX, Batch, input_hooks, scored_positions, targets_of
 from interp.probing import Probe, ProbeContext
 
 
@@ -41,34 +44,84 @@ def direct_logit_attributions(model: TransformerBridge, batch: Batch, mask_key: 
     `direct_logit_attribution` on a copy of the model in compatibility mode (which folds
     the final norm's weights into the unembedding, as it requires) does the work."""
     mask = _positions(batch, mask_key)
-    # Compatibility mode rewrites the weights in place, and the runner reuses `model` (for the
-    # checkpoint's other probes, then loading the next checkpoint into it): fold a copy.
-    folded = copy.deepcopy(model)
-    folded.enable_compatibility_mode()
+    folded = folded_copy(model)
     targets = targets_of(batch).clamp_min(0)
     with torch.no_grad(), folded.hooks(fwd_hooks=input_hooks(folded, batch)):
         _, cache = folded.run_with_cache(batch["tokens"])
-        by_head = direct_logit_attribution(folded, cache=cache, answer_tokens=targets, unit="head", pos=None)
-        by_component = direct_logit_attribution(folded, cache=cache, answer_tokens=targets, unit="component",
-                                                pos=None)
+        by_position = _attributions_by_position(folded, cache, targets)
+    out = {name: float(values[mask].mean()) for name, values in by_position.items()}
+    out["total"] = float(sum(by_position.values())[mask].mean())
+    return out
 
-    def mean(values: Tensor) -> float:
-        return float(values[mask].mean())
 
-    out: dict[str, float] = {}
+def folded_copy(model: TransformerBridge) -> TransformerBridge:
+    """A copy of `model` in compatibility mode (the final norm folded into the unembedding, as
+    TransformerLens's DLA requires). Compatibility mode rewrites the weights in place, and
+    callers reuse `model` (for a checkpoint's other probes, then loading the next checkpoint
+    into it): the copy is folded, never the model."""
+    folded = copy.deepcopy(model)
+    folded.enable_compatibility_mode()
+    return folded
+
+
+def _attributions_by_position(folded: TransformerBridge, cache: Any, targets: Tensor) -> dict[str, Tensor]:
+    """`[batch, pos]` direct logit attribution to `targets` per head, `embed`, MLP and `other`
+    (in that order; they sum to `direct_logit_attributions`'s `total`), from a cache of `folded`."""
+    by_head = direct_logit_attribution(folded, cache=cache, answer_tokens=targets, unit="head", pos=None)
+    by_component = direct_logit_attribution(folded, cache=cache, answer_tokens=targets, unit="component", pos=None)
     heads = dict(zip(by_head.labels, by_head.attribution, strict=True))
     components = dict(zip(by_component.labels, by_component.attribution, strict=True))
-    for layer in range(model.cfg.n_layers):
-        for h in range(model.cfg.n_heads):
-            out[str(HeadId(layer, h))] = mean(heads[str(HeadId(layer, h))])
-    out["embed"] = mean(sum(v for k, v in components.items() if k in ("embed", "pos_embed")))
-    mlps = {MlpId(layer): components[f"{layer}_mlp_out"] for layer in range(model.cfg.n_layers)
-            if f"{layer}_mlp_out" in components}
-    out.update({str(m): mean(v) for m, v in mlps.items()})
-    total = sum(heads.values())
-    out["other"] = mean(heads["remainder"]) - out["embed"] - sum(out[str(m)] for m in mlps)
-    out["total"] = mean(total)
+    n_layers, n_heads = folded.cfg.n_layers, folded.cfg.n_heads
+    out = {str(HeadId(layer, h)): heads[str(HeadId(layer, h))] for layer in range(n_layers) for h in range(n_heads)}
+    out["embed"] = sum(v for k, v in components.items() if k in ("embed", "pos_embed"))
+    out.update({str(MlpId(layer)): components[f"{layer}_mlp_out"] for layer in range(n_layers)
+                if f"{layer}_mlp_out" in components})
+    out["other"] = heads["remainder"] - out["embed"] - sum(out[str(MlpId(layer))] for layer in range(n_layers)
+                                                           if str(MlpId(layer)) in out)
     return out
+
+
+@dataclass(frozen=True)
+class PositionReadout:
+    """What one forward pass says at every position of a `[batch, pos]` batch: the loss of
+    the target (`interp.model.targets_of`; 0 where there is none), the model's `top_k`
+    predictions, the logit lens of each residual-stream entry (`lens_labels`: `"0_pre"`, ...,
+    `"final_post"`) as the target's probability and rank and the entry's top-1 token, and the
+    direct logit attribution of each component (`components`, as `direct_logit_attributions`
+    names them, less `total`) to the target."""
+
+    losses: Tensor  # [batch, pos]
+    top_ids: Tensor  # [batch, pos, k]
+    top_probs: Tensor  # [batch, pos, k]
+    lens_labels: list[str]
+    lens_probs: Tensor  # [entry, batch, pos]
+    lens_ranks: Tensor  # [entry, batch, pos]
+    lens_top: Tensor  # [entry, batch, pos]
+    components: list[str]
+    dla: Tensor  # [component, batch, pos]
+
+
+def position_readout(model: TransformerBridge, batch: Batch, top_k: int = 5) -> PositionReadout:
+    """`PositionReadout` of `batch`, from one `run_with_cache` of the folded copy of `model`
+    (`folded_copy`: compatibility mode shifts each position's logits by a constant, so its
+    probabilities are the model's); the logit lens and the DLA read that cache."""
+    folded = folded_copy(model)
+    targets = targets_of(batch)
+    scored = targets != IGNORE_INDEX
+    clamped = targets.clamp_min(0)
+    with torch.no_grad(), folded.hooks(fwd_hooks=input_hooks(folded, batch)):
+        logits, cache = folded.run_with_cache(batch["tokens"])
+        attributions = _attributions_by_position(folded, cache, clamped)
+        lens = logit_lens(folded, cache=cache, positions=None, targets=clamped, return_type="probs")
+        lens_top = logit_lens(folded, cache=cache, positions=None, top_k=1, return_type="probs")
+    log_probs = logits.float().log_softmax(dim=-1)
+    losses = -log_probs.gather(-1, clamped.unsqueeze(-1)).squeeze(-1) * scored
+    top = log_probs.topk(min(top_k, log_probs.shape[-1]), dim=-1)
+    return PositionReadout(
+        losses=losses, top_ids=top.indices, top_probs=top.values.exp(), lens_labels=list(lens.labels),
+        lens_probs=lens.values[..., 0], lens_ranks=lens.rank_trajectory(),
+        lens_top=lens_top.readout.top_ids[..., 0], components=list(attributions),
+        dla=torch.stack(list(attributions.values())))
 
 
 def logit_lens_readout(model: TransformerBridge, batch: Batch, mask_key: str | None = None) -> dict[str, float]:
@@ -108,4 +161,5 @@ def _need(ctx: ProbeContext) -> Batch:
     return ctx.batch
 
 
-__all__ = ["direct_logit_attributions", "dla_probe", "logit_lens_probe", "logit_lens_readout"]
+__all__ = ["PositionReadout", "direct_logit_attributions", "dla_probe", "folded_copy", "logit_lens_probe",
+           "logit_lens_readout", "position_readout"]

@@ -254,5 +254,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--open", action="store_true", help="open the page in the default browser")
     p.add_argument("--device", default=None, help="device for the example's attention patterns (default: CUDA "
                                                   "if present)")
+    p.add_argument("--text", action="append", default=[], metavar="TEXT",
+                   help="an example of your own in the Tokens tab: words of the run's vocab.json (repeatable)")
+    p.add_argument("--tokens", action="append", default=[], metavar="IDS",
+                   help="an example of your own as comma-separated token ids, e.g. 3,17,5 (repeatable)")
+    p.add_argument("--example-batch", default=None, metavar="FILE",
+                   help='examples of your own: strict JSON {"tokens": [[id, ...], ...]} or a .safetensors file '
+                        "with a 'tokens' tensor [batch, pos]")
     p.set_defaults(fn=cmd_view)
     return parser

@@ -14,6 +14,10 @@ def cmd_view(args: argparse.Namespace) -> None:
     from tqdm.auto import tqdm
 
     from interp.view import write_view  # the explorer: imported only by this command
+    from interp.view.examples import ExampleInput, parse_tokens, read_example_batch
+
+    examples = [*(ExampleInput("--text", text=text) for text in args.text), *(parse_tokens(t) for t in args.tokens),
+                *(read_example_batch(args.example_batch) if args.example_batch else [])]
 
     bars: dict[str, Any] = {}
 
@@ -23,7 +27,7 @@ def cmd_view(args: argparse.Namespace) -> None:
         if done == total:
             bar.close()
 
-    page = write_view(Path(args.dir), device=check_device(args.device), progress=progress)
+    page = write_view(Path(args.dir), device=check_device(args.device), progress=progress, examples=examples)
     print(f"wrote {page} ({format_bytes(page.stat().st_size)}); open it in a browser (it works offline)")
     if args.open:
         import webbrowser

@@ -15,7 +15,7 @@ import re
 import secrets
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,7 @@ import torch
 from interp.files import fsync_dir
 from interp.view import owner
 from interp.view.data import FORMAT, PATTERN_BUDGET, ViewError, open_source, pattern_bytes, run_data
+from interp.view.examples import ExampleInput, add_token_strips, resolve_examples
 from interp.view.provenance import run_provenance, seed_groups, toolkit_version
 
 VIEW_DIR = "view"
@@ -35,13 +36,16 @@ def view_data(
     path: str | Path,
     device: str | torch.device | None = None,
     progress: Callable[[str, int, int], None] | None = None,
+    examples: Sequence[ExampleInput] = (),
 ) -> dict[str, Any]:
-    """The page's data for the run or analysis at `path` (checked first: `open_source`).
+    """The page's data for the run or analysis at `path` (checked first: `open_source`, then
+    `examples`, the user's inputs, against every run: `resolve_examples`).
 
     Computes (and caches in each run) the example sequence's attention patterns at the
     checkpoints that lack them; the headline's run comes first in the patterns' size
     budget (`PATTERN_BUDGET`), and runs past it are shown without patterns."""
     source = open_source(path)
+    inputs = {name: resolve_examples(run, examples) for name, run in source.runs.items()}
     first = owner.opened_run(source)
     period = owner.example_period(source)
     order = [first, *(n for n in source.runs if n != first)]
@@ -57,6 +61,7 @@ def view_data(
         step_progress = None if progress is None else (lambda done, total, n=name: progress(n, done, total))
         runs[name] = run_data(run, name, period, patterns=with_patterns, device=device, progress=step_progress,
                               example=example)
+    add_token_strips(runs, source.runs, order, lambda run: task_example(run, period), inputs, device=device)
     headline = owner.headline(source, runs)
     for name, marks in headline.marks.items():  # the analysis's marks replace those found at their steps
         if name in runs:
@@ -133,7 +138,8 @@ def render_page(data: dict[str, Any]) -> str:
     """The HTML page of `data` (from `view_data`), with everything it needs inline."""
     payload = json.dumps(data, separators=(",", ":"), allow_nan=False).translate(_JSON_MARKUP)
     parts = {"TITLE": _escape(data["title"]), "CSS": _static("view.css"), "DATA": payload,
-             "PLOTLY": _inline(plotly_js()), "APP": _inline(_static("view.js"))}
+             "PLOTLY": _inline(plotly_js()),
+             "APP": _inline(_static("tokens.js") + _static("view.js"))}  # the Tokens tab, then the app that calls it
     pieces = _PLACEHOLDER.split(_static("page.html"))  # [text, name, text, name, ...]: filled in one pass
     missing = set(parts) - set(pieces[1::2])
     if missing:
@@ -166,16 +172,19 @@ def write_view(
     path: str | Path,
     device: str | torch.device | None = None,
     progress: Callable[[str, int, int], None] | None = None,
+    examples: Sequence[ExampleInput] = (),
 ) -> Path:
-    """Write `path/view/index.html` for the run or analysis directory `path`; returns the
-    page's path. Bad input (a missing, empty or half-written directory, or a `view` of the
-    user's own in it) raises before anything is written, naming what is wrong."""
+    """Write `path/view/index.html` for the run or analysis directory `path`, with token strips
+    of the analysis's example and of `examples` (`interp.view.examples`); returns the
+    page's path. Bad input (a missing, empty or half-written directory, a `view` of the
+    user's own in it, an example the model cannot read) raises before anything is written,
+    naming what is wrong."""
     root = Path(path)
     final = root / VIEW_DIR
     if os.path.lexists(final) and not _is_our_page(final):
         raise ViewError(f"{final} exists and is not an explorer page written by interp view: move it away or "
                         "choose another directory")
-    page = render_page(view_data(root, device=device, progress=progress))
+    page = render_page(view_data(root, device=device, progress=progress, examples=examples))
     tmp = root / f".{VIEW_DIR}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
     old = root / f".{VIEW_DIR}-old.{os.getpid()}.{secrets.token_hex(4)}.tmp"
     tmp.mkdir()

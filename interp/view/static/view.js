@@ -1057,6 +1057,7 @@
 
   const TABS = { headline: renderHeadline, curves: renderCurves, heads: renderHeads, circuit: renderCircuit };
   TABS.runs = renderRuns;
+  if (window.interpViewTokens) TABS.tokens = window.interpViewTokens({ $, S, run, stepOf, nearest, F16 });  // tokens.js
   function renderTab(rebuild) {
     for (const name of Object.keys(TABS)) {
       $("tab-" + name).classList.toggle("active", name === S.tab);
