@@ -128,3 +128,14 @@ def test_llc_refuses_bad_settings_in_one_line(tiny_out, capsys, extra, message):
 def test_llc_of_a_run_of_no_analysis_asks_for_a_batch(trained_run, capsys):
     assert main(["llc", str(trained_run.path)]) == 2
     assert "--batch" in capsys.readouterr().err
+
+
+def test_llc_per_head_gives_each_heads_refined_llc(tiny_out, capsys, tmp_path):
+    csv = tmp_path / "rllc.csv"
+    assert main(["llc", str(tiny_out), "--per-head", "--steps", "0", "20", "--chains", "2", "--draws", "4",
+                 "--burn-in", "1", "--sequences", "8", "--batch-size", "4", "--csv", str(csv)]) == 0
+    out = capsys.readouterr().out
+    assert "refined LLC per head" in out and "L1H1" in out
+    header = csv.read_text().splitlines()[0].split(",")
+    assert {f"rllc/llc/L{layer}H{head}" for layer in range(2) for head in range(2)} <= set(header)
+    assert len(csv.read_text().splitlines()) == 1 + 2

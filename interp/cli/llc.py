@@ -16,14 +16,15 @@ from interp.checkpoints import Run
 from interp.cli.checks import check_device
 from interp.cli.runs import model_config, one_run
 from interp.errors import InputError
-from interp.metrics.llc import LLCSettings, llc_probe
+from interp.ids import HeadId
+from interp.metrics.development import Development, development
+from interp.metrics.llc import LLCSettings, refined_llc_probe
 from interp.model import Batch
 from interp.probing import ProbeTable, probe
 from interp.suites import CheckpointSuite
 
-LLC_KEY = "llc"
-"""The key `interp llc` caches its estimates under (`probes/llc.jsonl`), one computation per
-sampler setting and batch."""
+REFINED_KEY = "rllc"
+"""The key of `interp llc --per-head`/`--per-component`: each component's refined LLC."""
 
 
 def llc_rows(source: Run | CheckpointSuite, batch_file: str | None, sequences: int, seed: int) -> Batch:
@@ -48,8 +49,10 @@ def cmd_llc(args: argparse.Namespace) -> None:
                            burn_in=args.burn_in, batch_size=args.batch_size, seed=args.seed)
     device = check_device(args.device)
     rows = llc_rows(source, args.batch, args.sequences, args.seed)
-    table = probe(source, {LLC_KEY: llc_probe(settings)}, rows, steps=args.steps, device=device,
-                  progress=True).select(LLC_KEY)
+    logged = [(m["step"], m["train/loss"]) for m in source.metrics() if "train/loss" in m]
+    found = development(source, rows, settings, steps=args.steps, device=device, progress=True,
+                        loss=tuple(zip(*logged, strict=True)) if len(logged) >= 2 else None)
+    table = found.llc
     print(f"LLC by SGLD: {settings.chains} chains x {settings.draws} draws after {settings.burn_in} burn-in, "
           f"lr {settings.lr:g}, gamma {settings.gamma:g}, nbeta {settings.effective_nbeta:.4g}, "
           f"minibatches of {settings.batch_size} from {len(next(iter(rows.values())))} rows")
@@ -57,44 +60,52 @@ def cmd_llc(args: argparse.Namespace) -> None:
     for step, llc, std, loss, trusted in zip(table.steps, table["llc"], table["llc_std"], table["init_loss"],
                                              table["trustworthy"], strict=True):
         print(f"{int(step):7d} {llc:9.3f} {std:8.3f} {loss:8.4f}  {'yes' if trusted else 'NO'}")
-    untrusted = int((table["trustworthy"] == 0).sum())
-    if untrusted:
-        print(f"{untrusted} of {len(table.steps)} estimates are not trustworthy (a chain diverged, the loss trace "
-              "drifts after burn-in, or chains disagree): try a smaller --lr, a larger --gamma or more --burn-in")
-    _print_stages(source, table, rows, device)
+    if found.trusted < len(table.steps):
+        print(f"{len(table.steps) - found.trusted} of {len(table.steps)} estimates are not trustworthy (a chain "
+              "diverged, the loss trace drifts after burn-in, or chains disagree): try a smaller --lr, a larger "
+              "--gamma or more --burn-in")
+    _print_stages(found)
+    if args.per_head or args.per_component:
+        refined = _print_refined(source, settings, rows, args, device)
+        # one CSV: the refined columns beside the whole model's, on the same checkpoints
+        table = ProbeTable(table.steps, (*table.columns, *(f"{REFINED_KEY}/{c}" for c in refined.columns)),
+                           np.hstack([table.values, refined.values]))
     if args.csv:
         table.to_csv(args.csv)
         print(f"wrote {args.csv}")
 
 
-DYNAMICS_ROWS = 32
-"""Rows of the LLC's data whose outputs trace the essential-dynamics trajectory."""
+def _print_refined(source: Run | CheckpointSuite, settings: LLCSettings, rows: Batch, args: argparse.Namespace,
+                   device: str | None) -> ProbeTable:
+    """Each head's (or every component's) refined LLC at every checkpoint; `*` marks an estimate
+    not to trust."""
+    shape = model_config(source)
+    components = None if args.per_component else \
+        [HeadId(layer, head) for layer in range(shape.n_layers) for head in range(shape.n_heads)]
+    refined = probe(source, {REFINED_KEY: refined_llc_probe(settings, components)}, rows, steps=args.steps,
+                    device=device, progress=True)
+    table = refined.select(REFINED_KEY)
+    names = [c[len("llc/"):] for c in table.columns if c.startswith("llc/")]
+    print(f"refined LLC per {'component' if args.per_component else 'head'} (* not trustworthy):")
+    print(f"{'step':>7s} " + " ".join(f"{n:>9s}" for n in names))
+    for i, step in enumerate(table.steps):
+        print(f"{int(step):7d} " + " ".join(
+            f"{table[f'llc/{n}'][i]:8.3f}{' ' if table[f'trustworthy/{n}'][i] else '*'}" for n in names))
+    return table
 
 
-def _print_stages(source: Run | CheckpointSuite, table: ProbeTable, rows: Batch, device: str | None) -> None:
-    """The LLC curve's stages and each boundary's nearest other change point, where the curve
-    has enough finite estimates to segment."""
-    from interp.metrics.essential_dynamics import essential_dynamics
-    from interp.metrics.stages import change_points, llc_stages
-
-    finite = np.isfinite(table["llc"]) & np.isfinite(table["llc_std"])
-    if finite.sum() < 3:
+def _print_stages(found: Development) -> None:
+    """The LLC curve's stages and each boundary's nearest other change point."""
+    if found.stages is None:
         print("stages: fewer than 3 finite LLC estimates; none segmented")
         return
-    steps = table.steps[finite]
-    stages = llc_stages(steps, table["llc"][finite], table["llc_std"][finite])
-    loss = [(m["step"], m["train/loss"]) for m in source.metrics() if "train/loss" in m]
-    dynamics = essential_dynamics(source, {k: t[:DYNAMICS_ROWS] for k, t in rows.items()}, steps=steps.tolist(),
-                                  device=device) if len(steps) >= 5 else None
-    found = change_points(stages, checkpoint_steps=steps.tolist(),
-                          loss=tuple(zip(*loss, strict=True)) if len(loss) >= 2 else None, dynamics=dynamics)
-    print(f"stages (LLC noise band {stages.noise:.3g}): "
-          + ", ".join(f"{s.kind} {s.start}-{s.end}" for s in stages.stages))
-    for match in found.matches:
+    print(f"stages (LLC noise band {found.stages.noise:.3g}): "
+          + ", ".join(f"{s.kind} {s.start}-{s.end}" for s in found.stages.stages))
+    for match in found.change_points.matches:
         nearest = "no other change point" if match.nearest is None else \
             f"nearest: {match.nearest.source} at {match.nearest.step} ({match.distance:.1f} checkpoints away; " \
             f"{match.nearest.detail})"
         print(f"  boundary at {match.boundary.step}: {match.boundary.kind}; {nearest}")
-    others = [row for row in found.rows if row.source != "llc stage"]
+    others = [row for row in found.change_points.rows if row.source != "llc stage"]
     if others:
         print("other change points: " + "; ".join(f"{row.source} at {row.step}" for row in others))

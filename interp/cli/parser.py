@@ -11,7 +11,7 @@ from interp.cli.circuit import cmd_circuit
 from interp.cli.errors import EXIT_FAILED
 from interp.cli.info import cmd_info
 from interp.cli.list import analyses_epilog, cmd_list
-from interp.cli.llc import LLC_KEY, cmd_llc
+from interp.cli.llc import LLC_KEY, REFINED_KEY, cmd_llc
 from interp.cli.plot import cmd_plot
 from interp.cli.probe import BUILTIN_PROBES, LINEAR_PROBE, cmd_probe
 from interp.cli.run import cmd_run
@@ -217,8 +217,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_int_in(2), default=defaults.batch_size,
                    help=f"rows per SGLD step (default {defaults.batch_size})")
     p.add_argument("--seed", type=SEED, default=0, help="seed of the rows, minibatches and noise (default 0)")
+    refined = p.add_mutually_exclusive_group()
+    refined.add_argument("--per-head", action="store_true",
+                         help="also each head's refined LLC (Wang et al. 2024: only its weights sampled)")
+    refined.add_argument("--per-component", action="store_true",
+                         help="also the refined LLC of every head, MLP, the embeddings and the unembedding")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: CUDA if present)")
-    p.add_argument("--csv", help="also write the table to this CSV file")
+    p.add_argument("--csv", help=f"also write the table (with the refined columns under {REFINED_KEY}/) to this "
+                                 "CSV file")
     p.set_defaults(fn=cmd_llc)
 
     p = sub.add_parser("circuit", parents=[common],

@@ -81,15 +81,15 @@ class LLCSettings:
         for name in ("lr", "nbeta"):
             value = getattr(self, name)
             if value is not None and not (math.isfinite(value) and value > 0):
-                raise ValueError(f"{name}: expected a positive finite number, got {value!r}")
+                raise InputError(f"{name}: expected a positive finite number, got {value!r}")
         if not (math.isfinite(self.gamma) and self.gamma >= 0):
-            raise ValueError(f"gamma: expected a finite number >= 0, got {self.gamma!r}")
+            raise InputError(f"gamma: expected a finite number >= 0, got {self.gamma!r}")
         for name, least in (("chains", 1), ("draws", 3), ("burn_in", 0), ("batch_size", 2)):
             value = getattr(self, name)
             if not isinstance(value, int) or value < least:
-                raise ValueError(f"{name}: expected an integer >= {least}, got {value!r}")
+                raise InputError(f"{name}: expected an integer >= {least}, got {value!r}")
         if isinstance(self.restrict_to, str) or not all(isinstance(p, str) and p for p in self.restrict_to):
-            raise ValueError(f"restrict_to: expected a tuple of parameter-name patterns, got {self.restrict_to!r}")
+            raise InputError(f"restrict_to: expected a tuple of parameter-name patterns, got {self.restrict_to!r}")
 
     @property
     def effective_nbeta(self) -> float:
@@ -131,14 +131,14 @@ def sampled_parameters(model: nn.Module, restrict_to: Sequence[str] = ()) -> lis
     named = named_trainable_parameters(model)
     chosen = [(n, p) for n, p in named if not restrict_to or any(fnmatchcase(n, pat) for pat in restrict_to)]
     if not chosen:
-        raise ValueError(f"restrict_to: no parameter matches {list(restrict_to)}; names: {[n for n, _ in named]}")
+        raise InputError(f"restrict_to: no parameter matches {list(restrict_to)}; names: {[n for n, _ in named]}")
     return chosen
 
 
 def _rows(data: Data) -> int:
     counts = {key: len(t) for key, t in data.items()}
     if not counts or len(set(counts.values())) != 1:
-        raise ValueError(f"data: expected tensors with the same number of rows, got {counts}")
+        raise InputError(f"data: expected tensors with the same number of rows, got {counts}")
     return next(iter(counts.values()))
 
 
@@ -155,20 +155,20 @@ def _sampled(model: nn.Module, settings: LLCSettings,
     if masks is None:
         return [(name, p, None) for name, p in sampled_parameters(model, settings.restrict_to)]
     if settings.restrict_to:
-        raise ValueError("masks: give weight masks or settings.restrict_to, not both")
+        raise InputError("masks: give weight masks or settings.restrict_to, not both")
     named = dict(named_trainable_parameters(model))
     chosen = []
     for name, mask in masks.items():
         if name not in named:
-            raise ValueError(f"masks: no parameter named {name!r}; names: {list(named)}")
+            raise InputError(f"masks: no parameter named {name!r}; names: {list(named)}")
         p = named[name]
         if mask.dtype != torch.bool or mask.shape != p.shape:
-            raise ValueError(f"masks: expected a bool mask of shape {tuple(p.shape)} for {name!r}, "
+            raise InputError(f"masks: expected a bool mask of shape {tuple(p.shape)} for {name!r}, "
                              f"got {mask.dtype} {tuple(mask.shape)}")
         if mask.any():
             chosen.append((name, p, None if mask.all() else mask.to(p.device)))
     if not chosen:
-        raise ValueError("masks: expected at least one sampled weight entry, got none (every mask is all False)")
+        raise InputError("masks: expected at least one sampled weight entry, got none (every mask is all False)")
     return chosen
 
 
@@ -354,7 +354,7 @@ def llc_probe(settings: LLCSettings, loss: LossFn = language_model_loss, loss_na
 
     def fn(ctx: ProbeContext) -> dict[str, float]:
         if ctx.batch is None:
-            raise ValueError("batch: the LLC probe samples over the probe's batch; pass one")
+            raise InputError("batch: the LLC probe samples over the probe's batch; pass one")
         estimate = estimate_llc(ctx.model, loss, ctx.batch, settings)
         _save_traces(ctx, _trace_array(estimate, settings.burn_in + settings.draws),
                      {"probe": name, "axes": ["chain", "sgld_step"], "burn_in": settings.burn_in})
@@ -373,7 +373,7 @@ def refined_llc_probe(settings: LLCSettings, components: Sequence[Component] | N
     n_heads)` is the per-head grid over steps. Inside `probe()` each checkpoint's traces
     `[component, chain, sgld step]` are saved (`load_llc_traces`)."""
     if settings.restrict_to:
-        raise ValueError("restrict_to: a refined LLC probe samples its components' weights; leave it empty")
+        raise InputError("restrict_to: a refined LLC probe samples its components' weights; leave it empty")
     chosen = None if components is None else tuple(components)
     if chosen is not None and (not chosen or len(set(chosen)) != len(chosen)):
         raise InputError(f"components: expected distinct components, got {[str(c) for c in chosen]}")
@@ -382,7 +382,7 @@ def refined_llc_probe(settings: LLCSettings, components: Sequence[Component] | N
 
     def fn(ctx: ProbeContext) -> dict[str, float]:
         if ctx.batch is None:
-            raise ValueError("batch: the refined LLC probe samples over the probe's batch; pass one")
+            raise InputError("batch: the refined LLC probe samples over the probe's batch; pass one")
         order = ModelShape.of(ctx.model.cfg).nodes() if chosen is None else chosen
         columns: dict[str, float] = {}
         traces = []

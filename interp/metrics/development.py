@@ -1,0 +1,65 @@
+"""A run's development in one call: the LLC at every checkpoint (`interp.metrics.llc`), the
+stages its curve splits training into (`interp.metrics.stages`), the essential-dynamics
+trajectory (`interp.metrics.essential_dynamics`) and every stage boundary beside the run's
+other change points. `interp llc` and the analyses call this; each piece stays usable alone."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from interp.checkpoints import CheckpointSource
+from interp.circuits.graph import CircuitGraph
+from interp.metrics.essential_dynamics import EssentialDynamics, essential_dynamics
+from interp.metrics.llc import LLCSettings, llc_probe
+from interp.metrics.stages import ChangePoints, Stages, change_points, llc_stages
+from interp.model import Batch
+from interp.probing import Column, ProbeTable, probe
+
+LLC_KEY = "llc"
+"""The key the whole model's LLC is cached under (`probes/llc.jsonl`), one computation per
+sampler setting and batch."""
+DYNAMICS_ROWS = 32
+"""Rows of the LLC's data whose outputs trace the essential-dynamics trajectory."""
+MIN_STAGE_POINTS = 3
+MIN_DYNAMICS_POINTS = 5  # the turning-point angle looks two checkpoints back and forward
+
+
+@dataclass(frozen=True)
+class Development:
+    llc: ProbeTable
+    """Columns `llc, llc_std, init_loss, trustworthy, llc_chain<c>` per checkpoint."""
+    stages: Stages | None
+    """None where fewer than `MIN_STAGE_POINTS` estimates are finite."""
+    dynamics: EssentialDynamics | None
+    change_points: ChangePoints
+
+    @property
+    def trusted(self) -> int:
+        return int((self.llc["trustworthy"] == 1).sum())
+
+
+def development(source: CheckpointSource, rows: Batch, settings: LLCSettings, *, steps: Sequence[int] | None = None,
+                loss: tuple[Sequence[int], Sequence[float]] | None = None, graphs: Sequence[CircuitGraph] = (),
+                probes: ProbeTable | None = None, probe_columns: Sequence[Column] | None = None,
+                device: str | torch.device | None = None, progress: bool | None = None) -> Development:
+    """The LLC of `source` at its checkpoints (`steps`, default all) by SGLD on `rows`, its
+    stages, the essential dynamics of the first `DYNAMICS_ROWS` rows' outputs, and the change
+    points: the stage boundaries beside `loss`'s drop, the largest changes of `graphs`, the
+    half-way steps of `probe_columns` of `probes`, and the trajectory's turning points. All of it
+    is cached in the run: a second call runs no sampler and no model."""
+    table = probe(source, {LLC_KEY: llc_probe(settings)}, rows, steps=steps, device=device,
+                  progress=progress).select(LLC_KEY)
+    finite = np.isfinite(table["llc"]) & np.isfinite(table["llc_std"])
+    found = table.steps[finite]
+    stages = llc_stages(found, table["llc"][finite], table["llc_std"][finite]) \
+        if len(found) >= MIN_STAGE_POINTS else None
+    dynamics = essential_dynamics(source, {k: t[:DYNAMICS_ROWS] for k, t in rows.items()},
+                                  steps=table.steps.tolist(), device=device) \
+        if len(table.steps) >= MIN_DYNAMICS_POINTS else None
+    points = change_points(stages, checkpoint_steps=table.steps.tolist(), loss=loss, graphs=graphs, probes=probes,
+                           probe_columns=probe_columns, dynamics=dynamics)
+    return Development(table, stages, dynamics, points)
