@@ -687,10 +687,15 @@ def view(source: Source, runs: RunsData) -> Headline:
     start, end = r.phase1_end, r.plateau_end
     band = None if start is None else Band(start, end if end is not None else run["steps"][-1],
                                            "plateau" if end is not None else "plateau (not left)")
+    plateau = start is not None and end is not None  # the phases are claimed only where both ends were found
     return Headline(
-        "The recall circuit forms during the plateau",
+        "The recall circuit forms during the plateau" if plateau else "Attribute -> name attention and the loss",
         ("Attention from attribute tokens to the person's name (the recall circuit's signature) through the three "
-         "phases: it grows while the loss sits on the no-knowledge baseline."),
+         f"phases (plateau from step {start} to step {end}): it grows while the loss sits on the no-knowledge "
+         "baseline." if plateau else
+         "Attention from attribute tokens to the person's name (the recall circuit's signature) and the attribute "
+         f"loss; no plateau to show: the end of phase 1 is {f'step {start}' if start is not None else 'not found'}"
+         f", the plateau's end {f'step {end}' if end is not None else 'not found'}."),
         run=name, marks={name: Mark.at((start, "plateau starts (phase 1 ends)"), (end, "plateau ends: recall forms"))},
         figures=[
             Lines("Attribute -> name attention and the attribute loss", series, run=name, ylabel="attention",

@@ -627,10 +627,16 @@ def view(source: Source, runs: RunsData) -> Headline:
     series.append(Series.of_metric(run, "train/loss", "training loss (right axis)", "y2"))
     ablated = r.ablation_at_peak.heads
     head = ablated[0] if ablated else None
+    d, met = r.dynamics, r.targets
+    transient = met.get("icl_peak_at_least_0.8", False) and met.get("icl_falls_by_0.2", False)
+    numbers = (f"ICL accuracy peaks at {d.icl_peak:.3g} (step {d.icl_peak_step}) and ends at {d.icl_final:.3g}; IWL "
+               f"ends at {d.iwl_final:.3g}")
     return Headline(
         "In-context vs in-weights learning, and the induction circuit",
-        ("ICL emerges and fades while in-weights learning takes over; the induction strength of the best head "
-         "(matching minus non-matching label attention) rises and falls with ICL."),
+        (f"ICL emerges and fades while in-weights learning takes over ({numbers}); the induction strength of the "
+         "best head (matching minus non-matching label attention) is drawn beside it." if transient else
+         f"{numbers}: not a transient ICL by the analysis's criteria (a peak of at least 0.8 that falls by 0.2); "
+         "the induction strength of the best head (matching minus non-matching label attention) is drawn beside it."),
         run=name, marks={name: Mark.at((r.dynamics.icl_peak_step, "ICL peak"))},
         figures=[
             Lines("ICL, IWL and induction strength", series, run=name, ylabel="accuracy / score",

@@ -48,6 +48,7 @@ from interp.analysis import (
     inline,
     main_run,
     nearest_step,
+    num,
     probe,
     probe_column,
     read_results,
@@ -453,11 +454,14 @@ def view(source: Source, runs: RunsData) -> Headline:
                   if HeadId.parse(c).layer == last]
     series.append(Series.of_metric(run, "eval/repeated_loss", "loss on repeated-trigger outputs (right axis)", "y2"))
     head = r.induction_head
+    change = (f"the phase change (repeated-token loss at its midpoint) at step {r.phase_change_step}"
+              if r.phase_change_step is not None else "no phase change found in the repeated-token loss")
     return Headline(
-        "Induction heads forming",
+        "Induction heads forming" if r.phase_change_step is not None else "Induction scores (no phase change found)",
         (f"Layer-{last} heads' induction score (attention from a repeated token to the token after its earlier "
-         "occurrence) over training, with the loss on outputs of repeated triggers; the grid and the attention "
-         "pattern of the induction head follow the checkpoint slider."),
+         f"occurrence) over training, with the loss on outputs of repeated triggers ({change}; {head} ends at "
+         f"{num(r.induction_score_final)}); the grid and the attention pattern of the induction head follow the "
+         "checkpoint slider."),
         run=name, marks={name: Mark.at((r.phase_change_step, "phase change: repeated-token loss at its midpoint"),
                                        (r.induction_half_step, f"{head} reaches half its final induction score"))},
         figures=[

@@ -341,7 +341,22 @@ def view(source: Source, runs: RunsData) -> Headline:
                               "matrix shows as a smooth gradient from one corner."))
     figures.append(Table.of(results_dict(r), ("shape", "r2_by_rank", "r2_multiplicative", "r2_additive",
                                               "r2_shuffled_rank1", "singular_values", "completion", "replay")))
-    return Headline("Low-rank forgetting", "The M x N forgetting matrix is close to rank 1.", figures)
+    return Headline("Low-rank forgetting", rank1_caption(r), figures)
+
+
+RANK1_R2 = 0.9
+"""The rank-1 R² from which the headline calls the forgetting matrix close to rank 1."""
+
+
+def rank1_caption(r: LowRankForgettingResults) -> str:
+    """The headline's caption: "close to rank 1" only when the rank-1 fit's R² reaches `RANK1_R2`;
+    otherwise what the fits give."""
+    rank1 = r.r2_by_rank[0] if r.r2_by_rank else None
+    numbers = (f"rank-1 R² {rank1:.3g}, multiplicative {r.r2_multiplicative:.3g}, additive {r.r2_additive:.3g}, "
+               f"row-shuffled rank-1 control {r.r2_shuffled_rank1:.3g}") if rank1 is not None else "no rank fits"
+    if rank1 is not None and rank1 >= RANK1_R2:
+        return f"The M x N forgetting matrix is close to rank 1 ({numbers}; close means R² >= {RANK1_R2})."
+    return f"The M x N forgetting matrix's low-rank fits: {numbers} (not close to rank 1: that needs R² >= {RANK1_R2})."
 
 
 ANALYSIS = Analysis("lowrank-forgetting", "Forgetting matrices of fine-tuning tasks x upstream examples: low-rank "

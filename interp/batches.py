@@ -18,10 +18,17 @@ SOURCE_KEY = "source_tokens"
 
 
 def repeated_tokens(
-    n_batch: int, period: int, d_vocab: int, generator: torch.Generator, repeats: int = 2
+    n_batch: int, period: int, d_vocab: int, generator: torch.Generator, repeats: int = 2, distinct: bool = False
 ) -> Int[Tensor, "batch pos"]:
-    """Uniform random tokens of length `period`, repeated `repeats` times."""
-    segment = torch.randint(0, d_vocab, (n_batch, period), generator=generator)
+    """Uniform random tokens of length `period`, repeated `repeats` times; `distinct`: no token
+    twice within a period (each token of the repeat then has one earlier occurrence, so its
+    induction target is unambiguous), which needs `period <= d_vocab`."""
+    if not distinct:
+        segment = torch.randint(0, d_vocab, (n_batch, period), generator=generator)
+    elif period > d_vocab:
+        raise ValueError(f"period: at most d_vocab ({d_vocab}) for distinct tokens, got {period}")
+    else:
+        segment = torch.stack([torch.randperm(d_vocab, generator=generator)[:period] for _ in range(n_batch)])
     return segment.repeat(1, repeats)
 
 

@@ -67,6 +67,8 @@ class Source:
     record: dict[str, Any] = field(default_factory=dict)
     """`analysis.json` of an analysis (analysis name, preset, config); empty for a run."""
     results: dict[str, Any] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()
+    """What the explorer left out of the directory and why (an empty run folder)."""
 
     @property
     def analysis(self) -> str | None:

@@ -61,6 +61,8 @@ MAX_PATTERN_STEPS = 80  # checkpoints per run whose patterns the page holds (eve
 PATTERN_BUDGET = 6 * 2**20  # bytes of float16 patterns in one page, over all its runs
 MAX_SERIES_POINTS = 1500  # points per logged curve (longer logs are thinned evenly, the last point kept)
 MAX_EDGES = 300  # edges per circuit key in the page: the strongest over all steps
+VECTOR_INPUTS_NOTE = ("no example attention patterns: this run's model reads input vectors (d_input {d_input}) beside "
+                      "its tokens, and an example of token ids alone is not its task")
 
 
 class ViewError(InputError):
@@ -116,6 +118,10 @@ def _open_analysis(path: Path) -> Source:
     runs_dir = path / RUNS_DIR
     names = sorted(p.name for p in runs_dir.iterdir() if p.is_dir() and not is_temporary(p.name)) \
         if runs_dir.is_dir() else []
+    # An empty folder is no run (made by hand, or by a job killed before it wrote anything): left out, said.
+    empty = [n for n in names if not _visible(runs_dir / n)]
+    names = [n for n in names if n not in empty]
+    notes = tuple(f"{RUNS_DIR}/{n}/ is empty (no run files): not shown" for n in empty)
     if not names:
         raise ViewError(f"{path} is an analysis directory ({name}) with no runs: {runs_dir} is "
                         f"{'empty' if runs_dir.is_dir() else 'missing'} (interrupted before its first run; "
@@ -132,7 +138,7 @@ def _open_analysis(path: Path) -> Source:
         run = Run(runs_dir / run_name)
         check_run(run)
         runs[run_name] = run
-    return Source(path, "analysis", runs, record, results)
+    return Source(path, "analysis", runs, record, results, notes)
 
 
 def check_run(run: Run) -> None:
@@ -163,8 +169,8 @@ def check_run(run: Run) -> None:
 
 @dataclass(frozen=True)
 class Example:
-    """One token sequence on which every checkpoint's attention is shown: `period` random
-    tokens repeated twice (previous-token and induction heads show on it in any model)."""
+    """One token sequence on which every checkpoint's attention is shown: `period` distinct
+    random tokens repeated twice (previous-token and induction heads show on it in any model)."""
 
     tokens: tuple[int, ...]
     period: int
@@ -201,20 +207,22 @@ def example_for(run: Run, period: int | None = None, seed: int = 0,
                 tokens: Sequence[int] | None = None, description: str = "") -> Example:
     """The example sequence of `run`: `tokens` of its task where given (at most
     `MAX_EXAMPLE_LEN`; `period` 0: not a repeat), else `period` (default: half the context,
-    at most `MAX_EXAMPLE_LEN / 2`) uniform random tokens of its vocabulary, repeated twice."""
+    at most `MAX_EXAMPLE_LEN / 2` and the vocabulary) distinct random tokens of its vocabulary,
+    repeated twice: each repeated token has one earlier occurrence, an unambiguous induction target."""
     cfg = run.model_config
     if tokens is not None:
         kept = tuple(int(t) for t in tokens[:min(cfg.n_ctx, MAX_EXAMPLE_LEN)])
         return Example(kept, 0, token_labels(run, kept), description or f"a sequence of the run's task ({len(kept)} "
                                                                           "tokens)")
-    longest = min(cfg.n_ctx, MAX_EXAMPLE_LEN) // 2
+    longest = min(min(cfg.n_ctx, MAX_EXAMPLE_LEN) // 2, cfg.d_vocab)
     if longest < 2:  # a context too short to repeat anything: its random tokens once
         tokens = repeated_tokens(1, cfg.n_ctx, cfg.d_vocab, seeding.generator(seed, seeding.EXAMPLES), 1)[0].tolist()
         return Example(tuple(tokens), cfg.n_ctx, token_labels(run, tokens), f"{cfg.n_ctx} random tokens (seed {seed})")
     period = longest if not period else max(2, min(int(period), longest))
-    tokens = repeated_tokens(1, period, cfg.d_vocab, seeding.generator(seed, seeding.EXAMPLES))[0].tolist()
-    return Example(tuple(tokens), period, token_labels(run, tokens),
-                   f"{period} random tokens repeated twice (seed {seed})")
+    generator = seeding.generator(seed, seeding.EXAMPLES)
+    drawn = repeated_tokens(1, period, cfg.d_vocab, generator, distinct=True)[0].tolist()
+    return Example(tuple(drawn), period, token_labels(run, drawn),
+                   f"{period} distinct random tokens repeated twice (seed {seed})")
 
 
 def _pattern_file(cache_dir: Path, run: Run, example: Example, step: int) -> Path:
@@ -446,14 +454,17 @@ def _layout(shape: Any) -> dict[str, Any]:
     return {"nodes": [str(n) for n in nodes], "positions": {str(n): list(shape.position(n)) for n in nodes}}
 
 
-def attention_circuit(n_layers: int, n_heads: int, attn_only: bool, steps: Sequence[int],
+def attention_circuit(n_layers: int, n_heads: int, steps: Sequence[int],
                       scores: Mapping[str, np.ndarray]) -> dict[str, Any]:
     """The fallback circuit graph, from attention metrics on the example sequence: an edge from
     every head to every later-layer head's key input, weighted by the sender's previous-token
-    score times the receiver's induction score (K-composition of an induction circuit)."""
+    score times the receiver's induction score (K-composition of an induction circuit). Drawn
+    with heads only (its edges join heads; an MLP node between two layers would sit on them) and
+    on the weights' own scale, `scale` 1 (both scores are attention fractions): near-zero
+    weights draw thin, not at the width of the largest."""
     from interp.circuits.graph import ModelShape
 
-    shape = ModelShape(n_layers, n_heads, attn_only)
+    shape = ModelShape(n_layers, n_heads, attn_only=True)
     heads = [HeadId(layer, h) for layer in range(n_layers) for h in range(n_heads)]
     edges = [EdgeId(a, b, "k") for a in heads for b in heads if a.layer < b.layer]
     prev, induction = scores["prev_token"], scores["induction"]
@@ -462,7 +473,7 @@ def attention_circuit(n_layers: int, n_heads: int, attn_only: bool, steps: Seque
     return {"key": "attention", "method": "attention metrics",
             "metric": "previous-token score of the sender x induction score of the receiver, on the example sequence",
             "source": "example attention patterns (no circuits/ graphs saved in this run)", "steps": list(steps),
-            **_layout(shape), "edges": [_edge_record(e) for e in edges], "weights": weights}
+            **_layout(shape), "edges": [_edge_record(e) for e in edges], "weights": weights, "scale": 1.0}
 
 
 def phase_marks(series: Mapping[str, Mapping[str, list[Any]]]) -> list[dict[str, Any]]:
@@ -517,7 +528,7 @@ def run_data(
     steps = run.steps
     series = metric_series(run)
     example = example or example_for(run, period)
-    pattern_steps = [steps[i] for i in thin(len(steps), MAX_PATTERN_STEPS)] if patterns else []
+    pattern_steps = [steps[i] for i in thin(len(steps), MAX_PATTERN_STEPS)] if patterns and not cfg.d_input else []
     stacked = example_patterns(run, example, pattern_steps, device=device, progress=progress) if pattern_steps \
         else None
     probes = cached_probes(run)
@@ -530,17 +541,19 @@ def run_data(
                 "probe": f"{key} attention on the example sequence", "steps": pattern_steps, "columns": columns,
                 "values": [nums(grid[i].reshape(-1)) for i in range(len(pattern_steps))], "heads": True}
     else:
-        notes.append("no example attention patterns in this page (its size budget went to other runs)")
+        notes.append(VECTOR_INPUTS_NOTE.format(d_input=cfg.d_input) if cfg.d_input
+                     else "no example attention patterns in this page (its size budget went to other runs)")
+    patterns_note = None if stacked is not None else notes[-1]
     circuits, circuit_notes = saved_circuits(run)
     notes += circuit_notes
     if not circuits and stacked is not None and cfg.n_layers > 1:
-        circuits = [attention_circuit(cfg.n_layers, cfg.n_heads, cfg.attn_only, pattern_steps, scores)]
+        circuits = [attention_circuit(cfg.n_layers, cfg.n_heads, pattern_steps, scores)]
     return {
         "name": name, "path": str(run.path), "steps": steps, "status": run_status(run),
         "model": {"n_layers": cfg.n_layers, "n_heads": cfg.n_heads, "d_model": cfg.d_model, "d_vocab": cfg.d_vocab,
                   "n_ctx": cfg.n_ctx, "attn_only": cfg.attn_only},
         "metrics": series, "probes": probes, "marks": phase_marks(series),
-        "example": example.to_json(),
+        "example": example.to_json(), "patterns_note": patterns_note,
         "patterns": None if stacked is None else {
             "steps": pattern_steps, "shape": list(stacked.shape[1:]), "encoding": "float16-lower-triangle-base64",
             "data": encode_patterns(stacked)},
@@ -551,5 +564,7 @@ def run_data(
 def pattern_bytes(run: Run, example: Example) -> int:
     """Bytes of float16 lower-triangle patterns `run_data` puts in the page for `run`."""
     cfg = run.model_config
+    if cfg.d_input:  # no patterns (`VECTOR_INPUTS_NOTE`)
+        return 0
     length = len(example.tokens)
     return len(thin(len(run.steps), MAX_PATTERN_STEPS)) * cfg.n_layers * cfg.n_heads * length * (length + 1)

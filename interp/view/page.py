@@ -76,7 +76,7 @@ def view_data(
         "format": FORMAT, "title": title, "kind": source.kind, "analysis": source.analysis,
         "preset": record.get("preset"), "path": source.path.resolve().name,
         "generated": time.strftime("%Y-%m-%d %H:%M:%S"), "runs": [runs[n] for n in source.runs],
-        "default_run": headline.run or first, "headline": headline.to_json(first),
+        "default_run": headline.run or first, "headline": headline.to_json(first), "notes": list(source.notes),
         "toolkit_version": toolkit_version(),
         "analysis_config": record.get("config") if source.kind == "analysis" else None,
         "seed_groups": seed_groups({n: source.runs[n].config for n in source.runs}),

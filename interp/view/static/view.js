@@ -185,8 +185,7 @@
   function cursorShapes(runName, log) {
     const shapes = [];
     if (runName !== S.run) return shapes;
-    const first = run().steps.find((s) => s > 0) || 1;
-    const at = (s) => (log && s <= 0 ? first / 2 : s);
+    const at = (s) => (log && s <= 0 ? logZero([run().steps]).at : s);
     for (const m of run().marks) {
       shapes.push({ type: "line", xref: "x", yref: "paper", x0: at(m.step), x1: at(m.step), y0: 0, y1: 1,
                     line: { color: COLOR.mark, width: 1, dash: "dot" } });
@@ -257,6 +256,153 @@
     return done;
   }
 
+  // --- faithful axes: one quantity per axis, constants, step 0 on a log axis, stale values ------
+
+  // Each curve's quantity, from its name: a plot draws one quantity, and its y axis says which
+  // (with the unit where there is one). The first pattern that matches wins: "cross-entropy loss"
+  // is a loss, "attention entropy" an entropy.
+  const QUANTITIES = [
+    { kind: "lr", title: "learning rate", test: /(^|[/_.\s])lr$|learning.?rate/i },
+    { kind: "loss", title: "loss (nats)", test: /loss|nll|xent|cross.?entropy/i },
+    { kind: "entropy", title: "entropy (nats)", test: /entropy/i },
+    { kind: "r2", title: "R² (1: a perfect fit)", test: /(^|[/_.\s])r2$|r²/i },
+    { kind: "selectivity", title: "selectivity (score minus control score)", test: /selectivity/i },
+    // few-shot accuracies are logged as <task>/closed (over the context's labels) and <task>/full (over the vocabulary)
+    { kind: "accuracy", title: "accuracy (fraction, 0-1)", test: /acc(uracy)?($|[/_.\s])|chance|correct|(^|\/)(closed|full)$/i },
+    { kind: "probability", title: "probability (0-1)", test: /prob|mass|fraction/i },
+    { kind: "norm", title: "norm", test: /norm/i },
+    { kind: "penalty", title: "regularisation strength", test: /^C$|(^|[/_.\s])(alpha|l2_strength|weight_decay)$/ },
+    { kind: "count", title: "count", test: /^(n|num)_|^k$|(^|[/_.\s])(count|epoch|seed|tokens)$/i },
+  ];
+
+  /** The quantity of curve `name` (of probe `probe` where it is a probe column; in Curves group
+      `group`): {kind, title}. A name that says nothing of its quantity is taken as the group's
+      (a probe's columns, or the metrics logged under one prefix, e.g. docs/doc0, docs/doc1). */
+  function quantityOf(name, probe, group) {
+    if (probe && /^L\d+H\d+$/.test(name)) return { kind: "probe " + probe, title: `${probe} (per head)` };
+    const found = QUANTITIES.find((q) => q.test.test(name));
+    if (found) return { kind: found.kind, title: found.title };
+    if (probe) return { kind: "probe " + probe, title: `${probe} value` };
+    return { kind: "value " + (group || name), title: group ? `${group} (as logged)` : name };
+  }
+
+  /** A Curves group split by quantity: one panel per quantity, titled with the group and the quantity. */
+  function curvePanels(group, traces) {
+    const byKind = new Map();
+    for (const t of traces) {
+      const q = quantityOf(t.name, t.probe, group);
+      if (!byKind.has(q.kind)) byKind.set(q.kind, { group, ytitle: q.title, traces: [] });
+      byKind.get(q.kind).traces.push(t);
+    }
+    const panels = [...byKind.values()];
+    for (const p of panels) p.title = panels.length > 1 ? `${group}: ${p.ytitle}` : group;
+    return panels;
+  }
+
+  /** A y range and a note for a plot whose finite values are all one number (a constant
+      learning rate): without it, plotly would draw the line on an axis of its own making, and
+      a small constant looks like 0. Null when the values vary (or there are none). */
+  function constantAxis(traces) {
+    let lo = Infinity, hi = -Infinity;
+    for (const t of traces) for (const v of t.y) if (v !== null && isFinite(v)) { lo = Math.min(lo, v); hi = Math.max(hi, v); }
+    if (!isFinite(lo) || lo !== hi) return null;
+    const pad = lo === 0 ? 1 : Math.abs(lo) / 2;
+    return { range: [lo - pad, lo + pad], text: `constant ${fmt(lo)}` };
+  }
+
+  const AXIS_BREAK = "axis break";
+  /** Where step 0 sits on a log step axis, which has no 0: at a quarter of the first positive
+      step, left of a marked axis break at half of it, never joined to the curve (a line from it
+      would draw a plateau between step 0 and the first positive step that is not there). */
+  function logZero(xs) {
+    let first = Infinity;
+    for (const x of xs) for (const s of x) if (s > 0 && s < first) first = s;
+    if (!isFinite(first)) first = 1;
+    return { at: first / 4, gap: first / 2 };
+  }
+
+  /** `traces` (and the layout's shapes and annotations) for a log step axis: each step-0 point
+      moved to the marked position, cut off from the rest of its curve by a gap. */
+  function honestLogSteps(traces, layout, zero) {
+    let moved = false;
+    const out = traces.map((t) => {
+      const k = t.x.findIndex((s) => s > 0);  // the points before it are step 0 (steps are sorted, never negative)
+      if (k === 0) return t;
+      moved = true;
+      if (k < 0) return Object.assign({}, t, { x: t.x.map(() => zero.at), mode: "markers" });
+      const y0 = t.y[k - 1];
+      const x = [zero.at, zero.gap, ...t.x.slice(k)], y = [y0, null, ...t.y.slice(k)];
+      const dot = t.x.length - k > 2 ? 0 : 6;
+      return Object.assign({}, t, { x, y, mode: "lines+markers",
+        marker: { size: [7, 0, ...t.x.slice(k).map(() => dot)] } });
+    });
+    if (moved) {
+      layout.shapes = (layout.shapes || []).concat([{ name: AXIS_BREAK, type: "line", xref: "x", yref: "paper", x0: zero.gap, x1: zero.gap,
+        y0: 0, y1: 1, line: { color: COLOR.grey, width: 1, dash: "dash" } }]);
+      layout.annotations = (layout.annotations || []).concat([{ x: Math.log10(zero.at), y: 0, xref: "x", yref: "paper",
+        text: "step 0 (axis break)", showarrow: false, textangle: -90, xanchor: "right", yanchor: "bottom",
+        font: { size: 10, color: COLOR.grey } }]);
+    }
+    return out;
+  }
+
+  /** `el`'s shapes with the cursor at the slider's step(s); its other shapes (an axis break) kept. */
+  function movedCursor(el, runName) {
+    const kept = (el.layout.shapes || []).filter((sh) => sh.name === AXIS_BREAK);
+    return kept.concat(cursorShapes(runName, S.logx));
+  }
+
+  /** The annotation of a plot's note. */
+  function cornerNote(text, color) {
+    return { x: 0.01, y: 0.98, xref: "paper", yref: "paper", xanchor: "left", yanchor: "top", showarrow: false, text,
+             bgcolor: "rgba(255,255,255,0.85)", bordercolor: color || COLOR.grey, borderwidth: 1,
+             font: { size: 11, color: color || COLOR.grey } };
+  }
+
+  /** A curve plot's traces and layout: y titled with its quantity, a constant drawn visibly,
+      step 0 kept on a log step axis. */
+  function curveFigure(panel, title, runName, log) {
+    const traces = panel.traces.map((t) => ({ type: "scatter", mode: seriesMode(t.x), name: t.name,
+      x: t.x, y: t.y, line: { width: 1.5 } }));
+    const layout = lineLayout(title, { shapes: cursorShapes(runName, log) });
+    layout.yaxis = Object.assign({}, layout.yaxis, { title: { text: panel.ytitle } });
+    const constant = constantAxis(traces);
+    if (constant) {
+      layout.yaxis.range = constant.range;
+      layout.yaxis.autorange = false;
+      layout.annotations = [cornerNote(constant.text)];
+    }
+    const data = log ? honestLogSteps(traces, layout, logZero([...traces.map((t) => t.x), run().steps])) : traces;
+    return { data, layout };
+  }
+
+  // A grid or pattern from a checkpoint further than this from the slider's is not drawn: the
+  // values of a far-away step would pass for the selected one's.
+  const STALE_LIMIT = 1;
+
+  /** How far (in the run's checkpoints) the step shown, `shown`, is from the slider's, `wanted`:
+      null when they are the same, else {distance, text, hidden} (`what`: "probed" or "stored"). */
+  function staleness(r, shown, wanted, what) {
+    if (shown === wanted || shown === undefined) return null;
+    const distance = Math.abs(nearest(r.steps, shown) - nearest(r.steps, wanted));
+    const away = `${distance} checkpoint${distance === 1 ? "" : "s"} away`;
+    if (distance > STALE_LIMIT) {
+      return { distance, hidden: true, text: `not ${what} at this step: the nearest ${what} step, ${shown}, is ${away} ` +
+        `(more than ${STALE_LIMIT}); nothing is drawn` };
+    }
+    return { distance, hidden: false, text: `not ${what} at this step: showing step ${shown} (${away})` };
+  }
+
+  /** `figure` ({data, layout}) marked stale: the note drawn on the plot, the values blanked
+      beyond the distance limit. */
+  function markStale(figure, stale) {
+    if (!stale) return figure;
+    if (stale.hidden) figure.data[0].z = figure.data[0].z.map((row) => row.map(() => null));
+    figure.layout.annotations = (figure.layout.annotations || []).concat([Object.assign(cornerNote(stale.text, "#b35900"),
+      stale.hidden ? { x: 0.5, y: 0.5, xanchor: "center", yanchor: "middle" } : { y: 1.0, yanchor: "bottom" })]);
+    return figure;
+  }
+
   // --- curves --------------------------------------------------------------------------------
 
   function curveGroups(r) {
@@ -269,7 +415,8 @@
       add(key.includes("/") ? key.split("/")[0] : key, { name: key, x: c.steps, y: c.values });
     }
     for (const [key, p] of Object.entries(r.probes)) {
-      p.columns.forEach((col, j) => add("probe " + key, { name: col, x: p.steps, y: p.values.map((row) => row[j]) }));
+      p.columns.forEach((col, j) => add("probe " + key, { name: col, probe: key, x: p.steps,
+                                                        y: p.values.map((row) => row[j]) }));
     }
     return groups;
   }
@@ -313,19 +460,20 @@
     if (rebuild || key !== curvesKey) {  // plot i shows chosen group i; plots beyond them are hidden, kept
       curvesKey = key;
       note(box, chosen.length ? "" : "Tick a group of curves above.");
-      const plots = chosen.map((g, i) => plotDiv(box, "curve-" + i));
+      const panels = chosen.flatMap((g) => curvePanels(g, groups.get(g)));
+      const plots = panels.map((p, i) => plotDiv(box, "curve-" + i));
       box.querySelectorAll(".plot").forEach((el) => { el.hidden = !plots.includes(el); });
-      chosen.forEach((g, i) => {
-        const all = groups.get(g), shown = all.slice(0, MAX_TRACES);
-        const traces = shown.map((t) => ({ type: "scatter", mode: seriesMode(t.x), name: t.name,
-          x: t.x, y: t.y, line: { width: 1.5 } }));
-        const title = all.length > shown.length ? `${g} (the first ${shown.length} of ${all.length} curves)` : g;
-        draw(plots[i], traces, lineLayout(title, { shapes: cursorShapes(r.name, S.logx) }));
+      panels.forEach((panel, i) => {
+        const all = panel.traces, shown = all.slice(0, MAX_TRACES);
+        const title = all.length > shown.length ? `${panel.title} (the first ${shown.length} of ${all.length} curves)`
+          : panel.title;
+        const g = curveFigure(Object.assign({}, panel, { traces: shown }), title, r.name, S.logx);
+        draw(plots[i], g.data, g.layout);
       });
       return;
     }
     for (const el of box.querySelectorAll(".plot")) {
-      if (el.data && !el.hidden) Plotly.relayout(el, { shapes: cursorShapes(r.name, S.logx) });
+      if (el.data && !el.hidden) Plotly.relayout(el, { shapes: movedCursor(el, r.name) });
     }
   }
 
@@ -391,7 +539,7 @@
       shapes: head ? [{ type: "rect", x0: head.head - 0.5, x1: head.head + 0.5, y0: head.layer - 0.5,
                         y1: head.layer + 0.5, line: { color: "#ff7f0e", width: 3 } }] : [],
     };
-    return { data, layout, probed };
+    return markStale({ data, layout, probed }, staleness(r, probed, step, "probed"));
   }
 
   function attentionFigure(r, step, head) {
@@ -411,7 +559,7 @@
       shapes: [{ type: "line", x0: P - 0.5, x1: P - 0.5, y0: -0.5, y1: T - 0.5, line: { color: COLOR.grey, dash: "dot", width: 1 } },
                { type: "line", x0: -0.5, x1: T - 0.5, y0: P - 0.5, y1: P - 0.5, line: { color: COLOR.grey, dash: "dot", width: 1 } }],
     };
-    return { data, layout };
+    return markStale({ data, layout }, staleness(r, at, step, "stored"));
   }
 
   /** A grid (clickable) and the chosen head's attention for each shown step, into `box`. */
@@ -445,7 +593,8 @@
       });
       const cell = plotDiv(pair, `${prefix}-attn-${which}-cell`, "cell");
       const attn = plotDiv(cell, `${prefix}-attn-${which}`);
-      note(cell, r.patterns ? "" : "No example attention patterns for this run in this page.");
+      note(cell, r.patterns ? "" : (r.patterns_note ? `No attention pattern: ${r.patterns_note}.`
+        : "No example attention patterns for this run in this page."));
       if (r.patterns) {
         const a = attentionFigure(r, step, head);
         draw(attn, a.data, a.layout);
@@ -473,8 +622,10 @@
     const p = r.probes[key], col = p.columns.indexOf(`L${head.layer}H${head.head}`);
     const traces = col < 0 ? [] : [{ type: "scatter", mode: "lines+markers", name: `L${head.layer}H${head.head}`,
       x: p.steps, y: p.values.map((row) => row[col]), marker: { size: 4 } }];
-    draw(curve, traces, lineLayout(`${key} of L${head.layer}H${head.head} over training`,
-      { shapes: cursorShapes(r.name, S.logx), showlegend: false }));
+    const g = curveFigure({ traces, ytitle: quantityOf(`L${head.layer}H${head.head}`, key).title },
+                          `${key} of L${head.layer}H${head.head} over training`, r.name, S.logx);
+    g.layout.showlegend = false;
+    draw(curve, g.data.map((t) => Object.assign(t, { mode: "lines+markers", marker: t.marker || { size: 4 } })), g.layout);
   }
 
   // --- circuit graph -------------------------------------------------------------------------
@@ -548,9 +699,10 @@
       $("circuit-info").textContent = "";
       return;
     }
-    const c = r.circuits[S.circuit[r.name]], scale = maxAbs(c.weights);
+    const c = r.circuits[S.circuit[r.name]], scale = c.scale || maxAbs(c.weights);  // a graph's own scale, if it has one
     $("circuit-info").textContent = `${c.method}: ${c.metric || "edge weight"}. Source: ${c.source}. ` +
-      "Edge width = |weight| (blue positive, red negative; q/k/v inputs enter a head above/at/below its centre).";
+      "Edge width = |weight| (blue positive, red negative; q/k/v inputs enter a head above/at/below its centre)." +
+      (c.scale ? ` Full width: |weight| ${fmt(c.scale)}, the weights' own scale (the cut is a percentage of it).` : "");
     const panels = [];
     for (const which of sides()) {
       const step = stepOf(which), i = graphIndex(c, step);
@@ -620,7 +772,29 @@
         if (f.caption) holder.insertAdjacentHTML("beforeend", `<div class="caption">${esc(f.caption)}</div>`);
       }
     });
+    markStaticFigures(h, box);
     headlineBuilt = true;
+  }
+
+  /** The quantity of the curves on one axis of a headline figure, for an axis the view did not title. */
+  function axisQuantity(series, axis) {
+    const titles = [...new Set(series.filter((s) => (s.axis === "y2" ? "y2" : "y") === axis)
+      .map((s) => quantityOf(s.name).title))];
+    return titles.join(" / ");
+  }
+
+  /** A note under each headline figure the step slider does not move (a summary over training,
+      a table, a per-epoch matrix): the page says so rather than leave a still panel unexplained. */
+  function markStaticFigures(h, box) {
+    h.figures.forEach((f, i) => {
+      const moves = f.type === "heads" || (f.type === "lines" && !!f.run);
+      if (moves) return;
+      const holder = box.querySelector(`.figure[data-index="${i}"]`);
+      const text = f.type === "matrix" && f.frames.length > 1
+        ? "Per epoch: the epoch slider above moves this; the step slider does not."
+        : "Summary over training; the step slider does not move this.";
+      holder.insertAdjacentHTML("beforeend", `<div class="static-note">${esc(text)}</div>`);
+    });
   }
 
   function linesFigure(f) {
@@ -652,11 +826,11 @@
     }
     const layout = lineLayout(f.title, { shapes, annotations, height: 380,
       xaxis: { title: { text: f.xlabel || "step" }, type: f.logx ? "log" : "linear", zeroline: false, autorange: true },
-      yaxis: { title: { text: f.ylabel || "" }, zeroline: false, autorange: true, automargin: true },
+      yaxis: { title: { text: f.ylabel || axisQuantity(f.series, "y") }, zeroline: false, autorange: true, automargin: true },
       legend: { orientation: "h", y: -0.2, font: { size: 11 } }, margin: { l: 56, r: 56, t: 34, b: 40 } });
     if (data.some((t) => t.yaxis === "y2")) {
       // Round ticks (".3~g": 0.25, not 0.25000000000000006) and a margin that fits them and the title.
-      layout.yaxis2 = { title: { text: f.y2label || "" }, overlaying: "y", side: "right", zeroline: false, showgrid: false,
+      layout.yaxis2 = { title: { text: f.y2label || axisQuantity(f.series, "y2") }, overlaying: "y", side: "right", zeroline: false, showgrid: false,
                         autorange: true, tickformat: ".3~g", automargin: true };
     }
     return { data, layout };
@@ -1108,7 +1282,7 @@
       ev.preventDefault();
       setStep(which, moves[ev.key]);
     });
-    const notes = D.runs.flatMap((r) => r.notes.map((n) => `${r.name}: ${n}`));
+    const notes = [...(D.notes || []), ...D.runs.flatMap((r) => r.notes.map((n) => `${r.name}: ${n}`))];
     $("footer").innerHTML = (notes.length ? `<div class="notes">${notes.map(esc).join("<br>")}</div>` : "") +
       `Written by <code>interp view</code> on ${esc(D.generated)} from the run files under ${esc(D.path)} ` +
       `(metrics.jsonl, probes/, circuits/, patterns/). Plots: plotly.js ${esc(Plotly.version)}, bundled in this ` +
