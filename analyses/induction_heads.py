@@ -65,11 +65,13 @@ from interp.configs import require
 from interp.hooks import hook_name
 from interp.ids import EdgeId, HeadId
 from interp.metrics import heads, outputs, spans
+from interp.metrics.development import Development, development
+from interp.metrics.llc import LLCSettings, refined_llc_probe
 from interp.model import Batch, forward, scored_positions, token_losses
 from interp.viz import plot_attention, plot_circuit_diff, plot_curves, plot_head_curves, plot_head_grids
 from tasks.induction import RecurringPairs, RecurringPairsConfig
 
-EVAL_STREAM, PROBE_STREAM, CIRCUIT_STREAM = 1, 2, 3
+EVAL_STREAM, PROBE_STREAM, CIRCUIT_STREAM, LLC_STREAM = 1, 2, 3, 4
 SHIFTS = (-3, -2, -1, 0, 1)  # offsets P+d around the period P at which layer-1 attention is reported
 EAP_IG_STEPS = 5  # EAP-IG's interpolation steps, besides plain EAP
 MIN_HEAD_SCORE = 0.2  # below this a head "score" is noise, and its emergence step is not reported
@@ -85,6 +87,15 @@ class InductionHeadsConfig(AnalysisConfig):
     eval_sequences: int = 128
     probe_sequences: int = 32
     probe_period: int = 24
+    llc: bool = False
+    """Opt in to developmental stages: the LLC at every checkpoint, its stages and their change
+    points (`interp.metrics.development`; minutes on a CPU, so off by default: `--set llc=true`)."""
+    llc_per_head: bool = False
+    """With `llc`, also each head's refined LLC at every checkpoint (about heads x the LLC's cost)."""
+    llc_sampler: LLCSettings = field(default_factory=lambda: LLCSettings(lr=1e-3, gamma=100.0, chains=4, draws=100,
+                                                                          burn_in=100, batch_size=64))
+    llc_sequences: int = 1024
+    """Rows of the training distribution the sampler draws its minibatches from."""
 
     def __post_init__(self) -> None:
         self.fit_model(self.task.d_vocab, self.task.seq_len)
@@ -116,9 +127,39 @@ class InductionResults:
     checkpoints: int
     train_steps: int
     n_params: int
+    development: DevelopmentFindings | None = None
+    """With `llc` on: the LLC's stages beside the phase change (None otherwise)."""
     table: ProbeTable = detail()
     probe_batch: Batch = detail()
     circuit: CircuitTrace = detail()
+    llc: DevelopmentTrace | None = detail()
+
+
+@dataclass(frozen=True)
+class DevelopmentFindings:
+    """When the model's structure changes (`llc`): the LLC's stages beside the loss's phase change."""
+
+    llc_settings: str
+    llc_trusted: int
+    """Checkpoints whose LLC estimate raised no problem (of `checkpoints`)."""
+    llc_init: float
+    llc_final: float
+    llc_peak: float
+    llc_peak_step: int
+    stage_boundaries: list[str]
+    """"<step> <kind>" of every boundary of the LLC's stages."""
+    boundary_before_change: int | None
+    """The last stage boundary at or before the phase change (None: none, or no phase change)."""
+    boundary_after_change: int | None
+    checkpoints_to_nearest_boundary: float | None
+    """From the phase change to the nearest stage boundary, in checkpoints."""
+    dynamics_turning_points: list[int]
+    dynamics_explained: list[float]
+    rllc_final: dict[HeadId, float] | None
+    """With `llc_per_head`: each head's refined LLC at the last checkpoint."""
+    rllc_separation_step: int | None
+    """With `llc_per_head`: the first checkpoint from which the induction and previous-token heads'
+    refined LLCs both stay above every other head's (None: they never do)."""
 
 
 @dataclass(frozen=True)
@@ -241,6 +282,7 @@ def measure(cfg: InductionHeadsConfig, ctx: Context) -> InductionResults:
     copy_head, copy_shift = np.unravel_index(int(np.argmax(by_shift)), by_shift.shape)
     copy_curve = offset_profile(cfg, table)[copy_head, :, copy_shift]
     circuit = trace_circuit(cfg, run, ctx)
+    development = measure_development(cfg, run, ctx, change_step, (best_prev, best_induction)) if cfg.llc else None
     return InductionResults(
         phase_change_step=change_step,
         repeated_loss_before=before,
@@ -264,10 +306,61 @@ def measure(cfg: InductionHeadsConfig, ctx: Context) -> InductionResults:
         checkpoints=len(table.steps),
         train_steps=cfg.train.steps,
         n_params=sum(int(np.prod(v.shape)) for v in run.load_state_dict(run.steps[-1]).values()),
+        development=development[0] if development else None,
+        llc=development[1] if development else None,
         table=table,
         probe_batch=batch,
         circuit=circuit,
     )
+
+
+@dataclass(frozen=True)
+class DevelopmentTrace:
+    """The development behind `DevelopmentFindings`, for the figures."""
+
+    found: Development
+    refined: ProbeTable | None
+
+
+def measure_development(cfg: InductionHeadsConfig, run: Run, ctx: Context, change_step: int | None,
+                        heads_of_circuit: tuple[HeadId, HeadId]) -> tuple[DevelopmentFindings, DevelopmentTrace]:
+    """The LLC at every checkpoint on rows of the training task, its stages, the essential
+    dynamics, and the boundaries beside the repeated-token loss's phase change; with
+    `llc_per_head`, each head's refined LLC and when the circuit's heads separate from the rest."""
+    rows = training_rows(run, cfg.llc_sequences, seeding.generator(cfg.seed, LLC_STREAM))
+    found = development(run, rows, cfg.llc_sampler, loss=run.series("eval/repeated_loss"), device=ctx.device,
+                        progress=ctx.progress)
+    llc, steps = found.llc["llc"], found.llc.steps
+    boundaries = [b.step for b in found.stages.boundaries] if found.stages else []
+    before = [b for b in boundaries if change_step is not None and b <= change_step]
+    after = [b for b in boundaries if change_step is not None and b >= change_step]
+    position = lambda step: float(np.interp(step, steps, np.arange(len(steps))))  # noqa: E731 - checkpoints
+    nearest = min((abs(position(b) - position(change_step)) for b in boundaries), default=None) \
+        if change_step is not None else None
+    refined = separation = final = None
+    if cfg.llc_per_head:
+        refined = probe(run, {"rllc": refined_llc_probe(cfg.llc_sampler)}, rows, device=ctx.device,
+                        progress=ctx.progress).select("rllc")
+        grid = refined.head_grid("llc", cfg.model.n_layers, cfg.model.n_heads)
+        final = {HeadId(layer, head): round(float(grid[-1, layer, head]), 4)
+                 for layer in range(cfg.model.n_layers) for head in range(cfg.model.n_heads)}
+        circuit_heads = np.stack([grid[:, h.layer, h.head] for h in heads_of_circuit], axis=1).min(axis=1)
+        others = np.array([[grid[i, layer, head] for layer in range(cfg.model.n_layers)
+                            for head in range(cfg.model.n_heads) if HeadId(layer, head) not in heads_of_circuit]
+                           for i in range(len(refined.steps))]).max(axis=1)
+        apart = circuit_heads > others
+        separation = next((int(refined.steps[i]) for i in range(len(apart)) if apart[i:].all()), None)
+    peak = int(np.nanargmax(llc)) if np.isfinite(llc).any() else 0
+    findings = DevelopmentFindings(
+        llc_settings=cfg.llc_sampler.canonical(), llc_trusted=found.trusted, llc_init=float(llc[0]),
+        llc_final=float(llc[-1]), llc_peak=float(llc[peak]), llc_peak_step=int(steps[peak]),
+        stage_boundaries=[f"{b.step} {b.kind}" for b in found.stages.boundaries] if found.stages else [],
+        boundary_before_change=max(before, default=None), boundary_after_change=min(after, default=None),
+        checkpoints_to_nearest_boundary=nearest,
+        dynamics_turning_points=[t.step for t in found.dynamics.turning_points] if found.dynamics else [],
+        dynamics_explained=[round(float(v), 4) for v in found.dynamics.explained] if found.dynamics else [],
+        rllc_final=final, rllc_separation_step=separation)
+    return findings, DevelopmentTrace(found, refined)
 
 
 def trace_circuit(cfg: InductionHeadsConfig, run, ctx: Context) -> CircuitTrace:
@@ -361,6 +454,8 @@ def figures(cfg: InductionHeadsConfig, results: InductionResults, ctx: Context) 
                     title=f"Layer-{n_layers - 1} attention by offset from the period P (final step)",
                     ylabel="mean attention", xlabel="key offset - P (induction: -1)")))
     drawn += circuit_figures(results, marks)
+    if results.llc is not None:
+        drawn += development_figures(results, marks, n_layers, n_heads)
     model = run.load(device=ctx.device)
     example = results.probe_batch["tokens"][:1].to(ctx.device)
     with torch.no_grad():
@@ -370,6 +465,22 @@ def figures(cfg: InductionHeadsConfig, results: InductionResults, ctx: Context) 
         pattern = cache[hook_name("pattern", head.layer)][0, head.head].cpu().numpy()
         drawn.append(Figure(f"attention_{head}", f"Attention pattern of {head} at the final step",
                             plot_attention(pattern, title=f"{head} attention on a repeated sequence (final step)")))
+    return drawn
+
+
+def development_figures(results: InductionResults, marks: dict[str, int], n_layers: int,
+                        n_heads: int) -> list[Figure]:
+    """The LLC with its spread over chains and its stage boundaries; each head's refined LLC."""
+    found, refined = results.llc.found, results.llc.refined
+    table = found.llc
+    boundaries = {f"{b.kind} {b.step}": b.step for b in found.stages.boundaries} if found.stages else {}
+    drawn = [Figure("llc", "The LLC at every checkpoint (SGLD, +-1 sd over chains) and its stage boundaries",
+                    plot_curves({"LLC": (table.steps, table["llc"])}, bands={"LLC": table["llc_std"]},
+                                title="Local learning coefficient over training", ylabel="LLC", logx=True,
+                                markers=True, vlines={**marks, **boundaries}))]
+    if refined is not None:
+        drawn.append(Figure("rllc_heads", "Each head's refined LLC over training (log steps)", plot_head_curves(
+            refined.head_grid("llc", n_layers, n_heads), refined.steps, title="Refined LLC per head", logx=True)))
     return drawn
 
 
@@ -427,17 +538,48 @@ def report(cfg: InductionHeadsConfig, results: InductionResults) -> Report:
                f"({EAP_IG_STEPS} steps) with {f.eap_ig_path_spearman_final:.2f} (median "
                f"{f.eap_ig_path_spearman_median:.2f}). The OV copying score of {r.induction_head} goes from "
                f"{f.copying_init:.2f} at initialization to {f.copying_final:.2f}.")
-    return (Report("Induction heads: phase change in a 2-layer attention-only model")
-            .text(f"{cfg.model.n_layers}-layer attention-only transformer (d_model={cfg.model.d_model}, "
-                  f"{cfg.model.n_heads} heads, {r.n_params} parameters) trained for {cfg.train.steps} steps on "
-                  f"random-token sequences (V={cfg.task.d_vocab}) in which {cfg.task.n_triggers} per-sequence trigger "
-                  f"tokens recur, each followed by its own output token (pair rate {cfg.task.pair_rate}). 'Repeated' "
-                  "loss is the loss on the outputs of triggers seen before. Head scores are measured on uniform "
-                  f"random tokens repeated with period P={cfg.probe_period}. {verdict}")
-            .text(circuit)
-            .table(list(results_dict(results).items()))
-            .figures("loss_curves", "induction_scores", "prev_scores", "induction_grids", "prev_grids",
-                     "last_layer_offsets", "k_composition", "path_patching", "circuit_diff"))
+    report_ = (Report("Induction heads: phase change in a 2-layer attention-only model")
+               .text(f"{cfg.model.n_layers}-layer attention-only transformer (d_model={cfg.model.d_model}, "
+                     f"{cfg.model.n_heads} heads, {r.n_params} parameters) trained for {cfg.train.steps} steps on "
+                     f"random-token sequences (V={cfg.task.d_vocab}) in which {cfg.task.n_triggers} per-sequence "
+                     f"trigger tokens recur, each followed by its own output token (pair rate {cfg.task.pair_rate}). "
+                     "'Repeated' loss is the loss on the outputs of triggers seen before. Head scores are measured on "
+                     f"uniform random tokens repeated with period P={cfg.probe_period}. {verdict}")
+               .text(circuit)
+               .table(list(results_dict(results).items()))
+               .figures("loss_curves", "induction_scores", "prev_scores", "induction_grids", "prev_grids",
+                        "last_layer_offsets", "k_composition", "path_patching", "circuit_diff"))
+    if r.development is not None:
+        report_.text(development_text(r)).figures("llc", *(("rllc_heads",) if r.development.rllc_final else ()))
+    return report_
+
+
+def development_text(r: InductionResults) -> str:
+    """What the LLC's stages say about the phase change, as the numbers have it."""
+    d = r.development
+    text = (f"Developmental stages (LLC by SGLD: {d.llc_settings}; {d.llc_trusted} of {r.checkpoints} estimates "
+            f"trustworthy): the LLC goes from {d.llc_init:.3g} at initialization to {d.llc_final:.3g} at the end, "
+            f"peaking at {d.llc_peak:.3g} at step {d.llc_peak_step}. Stage boundaries: "
+            f"{', '.join(d.stage_boundaries) or 'none (one stage)'}. ")
+    if r.phase_change_step is None:
+        text += "There is no phase change to compare them with. "
+    elif d.checkpoints_to_nearest_boundary is None:
+        text += "No stage boundary, so none marks the phase change. "
+    else:
+        text += (f"Around the phase change at step {r.phase_change_step}: the last boundary before it is at "
+                 f"{d.boundary_before_change}, the first after it at {d.boundary_after_change}; the nearest is "
+                 f"{d.checkpoints_to_nearest_boundary:.1f} checkpoints away"
+                 + (" (within one checkpoint: the stage boundary marks the phase change). "
+                    if d.checkpoints_to_nearest_boundary <= 1 else
+                    " (more than one checkpoint: no stage boundary at the phase change). "))
+    text += (f"Essential dynamics turns at steps {d.dynamics_turning_points or 'none'} (top components explain "
+             f"{d.dynamics_explained}).")
+    if d.rllc_final is not None:
+        text += (f" Refined LLC per head at the end: {', '.join(f'{h} {v:.3g}' for h, v in d.rllc_final.items())}; "
+                 + (f"the induction and previous-token heads stay above every other head from step "
+                    f"{d.rllc_separation_step}." if d.rllc_separation_step is not None else
+                    "the induction and previous-token heads never stay above every other head."))
+    return text
 
 
 def view(source: Source, runs: RunsData) -> Headline:

@@ -139,3 +139,26 @@ def test_llc_per_head_gives_each_heads_refined_llc(tiny_out, capsys, tmp_path):
     header = csv.read_text().splitlines()[0].split(",")
     assert {f"rllc/llc/L{layer}H{head}" for layer in range(2) for head in range(2)} <= set(header)
     assert len(csv.read_text().splitlines()) == 1 + 2
+
+
+def test_induction_with_llc_reports_its_stages(tmp_path):
+    """`--set llc=true` adds the LLC's stages beside the phase change to results, report and
+    figures; results without them (llc off, or written before) still read back."""
+    from analyses.induction_heads import InductionResults
+    from interp.analysis import read_results
+
+    out = tmp_path / "induction-llc"
+    assert main(["run", "induction-heads", "--preset", "tiny", "--out", str(out), "--quiet", "--set", "llc=true",
+                 "--set", "llc_per_head=true", "--set", "llc_sampler.draws=4", "--set", "llc_sampler.burn_in=1",
+                 "--set", "llc_sampler.chains=2", "--set", "llc_sampler.batch_size=4", "--set",
+                 "llc_sequences=16"]) == 0
+    development = json.loads((out / "results.json").read_text())["development"]
+    assert development["llc_settings"].startswith("lr=0.001,") and set(development["rllc_final"]) == {
+        "L0H0", "L0H1", "L1H0", "L1H1"}
+    assert {"llc.png", "rllc_heads.png"} <= {p.name for p in (out / "figures").glob("*.png")}
+    assert "Developmental stages" in (out / "report.md").read_text()
+    assert read_results(out, InductionResults).development.rllc_final is not None
+    results = json.loads((out / "results.json").read_text())
+    del results["development"]
+    (out / "results.json").write_text(json.dumps(results))
+    assert read_results(out, InductionResults).development is None

@@ -11,13 +11,14 @@ from interp.cli.circuit import cmd_circuit
 from interp.cli.errors import EXIT_FAILED
 from interp.cli.info import cmd_info
 from interp.cli.list import analyses_epilog, cmd_list
-from interp.cli.llc import LLC_KEY, REFINED_KEY, cmd_llc
+from interp.cli.llc import REFINED_KEY, cmd_llc
 from interp.cli.plot import cmd_plot
 from interp.cli.probe import BUILTIN_PROBES, LINEAR_PROBE, cmd_probe
 from interp.cli.run import cmd_run
 from interp.cli.sweep import cmd_sweep
 from interp.cli.view import cmd_view
 from interp.hooks import hook_name
+from interp.metrics.development import LLC_KEY
 from interp.metrics.llc import LLCSettings
 
 DESCRIPTION = """\
