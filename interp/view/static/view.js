@@ -375,8 +375,8 @@
     const heads = p.columns.map((col) => /^L(\d+)H(\d+)$/.exec(col))
       .map((m, j) => (m && (!layers || layers.has(+m[1])) ? { layer: +m[1], head: +m[2], j } : null)).filter(Boolean);
     const row = [...p.values].reverse().find((vs) => heads.some((h) => vs[h.j] !== null));
-    if (!row) return heads.length ? { layer: heads[0].layer, head: heads[0].head } : { layer: r.model.n_layers - 1, head: 0 };
-    const best = heads.filter((h) => row[h.j] !== null).reduce((a, b) => (row[b.j] > row[a.j] ? b : a));
+    const best = !row ? heads[0] : heads.filter((h) => row[h.j] !== null).reduce((a, b) => (row[b.j] > row[a.j] ? b : a));
+    if (!best) return { layer: r.model.n_layers - 1, head: 0 };
     return { layer: best.layer, head: best.head };
   }
 
@@ -526,7 +526,8 @@
     const shapes = [];
     names.forEach((name, i) => {  // a white rule between layers
       if (i && layerOf(name) !== layerOf(names[i - 1])) {
-        shapes.push({ type: "line", xref: "paper", x0: 0, x1: 1, y0: i - 0.5, y1: i - 0.5, line: { color: "#fff", width: 3 } });
+        shapes.push({ type: "line", xref: "paper", x0: 0, x1: 1, y0: i - 0.5, y1: i - 0.5,
+                      line: { color: "#fff", width: 3 } });
       }
     });
     const selected = names.indexOf(`L${head.layer}H${head.head}`);
@@ -599,9 +600,10 @@
                                  title: { text: l === L - 1 ? "key" : "" } };
         layout["yaxis" + ax] = { showticklabels: false, ticks: "", zeroline: false, showgrid: false, autorange: "reversed",
                                  title: { text: h === 0 ? "query" : "" } };
+        const selected = l === head.layer && h === head.head;
         layout.annotations.push({ text: name, xref: `x${ax} domain`, yref: `y${ax} domain`, x: 0.5, y: 1, yanchor: "bottom",
-          yshift: 4, showarrow: false, font: { size: 11, color: l === head.layer && h === head.head ? "#ff7f0e" : "#1d2330" } });
-        if (l === head.layer && h === head.head) {
+          yshift: 4, showarrow: false, font: { size: 11, color: selected ? "#ff7f0e" : "#1d2330" } });
+        if (selected) {
           layout.shapes.push({ type: "rect", xref: `x${ax} domain`, yref: `y${ax} domain`, x0: -0.03, x1: 1.03,
                                y0: -0.03, y1: 1.03, line: { color: "#ff7f0e", width: 3 } });
         }
