@@ -512,14 +512,23 @@
     return [lo, hi > lo ? hi : lo + 1];
   }
 
+  /** The head a probe opens on: the analysis's own head where its headline shows this probe, else the
+      head with the largest last probed value among the probe's layers (its `layers=(...)` where it
+      names them: a layer-0 head is never the pick of a probe over layer 1). */
   function defaultHead(r, key) {
     const p = r.probes[key];
+    const shown = D.headline.figures.find((f) => f.type === "heads" && f.run === r.name && f.probe === key);
+    const named = shown && /^L(\d+)H(\d+)$/.exec(shown.head || "");
+    if (named && p && p.columns.includes(shown.head)) return { layer: +named[1], head: +named[2] };
     if (!p || !p.values.length) return { layer: r.model.n_layers - 1, head: 0 };
-    const last = p.values[p.values.length - 1];
-    let best = 0;
-    last.forEach((v, j) => { if (v !== null && (last[best] === null || v > last[best])) best = j; });
-    const m = /^L(\d+)H(\d+)$/.exec(p.columns[best]);
-    return m ? { layer: +m[1], head: +m[2] } : { layer: 0, head: 0 };
+    const spec = /layers=\(([\d,\s]*)\)/.exec(p.probe || "");
+    const layers = spec ? new Set(spec[1].split(",").filter((x) => x.trim()).map(Number)) : null;
+    const heads = p.columns.map((col) => /^L(\d+)H(\d+)$/.exec(col))
+      .map((m, j) => (m && (!layers || layers.has(+m[1])) ? { layer: +m[1], head: +m[2], j } : null)).filter(Boolean);
+    const row = [...p.values].reverse().find((vs) => heads.some((h) => vs[h.j] !== null));
+    const best = !row ? heads[0] : heads.filter((h) => row[h.j] !== null).reduce((a, b) => (row[b.j] > row[a.j] ? b : a));
+    if (!best) return { layer: r.model.n_layers - 1, head: 0 };
+    return { layer: best.layer, head: best.head };
   }
 
   function gridFigure(r, key, step, head, title) {
@@ -611,6 +620,7 @@
     $("head-info").textContent = `${r.probes[key].probe}. Click a cell to show that head's attention on the ` +
       `example (${r.example.description}); hover gives the weight. Selected: L${head.layer}H${head.head}.`;
     renderHeadPairs(box, "heads", r, key, () => S.head[r.name], (h) => { S.head[r.name] = h; renderHeads(); });
+    renderHeadSteps(box, r, key, head);
     let curve = $("heads-curve");
     if (!curve) {
       curve = document.createElement("div");
@@ -626,6 +636,215 @@
                           `${key} of L${head.layer}H${head.head} over training`, r.name, S.logx);
     g.layout.showlegend = false;
     draw(curve, g.data.map((t) => Object.assign(t, { mode: "lines+markers", marker: t.marker || { size: 4 } })), g.layout);
+    renderHeadMultiples(box, r, head);
+  }
+
+  // --- heads over training: head x step heatmap, every head's pattern at the step, play ------------
+
+  /** Where step `s` is drawn on the step axis (as `cursorShapes` draws the cursors): on a log axis
+      step 0 sits at half the first positive checkpoint (log axes have no 0). */
+  function stepAt(steps, log) {
+    const first = steps.find((s) => s > 0) || 1;
+    return (s) => (log && s <= 0 ? first / 2 : s);
+  }
+
+  /** The n + 1 cell edges around n increasing axis positions: midpoints (geometric on a log axis),
+      so each checkpoint's cell is centred on its step and no cell overlaps another. */
+  function cellEdges(xs, log) {
+    const f = log ? Math.log10 : (v) => v, g = log ? (v) => Math.pow(10, v) : (v) => v, t = xs.map(f);
+    if (t.length === 1) return [g(t[0] - 0.5), g(t[0] + 0.5)];
+    const edges = [t[0] - (t[1] - t[0]) / 2];
+    for (let i = 1; i < t.length; i++) edges.push((t[i - 1] + t[i]) / 2);
+    edges.push(t[t.length - 1] + (t[t.length - 1] - t[t.length - 2]) / 2);
+    return edges.map(g);
+  }
+
+  /** Rows = the probe's heads (by layer), columns = the run's checkpoints; a checkpoint the probe
+      has no value at is a gap (null), drawn grey and named in the hover. */
+  function headStepFigure(r, key, head) {
+    const p = r.probes[key], steps = r.steps, log = S.logx, at = stepAt(steps, log);
+    const rows = p.columns.map((col, j) => [col, j]).filter(([col]) => /^L\d+H\d+$/.test(col));
+    const probed = new Map(p.steps.map((s, i) => [s, i]));
+    const z = [], text = [];
+    for (const [col, j] of rows) {
+      z.push(steps.map((s) => (probed.has(s) ? p.values[probed.get(s)][j] : null)));
+      text.push(steps.map((s) => {
+        const i = probed.get(s);
+        const v = i === undefined ? "not probed at this checkpoint" : p.values[i][j] === null ? "no value (NaN)"
+          : fmt(p.values[i][j], 3);
+        return `${col} \u00b7 step ${s} \u00b7 ${v}`;
+      }));
+    }
+    const [lo, hi] = probeRange(p), names = rows.map(([col]) => col);
+    const layerOf = (name) => +/^L(\d+)/.exec(name)[1];
+    const shapes = [];
+    names.forEach((name, i) => {  // a white rule between layers
+      if (i && layerOf(name) !== layerOf(names[i - 1])) {
+        shapes.push({ type: "line", xref: "paper", x0: 0, x1: 1, y0: i - 0.5, y1: i - 0.5,
+                      line: { color: "#fff", width: 3 } });
+      }
+    });
+    const selected = names.indexOf(`L${head.layer}H${head.head}`);
+    if (selected >= 0) {
+      shapes.push({ type: "rect", xref: "paper", x0: 0, x1: 1, y0: selected - 0.5, y1: selected + 0.5,
+                    line: { color: "#ff7f0e", width: 2 } });
+    }
+    shapes.push(...cursorShapes(r.name, log));
+    const missing = steps.filter((s) => !probed.has(s)).length;
+    const data = [{ type: "heatmap", z, x: cellEdges(steps.map(at), log), y: names, zmin: lo, zmax: hi,
+      colorscale: "Viridis", text, hovertemplate: "%{text}<extra></extra>", hoverongaps: true, xgap: 0, ygap: 0,
+      colorbar: { thickness: 10, title: { text: key, side: "right" } } }];
+    const layout = {
+      title: { text: `${key} of every head over training` + (missing ? ` (grey: not probed, ${missing} of ` +
+        `${steps.length} checkpoints)` : ""), font: { size: 13 }, x: 0.01, xanchor: "left" },
+      font: FONT, height: Math.min(640, 120 + 22 * names.length), margin: { l: 56, r: 20, t: 34, b: 44 },
+      plot_bgcolor: "#c9ccd1",
+      xaxis: { title: { text: log ? "step (log; step 0 drawn at half the first positive step)" : "step" },
+               type: log ? "log" : "linear", zeroline: false, showgrid: false, autorange: true },
+      yaxis: { title: { text: "head" }, type: "category", autorange: "reversed", showgrid: false, tickfont: { size: 10 } },
+      shapes,
+    };
+    return { data, layout, names };
+  }
+
+  function renderHeadSteps(box, r, key, head) {
+    let el = $("heads-steps");
+    if (!el) {
+      el = document.createElement("div");
+      el.id = "heads-steps";
+      el.className = "plot";
+      box.insertBefore(el, box.querySelector(".pair-block"));
+    }
+    const g = headStepFigure(r, key, head);
+    el.headNames = g.names;
+    draw(el, g.data, g.layout).then(() => {
+      if (el.dataset.clicks) return;
+      el.dataset.clicks = "1";
+      el.on("plotly_click", (ev) => {  // a cell selects its head and moves step A to its checkpoint
+        const pt = ev.points && ev.points[0], m = pt && /^L(\d+)H(\d+)$/.exec(el.headNames[pt.pointNumber[0]]);
+        if (!m) return;
+        S.head[S.run] = { layer: +m[1], head: +m[2] };
+        setStep("a", pt.pointNumber[1]);
+      });
+    });
+  }
+
+  /** One small heatmap per head (layers down, heads across) of the example's attention at `step`. */
+  function multiplesFigure(r, step, head, width) {
+    const { n_layers: L, n_heads: H } = r.model, i = nearest(r.patterns.steps, step), at = r.patterns.steps[i];
+    // Square panels: the figure is sized from the panel side, not stretched to the page's width.
+    const xgap = 0.08, ygap = 0.16, margin = { l: 40, r: 90, t: 48, b: 34 };
+    const side = Math.max(60, Math.min(200, (width - margin.l - margin.r) / (H + (H - 1) * xgap)));
+    const layout = { font: FONT, showlegend: false, hovermode: "closest", margin,
+      width: Math.round(side * (H + (H - 1) * xgap) + margin.l + margin.r),
+      height: Math.round(side * (L + (L - 1) * ygap) + margin.t + margin.b),
+      grid: { rows: L, columns: H, pattern: "independent", xgap, ygap },
+      title: { text: `Every head's attention at step ${at}` + (at !== step ? ` (nearest stored: step ${step} has none)`
+        : ""), font: { size: 13 }, x: 0.01, xanchor: "left" },
+      annotations: [], shapes: [] };
+    const data = [], hover = patternHover(r);
+    for (let l = 0; l < L; l++) {
+      for (let h = 0; h < H; h++) {
+        const n = l * H + h + 1, ax = n === 1 ? "" : String(n), name = `L${l}H${h}`;
+        data.push({ type: "heatmap", z: headPattern(r, i, l, h), zmin: 0, zmax: 1, colorscale: ATTENTION_SCALE,
+          showscale: n === 1, colorbar: { thickness: 10, title: { text: "weight", side: "top" } },
+          xaxis: "x" + ax, yaxis: "y" + ax, name, text: hover, hoverongaps: false,
+          hovertemplate: `${name} \u00b7 %{text}<br>weight %{z:.3f}<extra></extra>` });
+        layout["xaxis" + ax] = { showticklabels: false, ticks: "", zeroline: false, showgrid: false,
+                                 title: { text: l === L - 1 ? "key" : "" } };
+        layout["yaxis" + ax] = { showticklabels: false, ticks: "", zeroline: false, showgrid: false, autorange: "reversed",
+                                 title: { text: h === 0 ? "query" : "" } };
+        const selected = l === head.layer && h === head.head;
+        layout.annotations.push({ text: name, xref: `x${ax} domain`, yref: `y${ax} domain`, x: 0.5, y: 1, yanchor: "bottom",
+          yshift: 4, showarrow: false, font: { size: 11, color: selected ? "#ff7f0e" : "#1d2330" } });
+        if (selected) {
+          layout.shapes.push({ type: "rect", xref: `x${ax} domain`, yref: `y${ax} domain`, x0: -0.03, x1: 1.03,
+                               y0: -0.03, y1: 1.03, line: { color: "#ff7f0e", width: 3 } });
+        }
+      }
+    }
+    return { data, layout };
+  }
+
+  function renderHeadMultiples(box, r, head) {
+    let wrap = $("heads-multiples");
+    if (!wrap) {
+      wrap = document.createElement("div");
+      wrap.id = "heads-multiples";
+      box.appendChild(wrap);
+    }
+    box.appendChild(wrap);  // after the per-head curve, which is moved to the end on every render
+    note(wrap, r.patterns ? "" : "No example attention patterns for this run in this page.");
+    for (const which of ["a", "b"]) {
+      const el = plotDiv(wrap, "heads-multiples-" + which);
+      el.hidden = !r.patterns || !sides().includes(which);
+      if (el.hidden) continue;
+      const g = multiplesFigure(r, stepOf(which), head, wrap.clientWidth || 1000);
+      el.style.width = g.layout.width + "px";  // draw() then keeps this width (it resizes a plot to its box)
+      if (S.compare) g.layout.title.text = (which === "a" ? "A: " : "B: ") + g.layout.title.text;
+      draw(el, g.data, g.layout).then(() => {
+        if (el.dataset.clicks) return;
+        el.dataset.clicks = "1";
+        el.on("plotly_click", (ev) => {
+          const pt = ev.points && ev.points[0], H = run().model.n_heads;
+          if (!pt) return;
+          S.head[S.run] = { layer: Math.floor(pt.curveNumber / H), head: pt.curveNumber % H };
+          renderHeads();
+        });
+      });
+    }
+  }
+
+  /** The play button: steps slider A through the checkpoints to the last, where it stops; a frame
+      waits for the previous frame's plots, so a slow page plays slower instead of queueing draws.
+      A whole run plays in about 8 s, each checkpoint shown for 0.12-0.4 s. */
+  let playTimer = null;
+  function showPlay() {
+    const button = $("play");
+    button.textContent = S.playing ? "\u275a\u275a pause" : "\u25b6 play";
+    button.setAttribute("aria-pressed", String(S.playing));
+    button.title = S.playing ? "pause (Space or Enter)" : "play: step through the checkpoints (Space or Enter)";
+  }
+
+  function stopPlay() {
+    S.playing = false;
+    clearTimeout(playTimer);
+    playTimer = null;
+    showPlay();
+  }
+
+  function nextFrame() {
+    if (!S.playing) return;
+    const started = performance.now(), last = run().steps.length - 1;
+    setStep("a", S.a + 1);
+    if (S.a >= last) { stopPlay(); return; }
+    const frame = Math.max(120, Math.min(400, 8000 / Math.max(1, last)));
+    Promise.all([...inflight]).then(() => {
+      if (S.playing) playTimer = setTimeout(nextFrame, Math.max(0, frame - (performance.now() - started)));
+    });
+  }
+
+  function startPlay() {
+    if (S.a >= run().steps.length - 1) setStep("a", 0);  // played to the end: play again from the start
+    S.playing = true;
+    showPlay();
+    playTimer = setTimeout(nextFrame, 0);
+  }
+
+  function initPlay() {
+    const button = document.createElement("button");
+    button.type = "button";
+    button.id = "play";
+    button.className = "play";
+    const row = $("slider-a").closest(".slider-row");
+    row.insertBefore(button, row.querySelector(".slider-wrap"));
+    button.addEventListener("click", () => (S.playing ? stopPlay() : startPlay()));
+    S.playing = false;
+    showPlay();
+    // The Heads tab's log-axis box and the Curves tab's are one setting.
+    const logx = $("heads-logx");
+    logx.addEventListener("change", () => { S.logx = logx.checked; $("logx").checked = S.logx; renderHeads(); });
+    $("logx").addEventListener("change", () => { logx.checked = S.logx; });
   }
 
   // --- circuit graph -------------------------------------------------------------------------
@@ -1287,6 +1506,7 @@
       `Written by <code>interp view</code> on ${esc(D.generated)} from the run files under ${esc(D.path)} ` +
       `(metrics.jsonl, probes/, circuits/, patterns/). Plots: plotly.js ${esc(Plotly.version)}, bundled in this ` +
       "file: the page works offline.";
+    initPlay();
     $("copy-link").addEventListener("click", copyLink);
     document.querySelector('nav button[data-tab="runs"]').hidden = D.runs.length < 2;
     window.addEventListener("hashchange", () => restoreState(readFragment(location.hash)));
