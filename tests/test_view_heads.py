@@ -99,13 +99,13 @@ def test_head_step_heatmap_rows_columns_gaps_and_cursor(trained_run, tmp_path, b
     assert _cursors(browser) == [(steps[2], "solid"), (steps[-1], "dash")]  # and step B's
     assert browser.execute_script("return document.getElementById('heads-multiples-b').hidden") is False
 
-    browser.find_element(By.ID, "heads-logx").click()  # log axis: step 0 at half the first positive step
+    browser.find_element(By.ID, "heads-logx").click()  # log axis: step 0 where the Curves tab puts it (logZero)
     _settle(browser)
     assert browser.execute_script("return document.getElementById('heads-steps').layout.xaxis.type") == "log"
     browser.find_element(By.ID, "compare").click()
     body.send_keys(Keys.HOME)
     _settle(browser)
-    assert _cursors(browser) == [(steps[1] / 2, "solid")]
+    assert _cursors(browser) == [(steps[1] / 4, "solid")]
     errors = _console_errors(browser) + browser.execute_script("return window.interpView.errors")
     assert errors == [], f"browser console errors: {errors}"
 

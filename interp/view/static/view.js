@@ -181,7 +181,7 @@
   // --- shared plot pieces --------------------------------------------------------------------
 
   /** Vertical lines at the phase marks and the selected step(s) of `runName` (none for another run).
-      On a log axis, step 0 is drawn at half the first positive step (log axes have no 0). */
+      On a log axis, step 0 is drawn where `logZero` puts it (log axes have no 0). */
   function cursorShapes(runName, log) {
     const shapes = [];
     if (runName !== S.run) return shapes;
@@ -642,10 +642,10 @@
   // --- heads over training: head x step heatmap, every head's pattern at the step, play ------------
 
   /** Where step `s` is drawn on the step axis (as `cursorShapes` draws the cursors): on a log axis
-      step 0 sits at half the first positive checkpoint (log axes have no 0). */
+      step 0 sits where `logZero` puts it (log axes have no 0). */
   function stepAt(steps, log) {
-    const first = steps.find((s) => s > 0) || 1;
-    return (s) => (log && s <= 0 ? first / 2 : s);
+    const zero = logZero([steps]).at;
+    return (s) => (log && s <= 0 ? zero : s);
   }
 
   /** The n + 1 cell edges around n increasing axis positions: midpoints (geometric on a log axis),
@@ -699,7 +699,7 @@
         `${steps.length} checkpoints)` : ""), font: { size: 13 }, x: 0.01, xanchor: "left" },
       font: FONT, height: Math.min(640, 120 + 22 * names.length), margin: { l: 56, r: 20, t: 34, b: 44 },
       plot_bgcolor: "#c9ccd1",
-      xaxis: { title: { text: log ? "step (log; step 0 drawn at half the first positive step)" : "step" },
+      xaxis: { title: { text: log ? "step (log; step 0 drawn at a quarter of the first positive step)" : "step" },
                type: log ? "log" : "linear", zeroline: false, showgrid: false, autorange: true },
       yaxis: { title: { text: "head" }, type: "category", autorange: "reversed", showgrid: false, tickfont: { size: 10 } },
       shapes,
@@ -751,9 +751,9 @@
           xaxis: "x" + ax, yaxis: "y" + ax, name, text: hover, hoverongaps: false,
           hovertemplate: `${name} \u00b7 %{text}<br>weight %{z:.3f}<extra></extra>` });
         layout["xaxis" + ax] = { showticklabels: false, ticks: "", zeroline: false, showgrid: false,
-                                 title: { text: l === L - 1 ? "key" : "" } };
+                                 title: { text: "key", font: { size: 9 }, standoff: 2 } };
         layout["yaxis" + ax] = { showticklabels: false, ticks: "", zeroline: false, showgrid: false, autorange: "reversed",
-                                 title: { text: h === 0 ? "query" : "" } };
+                                 title: { text: "query", font: { size: 9 }, standoff: 2 } };
         const selected = l === head.layer && h === head.head;
         layout.annotations.push({ text: name, xref: `x${ax} domain`, yref: `y${ax} domain`, x: 0.5, y: 1, yanchor: "bottom",
           yshift: 4, showarrow: false, font: { size: 11, color: selected ? "#ff7f0e" : "#1d2330" } });
