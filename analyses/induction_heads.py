@@ -91,7 +91,9 @@ class InductionHeadsConfig(AnalysisConfig):
     """Opt in to developmental stages: the LLC at every checkpoint, its stages and their change
     points (`interp.metrics.development`; minutes on a CPU, so off by default: `--set llc=true`)."""
     llc_per_head: bool = False
-    """With `llc`, also each head's refined LLC at every checkpoint (about heads x the LLC's cost)."""
+    """With `llc`, also each head's refined LLC (each head costs as much as the whole model's LLC)."""
+    llc_per_head_checkpoints: int = 8
+    """Checkpoints the refined LLCs are estimated at, evenly spread, first and last kept (0: all)."""
     llc_sampler: LLCSettings = field(default_factory=lambda: LLCSettings(lr=1e-3, gamma=100.0, chains=4, draws=100,
                                                                           burn_in=100, batch_size=64))
     llc_sequences: int = 1024
@@ -339,8 +341,11 @@ def measure_development(cfg: InductionHeadsConfig, run: Run, ctx: Context, chang
         if change_step is not None else None
     refined = separation = final = None
     if cfg.llc_per_head:
-        refined = probe(run, {"rllc": refined_llc_probe(cfg.llc_sampler)}, rows, device=ctx.device,
-                        progress=ctx.progress).select("rllc")
+        heads = [HeadId(layer, head) for layer in range(cfg.model.n_layers) for head in range(cfg.model.n_heads)]
+        spread = np.linspace(0, len(run.steps) - 1, cfg.llc_per_head_checkpoints or len(run.steps))
+        steps = [run.steps[i] for i in np.unique(spread.round().astype(int))]
+        refined = probe(run, {"rllc": refined_llc_probe(cfg.llc_sampler, heads)}, rows, steps=steps,
+                        device=ctx.device, progress=ctx.progress).select("rllc")
         grid = refined.head_grid("llc", cfg.model.n_layers, cfg.model.n_heads)
         final = {HeadId(layer, head): round(float(grid[-1, layer, head]), 4)
                  for layer in range(cfg.model.n_layers) for head in range(cfg.model.n_heads)}

@@ -148,10 +148,10 @@ def test_induction_with_llc_reports_its_stages(tmp_path):
     from interp.analysis import read_results
 
     out = tmp_path / "induction-llc"
-    assert main(["run", "induction-heads", "--preset", "tiny", "--out", str(out), "--quiet", "--set", "llc=true",
-                 "--set", "llc_per_head=true", "--set", "llc_sampler.draws=4", "--set", "llc_sampler.burn_in=1",
-                 "--set", "llc_sampler.chains=2", "--set", "llc_sampler.batch_size=4", "--set",
-                 "llc_sequences=16"]) == 0
+    settings = {"llc": "true", "llc_per_head": "true", "llc_per_head_checkpoints": 3, "llc_sampler.draws": 4,
+                "llc_sampler.burn_in": 1, "llc_sampler.chains": 2, "llc_sampler.batch_size": 4, "llc_sequences": 16}
+    assert main(["run", "induction-heads", "--preset", "tiny", "--out", str(out), "--quiet",
+                 *(arg for key, value in settings.items() for arg in ("--set", f"{key}={value}"))]) == 0
     development = json.loads((out / "results.json").read_text())["development"]
     assert development["llc_settings"].startswith("lr=0.001,") and set(development["rllc_final"]) == {
         "L0H0", "L0H1", "L1H0", "L1H1"}

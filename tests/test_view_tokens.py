@@ -22,6 +22,7 @@ from interp.errors import InputError
 from interp.model import ModelConfig, build_model, forward, model_state_dict, token_losses
 from interp.view import VIEW_DIR, view_data
 from interp.view import examples as examples_module
+from interp.view.data import pattern_problems
 from interp.view.examples import ExampleInput, parse_tokens, read_example_batch, resolve_examples, token_readouts
 from interp.view.page import INDEX
 
@@ -177,10 +178,12 @@ def test_readouts_are_cached_per_checkpoint_and_the_page_holds_them(trained_run,
     monkeypatch.setattr(examples_module, "position_readout", refuse)
     again = token_readouts(run, example, run.steps, device="cpu")
     assert len(again) == len(run.steps)
-    edited = stored[0]
+    edited = sorted((path / examples_module.READOUTS_DIR / example.key).glob("*.npz"))[0]
     edited.write_bytes(edited.read_bytes() + b"x")  # an edited file is recomputed, never shown
+    assert [str(edited) in line for line in pattern_problems(run)] == [True]  # and `interp info --verify` names it
     monkeypatch.undo()
     token_readouts(run, example, run.steps, device="cpu")
+    assert pattern_problems(run) == []
 
 
 # --- the Tokens tab in a real browser -----------------------------------------------------------------

@@ -20,7 +20,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -52,9 +52,11 @@ from interp.run_layout import (
 )
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 FORMAT = "interp.view/1"
 PATTERNS_DIR = "patterns"
+READOUTS_DIR = "token_readouts"  # the token strips' per-position readouts (`interp.view.examples`)
 EXAMPLE_FILE = "example.json"
 MAX_EXAMPLE_LEN = 64  # positions of the example sequence (bounded: the page holds T x T per head and step)
 MAX_PATTERN_STEPS = 80  # checkpoints per run whose patterns the page holds (evenly spread, first and last kept)
@@ -231,13 +233,20 @@ def _pattern_file(cache_dir: Path, run: Run, example: Example, step: int) -> Pat
     return cache_dir / PATTERNS_DIR / example.key / f"{run.checkpoint_hash(step)[:16]}.npy"
 
 
-def _digest_file(pattern: Path) -> Path:
-    """Beside each pattern file, the sha256 of its bytes as written: an edited file is caught."""
-    return pattern.with_suffix(".sha256")
+def digest_file(path: Path) -> Path:
+    """Beside each file of the explorer's caches, the sha256 of its bytes as written: an edited
+    file is caught."""
+    return path.with_suffix(".sha256")
 
 
-def _pattern_problem(path: Path) -> str | None:
-    digest = _digest_file(path)
+def record_digest(path: Path) -> None:
+    """Write the digest of the file just written at `path` (after it: a cut write is caught)."""
+    atomic_write_bytes(digest_file(path), sha256_file(path).encode())
+
+
+def cached_file_problem(path: Path) -> str | None:
+    """Why the cached file `path` is not to be trusted (no digest, or edited since), or None."""
+    digest = digest_file(path)
     if not digest.exists():
         return f"{path} has no {digest.name} (written by an older version, or the write was cut short)"
     if digest.read_text().strip() != sha256_file(path):
@@ -245,17 +254,54 @@ def _pattern_problem(path: Path) -> str | None:
     return None
 
 
+CACHED_FILES = {PATTERNS_DIR: "*/*.npy", READOUTS_DIR: "*/*.npz"}
+"""The explorer's per-checkpoint caches in a run's cache folders, and their files."""
+
+
 def pattern_problems(run: Run) -> list[str]:
-    """One line per cached pattern file edited since it was written (`interp info --verify`;
-    a file without a digest, from an older version, is simply recomputed by the next view)."""
-    return [p for cache_dir in cache_dirs(run.path) for path in sorted((cache_dir / PATTERNS_DIR).glob("*/*.npy"))
-            if _digest_file(path).exists() and (p := _pattern_problem(path))]
+    """One line per cached explorer file (attention patterns, token readouts) edited since it was
+    written (`interp info --verify`; a file without a digest, from an older version, is simply
+    recomputed by the next view)."""
+    return [p for cache_dir in cache_dirs(run.path) for folder, files in CACHED_FILES.items()
+            for path in sorted((cache_dir / folder).glob(files))
+            if digest_file(path).exists() and (p := cached_file_problem(path))]
+
+
+def cached_per_checkpoint(run: Run, steps: Sequence[int], load: Callable[[Path, int], T | None],
+                          compute: Callable[[list[int], Path | None], dict[int, T]], cache: bool = True,
+                          what: str = "results") -> dict[int, T]:
+    """A per-checkpoint result of the explorer at each of `steps`: `load(cache_dir, step)` from
+    the run's cache folders where present (the run's, then the one outside it,
+    `interp.cache_dirs`); the rest from `compute(steps, cache_dir)`, which stores each result in
+    `cache_dir`, held locked (with `cache`; a read-only run's is outside it). A run another
+    process still writes after a brief wait, or one this process cannot write, is computed with
+    `cache_dir` None, storing nothing (a warning names `what`)."""
+    found: dict[int, T] = {}
+    for cache_dir in cache_dirs(run.path):
+        for step in steps:
+            if step not in found and (value := load(cache_dir, step)) is not None:
+                found[step] = value
+    todo = [s for s in steps if s not in found]
+    if todo and cache:
+        try:
+            with lock_cache_dir(run.path) as cache_dir:
+                found.update(compute(todo, cache_dir))
+        except RunInUseError as err:
+            logger.warning("%s: %s are computed, not cached", err, what)
+        except OSError as err:
+            if err.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+                raise
+            logger.warning("%s is not writable (%s): %s are computed, not cached", run.path, err, what)
+    todo = [s for s in steps if s not in found]
+    if todo:
+        found.update(compute(todo, None))
+    return found
 
 
 def _load_pattern(path: Path, shape: tuple[int, ...]) -> np.ndarray | None:
     if not path.exists():
         return None
-    problem = _pattern_problem(path)
+    problem = cached_file_problem(path)
     if problem is not None:  # a cache: an untrusted file costs a recomputation, never a wrong picture
         logger.warning("%s; recomputed", problem)
         return None
@@ -286,25 +332,9 @@ def example_patterns(
     steps = list(run.steps if steps is None else steps)
     length = len(example.tokens)
     shape = (cfg.n_layers, cfg.n_heads, length, length)
-    found: dict[int, np.ndarray] = {}
-    for cache_dir in cache_dirs(run.path):
-        found |= {s: a for s in steps if s not in found
-                  and (a := _load_pattern(_pattern_file(cache_dir, run, example, s), shape)) is not None}
-    todo = [s for s in steps if s not in found]
-    if todo:
-        if cache:
-            try:
-                with lock_cache_dir(run.path) as cache_dir:
-                    found.update(_compute_patterns(run, example, todo, device, cache_dir, progress))
-            except RunInUseError as err:
-                logger.warning("%s: patterns are computed, not cached", err)
-            except OSError as err:
-                if err.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
-                    raise
-                logger.warning("%s is not writable (%s): patterns are computed, not cached", run.path, err)
-        if len(found) < len(steps):
-            found.update(_compute_patterns(run, example, [s for s in steps if s not in found], device, None,
-                                           progress))
+    found = cached_per_checkpoint(
+        run, steps, lambda cache_dir, step: _load_pattern(_pattern_file(cache_dir, run, example, step), shape),
+        lambda todo, cache_dir: _compute_patterns(run, example, todo, device, cache_dir, progress), cache, "patterns")
     return np.stack([found[s] for s in steps]) if steps else np.zeros((0, *shape), np.float16)
 
 
@@ -332,7 +362,7 @@ def _compute_patterns(run: Run, example: Example, steps: list[int], device: Any,
         if cache_dir is not None:
             path = _pattern_file(cache_dir, run, example, step)
             atomic_write_npy(path, array)
-            atomic_write_bytes(_digest_file(path), sha256_file(path).encode())  # after the file: a cut write is caught
+            record_digest(path)
         out[step] = array
         if progress is not None:
             progress(i + 1, len(steps))

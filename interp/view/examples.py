@@ -17,7 +17,6 @@ biographies task's), splitting the text on white space; runs of synthetic tasks 
 from __future__ import annotations
 
 import base64
-import errno
 import io
 import logging
 from collections.abc import Sequence
@@ -28,20 +27,25 @@ from typing import Any
 import numpy as np
 import torch
 
-from interp.cache_dirs import cache_dirs, lock_cache_dir
 from interp.checkpoints import Run
 from interp.circuits.readout import position_readout
 from interp.devices import resolve_device
 from interp.errors import InputError
-from interp.files import atomic_write_bytes, loads_json, read_json, sha256_file
+from interp.files import atomic_write_bytes, loads_json, read_json
 from interp.hooks import hook_name
-from interp.locking import RunInUseError
 from interp.memory import check_forward_memory, parameter_count
-from interp.view.data import Example, _digest_file, _pattern_problem, thin, token_labels
+from interp.view.data import (
+    READOUTS_DIR,
+    Example,
+    cached_file_problem,
+    cached_per_checkpoint,
+    record_digest,
+    thin,
+    token_labels,
+)
 
 logger = logging.getLogger(__name__)
 
-READOUTS_DIR = "token_readouts"
 TOP_K = 5  # predictions kept per position
 MAX_STRIP_LEN = 128  # tokens of one example (bounded: the page holds every position at every shown step)
 MAX_USER_EXAMPLES = 8  # examples of one view, over --text, --tokens and --example-batch
@@ -153,7 +157,7 @@ def _readout_file(cache_dir: Path, run: Run, example: Example, step: int) -> Pat
 def _load_readout(path: Path, length: int) -> dict[str, np.ndarray] | None:
     if not path.exists():
         return None
-    problem = _pattern_problem(path)
+    problem = cached_file_problem(path)
     if problem is not None:  # a cache: an untrusted file costs a recomputation, never a wrong strip
         logger.warning("%s; recomputed", problem)
         return None
@@ -173,24 +177,10 @@ def token_readouts(run: Run, example: Example, steps: Sequence[int], device: str
     """`example`'s `position_readout` at each of `steps` (batch axis dropped, float32 and int64
     arrays, with `lens_labels` and `components`), from the run's cache where present; the rest is
     computed and, with `cache`, stored as the attention patterns are (`example_patterns`)."""
-    found: dict[int, dict[str, np.ndarray]] = {}
-    for cache_dir in cache_dirs(run.path):
-        found |= {s: a for s in steps if s not in found
-                  and (a := _load_readout(_readout_file(cache_dir, run, example, s), len(example.tokens)))}
-    todo = [s for s in steps if s not in found]
-    if todo and cache:
-        try:
-            with lock_cache_dir(run.path) as cache_dir:
-                found.update(_compute(run, example, todo, device, cache_dir))
-        except RunInUseError as err:
-            logger.warning("%s: token readouts are computed, not cached", err)
-        except OSError as err:
-            if err.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
-                raise
-            logger.warning("%s is not writable (%s): token readouts are computed, not cached", run.path, err)
-    todo = [s for s in steps if s not in found]
-    if todo:
-        found.update(_compute(run, example, todo, device, None))
+    found = cached_per_checkpoint(
+        run, steps, lambda cache_dir, step: _load_readout(_readout_file(cache_dir, run, example, step),
+                                                          len(example.tokens)),
+        lambda todo, cache_dir: _compute(run, example, todo, device, cache_dir), cache, "token readouts")
     return [found[s] for s in steps]
 
 
@@ -221,7 +211,7 @@ def _compute(run: Run, example: Example, steps: list[int], device: Any,
             buffer = io.BytesIO()
             np.savez(buffer, **arrays)
             atomic_write_bytes(path, buffer.getvalue())
-            atomic_write_bytes(_digest_file(path), sha256_file(path).encode())  # after the file: a cut write is caught
+            record_digest(path)
         out[step] = arrays
     return out
 
