@@ -180,3 +180,29 @@ def test_a_run_without_an_llc_cache_has_no_stages_tab(trained_run, tmp_path, bro
     assert not browser.find_element(By.CSS_SELECTOR, 'nav button[data-tab="stages"]').is_displayed()
     errors = _console_errors(browser) + browser.execute_script("return window.interpView.errors")
     assert errors == [], f"browser console errors: {errors}"
+
+
+def test_stage_labels_are_shown_literally(staged_run, tmp_path, browser):  # noqa: F811
+    from selenium.webdriver.common.by import By
+    from test_view_safety import HOSTILE
+
+    from interp.view.page import INDEX, render_page
+
+    data = view_data(staged_run, device="cpu")
+    st = data["runs"][0]["stages"]
+    st["about"], st["stages_note"] = HOSTILE[7], HOSTILE[1]
+    st["boundaries"][0]["kind"] = HOSTILE[2]
+    st["change_points"] = [{"source": HOSTILE[4], "step": 14, "detail": HOSTILE[7], "nearest": HOSTILE[0]}]
+    page = tmp_path / INDEX
+    page.write_text(render_page(data), encoding="utf-8")
+    _open(browser, page)
+    browser.find_element(By.CSS_SELECTOR, 'nav button[data-tab="stages"]').click()
+    _settle(browser)
+    assert browser.execute_script("return window.__pwned") is None
+    assert HOSTILE[7] in browser.find_element(By.ID, "stages-points").text  # the table's cells, as text
+    assert HOSTILE[7] in browser.find_element(By.ID, "stages-info").text
+    label = browser.execute_script(
+        "return document.querySelector('#stages-llc .annotation-text').textContent")
+    assert label == f"{HOSTILE[2]} (step 14)"  # plotly draws the label as written, not as its markup
+    errors = _console_errors(browser) + browser.execute_script("return window.interpView.errors")
+    assert errors == [], f"browser console errors: {errors}"
