@@ -289,7 +289,13 @@ def probe_artifacts(run: CheckpointSource, key: str, probe_obj: Probe, batch: Ba
     `probes/<key>/<id>/` in `cache_dir` (default: the first of the run's cache folders,
     `interp.cache_dirs`, that holds it, else the run), `<id>` a hash of the probe's name, the
     batch and the numerics the probe runs in on `device` (default: as `probe()` chooses)."""
-    ident = f"{probe_obj.name}\0{batch_hash(batch)}\0{numerics(run, resolve_device(device))}"
+    return _artifacts_folder(run, key, probe_obj.name, batch_hash(batch), numerics(run, resolve_device(device)),
+                             cache_dir)
+
+
+def _artifacts_folder(run: CheckpointSource, key: str, probe_name: str, batch_id: str, run_numerics: str,
+                      cache_dir: Path | None) -> Path:
+    ident = f"{probe_name}\0{batch_id}\0{run_numerics}"
     inside = Path(PROBES_DIR, key, hashlib.sha256(ident.encode()).hexdigest()[:16])
     if cache_dir is None:
         cache_dir = next((d for d in cache_dirs(run.path) if (d / inside).is_dir()), run.path)
@@ -477,6 +483,13 @@ def cached_computations(run: CheckpointSource, key: str) -> list[CachedComputati
                                                              values.reshape(len(steps), len(columns))),
                                      len(current)))
     return out
+
+
+def computation_artifacts(run: CheckpointSource, computation: CachedComputation) -> Path:
+    """The folder where the probe of a cached `computation` saved files of its own
+    (`probe_artifacts` of its probe, batch and numerics): a reader of the cache finds them
+    without the batch."""
+    return _artifacts_folder(run, computation.key, computation.probe, computation.batch, computation.numerics, None)
 
 
 def _hold_cache_lock(run: CheckpointSource, held: ExitStack) -> Path | None:

@@ -83,6 +83,12 @@ def output_probe(output: OutputKind = "log_softmax", into: dict[int, np.ndarray]
     return Probe(name=f"essential_dynamics({output})", hooks=(), fn=fn)
 
 
+def saved_output(directory: Path, step: int) -> np.ndarray | None:
+    """The output vector `output_probe` saved at `step` in its artifact folder `directory`; None if none."""
+    path = _output_file(directory, step)
+    return np.load(path, allow_pickle=False) if path.exists() else None
+
+
 def output_trajectory(run: CheckpointSource | str | Path, batch: Batch | Text, steps: Sequence[int] | None = None,
                       output: OutputKind = "log_softmax", device: str | torch.device | None = None,
                       key: str = ESSENTIAL_DYNAMICS_KEY,
@@ -100,13 +106,7 @@ def output_trajectory(run: CheckpointSource | str | Path, batch: Batch | Text, s
     probe(run, {key: probe_obj}, batch, steps=steps, device=device)
     directory = probe_artifacts(run, key, probe_obj, batch, device)
 
-    def saved(step: int) -> np.ndarray | None:
-        if step in computed:
-            return computed[step]
-        path = _output_file(directory, step)
-        return np.load(path, allow_pickle=False) if path.exists() else None
-
-    rows = {step: saved(step) for step in steps}
+    rows = {step: computed[step] if step in computed else saved_output(directory, step) for step in steps}
     missing = [step for step, row in rows.items() if row is None]
     if missing:
         probe(run, {key: probe_obj}, batch, steps=missing, device=device, use_cache=False)

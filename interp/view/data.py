@@ -50,6 +50,7 @@ from interp.run_layout import (
     METRICS_FILE,
     CheckpointError,
 )
+from interp.view.stages import REFINED_QUANTITY, refined_head_probe, stages_data
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -431,6 +432,9 @@ def cached_probes(run: Run) -> dict[str, dict[str, Any]]:
             "columns": columns, "values": [nums(row[order]) for row in best.table.values],
             "heads": bool(columns) and all(HeadId.is_head(c) for c in columns),
         }
+        refined = refined_head_probe(out[key])
+        if refined is not None:  # a refined LLC's heads, shown as a per-head probe beside its other columns
+            out[f"{key}/{REFINED_QUANTITY}"] = refined
     return out
 
 
@@ -587,7 +591,7 @@ def run_data(
         "patterns": None if stacked is None else {
             "steps": pattern_steps, "shape": list(stacked.shape[1:]), "encoding": "float16-lower-triangle-base64",
             "data": encode_patterns(stacked)},
-        "circuits": circuits, "notes": notes,
+        "circuits": circuits, "notes": notes, "stages": stages_data(run, series),
     }
 
 

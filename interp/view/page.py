@@ -139,7 +139,8 @@ def render_page(data: dict[str, Any]) -> str:
     payload = json.dumps(data, separators=(",", ":"), allow_nan=False).translate(_JSON_MARKUP)
     parts = {"TITLE": _escape(data["title"]), "CSS": _static("view.css"), "DATA": payload,
              "PLOTLY": _inline(plotly_js()),
-             "APP": _inline(_static("tokens.js") + _static("view.js"))}  # the Tokens tab, then the app that calls it
+             # the Tokens and Stages tabs, then the app that calls them
+             "APP": _inline(_static("tokens.js") + _static("stages.js") + _static("view.js"))}
     pieces = _PLACEHOLDER.split(_static("page.html"))  # [text, name, text, name, ...]: filled in one pass
     missing = set(parts) - set(pieces[1::2])
     if missing:

@@ -171,11 +171,19 @@
     const model = r.model;
     $("run-status").textContent = `${model.n_layers} layers x ${model.n_heads} heads, d_model ${model.d_model}` +
       `${model.attn_only ? ", attention only" : ""}; ${r.steps.length} checkpoints; ${r.status}`;
+    showStagesTab(r);
     fillProbeSelect();
     fillCircuitSelect();
     buildGroupChips();
     renderProvenance();
     renderTab(true);
+  }
+
+  /** The Stages tab only for a run with an LLC cache (another run's fragment may name it: the headline instead). */
+  function showStagesTab(r) {
+    const button = document.querySelector('nav button[data-tab="stages"]');
+    if (button) button.hidden = !r.stages;
+    if (!r.stages && S.tab === "stages") S.tab = "headline";
   }
 
   // --- shared plot pieces --------------------------------------------------------------------
@@ -536,6 +544,8 @@
     const { n_layers: L, n_heads: H } = r.model;
     // The hover names the head from its own text: %{x}/%{y} read the tick labels (H1, L1), not the index.
     const names = [...Array(L).keys()].map((l) => [...Array(H).keys()].map((h) => `L${l}H${h}`));
+    const untrusted = untrustedCells(r, key, probed);
+    for (const c of untrusted) names[c.layer][c.head] += " (not trustworthy)";
     const data = [{ type: "heatmap", z, x: [...Array(H).keys()], y: [...Array(L).keys()], zmin: lo, zmax: hi,
       colorscale: "Viridis", texttemplate: "%{z:.2f}", textfont: { size: 11 }, text: names,
       hovertemplate: "%{text}: %{z:.4f}<extra></extra>", colorbar: { thickness: 10 } }];
@@ -545,11 +555,24 @@
       xaxis: { title: { text: "head" }, autorange: true, tickvals: [...Array(H).keys()], ticktext: [...Array(H).keys()].map((h) => "H" + h) },
       yaxis: { title: { text: "layer" }, autorange: "reversed", tickvals: [...Array(L).keys()],
                ticktext: [...Array(L).keys()].map((l) => "L" + l) },
-      shapes: head ? [{ type: "rect", x0: head.head - 0.5, x1: head.head + 0.5, y0: head.layer - 0.5,
-                        y1: head.layer + 0.5, line: { color: "#ff7f0e", width: 3 } }] : [],
+      shapes: [...untrusted.map((c) => untrustedOutline(c.head, c.layer)),
+               ...(head ? [{ type: "rect", x0: head.head - 0.5, x1: head.head + 0.5, y0: head.layer - 0.5,
+                             y1: head.layer + 0.5, line: { color: "#ff7f0e", width: 3 } }] : [])],
     };
     return markStale({ data, layout, probed }, staleness(r, probed, step, "probed"));
   }
+
+  /** The heads of per-head probe `key` whose value at probed step `step` is not to be trusted (a
+      refined LLC's `untrusted` marks), as {layer, head, j}. */
+  function untrustedCells(r, key, step) {
+    const p = r.probes[key], i = p.steps.indexOf(step);
+    if (!p.untrusted || i < 0) return [];
+    return p.columns.map((col, j) => [HEAD_NAME.exec(col), j]).filter(([m, j]) => m && p.untrusted[i][j])
+      .map(([m, j]) => ({ layer: +m[1], head: +m[2], j }));
+  }
+
+  const untrustedOutline = (x, y) => ({ name: "not trustworthy", type: "rect", x0: x - 0.42, x1: x + 0.42, y0: y - 0.42,
+                                        y1: y + 0.42, line: { color: "#b35900", width: 2, dash: "dot" } });
 
   function attentionFigure(r, step, head) {
     const i = nearest(r.patterns.steps, step), z = headPattern(r, i, head.layer, head.head);
@@ -672,7 +695,8 @@
         const i = probed.get(s);
         const v = i === undefined ? "not probed at this checkpoint" : p.values[i][j] === null ? "no value (NaN)"
           : fmt(p.values[i][j], 3);
-        return `${col} \u00b7 step ${s} \u00b7 ${v}`;
+        return `${col} \u00b7 step ${s} \u00b7 ${v}` + (p.untrusted && i !== undefined && p.untrusted[i][j]
+          ? " \u00b7 not trustworthy" : "");
       }));
     }
     const [lo, hi] = probeRange(p), names = rows.map(([col]) => col);
@@ -694,6 +718,13 @@
     const data = [{ type: "heatmap", z, x: cellEdges(steps.map(at), log), y: names, zmin: lo, zmax: hi,
       colorscale: "Viridis", text, hovertemplate: "%{text}<extra></extra>", hoverongaps: true, xgap: 0, ygap: 0,
       colorbar: { thickness: 10, title: { text: key, side: "right" } } }];
+    if (p.untrusted) {  // an x on each cell whose value is not to be trusted
+      const cells = rows.flatMap(([col, j]) => steps.filter((s) => probed.has(s) && p.untrusted[probed.get(s)][j])
+        .map((s) => [at(s), col]));
+      data.push({ type: "scatter", mode: "markers", name: "not trustworthy", x: cells.map((c) => c[0]),
+        y: cells.map((c) => c[1]), hoverinfo: "skip", showlegend: false,
+        marker: { symbol: "x-thin-open", size: 8, line: { width: 1.5, color: "rgba(255,255,255,0.9)" } } });
+    }
     const layout = {
       title: { text: `${key} of every head over training` + (missing ? ` (grey: not probed, ${missing} of ` +
         `${steps.length} checkpoints)` : ""), font: { size: 13 }, x: 0.01, xanchor: "left" },
@@ -1451,6 +1482,10 @@
   const TABS = { headline: renderHeadline, curves: renderCurves, heads: renderHeads, circuit: renderCircuit };
   TABS.runs = renderRuns;
   if (window.interpViewTokens) TABS.tokens = window.interpViewTokens({ $, S, run, stepOf, nearest, F16 });  // tokens.js
+  if (window.interpViewStages) {  // stages.js
+    TABS.stages = window.interpViewStages({ $, S, run, stepOf, sides, nearest, draw, plotDiv, note, cursorShapes, lineLayout,
+                                            esc, fmt, COLOR, FONT, honestLogSteps, logZero });
+  }
   function renderTab(rebuild) {
     for (const name of Object.keys(TABS)) {
       $("tab-" + name).classList.toggle("active", name === S.tab);
