@@ -242,3 +242,20 @@ def test_change_points_without_other_sources_match_nothing():
     assert all(m.nearest is None and m.distance is None for m in points.matches)
     with pytest.raises(InputError, match="^loss:"):
         change_points(stages, loss=(STEPS, np.zeros(3)))
+
+
+def test_an_llc_tables_noise_is_the_standard_error_of_its_healthy_chains_mean():
+    from interp.metrics.development import llc_standard_error, llc_table_stages
+    from interp.probing import ProbeTable
+
+    steps = np.arange(0, 60, 5)
+    llc = np.where(steps < 30, 1.0, 3.0)
+    chains = np.stack([llc - 0.3, llc + 0.3, llc - 0.1, np.where(steps == 10, np.nan, llc + 0.1)], axis=1)
+    std = np.nanstd(chains, axis=1)
+    table = ProbeTable(steps, ("llc", "llc_std", *(f"llc_chain{c}" for c in range(4))),
+                       np.column_stack([llc, std, chains]))
+    healthy = np.where(steps == 10, 3, 4)  # a diverged chain is no sample of the mean
+    np.testing.assert_allclose(llc_standard_error(table), std / np.sqrt(healthy))
+    staged = llc_table_stages(table)
+    assert staged.boundaries and staged.boundaries == llc_stages(steps, llc, std / np.sqrt(healthy)).boundaries
+    assert llc_table_stages(ProbeTable(steps[:2], ("llc", "llc_std"), np.ones((2, 2)))) is None

@@ -58,7 +58,7 @@ def test_stages_data_holds_the_caches_stages_and_trajectory(staged_run):
     run = Run.open(staged_run)
     data = stages_data(run, {})
     steps = list(range(0, 26, 2))
-    expected = llc_stages(steps, LLC, [STD] * len(steps))
+    expected = llc_stages(steps, LLC, [STD / np.sqrt(2)] * len(steps))  # the standard error of 2 chains' mean
     assert data["steps"] == steps and data["llc"] == LLC
     assert data["trustworthy"] == [s != UNTRUSTED_STEP for s in steps]
     assert [(b["step"], b["kind"]) for b in data["boundaries"]] == [(14, "maximum"), (20, "plateau start")]

@@ -42,6 +42,27 @@ class Development:
         return int((self.llc["trustworthy"] == 1).sum())
 
 
+def llc_standard_error(table: ProbeTable) -> np.ndarray:
+    """The standard error of each checkpoint's LLC, the mean over its healthy chains: their
+    spread (`llc_std`) over the square root of their number (the `llc_chain<c>` columns that are
+    finite; one chain, or a table without them: the spread itself)."""
+    chains = [c for c in table.columns if c.startswith("llc_chain")]
+    healthy = np.isfinite(np.stack([table[c] for c in chains], axis=1)).sum(axis=1) if chains else \
+        np.ones(len(table.steps))
+    return table["llc_std"] / np.sqrt(np.maximum(healthy, 1))
+
+
+def llc_table_stages(table: ProbeTable) -> Stages | None:
+    """`llc_stages` of an LLC probe's table (columns `llc`, `llc_std`, `llc_chain<c>`), the noise
+    scaled by each estimate's standard error; None where fewer than `MIN_STAGE_POINTS` estimates
+    are finite."""
+    error = llc_standard_error(table)
+    finite = np.isfinite(table["llc"]) & np.isfinite(error)
+    if finite.sum() < MIN_STAGE_POINTS:
+        return None
+    return llc_stages(table.steps[finite], table["llc"][finite], error[finite])
+
+
 def development(source: CheckpointSource, rows: Batch, settings: LLCSettings, *, steps: Sequence[int] | None = None,
                 loss: tuple[Sequence[int], Sequence[float]] | None = None, graphs: Sequence[CircuitGraph] = (),
                 probes: ProbeTable | None = None, probe_columns: Sequence[Column] | None = None,
@@ -53,10 +74,7 @@ def development(source: CheckpointSource, rows: Batch, settings: LLCSettings, *,
     is cached in the run: a second call runs no sampler and no model."""
     table = probe(source, {LLC_KEY: llc_probe(settings)}, rows, steps=steps, device=device,
                   progress=progress).select(LLC_KEY)
-    finite = np.isfinite(table["llc"]) & np.isfinite(table["llc_std"])
-    found = table.steps[finite]
-    stages = llc_stages(found, table["llc"][finite], table["llc_std"][finite]) \
-        if len(found) >= MIN_STAGE_POINTS else None
+    stages = llc_table_stages(table)
     dynamics = essential_dynamics(source, {k: t[:DYNAMICS_ROWS] for k, t in rows.items()},
                                   steps=table.steps.tolist(), device=device) \
         if len(table.steps) >= MIN_DYNAMICS_POINTS else None

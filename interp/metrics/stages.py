@@ -6,8 +6,10 @@ critical points of the LLC over log training steps: where dLLC/dlog t changes si
 or minimum) or goes to zero (the curve flattens into a plateau). `llc_stages` finds both on the
 smoothed curve, with the estimate's noise as the scale of what counts as a change:
 
-- the noise `h` is `noise_factor` times the LLC's standard error (`llc_std`, e.g. the spread
-  over SGLD chains; without it, estimated from the curve's second differences), and at least
+- the noise `h` is `noise_factor` times the LLC's standard error (`llc_std`: for an estimate
+  that is the mean over SGLD chains, their spread over the square root of their number,
+  `interp.metrics.development.llc_standard_error`; without it, estimated from the curve's second
+  differences), and at least
   `flat_fraction` of the smoothed curve's range;
 - a plateau is a run of at least `min_plateau` checkpoints whose smoothed values stay within a
   band `h` wide (found left to right, each as long as it goes);

@@ -19,14 +19,14 @@ from interp.checkpoints import Run
 from interp.errors import InputError
 from interp.headline import num, nums
 from interp.ids import HeadId
-from interp.metrics.development import LLC_KEY, MIN_DYNAMICS_POINTS, MIN_STAGE_POINTS
+from interp.metrics.development import LLC_KEY, MIN_DYNAMICS_POINTS, MIN_STAGE_POINTS, llc_table_stages
 from interp.metrics.essential_dynamics import (
     ESSENTIAL_DYNAMICS_KEY,
     EssentialDynamics,
     saved_output,
     trajectory_dynamics,
 )
-from interp.metrics.stages import change_points, llc_stages
+from interp.metrics.stages import change_points
 from interp.probing import cached_computations, computation_artifacts
 
 REFINED_QUANTITY = "llc"
@@ -87,7 +87,7 @@ def _dynamics(run: Run, steps: list[int]) -> tuple[EssentialDynamics | None, str
 
 def stages_data(run: Run, series: Mapping[str, Mapping[str, list[Any]]]) -> dict[str, Any] | None:
     """The Stages tab's data of `run` (None without an `llc` cache): the LLC curve with its spread
-    over chains and trust, its stages and boundaries (`llc_stages` of the cached table), the
+    over chains and trust, its stages and boundaries (`llc_table_stages` of the cached table), the
     essential-dynamics trajectory where its outputs are cached, and the change points side by
     side (`change_points`: the boundaries, the drop of the loss in `series`, the trajectory's turns)."""
     found = cached_computations(run, LLC_KEY)
@@ -98,8 +98,7 @@ def stages_data(run: Run, series: Mapping[str, Mapping[str, list[Any]]]) -> dict
     llc = table["llc"]
     std = table["llc_std"] if "llc_std" in table else np.full(len(steps), np.nan)
     trusted = table["trustworthy"] == 1 if "trustworthy" in table else np.ones(len(steps), bool)
-    finite = np.isfinite(llc) & np.isfinite(std)
-    stages = llc_stages(steps[finite], llc[finite], std[finite]) if finite.sum() >= MIN_STAGE_POINTS else None
+    stages = llc_table_stages(table) if "llc_std" in table else None
     dynamics, dynamics_note = _dynamics(run, [int(s) for s in steps])
     points = change_points(stages, checkpoint_steps=[int(s) for s in steps], loss=_loss_curve(series),
                            dynamics=dynamics)
