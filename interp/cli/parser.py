@@ -192,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="steps per cycle of a periodic schedule: also print same-phase direction cosines")
     p.set_defaults(fn=cmd_probe)
 
-    defaults = LLCSettings()
+    defaults = LLCSettings(draws=60, burn_in=40, batch_size=32)  # as benchmarks/llc_cost.py measures them
     p = sub.add_parser("llc", parents=[common],
                        help="estimate the local learning coefficient (SGLD, devinterp) at every checkpoint of a run",
                        description="The local learning coefficient (Lau et al. 2023) at every checkpoint, by SGLD on "
