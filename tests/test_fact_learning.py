@@ -148,3 +148,45 @@ def test_the_main_run_pauses_after_its_plateau_and_continues_beside_the_patching
     # The plateau "ends" at once: sweep and patching runs stop when the smoothing window after it is complete.
     assert [r["last_step"] for r in results["patching"]] == [8, 8, 8]
     assert [r["last_step"] for r in results["plateau_by_n"]] == [8, 12]
+
+
+@pytest.mark.parametrize("key", ["llc_sequences", "llc_every"])
+def test_llc_counts_must_be_positive(key):
+    with pytest.raises(ConfigError, match=key):
+        with_overrides(PRESETS["quick"], {key: 0})
+
+
+@pytest.mark.slow
+def test_llc_reports_stages_beside_the_plateau(tmp_path, capsys):
+    """`--set llc=true` adds the LLC's stages beside the end of phase 1 and of the plateau to
+    results, report and figures; results without them still read back; the analysis draws training
+    biographies, so `interp llc` runs on its main run."""
+    from analyses.fact_learning import FactLearningResults, training_rows
+    from interp import seeding
+    from interp.analysis import read_results
+    from interp.cli import main
+
+    out = tmp_path / "facts-llc"
+    assert main(["run", "fact-learning", "--preset", "tiny", "--out", str(out), "--quiet", "--set", "llc=true",
+                 "--set", "llc_every=2", "--set", "llc_sampler.draws=4", "--set", "llc_sampler.burn_in=1",
+                 "--set", "llc_sampler.chains=2", "--set", "llc_sampler.batch_size=4",
+                 "--set", "llc_sequences=16"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    development = results["development"]
+    checkpoints = Run.open(out / "runs" / "main").steps
+    # every other checkpoint, and the last
+    assert development["stages"]["llc_checkpoints"] == len({*checkpoints[::2], checkpoints[-1]})
+    assert development["stages"]["llc_settings"].startswith("lr=0.001,")
+    assert "llc.png" in {p.name for p in (out / "figures").glob("*.png")}
+    assert "Developmental stages" in (out / "report.md").read_text()
+    assert read_results(out, FactLearningResults).development.stages.llc_checkpoints >= 3
+    del results["development"]
+    (out / "results.json").write_text(json.dumps(results))
+    assert read_results(out, FactLearningResults).development is None
+
+    capsys.readouterr()
+    assert main(["llc", str(out / "runs" / "main"), "--chains", "2", "--draws", "4", "--burn-in", "1",
+                 "--sequences", "16", "--batch-size", "4"]) == 0
+    assert "minibatches of 4 from 16 rows" in capsys.readouterr().out
+    rows = training_rows(Run.open(out / "runs" / "finetune-none"), 8, seeding.generator(0, 1))
+    assert set(rows["individual"].tolist()) <= set(range(40 + 8, 40 + 8 + 8))  # the tiny preset's new people
