@@ -124,7 +124,8 @@ class FactLearningConfig(AnalysisConfig):
       trained people, at every other checkpoint of the main run.
     - `llc` opts in to developmental stages of the main run (`interp.metrics.development`; minutes
       on a CPU, so off by default: `--set llc=true`): the LLC by SGLD with `llc_sampler` on
-      `llc_sequences` training biographies, at every `llc_every`-th checkpoint and the last.
+      `llc_sequences` training biographies, at `llc_checkpoints` of the main run's checkpoints
+      spaced evenly in log steps (0: all; the quick preset's 91 would take hours on a CPU).
     """
 
     data: BiographiesConfig = field(default_factory=BiographiesConfig)
@@ -148,7 +149,7 @@ class FactLearningConfig(AnalysisConfig):
     llc_sampler: LLCSettings = field(default_factory=lambda: LLCSettings(lr=1e-3, gamma=100.0, chains=4, draws=100,
                                                                           burn_in=100, batch_size=64))
     llc_sequences: int = 1024
-    llc_every: int = 1
+    llc_checkpoints: int = 24
 
     def __post_init__(self) -> None:
         self.fit_model(*biographies.model_shape(self.data))
@@ -176,7 +177,9 @@ class FactLearningConfig(AnalysisConfig):
         require(not bad, "patch_steps", f"main-run steps <= train.steps={self.train.steps}", bad)
         require(self.patch_horizon >= 1, "patch_horizon", "a factor >= 1", self.patch_horizon)
         require(0 < self.replay_ratio <= 1, "replay_ratio", "a ratio in (0, 1]", self.replay_ratio)
-        require_positive(self, "llc_sequences", "llc_every")
+        require_positive(self, "llc_sequences")
+        require(self.llc_checkpoints == 0 or self.llc_checkpoints >= 3, "llc_checkpoints",
+                "0 (all) or at least 3 (a stage needs 3)", self.llc_checkpoints)
 
 
 @dataclass(frozen=True)
@@ -502,12 +505,20 @@ def measure(cfg: FactLearningConfig, ctx: Context) -> FactLearningResults:
 
 
 def measure_development(cfg: FactLearningConfig, main: Run, ctx: Context) -> Development:
-    """The main run's LLC at every `llc_every`-th checkpoint (and the last) on training
-    biographies, its stages and the essential dynamics, beside the seen people's loss drop."""
+    """The main run's LLC at `llc_checkpoints` of its checkpoints on training biographies, its
+    stages and the essential dynamics, beside the seen people's loss drop."""
     rows = training_rows(main, cfg.llc_sequences, seeding.generator(cfg.seed, LLC_STREAM))
-    steps = sorted({*main.steps[::cfg.llc_every], main.steps[-1]})
-    return development(main, rows, cfg.llc_sampler, steps=steps, loss=main.series(f"{SEEN}/loss"),
-                       device=ctx.device, progress=ctx.progress)
+    return development(main, rows, cfg.llc_sampler, steps=log_spaced(main.steps, cfg.llc_checkpoints),
+                       loss=main.series(f"{SEEN}/loss"), device=ctx.device, progress=ctx.progress)
+
+
+def log_spaced(steps: list[int], count: int) -> list[int]:
+    """`count` of `steps` spaced evenly in log steps, the first and last included (fewer where
+    two targets share their nearest checkpoint), or all of them with `count` 0."""
+    if not count or count >= len(steps):
+        return list(steps)
+    targets = np.geomspace(max(steps[1], 1), steps[-1], count - 1)
+    return sorted({steps[0], *(nearest_step(steps, int(round(t))) for t in targets)})
 
 
 def development_findings(found: Development, settings: LLCSettings,
