@@ -36,6 +36,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from interp import seeding
 from interp.analysis import (
     Analysis,
     AnalysisConfig,
@@ -71,12 +72,16 @@ from interp.analysis import (
     nums,
     probe,
     read_results,
+    read_task,
     results_dict,
 )
 from interp.configs import require, require_positive
 from interp.files import atomic_write_json, read_json
 from interp.ids import LOGITS, CheckpointRef, EdgeId, HeadId
 from interp.metrics import recovery, spans
+from interp.metrics.development import Development, DevelopmentSummary, development
+from interp.metrics.llc import LLCSettings
+from interp.model import Batch
 from interp.pattern_substitution import reference_patterns
 from interp.run_layout import METRICS_FILE
 from interp.viz import plot_curves
@@ -85,6 +90,7 @@ from tasks.biographies import Biographies, BiographiesConfig, RecallCircuit, Rec
 
 SEEN, UNSEEN, OLD, NEW = "seen", "unseen", "old", "new"
 EVAL_STREAM, PROBE_STREAM, REPLAY_STREAM, LINEAR_STREAM = 1, 2, 3, 4
+LLC_STREAM = 5
 VALUE_ATTRIBUTE = "university"  # the attribute whose value the linear probes decode
 SIGNATURES_FILE = "signatures.json"  # beside results.json: the recall signatures per layer at every checkpoint
 Kind = Literal["main", "n", "alpha", "warmup", "patch", "finetune"]
@@ -116,6 +122,10 @@ class FactLearningConfig(AnalysisConfig):
       biography), whatever they are set to.
     - The linear probes of the value read held-out-template biographies of `linear_individuals`
       trained people, at every other checkpoint of the main run.
+    - `llc` opts in to developmental stages of the main run (`interp.metrics.development`; minutes
+      on a CPU, so off by default: `--set llc=true`): the LLC by SGLD with `llc_sampler` on
+      `llc_sequences` training biographies, at `llc_checkpoints` of the main run's checkpoints
+      spaced evenly in log steps (0: all; the quick preset's 91 would take hours on a CPU).
     """
 
     data: BiographiesConfig = field(default_factory=BiographiesConfig)
@@ -135,6 +145,11 @@ class FactLearningConfig(AnalysisConfig):
     finetune: TrainConfig = field(default_factory=lambda: TrainConfig(steps=300, lr=3e-4))
     replay_ratio: float = 0.5
     replay_pool: int = 2000
+    llc: bool = False
+    llc_sampler: LLCSettings = field(default_factory=lambda: LLCSettings(lr=1e-3, gamma=100.0, chains=4, draws=100,
+                                                                          burn_in=100, batch_size=64))
+    llc_sequences: int = 1024
+    llc_checkpoints: int = 24
 
     def __post_init__(self) -> None:
         self.fit_model(*biographies.model_shape(self.data))
@@ -162,6 +177,9 @@ class FactLearningConfig(AnalysisConfig):
         require(not bad, "patch_steps", f"main-run steps <= train.steps={self.train.steps}", bad)
         require(self.patch_horizon >= 1, "patch_horizon", "a factor >= 1", self.patch_horizon)
         require(0 < self.replay_ratio <= 1, "replay_ratio", "a ratio in (0, 1]", self.replay_ratio)
+        require_positive(self, "llc_sequences")
+        require(self.llc_checkpoints == 0 or self.llc_checkpoints >= 3, "llc_checkpoints",
+                "0 (all) or at least 3 (a stage needs 3)", self.llc_checkpoints)
 
 
 @dataclass(frozen=True)
@@ -239,6 +257,8 @@ class FactLearningResults:
     value_probe_final: dict[str, dict[str, float]]
     value_probe_half_step: dict[str, int | None]  # the first probed step where the best layer reaches 0.5
     recall_half_step: int | None  # the first evaluation with recall accuracy (seen people) >= 0.5
+    development: FactDevelopment | None = None
+    """With `llc` on: the LLC's stages beside the plateau (None otherwise)."""
     main: Run = detail()
     by_n: dict[int, Run] = detail()  # every N, the main run's included
     by_alpha: dict[float, Run] = detail()
@@ -248,6 +268,23 @@ class FactLearningResults:
     signatures: RecallSignatures = detail()
     circuit: RecallCircuit = detail()
     values: ProbeTable = detail()  # biographies.value_probes on the main run
+    llc: Development | None = detail()  # the development behind `development`, for the figures
+
+
+@dataclass(frozen=True)
+class FactDevelopment:
+    """When the main run's structure changes (`llc`): the LLC's stages beside the end of phase 1
+    and the end of the plateau."""
+
+    stages: DevelopmentSummary
+    boundary_before_plateau_end: int | None
+    """The last stage boundary at or before the plateau's end (None: none, or no plateau end)."""
+    boundary_after_plateau_end: int | None
+    checkpoints_from_plateau_end: float | None
+    """From the plateau's end to the nearest stage boundary, in the LLC's checkpoints (None: no
+    boundary, or no plateau end)."""
+    checkpoints_from_phase1_end: float | None
+    """The same from the end of phase 1 (the plateau's start)."""
 
 
 PRESETS = {
@@ -427,6 +464,7 @@ def measure(cfg: FactLearningConfig, ctx: Context) -> FactLearningResults:
     patched = {label: second[j.name] for label, j in patch_jobs.items()}
     finetuned = {c: third[j.name] for c, j in finetune_jobs.items()}
     value_probe = biographies.value_probe_summary(values, cfg.model.n_layers)
+    found = measure_development(cfg, main, ctx) if cfg.llc else None
     return FactLearningResults(
         baseline=round(main.config["baseline"], 4),
         # the main run's phases, unrounded
@@ -462,7 +500,40 @@ def measure(cfg: FactLearningConfig, ctx: Context) -> FactLearningResults:
         recall_half_step=spans.first_crossing(*main.series(f"{SEEN}/accuracy"), 0.5),
         main=main, by_n=by_n, by_alpha=by_alpha, warmup_run=warmup_run, patched=patched, finetuned=finetuned,
         signatures=signatures,
+        development=None if found is None else development_findings(found, cfg.llc_sampler, main_phases), llc=found,
     )
+
+
+def measure_development(cfg: FactLearningConfig, main: Run, ctx: Context) -> Development:
+    """The main run's LLC at `llc_checkpoints` of its checkpoints on training biographies, its
+    stages and the essential dynamics, beside the seen people's loss drop."""
+    rows = training_rows(main, cfg.llc_sequences, seeding.generator(cfg.seed, LLC_STREAM))
+    return development(main, rows, cfg.llc_sampler, steps=log_spaced(main.steps, cfg.llc_checkpoints),
+                       loss=main.series(f"{SEEN}/loss"), device=ctx.device, progress=ctx.progress)
+
+
+def log_spaced(steps: list[int], count: int) -> list[int]:
+    """`count` of `steps` spaced evenly in log steps, the first and last included (fewer where
+    two targets share their nearest checkpoint), or all of them with `count` 0."""
+    if not count or count >= len(steps):
+        return list(steps)
+    targets = np.geomspace(max(steps[1], 1), steps[-1], count - 1)
+    return sorted({steps[0], *(nearest_step(steps, int(round(t))) for t in targets)})
+
+
+def development_findings(found: Development, settings: LLCSettings,
+                         main_phases: spans.PlateauPhases) -> FactDevelopment:
+    """Where the LLC's stage boundaries fall against the end of phase 1 and of the plateau."""
+    boundaries, end = found.boundary_steps, main_phases.plateau_end
+
+    def distance(step: int | None) -> float | None:
+        return None if step is None else found.checkpoints_to_nearest_boundary(step)
+
+    return FactDevelopment(
+        stages=found.summary(settings),
+        boundary_before_plateau_end=None if end is None else max((b for b in boundaries if b <= end), default=None),
+        boundary_after_plateau_end=None if end is None else min((b for b in boundaries if b >= end), default=None),
+        checkpoints_from_plateau_end=distance(end), checkpoints_from_phase1_end=distance(main_phases.phase1_end))
 
 
 def recall_head_at(circuit: RecallCircuit, step: int) -> RecallHeadEffects:
@@ -575,6 +646,13 @@ def figures(cfg: FactLearningConfig, results: FactLearningResults, ctx: Context)
     draw("finetune", "Fine-tuning on new people corrupts old memories", finetune, hlines={"baseline": baseline},
          title=f"Fine-tuning on {cfg.data.n_finetune} new people", ylabel="attribute loss (nats)",
          xlabel="fine-tuning step")
+    if r.llc is not None:
+        table = r.llc.llc
+        boundaries = {f"{b.kind} {b.step}": b.step for b in r.llc.stages.boundaries} if r.llc.stages else {}
+        draw("llc", "The LLC at every checkpoint (SGLD, +-1 sd over chains), its stage boundaries and the phases",
+             {"LLC": (table.steps, table["llc"])}, bands={"LLC": table["llc_std"]}, markers=True,
+             vlines={**marks, **boundaries}, secondary={"attribute loss, seen people": main.series(f"{SEEN}/loss")},
+             secondary_label="attribute loss (nats)", title="Local learning coefficient over training", ylabel="LLC")
     return drawn
 
 
@@ -634,11 +712,35 @@ def report(cfg: FactLearningConfig, results: FactLearningResults) -> Report:
     out.figures("logit_lens", "recall_head").text(value_probe_text(cfg, r)).figures("value_probe", "confidence").text(
         f"Fine-tuning on {cfg.data.n_finetune} new people at constant lr {cfg.finetune.lr:g} for {cfg.finetune.steps} "
         f"steps, without and with replay ({cfg.replay_ratio} old biographies per new one):")
-    return out.grid(["", "old loss before", "old loss peak (step)", "old loss after", "old accuracy before / after",
-                     "rise / gap to baseline", "half the gap at step", "new loss after"],
-                    [[c, f.old_loss_before, f"{f.old_loss_peak:.3f} ({f.old_loss_peak_step})", f.old_loss_after,
-                      f"{f.old_accuracy_before:.3f} / {f.old_accuracy_after:.3f}", f.rise_over_gap_to_baseline,
-                      f.half_gap_step, f.new_loss_after] for c, f in r.finetune.items()]).figures("finetune")
+    out.grid(["", "old loss before", "old loss peak (step)", "old loss after", "old accuracy before / after",
+              "rise / gap to baseline", "half the gap at step", "new loss after"],
+             [[c, f.old_loss_before, f"{f.old_loss_peak:.3f} ({f.old_loss_peak_step})", f.old_loss_after,
+               f"{f.old_accuracy_before:.3f} / {f.old_accuracy_after:.3f}", f.rise_over_gap_to_baseline,
+               f.half_gap_step, f.new_loss_after] for c, f in r.finetune.items()]).figures("finetune")
+    if r.development is not None:
+        out.text(development_text(r)).figures("llc")
+    return out
+
+
+def development_text(r: FactLearningResults) -> str:
+    """What the LLC's stages say about the plateau, as the numbers have it."""
+    d = r.development
+    text = d.stages.describe()
+    for label, step, distance in (("the end of phase 1 (the plateau's start)", r.phase1_end,
+                                   d.checkpoints_from_phase1_end),
+                                  ("the plateau's end", r.plateau_end, d.checkpoints_from_plateau_end)):
+        if step is None:
+            text += f" {label[0].upper()}{label[1:]} was not found, so there is nothing to compare them with."
+        elif distance is None:
+            text += f" No stage boundary, so none marks {label} (step {step})."
+        else:
+            text += (f" The nearest stage boundary to {label} (step {step}) is {distance:.1f} checkpoints away"
+                     + (" (within one checkpoint: a boundary marks it)." if distance <= 1 else
+                        " (more than one checkpoint: no boundary at it)."))
+    if r.plateau_end is not None and d.stages.stage_boundaries:
+        text += (f" Around the plateau's end: the last boundary before it is at step {d.boundary_before_plateau_end}, "
+                 f"the first after it at step {d.boundary_after_plateau_end}.")
+    return text
 
 
 def value_probe_text(cfg: FactLearningConfig, r: FactLearningResults) -> str:
@@ -709,10 +811,20 @@ def view(source: Source, runs: RunsData) -> Headline:
         ])
 
 
+def training_rows(run: Run, n: int, generator: torch.Generator) -> Batch:
+    """`n` training biographies of the people `run` was trained on: its population after any
+    warm-up, or for a fine-tuning run (one that starts from another model) the new people, without
+    replayed ones."""
+    bios = Biographies(read_task(run, BiographiesConfig))
+    if run.config["train"].get("init_from"):
+        return bios.population(bios.finetune).batch(0, n, generator)
+    return bios.batch(bios.cfg.warmup_steps, n, generator)
+
+
 ANALYSIS = Analysis("fact-learning", "Synthetic biographies: plateau at the no-knowledge baseline, recall circuit, "
                     "distributions, hallucinations, fine-tuning corruption", PRESETS, measure, figures, report,
                     preset_workers={"paper": 1, "tiny": 1},
                     headline=("plateau_end", "final_accuracy", "unseen_loss_final"),
-                    example=biographies.example_biography, view=view)
+                    example=biographies.example_biography, view=view, training_rows=training_rows)
 
 __all__ = ["ANALYSIS", "FactLearningConfig", "FactLearningResults", "setup_job"]

@@ -37,6 +37,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+from scipy.stats import spearmanr
 
 from analyses.toys import CoopetitionSummary, CoopetitionToyConfig, CoopetitionToyResult, coopetition_toy
 from interp import seeding
@@ -72,6 +73,7 @@ from interp.analysis import (
     probe,
     probe_column,
     read_results,
+    read_task,
     results_dict,
 )
 from interp.circuits.common import PatchMetric
@@ -82,7 +84,9 @@ from interp.hooks import hook_name
 from interp.ids import EMBED, HeadId, MlpId, Node, parse_node
 from interp.metrics import spans
 from interp.metrics.ablation import ablated_metric, head_ablation_grid
+from interp.metrics.development import Development, DevelopmentSummary, development
 from interp.metrics.heads import strongest_heads
+from interp.metrics.llc import LLCSettings, refined_llc_probe
 from interp.model import Batch, batch_to
 from interp.viz import plot_bars, plot_curves, plot_head_curves, plot_head_grids
 from tasks.fewshot import (
@@ -101,6 +105,7 @@ Control = Literal["negative_control", "no_decay_control"]
 # Where an exemplar -> label mapping can be memorized: everything but the attention.
 IN_WEIGHTS_PATHWAY = ("blocks.*.mlp.*", "embed.*", "unembed.*", "input_proj.*")
 EVAL_STREAM, PROBE_STREAM, LINEAR_STREAM = 1, 2, 3
+LLC_STREAM = 4
 DLA_SETS = ("train", "icl_novel", "iwl")  # batches on which the query's correct label is attributed
 ICL_ACCURACY = PatchMetric("icl_accuracy_closed", lambda logits, batch: torch.tensor(accuracy(logits, batch)))
 CONTROL_LABELS: dict[Control, str] = {"negative_control": "the query copies its in-context exemplar",
@@ -133,6 +138,14 @@ class ICLTransienceConfig(AnalysisConfig):
     probe_size: int = 256
     induction_threshold: float = 0.3
     toy: CoopetitionToyConfig = field(default_factory=CoopetitionToyConfig)
+    llc: bool = False
+    """Opt in to developmental stages (`interp.metrics.development`): the main run's LLC at every
+    checkpoint, its stages beside the ICL peak and the IWL rise, and the last MLP's refined LLC
+    (minutes on a CPU, so off by default: `--set llc=true`)."""
+    llc_sampler: LLCSettings = field(default_factory=lambda: LLCSettings(lr=1e-3, gamma=100.0, chains=4, draws=100,
+                                                                          burn_in=100, batch_size=64))
+    llc_sequences: int = 1024
+    """Training sequences the sampler draws its minibatches from."""
 
     def __post_init__(self) -> None:
         self.fit_model(self.data.d_vocab, self.data.n_ctx, self.data.dim)
@@ -144,6 +157,7 @@ class ICLTransienceConfig(AnalysisConfig):
         require_positive(self, "eval_size", "smooth_window", "probe_size")
         require(0 < self.induction_threshold <= 1, "induction_threshold", "a strength in (0, 1]",
                 self.induction_threshold)
+        require_positive(self, "llc_sequences")
 
 
 @dataclass(frozen=True)
@@ -258,6 +272,8 @@ class ICLTransienceResults:
     cross_checkpoint: CrossCheckpoint
     answer_summary: AnswerSummary = inline()
     targets: dict[str, bool]
+    development: ICLDevelopment | None = None
+    """With `llc` on: the LLC's stages beside the ICL peak and the IWL rise (None otherwise)."""
     table: ProbeTable = detail()  # the circuit probes of the main run
     dla: ProbeTable = detail()  # direct logit attribution at the query, per DLA_SETS batch
     answers: ProbeTable = detail()  # the answer probes
@@ -265,6 +281,42 @@ class ICLTransienceResults:
     toy: CoopetitionToyResult = detail()
     sweep_runs: dict[float, Run] = detail()  # lambda -> run, the main run at train.l2
     control_runs: dict[Control, Run] = detail()
+    llc: ICLDevelopmentTrace | None = detail()
+
+
+@dataclass(frozen=True)
+class ICLDevelopment:
+    """When the main run's structure changes (`llc`): the LLC's stages beside the ICL peak and
+    the IWL rise, and the refined LLC of the last MLP (where in-weights answers are stored) as
+    ICL fades."""
+
+    stages: DevelopmentSummary
+    icl_peak_step: int
+    iwl_rise_step: int | None
+    """IWL accuracy at half its final value (`answer_summary.iwl_half_step`; None: it never rises)."""
+    checkpoints_from_icl_peak: float | None
+    """From the ICL peak to the nearest stage boundary, in checkpoints (None: no boundary)."""
+    checkpoints_from_iwl_rise: float | None
+    mlp: MlpId
+    mlp_rllc_at_peak: float
+    mlp_rllc_at_peak_std: float
+    """Spread over chains."""
+    mlp_rllc_final: float
+    mlp_rllc_final_std: float
+    mlp_rllc_trusted: int
+    """Checkpoints whose refined LLC estimate raised no problem."""
+    mlp_rllc_icl_spearman_after_peak: float | None
+    """Rank correlation of the MLP's refined LLC with ICL accuracy from the peak on (negative: it
+    rises as ICL fades; None: fewer than 3 checkpoints, or a constant curve)."""
+
+
+@dataclass(frozen=True)
+class ICLDevelopmentTrace:
+    """The development behind `ICLDevelopment`, for the figures."""
+
+    found: Development
+    mlp_rllc: ProbeTable
+    """`refined_llc_probe` columns of the last MLP."""
 
 
 def setup_job(job: TrainingJob, device: torch.device) -> JobSetup:
@@ -367,7 +419,41 @@ def measure(cfg: ICLTransienceConfig, ctx: Context) -> ICLTransienceResults:
         negative_control=controls.get("negative_control"), no_decay_control=controls.get("no_decay_control"),
         coopetition_toy=toy.summary(), targets={}, table=table, grids=grids, toy=toy, sweep_runs=sweep_runs,
         answers=answers, answer_summary=answer_summary(answers, iwl_steps, spans.smooth(iwl, cfg.smooth_window)))
-    return replace(results, targets=targets(results))
+    results = replace(results, targets=targets(results))
+    if not cfg.llc:
+        return results
+    findings, trace = measure_development(cfg, main, results, ctx)
+    return replace(results, development=findings, llc=trace)
+
+
+def measure_development(cfg: ICLTransienceConfig, run: Run, r: ICLTransienceResults,
+                        ctx: Context) -> tuple[ICLDevelopment, ICLDevelopmentTrace]:
+    """The main run's LLC at every checkpoint on its training distribution, its stages and the
+    essential dynamics, the distance from the ICL peak and the IWL rise to the nearest stage
+    boundary, and the last MLP's refined LLC at the peak, at the end, and against ICL accuracy
+    from the peak on."""
+    rows = training_rows(run, cfg.llc_sequences, seeding.generator(cfg.seed, LLC_STREAM))
+    found = development(run, rows, cfg.llc_sampler, loss=run.series("train/loss"), device=ctx.device,
+                        progress=ctx.progress)
+    mlp = MlpId(cfg.model.n_layers - 1)
+    refined = probe(run, {"rllc_mlp": refined_llc_probe(cfg.llc_sampler, [mlp])}, rows, device=ctx.device,
+                    progress=ctx.progress).select("rllc_mlp")
+    steps, rllc, spread = refined.steps, refined[f"llc/{mlp}"], refined[f"llc_std/{mlp}"]
+    peak_step, iwl_rise = r.dynamics.icl_peak_step, r.answer_summary.iwl_half_step
+    peak = int(np.argmin(np.abs(steps - peak_step)))
+    icl_steps, icl = run.series(f"{cfg.icl_kind}/closed")
+    icl_at = np.interp(steps[peak:], icl_steps, spans.smooth(icl, cfg.smooth_window))
+    varies = len(icl_at) >= 3 and np.ptp(icl_at) > 0 and np.ptp(rllc[peak:]) > 0  # else no rank correlation
+    rho = float(spearmanr(rllc[peak:], icl_at).statistic) if varies else float("nan")
+    findings = ICLDevelopment(
+        stages=found.summary(cfg.llc_sampler), icl_peak_step=peak_step, iwl_rise_step=iwl_rise,
+        checkpoints_from_icl_peak=found.checkpoints_to_nearest_boundary(peak_step),
+        checkpoints_from_iwl_rise=None if iwl_rise is None else found.checkpoints_to_nearest_boundary(iwl_rise),
+        mlp=mlp, mlp_rllc_at_peak=float(rllc[peak]), mlp_rllc_at_peak_std=float(spread[peak]),
+        mlp_rllc_final=float(rllc[-1]), mlp_rllc_final_std=float(spread[-1]),
+        mlp_rllc_trusted=int((refined[f"trustworthy/{mlp}"] == 1).sum()),
+        mlp_rllc_icl_spearman_after_peak=rho if np.isfinite(rho) else None)
+    return findings, ICLDevelopmentTrace(found, refined)
 
 
 def attributions(run: Run, task: FewShot, cfg: ICLTransienceConfig, ctx: Context) -> ProbeTable:
@@ -492,7 +578,30 @@ def figures(cfg: ICLTransienceConfig, results: ICLTransienceResults, ctx: Contex
             {"ICL, main run": main.series(icl), f"ICL, {label}": run.series(icl),
              "IWL, main run": main.series("iwl/full"), f"IWL, {label}": run.series("iwl/full")},
             hlines={"chance": 0.5}, title=f"Control: {label}", ylabel="accuracy")))
+    if r.llc is not None:
+        drawn += development_figures(cfg, r)
     return [*drawn, Figure("coopetition", "Strategy coopetition toy model", r.toy.figure())]
+
+
+def development_figures(cfg: ICLTransienceConfig, r: ICLTransienceResults) -> list[Figure]:
+    """The LLC with its spread over chains and its stage boundaries beside the ICL peak and the
+    IWL rise; the last MLP's refined LLC beside ICL and IWL accuracy."""
+    found, refined, d, main = r.llc.found, r.llc.mlp_rllc, r.development, r.sweep_runs[cfg.train.l2]
+    table = found.llc
+    marks = {"ICL peak": d.icl_peak_step, **({"IWL rise": d.iwl_rise_step} if d.iwl_rise_step is not None else {})}
+    boundaries = {f"{b.kind} {b.step}": b.step for b in found.stages.boundaries} if found.stages else {}
+    return [
+        Figure("llc", "The LLC at every checkpoint (SGLD, +-1 sd over chains), its stage boundaries, the ICL peak "
+               "and the IWL rise", plot_curves({"LLC": (table.steps, table["llc"])}, bands={"LLC": table["llc_std"]},
+                                               title="Local learning coefficient over training", ylabel="LLC",
+                                               markers=True, vlines={**marks, **boundaries})),
+        Figure("mlp_rllc", f"Refined LLC of {d.mlp} (+-1 sd over chains) beside ICL and IWL accuracy", plot_curves(
+            {f"refined LLC of {d.mlp}": (refined.steps, refined[f"llc/{d.mlp}"])},
+            bands={f"refined LLC of {d.mlp}": refined[f"llc_std/{d.mlp}"]}, markers=True, vlines=marks,
+            secondary={"ICL accuracy (closed)": main.series(f"{cfg.icl_kind}/closed"),
+                       "IWL accuracy (full vocabulary)": main.series("iwl/full")},
+            secondary_label="accuracy", title=f"Refined LLC of {d.mlp} as ICL fades", ylabel="refined LLC")),
+    ]
 
 
 def answer_text(cfg: ICLTransienceConfig, r: ICLTransienceResults) -> str:
@@ -572,7 +681,37 @@ def report(cfg: ICLTransienceConfig, results: ICLTransienceResults) -> Report:
         if (c := getattr(r, key)) is not None:
             report.text(f"Control, {label}: ICL peak {c.icl_peak:.3f} at step {c.icl_peak_step}, final "
                         f"{c.icl_final:.3f}; IWL final {c.iwl_final:.3f}.").figures(key)
+    if r.development is not None:
+        report.text(development_text(r)).figures("llc", "mlp_rllc")
     return report.text(r.toy.describe(cfg.toy)).figures("coopetition")
+
+
+def development_text(r: ICLTransienceResults) -> str:
+    """What the LLC's stages and the last MLP's refined LLC say about ICL fading, as the numbers have it."""
+    d = r.development
+    text = d.stages.describe()
+    for label, step, distance in (("the ICL peak", d.icl_peak_step, d.checkpoints_from_icl_peak),
+                                  ("the IWL rise (IWL at half its final accuracy)", d.iwl_rise_step,
+                                   d.checkpoints_from_iwl_rise)):
+        if step is None:
+            text += " There is no IWL rise to compare them with (IWL never reaches half its final accuracy)."
+        elif distance is None:
+            text += f" No stage boundary, so none marks {label} (step {step})."
+        else:
+            text += (f" The nearest stage boundary to {label} (step {step}) is {distance:.1f} checkpoints away"
+                     + (" (within one checkpoint: a boundary marks it)." if distance <= 1 else
+                        " (more than one checkpoint: no boundary at it)."))
+    change, spread = d.mlp_rllc_final - d.mlp_rllc_at_peak, d.mlp_rllc_at_peak_std + d.mlp_rllc_final_std
+    trend = ("rises" if change > spread else "falls" if change < -spread else
+             "does not change beyond the chains' spread")
+    rho = d.mlp_rllc_icl_spearman_after_peak
+    return text + (
+        f" The refined LLC of {d.mlp} (its weights alone) is {d.mlp_rllc_at_peak:.3g} +- {d.mlp_rllc_at_peak_std:.2g} "
+        f"at the ICL peak and {d.mlp_rllc_final:.3g} +- {d.mlp_rllc_final_std:.2g} at the end "
+        f"({d.mlp_rllc_trusted} of {len(r.llc.mlp_rllc.steps)} estimates trustworthy): it {trend} while ICL "
+        f"accuracy falls by {r.dynamics.icl_drop:.3f} from its peak; its rank correlation with ICL accuracy from "
+        "the peak on is " + ("undefined (too few checkpoints, or a constant curve)." if rho is None else
+                             f"{rho:+.2f} (negative: it rises as ICL fades)."))
 
 
 PRESETS = {
@@ -649,10 +788,15 @@ def view(source: Source, runs: RunsData) -> Headline:
         ])
 
 
+def training_rows(run: Run, n: int, generator: torch.Generator) -> Batch:
+    """`n` training sequences of the few-shot task `run` was trained on."""
+    return FewShot(read_task(run, FewShotConfig)).sample(n, generator)
+
+
 ANALYSIS = Analysis(
     "icl-transience", "Bursty few-shot Gaussian clusters: ICL vs in-weights learning over training, circuit metrics, "
     "ablations, L2 sweep, negative control and the coopetition toy", PRESETS, measure, figures, report,
     preset_workers={"tiny": 1},
-    headline=("icl_peak", "icl_final", "iwl_final"), view=view)
+    headline=("icl_peak", "icl_final", "iwl_final"), view=view, training_rows=training_rows)
 
 __all__ = ["ANALYSIS", "ICLTransienceConfig", "jobs"]

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from analyses.fact_learning import PRESETS, SEEN, left_plateau_step, patch_references, plateau_window
+from analyses.fact_learning import PRESETS, SEEN, left_plateau_step, log_spaced, patch_references, plateau_window
 from interp.analysis import run_analysis
 from interp.checkpoints import Run
 from interp.configs import ConfigError, with_overrides
@@ -148,3 +148,52 @@ def test_the_main_run_pauses_after_its_plateau_and_continues_beside_the_patching
     # The plateau "ends" at once: sweep and patching runs stop when the smoothing window after it is complete.
     assert [r["last_step"] for r in results["patching"]] == [8, 8, 8]
     assert [r["last_step"] for r in results["plateau_by_n"]] == [8, 12]
+
+
+@pytest.mark.parametrize("key, value", [("llc_sequences", 0), ("llc_checkpoints", 2), ("llc_checkpoints", -1)])
+def test_bad_llc_settings_name_the_field(key, value):
+    with pytest.raises(ConfigError, match=key):
+        with_overrides(PRESETS["quick"], {key: value})
+
+
+def test_llc_checkpoints_are_log_spaced():
+    """Dense where the phases are early, the first and last always; all of them with 0."""
+    steps = list(range(0, 9001, 100))
+    assert log_spaced(steps, 0) == steps and log_spaced(steps[:5], 10) == steps[:5]
+    # step 0, then 4 targets from 100 to 9000 at ratio 90^(1/3): 100, 448, 2008, 9000
+    assert log_spaced(steps, 5) == [0, 100, 400, 2000, 9000]
+
+
+@pytest.mark.slow
+def test_llc_reports_stages_beside_the_plateau(tmp_path, capsys):
+    """`--set llc=true` adds the LLC's stages beside the end of phase 1 and of the plateau to
+    results, report and figures; results without them still read back; the analysis draws training
+    biographies, so `interp llc` runs on its main run."""
+    from analyses.fact_learning import FactLearningResults, training_rows
+    from interp import seeding
+    from interp.analysis import read_results
+    from interp.cli import main
+
+    out = tmp_path / "facts-llc"
+    assert main(["run", "fact-learning", "--preset", "tiny", "--out", str(out), "--quiet", "--set", "llc=true",
+                 "--set", "llc_checkpoints=3", "--set", "llc_sampler.draws=4", "--set", "llc_sampler.burn_in=1",
+                 "--set", "llc_sampler.chains=2", "--set", "llc_sampler.batch_size=4",
+                 "--set", "llc_sequences=16"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    development = results["development"]
+    checkpoints = Run.open(out / "runs" / "main").steps
+    assert development["stages"]["llc_checkpoints"] == len(log_spaced(checkpoints, 3))
+    assert development["stages"]["llc_settings"].startswith("lr=0.001,")
+    assert "llc.png" in {p.name for p in (out / "figures").glob("*.png")}
+    assert "Developmental stages" in (out / "report.md").read_text()
+    assert read_results(out, FactLearningResults).development.stages.llc_checkpoints >= 3
+    del results["development"]
+    (out / "results.json").write_text(json.dumps(results))
+    assert read_results(out, FactLearningResults).development is None
+
+    capsys.readouterr()
+    assert main(["llc", str(out / "runs" / "main"), "--chains", "2", "--draws", "4", "--burn-in", "1",
+                 "--sequences", "16", "--batch-size", "4"]) == 0
+    assert "minibatches of 4 from 16 rows" in capsys.readouterr().out
+    rows = training_rows(Run.open(out / "runs" / "finetune-none"), 8, seeding.generator(0, 1))
+    assert set(rows["individual"].tolist()) <= set(range(40 + 8, 40 + 8 + 8))  # the tiny preset's new people

@@ -81,3 +81,45 @@ def test_tiny_preset_end_to_end(tmp_path):
     main = Run.open(tmp_path / "runs" / "main")
     assert main.steps == [0, 4, 8]
     assert Run.open(tmp_path / "runs" / "control").config["task"]["query_copies_context"] is True
+
+
+def test_llc_sequences_must_be_positive():
+    with pytest.raises(ConfigError, match="llc_sequences"):
+        with_overrides(PRESETS["quick"], {"llc_sequences": 0})
+
+
+TINY_SAMPLER = ["--set", "llc_sampler.draws=4", "--set", "llc_sampler.burn_in=1", "--set", "llc_sampler.chains=2",
+                "--set", "llc_sampler.batch_size=4", "--set", "llc_sequences=16"]
+
+
+@pytest.mark.slow
+def test_llc_reports_stages_beside_the_icl_peak_and_the_mlps_refined_llc(tmp_path, capsys):
+    """`--set llc=true` adds the LLC's stages beside the ICL peak and the IWL rise, and the last
+    MLP's refined LLC, to results, report and figures; results without them still read back; the
+    analysis draws training rows (few-shot sequences with input vectors), so `interp llc` runs on its main run."""
+    from analyses.icl_transience import ICLTransienceResults
+    from interp.analysis import read_results
+    from interp.cli import main
+
+    out = tmp_path / "icl-llc"
+    assert main(["run", "icl-transience", "--preset", "tiny", "--out", str(out), "--quiet", "--set", "llc=true",
+                 *TINY_SAMPLER]) == 0
+    results = json.loads((out / "results.json").read_text())
+    development = results["development"]
+    assert development["stages"]["llc_settings"].startswith("lr=0.001,")
+    assert development["mlp"] == "MLP1" and development["stages"]["llc_checkpoints"] == 3
+    assert development["icl_peak_step"] == results["icl_peak_step"]
+    assert {"llc.png", "mlp_rllc.png"} <= {p.name for p in (out / "figures").glob("*.png")}
+    report = (out / "report.md").read_text()
+    assert "Developmental stages" in report and "refined LLC of MLP1" in report
+    assert read_results(out, ICLTransienceResults).development.mlp_rllc_trusted >= 0
+    del results["development"]
+    (out / "results.json").write_text(json.dumps(results))
+    assert read_results(out, ICLTransienceResults).development is None
+
+    capsys.readouterr()
+    assert main(["llc", str(out / "runs" / "main"), "--chains", "2", "--draws", "4", "--burn-in", "1",
+                 "--sequences", "16", "--batch-size", "4"]) == 0
+    printed = capsys.readouterr().out
+    assert "minibatches of 4 from 16 rows" in printed and len([line for line in printed.splitlines()
+                                                               if line.strip().startswith(("0 ", "4 ", "8 "))]) == 3

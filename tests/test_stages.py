@@ -259,3 +259,35 @@ def test_an_llc_tables_noise_is_the_standard_error_of_its_healthy_chains_mean():
     staged = llc_table_stages(table)
     assert staged.boundaries and staged.boundaries == llc_stages(steps, llc, std / np.sqrt(healthy)).boundaries
     assert llc_table_stages(ProbeTable(steps[:2], ("llc", "llc_std"), np.ones((2, 2)))) is None
+
+
+def _development_with_boundaries(boundaries: list[int]):
+    from interp.metrics.development import Development
+    from interp.metrics.stages import ChangePoints, StageBoundary, Stages
+
+    steps = np.array([0, 100, 200, 400, 800, 1600])
+    llc = np.array([1.0, 2.0, 5.0, 4.0, 4.0, 3.0])
+    table = ProbeTable(steps, ("llc", "llc_std", "trustworthy"),
+                       np.stack([llc, np.full(6, 0.1), np.array([1, 1, 0, 1, 1, 1])], axis=1))
+    stages = Stages(steps, llc, 0.1, (), tuple(StageBoundary(int(s), int(np.searchsorted(steps, s)), "maximum",
+                                                             5.0, 1.0) for s in boundaries))
+    return Development(table, stages, None, ChangePoints((), ()))
+
+
+def test_distance_to_the_nearest_stage_boundary_counts_checkpoints():
+    """Between checkpoints 200 and 400 the distance is fractional; steps are not the unit."""
+    found = _development_with_boundaries([200, 1600])
+    assert found.checkpoints_to_nearest_boundary(200) == 0
+    assert found.checkpoints_to_nearest_boundary(300) == pytest.approx(0.5)
+    assert found.checkpoints_to_nearest_boundary(0) == pytest.approx(2)
+    assert found.checkpoints_to_nearest_boundary(800) == pytest.approx(1)  # 1600 is one checkpoint on
+    assert _development_with_boundaries([]).checkpoints_to_nearest_boundary(300) is None
+
+
+def test_development_summary_reads_the_curve():
+    from interp.metrics.llc import LLCSettings
+
+    summary = _development_with_boundaries([200]).summary(LLCSettings(nbeta=10.0))
+    assert (summary.llc_init, summary.llc_final, summary.llc_peak, summary.llc_peak_step) == (1.0, 3.0, 5.0, 200)
+    assert (summary.llc_trusted, summary.llc_checkpoints, summary.stage_boundaries) == (5, 6, ["200 maximum"])
+    assert "5 of 6 estimates trustworthy" in summary.describe() and "200 maximum" in summary.describe()

@@ -29,6 +29,33 @@ MIN_DYNAMICS_POINTS = 5  # the turning-point angle looks two checkpoints back an
 
 
 @dataclass(frozen=True)
+class DevelopmentSummary:
+    """The numbers of a `Development` an analysis's results keep (`Development.summary`)."""
+
+    llc_settings: str
+    llc_trusted: int
+    """Checkpoints whose LLC estimate raised no problem (of `llc_checkpoints`)."""
+    llc_checkpoints: int
+    llc_init: float
+    llc_final: float
+    llc_peak: float
+    llc_peak_step: int
+    stage_boundaries: list[str]
+    """"<step> <kind>" of every boundary of the LLC's stages."""
+    dynamics_turning_points: list[int]
+    dynamics_explained: list[float]
+
+    def describe(self) -> str:
+        """The LLC curve and its stages in two sentences, as the numbers have them."""
+        return (f"Developmental stages (LLC by SGLD: {self.llc_settings}; {self.llc_trusted} of "
+                f"{self.llc_checkpoints} estimates trustworthy): the LLC goes from {self.llc_init:.3g} at "
+                f"initialization to {self.llc_final:.3g} at the end, peaking at {self.llc_peak:.3g} at step "
+                f"{self.llc_peak_step}. Stage boundaries: {', '.join(self.stage_boundaries) or 'none (one stage)'}; "
+                f"essential dynamics turns at steps {self.dynamics_turning_points or 'none'} (top components "
+                f"explain {self.dynamics_explained}).")
+
+
+@dataclass(frozen=True)
 class Development:
     llc: ProbeTable
     """Columns `llc, llc_std, init_loss, trustworthy, llc_chain<c>` per checkpoint."""
@@ -40,6 +67,27 @@ class Development:
     @property
     def trusted(self) -> int:
         return int((self.llc["trustworthy"] == 1).sum())
+
+    @property
+    def boundary_steps(self) -> list[int]:
+        return [b.step for b in self.stages.boundaries] if self.stages else []
+
+    def summary(self, settings: LLCSettings) -> DevelopmentSummary:
+        llc, steps = self.llc["llc"], self.llc.steps
+        peak = int(np.nanargmax(llc)) if np.isfinite(llc).any() else 0
+        return DevelopmentSummary(
+            llc_settings=settings.canonical(), llc_trusted=self.trusted, llc_checkpoints=len(steps),
+            llc_init=float(llc[0]), llc_final=float(llc[-1]), llc_peak=float(llc[peak]), llc_peak_step=int(steps[peak]),
+            stage_boundaries=[f"{b.step} {b.kind}" for b in self.stages.boundaries] if self.stages else [],
+            dynamics_turning_points=[t.step for t in self.dynamics.turning_points] if self.dynamics else [],
+            dynamics_explained=[round(float(v), 4) for v in self.dynamics.explained] if self.dynamics else [])
+
+    def checkpoints_to_nearest_boundary(self, step: int) -> float | None:
+        """How far `step` is from the nearest stage boundary, counted in the LLC's checkpoints
+        (fractional between two); None without a boundary."""
+        grid = np.arange(len(self.llc.steps))
+        position = lambda s: float(np.interp(s, self.llc.steps, grid))  # noqa: E731
+        return min((abs(position(b) - position(step)) for b in self.boundary_steps), default=None)
 
 
 def llc_standard_error(table: ProbeTable) -> np.ndarray:
