@@ -192,3 +192,17 @@ def test_curves_draw_one_point_series_and_say_what_they_leave_out(trained_run, t
     many = [p for p in plots if p["title"].startswith("probe many")]
     assert len(many) == 1 and len(many[0]["traces"]) == 40
     assert many[0]["title"] == "probe many (the first 40 of 45 curves)"
+
+
+def test_a_path_in_the_home_folder_outside_the_viewed_one_is_shown_from_home(trained_run, tmp_path, monkeypatch):
+    """A fine-tuning run's `init_from` names its parent outside the folder: the page says `~/...`,
+    never the author's home folder."""
+    from pathlib import Path
+
+    from interp.view.page import _folder_relative
+
+    home = tmp_path / "home" / "alice"
+    monkeypatch.setattr(Path, "home", classmethod(lambda cls: home))
+    parent = f"{home}/experiments/base/runs/main"
+    shown = _folder_relative({"init_from": parent, "other": f"{home}x/y", "home": str(home)}, tmp_path / "view-me")
+    assert shown == {"init_from": "~/experiments/base/runs/main", "other": f"{home}x/y", "home": "~"}

@@ -87,15 +87,19 @@ def view_data(
 
 
 def _folder_relative(value: Any, root: Path) -> Any:
-    """`value` with every path under `root` written relative to it (under the folder's own name): a
-    shared page does not disclose where its author keeps the folder."""
+    """`value` with every path under `root` written relative to it (under the folder's own name),
+    and any other path in the user's home folder from `~` (e.g. a fine-tuning run's `init_from`):
+    a shared page does not disclose where its author keeps the folder, nor whose home it is."""
     prefixes = sorted({str(root), str(root.resolve()), str(root.absolute())}, key=len, reverse=True)
     name = root.resolve().name
+    homes = sorted({str(Path.home()), str(Path.home().resolve())}, key=len, reverse=True)
 
     def strip(v: Any) -> Any:
         if isinstance(v, str):
             for prefix in prefixes:
                 v = v.replace(prefix, name)
+            for home in homes:
+                v = "~" if v == home else v.replace(home + "/", "~/")
             return v
         if isinstance(v, dict):
             return {strip(k): strip(x) for k, x in v.items()}
