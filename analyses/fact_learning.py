@@ -79,7 +79,7 @@ from interp.configs import require, require_positive
 from interp.files import atomic_write_json, read_json
 from interp.ids import LOGITS, CheckpointRef, EdgeId, HeadId
 from interp.metrics import recovery, spans
-from interp.metrics.development import Development, DevelopmentSummary, development
+from interp.metrics.development import Development, DevelopmentSummary, boundary_sentence, development
 from interp.metrics.llc import LLCSettings
 from interp.model import Batch
 from interp.pattern_substitution import reference_patterns
@@ -726,17 +726,8 @@ def development_text(r: FactLearningResults) -> str:
     """What the LLC's stages say about the plateau, as the numbers have it."""
     d = r.development
     text = d.stages.describe()
-    for label, step, distance in (("the end of phase 1 (the plateau's start)", r.phase1_end,
-                                   d.checkpoints_from_phase1_end),
-                                  ("the plateau's end", r.plateau_end, d.checkpoints_from_plateau_end)):
-        if step is None:
-            text += f" {label[0].upper()}{label[1:]} was not found, so there is nothing to compare them with."
-        elif distance is None:
-            text += f" No stage boundary, so none marks {label} (step {step})."
-        else:
-            text += (f" The nearest stage boundary to {label} (step {step}) is {distance:.1f} checkpoints away"
-                     + (" (within one checkpoint: a boundary marks it)." if distance <= 1 else
-                        " (more than one checkpoint: no boundary at it)."))
+    text += boundary_sentence("the end of phase 1 (the plateau's start)", r.phase1_end, d.checkpoints_from_phase1_end)
+    text += boundary_sentence("the plateau's end", r.plateau_end, d.checkpoints_from_plateau_end)
     if r.plateau_end is not None and d.stages.stage_boundaries:
         text += (f" Around the plateau's end: the last boundary before it is at step {d.boundary_before_plateau_end}, "
                  f"the first after it at step {d.boundary_after_plateau_end}.")

@@ -84,7 +84,7 @@ from interp.hooks import hook_name
 from interp.ids import EMBED, HeadId, MlpId, Node, parse_node
 from interp.metrics import spans
 from interp.metrics.ablation import ablated_metric, head_ablation_grid
-from interp.metrics.development import Development, DevelopmentSummary, development
+from interp.metrics.development import Development, DevelopmentSummary, boundary_sentence, development
 from interp.metrics.heads import strongest_heads
 from interp.metrics.llc import LLCSettings, refined_llc_probe
 from interp.model import Batch, batch_to
@@ -690,17 +690,9 @@ def development_text(r: ICLTransienceResults) -> str:
     """What the LLC's stages and the last MLP's refined LLC say about ICL fading, as the numbers have it."""
     d = r.development
     text = d.stages.describe()
-    for label, step, distance in (("the ICL peak", d.icl_peak_step, d.checkpoints_from_icl_peak),
-                                  ("the IWL rise (IWL at half its final accuracy)", d.iwl_rise_step,
-                                   d.checkpoints_from_iwl_rise)):
-        if step is None:
-            text += " There is no IWL rise to compare them with (IWL never reaches half its final accuracy)."
-        elif distance is None:
-            text += f" No stage boundary, so none marks {label} (step {step})."
-        else:
-            text += (f" The nearest stage boundary to {label} (step {step}) is {distance:.1f} checkpoints away"
-                     + (" (within one checkpoint: a boundary marks it)." if distance <= 1 else
-                        " (more than one checkpoint: no boundary at it)."))
+    text += boundary_sentence("the ICL peak", d.icl_peak_step, d.checkpoints_from_icl_peak)
+    text += boundary_sentence("the IWL rise (IWL at half its final accuracy)", d.iwl_rise_step,
+                              d.checkpoints_from_iwl_rise)
     change, spread = d.mlp_rllc_final - d.mlp_rllc_at_peak, d.mlp_rllc_at_peak_std + d.mlp_rllc_final_std
     trend = ("rises" if change > spread else "falls" if change < -spread else
              "does not change beyond the chains' spread")

@@ -65,7 +65,7 @@ from interp.configs import require
 from interp.hooks import hook_name
 from interp.ids import EdgeId, HeadId
 from interp.metrics import heads, outputs, spans
-from interp.metrics.development import Development, development
+from interp.metrics.development import Development, boundary_sentence, development
 from interp.metrics.llc import LLCSettings, refined_llc_probe
 from interp.model import Batch, forward, scored_positions, token_losses
 from interp.viz import plot_attention, plot_circuit_diff, plot_curves, plot_head_curves, plot_head_grids
@@ -567,19 +567,12 @@ def development_text(r: InductionResults) -> str:
     text = (f"Developmental stages (LLC by SGLD: {d.llc_settings}; {d.llc_trusted} of {r.checkpoints} estimates "
             f"trustworthy): the LLC goes from {d.llc_init:.3g} at initialization to {d.llc_final:.3g} at the end, "
             f"peaking at {d.llc_peak:.3g} at step {d.llc_peak_step}. Stage boundaries: "
-            f"{', '.join(d.stage_boundaries) or 'none (one stage)'}. ")
-    if r.phase_change_step is None:
-        text += "There is no phase change to compare them with. "
-    elif d.checkpoints_to_nearest_boundary is None:
-        text += "No stage boundary, so none marks the phase change. "
-    else:
-        text += (f"Around the phase change at step {r.phase_change_step}: the last boundary before it is at "
-                 f"{d.boundary_before_change}, the first after it at {d.boundary_after_change}; the nearest is "
-                 f"{d.checkpoints_to_nearest_boundary:.1f} checkpoints away"
-                 + (" (within one checkpoint: the stage boundary marks the phase change). "
-                    if d.checkpoints_to_nearest_boundary <= 1 else
-                    " (more than one checkpoint: no stage boundary at the phase change). "))
-    text += (f"Essential dynamics turns at steps {d.dynamics_turning_points or 'none'} (top components explain "
+            f"{', '.join(d.stage_boundaries) or 'none (one stage)'}.")
+    text += boundary_sentence("the phase change", r.phase_change_step, d.checkpoints_to_nearest_boundary)
+    if r.phase_change_step is not None and d.checkpoints_to_nearest_boundary is not None:
+        text += (f" Around it, the last boundary before it is at {d.boundary_before_change} and the first after it "
+                 f"at {d.boundary_after_change}.")
+    text += (f" Essential dynamics turns at steps {d.dynamics_turning_points or 'none'} (top components explain "
              f"{d.dynamics_explained}).")
     if d.rllc_final is not None:
         text += (f" Refined LLC per head at the end: {', '.join(f'{h} {v:.3g}' for h, v in d.rllc_final.items())}; "

@@ -55,6 +55,18 @@ class DevelopmentSummary:
                 f"explain {self.dynamics_explained}).")
 
 
+def boundary_sentence(label: str, step: int | None, distance: float | None) -> str:
+    """Whether a stage boundary marks an event of the run (`label` at `step`), as the distance in
+    checkpoints to the nearest boundary has it (within one checkpoint: it does)."""
+    if step is None:
+        return f" {label[0].upper()}{label[1:]} was not found, so there is nothing to compare them with."
+    if distance is None:
+        return f" No stage boundary, so none marks {label} (step {step})."
+    return (f" The nearest stage boundary to {label} (step {step}) is {distance:.1f} checkpoints away"
+            + (" (within one checkpoint: a boundary marks it)." if distance <= 1 else
+               " (more than one checkpoint: no boundary at it)."))
+
+
 @dataclass(frozen=True)
 class Development:
     llc: ProbeTable
