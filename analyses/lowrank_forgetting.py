@@ -21,11 +21,10 @@ and held-out examples are those of `tasks.forgetting.UpstreamCorpus(cfg.upstream
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
-from transformer_lens.model_bridge import TransformerBridge
 
 from interp import seeding
 from interp.analysis import (
@@ -58,6 +57,9 @@ from interp.ids import CheckpointRef
 from interp.metrics import lowrank
 from interp.viz import plot_bars, plot_curves, plot_matrix
 from tasks import forgetting
+
+if TYPE_CHECKING:  # TransformerLens takes seconds to import; these names only annotate
+    from transformer_lens.model_bridge import TransformerBridge
 
 Condition = Literal["none", "random", "predicted", "oracle"]
 CONDITIONS: tuple[Condition, ...] = ("none", "random", "predicted", "oracle")

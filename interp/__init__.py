@@ -10,13 +10,40 @@ their circuits form, fade and come back.
     table = probe(run, {"ind": heads.induction_probe(layers=[1], period=16)}, batch)
 """
 
-from interp.checkpoints import CheckpointSource, Run
-from interp.configs import ConfigError
-from interp.model import ModelConfig, build_model
-from interp.probing import Probe, ProbeTable, probe
-from interp.run_layout import CheckpointError
-from interp.suites import CheckpointSuite, open_suite
-from interp.train import TrainConfig, TrainHooks, train
+from __future__ import annotations
+
+import importlib
+import sys
+import types
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from interp.checkpoints import CheckpointSource, Run
+    from interp.configs import ConfigError
+    from interp.model import ModelConfig, build_model
+    from interp.probing import Probe, ProbeTable, probe
+    from interp.run_layout import CheckpointError
+    from interp.suites import CheckpointSuite, open_suite
+    from interp.train import TrainConfig, TrainHooks, train
+
+# Each public name and the module that defines it, imported on first use (PEP 562): importing
+# `interp` (which `interp.cli` and every submodule do) costs nothing until a name is used.
+_SOURCES = {
+    "CheckpointError": "interp.run_layout",
+    "CheckpointSource": "interp.checkpoints",
+    "CheckpointSuite": "interp.suites",
+    "ConfigError": "interp.configs",
+    "ModelConfig": "interp.model",
+    "Probe": "interp.probing",
+    "ProbeTable": "interp.probing",
+    "Run": "interp.checkpoints",
+    "TrainConfig": "interp.train",
+    "TrainHooks": "interp.train",
+    "build_model": "interp.model",
+    "open_suite": "interp.suites",
+    "probe": "interp.probing",
+    "train": "interp.train",
+}
 
 __all__ = [
     "CheckpointError",
@@ -34,3 +61,28 @@ __all__ = [
     "probe",
     "train",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _SOURCES:  # AttributeError lets `from interp import seeding` import the submodule
+        raise AttributeError(f"module 'interp' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_SOURCES[name]), name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
+
+
+class _Package(types.ModuleType):
+    """`interp.train` is the function, as when this file imported it eagerly: importing the
+    submodule `interp.train` (which binds it on its package) must not hide the function."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _SOURCES and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

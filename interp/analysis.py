@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from interp.checkpoints import Run
-from interp.configs import ConfigError, require, to_dict, with_overrides
+from interp.configs import MAX_SEED, ConfigError, require, to_dict, with_overrides
 from interp.devices import resolve_device
 from interp.errors import InputError, InterpError, OutputExistsError, UnknownNameError, listing
 from interp.files import atomic_write_json, dumps_json, is_temporary, read_json
@@ -89,7 +89,6 @@ ANALYSIS_FILE = "analysis.json"
 RETIRED_CONFIG_FIELDS = ("workers",)
 """Keys that an older `analysis.json` holds in its config but configs no longer have:
 `workers`, an execution setting now (`Context.workers`), which never changed a result."""
-MAX_SEED = 2**63 - 1  # seeds reach torch.manual_seed, which takes at most a signed 64-bit integer
 
 ConfigT = TypeVar("ConfigT", bound=AnalysisConfig)
 ResultsT = TypeVar("ResultsT")

@@ -27,13 +27,15 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import version
-from typing import Literal, TypeVar
+from typing import TYPE_CHECKING, Literal, TypeVar
 
 from packaging.specifiers import SpecifierSet
 from torch import Tensor, nn
-from transformer_lens.model_bridge import TransformerBridge
 
 from interp.ids import EMBED, LOGITS, HeadInput, MlpId, Node
+
+if TYPE_CHECKING:  # TransformerLens takes seconds to import; these names only annotate
+    from transformer_lens.model_bridge import TransformerBridge
 
 SUPPORTED = ">=4.0,<5"
 """TransformerLens versions the fast path accepts (pyproject.toml's dependency range)."""

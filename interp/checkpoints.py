@@ -17,12 +17,11 @@ import secrets
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
 from safetensors.torch import load_file
-from transformer_lens.model_bridge import TransformerBridge
 
 from interp.configs import from_dict
 from interp.files import (
@@ -53,6 +52,9 @@ from interp.run_layout import (
     step_dirname,
 )
 from interp.run_state import RunState, check_metrics_log, row_problems
+
+if TYPE_CHECKING:  # TransformerLens takes seconds to import; these names only annotate
+    from transformer_lens.model_bridge import TransformerBridge
 
 _STEP_DIR = re.compile(r"step_(\d+)")
 

@@ -17,6 +17,8 @@ from interp.errors import InputError
 
 T = TypeVar("T")
 
+MAX_SEED = 2**63 - 1  # seeds reach torch.manual_seed, which takes at most a signed 64-bit integer
+
 
 class ConfigError(InputError):
     """A config field holds a value outside what it accepts."""

@@ -9,12 +9,11 @@ that catches the builtin catches it too.
 
 from __future__ import annotations
 
+import sys
 import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Literal
-
-import torch
 
 
 class InterpError(Exception):
@@ -86,6 +85,7 @@ class ErrorRecord:
     @classmethod
     def of(cls, err: BaseException) -> ErrorRecord:
         os_error = err if isinstance(err, OSError) else None
+        torch = sys.modules.get("torch")  # not imported here: torch raised `err` only if something imported it
         return cls(type_name=type(err).__name__, message=str(err),
                    traceback="".join(traceback.format_exception(err)),
                    expected=isinstance(err, InterpError),
@@ -93,7 +93,7 @@ class ErrorRecord:
                    errno=os_error.errno if os_error else None,
                    strerror=(os_error.strerror or "") if os_error else "",
                    filename=None if os_error is None or os_error.filename is None else str(os_error.filename),
-                   out_of_memory="device" if isinstance(err, torch.OutOfMemoryError)
+                   out_of_memory="device" if torch is not None and isinstance(err, torch.OutOfMemoryError)
                    else "host" if isinstance(err, MemoryError) else "")
 
     def __str__(self) -> str:

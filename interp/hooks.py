@@ -12,8 +12,6 @@ from __future__ import annotations
 
 from typing import Literal, get_args
 
-from transformer_lens.utilities import get_act_name
-
 HookKind = Literal["embed", "normalized", "resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out",
                    "pattern", "q", "k", "v", "z", "ln2_in", "ln_final_in"]
 """`embed`: the token embedding; `normalized`: the final norm's output; per layer: the residual
@@ -40,6 +38,8 @@ def hook_name(kind: HookKind, layer: int | None = None) -> str:
         raise ValueError(f"layer: expected a layer >= 0, got {layer}")
     if kind in _BRIDGE_ONLY:
         return _BRIDGE_ONLY[kind].format(layer=layer)
+    from transformer_lens.utilities import get_act_name  # TransformerLens takes seconds to import: on first use
+
     return get_act_name(kind, layer)
 
 

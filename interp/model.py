@@ -20,20 +20,22 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 import torch.nn.functional as F
 from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
-from transformer_lens.config import TransformerBridgeConfig
-from transformer_lens.model_bridge import TransformerBridge
 
 from interp.bridge import native_parts
 from interp.configs import require, require_literals, require_positive
 from interp.devices import resolve_device
 from interp.hooks import hook_name
 from interp.memory import check_memory
+
+if TYPE_CHECKING:  # TransformerLens takes seconds to import: only where a model is built
+    from transformer_lens.config import TransformerBridgeConfig
+    from transformer_lens.model_bridge import TransformerBridge
 
 Batch = dict[str, Tensor]
 """Keys: `tokens` [batch, pos] (required); `targets` [batch, pos], the label the
@@ -101,6 +103,8 @@ class ModelConfig:
         return self.d_head or self.d_model // self.n_heads
 
     def bridge_config(self) -> TransformerBridgeConfig:
+        from transformer_lens.config import TransformerBridgeConfig
+
         return TransformerBridgeConfig(
             n_layers=self.n_layers,
             d_model=self.d_model,
@@ -124,6 +128,8 @@ def build_model(cfg: ModelConfig, device: str | torch.device | None = None) -> T
 
     Raises `InsufficientMemoryError` before allocating when the weights cannot fit on
     `device` (the machine would otherwise swap until the kernel kills the process)."""
+    from transformer_lens.model_bridge import TransformerBridge
+
     device = resolve_device(device)
     check_memory(cfg, device)
     model = TransformerBridge.boot_native(cfg.bridge_config(), device=device)

@@ -23,8 +23,6 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Protocol, TypeVar
 
-import torch
-
 from interp.errors import ErrorRecord, MissingDependencyError
 
 logger = logging.getLogger(__name__)
@@ -40,6 +38,8 @@ def available_cores() -> int:
 
 
 def _init_worker(torch_threads: int) -> None:
+    import torch  # here, not above: `interp`'s command line imports this module and starts without torch
+
     torch.set_num_threads(torch_threads)
 
 
@@ -130,6 +130,8 @@ class LocalBackend:
 
 
 def _with_threads(fn: Callable[[Any], T], item: Any, threads: int) -> T:
+    import torch
+
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:

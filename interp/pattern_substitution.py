@@ -10,10 +10,12 @@ go to `interp.model.forward(..., patterns=...)` for evaluation.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-
-from transformer_lens.model_bridge import TransformerBridge
+from typing import TYPE_CHECKING
 
 from interp.model import Batch, Patterns, attention_patterns
+
+if TYPE_CHECKING:  # TransformerLens takes seconds to import; these names only annotate
+    from transformer_lens.model_bridge import TransformerBridge
 
 
 def reference_patterns(reference: TransformerBridge,

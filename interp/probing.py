@@ -32,13 +32,12 @@ from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
-from transformer_lens.model_bridge import TransformerBridge
 
 from interp.cache_dirs import cache_dirs, lock_cache_dir
 from interp.checkpoints import CheckpointSource, Run
@@ -50,6 +49,9 @@ from interp.locking import RunInUseError
 from interp.memory import check_forward_memory, forward_chunk_rows
 from interp.model import Batch, ModelConfig, batch_to, input_hooks
 from interp.run_layout import PROBES_DIR
+
+if TYPE_CHECKING:  # TransformerLens takes seconds to import; these names only annotate
+    from transformer_lens.model_bridge import TransformerBridge
 
 
 @dataclass(frozen=True)

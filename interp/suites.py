@@ -43,17 +43,19 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
-from transformer_lens.model_bridge import TransformerBridge
 
 from interp.devices import resolve_device
 from interp.errors import listing
 from interp.files import atomic_write_json, loads_json, sha256_file
 from interp.locking import RunInUseError, run_lock
 from interp.run_layout import CheckpointError
+
+if TYPE_CHECKING:  # TransformerLens takes seconds to import; these names only annotate
+    from transformer_lens.model_bridge import TransformerBridge
 
 STEP_NAME = re.compile(r"step(\d+)")
 """A checkpoint's sub-folder or hub revision: `step<N>`, N its training step (Pythia's naming)."""

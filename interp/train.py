@@ -23,13 +23,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import Any, Literal, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol
 
 import numpy as np
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
-from transformer_lens.model_bridge import TransformerBridge
 
 from interp.bridge import installed_version
 from interp.checkpoints import Run
@@ -55,6 +54,9 @@ from interp.model import (
 from interp.run_layout import CONFIG_FILE, RunDamagedError
 from interp.seeding import BATCHES, generator
 
+if TYPE_CHECKING:  # TransformerLens takes seconds to import; these names only annotate
+    from transformer_lens.model_bridge import TransformerBridge
+
 logger = logging.getLogger(__name__)
 
 Optimizer = Literal["adamw", "adam", "sgd"]
@@ -68,10 +70,10 @@ class DataSource(Protocol):
         ...
 
 
-Evaluator = Callable[[TransformerBridge], Mapping[str, float]]
+Evaluator = Callable[["TransformerBridge"], Mapping[str, float]]
 """Called in eval mode without gradients; returns named numbers to log."""
 
-StepCallback = Callable[[int, TransformerBridge, float], None]
+StepCallback = Callable[[int, "TransformerBridge", float], None]
 """Called after each optimizer step with (steps done, model, training loss)."""
 
 StopCondition = Callable[[int, Mapping[str, float]], bool]

@@ -15,15 +15,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal, get_args
+from typing import TYPE_CHECKING, Literal, get_args
 
 import numpy as np
 import torch
-from transformer_lens.model_bridge import TransformerBridge
 
 from interp import seeding
 from interp.configs import require, require_literals, require_positive
 from interp.model import Batch, forward, token_losses
+
+if TYPE_CHECKING:  # TransformerLens takes seconds to import; these names only annotate
+    from transformer_lens.model_bridge import TransformerBridge
 
 Order = Literal["cyclic", "shuffled", "partial"]
 Source = Literal["random", "markov"]

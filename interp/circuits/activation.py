@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import io
-from collections.abc import Callable, Sequence
-from typing import Literal
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import Tensor
-from transformer_lens import patching as tl_patching
-from transformer_lens.model_bridge import TransformerBridge
 
 from interp.circuits.common import PatchMetric, probe_batch, run_with_full_cache, run_with_hooks, source_batch
 from interp.ids import HeadId
@@ -22,19 +20,23 @@ from interp.memory import FLOAT_BYTES
 from interp.model import Batch, ModelConfig, input_hooks
 from interp.probing import Probe
 
+if TYPE_CHECKING:  # TransformerLens takes seconds to import; these names only annotate
+    from transformer_lens.model_bridge import TransformerBridge
+
 ActivationKind = Literal["head_out", "q", "k", "v", "pattern", "resid_pre", "attn_out", "mlp_out"]
-_HEAD_SWEEPS: dict[str, tuple[Callable[..., Tensor], Callable[..., Tensor]]] = {
-    "head_out": (tl_patching.get_act_patch_attn_head_out_all_pos, tl_patching.get_act_patch_attn_head_out_by_pos),
-    "q": (tl_patching.get_act_patch_attn_head_q_all_pos, tl_patching.get_act_patch_attn_head_q_by_pos),
-    "k": (tl_patching.get_act_patch_attn_head_k_all_pos, tl_patching.get_act_patch_attn_head_k_by_pos),
-    "v": (tl_patching.get_act_patch_attn_head_v_all_pos, tl_patching.get_act_patch_attn_head_v_by_pos),
-    "pattern": (tl_patching.get_act_patch_attn_head_pattern_all_pos,
-                tl_patching.get_act_patch_attn_head_pattern_by_pos),
+# The sweeps by their names in `transformer_lens.patching`, which is imported on first use
+# (TransformerLens takes seconds to import; a patch has a model, so it is loaded by then).
+_HEAD_SWEEPS: dict[str, tuple[str, str]] = {
+    "head_out": ("get_act_patch_attn_head_out_all_pos", "get_act_patch_attn_head_out_by_pos"),
+    "q": ("get_act_patch_attn_head_q_all_pos", "get_act_patch_attn_head_q_by_pos"),
+    "k": ("get_act_patch_attn_head_k_all_pos", "get_act_patch_attn_head_k_by_pos"),
+    "v": ("get_act_patch_attn_head_v_all_pos", "get_act_patch_attn_head_v_by_pos"),
+    "pattern": ("get_act_patch_attn_head_pattern_all_pos", "get_act_patch_attn_head_pattern_by_pos"),
 }
-_LAYER_SWEEPS: dict[str, Callable[..., Tensor]] = {
-    "resid_pre": tl_patching.get_act_patch_resid_pre,
-    "attn_out": tl_patching.get_act_patch_attn_out,
-    "mlp_out": tl_patching.get_act_patch_mlp_out,
+_LAYER_SWEEPS: dict[str, str] = {
+    "resid_pre": "get_act_patch_resid_pre",
+    "attn_out": "get_act_patch_attn_out",
+    "mlp_out": "get_act_patch_mlp_out",
 }
 
 
@@ -51,6 +53,8 @@ def activation_patch(model: TransformerBridge, batch: Batch, metric: PatchMetric
     TransformerLens's sweeps do the work."""
     if kind not in _HEAD_SWEEPS and kind not in _LAYER_SWEEPS:
         raise ValueError(f"kind: expected one of {sorted({*_HEAD_SWEEPS, *_LAYER_SWEEPS})}, got {kind!r}")
+    from transformer_lens import patching as tl_patching
+
     source = source_batch(batch)
     with torch.no_grad():
         source_logits, source_cache = run_with_full_cache(model, source)
@@ -62,10 +66,11 @@ def activation_patch(model: TransformerBridge, batch: Batch, metric: PatchMetric
         # TransformerLens's sweeps draw an unconditional progress bar; a library call stays quiet.
         with model.hooks(fwd_hooks=input_hooks(model, batch)), contextlib.redirect_stderr(io.StringIO()):
             if kind in _HEAD_SWEEPS:
-                sweep = _HEAD_SWEEPS[kind][1 if by_position else 0]
+                sweep = getattr(tl_patching, _HEAD_SWEEPS[kind][1 if by_position else 0])
                 result = sweep(model, batch["tokens"], source_cache, scored)
             else:
-                result = _LAYER_SWEEPS[kind](model, batch["tokens"], source_cache, scored) if by_position else \
+                layer_sweep = getattr(tl_patching, _LAYER_SWEEPS[kind])
+                result = layer_sweep(model, batch["tokens"], source_cache, scored) if by_position else \
                     tl_patching.generic_activation_patch(model, batch["tokens"], source_cache, scored,
                                                          _whole_layer_setter, kind, index_axis_names=("layer",))
     values = (result if isinstance(result, Tensor) else result.values).float().cpu()

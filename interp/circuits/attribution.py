@@ -10,11 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
-from transformer_lens.model_bridge import TransformerBridge
 
 from interp.circuits.common import PatchMetric, probe_batch, run_with_hooks, source_batch
 from interp.circuits.edges import head_input, write, write_bytes, write_hooks
@@ -24,6 +23,9 @@ from interp.ids import HEAD_INPUTS, LOGITS, HeadId, HeadInput, MlpId, Node
 from interp.memory import FLOAT_BYTES
 from interp.model import Batch, ModelConfig
 from interp.probing import Probe
+
+if TYPE_CHECKING:  # TransformerLens takes seconds to import; these names only annotate
+    from transformer_lens.model_bridge import TransformerBridge
 
 
 def edge_attribution(model: TransformerBridge, batch: Batch, metric: PatchMetric,

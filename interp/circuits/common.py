@@ -18,14 +18,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import Tensor
-from transformer_lens.model_bridge import TransformerBridge
 
 from interp.batches import SOURCE_KEY
 from interp.model import Batch, input_hooks, scored_positions, targets_of
 from interp.probing import ProbeContext
+
+if TYPE_CHECKING:  # TransformerLens takes seconds to import; these names only annotate
+    from transformer_lens.model_bridge import TransformerBridge
 
 
 @dataclass(frozen=True)

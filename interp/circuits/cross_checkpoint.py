@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import Tensor
-from transformer_lens.model_bridge import TransformerBridge
 
 from interp.bridge import LayerAttention, head_output_weight, head_slices, parameter_owner
 from interp.circuits.common import PatchMetric, probe_batch, run_with_hooks
@@ -21,6 +20,9 @@ from interp.ids import EMBED, LOGITS, HeadId, MlpId, Node
 from interp.memory import FLOAT_BYTES, parameter_count
 from interp.model import Batch, ModelConfig, load_model_state_dict, model_state_dict
 from interp.probing import Probe, ProbeContext
+
+if TYPE_CHECKING:  # TransformerLens takes seconds to import; these names only annotate
+    from transformer_lens.model_bridge import TransformerBridge
 
 Component = Node
 """What moves between checkpoints: the embedding (token, position and input-vector weights),

@@ -6,9 +6,9 @@ cross-checkpoint patching share them."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from torch import Tensor
-from transformer_lens.model_bridge import TransformerBridge
 
 from interp.bridge import attention_norm, head_input_weights, head_output_weight
 from interp.circuits.graph import ModelShape
@@ -16,6 +16,9 @@ from interp.hooks import hook_name
 from interp.ids import EMBED, EdgeId, HeadId, HeadInput, MlpId, Node
 from interp.memory import FLOAT_BYTES, hook_numel
 from interp.model import ModelConfig
+
+if TYPE_CHECKING:  # TransformerLens takes seconds to import; these names only annotate
+    from transformer_lens.model_bridge import TransformerBridge
 
 
 def write_hooks(shape: ModelShape) -> list[str]:

@@ -13,11 +13,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
-from transformer_lens.model_bridge import TransformerBridge
 
 from interp.circuits.common import PatchMetric, probe_batch, run_with_hooks, source_batch
 from interp.circuits.edges import check_edges, head_input, reader_hook, write, write_bytes, write_hook, write_hooks
@@ -27,6 +26,9 @@ from interp.ids import EdgeId, HeadId, HeadInput, Node
 from interp.memory import FLOAT_BYTES
 from interp.model import Batch, ModelConfig
 from interp.probing import Probe
+
+if TYPE_CHECKING:  # TransformerLens takes seconds to import; these names only annotate
+    from transformer_lens.model_bridge import TransformerBridge
 
 
 def path_patch(model: TransformerBridge, batch: Batch, metric: PatchMetric, edges: Sequence[EdgeId],

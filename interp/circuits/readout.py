@@ -12,17 +12,17 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
-from transformer_lens.model_bridge import TransformerBridge
-from transformer_lens.tools.analysis.direct_logit_attribution import direct_logit_attribution
-from transformer_lens.tools.analysis.logit_lens import logit_lens
 
 from interp.ids import HeadId, MlpId
 from interp.model import IGNORE_INDEX, Batch, input_hooks, scored_positions, targets_of
 from interp.probing import Probe, ProbeContext
+
+if TYPE_CHECKING:  # TransformerLens takes seconds to import; these names only annotate
+    from transformer_lens.model_bridge import TransformerBridge
 
 
 def _positions(batch: Batch, mask_key: str | None) -> Tensor:
@@ -67,6 +67,8 @@ def folded_copy(model: TransformerBridge) -> TransformerBridge:
 def _attributions_by_position(folded: TransformerBridge, cache: Any, targets: Tensor) -> dict[str, Tensor]:
     """`[batch, pos]` direct logit attribution to `targets` per head, `embed`, MLP and `other`
     (in that order; they sum to `direct_logit_attributions`'s `total`), from a cache of `folded`."""
+    from transformer_lens.tools.analysis.direct_logit_attribution import direct_logit_attribution  # with the model
+
     by_head = direct_logit_attribution(folded, cache=cache, answer_tokens=targets, unit="head", pos=None)
     by_component = direct_logit_attribution(folded, cache=cache, answer_tokens=targets, unit="component", pos=None)
     heads = dict(zip(by_head.labels, by_head.attribution, strict=True))
@@ -105,6 +107,8 @@ def position_readout(model: TransformerBridge, batch: Batch, top_k: int = 5) -> 
     """`PositionReadout` of `batch`, from one `run_with_cache` of the folded copy of `model`
     (`folded_copy`: compatibility mode shifts each position's logits by a constant, so its
     probabilities are the model's); the logit lens and the DLA read that cache."""
+    from transformer_lens.tools.analysis.logit_lens import logit_lens  # TransformerLens is loaded with the model
+
     folded = folded_copy(model)
     targets = targets_of(batch)
     scored = targets != IGNORE_INDEX
@@ -129,6 +133,8 @@ def logit_lens_readout(model: TransformerBridge, batch: Batch, mask_key: str | N
     norm and the unembedding (TransformerLens's `logit_lens`): per entry (`"0_pre"`,
     `"1_pre"`, ..., `"final_post"`) the target's mean log-probability (`/logprob`), the
     share of positions where it is the top token (`/top1`) and its mean rank (`/rank`)."""
+    from transformer_lens.tools.analysis.logit_lens import logit_lens  # TransformerLens is loaded with the model
+
     mask = _positions(batch, mask_key)
     targets = targets_of(batch).clamp_min(0)
     with torch.no_grad(), model.hooks(fwd_hooks=input_hooks(model, batch)):

@@ -23,13 +23,16 @@ the sender head).
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
-from transformer_lens import FactoredMatrix
-from transformer_lens.model_bridge import TransformerBridge
 
 from interp.ids import EdgeId, HeadId, HeadInput
 from interp.probing import Probe, ProbeContext
+
+if TYPE_CHECKING:  # TransformerLens takes seconds to import; these names only annotate
+    from transformer_lens import FactoredMatrix
+    from transformer_lens.model_bridge import TransformerBridge
 
 _MODES: dict[HeadInput, str] = {"q": "Q", "k": "K", "v": "V"}
 

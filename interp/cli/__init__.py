@@ -4,7 +4,10 @@
 
 from __future__ import annotations
 
+import argparse
+import importlib
 import logging
+from collections.abc import Callable
 
 from interp.cli.errors import (
     EXIT_ERROR,
@@ -16,6 +19,13 @@ from interp.cli.errors import (
 )
 from interp.cli.parser import build_parser
 from interp.parallel import JobsFailed
+
+
+def _command_function(args: argparse.Namespace) -> Callable[[argparse.Namespace], int | None]:
+    """The function of the command `args` names ("module:function", set by the parser), its
+    module imported now: only the command that runs pays for its imports (torch, TransformerLens)."""
+    module, function = args.fn.split(":")
+    return getattr(importlib.import_module(module), function)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.debug:
         parallel_log.addFilter(quiet)
     try:
-        return args.fn(args) or 0
+        return _command_function(args)(args) or 0
     except KeyboardInterrupt as err:
         return report_interrupt(err, args)
     except JobsFailed as err:

@@ -22,11 +22,12 @@ import traceback
 from concurrent.futures import InvalidStateError
 from pathlib import Path
 
-from interp.cli.run import output_dir, resume_command
-from interp.cli.sweep import sweep_dir
 from interp.errors import ErrorRecord
-from interp.memory import format_bytes
 from interp.parallel import JobsFailed
+
+# Every command imports this module, so it imports no command's module (they load torch and
+# TransformerLens): `interp.cli.run`, `interp.cli.sweep` and `interp.memory` are imported
+# where an error of theirs is reported, once they are loaded anyway.
 
 EXIT_FAILED = 1  # a check failed (`info --verify`) or a job raised an unexpected error
 EXIT_ERROR = 2  # an expected error: bad input, a refused directory, a full disk ... (argparse's code too)
@@ -40,6 +41,8 @@ _TORCH_WRITE_FAILED = re.compile(r"unexpected pos \d+ vs \d+|PytorchStreamWriter
 
 
 def _free_space(where: Path | None) -> str:
+    from interp.memory import format_bytes
+
     probe_at = where
     while probe_at is not None and not probe_at.exists() and probe_at != probe_at.parent:
         probe_at = probe_at.parent
@@ -88,10 +91,20 @@ def explain(error: ErrorRecord, where: Path | None = None) -> str | None:
 def _written_dir(args: argparse.Namespace) -> Path | None:
     """The directory the command writes (or reads), which an error about a file under it names."""
     if args.command == "run":
+        from interp.cli.run import output_dir
+
         return output_dir(args)
     if args.command == "sweep":
+        from interp.cli.sweep import sweep_dir
+
         return sweep_dir(args)
     return Path(args.dir) if hasattr(args, "dir") else None
+
+
+def _resume_command(args: argparse.Namespace) -> str:
+    from interp.cli.run import resume_command
+
+    return resume_command(args)
 
 
 def report_error(err: Exception, args: argparse.Namespace) -> int | None:
@@ -104,7 +117,7 @@ def report_error(err: Exception, args: argparse.Namespace) -> int | None:
     if args.debug:
         print(error.traceback, file=sys.stderr, end="")
     # A full disk can strike after runs were trained (figures, report): resuming redoes only what is missing.
-    hint = f"; once space is freed, resume with: {resume_command(args)}" \
+    hint = f"; once space is freed, resume with: {_resume_command(args)}" \
         if _disk_full(error) and args.command == "run" else ""
     print(f"interp {args.command}: error: {message}{hint}", file=sys.stderr)
     return EXIT_ERROR
@@ -125,7 +138,7 @@ def report_jobs_failed(err: JobsFailed, args: argparse.Namespace) -> int:
     if args.debug:
         for index in sorted(set(err.errors) - set(unexpected)):
             print(err.errors[index].traceback, file=sys.stderr, end="")
-    hint = f"; once the cause is fixed, resume with: {resume_command(args)}" \
+    hint = f"; once the cause is fixed, resume with: {_resume_command(args)}" \
         if resumable and args.command == "run" else ""
     head = f"interp {args.command}: error: "
     if len(lines) == 1:
@@ -144,7 +157,7 @@ def report_interrupt(err: KeyboardInterrupt, args: argparse.Namespace) -> int:
     if args.debug:
         traceback.print_exception(err)
     _stop_workers()
-    hint = {"run": f"; resume with: {resume_command(args)}" if args.command == "run" else "",
+    hint = {"run": f"; resume with: {_resume_command(args)}" if args.command == "run" else "",
             "sweep": "; run the same command again to finish the sweep (finished points are kept)"}
     print(f"interp {args.command}: interrupted{hint.get(args.command, '')}", file=sys.stderr)
     return EXIT_INTERRUPTED

@@ -14,17 +14,16 @@ from interp import seeding
 from interp.analysis import analysis_of_run
 from interp.checkpoints import Run
 from interp.cli.checks import check_device
+from interp.cli.parser import REFINED_KEY
 from interp.cli.runs import model_config, one_run
 from interp.errors import InputError
 from interp.ids import HeadId
 from interp.metrics.development import Development, development
-from interp.metrics.llc import LLCSettings, refined_llc_probe
+from interp.metrics.llc import refined_llc_probe
+from interp.metrics.llc_settings import LLCSettings
 from interp.model import Batch
 from interp.probing import ProbeTable, probe
 from interp.suites import CheckpointSuite
-
-REFINED_KEY = "rllc"
-"""The key of `interp llc --per-head`/`--per-component`: each component's refined LLC."""
 
 
 def llc_rows(source: Run | CheckpointSuite, batch_file: str | None, sequences: int, seed: int) -> Batch:

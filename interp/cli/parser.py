@@ -1,4 +1,8 @@
-"""The `interp` argument parser: every command, its options and their checks."""
+"""The `interp` argument parser: every command, its options and their checks.
+
+It imports no command's module: each command names its function as "module:function", which
+`interp.cli.main` imports only to run it, so `interp --help` starts in a fraction of a second
+instead of the seconds torch and TransformerLens take to import."""
 
 from __future__ import annotations
 
@@ -6,20 +10,17 @@ import argparse
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from interp.analysis import MAX_SEED
-from interp.cli.circuit import cmd_circuit
 from interp.cli.errors import EXIT_FAILED
-from interp.cli.info import cmd_info
-from interp.cli.list import analyses_epilog, cmd_list
-from interp.cli.llc import REFINED_KEY, cmd_llc
-from interp.cli.plot import cmd_plot
-from interp.cli.probe import BUILTIN_PROBES, LINEAR_PROBE, cmd_probe
-from interp.cli.run import cmd_run
-from interp.cli.sweep import cmd_sweep
-from interp.cli.view import cmd_view
+from interp.configs import MAX_SEED
 from interp.hooks import hook_name
-from interp.metrics.development import LLC_KEY
-from interp.metrics.llc import LLCSettings
+from interp.metrics.llc_settings import LLC_KEY, LLCSettings
+
+BUILTIN_PROBES = {"prev-token": "prev", "induction": "induction"}
+"""`interp probe RUN <name>` -> the key its results are cached under: the induction-heads
+analysis's keys for the same probes, so one cache file holds both (`interp plot`, `interp view`)."""
+LINEAR_PROBE = "linear"  # `interp probe RUN linear ...`: a linear probe on a saved batch (`_probe_linear`)
+REFINED_KEY = "rllc"
+"""The key of `interp llc --per-head`/`--per-component`: each component's refined LLC."""
 
 DESCRIPTION = """\
 The `interp` command: list and run analyses, inspect, verify, probe and plot runs.
@@ -76,18 +77,28 @@ COUNT = _int_in(1)
 OPTIONAL_COUNT = _int_in(0)
 
 
-class _RunHelp(argparse.Action):
-    """`-h` of `interp run`: lists the analyses too, which imports them (seconds), so only on demand."""
+class _HelpOnDemand(argparse.Action):
+    """`-h` of a command whose help names what takes seconds to import (the analyses, a hook
+    name from TransformerLens): `complete(parser)` adds it, only when the help is asked for."""
 
     def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS,
-                 default: Any = argparse.SUPPRESS, help: str | None = None) -> None:  # noqa: A002 - argparse's name
+                 default: Any = argparse.SUPPRESS, help: str | None = None,  # noqa: A002 - argparse's name
+                 complete: Callable[[argparse.ArgumentParser], None] | None = None) -> None:
         super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+        self.complete = complete
 
     def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
                  option_string: str | None = None) -> None:
-        parser.epilog = analyses_epilog()
+        if self.complete is not None:
+            self.complete(parser)
         parser.print_help()
         parser.exit()
+
+
+def _list_analyses(parser: argparse.ArgumentParser) -> None:
+    from interp.cli.list import analyses_epilog  # imports every analysis
+
+    parser.epilog = analyses_epilog()
 
 
 def _add_backend_args(p: argparse.ArgumentParser, job: str, default_workers: str = "one per core") -> None:
@@ -116,13 +127,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     sub.add_parser("list", parents=[common], help="list the analyses, their presets and each preset's sizes") \
-        .set_defaults(fn=cmd_list)
+        .set_defaults(fn="interp.cli.list:cmd_list")
 
     p = sub.add_parser("run", parents=[common], add_help=False, formatter_class=argparse.RawDescriptionHelpFormatter,
                        help="run an analysis end to end (train, probe, plot, report)",
                        description="Run an analysis end to end: train its runs into OUT/runs/, probe them, "
                                    "write OUT/figures/, OUT/report.md and OUT/results.json.")
-    p.add_argument("-h", "--help", action=_RunHelp, help="show this help, with the analyses and presets, and exit")
+    p.add_argument("-h", "--help", action=_HelpOnDemand, complete=_list_analyses,
+                   help="show this help, with the analyses and presets, and exit")
     p.add_argument("name", help="analysis name (listed below and by `interp list`)")
     p.add_argument("--preset", default="quick", help="named configuration (default: quick; listed below)")
     p.add_argument("--out", help="output directory (default: runs/NAME); a non-empty directory that holds no "
@@ -139,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "overwritten)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_backend_args(p, "training run of the analysis", "the preset's count where it sets one, else one per core")
-    p.set_defaults(fn=cmd_run)
+    p.set_defaults(fn="interp.cli.run:cmd_run")
 
     p = sub.add_parser("sweep", parents=[common],
                        help="run an analysis over a grid of overrides x seeds (resumable)")
@@ -153,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_backend_args(p, "point")
     p.add_argument("--device", default=None, help="device for every point (default: CUDA if present)")
     p.add_argument("--metrics", default="", help="comma-separated results to tabulate and plot (default: headline)")
-    p.set_defaults(fn=cmd_sweep)
+    p.set_defaults(fn="interp.cli.sweep:cmd_sweep")
 
     p = sub.add_parser("info", parents=[common],
                        help="summarize a run directory (or every run below a directory); --verify checks it")
@@ -161,10 +173,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--verify", action="store_true",
                    help="check every checkpoint against its sha256, that its weights are finite, and that each run "
                         f"is complete and undamaged; exit code {EXIT_FAILED} if anything fails")
-    p.set_defaults(fn=cmd_info)
+    p.set_defaults(fn="interp.cli.info:cmd_info")
 
-    p = sub.add_parser("probe", parents=[common],
+    p = sub.add_parser("probe", parents=[common], add_help=False,
                        help="compute a built-in head score or a linear probe at every checkpoint of a run")
+    probe_help = p.add_argument("-h", "--help", action=_HelpOnDemand, help="show this help message and exit")
     p.add_argument("dir", help="a run directory, an analysis directory that holds one run, or a checkpoint-suite "
                                "folder (step<N> sub-folders saved by transformers)")
     p.add_argument("metric", choices=(*BUILTIN_PROBES, LINEAR_PROBE),
@@ -180,7 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--csv", help="also write the table to this CSV file")
     linear = p.add_argument_group("linear probe (metric `linear`; --seed seeds its split and control task)")
     linear.add_argument("--batch", help="a batch file (safetensors, `linear_probes.save_batch`): tokens and the keys")
-    linear.add_argument("--hook", nargs="+", help=f"hook(s) to probe, e.g. {hook_name('resid_post', 1)}")
+    hook = linear.add_argument("--hook", nargs="+", help="hook(s) to probe")
+    # hook_name imports TransformerLens: its example is spelled when the help is shown
+    probe_help.complete = lambda _: setattr(hook, "help", f"hook(s) to probe, e.g. {hook_name('resid_post', 1)}")
     linear.add_argument("--positions", help="batch key: bool mask [batch, pos] or a position per row")
     linear.add_argument("--labels", help="batch key: integer classes or real values, per row or per position")
     linear.add_argument("--groups", help="batch key: the unit a probe could memorise (default: the batch row)")
@@ -190,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="default auto: integer labels are classes, floats are values")
     linear.add_argument("--cycle", type=OPTIONAL_COUNT, default=0,
                         help="steps per cycle of a periodic schedule: also print same-phase direction cosines")
-    p.set_defaults(fn=cmd_probe)
+    p.set_defaults(fn="interp.cli.probe:cmd_probe")
 
     defaults = LLCSettings(draws=60, burn_in=40, batch_size=32)  # as benchmarks/llc_cost.py measures them
     p = sub.add_parser("llc", parents=[common],
@@ -226,7 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: CUDA if present)")
     p.add_argument("--csv", help=f"also write the table (with the refined columns under {REFINED_KEY}/) to this "
                                  "CSV file")
-    p.set_defaults(fn=cmd_llc)
+    p.set_defaults(fn="interp.cli.llc:cmd_llc")
 
     p = sub.add_parser("circuit", parents=[common],
                        help="trace a circuit method over a run's checkpoints (graphs saved in the run, as a "
@@ -246,14 +261,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--make-default", action="store_true",
                    help="make these graphs the key's default set, the one `interp view` shows (default: only a "
                         "key's first set is; an analysis's own graphs stay shown)")
-    p.set_defaults(fn=cmd_circuit)
+    p.set_defaults(fn="interp.cli.circuit:cmd_circuit")
 
     p = sub.add_parser("plot", parents=[common],
                        help="plot logged metrics and cached probes of a run into its figures/")
     p.add_argument("dir", help="a run directory, an analysis or sweep directory (every run below it), or a "
                                "checkpoint-suite folder")
     p.add_argument("--logx", action="store_true", help="logarithmic step axis")
-    p.set_defaults(fn=cmd_plot)
+    p.set_defaults(fn="interp.cli.plot:cmd_plot")
 
     p = sub.add_parser("view", parents=[common],
                        help="write DIR/view/index.html: an interactive, offline explorer with a checkpoint slider")
@@ -268,5 +283,5 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--example-batch", default=None, metavar="FILE",
                    help='examples of your own: strict JSON {"tokens": [[id, ...], ...]} or a .safetensors file '
                         "with a 'tokens' tensor [batch, pos]")
-    p.set_defaults(fn=cmd_view)
+    p.set_defaults(fn="interp.cli.view:cmd_view")
     return parser

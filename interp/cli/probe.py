@@ -10,16 +10,12 @@ from interp import seeding
 from interp.batches import repeated_tokens
 from interp.checkpoints import Run
 from interp.cli.checks import check_device, check_period, shape_only
+from interp.cli.parser import BUILTIN_PROBES, LINEAR_PROBE
 from interp.cli.runs import model_config, one_run
 from interp.configs import ConfigError
 from interp.memory import check_forward_memory
 from interp.metrics import heads
 from interp.probing import probe
-
-BUILTIN_PROBES = {"prev-token": "prev", "induction": "induction"}
-"""`interp probe RUN <name>` -> the key its results are cached under: the induction-heads
-analysis's keys for the same probes, so one cache file holds both (`interp plot`, `interp view`)."""
-LINEAR_PROBE = "linear"  # `interp probe RUN linear ...`: a linear probe on a saved batch (`_probe_linear`)
 
 
 def cmd_probe(args: argparse.Namespace) -> None:

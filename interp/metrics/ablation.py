@@ -6,16 +6,19 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from functools import partial
+from typing import TYPE_CHECKING
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
-from transformer_lens.model_bridge import TransformerBridge
 
 from interp.hooks import hook_name
 from interp.ids import HeadId
 from interp.model import Batch, FwdHook, forward
 from interp.probing import Probe
+
+if TYPE_CHECKING:  # TransformerLens takes seconds to import; these names only annotate
+    from transformer_lens.model_bridge import TransformerBridge
 
 ABLATIONS = ("zero", "mean")
 

@@ -14,14 +14,12 @@ import torch
 from interp.checkpoints import CheckpointSource
 from interp.circuits.graph import CircuitGraph
 from interp.metrics.essential_dynamics import EssentialDynamics, essential_dynamics
-from interp.metrics.llc import LLCSettings, llc_probe
+from interp.metrics.llc import llc_probe
+from interp.metrics.llc_settings import LLC_KEY, LLCSettings
 from interp.metrics.stages import ChangePoints, Stages, change_points, llc_stages
 from interp.model import Batch
 from interp.probing import Column, ProbeTable, probe
 
-LLC_KEY = "llc"
-"""The key the whole model's LLC is cached under (`probes/llc.jsonl`), one computation per
-sampler setting and batch."""
 DYNAMICS_ROWS = 32
 """Rows of the LLC's data whose outputs trace the essential-dynamics trajectory."""
 MIN_STAGE_POINTS = 3

@@ -9,15 +9,18 @@ model over a hundred checkpoints is large); other input is computed in float64.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from jaxtyping import Float
-from transformer_lens.model_bridge import TransformerBridge
 
 from interp.checkpoints import Run
 from interp.model import Batch, forward, masked_mean_loss
 from interp.probing import collect_activations
+
+if TYPE_CHECKING:  # TransformerLens takes seconds to import; these names only annotate
+    from transformer_lens.model_bridge import TransformerBridge
 
 
 def flatten_state(state: Mapping[str, torch.Tensor], keys: list[str] | None = None) -> np.ndarray:

@@ -28,6 +28,7 @@ from interp.circuits.graph import ModelShape
 from interp.errors import InputError, MissingFileError
 from interp.files import atomic_write_json, atomic_write_npy, read_json
 from interp.ids import HeadId, Node
+from interp.metrics.llc_settings import LLCSettings
 from interp.model import Batch, forward, masked_mean_loss, named_trainable_parameters, scored_positions
 from interp.probing import Probe, ProbeContext, probe_artifacts
 from interp.seeding import LLC_BATCHES, LLC_NOISE, generator
@@ -58,51 +59,6 @@ Component = Node
 of W_O), an MLP (with its pre-norm), the embedding (token, position and input-vector weights)
 or the logits (the final norm and the unembedding), as `interp.bridge.parameter_owner` splits
 the weights."""
-
-
-@dataclass(frozen=True)
-class LLCSettings:
-    """SGLD settings of an LLC estimate. `nbeta` None: devinterp's recommendation for the
-    batch size, `batch_size / log(batch_size)`. `restrict_to`: parameter-name patterns
-    (`fnmatch`, e.g. `"blocks.0.attn.*"`) of the only weights sampled (refined LLC); empty:
-    all of them."""
-
-    lr: float = 1e-3
-    gamma: float = 100.0
-    nbeta: float | None = None
-    chains: int = 4
-    draws: int = 200
-    burn_in: int = 100
-    batch_size: int = 64
-    seed: int = 0
-    restrict_to: tuple[str, ...] = ()
-
-    def __post_init__(self) -> None:
-        for name in ("lr", "nbeta"):
-            value = getattr(self, name)
-            if value is not None and not (math.isfinite(value) and value > 0):
-                raise InputError(f"{name}: expected a positive finite number, got {value!r}")
-        if not (math.isfinite(self.gamma) and self.gamma >= 0):
-            raise InputError(f"gamma: expected a finite number >= 0, got {self.gamma!r}")
-        for name, least in (("chains", 1), ("draws", 3), ("burn_in", 0), ("batch_size", 2)):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < least:
-                raise InputError(f"{name}: expected an integer >= {least}, got {value!r}")
-        if isinstance(self.restrict_to, str) or not all(isinstance(p, str) and p for p in self.restrict_to):
-            raise InputError(f"restrict_to: expected a tuple of parameter-name patterns, got {self.restrict_to!r}")
-
-    @property
-    def effective_nbeta(self) -> float:
-        from devinterp.utils import default_nbeta  # devinterp (xarray, zarr) loads only when an estimate is made
-
-        return float(default_nbeta(self.batch_size)) if self.nbeta is None else self.nbeta
-
-    def canonical(self) -> str:
-        """The settings as text, part of the probe's name and so of its cache key."""
-        restrict = "|".join(self.restrict_to) or "all"
-        return (f"lr={self.lr!r},gamma={self.gamma!r},nbeta={self.effective_nbeta!r},chains={self.chains},"
-                f"draws={self.draws},burn_in={self.burn_in},batch_size={self.batch_size},seed={self.seed},"
-                f"restrict_to={restrict}")
 
 
 @dataclass(frozen=True)

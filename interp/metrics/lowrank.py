@@ -16,19 +16,21 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from jaxtyping import Bool, Float, Int
 from scipy import stats
 from scipy.stats import spearmanr
-from transformer_lens.model_bridge import TransformerBridge
 
 from interp import seeding
 from interp.hooks import hook_name
 from interp.model import forward, scored_positions, token_losses
 from interp.replay import softmax_weights
+
+if TYPE_CHECKING:  # TransformerLens takes seconds to import; these names only annotate
+    from transformer_lens.model_bridge import TransformerBridge
 
 
 def _matrix(z: np.ndarray, name: str = "Z") -> np.ndarray:
@@ -341,9 +343,10 @@ def example_losses(model: TransformerBridge, tokens: Int[torch.Tensor, "example 
 
 
 def pooled_representations(model: TransformerBridge, tokens: Int[torch.Tensor, "example pos"],
-                           hook: str = hook_name("normalized")) -> Float[np.ndarray, "example d_model"]:
-    """Mean over positions of the activation at `hook` (default: the final normalized
+                           hook: str | None = None) -> Float[np.ndarray, "example d_model"]:
+    """Mean over positions of the activation at `hook` (default None: the final normalized
     residual stream), one row per sequence."""
+    hook = hook or hook_name("normalized")  # not a default value: that would import TransformerLens with this module
     with torch.no_grad():
         _, cache = model.run_with_cache(tokens.to(next(model.parameters()).device), names_filter=[hook])
     return cache[hook].mean(dim=1).cpu().numpy()

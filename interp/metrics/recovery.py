@@ -11,14 +11,17 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from jaxtyping import Float, Int
-from transformer_lens.model_bridge import TransformerBridge
 
 from interp.checkpoints import Run
 from interp.train import DataSource, TrainConfig, take_steps
+
+if TYPE_CHECKING:  # TransformerLens takes seconds to import; these names only annotate
+    from transformer_lens.model_bridge import TransformerBridge
 
 
 def _check(losses: np.ndarray, schedule: np.ndarray) -> None:
