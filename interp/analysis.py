@@ -81,11 +81,10 @@ from interp.pipeline import (
 )
 from interp.probing import ProbeTable, probe
 from interp.report import FIGURES_DIR, Figure, Report, write_figures
-from interp.run_layout import CONFIG_FILE, LOCK_FILE
+from interp.run_layout import ANALYSIS_FILE, CONFIG_FILE, LOCK_FILE
 from interp.train import TrainConfig, TrainHooks
 
 ENTRY_POINT_GROUP = "interp.analyses"
-ANALYSIS_FILE = "analysis.json"
 RETIRED_CONFIG_FIELDS = ("workers",)
 """Keys that an older `analysis.json` holds in its config but configs no longer have:
 `workers`, an execution setting now (`Context.workers`), which never changed a result."""

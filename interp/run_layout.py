@@ -23,6 +23,7 @@ WEIGHTS_FILE = "weights.safetensors"
 STATE_FILE = "state.pt"
 MANIFEST_FILE = "manifest.json"
 CONFIG_FILE = "config.json"
+ANALYSIS_FILE = "analysis.json"  # beside runs/ in an analysis directory: its name, preset and config
 METRICS_FILE = "metrics.jsonl"
 LOCK_FILE = ".lock"
 CHECKPOINTS_DIR = "checkpoints"

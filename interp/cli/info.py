@@ -8,13 +8,12 @@ from pathlib import Path
 
 import torch
 
-from interp.analysis import ANALYSIS_FILE, analysis_leftovers
 from interp.checkpoints import Run
 from interp.cli.errors import EXIT_FAILED
 from interp.cli.runs import model_config, run_dirs
 from interp.files import read_json, scan_jsonl
 from interp.probing import cache_rows, probe_cache_files
-from interp.run_layout import CONFIG_FILE, CheckpointError
+from interp.run_layout import ANALYSIS_FILE, CONFIG_FILE, CheckpointError
 from interp.suites import CheckpointSuite, is_suite_folder, open_suite
 
 
@@ -106,6 +105,12 @@ def _graph_failures(run: Run) -> list[str]:
     return failures
 
 
+def _analysis_leftovers(directory: Path) -> list[Path]:
+    from interp.analysis import analysis_leftovers  # with --verify only: the analyses' module takes seconds
+
+    return analysis_leftovers(directory)
+
+
 def _analysis_dirs(path: Path) -> list[Path]:
     if (path / ANALYSIS_FILE).exists():
         return [path]
@@ -134,7 +139,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(f"analysis {directory}: {record.get('analysis')} (preset {record.get('preset')}); "
               + ("results.json written" if results else "INCOMPLETE: no results.json (interrupted, or it failed)"))
         failed |= args.verify and not results
-        leftovers = analysis_leftovers(directory) if args.verify else []
+        leftovers = _analysis_leftovers(directory) if args.verify else []
         if leftovers:
             print(f"    note: {len(leftovers)} temporary file(s) of interrupted writes, e.g. {leftovers[0]} (the next "
                   "run of the analysis, e.g. with --resume, removes them)")

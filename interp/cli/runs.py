@@ -5,12 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from interp.analysis import ANALYSIS_FILE
 from interp.checkpoints import Run
 from interp.configs import ConfigError
 from interp.errors import InputError, MissingFileError
 from interp.model import ModelConfig
-from interp.run_layout import CHECKPOINTS_DIR, CONFIG_FILE, MANIFEST_FILE, METRICS_FILE
+from interp.run_layout import ANALYSIS_FILE, CHECKPOINTS_DIR, CONFIG_FILE, MANIFEST_FILE, METRICS_FILE
 from interp.suites import CheckpointSuite, is_suite_folder, open_suite
 
 RUN_MARKERS = (CONFIG_FILE, MANIFEST_FILE, METRICS_FILE, CHECKPOINTS_DIR)
