@@ -37,7 +37,6 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from scipy.stats import spearmanr
 
 from analyses.toys import CoopetitionSummary, CoopetitionToyConfig, CoopetitionToyResult, coopetition_toy
 from interp import seeding
@@ -444,6 +443,8 @@ def measure_development(cfg: ICLTransienceConfig, run: Run, r: ICLTransienceResu
     icl_steps, icl = run.series(f"{cfg.icl_kind}/closed")
     icl_at = np.interp(steps[peak:], icl_steps, spans.smooth(icl, cfg.smooth_window))
     varies = len(icl_at) >= 3 and np.ptp(icl_at) > 0 and np.ptp(rllc[peak:]) > 0  # else no rank correlation
+    from scipy.stats import spearmanr  # scipy loads (a second) only when a result needs it
+
     rho = float(spearmanr(rllc[peak:], icl_at).statistic) if varies else float("nan")
     findings = ICLDevelopment(
         stages=found.summary(cfg.llc_sampler), icl_peak_step=peak_step, iwl_rise_step=iwl_rise,

@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from scipy.stats import spearmanr
 
 from interp import seeding
 from interp.analysis import (
@@ -394,6 +393,8 @@ def trace_circuit(cfg: InductionHeadsConfig, run, ctx: Context) -> CircuitTrace:
 def rank_agreement(actual: CircuitGraph, estimated: CircuitGraph) -> float:
     """Spearman correlation of two graphs' edge weights over every edge."""
     edges = list(actual.weights)
+    from scipy.stats import spearmanr  # scipy loads (a second) only when a result needs it
+
     return float(spearmanr([actual.weights[e] for e in edges], [estimated.weights[e] for e in edges]).statistic)
 
 

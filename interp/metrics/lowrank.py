@@ -21,8 +21,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 from jaxtyping import Bool, Float, Int
-from scipy import stats
-from scipy.stats import spearmanr
 
 from interp import seeding
 from interp.hooks import hook_name
@@ -238,6 +236,8 @@ def top_fraction_f1(true: np.ndarray, predicted: np.ndarray, fraction: float = 0
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
     """Spearman rank correlation (average ranks for ties)."""
+    from scipy.stats import spearmanr  # scipy loads (a second) only when a result needs it
+
     return float(spearmanr(np.ravel(a), np.ravel(b)).statistic)
 
 
@@ -365,6 +365,8 @@ def mean_ci(values: Sequence[float] | np.ndarray, level: float = 0.95) -> tuple[
     values = np.asarray(values, dtype=np.float64)
     if len(values) < 2:
         return float(values.mean()), 0.0
+    from scipy import stats
+
     quantile = stats.t.ppf(0.5 + level / 2, len(values) - 1)
     return float(values.mean()), float(quantile * values.std(ddof=1) / len(values) ** 0.5)
 
@@ -404,6 +406,8 @@ def paired_tests(a: np.ndarray, b: np.ndarray) -> tuple[float | None, float | No
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     if len(a) < 2 or np.allclose(a, b, rtol=0, atol=1e-12):
         return None, None
+    from scipy import stats
+
     return float(stats.ttest_rel(a, b).pvalue), float(stats.wilcoxon(a, b).pvalue)
 
 

@@ -38,20 +38,19 @@ import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
 from jaxtyping import Bool, Float, Int
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.linear_model import LogisticRegression, Ridge
-from sklearn.model_selection import GroupKFold, GroupShuffleSplit
-from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
 from interp import seeding
 from interp.configs import require
 from interp.errors import InputError
+
+if TYPE_CHECKING:
+    from sklearn.linear_model import LogisticRegression, Ridge
 
 Kind = Literal["auto", "classification", "regression"]
 
@@ -117,6 +116,8 @@ def grouped_split(groups: Int[np.ndarray, " example"], *, test_size: float = 0.2
         if n_groups < folds + 2:
             raise InputError(f"groups: {n_groups} distinct groups; a grouped split with {folds} cross-validation "
                              f"folds needs at least {folds + 2} (each group is held out whole)")
+        from sklearn.model_selection import GroupShuffleSplit  # scikit-learn loads (seconds) only when a probe fits
+
         train, held = next(GroupShuffleSplit(n_splits=1, test_size=test_size, random_state=state)
                            .split(groups, groups=groups))
     else:
@@ -209,6 +210,8 @@ def control_labels(labels: np.ndarray, types: Int[np.ndarray, " example"], train
 
 
 def _model(kind: str, penalty: float, max_iter: int, warm: bool = False) -> LogisticRegression | Ridge:
+    from sklearn.linear_model import LogisticRegression, Ridge
+
     if kind == "regression":
         return Ridge(alpha=penalty)
     return LogisticRegression(C=penalty, max_iter=max_iter, warm_start=warm)
@@ -222,6 +225,8 @@ def _validation_score(model: LogisticRegression | Ridge, features: np.ndarray, l
     """What cross-validation maximises: R² for ridge, minus the log-loss for logistic regression
     (a proper score: accuracy is flat over a wide range of penalties and would pick a strongly
     shrunk, biased direction)."""
+    from sklearn.linear_model import Ridge
+
     if isinstance(model, Ridge):
         return _score(model, features, labels)
     proba = model.predict_proba(features)
@@ -239,6 +244,9 @@ def _cross_validate(kind: str, features: np.ndarray, labels: np.ndarray, groups:
     from the previous one, and the walk stops at the first penalty that scores below the best
     so far: the validation curve of a penalty is unimodal in practice, and the weak penalties
     past its peak are the slowest fits (on data with nothing to decode, all of them)."""
+    from sklearn.model_selection import GroupKFold
+    from sklearn.preprocessing import StandardScaler
+
     order = sorted(grid) if kind == "classification" else sorted(grid, reverse=True)  # strongest penalty first
     state = int(seeding.rng(settings.seed, seeding.LINEAR_PROBES, FOLDS).integers(2**31))
     parts = []
@@ -305,6 +313,9 @@ def fit_probe(features: Float[np.ndarray, "example feature"], labels: np.ndarray
     grid = settings.alphas if kind_ == "regression" else settings.Cs
     if not grid or min(grid) <= 0:
         raise InputError(f"{'alphas' if kind_ == 'regression' else 'Cs'}: expected positive penalties, got {grid}")
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.preprocessing import StandardScaler
+
     with threadpool_limits(limits=1), warnings.catch_warnings():
         # One thread (BLAS and OpenMP): these are many small fits, where threads only contend
         # (up to 10x slower on a busy 2-core machine). Weak penalties may stop at max_iter on
