@@ -257,16 +257,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("view", parents=[common],
                        help="write DIR/view/index.html: an interactive, offline explorer with a checkpoint slider")
-    p.add_argument("dir", help="a run directory or an analysis directory (its runs and its headline view)")
+    p.add_argument("dir", help="a run directory, an analysis directory (its runs and its headline view) or a "
+                               "checkpoint-suite folder (step<N> sub-folders saved by transformers; its page has a "
+                               "loss curve)")
     p.add_argument("--open", action="store_true", help="open the page in the default browser")
     p.add_argument("--device", default=None, help="device for the example's attention patterns (default: CUDA "
                                                   "if present)")
     p.add_argument("--text", action="append", default=[], metavar="TEXT",
-                   help="an example of your own in the Tokens tab: words of the run's vocab.json (repeatable)")
+                   help="an example of your own in the Tokens tab: words of the run's vocab.json, or text for a "
+                        "suite's tokenizer (repeatable)")
     p.add_argument("--tokens", action="append", default=[], metavar="IDS",
                    help="an example of your own as comma-separated token ids, e.g. 3,17,5 (repeatable)")
     p.add_argument("--example-batch", default=None, metavar="FILE",
                    help='examples of your own: strict JSON {"tokens": [[id, ...], ...]} or a .safetensors file '
                         "with a 'tokens' tensor [batch, pos]")
+    loss = p.add_mutually_exclusive_group()
+    loss.add_argument("--loss-text", action="append", default=[], metavar="TEXT",
+                      help="the loss curve's batch: text for the suite's tokenizer, all of one token length "
+                           "(repeatable; default for a suite: random tokens repeated twice)")
+    loss.add_argument("--loss-batch", default=None, metavar="FILE",
+                      help="the loss curve's batch: a safetensors file with 'tokens' [batch, pos] "
+                           "(interp.metrics.linear_probes.save_batch)")
     p.set_defaults(fn=cmd_view)
     return parser
