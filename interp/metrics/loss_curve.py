@@ -81,8 +81,8 @@ class LossCurve:
 
     def caption(self) -> str:
         """What the curve is, in one line: the batch, the probe, how many checkpoints."""
-        return (f"loss at each checkpoint on {self.about} ({self.probe}, batch {self.batch}; "
-                f"{len(self.steps)} of {self.of_steps} checkpoints)")
+        return (f"loss at each checkpoint on {self.about}; probe {self.probe}, batch {self.batch}, "
+                f"{len(self.steps)} of {self.of_steps} checkpoints")
 
 
 def repeated_loss_batch(cfg: ModelSizes, seed: int = 0) -> LossBatch:
