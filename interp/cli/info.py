@@ -172,6 +172,8 @@ def _describe_suite(suite: CheckpointSuite, verify: bool) -> int:
     print(f"  checkpoints: {len(steps)} ({steps[0]} .. {steps[-1]}); tokenizer: "
           f"{'yes' if suite.tokenizer is not None else 'none'}")
     print(f"  results cache: {suite.path}")
+    # --verify first: reading the cache hashes changed files again, which would hide them from verify()
+    failures = suite.verify() if verify else []
     from interp.metrics.loss_curve import LOSS_KEY, cached_loss_curve  # the probe runner: imported only for a suite
 
     curve = cached_loss_curve(suite)
@@ -183,7 +185,6 @@ def _describe_suite(suite: CheckpointSuite, verify: bool) -> int:
               f"({curve.caption()})")
     if not verify:
         return 0
-    failures = suite.verify()
     print("  verify: FAILED" if failures else f"  verify: OK ({len(steps)} checkpoints hold readable weights, none "
           "changed under the hash its cached results are keyed by)")
     for line in failures:

@@ -39,6 +39,7 @@ from interp.probing import (
     computation_artifacts,
     probe,
     probe_artifacts,
+    probe_cache_files,
     text_batch,
 )
 from interp.run_layout import RunDamagedError
@@ -152,7 +153,9 @@ def _save_about(source: CheckpointSource, probe_obj: Any, loss_batch: LossBatch,
 def cached_loss_curve(source: CheckpointSource) -> LossCurve | None:
     """The most complete loss curve cached in `source` (`interp.probing.cached_computations`),
     with its batch's description where one was stored (else the batch's hash alone); None
-    when nothing is cached. Runs no model."""
+    when nothing is cached. Runs no model, and hashes no checkpoint when there is no cache."""
+    if not any(path.stem == LOSS_KEY for path in probe_cache_files(source)):
+        return None
     found = cached_computations(source, LOSS_KEY)
     if not found:
         return None
