@@ -619,7 +619,7 @@ def run_data(
     probes = cached_probes(run)
     loss_series: dict[str, dict[str, list[Any]]] = {}
     if loss is not None:  # the page's own batch, not whichever the cache holds most of
-        probes[LOSS_KEY] = loss_record(loss_curve(run, loss, device=device))
+        probes[LOSS_KEY] = loss_record(loss_curve(run, loss, device=device, progress=progress is not None))
         record = probes[LOSS_KEY]
         loss_series = {f"{LOSS_KEY}/{c}": {"steps": record["steps"], "values": [row[j] for row in record["values"]]}
                        for j, c in enumerate(record["columns"])}
