@@ -30,7 +30,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from interp.checkpoints import Run
+from interp.checkpoints import CheckpointSource, Run
 from interp.ids import HeadId
 
 SIGNIFICANT = 5  # significant digits of the numbers the page holds
@@ -59,11 +59,12 @@ def nums(values: Sequence[Any] | np.ndarray) -> list[float | int | None]:
 
 @dataclass(frozen=True)
 class Source:
-    """A directory to view: one run, or an analysis output with its runs (`runs/<name>/`)."""
+    """A directory to view: one run, an analysis output with its runs (`runs/<name>/`), or a
+    checkpoint-suite folder (`interp.suites`: one `CheckpointSuite`, shown as a run is)."""
 
     path: Path
-    kind: Literal["run", "analysis"]
-    runs: dict[str, Run]
+    kind: Literal["run", "analysis", "suite"]
+    runs: dict[str, Run | CheckpointSource]
     record: dict[str, Any] = field(default_factory=dict)
     """`analysis.json` of an analysis (analysis name, preset, config); empty for a run."""
     results: dict[str, Any] = field(default_factory=dict)

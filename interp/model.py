@@ -217,11 +217,18 @@ def fused_forward(
     return _fused(model, batch, patterns)
 
 
-def attention_patterns(model: TransformerBridge, batch: Batch) -> list[Float[Tensor, "batch head query key"]]:
+def attention_patterns(model: TransformerBridge, batch: Batch, fused: bool = True
+                       ) -> list[Float[Tensor, "batch head query key"]]:
     """Every layer's attention pattern on `batch` (the bridge's `hook_pattern`
-    values), from one fused forward pass without gradients."""
-    recorded: list[Tensor] = []
+    values), from one forward pass without gradients: the fused one of the toolkit's own
+    models, or with `fused=False` the bridge's own forward with its pattern hooks (any
+    architecture TransformerLens wraps, e.g. a checkpoint suite's GPT-NeoX)."""
     with torch.no_grad():
+        if not fused:
+            names = [hook_name("pattern", layer) for layer in range(model.cfg.n_layers)]
+            _, cache = model.run_with_cache(batch["tokens"], names_filter=names)
+            return [cache[name] for name in names]
+        recorded: list[Tensor] = []
         _fused(model, batch, record=recorded)
     return recorded
 

@@ -177,9 +177,19 @@ def _describe_suite(suite: CheckpointSuite, verify: bool) -> int:
     print(f"  checkpoints: {len(steps)} ({steps[0]} .. {steps[-1]}); tokenizer: "
           f"{'yes' if suite.tokenizer is not None else 'none'}")
     print(f"  results cache: {suite.path}")
+    # --verify first: reading the cache hashes changed files again, which would hide them from verify()
+    failures = suite.verify() if verify else []
+    from interp.metrics.loss_curve import LOSS_KEY, cached_loss_curve  # the probe runner: imported only for a suite
+
+    curve = cached_loss_curve(suite)
+    if curve is not None:
+        loss = curve.columns[LOSS_KEY]
+        extra = "".join(f", {name} {values[0]:.4g} -> {values[-1]:.4g}" for name, values in curve.columns.items()
+                        if name != LOSS_KEY)
+        print(f"  loss: {loss[0]:.4g} at step {curve.steps[0]} -> {loss[-1]:.4g} at step {curve.steps[-1]}{extra} "
+              f"({curve.caption()})")
     if not verify:
         return 0
-    failures = suite.verify()
     print("  verify: FAILED" if failures else f"  verify: OK ({len(steps)} checkpoints hold readable weights, none "
           "changed under the hash its cached results are keyed by)")
     for line in failures:

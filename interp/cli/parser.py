@@ -168,15 +168,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn="interp.cli.sweep:cmd_sweep")
 
     p = sub.add_parser("info", parents=[common],
-                       help="summarize a run directory (or every run below a directory); --verify checks it")
-    p.add_argument("dir", help="a run directory, or an analysis or sweep directory (every run below it)")
+                       help="summarize a run directory (or every run below a directory, or a checkpoint suite); "
+                            "--verify checks it")
+    p.add_argument("dir", help="a run directory, an analysis or sweep directory (every run below it), or a "
+                               "checkpoint-suite folder (its cached loss curve too)")
     p.add_argument("--verify", action="store_true",
                    help="check every checkpoint against its sha256, that its weights are finite, and that each run "
                         f"is complete and undamaged; exit code {EXIT_FAILED} if anything fails")
     p.set_defaults(fn="interp.cli.info:cmd_info")
 
     p = sub.add_parser("probe", parents=[common], add_help=False,
-                       help="compute a built-in head score or a linear probe at every checkpoint of a run")
+                       help="compute a built-in head score or a linear probe at every checkpoint of a run or "
+                            "checkpoint suite")
     probe_help = p.add_argument("-h", "--help", action=_HelpOnDemand, help="show this help message and exit")
     p.add_argument("dir", help="a run directory, an analysis directory that holds one run, or a checkpoint-suite "
                                "folder (step<N> sub-folders saved by transformers)")
@@ -209,7 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     defaults = LLCSettings(draws=60, burn_in=40, batch_size=32)  # as benchmarks/llc_cost.py measures them
     p = sub.add_parser("llc", parents=[common],
-                       help="estimate the local learning coefficient (SGLD, devinterp) at every checkpoint of a run",
+                       help="estimate the local learning coefficient (SGLD, devinterp) at every checkpoint of a run "
+                            "or checkpoint suite",
                        description="The local learning coefficient (Lau et al. 2023) at every checkpoint, by SGLD on "
                                    "rows of the run's training distribution (drawn by its analysis) or of --batch; "
                                    f"cached in the run as probes/{LLC_KEY}.jsonl per sampler setting.")
@@ -244,9 +248,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn="interp.cli.llc:cmd_llc")
 
     p = sub.add_parser("circuit", parents=[common],
-                       help="trace a circuit method over a run's checkpoints (graphs saved in the run, as a "
-                            "graph set of this batch beside the others)")
-    p.add_argument("dir", help="a run directory, or an analysis directory that holds one run")
+                       help="trace a circuit method over a run's or checkpoint suite's checkpoints (graphs saved "
+                            "in the run, as a graph set of this batch beside the others)")
+    p.add_argument("dir", help="a run directory, an analysis directory that holds one run, or a checkpoint-suite "
+                               "folder")
     p.add_argument("--method", choices=("path", "eap", "composition", "dla", "logit-lens"), required=True,
                    help="path patching, edge attribution (EAP), weight composition, direct logit attribution or "
                         "the logit lens")
@@ -264,24 +269,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn="interp.cli.circuit:cmd_circuit")
 
     p = sub.add_parser("plot", parents=[common],
-                       help="plot logged metrics and cached probes of a run into its figures/")
+                       help="plot logged metrics and cached probes of a run (a checkpoint suite's loss curve too) "
+                            "into its figures/")
     p.add_argument("dir", help="a run directory, an analysis or sweep directory (every run below it), or a "
                                "checkpoint-suite folder")
     p.add_argument("--logx", action="store_true", help="logarithmic step axis")
     p.set_defaults(fn="interp.cli.plot:cmd_plot")
 
     p = sub.add_parser("view", parents=[common],
-                       help="write DIR/view/index.html: an interactive, offline explorer with a checkpoint slider")
-    p.add_argument("dir", help="a run directory or an analysis directory (its runs and its headline view)")
+                       help="write DIR/view/index.html: an interactive, offline explorer of a run, analysis or "
+                            "checkpoint suite with a checkpoint slider")
+    p.add_argument("dir", help="a run directory, an analysis directory (its runs and its headline view) or a "
+                               "checkpoint-suite folder (step<N> sub-folders saved by transformers; its page has a "
+                               "loss curve)")
     p.add_argument("--open", action="store_true", help="open the page in the default browser")
     p.add_argument("--device", default=None, help="device for the example's attention patterns (default: CUDA "
                                                   "if present)")
     p.add_argument("--text", action="append", default=[], metavar="TEXT",
-                   help="an example of your own in the Tokens tab: words of the run's vocab.json (repeatable)")
+                   help="an example of your own in the Tokens tab: words of the run's vocab.json, or text for a "
+                        "suite's tokenizer (repeatable)")
     p.add_argument("--tokens", action="append", default=[], metavar="IDS",
                    help="an example of your own as comma-separated token ids, e.g. 3,17,5 (repeatable)")
     p.add_argument("--example-batch", default=None, metavar="FILE",
                    help='examples of your own: strict JSON {"tokens": [[id, ...], ...]} or a .safetensors file '
                         "with a 'tokens' tensor [batch, pos]")
+    loss = p.add_mutually_exclusive_group()
+    loss.add_argument("--loss-text", action="append", default=[], metavar="TEXT",
+                      help="the loss curve's batch: text for the suite's tokenizer, all of one token length "
+                           "(repeatable; default for a suite: random tokens repeated twice)")
+    loss.add_argument("--loss-batch", default=None, metavar="FILE",
+                      help="the loss curve's batch: a safetensors file with 'tokens' [batch, pos] "
+                           "(interp.metrics.linear_probes.save_batch)")
     p.set_defaults(fn="interp.cli.view:cmd_view")
     return parser

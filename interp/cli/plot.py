@@ -1,8 +1,10 @@
-"""`interp plot`: logged metrics and cached per-head probes of each run, into its figures/."""
+"""`interp plot`: logged metrics, cached per-head probes and the cached loss curve of each run
+(or checkpoint suite), into its figures/."""
 
 from __future__ import annotations
 
 import argparse
+import textwrap
 from collections import defaultdict
 from pathlib import Path
 
@@ -11,7 +13,9 @@ import numpy as np
 from interp.checkpoints import Run
 from interp.cli.runs import find_runs, model_config
 from interp.ids import HeadId
+from interp.metrics.loss_curve import LOSS_KEY, cached_loss_curve
 from interp.probing import cached_computations, probe_cache_files
+from interp.suites import CheckpointSuite
 from interp.viz import plot_curves, plot_head_curves, save_figure
 
 
@@ -30,9 +34,16 @@ def cmd_plot(args: argparse.Namespace) -> None:
             drawn = _plot_cached_probe(run, key, fig_dir, args.logx)
             if drawn:
                 print(f"wrote {drawn[0]}: {drawn[1]}")
+        curve = cached_loss_curve(run)
+        if curve is not None:
+            series = {name: (np.array(curve.steps), np.array(values)) for name, values in curve.columns.items()}
+            title = textwrap.fill(f"{run.path.name}: loss on {curve.about}", 72)
+            path = save_figure(plot_curves(series, title=title, ylabel="loss (nats)", logx=args.logx,
+                                           markers=len(curve.steps) <= 20), fig_dir / f"{LOSS_KEY}.png")
+            print(f"wrote {path}: {curve.caption()}")
 
 
-def _plot_cached_probe(run: Run, key: str, fig_dir: Path, logx: bool) -> tuple[Path, str] | None:
+def _plot_cached_probe(run: Run | CheckpointSuite, key: str, fig_dir: Path, logx: bool) -> tuple[Path, str] | None:
     """Per-head curves of a cached `L{l}H{h}` probe: its most complete computation (one batch
     and numerics, never a mix); the figure's path and which computation it draws."""
     found = cached_computations(run, key)

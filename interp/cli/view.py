@@ -1,4 +1,4 @@
-"""`interp view`: the offline explorer page of a run or an analysis directory."""
+"""`interp view`: the offline explorer page of a run, an analysis directory or a checkpoint suite."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ def cmd_view(args: argparse.Namespace) -> None:
     from tqdm.auto import tqdm
 
     from interp.view import write_view  # the explorer: imported only by this command
-    from interp.view.examples import ExampleInput, parse_tokens, read_example_batch
+    from interp.view.examples import ExampleInput, LossInput, parse_tokens, read_example_batch
 
     examples = [*(ExampleInput("--text", text=text) for text in args.text), *(parse_tokens(t) for t in args.tokens),
                 *(read_example_batch(args.example_batch) if args.example_batch else [])]
@@ -27,7 +27,9 @@ def cmd_view(args: argparse.Namespace) -> None:
         if done == total:
             bar.close()
 
-    page = write_view(Path(args.dir), device=check_device(args.device), progress=progress, examples=examples)
+    loss = LossInput(tuple(args.loss_text), Path(args.loss_batch) if args.loss_batch else None)
+    page = write_view(Path(args.dir), device=check_device(args.device), progress=progress, examples=examples,
+                      loss=loss)
     print(f"wrote {page} ({format_bytes(page.stat().st_size)}); open it in a browser (it works offline)")
     if args.open:
         import webbrowser

@@ -33,13 +33,19 @@ def token_set_mass_probe(query_key: str, token_key: str) -> Probe:
                                                         ctx.batch[token_key].bool())})
 
 
-def loss_probe(mask_key: str | None = None) -> Probe:
-    """Mean loss over scored positions, optionally restricted to `batch[mask_key]`."""
+def loss_probe(mask_key: str | None = None, also_on: tuple[str, ...] = ()) -> Probe:
+    """Mean loss over scored positions, optionally restricted to `batch[mask_key]`; with
+    `also_on`, also the loss on each of those bool batch keys' positions (column `loss_<key>`,
+    e.g. `loss_in_repeat`: the second copy of repeated tokens), from the same logits."""
 
     def fn(ctx: ProbeContext) -> dict[str, float]:
         mask = scored_positions(ctx.batch)
         if mask_key is not None:
             mask = mask & ctx.batch[mask_key].bool()
-        return {"loss": float(token_losses(ctx.logits, ctx.batch)[mask].mean())}
+        losses = token_losses(ctx.logits, ctx.batch)
+        return {"loss": float(losses[mask].mean()),
+                **{f"loss_{key}": float(losses[mask & ctx.batch[key].bool()].mean()) for key in also_on}}
 
-    return Probe(name=f"loss(mask={mask_key})", hooks=(), fn=fn)
+    # The name keys the cache: a probe without `also_on` keeps the name its cached rows carry.
+    name = f"loss(mask={mask_key})" if not also_on else f"loss(mask={mask_key}, also_on={','.join(also_on)})"
+    return Probe(name=name, hooks=(), fn=fn)

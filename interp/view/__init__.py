@@ -1,4 +1,4 @@
-"""`interp view`: an offline, interactive explorer of a run or an analysis over training.
+"""`interp view`: an offline, interactive explorer of a run, an analysis or a checkpoint suite over training.
 
     from interp.view import write_view
     page = write_view("runs/induction")          # runs/induction/view/index.html

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import base64
 import errno
+import hashlib
 import logging
 import math
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +31,7 @@ from interp import seeding
 from interp.analysis import ANALYSIS_FILE
 from interp.batches import repeated_tokens
 from interp.cache_dirs import cache_dirs, lock_cache_dir
-from interp.checkpoints import Run
+from interp.checkpoints import CheckpointSource, Run
 from interp.devices import resolve_device
 from interp.errors import InputError, MissingFileError
 from interp.files import atomic_write_bytes, atomic_write_json, atomic_write_npy, is_temporary, read_json, sha256_file
@@ -39,6 +41,7 @@ from interp.ids import EdgeId, HeadId
 from interp.locking import RunInUseError
 from interp.memory import check_forward_memory
 from interp.metrics import spans
+from interp.metrics.loss_curve import LOSS_KEY, LossBatch, LossCurve, loss_curve
 from interp.model import attention_patterns
 from interp.pipeline import RUNS_DIR
 from interp.probing import batch_hash, cached_computations, probe_cache_files
@@ -50,6 +53,7 @@ from interp.run_layout import (
     METRICS_FILE,
     CheckpointError,
 )
+from interp.suites import is_suite_folder, open_suite
 from interp.view.stages import REFINED_QUANTITY, refined_head_probe, stages_data
 
 logger = logging.getLogger(__name__)
@@ -90,27 +94,44 @@ def _visible(path: Path) -> list[str]:
 
 
 def open_source(path: str | Path) -> Source:
-    """The run or analysis at `path`, checked: a `ViewError` (or `FileNotFoundError`) names
-    what is missing before anything is computed or written."""
+    """The run, analysis or checkpoint suite at `path`, checked: a `ViewError` (or
+    `FileNotFoundError`) names what is missing before anything is computed or written."""
     path = Path(path)
     if not path.exists():
-        raise MissingFileError(f"{path}: no such directory (expected a run directory or an analysis directory)")
+        raise MissingFileError(f"{path}: no such directory (expected a run directory, an analysis directory or a "
+                               "checkpoint-suite folder)")
     if not path.is_dir():
-        raise ViewError(f"{path} is not a directory (expected a run directory or an analysis directory)")
+        raise ViewError(f"{path} is not a directory (expected a run directory, an analysis directory or a "
+                        "checkpoint-suite folder)")
     if (path / ANALYSIS_FILE).exists():
         return _open_analysis(path)
+    if is_suite_folder(path):  # its step folders' config.json files are not run directories
+        return Source(path, "suite", {path.resolve().name: open_suite(path)})
+    if _is_suite_checkpoint(path):
+        raise ViewError(f"{path} is one checkpoint of the checkpoint suite {path.parent} (a save_pretrained folder, "
+                        f"not a run directory): view the whole suite, `interp view {path.parent}`")
     if any((path / marker).exists() for marker in (CONFIG_FILE, MANIFEST_FILE, METRICS_FILE, CHECKPOINTS_DIR)):
         run = Run(path)
         check_run(run)
         return Source(path, "run", {path.name: run})
     entries = _visible(path)
     if not entries:
-        raise ViewError(f"{path} is empty: there is no run ({CONFIG_FILE}, {MANIFEST_FILE}, {CHECKPOINTS_DIR}/) or "
-                        f"analysis ({ANALYSIS_FILE}) to show")
-    below = sorted({p.parent for name in (ANALYSIS_FILE, CONFIG_FILE) for p in path.glob(f"*/{name}")})
+        raise ViewError(f"{path} is empty: there is no run ({CONFIG_FILE}, {MANIFEST_FILE}, {CHECKPOINTS_DIR}/), "
+                        f"analysis ({ANALYSIS_FILE}) or checkpoint suite (step<N>/ sub-folders) to show")
+    below = sorted({p.parent for name in (ANALYSIS_FILE, CONFIG_FILE) for p in path.glob(f"*/{name}")
+                    if not _is_suite_checkpoint(p.parent)} | {p for p in path.iterdir() if is_suite_folder(p)})
     hint = f"; view one of the directories below it: {', '.join(str(p) for p in below[:4])}" if below else ""
-    raise ViewError(f"{path} is neither a run directory (no {CONFIG_FILE}) nor an analysis directory (no "
-                    f"{ANALYSIS_FILE}){hint}")
+    raise ViewError(f"{path} is neither a run directory (no {CONFIG_FILE}), an analysis directory (no "
+                    f"{ANALYSIS_FILE}) nor a checkpoint-suite folder (no step<N>/ sub-folder with a {CONFIG_FILE})"
+                    f"{hint}")
+
+
+def _is_suite_checkpoint(path: Path) -> bool:
+    """Whether `path` is one checkpoint folder of a suite (a `save_pretrained` folder beside the
+    others, no run files), which a user may take for a run directory."""
+    return (path / CONFIG_FILE).is_file() and not any((path / m).exists() for m in (MANIFEST_FILE, METRICS_FILE,
+                                                                                    CHECKPOINTS_DIR)) \
+        and is_suite_folder(path.parent)
 
 
 def _open_analysis(path: Path) -> Source:
@@ -193,8 +214,9 @@ class Example:
                 "description": self.description, "id": self.key}
 
 
-def token_labels(run: Run, tokens: Sequence[int]) -> tuple[str, ...]:
-    """Each token's text: from the run's `vocab.json` (a list of strings) where it has one, else its id."""
+def token_labels(run: CheckpointSource, tokens: Sequence[int]) -> tuple[str, ...]:
+    """Each token's text: from the run's `vocab.json` (a list of strings) where it has one, else
+    from the source's tokenizer (a checkpoint suite's), else its id."""
     vocab: list[Any] = []
     path = run.path / "vocab.json"
     if path.exists():
@@ -203,6 +225,9 @@ def token_labels(run: Run, tokens: Sequence[int]) -> tuple[str, ...]:
             vocab = loaded if isinstance(loaded, list) else []
         except ValueError:
             vocab = []
+    tokenizer = None if vocab else run.tokenizer
+    if tokenizer is not None:
+        return tuple(tokenizer.decode([int(t)]) for t in tokens)
     return tuple(str(vocab[t]) if t < len(vocab) and isinstance(vocab[t], str) else str(t) for t in tokens)
 
 
@@ -228,10 +253,23 @@ def example_for(run: Run, period: int | None = None, seed: int = 0,
                    f"{period} distinct random tokens repeated twice (seed {seed})")
 
 
-def _pattern_file(cache_dir: Path, run: Run, example: Example, step: int) -> Path:
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+
+
+def checkpoint_file_id(run: CheckpointSource, step: int) -> str:
+    """The checkpoint at `step` in the names of the explorer's cache files: 16 hex digits of its
+    sha256 (a run's), else of the sha256 of its identity (a suite's `sha256:...` or
+    `model@revision`, which holds characters a file name must not)."""
+    identity = run.checkpoint_hash(step)
+    if _SHA256_HEX.fullmatch(identity):
+        return identity[:16]
+    return hashlib.sha256(identity.encode()).hexdigest()[:16]
+
+
+def _pattern_file(cache_dir: Path, run: CheckpointSource, example: Example, step: int) -> Path:
     """Where `example`'s patterns at `step` are cached in `cache_dir`, one of the run's cache
     folders (`interp.cache_dirs`: the run, or the folder outside a read-only one)."""
-    return cache_dir / PATTERNS_DIR / example.key / f"{run.checkpoint_hash(step)[:16]}.npy"
+    return cache_dir / PATTERNS_DIR / example.key / f"{checkpoint_file_id(run, step)}.npy"
 
 
 def digest_file(path: Path) -> Path:
@@ -358,7 +396,7 @@ def _compute_patterns(run: Run, example: Example, steps: list[int], device: Any,
     model = None
     for i, step in enumerate(steps):
         model = run.load(step, device=device, into=model)
-        layers = attention_patterns(model, batch)
+        layers = attention_patterns(model, batch, fused=isinstance(run, Run))  # a suite's model: the bridge's hooks
         array = torch.stack([p[0] for p in layers]).float().cpu().numpy().astype(np.float16)
         if cache_dir is not None:
             path = _pattern_file(cache_dir, run, example, step)
@@ -535,7 +573,9 @@ def phase_marks(series: Mapping[str, Mapping[str, list[Any]]]) -> list[dict[str,
 # --- one run's data ------------------------------------------------------------------------------
 
 
-def run_status(run: Run) -> str:
+def run_status(run: CheckpointSource) -> str:
+    if not isinstance(run, Run):  # a checkpoint suite: no training config says where it was meant to end
+        return f"checkpoint suite: {len(run.steps)} checkpoints (steps {run.steps[0]} .. {run.steps[-1]})"
     total = run.config.get("train", {}).get("steps")
     last = run.steps[-1]
     if last == total:
@@ -548,6 +588,14 @@ def run_status(run: Run) -> str:
         f"INCOMPLETE: last checkpoint at step {last} of {total} (interrupted, paused or still training)"
 
 
+def loss_record(curve: LossCurve) -> dict[str, Any]:
+    """A loss curve (`interp.metrics.loss_curve`) as a cached probe of the page, its batch named in `about`."""
+    columns = sorted(curve.columns)
+    return {"probe": curve.probe, "about": curve.caption(), "batch_about": curve.about, "steps": curve.steps,
+            "columns": columns, "values": [nums([curve.columns[c][i] for c in columns])
+                                           for i in range(len(curve.steps))], "heads": False}
+
+
 def run_data(
     run: Run,
     name: str,
@@ -556,24 +604,33 @@ def run_data(
     device: str | torch.device | None = None,
     progress: Callable[[int, int], None] | None = None,
     example: Example | None = None,
+    loss: LossBatch | None = None,
 ) -> dict[str, Any]:
-    """Everything the page shows of one run (see `view_data`); `example` default: `example_for(run, period)`."""
+    """Everything the page shows of one run or checkpoint suite (see `view_data`); `example`
+    default: `example_for(run, period)`; `loss`: a batch whose loss curve the page shows (computed
+    where not cached, under the probe key `loss`), as a suite's has."""
     cfg = run.model_config
     steps = run.steps
     series = metric_series(run)
     example = example or example_for(run, period)
-    pattern_steps = [steps[i] for i in thin(len(steps), MAX_PATTERN_STEPS)] if patterns and not cfg.d_input else []
-    stacked = example_patterns(run, example, pattern_steps, device=device, progress=progress) if pattern_steps \
+    shown_steps = pattern_steps(run, example) if patterns and not cfg.d_input else []
+    stacked = example_patterns(run, example, shown_steps, device=device, progress=progress) if shown_steps \
         else None
     probes = cached_probes(run)
+    loss_series: dict[str, dict[str, list[Any]]] = {}
+    if loss is not None:  # the page's own batch, not whichever the cache holds most of
+        probes[LOSS_KEY] = loss_record(loss_curve(run, loss, device=device, progress=progress is not None))
+        record = probes[LOSS_KEY]
+        loss_series = {f"{LOSS_KEY}/{c}": {"steps": record["steps"], "values": [row[j] for row in record["values"]]}
+                       for j, c in enumerate(record["columns"])}
     notes: list[str] = []
     if stacked is not None:
         scores = pattern_scores(stacked, example.period)
         for key, grid in scores.items():
             columns = [str(HeadId(layer, h)) for layer in range(cfg.n_layers) for h in range(cfg.n_heads)]
             probes[f"example.{key}"] = {
-                "probe": f"{key} attention on the example sequence", "steps": pattern_steps, "columns": columns,
-                "values": [nums(grid[i].reshape(-1)) for i in range(len(pattern_steps))], "heads": True}
+                "probe": f"{key} attention on the example sequence", "steps": shown_steps, "columns": columns,
+                "values": [nums(grid[i].reshape(-1)) for i in range(len(shown_steps))], "heads": True}
     else:
         notes.append(VECTOR_INPUTS_NOTE.format(d_input=cfg.d_input) if cfg.d_input
                      else "no example attention patterns in this page (its size budget went to other runs)")
@@ -581,24 +638,36 @@ def run_data(
     circuits, circuit_notes = saved_circuits(run)
     notes += circuit_notes
     if not circuits and stacked is not None and cfg.n_layers > 1:
-        circuits = [attention_circuit(cfg.n_layers, cfg.n_heads, pattern_steps, scores)]
+        circuits = [attention_circuit(cfg.n_layers, cfg.n_heads, shown_steps, scores)]
     return {
         "name": name, "path": str(run.path), "steps": steps, "status": run_status(run),
         "model": {"n_layers": cfg.n_layers, "n_heads": cfg.n_heads, "d_model": cfg.d_model, "d_vocab": cfg.d_vocab,
                   "n_ctx": cfg.n_ctx, "attn_only": cfg.attn_only},
-        "metrics": series, "probes": probes, "marks": phase_marks(series),
+        "metrics": series, "probes": probes, "marks": phase_marks({**series, **loss_series}),
         "example": example.to_json(), "patterns_note": patterns_note,
         "patterns": None if stacked is None else {
-            "steps": pattern_steps, "shape": list(stacked.shape[1:]), "encoding": "float16-lower-triangle-base64",
+            "steps": shown_steps, "shape": list(stacked.shape[1:]), "encoding": "float16-lower-triangle-base64",
             "data": encode_patterns(stacked)},
-        "circuits": circuits, "notes": notes, "stages": stages_data(run, series),
+        "circuits": circuits, "notes": notes, "stages": stages_data(run, {**series, **loss_series}),
     }
 
 
-def pattern_bytes(run: Run, example: Example) -> int:
+def _step_pattern_bytes(cfg: Any, length: int) -> int:
+    return cfg.n_layers * cfg.n_heads * length * (length + 1)
+
+
+def pattern_steps(run: CheckpointSource, example: Example) -> list[int]:
+    """The checkpoints whose patterns of `example` the page holds: at most `MAX_PATTERN_STEPS`
+    and at most what `PATTERN_BUDGET` holds (never fewer than the first and last), evenly
+    spread: a large model (a Pythia suite) gets fewer steps, and costs fewer loads."""
+    per_step = _step_pattern_bytes(run.model_config, len(example.tokens))
+    limit = max(2, min(MAX_PATTERN_STEPS, PATTERN_BUDGET // per_step))
+    return [run.steps[i] for i in thin(len(run.steps), limit)]
+
+
+def pattern_bytes(run: CheckpointSource, example: Example) -> int:
     """Bytes of float16 lower-triangle patterns `run_data` puts in the page for `run`."""
     cfg = run.model_config
     if cfg.d_input:  # no patterns (`VECTOR_INPUTS_NOTE`)
         return 0
-    length = len(example.tokens)
-    return len(thin(len(run.steps), MAX_PATTERN_STEPS)) * cfg.n_layers * cfg.n_heads * length * (length + 1)
+    return len(pattern_steps(run, example)) * _step_pattern_bytes(cfg, len(example.tokens))

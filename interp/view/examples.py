@@ -8,10 +8,13 @@ attribution of every head and MLP. It is cached in the run like the attention pa
 (`interp.view.data.example_patterns`): `token_readouts/<example id>/<checkpoint sha256[:16]>.npz`
 with its sha256 beside it, written under the run's lock (a read-only run's: outside it).
 
+`--loss-text`/`--loss-batch` (`LossInput`) choose the batch of the page's loss curve
+(`interp.metrics.loss_curve`), a checkpoint suite's by default.
+
 An example batch file is either strict JSON `{"tokens": [[id, ...], ...]}` or a
 `.safetensors` file holding a `tokens` integer tensor `[batch, pos]` (or `[pos]`), the key a
-`Batch` uses. `--text` needs a tokenizer: a run's `vocab.json` (a word list, e.g. the
-biographies task's), splitting the text on white space; runs of synthetic tasks have none.
+`Batch` uses. `--text` needs a tokenizer: a checkpoint suite's, or a run's `vocab.json` (a word list, e.g.
+the biographies task's), splitting the text on white space; runs of synthetic tasks have none.
 """
 
 from __future__ import annotations
@@ -27,18 +30,20 @@ from typing import Any
 import numpy as np
 import torch
 
-from interp.checkpoints import Run
+from interp.checkpoints import CheckpointSource, Run
 from interp.circuits.readout import position_readout
 from interp.devices import resolve_device
 from interp.errors import InputError
 from interp.files import atomic_write_bytes, loads_json, read_json
 from interp.hooks import hook_name
 from interp.memory import check_forward_memory, parameter_count
+from interp.metrics.loss_curve import LossBatch, file_loss_batch, repeated_loss_batch, text_loss_batch
 from interp.view.data import (
     READOUTS_DIR,
     Example,
     cached_file_problem,
     cached_per_checkpoint,
+    checkpoint_file_id,
     record_digest,
     thin,
     token_labels,
@@ -132,10 +137,13 @@ def resolve_examples(run: Run, inputs: Sequence[ExampleInput]) -> list[Example]:
     return out
 
 
-def _tokenize(run: Run, given: ExampleInput) -> tuple[int, ...]:
-    """`given.text` split on white space, each word looked up in the run's `vocab.json`."""
+def _tokenize(run: CheckpointSource, given: ExampleInput) -> tuple[int, ...]:
+    """`given.text` by the source's tokenizer (a checkpoint suite's), else split on white space,
+    each word looked up in the run's `vocab.json`."""
     path = run.path / "vocab.json"
     vocab = read_json(path) if path.exists() else None
+    if not isinstance(vocab, list) and run.tokenizer is not None:
+        return tuple(int(t) for t in run.tokenizer(given.text)["input_ids"])
     if not isinstance(vocab, list):
         raise InputError(f"{given.flag}: run {run.path.name} has no tokenizer (no vocab.json: a run of a synthetic "
                          "task has none); give token ids instead: --tokens 3,17,5 or --example-batch FILE")
@@ -147,11 +155,32 @@ def _tokenize(run: Run, given: ExampleInput) -> tuple[int, ...]:
     return tuple(index[w] for w in given.text.split())
 
 
+@dataclass(frozen=True)
+class LossInput:
+    """The batch of a page's loss curve as the user gave it: texts (`--loss-text`, tokenized by
+    the source's tokenizer, of one token length) or a batch file (`--loss-batch`, safetensors)."""
+
+    texts: tuple[str, ...] = ()
+    batch_file: Path | None = None
+
+
+def resolve_loss_batch(run: CheckpointSource, given: LossInput | None, default: bool) -> LossBatch | None:
+    """The batch of `run`'s loss curve: the user's (checked against the model before anything is
+    computed), else with `default` (a checkpoint suite) random tokens repeated twice, else none."""
+    if given is not None and given.texts and given.batch_file is not None:
+        raise InputError("--loss-text, --loss-batch: expected one of them, got both")
+    if given is not None and given.texts:
+        return text_loss_batch(run, given.texts)
+    if given is not None and given.batch_file is not None:
+        return file_loss_batch(run, given.batch_file)
+    return repeated_loss_batch(run.model_config) if default else None
+
+
 # --- readouts per checkpoint, cached in the run ------------------------------------------------
 
 
 def _readout_file(cache_dir: Path, run: Run, example: Example, step: int) -> Path:
-    return cache_dir / READOUTS_DIR / example.key / f"{run.checkpoint_hash(step)[:16]}.npz"
+    return cache_dir / READOUTS_DIR / example.key / f"{checkpoint_file_id(run, step)}.npz"
 
 
 def _load_readout(path: Path, length: int) -> dict[str, np.ndarray] | None:

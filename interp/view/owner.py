@@ -13,7 +13,8 @@ from typing import Any
 from interp.analysis import ANALYSIS_FILE, Analysis, AnalysisImportError, get_analysis
 from interp.checkpoints import Run
 from interp.files import read_json
-from interp.headline import Headline, Heads, Lines, RunsData, Series, Source, head_probe, main_run
+from interp.headline import Headline, Heads, Lines, RunsData, Series, Source, head_probe, main_run, probe_column
+from interp.metrics.loss_curve import LOSS_KEY
 from interp.pipeline import RUNS_DIR
 from interp.view.data import Example, example_for
 
@@ -79,10 +80,28 @@ def _analysis_of(source: Source) -> Analysis | None:
 
 
 def headline(source: Source, runs: RunsData) -> Headline:
-    """The headline panel of `source`: its analysis's own view, else the generic one."""
+    """The headline panel of `source`: its analysis's own view, else a checkpoint suite's, else the generic one."""
+    if source.kind == "suite":
+        return suite_headline(source, runs)
     analysis = _analysis_of(source) if source.kind == "analysis" else None
     view = getattr(analysis, "view", None)
     return view(source, runs) if view is not None else generic_headline(source, runs)
+
+
+def suite_headline(source: Source, runs: RunsData) -> Headline:
+    """A checkpoint suite's loss at every checkpoint on the page's batch, which its title and
+    caption name (a suite has no training log), and the per-head probe of the selected checkpoint."""
+    name = opened_run(source)
+    run = runs[name]
+    loss = run["probes"].get(LOSS_KEY)
+    probe = head_probe(run)
+    said = f"The {loss['about']}. " if loss else "No loss curve: no batch was given. "
+    return Headline(f"Checkpoint suite {name}: loss and heads",
+                    said + "The layer x head grid is the per-head probe at the selected checkpoint.", run=name,
+                    figures=[loss and Lines(f"Loss on {loss['batch_about']}",
+                                            [Series(c, loss["steps"], probe_column(loss, c)) for c in loss["columns"]],
+                                            run=name, ylabel="loss (nats)"),
+                             Heads.of(f"{probe} (layer x head)", name, run, probe)])
 
 
 def generic_headline(source: Source, runs: RunsData) -> Headline:

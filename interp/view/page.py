@@ -25,7 +25,7 @@ import torch
 from interp.files import fsync_dir
 from interp.view import owner
 from interp.view.data import FORMAT, PATTERN_BUDGET, ViewError, open_source, pattern_bytes, run_data
-from interp.view.examples import ExampleInput, add_token_strips, resolve_examples
+from interp.view.examples import ExampleInput, LossInput, add_token_strips, resolve_examples, resolve_loss_batch
 from interp.view.provenance import run_provenance, seed_groups, toolkit_version
 
 VIEW_DIR = "view"
@@ -37,15 +37,20 @@ def view_data(
     device: str | torch.device | None = None,
     progress: Callable[[str, int, int], None] | None = None,
     examples: Sequence[ExampleInput] = (),
+    loss: LossInput | None = None,
 ) -> dict[str, Any]:
-    """The page's data for the run or analysis at `path` (checked first: `open_source`, then
-    `examples`, the user's inputs, against every run: `resolve_examples`).
+    """The page's data for the run, analysis or checkpoint suite at `path` (checked first:
+    `open_source`, then `examples`, the user's inputs, and `loss` against every run:
+    `resolve_examples`, `resolve_loss_batch`).
 
     Computes (and caches in each run) the example sequence's attention patterns at the
     checkpoints that lack them; the headline's run comes first in the patterns' size
-    budget (`PATTERN_BUDGET`), and runs past it are shown without patterns."""
+    budget (`PATTERN_BUDGET`), and runs past it are shown without patterns. A checkpoint
+    suite's page also shows its loss at every checkpoint on `loss` (default: random tokens
+    repeated twice, `interp.metrics.loss_curve.repeated_loss_batch`), cached as a probe."""
     source = open_source(path)
     inputs = {name: resolve_examples(run, examples) for name, run in source.runs.items()}
+    losses = {name: resolve_loss_batch(run, loss, default=source.kind == "suite") for name, run in source.runs.items()}
     first = owner.opened_run(source)
     period = owner.example_period(source)
     order = [first, *(n for n in source.runs if n != first)]
@@ -60,7 +65,7 @@ def view_data(
         budget -= cost if with_patterns else 0
         step_progress = None if progress is None else (lambda done, total, n=name: progress(n, done, total))
         runs[name] = run_data(run, name, period, patterns=with_patterns, device=device, progress=step_progress,
-                              example=example)
+                              example=example, loss=losses[name])
     add_token_strips(runs, source.runs, order, lambda run: task_example(run, period), inputs, device=device)
     headline = owner.headline(source, runs)
     for name, marks in headline.marks.items():  # the analysis's marks replace those found at their steps
@@ -71,6 +76,7 @@ def view_data(
                                          key=lambda m: m["step"])
     record = source.record
     title = (f"{record['analysis']} ({record.get('preset', '?')} preset)" if source.kind == "analysis"
+             else f"checkpoint suite {source.path.resolve().name}" if source.kind == "suite"
              else f"run {source.path.name}")
     data = {
         "format": FORMAT, "title": title, "kind": source.kind, "analysis": source.analysis,
@@ -178,9 +184,11 @@ def write_view(
     device: str | torch.device | None = None,
     progress: Callable[[str, int, int], None] | None = None,
     examples: Sequence[ExampleInput] = (),
+    loss: LossInput | None = None,
 ) -> Path:
-    """Write `path/view/index.html` for the run or analysis directory `path`, with token strips
-    of the analysis's example and of `examples` (`interp.view.examples`); returns the
+    """Write `path/view/index.html` for the run or analysis directory or checkpoint-suite
+    folder `path`, with token strips of the analysis's example and of `examples`
+    (`interp.view.examples`) and a loss curve on `loss` (a suite's default: see `view_data`); returns the
     page's path. Bad input (a missing, empty or half-written directory, a `view` of the
     user's own in it, an example the model cannot read) raises before anything is written,
     naming what is wrong."""
@@ -189,7 +197,7 @@ def write_view(
     if os.path.lexists(final) and not _is_our_page(final):
         raise ViewError(f"{final} exists and is not an explorer page written by interp view: move it away or "
                         "choose another directory")
-    page = render_page(view_data(root, device=device, progress=progress, examples=examples))
+    page = render_page(view_data(root, device=device, progress=progress, examples=examples, loss=loss))
     tmp = root / f".{VIEW_DIR}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
     old = root / f".{VIEW_DIR}-old.{os.getpid()}.{secrets.token_hex(4)}.tmp"
     tmp.mkdir()
