@@ -27,6 +27,8 @@ LLC_BATCHES = 31
 """The SGLD minibatches of an LLC estimate's chain `c`: `generator(seed, LLC_BATCHES, c)` (`interp.metrics.llc`)."""
 LLC_NOISE = 32
 """The seed of chain `c`'s SGLD noise: `generator(seed, LLC_NOISE, c)`."""
+LOSS_CURVE = 41
+"""The default batch of a checkpoint source's loss curve (`interp.metrics.loss_curve`)."""
 EXAMPLES = 9001
 """The explorer's example sequence (`interp view`), apart from any analysis's streams."""
 

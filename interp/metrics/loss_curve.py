@@ -55,7 +55,6 @@ BATCH_FILE = "batch.json"
 LOSS_PERIOD = 64  # tokens per copy of the default batch (at most half the context)
 LOSS_SEQUENCES = 16  # sequences of the default batch where the logits budget allows
 LOSS_LOGITS_BUDGET = 128 * 2**20  # bytes of float32 logits of the default batch's forward
-LOSS_STREAM = 41  # `interp.seeding` stream of the default batch's tokens
 
 
 @dataclass(frozen=True)
@@ -93,7 +92,7 @@ def repeated_loss_batch(cfg: ModelSizes, seed: int = 0) -> LossBatch:
     period = max(1, min(LOSS_PERIOD, cfg.n_ctx // 2))
     per_sequence = 2 * period * cfg.d_vocab * 4
     sequences = max(1, min(LOSS_SEQUENCES, LOSS_LOGITS_BUDGET // per_sequence))
-    tokens = repeated_tokens(sequences, period, cfg.d_vocab, seeding.generator(seed, LOSS_STREAM))
+    tokens = repeated_tokens(sequences, period, cfg.d_vocab, seeding.generator(seed, seeding.LOSS_CURVE))
     in_repeat = (torch.arange(2 * period) >= period).expand(sequences, -1).clone()
     about = (f"{sequences} sequences of {period} random tokens repeated twice (seed {seed}; loss_{REPEAT_KEY}: the "
              "second copy, predictable by induction)")
