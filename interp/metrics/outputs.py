@@ -6,8 +6,8 @@ from __future__ import annotations
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from interp.model import scored_positions, token_losses
-from interp.probing import Probe, ProbeContext
+from interp.model import Batch, scored_positions, token_losses
+from interp.probing import Probe, ProbeContext, mean_over_positions
 
 
 def token_set_mass(
@@ -30,16 +30,19 @@ def token_set_mass_probe(query_key: str, token_key: str) -> Probe:
     """Probability on the tokens in `batch[token_key]` at the positions in `batch[query_key]`."""
     return Probe(name=f"token_set_mass({query_key},{token_key})", hooks=(),
                  fn=lambda ctx: {"mass": token_set_mass(ctx.logits, ctx.batch[query_key].bool(),
-                                                        ctx.batch[token_key].bool())})
+                                                        ctx.batch[token_key].bool())},
+                 mean_over=mean_over_positions(query_key, lambda batch: batch[query_key].bool()))
 
 
 def loss_probe(mask_key: str | None = None) -> Probe:
     """Mean loss over scored positions, optionally restricted to `batch[mask_key]`."""
 
-    def fn(ctx: ProbeContext) -> dict[str, float]:
-        mask = scored_positions(ctx.batch)
-        if mask_key is not None:
-            mask = mask & ctx.batch[mask_key].bool()
-        return {"loss": float(token_losses(ctx.logits, ctx.batch)[mask].mean())}
+    def positions(batch: Batch) -> Tensor:
+        mask = scored_positions(batch)
+        return mask if mask_key is None else mask & batch[mask_key].bool()
 
-    return Probe(name=f"loss(mask={mask_key})", hooks=(), fn=fn)
+    def fn(ctx: ProbeContext) -> dict[str, float]:
+        return {"loss": float(token_losses(ctx.logits, ctx.batch)[positions(ctx.batch)].mean())}
+
+    return Probe(name=f"loss(mask={mask_key})", hooks=(), fn=fn,
+                 mean_over=mean_over_positions(f"scored positions in {mask_key}", positions))
