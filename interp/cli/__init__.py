@@ -30,6 +30,10 @@ def main(argv: list[str] | None = None) -> int:
     if not args.debug:
         parallel_log.addFilter(quiet)
     try:
+        if "torch_threads" in args:  # a command that computes here (`_add_threads_arg`)
+            from interp.devices import default_threads, set_threads  # torch: only for such a command
+
+            set_threads(args.torch_threads or default_threads())
         return args.fn(args) or 0
     except KeyboardInterrupt as err:
         return report_interrupt(err, args)
