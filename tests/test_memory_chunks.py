@@ -226,10 +226,17 @@ def restore_threads():
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-def test_threads_sets_torchs_thread_count(run_copy, restore_threads, threads):
+def test_threads_sets_torchs_thread_count_for_the_command(run_copy, restore_threads, monkeypatch, threads):
+    import interp.cli.probe as cli_probe
+
+    seen: list[int] = []
+    real = cli_probe.probe
+    monkeypatch.setattr(cli_probe, "probe", lambda *a, **kw: (seen.append(torch.get_num_threads()), real(*a, **kw))[1])
+    torch.set_num_threads(3)
     assert main(["probe", str(run_copy.path), "prev-token", "--steps", "0", "--device", "cpu",
                  "--threads", str(threads)]) == 0
-    assert torch.get_num_threads() == threads
+    assert seen == [threads]
+    assert torch.get_num_threads() == 3  # main() called in a process leaves its threads as they were
 
 
 @pytest.mark.parametrize("value", ["0", "-1", "two"])

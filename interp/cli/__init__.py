@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import logging
+from contextlib import ExitStack
 
 from interp.cli.errors import (
     EXIT_ERROR,
@@ -30,11 +31,12 @@ def main(argv: list[str] | None = None) -> int:
     if not args.debug:
         parallel_log.addFilter(quiet)
     try:
-        if "torch_threads" in args:  # a command that computes here (`_add_threads_arg`)
-            from interp.devices import default_threads, set_threads  # torch: only for such a command
+        with ExitStack() as threads:
+            if "torch_threads" in args:  # a command that computes here (`_add_threads_arg`), for its duration
+                from interp.devices import default_threads, torch_threads  # torch: only for such a command
 
-            set_threads(args.torch_threads or default_threads())
-        return args.fn(args) or 0
+                threads.enter_context(torch_threads(args.torch_threads or default_threads()))
+            return args.fn(args) or 0
     except KeyboardInterrupt as err:
         return report_interrupt(err, args)
     except JobsFailed as err:
