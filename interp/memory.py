@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import resource
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -398,32 +398,65 @@ def check_forward_memory(cfg: ModelDimensions, batch: Batch | None, hooks: Itera
     raise InsufficientMemoryError(
         f"{what} a batch of {n_batch} sequences x {n_pos} positions needs about "
         f"{format_bytes(estimate.total)} ({', '.join(parts)}) but {format_bytes(available.free)} is available on "
-        f"{device}; reduce the batch (memory bounded by {available.source})")
+        f"{device}; reduce {'the batch' if n_batch > 1 else 'the sequence length'} (memory bounded by "
+        f"{available.source})")
+
+
+CHUNK_MEMORY_FRACTION = 0.5
+"""The share of the memory left after the parameters (and any kept copies) that one chunk of a
+chunked computation is planned to take. The estimates are within about 20% of the measured peaks
+(`benchmarks/memory_estimate.py`), the allocator keeps freed blocks, and other processes allocate
+meanwhile: a chunk sized to all of it would run at the edge. One row still runs where it fits in
+all of it."""
 
 
 def forward_chunk_rows(cfg: ModelDimensions, batch: Batch, hooks: Iterable[str] = (),
-                       device: str | torch.device | None = None, kept_copies: int = 1) -> int:
-    """Rows of `batch` per forward pass so that each pass, caching `hooks`, fits beside
-    `kept_copies` copies of the whole batch's cached activations (what a caller filling them
-    chunk by chunk holds): every row where one pass fits. Rows are independent in a forward
-    pass, so chunking is exact. `InsufficientMemoryError` where not even one row fits."""
+                       device: str | torch.device | None = None, kept_copies: int = 0,
+                       own_passes: Mapping[str, Callable[[int], int]] | None = None) -> int:
+    """Rows of `batch` per chunk of a computation that runs chunk by chunk: one forward pass
+    caching `hooks`, plus the largest of `own_passes` (per method, the bytes it allocates beyond
+    that pass on a chunk of the given rows, `Probe.memory`), beside `kept_copies` copies of the
+    whole batch's cached activations (what a caller filling them chunk by chunk holds). The
+    whole batch where it fits in `CHUNK_MEMORY_FRACTION` of what the parameters and the kept
+    copies leave free, else the largest chunk that does, else one row where it fits at all.
+    `InsufficientMemoryError`, naming the numbers, where the model cannot load or not even one
+    row fits."""
     device = resolve_device(device)
     n_batch, n_pos = batch["tokens"].shape[:2]
     hooks = list(hooks)
-    whole = estimate_forward(cfg, n_batch, n_pos, hooks, kept_copies)
+    own_passes = own_passes or {}
     available = available_memory(device)
-    if available is None or whole.total <= available.free:
+    if available is None or n_batch == 0:
         return n_batch
-    one = estimate_forward(cfg, 1, n_pos, hooks)
-    # A chunk's cache and intermediates grow with its rows; the parameters and the kept copies do not.
-    rows = (available.free - whole.parameters - whole.kept) // (one.cached + one.transient)
+    whole = estimate_forward(cfg, n_batch, n_pos, hooks, kept_copies)
     if whole.load > available.free:
-        check_forward_memory(cfg, None, device=device)
-    if rows < 1:
+        check_forward_memory(cfg, None, device=device)  # the refusal to load, naming its numbers
+
+    def needs(rows: int) -> int:
+        """Bytes at the peak of a chunk of `rows`: what grows with the chunk (its cache, the pass's
+        intermediates, a method's own passes) beside what does not (the parameters, the kept copies)."""
+        one = estimate_forward(cfg, rows, n_pos, hooks, own=max((own(rows) for own in own_passes.values()), default=0))
+        return one.parameters + whole.kept + one.cached + one.transient + one.own
+
+    fixed = whole.parameters + whole.kept
+    budget = fixed + int(CHUNK_MEMORY_FRACTION * max(0, available.free - fixed))
+    if needs(n_batch) <= budget:
+        return n_batch
+    fits, too_many = 0, n_batch  # every estimate grows with the rows: bisect for the largest that fits
+    while too_many - fits > 1:
+        middle = (fits + too_many) // 2
+        fits, too_many = (middle, too_many) if needs(middle) <= budget else (fits, middle)
+    if fits or needs(1) <= available.free:
+        return max(fits, 1)
+    if kept_copies:
+        one = estimate_forward(cfg, 1, n_pos, hooks)
         raise InsufficientMemoryError(
             f"collecting {len(hooks)} hook(s) on a batch of {n_batch} sequences x {n_pos} positions keeps "
             f"{kept_copies} copies of their activations ({format_bytes(whole.kept)}) beside the parameters "
             f"({format_bytes(whole.parameters)}) and a one-sequence forward pass "
             f"({format_bytes(one.cached + one.transient)}), but {format_bytes(available.free)} is available on "
             f"{device}; reduce the batch or the steps (memory bounded by {available.source})")
-    return int(min(rows, n_batch))
+    # One sequence does not fit: the refusal of a one-sequence batch names its numbers.
+    one_row = {"tokens": torch.zeros(1, n_pos, dtype=torch.long, device="meta")}
+    check_forward_memory(cfg, one_row, hooks, device, own_passes={name: own(1) for name, own in own_passes.items()})
+    return 1  # memory was freed since it was read

@@ -330,3 +330,10 @@ def masked_mean_loss(logits: Float[Tensor, "batch pos vocab"], batch: Batch) -> 
 
 def batch_to(batch: Batch, device: torch.device) -> Batch:
     return {k: v.to(device) for k, v in batch.items()}
+
+
+def batch_rows(batch: Batch, start: int, stop: int) -> Batch:
+    """Rows `start:stop` of `batch`: every tensor with a row per sequence is sliced, the others
+    (shared by every row) are kept whole."""
+    n_rows = len(batch["tokens"])
+    return {key: value[start:stop] if value.dim() and len(value) == n_rows else value for key, value in batch.items()}

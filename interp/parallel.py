@@ -15,7 +15,6 @@ from __future__ import annotations
 import atexit
 import logging
 import multiprocessing
-import os
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
@@ -23,6 +22,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Protocol, TypeVar
 
+from interp.devices import available_cores, set_threads, torch_threads
 from interp.errors import ErrorRecord, MissingDependencyError
 
 logger = logging.getLogger(__name__)
@@ -30,17 +30,8 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-def available_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
-def _init_worker(torch_threads: int) -> None:
-    import torch  # here, not above: `interp`'s command line imports this module and starts without torch
-
-    torch.set_num_threads(torch_threads)
+def _init_worker(threads: int) -> None:
+    set_threads(threads)
 
 
 _pools: dict[tuple[int, int], ProcessPoolExecutor] = {}
@@ -130,14 +121,8 @@ class LocalBackend:
 
 
 def _with_threads(fn: Callable[[Any], T], item: Any, threads: int) -> T:
-    import torch
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         return fn(item)
-    finally:
-        torch.set_num_threads(previous)
 
 
 @dataclass(frozen=True)

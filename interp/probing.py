@@ -31,6 +31,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -47,7 +48,7 @@ from interp.files import JsonlScan, append_jsonl, atomic_write_bytes, dumps_json
 from interp.ids import HeadId, Identity
 from interp.locking import RunInUseError
 from interp.memory import check_forward_memory, forward_chunk_rows
-from interp.model import Batch, ModelConfig, batch_to, input_hooks
+from interp.model import Batch, ModelConfig, batch_rows, batch_to, input_hooks
 from interp.run_layout import PROBES_DIR
 
 if TYPE_CHECKING:  # TransformerLens takes seconds to import; these names only annotate
@@ -75,6 +76,27 @@ ProbeReads = Literal["activations", "batch", "weights"]
 
 
 @dataclass(frozen=True)
+class MeanOver:
+    """How a probe's values on a batch combine from its values on chunks of the batch's rows:
+    every value the probe returns is a mean over `unit`s of the batch (its rows, or the positions
+    a mask selects) of a quantity each row computes alone, and `count(chunk)` is how many of them
+    a chunk holds. The batch's value is then the count-weighted mean of its chunks' values: the
+    whole batch's value up to float rounding. A chunk that holds none is skipped."""
+
+    unit: str
+    count: Callable[[Batch], int]
+
+
+ROWS = MeanOver("rows", lambda batch: len(batch["tokens"]))
+"""A mean over the batch's rows, each with the same number of terms (e.g. the induction score)."""
+
+
+def mean_over_positions(unit: str, mask: Callable[[Batch], Tensor]) -> MeanOver:
+    """A mean over the positions `mask(batch)` (a bool `[batch, pos]` tensor) selects."""
+    return MeanOver(unit, lambda batch: int(mask(batch).sum()))
+
+
+@dataclass(frozen=True)
 class Probe:
     """`name` identifies the probe and its parameters (it keys the cache);
     `hooks` are the activation names `fn` reads from `ctx.acts`. `reads` is what `fn` needs:
@@ -84,13 +106,16 @@ class Probe:
     alone (neither a batch nor a forward pass). `memory(model config, batch size, positions)`:
     the bytes `fn` allocates beyond one forward pass on the batch (a circuit method's extra
     passes, gradients or second model), which `probe()` checks before loading (None: nothing
-    beyond it)."""
+    beyond it). `mean_over`: how its values combine over chunks of rows (`MeanOver`), so a batch
+    too large for memory runs in chunks; None for a probe whose values are not such a mean (a
+    fitted linear probe, a mean ablation's batch mean, SGLD), which runs on the whole batch."""
 
     name: str
     hooks: tuple[str, ...]
     fn: Callable[[ProbeContext], Mapping[str, float]]
     reads: ProbeReads = "activations"
     memory: Callable[[ModelConfig, int, int], int] | None = None
+    mean_over: MeanOver | None = None
 
 
 Column = str | Identity
@@ -265,10 +290,24 @@ def _repair_cache(path: Path, scan: JsonlScan) -> None:
 
 
 def run_probes(model: TransformerBridge, probes: Mapping[str, Probe], batch: Batch | None, step: int | None = None,
-               artifacts: Mapping[str, Path] | None = None) -> dict[str, float]:
+               artifacts: Mapping[str, Path] | None = None, chunk_rows: int | None = None) -> dict[str, float]:
     """Evaluate probes on one model with a single cached forward pass (none when no probe
-    reads its activations). `step` and `artifacts` (per key) fill the context's fields."""
+    reads its activations). `step` and `artifacts` (per key) fill the context's fields.
+    `chunk_rows` (`probe_chunk_rows`): the probes with a `Probe.mean_over` run on chunks of
+    that many rows, one shared forward per chunk, without artifacts; the others on the whole batch."""
     _check_batch(probes, batch)
+    n_rows = 0 if batch is None else len(batch["tokens"])
+    if batch is None or chunk_rows is None or chunk_rows >= n_rows:
+        return _run_together(model, probes, batch, step, artifacts)
+    chunked = {key: p for key, p in probes.items() if p.mean_over is not None and p.reads != "weights"}
+    whole = {key: p for key, p in probes.items() if key not in chunked}
+    values = _run_together(model, whole, batch, step, artifacts) if whole else {}
+    return {**values, **_run_chunked(model, chunked, batch, step, chunk_rows)}
+
+
+def _run_together(model: TransformerBridge, probes: Mapping[str, Probe], batch: Batch | None, step: int | None,
+                  artifacts: Mapping[str, Path] | None) -> dict[str, float]:
+    """`probes` on `batch` at once, with one shared forward pass where any reads its activations."""
     if batch is None or not any(p.reads == "activations" for p in probes.values()):
         # Without gradients, as beside the shared forward (a probe that needs them enables them).
         with torch.no_grad():
@@ -277,6 +316,35 @@ def run_probes(model: TransformerBridge, probes: Mapping[str, Probe], batch: Bat
     with torch.no_grad(), model.hooks(fwd_hooks=input_hooks(model, batch)):
         logits, cache = model.run_with_cache(batch["tokens"], names_filter=hooks)
         return _flatten(probes, ProbeContext(acts=cache, logits=logits, batch=batch, model=model, step=step), artifacts)
+
+
+def _run_chunked(model: TransformerBridge, probes: Mapping[str, Probe], batch: Batch, step: int | None,
+                 chunk_rows: int) -> dict[str, float]:
+    """`probes` (each with a `mean_over`) on `batch`, `chunk_rows` rows at a time: each value the
+    count-weighted mean of its chunks' values (`MeanOver`). A probe no chunk holds a unit of runs
+    on the whole batch, where it gives what it gives there (usually its own error)."""
+    sums: dict[str, dict[str, float]] = {}
+    counts = dict.fromkeys(probes, 0)
+    n_rows = len(batch["tokens"])
+    for start in range(0, n_rows, chunk_rows):
+        chunk = batch_rows(batch, start, start + chunk_rows)
+        weights = {key: p.mean_over.count(chunk) for key, p in probes.items() if p.mean_over is not None}
+        present = {key: p for key, p in probes.items() if weights[key] > 0}
+        if not present:
+            continue
+        values = _run_together(model, present, chunk, step, None)
+        for key in present:
+            own = {name[len(key) + 1:]: v for name, v in values.items() if name.startswith(key + "/")}
+            if key in sums and sums[key].keys() != own.keys():
+                raise ValueError(f"probe {key!r} returned other metrics on rows {start}.. than on earlier rows; "
+                                 "a probe whose metrics depend on the rows cannot be chunked (mean_over=None)")
+            total = sums.setdefault(key, dict.fromkeys(own, 0.0))
+            for name, value in own.items():
+                total[name] += weights[key] * value
+            counts[key] += weights[key]
+    out = {f"{key}/{name}": total / counts[key] for key, by_name in sums.items() for name, total in by_name.items()}
+    unseen = {key: p for key, p in probes.items() if not counts[key]}
+    return {**out, **(_run_together(model, unseen, batch, step, None) if unseen else {})}
 
 
 def _flatten(probes: Mapping[str, Probe], ctx: ProbeContext,
@@ -374,6 +442,32 @@ def check_probe_memory(cfg: ModelConfig, probes: Mapping[str, Probe], batch: Bat
                          own_passes=own)
 
 
+def _memory_at(memory: Callable[[ModelConfig, int, int], int], cfg: ModelConfig, rows: int, positions: int) -> int:
+    return memory(cfg, rows, positions)
+
+
+def probe_chunk_rows(cfg: ModelConfig, probes: Mapping[str, Probe], batch: Batch | None,
+                     device: str | torch.device | None = None) -> int:
+    """Rows per chunk `probe()` computes `probes` on `batch` in (`run_probes`'s `chunk_rows`):
+    the whole batch where the probes with a `Probe.mean_over` fit in memory on it, else the
+    largest chunk that does (`interp.memory.forward_chunk_rows`: one shared forward caching
+    their hooks plus the largest of their own passes, in `CHUNK_MEMORY_FRACTION` of what is
+    free). `InsufficientMemoryError` naming the numbers, before anything loads, where the model
+    cannot load, a probe without one does not fit on the whole batch, or one row does not fit.
+    Only the batch's shape is read: a `shape_only` batch of the CLI's is enough."""
+    if batch is None:
+        check_probe_memory(cfg, probes, batch, device)
+        return 0
+    chunked = {key: p for key, p in probes.items() if p.mean_over is not None and p.reads != "weights"}
+    check_probe_memory(cfg, {key: p for key, p in probes.items() if key not in chunked}, batch, device)
+    n_batch, n_pos = batch["tokens"].shape[:2]
+    if not chunked:
+        return n_batch
+    own = {p.name: partial(_memory_at, p.memory, cfg, positions=n_pos)
+           for p in chunked.values() if p.memory is not None}
+    return forward_chunk_rows(cfg, batch, {h for p in chunked.values() for h in p.hooks}, device, own_passes=own)
+
+
 def probe(
     run: CheckpointSource | str | Path,
     probes: Mapping[str, Probe],
@@ -395,7 +489,10 @@ def probe(
     run = Run.open(run) if isinstance(run, str | Path) else run
     batch = text_batch(run, batch) if _is_text(batch) else batch
     check_batch_fits(run, batch)
-    check_probe_memory(run.model_config, probes, batch, device)
+    chunk_rows = probe_chunk_rows(run.model_config, probes, batch, device)
+    if batch is not None and chunk_rows < len(batch["tokens"]):
+        LOG.info("probing %d sequences in chunks of %d (the whole batch does not fit in memory at once)",
+                 len(batch["tokens"]), chunk_rows)
     device = resolve_device(device)
     steps = list(run.steps if steps is None else steps)
     missing = sorted(set(steps) - set(run.steps))
@@ -428,7 +525,7 @@ def probe(
                         cached.update(cache_rows(scan).results)
             artifacts = None if cache_dir is None else \
                 {key: probe_artifacts(run, key, p, batch, device, cache_dir) for key, p in probes.items()}
-            _compute(run, probes, batch, todo, cached, cache_key, device, progress, probe_dir, artifacts)
+            _compute(run, probes, batch, todo, cached, cache_key, device, progress, probe_dir, artifacts, chunk_rows)
 
     rows = [{f"{key}/{n}": v for key in probes for n, v in cached[cache_key(key, step)].items()} for step in steps]
     columns = tuple(sorted({c for row in rows for c in row}))
@@ -514,8 +611,9 @@ def _hold_cache_lock(run: CheckpointSource, held: ExitStack) -> Path | None:
 def _compute(run: CheckpointSource, probes: Mapping[str, Probe], batch: Batch | None, steps: list[int],
              cached: dict[CacheKey, dict[str, float]], cache_key: Callable[[str, int], CacheKey],
              device: torch.device, progress: bool, probe_dir: Path | None,
-             artifacts: Mapping[str, Path] | None) -> None:
-    """Compute what `cached` lacks at `steps` into it, appending each result to its cache file."""
+             artifacts: Mapping[str, Path] | None, chunk_rows: int) -> None:
+    """Compute what `cached` lacks at `steps` into it, appending each result to its cache file;
+    `chunk_rows`: see `run_probes` (the cache key does not depend on it)."""
     device_batch = None if batch is None else batch_to(batch, device)
     model: TransformerBridge | None = None
     for step in tqdm(steps, disable=not progress, desc="probing", leave=False):
@@ -523,7 +621,7 @@ def _compute(run: CheckpointSource, probes: Mapping[str, Probe], batch: Batch | 
         if not todo:
             continue
         model = run.load(step, device=device, into=model)
-        values = run_probes(model, todo, device_batch, step=step, artifacts=artifacts)
+        values = run_probes(model, todo, device_batch, step=step, artifacts=artifacts, chunk_rows=chunk_rows)
         for key in todo:
             own = _stored({name[len(key) + 1 :]: v for name, v in values.items() if name.startswith(key + "/")})
             probe_name, batch_id, weights, run_numerics, _ = found = cache_key(key, step)
@@ -564,8 +662,7 @@ def collect_activations(
         if hook not in model.hook_dict:
             raise UnknownNameError(f"hook: {hook!r} is not a hook point of this model")
         for start in range(0, n_rows, chunk):
-            rows = {key: value[start:start + chunk] if value.dim() and len(value) == n_rows else value
-                    for key, value in device_batch.items()}
+            rows = batch_rows(device_batch, start, start + chunk)
             with torch.no_grad(), model.hooks(fwd_hooks=input_hooks(model, rows)):
                 _, cache = model.run_with_cache(rows["tokens"], names_filter=[hook])
             acts = cache[hook].float().cpu().numpy()
@@ -575,6 +672,7 @@ def collect_activations(
     return np.zeros((0, n_rows)) if stacked is None else stacked
 
 
-__all__ = ["CachedComputation", "Column", "Probe", "ProbeContext", "ProbeReads", "ProbeTable", "batch_hash",
-           "cache_rows", "cached_computations", "check_probe_memory", "collect_activations", "numerics", "probe",
-           "probe_artifacts", "probe_cache_files", "run_probes", "text_batch"]
+__all__ = ["ROWS", "CachedComputation", "Column", "MeanOver", "Probe", "ProbeContext", "ProbeReads", "ProbeTable",
+           "batch_hash", "cache_rows", "cached_computations", "check_probe_memory", "collect_activations",
+           "mean_over_positions", "numerics", "probe", "probe_artifacts", "probe_cache_files", "probe_chunk_rows",
+           "run_probes", "text_batch"]

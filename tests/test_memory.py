@@ -242,9 +242,14 @@ def huge_batch(n: int) -> dict[str, torch.Tensor]:
 
 
 def test_a_probe_batch_that_cannot_fit_is_refused_before_loading(run_copy, two_gb, no_loading):
+    """Probes that are no mean over rows run on the whole batch (a chunked one:
+    tests/test_memory_chunks.py)."""
+    from dataclasses import replace
+
     from interp.metrics import heads, outputs
 
-    probes = {"ind": heads.induction_probe([0, 1], N_CTX // 2), "loss": outputs.loss_probe()}
+    probes = {"ind": replace(heads.induction_probe([0, 1], N_CTX // 2), mean_over=None),
+              "loss": replace(outputs.loss_probe(), mean_over=None)}
     with pytest.raises(InsufficientMemoryError) as err:
         probe(run_copy, probes, huge_batch(10**6), device="cpu")
     message = str(err.value)
@@ -281,7 +286,7 @@ def test_collect_activations_in_chunks_equals_one_forward(run_copy, monkeypatch)
     cfg = run_copy.model_config
     kept = estimate_forward(cfg, 23, N_CTX, [hook], kept_copies=len(steps))
     one = estimate_forward(cfg, 1, N_CTX, [hook])
-    free = kept.parameters + kept.kept + 5 * (one.cached + one.transient)  # five rows a forward
+    free = kept.parameters + kept.kept + 10 * (one.cached + one.transient)  # five rows in half of what is left
     assert free > kept.load
     monkeypatch.setattr(memory_module, "available_memory", lambda device=None: AvailableMemory(free, "a test"))
     assert memory_module.forward_chunk_rows(cfg, batch, [hook], "cpu", kept_copies=len(steps)) == 5
@@ -295,11 +300,15 @@ def test_collect_activations_in_chunks_equals_one_forward(run_copy, monkeypatch)
     np.testing.assert_allclose(chunked, whole, rtol=1e-6, atol=1e-6)
 
 
-def test_the_cli_refuses_a_probe_that_cannot_fit_with_exit_2(run_copy, two_gb, no_loading, capsys):
+def test_the_cli_refuses_a_probe_that_cannot_fit_with_exit_2(run_copy, no_loading, monkeypatch, capsys):
+    """The tiny model cannot even load (a batch that does not fit at once is computed in chunks,
+    and one sequence that does not fit is refused: tests/test_memory_chunks.py)."""
+    load = estimate_forward(run_copy.model_config, 0, N_CTX).load
+    monkeypatch.setattr(memory_module, "available_memory", lambda device=None: AvailableMemory(load - 1, "a test"))
     assert main(["probe", str(run_copy.path), "induction", "--sequences", "1000000", "--device", "cpu"]) == 2
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("interp probe: error: a forward pass of the model")
-    assert f"1000000 sequences x {N_CTX} positions" in lines[0] and "cgroup v1 memory limit of 2.0 GB" in lines[0]
+    assert len(lines) == 1 and lines[0].startswith("interp probe: error: loading the model (d_vocab=")
+    assert lines[0].endswith("is available on cpu (memory bounded by a test)")
 
 
 def test_training_behind_a_cgroup_v1_limit_is_refused_with_exit_2(tmp_path, monkeypatch, capsys):
@@ -328,6 +337,10 @@ def test_a_real_address_space_limit_is_refused_in_one_line_not_killed(run_copy):
         "size = next(int(line.split()[1]) * 1024 for line in Path('/proc/self/status').read_text().splitlines()"
         " if line.startswith('VmSize:'))\n"
         "resource.setrlimit(resource.RLIMIT_AS, (size + 10**9, resource.getrlimit(resource.RLIMIT_AS)[1]))\n"
+        # A probe that runs on the whole batch (a chunked one would compute the million rows in chunks).
+        "import dataclasses, interp.metrics.heads as heads\n"
+        "made = heads.induction_probe\n"
+        "heads.induction_probe = lambda *a: dataclasses.replace(made(*a), mean_over=None)\n"
         f"sys.exit(interp.cli.main(['probe', {str(run_copy.path)!r}, 'induction', '--sequences', '1000000', "
         "'--device', 'cpu']))\n")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
@@ -343,45 +356,6 @@ def test_the_tiny_model_config_fits_here():
 
 
 # --- a circuit method's own passes, the explorer's patterns ---------------------------------------
-
-
-def method_batch_sizes(cfg: ModelConfig, own, positions: int, free: int) -> int:
-    """A batch size whose one forward fits in `free` bytes but not with the method's own passes."""
-    n = 1
-    while estimate_forward(cfg, n, positions, own=own(cfg, n, positions)).total <= free:
-        n *= 2
-    assert estimate_forward(cfg, n, positions).total < free
-    return n
-
-
-@pytest.mark.parametrize(("method", "name"), [("path", "path_patching("), ("eap", "edge_attribution(")])
-def test_the_cli_refuses_a_circuit_method_that_cannot_fit(run_copy, two_gb, no_loading, capsys, method, name):
-    from interp.circuits.attribution import edge_attribution_memory
-    from interp.circuits.paths import path_patching_memory
-
-    own = path_patching_memory if method == "path" else edge_attribution_memory
-    n = method_batch_sizes(run_copy.model_config, own, N_CTX, 2 * GB)
-    assert main(["circuit", str(run_copy.path), "--method", method, "--sequences", str(n), "--device", "cpu"]) == 2
-    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith(f"interp circuit: error: {name}")
-    assert f"on a batch of {n} sequences x {N_CTX} positions" in lines[0] and "'s own passes" in lines[0]
-    assert lines[0].endswith("(memory bounded by the cgroup v1 memory limit of 2.0 GB)")
-
-
-def test_probe_counts_each_methods_own_passes(run_copy, two_gb, no_loading):
-    from interp.batches import repeated_patch_batch
-    from interp.circuits.activation import activation_patching_memory, activation_patching_probe
-    from interp.circuits.common import mean_logprob
-    from interp.circuits.cross_checkpoint import cross_checkpoint_memory, cross_checkpoint_probe
-
-    metric = mean_logprob("in_repeat")
-    for made, own in ((activation_patching_probe(metric), activation_patching_memory),
-                      (cross_checkpoint_probe(lambda device: None, "a", metric), cross_checkpoint_memory)):
-        n = method_batch_sizes(run_copy.model_config, own, N_CTX, 2 * GB)
-        batch = {key: value[:1].expand(n, -1) for key, value in
-                 repeated_patch_batch(1, N_CTX // 2, run_copy.model_config.d_vocab, torch.Generator()).items()}
-        with pytest.raises(InsufficientMemoryError, match=rf"^{made.name.split('(')[0]}\(.* on a batch of {n} "):
-            probe(run_copy, {"m": made}, batch, device="cpu")
 
 
 def test_the_explorers_pattern_pass_is_checked_before_loading(run_copy, no_loading, monkeypatch):

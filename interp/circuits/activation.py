@@ -103,4 +103,4 @@ def activation_patching_probe(metric: PatchMetric, kind: ActivationKind = "head_
                               by_position: bool = False) -> Probe:
     return Probe(name=f"activation_patching({metric.name},{kind},by_position={by_position})", hooks=(),
                  fn=lambda ctx: activation_patch(ctx.model, probe_batch(ctx), metric, kind, by_position), reads="batch",
-                 memory=activation_patching_memory)
+                 memory=activation_patching_memory, mean_over=metric.mean_over)

@@ -132,4 +132,4 @@ def edge_attribution_probe(metric: PatchMetric, ig_steps: int = 1) -> Probe:
     """`edge_attribution` at every checkpoint; columns are edges, `node/<sender>` and `base`."""
     name = f"edge_attribution({metric.name})" if ig_steps == 1 else f"edge_attribution({metric.name},ig={ig_steps})"
     return Probe(name=name, hooks=(), fn=lambda ctx: edge_attribution(ctx.model, probe_batch(ctx), metric, ig_steps),
-                 reads="batch", memory=partial(edge_attribution_memory, ig_steps=ig_steps))
+                 reads="batch", memory=partial(edge_attribution_memory, ig_steps=ig_steps), mean_over=metric.mean_over)

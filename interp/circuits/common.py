@@ -24,7 +24,7 @@ from torch import Tensor
 
 from interp.batches import SOURCE_KEY
 from interp.model import Batch, input_hooks, scored_positions, targets_of
-from interp.probing import ProbeContext
+from interp.probing import MeanOver, ProbeContext, mean_over_positions
 
 if TYPE_CHECKING:  # TransformerLens takes seconds to import; these names only annotate
     from transformer_lens.model_bridge import TransformerBridge
@@ -32,27 +32,34 @@ if TYPE_CHECKING:  # TransformerLens takes seconds to import; these names only a
 
 @dataclass(frozen=True)
 class PatchMetric:
-    """A differentiable scalar of a forward pass: `fn(logits, batch)`. `name` keys the cache."""
+    """A differentiable scalar of a forward pass: `fn(logits, batch)`. `name` keys the cache.
+    `mean_over`: where the scalar is a mean over rows or positions (`interp.probing.MeanOver`),
+    which lets a method's probe run on chunks of rows; None where it is not (an accuracy of
+    the whole batch's argmax is, a ratio of means is not), and the probe runs on the whole batch."""
 
     name: str
     fn: Callable[[Tensor, Batch], Tensor]
+    mean_over: MeanOver | None = None
 
 
 def mean_logprob(mask_key: str | None = None) -> PatchMetric:
     """Mean log-probability of the batch's targets at its scored positions (and
     `batch[mask_key]`): minus the loss there."""
 
-    def fn(logits: Tensor, batch: Batch) -> Tensor:
+    def positions(batch: Batch) -> Tensor:
         mask = scored_positions(batch)
-        if mask_key is not None:
-            mask = mask & batch[mask_key].bool()
+        return mask if mask_key is None else mask & batch[mask_key].bool()
+
+    def fn(logits: Tensor, batch: Batch) -> Tensor:
+        mask = positions(batch)
         if not mask.any():
             raise ValueError(f"mean_logprob: no scored position{' in ' + mask_key if mask_key else ''}")
         targets = targets_of(batch).clamp_min(0)
         logprobs = logits.float().log_softmax(-1).gather(-1, targets[..., None])[..., 0]
         return logprobs[mask].mean()
 
-    return PatchMetric(f"mean_logprob({mask_key})", fn)
+    return PatchMetric(f"mean_logprob({mask_key})", fn,
+                       mean_over_positions(f"scored positions in {mask_key}", positions))
 
 
 def source_batch(batch: Batch) -> Batch:

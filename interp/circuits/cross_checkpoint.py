@@ -153,4 +153,4 @@ def cross_checkpoint_probe(load_source: Callable[[torch.device], TransformerBrid
 
     chosen_name = None if moved is None else tuple(map(str, moved))
     return Probe(name=f"cross_checkpoint({source_id},{metric.name},{mode},moved={chosen_name})", hooks=(), fn=fn,
-                 reads="batch", memory=cross_checkpoint_memory)
+                 reads="batch", memory=cross_checkpoint_memory, mean_over=metric.mean_over)

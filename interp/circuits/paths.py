@@ -117,4 +117,4 @@ def path_patching_probe(metric: PatchMetric, edges: Sequence[EdgeId] | None = No
     chosen = None if edges is None else tuple(edges)
     name = f"path_patching({metric.name},edges={None if chosen is None else tuple(map(str, chosen))})"
     return Probe(name=name, hooks=(), fn=lambda ctx: path_patch_edges(ctx.model, probe_batch(ctx), metric, chosen),
-                 reads="batch", memory=path_patching_memory)
+                 reads="batch", memory=path_patching_memory, mean_over=metric.mean_over)

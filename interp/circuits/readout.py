@@ -19,16 +19,19 @@ from torch import Tensor
 
 from interp.ids import HeadId, MlpId
 from interp.model import IGNORE_INDEX, Batch, input_hooks, scored_positions, targets_of
-from interp.probing import Probe, ProbeContext
+from interp.probing import MeanOver, Probe, ProbeContext, mean_over_positions
+
+
+def _selected(batch: Batch, mask_key: str | None) -> Tensor:
+    mask = scored_positions(batch)
+    return mask if mask_key is None else mask & batch[mask_key].bool()
 
 if TYPE_CHECKING:  # TransformerLens takes seconds to import; these names only annotate
     from transformer_lens.model_bridge import TransformerBridge
 
 
 def _positions(batch: Batch, mask_key: str | None) -> Tensor:
-    mask = scored_positions(batch)
-    if mask_key is not None:
-        mask = mask & batch[mask_key].bool()
+    mask = _selected(batch, mask_key)
     if not mask.any():
         raise ValueError(f"batch: no scored position{' in ' + repr(mask_key) if mask_key else ''} to read out")
     return mask
@@ -152,13 +155,20 @@ def logit_lens_readout(model: TransformerBridge, batch: Batch, mask_key: str | N
 def dla_probe(mask_key: str | None = None) -> Probe:
     """`direct_logit_attributions` at every checkpoint."""
     return Probe(name=f"dla({mask_key})", hooks=(), fn=lambda ctx: direct_logit_attributions(ctx.model, _need(ctx),
-                                                                                             mask_key), reads="batch")
+                                                                                             mask_key), reads="batch",
+                 mean_over=_mean_over(mask_key))
 
 
 def logit_lens_probe(mask_key: str | None = None) -> Probe:
     """`logit_lens_readout` at every checkpoint."""
     return Probe(name=f"logit_lens({mask_key})", hooks=(), fn=lambda ctx: logit_lens_readout(ctx.model, _need(ctx),
-                                                                                             mask_key), reads="batch")
+                                                                                             mask_key), reads="batch",
+                 mean_over=_mean_over(mask_key))
+
+
+def _mean_over(mask_key: str | None) -> MeanOver:
+    """Both readouts average over the selected positions."""
+    return mean_over_positions(f"scored positions in {mask_key}", lambda batch: _selected(batch, mask_key))
 
 
 def _need(ctx: ProbeContext) -> Batch:

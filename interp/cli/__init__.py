@@ -8,6 +8,7 @@ import argparse
 import importlib
 import logging
 from collections.abc import Callable
+from contextlib import ExitStack
 
 from interp.cli.errors import (
     EXIT_ERROR,
@@ -40,7 +41,13 @@ def main(argv: list[str] | None = None) -> int:
     if not args.debug:
         parallel_log.addFilter(quiet)
     try:
-        return _command_function(args)(args) or 0
+        command = _command_function(args)
+        with ExitStack() as threads:
+            if "torch_threads" in args:  # a command that computes here (`_add_threads_arg`), for its duration
+                from interp.devices import default_threads, torch_threads
+
+                threads.enter_context(torch_threads(args.torch_threads or default_threads()))
+            return command(args) or 0
     except KeyboardInterrupt as err:
         return report_interrupt(err, args)
     except JobsFailed as err:

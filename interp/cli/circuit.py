@@ -6,9 +6,9 @@ import argparse
 from pathlib import Path
 
 from interp import seeding
-from interp.cli.checks import check_device, check_period, shape_only
+from interp.cli.checks import check_device, check_period, plan_chunks
 from interp.cli.runs import model_config, one_run
-from interp.probing import check_probe_memory, probe
+from interp.probing import probe
 
 
 def cmd_circuit(args: argparse.Namespace) -> None:
@@ -31,7 +31,7 @@ def cmd_circuit(args: argparse.Namespace) -> None:
     else:
         made = graph_probe(args.method, None if args.method == "composition" else metric, args.ig_steps)
     # Before the batch is built: the method's own passes beyond one forward (`Probe.memory`) count.
-    check_probe_memory(model_cfg, {args.method: made}, shape_only(args.sequences, 2 * period), device)
+    plan_chunks(model_cfg, {args.method: made}, args.sequences, 2 * period, device)
     batch = repeated_patch_batch(args.sequences, period, model_cfg.d_vocab,
                                  seeding.generator(args.seed, seeding.CLI_BATCHES))
     if args.method in ("dla", "logit-lens"):

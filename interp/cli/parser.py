@@ -113,6 +113,14 @@ def _add_backend_args(p: argparse.ArgumentParser, job: str, default_workers: str
     p.add_argument("--gpus-per-job", type=_float_at_least(0.0), default=0.0, help="Ray GPUs per job (default 0)")
 
 
+def _add_threads_arg(p: argparse.ArgumentParser) -> None:
+    """`--threads` of a command that computes in this process (`run` and `sweep` have their own: per job)."""
+    p.add_argument("--threads", dest="torch_threads", type=COUNT, default=None, metavar="N",
+                   help="torch CPU threads (default: the cores that other processes leave idle, by the load "
+                        "average, at least 1: torch's own default of every core costs more CPU, and as much or "
+                        "more time, on a busy machine; docs/performance.md#threads)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     # --debug is accepted before and after the subcommand; SUPPRESS keeps a subcommand's
     # absent flag from resetting one given before it.
@@ -189,8 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layers", type=OPTIONAL_COUNT, nargs="+", default=None, help="layers to score (default: all)")
     p.add_argument("--steps", type=OPTIONAL_COUNT, nargs="+", default=None, help="checkpoint steps (default: all)")
     p.add_argument("--period", type=OPTIONAL_COUNT, default=0,
-                   help="repeat period of the probe tokens (default 0: n_ctx/2)")
-    p.add_argument("--sequences", type=COUNT, default=32, help="probe sequences (default 32)")
+                   help="repeat period of the probe tokens (default 0: n_ctx/2, at most 256)")
+    p.add_argument("--sequences", type=COUNT, default=32,
+                   help="probe sequences (default 32), computed in chunks where they do not fit in memory at once")
     p.add_argument("--seed", type=SEED, default=0, help="seed of the probe tokens (default 0)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: CUDA if present)")
     p.add_argument("--csv", help="also write the table to this CSV file")
@@ -208,6 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="default auto: integer labels are classes, floats are values")
     linear.add_argument("--cycle", type=OPTIONAL_COUNT, default=0,
                         help="steps per cycle of a periodic schedule: also print same-phase direction cosines")
+    _add_threads_arg(p)
     p.set_defaults(fn="interp.cli.probe:cmd_probe")
 
     defaults = LLCSettings(draws=60, burn_in=40, batch_size=32)  # as benchmarks/llc_cost.py measures them
@@ -245,6 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: CUDA if present)")
     p.add_argument("--csv", help=f"also write the table (with the refined columns under {REFINED_KEY}/) to this "
                                  "CSV file")
+    _add_threads_arg(p)
     p.set_defaults(fn="interp.cli.llc:cmd_llc")
 
     p = sub.add_parser("circuit", parents=[common],
@@ -257,8 +268,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "the logit lens")
     p.add_argument("--steps", type=OPTIONAL_COUNT, nargs="+", default=None, help="checkpoint steps (default: all)")
     p.add_argument("--period", type=OPTIONAL_COUNT, default=0,
-                   help="repeat period of the patching tokens (default 0: n_ctx/2)")
-    p.add_argument("--sequences", type=COUNT, default=32, help="patching sequences (default 32)")
+                   help="repeat period of the patching tokens (default 0: n_ctx/2, at most 256)")
+    p.add_argument("--sequences", type=COUNT, default=32,
+                   help="patching sequences (default 32), computed in chunks where they do not fit in memory at once")
     p.add_argument("--ig-steps", type=COUNT, default=1,
                    help="eap: integrated-gradient steps (default 1: plain EAP; more: EAP-IG, saved as eap-ig)")
     p.add_argument("--seed", type=SEED, default=0, help="seed of the patching tokens (default 0)")
@@ -266,6 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--make-default", action="store_true",
                    help="make these graphs the key's default set, the one `interp view` shows (default: only a "
                         "key's first set is; an analysis's own graphs stay shown)")
+    _add_threads_arg(p)
     p.set_defaults(fn="interp.cli.circuit:cmd_circuit")
 
     p = sub.add_parser("plot", parents=[common],
@@ -300,5 +313,6 @@ def build_parser() -> argparse.ArgumentParser:
     loss.add_argument("--loss-batch", default=None, metavar="FILE",
                       help="the loss curve's batch: a safetensors file with 'tokens' [batch, pos] "
                            "(interp.metrics.linear_probes.save_batch)")
+    _add_threads_arg(p)
     p.set_defaults(fn="interp.cli.view:cmd_view")
     return parser

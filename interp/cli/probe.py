@@ -9,11 +9,10 @@ from pathlib import Path
 from interp import seeding
 from interp.batches import repeated_tokens
 from interp.checkpoints import Run
-from interp.cli.checks import check_device, check_period, shape_only
+from interp.cli.checks import check_device, check_period, plan_chunks
 from interp.cli.parser import BUILTIN_PROBES, LINEAR_PROBE
 from interp.cli.runs import model_config, one_run
 from interp.configs import ConfigError
-from interp.memory import check_forward_memory
 from interp.metrics import heads
 from interp.probing import probe
 
@@ -33,10 +32,10 @@ def cmd_probe(args: argparse.Namespace) -> None:
         probe_obj = heads.previous_token_probe(layers)
     else:
         probe_obj = heads.induction_probe(layers, period)
-    check_forward_memory(model_cfg, shape_only(args.sequences, 2 * period), probe_obj.hooks, device)
+    key = BUILTIN_PROBES[args.metric]
+    plan_chunks(model_cfg, {key: probe_obj}, args.sequences, 2 * period, device)
     tokens = repeated_tokens(args.sequences, period, model_cfg.d_vocab,
                              seeding.generator(args.seed, seeding.CLI_BATCHES))
-    key = BUILTIN_PROBES[args.metric]
     table = probe(run, {key: probe_obj}, {"tokens": tokens}, steps=args.steps, device=device,
                   progress=True).select(key)
     print("step  " + " ".join(f"{c:>7s}" for c in table.columns))

@@ -18,7 +18,7 @@ from torch import Tensor
 from interp.hooks import hook_name
 from interp.ids import HeadId
 from interp.model import Batch
-from interp.probing import Probe, ProbeContext
+from interp.probing import ROWS, MeanOver, Probe, ProbeContext, mean_over_positions
 
 Pattern = Float[Tensor, "batch head query key"]
 
@@ -148,7 +148,8 @@ def per_head(scores: Float[Tensor, " head"], layer: int) -> dict[str, float]:
 
 
 def _layer_probe(
-    name: str, layers: Sequence[int], score: Callable[[Pattern, Batch], Float[Tensor, " head"]]
+    name: str, layers: Sequence[int], score: Callable[[Pattern, Batch], Float[Tensor, " head"]],
+    mean_over: MeanOver = ROWS,
 ) -> Probe:
     def fn(ctx: ProbeContext) -> dict[str, float]:
         out: dict[str, float] = {}
@@ -156,7 +157,12 @@ def _layer_probe(
             out.update(per_head(score(ctx.acts[hook_name("pattern", layer)], ctx.batch), layer))
         return out
 
-    return Probe(name=name, hooks=tuple(hook_name("pattern", layer) for layer in layers), fn=fn)
+    return Probe(name=name, hooks=tuple(hook_name("pattern", layer) for layer in layers), fn=fn, mean_over=mean_over)
+
+
+def _after_zero(query_key: str) -> MeanOver:
+    """The queries `batch[query_key]` selects after position 0 (`_queries_after_zero`)."""
+    return mean_over_positions(f"{query_key} after position 0", lambda b: b[query_key].bool()[:, 1:])
 
 
 def previous_token_probe(layers: Sequence[int]) -> Probe:
@@ -189,6 +195,7 @@ def attention_mass_probe(layers: Sequence[int], query_key: str, key_key: str) ->
         f"attention_mass(layers={layers},{query_key}->{key_key})",
         layers,
         lambda p, b: attention_mass(p, b[query_key].bool(), b[key_key].bool()),
+        mean_over_positions(query_key, lambda b: b[query_key].bool()),
     )
 
 
@@ -196,14 +203,14 @@ def sharpness_probe(layers: Sequence[int], query_key: str) -> Probe:
     """Normalized attention entropy at the positions in `batch[query_key]`."""
     layers = tuple(layers)
     return _layer_probe(f"sharpness(layers={layers},{query_key})", layers,
-                        lambda p, b: attention_sharpness(p, b[query_key].bool()))
+                        lambda p, b: attention_sharpness(p, b[query_key].bool()), _after_zero(query_key))
 
 
 def corrected_previous_token_probe(layers: Sequence[int], query_key: str) -> Probe:
     """Baseline-corrected previous-token score at the positions in `batch[query_key]`."""
     layers = tuple(layers)
     return _layer_probe(f"corrected_prev_token(layers={layers},{query_key})", layers,
-                        lambda p, b: corrected_previous_token_score(p, b[query_key].bool()))
+                        lambda p, b: corrected_previous_token_score(p, b[query_key].bool()), _after_zero(query_key))
 
 
 def induction_strength_probe(layers: Sequence[int], query_key: str, match_key: str, nonmatch_key: str) -> Probe:
@@ -211,7 +218,9 @@ def induction_strength_probe(layers: Sequence[int], query_key: str, match_key: s
     layers = tuple(layers)
     return _layer_probe(
         f"induction_strength(layers={layers},{query_key}->{match_key}-{nonmatch_key})", layers,
-        lambda p, b: induction_strength(p, b[query_key].bool(), b[match_key].bool(), b[nonmatch_key].bool()))
+        lambda p, b: induction_strength(p, b[query_key].bool(), b[match_key].bool(), b[nonmatch_key].bool()),
+        mean_over_positions(f"{query_key} with both kinds of key", lambda b: b[query_key].bool() & (
+            b[match_key].bool().any(1) & b[nonmatch_key].bool().any(1))[:, None]))
 
 
 def strongest_heads(scores: Sequence[Sequence[float]], threshold: float, min_layer: int = 1) -> list[HeadId]:
