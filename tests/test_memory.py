@@ -333,7 +333,7 @@ def test_a_real_address_space_limit_is_refused_in_one_line_not_killed(run_copy):
     script = (
         "import resource, sys\n"
         "from pathlib import Path\n"
-        "import interp.cli\n"
+        "import interp.cli, interp.cli.probe\n"  # the command's imports (torch, TransformerLens) before the limit
         "size = next(int(line.split()[1]) * 1024 for line in Path('/proc/self/status').read_text().splitlines()"
         " if line.startswith('VmSize:'))\n"
         "resource.setrlimit(resource.RLIMIT_AS, (size + 10**9, resource.getrlimit(resource.RLIMIT_AS)[1]))\n"
