@@ -23,7 +23,7 @@ LINEAR_PROBE = "linear"  # `interp probe RUN linear ...`: a linear probe on a sa
 
 
 def cmd_probe(args: argparse.Namespace) -> None:
-    run = one_run(Path(args.dir))
+    run = one_run(Path(args.dir), args.cache)
     if args.metric == LINEAR_PROBE:
         return _probe_linear(run, args)
     model_cfg = model_config(run)
