@@ -473,8 +473,9 @@ class CheckpointSuite:
             self._save_file_hashes()
         return digest
 
-    def _digest(self, step: int) -> tuple[str, bool]:
-        """(the checkpoint's hash, whether a file had to be hashed) by the loaded memo."""
+    def _digest(self, step: int, hash_unknown: bool = True) -> tuple[str | None, bool]:
+        """(the checkpoint's hash, whether a file had to be hashed) by the loaded memo; without
+        `hash_unknown`, (None, False) where a file's hash is not remembered for its identity."""
         memo = self._hashes if self._hashes is not None else {}
         hashed = False
         parts = []
@@ -487,6 +488,8 @@ class CheckpointSuite:
             known = memo.get(key)
             if known and all(known[k] == identity[k] for k in FILE_IDENTITY):
                 digest = known["sha256"]
+            elif not hash_unknown:
+                return None, False
             else:
                 digest = sha256_file(file)
                 memo[key] = {**identity, "sha256": digest}
@@ -521,13 +524,13 @@ class CheckpointSuite:
                     match = next((e for e in known if all(e[k] == identity[k] for k in FILE_IDENTITY)), None)
                     if match is not None:
                         self._hashes[key] = match
-            ours = {str(step): self._digest(step)[0] for step in self.steps}
-
-            def shared(folder: Path) -> int:
-                return len(set(ours.values()) & set(candidates[folder][1].values()))
-
-            best = max(candidates, key=shared)
-            if 2 * shared(best) > min(len(ours), len(candidates[best][1])):
+            # What the memos know for free first (an unmoved suite, or one with a changed checkpoint,
+            # hashes nothing here, and `verify` can still tell a changed file), else hash every checkpoint.
+            known = {str(step): digest for step in self.steps if (digest := self._digest(step, False)[0])}
+            best = _sharing_most(candidates, known) if known else None
+            ours = known if best is not None else {str(step): str(self._digest(step)[0]) for step in self.steps}
+            best = best or _sharing_most(candidates, ours)
+            if best is not None:
                 files, recorded = candidates[best]
                 self._hashes = {**files, **self._hashes}
                 self._recorded = {**recorded, **ours}
@@ -540,7 +543,8 @@ class CheckpointSuite:
         # A folder of this name that records no checkpoints (an interrupted first probe) is taken over.
         taken = {d.name for d, memo in memos.items() if memo[1]} | {p.name for p in root.glob("*") if not p.is_dir()} \
             if root.is_dir() else set()
-        new = next(root / n for n in (name, *(f"{name}-{i}" for i in itertools.count(2))) if n not in taken)
+        candidates_names = itertools.chain([name], (f"{name}-{i}" for i in itertools.count(2)))
+        new = root / next(n for n in candidates_names if n not in taken)
         if self._recorded:
             self._path = new
             self._save_file_hashes()
@@ -621,6 +625,16 @@ def _file_identity(stat: os.stat_result) -> dict[str, int]:
 def _memo_key(step: int, file: Path) -> str:
     """A file's key in `weight_hashes.json`: by step and name, not path, so it holds wherever the suite is."""
     return f"step{step}/{file.name}"
+
+
+def _sharing_most(candidates: Mapping[Path, tuple[Any, dict[str, str]]], ours: Mapping[str, str]) -> Path | None:
+    """The cache folder whose recorded checkpoint hashes share the most with `ours`, if more than
+    half of the fewer of the two; None otherwise."""
+    def shared(folder: Path) -> int:
+        return len(set(ours.values()) & set(candidates[folder][1].values()))
+
+    best = max(candidates, key=shared)
+    return best if 2 * shared(best) > min(len(ours), len(candidates[best][1])) else None
 
 
 def _read_memo(cache: Path) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
