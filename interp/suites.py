@@ -735,8 +735,12 @@ def weight_file_problem(file: Path, deep: bool = False) -> str | None:
             return f"{file} is not a readable safetensors file ({_first_line(err)})"
         return None
     if deep and name.endswith(".bin"):
+        archive = zipfile.is_zipfile(file)
+        with open(file, "rb") as f:
+            if not archive and f.read(4) == b"PK\x03\x04":
+                return f"{file} is truncated or damaged: a zip archive (torch.save's format) without its directory"
         try:
-            torch.load(file, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(file))
+            torch.load(file, map_location="cpu", weights_only=True, mmap=archive)
         except pickle.UnpicklingError as err:
             return f"{file}: refused to unpickle ({pickle_refusal(err)}); weights are tensors and plain data"
         except Exception as err:  # noqa: BLE001 - torch raises RuntimeError, EOFError, ... for a damaged file
