@@ -119,7 +119,7 @@ class CheckpointSource(Protocol):
     def checkpoint_hash(self, step: int) -> str: ...
 
     def metrics(self) -> list[dict[str, Any]]:
-        """The training log, one row per logged step (a suite: none)."""
+        """The training log, one row per logged step (a suite: its Trainer's, else none)."""
         ...
 
 
