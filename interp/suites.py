@@ -866,8 +866,9 @@ def open_suite(name_or_path: str | Path | None = None, *, folders: Mapping[int, 
         raise SuiteError(f"hub: expected a hub model id owner/name, got {name!r}")
     if requested is None:
         if not name.startswith(PYTHIA_PREFIX):
-            raise SuiteError(f"steps: {name} is no local folder, and as a hub model other than Pythia (whose "
-                             "revisions TransformerLens knows) it needs steps=[...] or revisions=['step<N>', ...]")
+            where = "a hub model" if hub else "no local folder, and as a hub model"
+            raise SuiteError(f"steps: {name} is {where} other than Pythia (whose revisions TransformerLens knows) it "
+                             "needs steps=[...] or revisions=['step<N>', ...]")
         from transformer_lens.tools.model_registry.checkpoints import PYTHIA_CHECKPOINTS, PYTHIA_V0_CHECKPOINTS
 
         schedule = PYTHIA_V0_CHECKPOINTS if "v0" in name else PYTHIA_CHECKPOINTS

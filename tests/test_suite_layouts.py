@@ -165,7 +165,7 @@ def test_folders_given_by_step_open_as_one_suite(tmp_path, monkeypatch):
 # --- local or hub ----------------------------------------------------------------------------
 
 
-def test_a_path_that_does_not_exist_is_no_such_folder_at_once(tmp_path, monkeypatch, no_network):
+def test_a_path_that_does_not_exist_is_no_such_folder_at_once(tmp_path, monkeypatch, capsys, no_network):
     """Before: `a/b` went to the hub, 23 s of DNS retries, then "couldn't connect"."""
     monkeypatch.chdir(tmp_path)
     (tmp_path / "runs").mkdir()
@@ -180,6 +180,8 @@ def test_a_path_that_does_not_exist_is_no_such_folder_at_once(tmp_path, monkeypa
     assert time.perf_counter() - start < 2
     with pytest.raises(SuiteError, match="hub: expected a hub model id owner/name, got 'a/b/c'"):
         open_suite("a/b/c", hub=True)
+    assert main(["info", "hf:someone/model"]) == 2  # the command line asks for the hub by a prefix
+    assert "error: steps: someone/model is a hub model other than Pythia" in capsys.readouterr().err
     save_steps(tmp_path / "runs" / "suite", [0])
     assert open_suite("runs/suite").folder == Path("runs/suite")
     assert open_suite("runs/suite", hub=True, steps=[0]).folder is None  # asked for: the hub, even where a folder is
