@@ -289,6 +289,7 @@ def test_verify_checks_bin_weights_and_refuses_a_malicious_pickle_without_runnin
     folder = bin_suite(tmp_path / "suite")
     assert main(["info", str(folder), "--verify"]) == 0
     assert "verify: OK" in capsys.readouterr().out
+    assert np.isfinite(probe(folder, ind_probe(), {"tokens": TOKENS}, device="cpu").values).all()  # and they load
 
     truncated = folder / "step0" / "pytorch_model.bin"
     truncated.write_bytes(truncated.read_bytes()[:2000])
