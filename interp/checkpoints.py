@@ -24,6 +24,7 @@ import torch
 from safetensors.torch import load_file
 
 from interp.configs import from_dict
+from interp.errors import InputError, MissingFileError
 from interp.files import (
     NonFiniteError,
     append_jsonl,
@@ -32,6 +33,7 @@ from interp.files import (
     dumps_json,
     fsync_dir,
     is_temporary,
+    pickle_refusal,
     read_json,
     read_jsonl,
     save_safetensors,
@@ -52,6 +54,7 @@ from interp.run_layout import (
     step_dirname,
 )
 from interp.run_state import RunState, check_metrics_log, row_problems
+from interp.suites import CheckpointSuite, is_suite_folder, open_suite
 
 if TYPE_CHECKING:  # TransformerLens takes seconds to import; these names only annotate
     from transformer_lens.model_bridge import TransformerBridge
@@ -118,7 +121,7 @@ class CheckpointSource(Protocol):
     def checkpoint_hash(self, step: int) -> str: ...
 
     def metrics(self) -> list[dict[str, Any]]:
-        """The training log, one row per logged step (a suite: none)."""
+        """The training log, one row per logged step (a suite: its Trainer's, else none)."""
         ...
 
 
@@ -231,11 +234,8 @@ class Run:
         try:
             return torch.load(path, weights_only=True)
         except pickle.UnpicklingError as err:
-            # torch's message advises loading with weights_only=False, i.e. running the file's code: leave that out.
-            detail = next((line.strip() for line in str(err).splitlines() if "GLOBAL" in line),
-                          "it holds more than tensors and plain data")
-            raise RunDamagedError(f"{path}: refused to unpickle ({detail}); the toolkit's {STATE_FILE} holds only "
-                                  "tensors and plain data, so this file was not written by it") from None
+            raise RunDamagedError(f"{path}: refused to unpickle ({pickle_refusal(err)}); the toolkit's {STATE_FILE} "
+                                  "holds only tensors and plain data, so this file was not written by it") from None
 
     def checkpoint_hash(self, step: int) -> str:
         return self._entry(step)[WEIGHTS_FILE]
@@ -359,3 +359,22 @@ class Run:
         if state.residue is not None:
             shutil.rmtree(self.checkpoint_dir(state.residue), ignore_errors=True)
 
+
+
+def open_checkpoints(path: str | Path, *, cache: str | Path | None = None) -> Run | CheckpointSuite:
+    """The checkpoints at `path`: a `Run` for a run directory (it holds a config.json), a
+    `CheckpointSuite` for a suite folder (`step<N>` or `checkpoint-<N>` sub-folders saved by
+    `transformers`, whose results go to `cache`, default its interp-cache/); what `probe()`,
+    `trace()` and the other measurements over checkpoints open a path with."""
+    path = Path(path)
+    if is_suite_folder(path):
+        return open_suite(path, cache=cache)
+    if (path / CONFIG_FILE).is_file():
+        if cache is not None:
+            raise InputError(f"cache: {path} is a run directory, whose results are cached in it; cache is for "
+                             "checkpoint suites")
+        return Run.open(path)
+    what = "no such folder" if not path.exists() else "not a folder" if not path.is_dir() else \
+        f"neither a run directory (no {CONFIG_FILE}) nor a checkpoint suite (no step<N> or checkpoint-<N> sub-folder " \
+        f"with a {CONFIG_FILE})"
+    raise MissingFileError(f"{path}: {what}")

@@ -136,6 +136,14 @@ def _finite_float(text: str) -> float:
     return value
 
 
+def pickle_refusal(err: Exception) -> str:
+    """Why `torch.load(weights_only=True)` refused a pickle, in a few words: the global it asked
+    for. (torch's own message advises loading with weights_only=False, i.e. running the file's
+    code: that is left out.)"""
+    return next((line.strip() for line in str(err).splitlines() if "GLOBAL" in line),
+                "it holds more than tensors and plain data")
+
+
 def loads_json(text: str | bytes) -> Any:
     """Strict JSON: `NaN`, `Infinity` and `-Infinity` (which `json.loads` accepts) are refused,
     and so are numbers too large for a float (`1e999`), which would read as infinities."""

@@ -41,7 +41,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from interp.cache_dirs import cache_dirs, lock_cache_dir
-from interp.checkpoints import CheckpointSource, Run
+from interp.checkpoints import CheckpointSource, open_checkpoints
 from interp.devices import resolve_device
 from interp.errors import InputError, UnknownNameError
 from interp.files import JsonlScan, append_jsonl, atomic_write_bytes, dumps_json, scan_jsonl
@@ -486,7 +486,7 @@ def probe(
     """
     check_probe_keys(probes)
     _check_batch(probes, batch)
-    run = Run.open(run) if isinstance(run, str | Path) else run
+    run = open_checkpoints(run) if isinstance(run, str | Path) else run
     batch = text_batch(run, batch) if _is_text(batch) else batch
     check_batch_fits(run, batch)
     chunk_rows = probe_chunk_rows(run.model_config, probes, batch, device)
@@ -647,7 +647,7 @@ def collect_activations(
     where the whole batch's forward would not fit (`forward_chunk_rows`: exact, since rows
     do not interact); refused only where the activations kept for every step cannot fit.
     """
-    run = Run.open(run) if isinstance(run, str | Path) else run
+    run = open_checkpoints(run) if isinstance(run, str | Path) else run
     batch = text_batch(run, batch) if _is_text(batch) else batch
     check_batch_fits(run, batch)
     steps = list(run.steps if steps is None else steps)

@@ -293,7 +293,7 @@ def test_a_hub_suite_is_lazy_and_keyed_by_model_and_revision(built, tmp_path, mo
     assert suite.path == tmp_path / "cache" / "EleutherAI--pythia-70m"
     whole = open_suite("EleutherAI/pythia-70m", cache=tmp_path / "cache")  # Pythia's published schedule
     assert whole.steps[:4] == [0, 1, 2, 4] and whole.steps[-1] == 143000 and len(whole.steps) == 154
-    with pytest.raises(SuiteError, match="steps: .* give steps="):
+    with pytest.raises(SuiteError, match="steps: .* needs steps="):
         open_suite("someone/some-model", cache=tmp_path / "cache")
 
     # What would come from the hub comes from the built folder, asked for by model and revision.
@@ -462,10 +462,10 @@ def test_a_folder_is_read_without_any_download(built, tmp_path, no_network):
 
 def test_a_missing_revision_is_named(built, tmp_path):
     folder = built["gpt_neox"].folder
-    with pytest.raises(SuiteError, match=r"no checkpoint step7 \(no sub-folder .*step7\); available steps: "
+    with pytest.raises(SuiteError, match=r"no checkpoint at step 7 \(no sub-folder .*step7\); available steps: "
                                          r"\[0, 2, 10, 64, 512\]"):
         open_suite(folder, steps=[0, 7])
-    with pytest.raises(SuiteError, match="no checkpoint step7"):
+    with pytest.raises(SuiteError, match="no checkpoint at step 7"):
         open_suite(folder, revisions=["step7"])
     with pytest.raises(SuiteError, match="revisions: expected Pythia-style names step<N>.*'main'"):
         open_suite(folder, revisions=["main"])
@@ -474,7 +474,7 @@ def test_a_missing_revision_is_named(built, tmp_path):
     with pytest.raises(SuiteError, match="no such folder"):
         open_suite(tmp_path / "nothing-here")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(SuiteError, match="holds no step<N> sub-folders"):
+    with pytest.raises(SuiteError, match="holds no step<N> or checkpoint-<N> sub-folders"):
         open_suite(tmp_path / "empty")
     with pytest.raises(KeyError, match=r"steps \[7\] have no checkpoint in CheckpointSuite"):
         probe(open_suite(folder, cache=tmp_path / "cache"), head_probes(), {"tokens": TOKENS}, steps=[7])

@@ -19,7 +19,7 @@ from typing import Literal
 import torch
 
 from interp.batches import SOURCE_KEY
-from interp.checkpoints import CheckpointSource, Run
+from interp.checkpoints import CheckpointSource, open_checkpoints
 from interp.circuits.attribution import edge_attribution_probe
 from interp.circuits.common import PatchMetric
 from interp.circuits.graph import CircuitGraph, GraphSource, ModelShape, SavedGraphs, graphs_from_table, save_graphs
@@ -70,7 +70,7 @@ def trace(run: CheckpointSource | str | Path, method: GraphMethod, batch: Batch 
     the sender's write comes from the batch's `source_tokens` (EAP with `ig_steps` > 1:
     EAP-IG); composition needs neither batch nor metric. The set becomes the key's default if
     it is the key's first, or with `make_default` (an analysis tracing its own graphs)."""
-    run = Run.open(run) if isinstance(run, str | Path) else run
+    run = open_checkpoints(run) if isinstance(run, str | Path) else run
     key = key or method
     if method != "composition" and (batch is None or SOURCE_KEY not in batch):
         raise ValueError(f"batch: method {method!r} needs a batch with 'tokens' and {SOURCE_KEY!r}")

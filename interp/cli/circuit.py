@@ -21,7 +21,7 @@ def cmd_circuit(args: argparse.Namespace) -> None:
     from interp.circuits.readout import dla_probe, logit_lens_probe
     from interp.circuits.trace import graph_probe, trace
 
-    run = one_run(Path(args.dir))
+    run = one_run(Path(args.dir), args.cache)
     model_cfg = model_config(run)
     period = check_period(args.period, model_cfg)
     device = check_device(args.device)

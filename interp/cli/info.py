@@ -10,11 +10,11 @@ import torch
 
 from interp.checkpoints import Run
 from interp.cli.errors import EXIT_FAILED
-from interp.cli.runs import model_config, run_dirs
+from interp.cli.runs import model_config, one_run, run_dirs
 from interp.files import read_json, scan_jsonl
 from interp.probing import cache_rows, probe_cache_files
 from interp.run_layout import ANALYSIS_FILE, CONFIG_FILE, CheckpointError
-from interp.suites import CheckpointSuite, is_suite_folder, open_suite
+from interp.suites import HUB_PREFIX, CheckpointSuite, is_suite_folder
 
 
 def run_status(run: Run) -> tuple[str, bool]:
@@ -121,8 +121,11 @@ def cmd_info(args: argparse.Namespace) -> int:
     """Without --verify a damaged file ends the command with an error naming it; with --verify
     it is one of the failures, and every other run is still checked."""
     path = Path(args.dir)
-    if is_suite_folder(path):  # its step<N>/config.json files are not run directories
-        return _describe_suite(open_suite(path), args.verify)
+    if is_suite_folder(path) or str(path).startswith(HUB_PREFIX) or args.cache is not None:
+        # a suite's step<N>/config.json files are not run directories (--cache with a run is refused there)
+        source = one_run(path, args.cache)
+        if isinstance(source, CheckpointSuite):
+            return _describe_suite(source, args.verify)
     failed = False
     for directory in _analysis_dirs(path):
         try:
@@ -178,7 +181,7 @@ def _describe_suite(suite: CheckpointSuite, verify: bool) -> int:
           f"{'yes' if suite.tokenizer is not None else 'none'}")
     print(f"  results cache: {suite.path}")
     # --verify first: reading the cache hashes changed files again, which would hide them from verify()
-    failures = suite.verify() if verify else []
+    found = suite.verify() if verify else None
     from interp.metrics.loss_curve import LOSS_KEY, cached_loss_curve  # the probe runner: imported only for a suite
 
     curve = cached_loss_curve(suite)
@@ -188,13 +191,16 @@ def _describe_suite(suite: CheckpointSuite, verify: bool) -> int:
                         if name != LOSS_KEY)
         print(f"  loss: {loss[0]:.4g} at step {curve.steps[0]} -> {loss[-1]:.4g} at step {curve.steps[-1]}{extra} "
               f"({curve.caption()})")
-    if not verify:
+    if found is None:
         return 0
-    print("  verify: FAILED" if failures else f"  verify: OK ({len(steps)} checkpoints hold readable weights, none "
-          "changed under the hash its cached results are keyed by)")
-    for line in failures:
+    print("  verify: FAILED" if found.failures else f"  verify: OK ({len(steps)} checkpoints hold readable weights, "
+          "none changed under the hash its cached results are keyed by)")
+    for line in found.failures:
         print(f"    - {line}")
-    return EXIT_FAILED if failures else 0
+    if found.unchecked:
+        print(f"    note: not checked, in a weight format not loaded here: {', '.join(map(str, found.unchecked[:5]))}"
+              + (f" and {len(found.unchecked) - 5} more" if len(found.unchecked) > 5 else ""))
+    return EXIT_FAILED if found.failures else 0
 
 
 def _describe(run: Run) -> None:

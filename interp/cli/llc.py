@@ -43,7 +43,7 @@ def llc_rows(source: Run | CheckpointSuite, batch_file: str | None, sequences: i
 
 
 def cmd_llc(args: argparse.Namespace) -> None:
-    source = one_run(Path(args.dir))
+    source = one_run(Path(args.dir), args.cache)
     settings = LLCSettings(lr=args.lr, gamma=args.gamma, nbeta=args.nbeta, chains=args.chains, draws=args.draws,
                            burn_in=args.burn_in, batch_size=args.batch_size, seed=args.seed)
     device = check_device(args.device)

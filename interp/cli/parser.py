@@ -101,6 +101,13 @@ def _list_analyses(parser: argparse.ArgumentParser) -> None:
     parser.epilog = analyses_epilog()
 
 
+def _add_cache_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cache", metavar="DIR", default=None,
+                   help="a checkpoint suite's results cache root, shared by suites (default: SUITE/interp-cache); "
+                        "the suite's sub-folder is found by its checkpoints' content, so a moved or copied suite "
+                        "keeps its results")
+
+
 def _add_backend_args(p: argparse.ArgumentParser, job: str, default_workers: str = "one per core") -> None:
     p.add_argument("--backend", choices=("local", "ray"), default="local",
                    help=f"where each independent {job} runs (default: local processes)")
@@ -183,6 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--verify", action="store_true",
                    help="check every checkpoint against its sha256, that its weights are finite, and that each run "
                         f"is complete and undamaged; exit code {EXIT_FAILED} if anything fails")
+    _add_cache_arg(p)
     p.set_defaults(fn="interp.cli.info:cmd_info")
 
     p = sub.add_parser("probe", parents=[common], add_help=False,
@@ -190,7 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "checkpoint suite")
     probe_help = p.add_argument("-h", "--help", action=_HelpOnDemand, help="show this help message and exit")
     p.add_argument("dir", help="a run directory, an analysis directory that holds one run, or a checkpoint-suite "
-                               "folder (step<N> sub-folders saved by transformers)")
+                               "folder (step<N> or checkpoint-<N> sub-folders saved by transformers; "
+                               "hf:OWNER/NAME: a hub model)")
     p.add_argument("metric", choices=(*BUILTIN_PROBES, LINEAR_PROBE),
                    help="the head score (previous-token or induction attention), or a linear probe (needs --batch, "
                         "--hook, --positions, --labels)")
@@ -218,6 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     linear.add_argument("--cycle", type=OPTIONAL_COUNT, default=0,
                         help="steps per cycle of a periodic schedule: also print same-phase direction cosines")
     _add_threads_arg(p)
+    _add_cache_arg(p)
     p.set_defaults(fn="interp.cli.probe:cmd_probe")
 
     defaults = LLCSettings(draws=60, burn_in=40, batch_size=32)  # as benchmarks/llc_cost.py measures them
@@ -256,6 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--csv", help=f"also write the table (with the refined columns under {REFINED_KEY}/) to this "
                                  "CSV file")
     _add_threads_arg(p)
+    _add_cache_arg(p)
     p.set_defaults(fn="interp.cli.llc:cmd_llc")
 
     p = sub.add_parser("circuit", parents=[common],
@@ -279,6 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="make these graphs the key's default set, the one `interp view` shows (default: only a "
                         "key's first set is; an analysis's own graphs stay shown)")
     _add_threads_arg(p)
+    _add_cache_arg(p)
     p.set_defaults(fn="interp.cli.circuit:cmd_circuit")
 
     p = sub.add_parser("plot", parents=[common],
@@ -287,6 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir", help="a run directory, an analysis or sweep directory (every run below it), or a "
                                "checkpoint-suite folder")
     p.add_argument("--logx", action="store_true", help="logarithmic step axis")
+    _add_cache_arg(p)
     p.set_defaults(fn="interp.cli.plot:cmd_plot")
 
     p = sub.add_parser("view", parents=[common],
@@ -314,5 +327,6 @@ def build_parser() -> argparse.ArgumentParser:
                       help="the loss curve's batch: a safetensors file with 'tokens' [batch, pos] "
                            "(interp.metrics.linear_probes.save_batch)")
     _add_threads_arg(p)
+    _add_cache_arg(p)
     p.set_defaults(fn="interp.cli.view:cmd_view")
     return parser

@@ -20,11 +20,13 @@ from interp.viz import plot_curves, plot_head_curves, save_figure
 
 
 def cmd_plot(args: argparse.Namespace) -> None:
-    for run in find_runs(Path(args.dir)):
+    for run in find_runs(Path(args.dir), args.cache):
         rows = run.metrics()
         groups: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = defaultdict(dict)
         for key in sorted({k for r in rows for k in r} - {"step"}):
-            groups[key.split("/")[0] if "/" in key else key][key] = run.series(key)
+            logged = [r for r in rows if key in r]
+            groups[key.split("/")[0] if "/" in key else key][key] = (
+                np.array([r["step"] for r in logged]), np.array([r[key] for r in logged], dtype=float))
         fig_dir = run.path / "figures"
         for group, series in groups.items():
             path = save_figure(plot_curves(series, title=f"{run.path.name}: {group}", logx=args.logx),

@@ -18,7 +18,7 @@ from interp.probing import probe
 
 
 def cmd_probe(args: argparse.Namespace) -> None:
-    run = one_run(Path(args.dir))
+    run = one_run(Path(args.dir), args.cache)
     if args.metric == LINEAR_PROBE:
         return _probe_linear(run, args)
     model_cfg = model_config(run)

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from interp.checkpoints import Run
+from interp.checkpoints import Run, open_checkpoints
 from interp.configs import ConfigError
 from interp.errors import InputError, MissingFileError
 from interp.model import ModelConfig
 from interp.run_layout import ANALYSIS_FILE, CHECKPOINTS_DIR, CONFIG_FILE, MANIFEST_FILE, METRICS_FILE
-from interp.suites import CheckpointSuite, is_suite_folder, open_suite
+from interp.suites import HUB_PREFIX, CheckpointSuite, is_suite_folder, open_suite
 
 RUN_MARKERS = (CONFIG_FILE, MANIFEST_FILE, METRICS_FILE, CHECKPOINTS_DIR)
 
@@ -39,11 +39,18 @@ def run_dirs(path: Path) -> list[Path]:
     raise MissingFileError(f"{path}: no run directory (config.json + manifest.json) found")
 
 
-def find_runs(path: Path) -> list[Run | CheckpointSuite]:
+def find_runs(path: Path, cache: str | None = None) -> list[Run | CheckpointSuite]:
     """Every run at or below `path` that has a config (see `run_dirs`), or the checkpoint suite
-    `path` is (`step<N>` sub-folders saved by `transformers`; its results go to its interp-cache/)."""
-    if is_suite_folder(path):
-        return [open_suite(path)]
+    `path` is (`step<N>` or `checkpoint-<N>` sub-folders saved by `transformers`, or `hf:<owner>/<name>`,
+    a hub model; its results go to `cache`, default its interp-cache/)."""
+    name = str(path)
+    if name.startswith(HUB_PREFIX):
+        return [open_suite(name.removeprefix(HUB_PREFIX), hub=True, cache=cache)]
+    if is_suite_folder(path) or (path / CONFIG_FILE).is_file():
+        return [open_checkpoints(path, cache=cache)]
+    if cache is not None:
+        raise InputError(f"--cache: {path} is no checkpoint suite (step<N> or checkpoint-<N> sub-folders); runs "
+                         "cache their results in themselves")
     dirs = run_dirs(path)
     runs = [Run(p) for p in dirs if (p / CONFIG_FILE).exists()]
     if not runs:
@@ -52,13 +59,13 @@ def find_runs(path: Path) -> list[Run | CheckpointSuite]:
     return runs
 
 
-def one_run(path: Path) -> Run | CheckpointSuite:
+def one_run(path: Path, cache: str | None = None) -> Run | CheckpointSuite:
     """The run `path` names: a run directory, an analysis directory with exactly one run, or a
-    checkpoint-suite folder.
+    checkpoint suite (results in `cache`, default its interp-cache/).
 
     `Run.open` on an analysis directory fails ("no config.json"); here such a directory
     is accepted when it holds one run, and otherwise the error lists the runs to choose from."""
-    runs = find_runs(path)
+    runs = find_runs(path, cache)
     if len(runs) > 1:
         listed = ", ".join(str(r.path) for r in runs[:5]) + (f", ... ({len(runs)} in all)" if len(runs) > 5 else "")
         raise InputError(f"{path} holds {len(runs)} runs; name one of them: {listed}")

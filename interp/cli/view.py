@@ -29,7 +29,7 @@ def cmd_view(args: argparse.Namespace) -> None:
 
     loss = LossInput(tuple(args.loss_text), Path(args.loss_batch) if args.loss_batch else None)
     page = write_view(Path(args.dir), device=check_device(args.device), progress=progress, examples=examples,
-                      loss=loss)
+                      loss=loss, cache=args.cache)
     print(f"wrote {page} ({format_bytes(page.stat().st_size)}); open it in a browser (it works offline)")
     if args.open:
         import webbrowser

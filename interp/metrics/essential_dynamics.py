@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from jaxtyping import Float, Int
 
-from interp.checkpoints import CheckpointSource, Run
+from interp.checkpoints import CheckpointSource, open_checkpoints
 from interp.errors import InputError
 from interp.files import atomic_write_npy
 from interp.metrics.drift import pca
@@ -96,7 +96,7 @@ def output_trajectory(run: CheckpointSource | str | Path, batch: Batch | Text, s
     """`(steps, outputs)`: `output_vector` at each checkpoint (default: all) of `run`, one row
     per step, computed once and then read from the probe's saved files. A step cached without
     its file (removed, or computed where it could not be saved) is computed again."""
-    run = Run.open(run) if isinstance(run, str | Path) else run
+    run = open_checkpoints(run) if isinstance(run, str | Path) else run
     batch = batch if isinstance(batch, Mapping) else text_batch(run, batch)
     steps = list(run.steps if steps is None else steps)
     if not steps:

@@ -47,7 +47,7 @@ from jaxtyping import Bool, Float, Int
 from safetensors.torch import load_file
 from torch import Tensor
 
-from interp.checkpoints import CheckpointSource, Run
+from interp.checkpoints import CheckpointSource, open_checkpoints
 from interp.errors import InputError, MissingFileError, UnknownNameError
 from interp.files import atomic_write_json, atomic_write_npy, read_json, save_safetensors
 from interp.hooks import hook_name
@@ -257,7 +257,7 @@ def load_directions(run: CheckpointSource | str | Path, key: str, probe_obj: Pro
     saved under `key` (several: an error listing them). A step whose result was cached before
     its direction was saved (or whose file was removed) is an error naming the file: probe
     again with `use_cache=False`."""
-    run = Run.open(run) if isinstance(run, str | Path) else run
+    run = open_checkpoints(run) if isinstance(run, str | Path) else run
     if probe_obj is not None:
         directory = probe_artifacts(run, key, probe_obj, batch, device)
     else:

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from interp.bridge import head_slices, parameter_owner
-from interp.checkpoints import CheckpointSource, Run
+from interp.checkpoints import CheckpointSource, open_checkpoints
 from interp.circuits.graph import ModelShape
 from interp.errors import InputError, MissingFileError
 from interp.files import atomic_write_json, atomic_write_npy, read_json
@@ -363,7 +363,7 @@ def load_llc_traces(run: CheckpointSource | str | Path, key: str, probe_obj: Pro
     `probe()` chooses): every saved step, or `steps`. Traces are minibatch losses, `[chain, sgld
     step]` (`llc_probe`) or `[component, chain, sgld step]` (`refined_llc_probe`, components as
     its `meta.json` lists them), burn-in included, NaN after a chain diverged."""
-    run = Run.open(run) if isinstance(run, str | Path) else run
+    run = open_checkpoints(run) if isinstance(run, str | Path) else run
     directory = probe_artifacts(run, key, probe_obj, batch, device)
     if steps is None:
         steps = sorted(int(p.stem[len("step_"):]) for p in directory.glob("step_*.npy"))
@@ -380,7 +380,7 @@ def load_llc_traces_meta(run: CheckpointSource | str | Path, key: str, probe_obj
                          device: str | torch.device | None = None) -> dict[str, object]:
     """What the traces `load_llc_traces` returns hold: the probe's name, the axes, the burn-in and (refined)
     the components in order."""
-    run = Run.open(run) if isinstance(run, str | Path) else run
+    run = open_checkpoints(run) if isinstance(run, str | Path) else run
     path = probe_artifacts(run, key, probe_obj, batch, device) / TRACES_META
     if not path.exists():
         raise MissingFileError(f"{path}: no saved LLC traces (probe the run with this probe first)")

@@ -93,9 +93,10 @@ def _visible(path: Path) -> list[str]:
     return sorted(p.name for p in path.iterdir() if p.name != LOCK_FILE and not is_temporary(p.name))
 
 
-def open_source(path: str | Path) -> Source:
+def open_source(path: str | Path, cache: str | Path | None = None) -> Source:
     """The run, analysis or checkpoint suite at `path`, checked: a `ViewError` (or
-    `FileNotFoundError`) names what is missing before anything is computed or written."""
+    `FileNotFoundError`) names what is missing before anything is computed or written.
+    `cache`: a suite's results cache root (`open_suite`), ignored for a run or analysis."""
     path = Path(path)
     if not path.exists():
         raise MissingFileError(f"{path}: no such directory (expected a run directory, an analysis directory or a "
@@ -106,7 +107,7 @@ def open_source(path: str | Path) -> Source:
     if (path / ANALYSIS_FILE).exists():
         return _open_analysis(path)
     if is_suite_folder(path):  # its step folders' config.json files are not run directories
-        return Source(path, "suite", {path.resolve().name: open_suite(path)})
+        return Source(path, "suite", {path.resolve().name: open_suite(path, cache=cache)})
     if _is_suite_checkpoint(path):
         raise ViewError(f"{path} is one checkpoint of the checkpoint suite {path.parent} (a save_pretrained folder, "
                         f"not a run directory): view the whole suite, `interp view {path.parent}`")

@@ -38,6 +38,7 @@ def view_data(
     progress: Callable[[str, int, int], None] | None = None,
     examples: Sequence[ExampleInput] = (),
     loss: LossInput | None = None,
+    cache: str | Path | None = None,
 ) -> dict[str, Any]:
     """The page's data for the run, analysis or checkpoint suite at `path` (checked first:
     `open_source`, then `examples`, the user's inputs, and `loss` against every run:
@@ -48,7 +49,7 @@ def view_data(
     budget (`PATTERN_BUDGET`), and runs past it are shown without patterns. A checkpoint
     suite's page also shows its loss at every checkpoint on `loss` (default: random tokens
     repeated twice, `interp.metrics.loss_curve.repeated_loss_batch`), cached as a probe."""
-    source = open_source(path)
+    source = open_source(path, cache)
     inputs = {name: resolve_examples(run, examples) for name, run in source.runs.items()}
     losses = {name: resolve_loss_batch(run, loss, default=source.kind == "suite") for name, run in source.runs.items()}
     first = owner.opened_run(source)
@@ -185,10 +186,12 @@ def write_view(
     progress: Callable[[str, int, int], None] | None = None,
     examples: Sequence[ExampleInput] = (),
     loss: LossInput | None = None,
+    cache: str | Path | None = None,
 ) -> Path:
     """Write `path/view/index.html` for the run or analysis directory or checkpoint-suite
     folder `path`, with token strips of the analysis's example and of `examples`
-    (`interp.view.examples`) and a loss curve on `loss` (a suite's default: see `view_data`); returns the
+    (`interp.view.examples`) and a loss curve on `loss` (a suite's default: see `view_data`); `cache`: a
+    suite's results cache root (default: in the suite folder); returns the
     page's path. Bad input (a missing, empty or half-written directory, a `view` of the
     user's own in it, an example the model cannot read) raises before anything is written,
     naming what is wrong."""
@@ -197,7 +200,7 @@ def write_view(
     if os.path.lexists(final) and not _is_our_page(final):
         raise ViewError(f"{final} exists and is not an explorer page written by interp view: move it away or "
                         "choose another directory")
-    page = render_page(view_data(root, device=device, progress=progress, examples=examples, loss=loss))
+    page = render_page(view_data(root, device=device, progress=progress, examples=examples, loss=loss, cache=cache))
     tmp = root / f".{VIEW_DIR}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
     old = root / f".{VIEW_DIR}-old.{os.getpid()}.{secrets.token_hex(4)}.tmp"
     tmp.mkdir()
