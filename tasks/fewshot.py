@@ -21,6 +21,7 @@ batch carries the position sets the circuit metrics need: `query_mask`,
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -139,7 +140,7 @@ class FewShot:
     # --- sampling ---------------------------------------------------------------------------------
 
     def _classes(self, shape: tuple[int, ...], generator: torch.Generator) -> Tensor:
-        n = int(torch.tensor(shape).prod())
+        n = math.prod(shape)
         if n == 0:
             return torch.empty(shape, dtype=torch.long)
         return torch.multinomial(self.class_weights, n, replacement=True, generator=generator).view(shape)
@@ -280,7 +281,9 @@ class FewShot:
         match_mask[:, 1 : 2 * pairs : 2] = classes == query[:, None]
         query_mask = torch.zeros(n, length, dtype=torch.bool)
         query_mask[:, -1] = True
-        context_labels = F.one_hot(labels, cfg.d_vocab).any(dim=1)
+        # A scatter, not `one_hot(labels).any(1)`: with a label per class (12,800 in `paper`) the
+        # one-hot tensor is [n, pairs, d_vocab] of int64, which took 90% of a batch's time.
+        context_labels = torch.zeros(n, cfg.d_vocab, dtype=torch.bool).scatter_(1, labels, True)
         return {"tokens": tokens, "vectors": vectors, "vector_mask": vector_mask, "targets": targets,
                 "query_mask": query_mask, "label_mask": label_mask, "match_mask": match_mask,
                 "nonmatch_mask": label_mask & ~match_mask, "context_labels": context_labels, "answer": answer,
