@@ -144,7 +144,7 @@ def main() -> int:
     parser.add_argument("--draws", type=int, default=30, help="measured batches per preset and variant")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--train-steps", type=int, default=2,
-                        help="training steps per preset, the first a warm-up when there are more")
+                        help="training steps per preset, the first a warm-up when there are more (0: none)")
     parser.add_argument("--base", default=BASE, help=f"commit of the 'before' code (default {BASE}; '' for none)")
     parser.add_argument("--presets", default=",".join(PRESET_NAMES))
     parser.add_argument("--threads", type=int, default=1)
@@ -168,22 +168,23 @@ def main() -> int:
                     sources["before"] = analysis.source(base, cfg)
                 times, identical, batch = time_draws(sources, cfg.train.batch_size, cfg.train.seed, args.draws,
                                                      args.warmup)
-                step_ms = time_train_step(cfg, batch, args.train_steps, device)
+                step_ms = time_train_step(cfg, batch, args.train_steps, device) if args.train_steps else []
                 after = median(times["after"])
                 before = median(times["before"]) if base is not None else None
                 speedup = before / after if before is not None else None
-                share = after / median(step_ms)
+                share = after / median(step_ms) if step_ms else None
                 result = {"analysis": analysis.name, "preset": preset, "batch_size": cfg.train.batch_size,
                           "ms_per_batch": times, "ms_per_train_step": step_ms, "speedup": speedup,
                           "share_of_step": share, "identical": identical, "construct_ms": construct_ms}
                 results.append(result)
                 rows.append([f"{analysis.name} {preset}", cfg.train.batch_size,
                              "-" if before is None else f"{before:.3g}", f"{after:.3g}", spread(times["after"]),
-                             "-" if speedup is None else f"{speedup:.1f}x", f"{median(step_ms):.4g}",
-                             f"{100 * share:.2g}%", "yes" if identical else "NO"])
+                             "-" if speedup is None else f"{speedup:.1f}x",
+                             f"{median(step_ms):.4g}" if step_ms else "-", f"{100 * share:.2g}%" if step_ms else "-",
+                             "yes" if identical else "NO"])
                 if preset == "paper" and speedup is not None and speedup < SPEEDUP_TARGET:
                     missed.append(f"{analysis.name} paper: {speedup:.1f}x faster, target {SPEEDUP_TARGET:g}x")
-                if share >= SHARE_TARGET:
+                if share is not None and share >= SHARE_TARGET:
                     missed.append(f"{analysis.name} {preset}: {100 * share:.2g}% of a step, target "
                                   f"< {100 * SHARE_TARGET:g}%")
                 if not identical:
