@@ -601,33 +601,35 @@ class Biographies:
         drawn = _replay(rng, [*_permutation_program(k), *[_Bounded(layout.count)] * k], n)
         attribute, template = _permutations(drawn[:, : k - 1]), drawn[:, k - 1 :]  # [biography, sentence]
         kind, part = layout.kind[attribute, template], layout.part[attribute, template]  # [biography, sentence, slot]
-        who, attribute = people[:, None, None], attribute[:, :, None]
-        tokens = np.where(kind == _NAME, self.name_tokens[who, part],
-                          np.where(kind == _VALUE, self.value_tokens[who, attribute, part],
-                                   layout.word[attribute[:, :, 0], template]))
-        # Sentences follow one another after BOS: a slot's position is the count of real slots up to it.
+        # Each slot's token and annotations [what, biography, sentence, slot]; a name or value token
+        # is looked up in the biography's own names and values [biography, sentence, 3 + 3].
+        own = np.concatenate([np.broadcast_to(self.name_tokens[people][:, None], (n, k, 3)),
+                              self.value_tokens[people[:, None], attribute]], axis=2)
+        slots = np.empty((4, *kind.shape), dtype=np.int64)
+        slots[0] = np.take_along_axis(own, part + 3 * (kind == _VALUE), axis=2)
+        np.copyto(slots[0], layout.word[attribute, template], where=kind == _TEXT)
+        slots[1] = np.where(kind == _VALUE, attribute[:, :, None], -1)
+        slots[2] = kind == _NAME
+        slots[3] = np.arange(k)[:, None]
+        # Sentences follow one another after BOS: a real slot goes to the position that counts the
+        # real slots up to it (flat indices: one scatter for the four rows).
         real = (kind != _PAD).reshape(n, -1)
-        row, slot = np.nonzero(real)
-        at = torch.from_numpy(row), torch.from_numpy(np.cumsum(real, axis=1)[row, slot])
-
-        def place(values: np.ndarray, fill: int, dtype: torch.dtype) -> torch.Tensor:
-            out = torch.full((n, self.seq_len), fill, dtype=dtype)
-            out[at] = torch.from_numpy(np.ascontiguousarray(values.reshape(n, -1)[row, slot]))
-            return out
-
-        batch = {"tokens": place(tokens, self.vocab.index["<pad>"], torch.long),
-                 "attribute_of": place(np.where(kind == _VALUE, attribute, -1), -1, torch.long),
-                 "name_mask": place(kind == _NAME, False, torch.bool),
-                 "sentence_of": place(np.broadcast_to(np.arange(k)[None, :, None], kind.shape), -1, torch.long)}
-        batch["tokens"][:, 0] = self.vocab.index["<bos>"]
+        destination = (np.cumsum(real, axis=1) + self.seq_len * np.arange(n)[:, None])[real]
+        placed = np.empty((4, n * self.seq_len), dtype=np.int64)
+        placed[:] = np.array([self.vocab.index["<pad>"], -1, 0, -1])[:, None]
+        placed[:, destination] = slots.reshape(4, -1)[:, real.ravel()]
+        tokens, attribute_of, name_mask, sentence_of = torch.from_numpy(placed).view(4, n, self.seq_len)
+        tokens[:, 0] = self.vocab.index["<bos>"]
+        batch = {"tokens": tokens, "attribute_of": attribute_of, "name_mask": name_mask.bool(),
+                 "sentence_of": sentence_of}
         batch["loss_mask"] = batch["tokens"] != self.vocab.index["<pad>"]
         batch["individual"] = torch.from_numpy(people)
         return batch
 
     def batch(self, step: int, batch_size: int, generator: torch.Generator) -> Batch:
         rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,), generator=generator)))
-        people = rng.choice(len(self.probabilities(step)), batch_size, p=self.probabilities(step))
-        return self.sample(people, rng)
+        probabilities = self.probabilities(step)
+        return self.sample(rng.choice(len(probabilities), batch_size, p=probabilities), rng)
 
     def population(self, people: np.ndarray) -> Population:
         """A data source of fresh biographies of `people`, drawn uniformly (e.g. the
