@@ -3,12 +3,13 @@ fact-learning (`tasks.biographies.Biographies`) takes to draw, today's code agai
 commit's, as a share of one training step of the same preset's model.
 
 For each analysis and each of its presets `quick`, `gpu` and `paper` (those it has), the main
-run's data source draws `--draws` batches (steps 0, 1, ..., each from the trainer's generator
-`generator(seed, BATCHES, step)`) after `--warmup` draws; the current code and the base commit's
-(`git show BASE:tasks/<file>.py`, imported as a module) alternate batch by batch, so a slow
-stretch of the machine hits both. The two must give identical batches (checked on every draw:
-the code is faster, the data stream is the same). A training step is `interp.train.Stepper.step`
-(forward, backward, optimizer) of the preset's model on one of those batches, timed over
+run's data source draws the batches of steps 0..`--draws`-1 (each from the trainer's generator
+`generator(seed, BATCHES, step)`), after `--warmup` untimed draws, with the current code and with
+the base commit's (`git show BASE:tasks/<file>.py`, imported as a module) in turn, over `--rounds`
+rounds whose order rotates, so a slow stretch of the machine hits both. The two must give
+identical batches (checked on every draw: the code is faster, the data stream is the same). Draws
+follow one another (warm caches). A training step is `interp.train.Stepper.step` (forward,
+backward, optimizer) of the preset's model on one of those batches, timed over
 `--train-steps` steps, the first a warm-up, on the same device and threads (the fact-learning
 `paper` model takes about a minute a step on one CPU thread: a few steps only). The trainer's
 seeding of each step's generator is the same for both variants and is not timed.
@@ -92,25 +93,28 @@ def same_batch(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
     return a.keys() == b.keys() and all(a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]) for k in a)
 
 
-def time_draws(sources: dict[str, Any], batch_size: int, seed: int, draws: int, warmup: int
+def time_draws(sources: dict[str, Any], batch_size: int, seed: int, draws: int, rounds: int, warmup: int
                ) -> tuple[dict[str, list[float]], bool, dict[str, torch.Tensor]]:
-    """Milliseconds per draw of each source (alternating, the order rotating every step), whether
-    they all drew the same batches, and the last batch."""
+    """Milliseconds per draw of each source: in each round every source draws the batches of steps
+    0..`draws`-1 in turn (the order rotating from round to round; each source's first `warmup`
+    draws of a round are not timed), and whether they all drew the same batches; and a batch."""
     times: dict[str, list[float]] = {name: [] for name in sources}
     identical = True
-    for step in range(warmup + draws):
-        order = list(sources) if step % 2 == 0 else list(reversed(sources))
-        drawn = {}
+    for round_index in range(rounds):
+        order = list(sources)[round_index % len(sources):] + list(sources)[:round_index % len(sources)]
+        drawn: dict[str, list[dict[str, torch.Tensor]]] = {}
         for name in order:
-            stream = generator(seed, BATCHES, step)  # the trainer's seeding, the same for both: not timed
-            started = time.perf_counter()
-            drawn[name] = sources[name].batch(step, batch_size, stream)
-            elapsed = (time.perf_counter() - started) * 1000
-            if step >= warmup:
-                times[name].append(elapsed)
+            drawn[name] = []
+            for step in range(-warmup, draws):
+                stream = generator(seed, BATCHES, step % draws)  # the trainer's seeding: not timed
+                started = time.perf_counter()
+                batch = sources[name].batch(step % draws, batch_size, stream)
+                if step >= 0:
+                    times[name].append((time.perf_counter() - started) * 1000)
+                    drawn[name].append(batch)
         first, *others = drawn.values()
-        identical &= all(same_batch(first, other) for other in others)
-    return times, identical, first
+        identical &= all(same_batch(a, b) for other in others for a, b in zip(first, other, strict=True))
+    return times, identical, first[-1]
 
 
 def time_train_step(cfg: Any, batch: dict[str, torch.Tensor], steps: int, device: torch.device) -> list[float]:
@@ -141,8 +145,9 @@ def time_seeding(draws: int) -> list[float]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--draws", type=int, default=30, help="measured batches per preset and variant")
-    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--draws", type=int, default=20, help="batches per preset, variant and round")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=2, help="untimed draws before each round's")
     parser.add_argument("--train-steps", type=int, default=2,
                         help="training steps per preset, the first a warm-up when there are more (0: none)")
     parser.add_argument("--base", default=BASE, help=f"commit of the 'before' code (default {BASE}; '' for none)")
@@ -167,7 +172,7 @@ def main() -> int:
                 if base is not None:
                     sources["before"] = analysis.source(base, cfg)
                 times, identical, batch = time_draws(sources, cfg.train.batch_size, cfg.train.seed, args.draws,
-                                                     args.warmup)
+                                                     args.rounds, args.warmup)
                 step_ms = time_train_step(cfg, batch, args.train_steps, device) if args.train_steps else []
                 after = median(times["after"])
                 before = median(times["before"]) if base is not None else None
@@ -190,15 +195,15 @@ def main() -> int:
                 if not identical:
                     missed.append(f"{analysis.name} {preset}: the batches differ from the base commit's")
     seeding = time_seeding(max(args.draws, 100))
-    print(f"batch_drawing: {args.draws} batches per variant, {args.threads} torch thread(s), base {args.base or 'none'}"
-          f", training step on {device}")
+    print(f"batch_drawing: {args.draws} batches x {args.rounds} rounds per variant, {args.threads} torch thread(s), "
+          f"base {args.base or 'none'}, training step on {device}")
     print(table(["preset", "batch", "before ms", "after ms", "after range", "speed-up", "step ms", "batch/step",
                  "identical"], rows))
     print(f"seeding a step's generator (both variants, not in the table): {median(seeding):.3g} ms")
     for line in missed:
         print(f"MISSED: {line}")
-    path = write_result("batch_drawing", {"base": args.base, "draws": args.draws, "results": results,
-                                          "ms_per_seeding": seeding, "missed": missed,
+    path = write_result("batch_drawing", {"base": args.base, "draws": args.draws, "rounds": args.rounds,
+                                          "results": results, "ms_per_seeding": seeding, "missed": missed,
                                           "environment": environment(device)}, args.out)
     print(f"wrote {path}")
     return 1 if args.check and missed else 0

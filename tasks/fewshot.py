@@ -132,6 +132,11 @@ class FewShot:
         self.class_labels = torch.arange(total) % cfg.labels
         ranks = torch.arange(1, cfg.n_classes + 1, dtype=torch.float64)
         self.class_weights = ranks ** -cfg.zipf_exponent
+        # The cumulative distribution `torch.multinomial` builds from the weights at every call
+        # (summed in order, divided by the total, the last entry exactly 1), built once.
+        cumulative = self.class_weights.cumsum(0)
+        self.class_cdf = cumulative / cumulative[-1]
+        self.class_cdf[-1] = 1.0
         self.placeholder = cfg.labels
 
     def batch(self, step: int, batch_size: int, generator: torch.Generator) -> Batch:
@@ -140,10 +145,15 @@ class FewShot:
     # --- sampling ---------------------------------------------------------------------------------
 
     def _classes(self, shape: tuple[int, ...], generator: torch.Generator) -> Tensor:
+        """Classes drawn with `class_weights`, exactly as `torch.multinomial(class_weights, n,
+        replacement=True)` draws them for n >= 2 (one uniform double per class, searched in the
+        cumulative distribution) without summing the 12,800 weights of `paper` again at every call."""
         n = math.prod(shape)
         if n == 0:
             return torch.empty(shape, dtype=torch.long)
-        return torch.multinomial(self.class_weights, n, replacement=True, generator=generator).view(shape)
+        if n == 1:  # torch.multinomial draws a single sample another way (an exponential race)
+            return torch.multinomial(self.class_weights, 1, replacement=True, generator=generator).view(shape)
+        return torch.searchsorted(self.class_cdf, torch.rand(n, dtype=torch.float64, generator=generator)).view(shape)
 
     @staticmethod
     def _draw_excluding(excluded: Tensor, count: int, generator: torch.Generator) -> Tensor:
