@@ -1,6 +1,7 @@
 """The few-shot and biography data streams are bitwise those of the code before batch drawing
 was vectorised (commit b58f2e6): the same draws from the same generators, in the same order,
-only faster. Every batch the trainer, the evaluators and the probes draw is pinned by a hash."""
+only faster. Every kind of batch the trainer, the evaluators and the probes draw is pinned by a
+hash, and the bulk replay of numpy's bounded draws is checked against numpy itself."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 
@@ -15,7 +17,7 @@ from analyses.fact_learning import PRESETS as FACT_PRESETS
 from analyses.icl_transience import PRESETS as ICL_PRESETS
 from interp.model import Batch
 from interp.seeding import BATCHES, generator
-from tasks.biographies import Biographies, BiographiesConfig
+from tasks.biographies import Biographies, BiographiesConfig, _Bounded, _permutation_program, _permutations, _replay
 from tasks.fewshot import EVAL_KINDS, FewShot, FewShotConfig
 
 SMALL_FEWSHOT = FewShotConfig(n_classes=40, n_heldout_classes=8, n_labels=10, exemplars_per_class=6, dim=8,
@@ -103,3 +105,36 @@ FROZEN = {
 @pytest.mark.parametrize("name", sorted(STREAMS))
 def test_the_stream_is_bitwise_the_base_commits(name):
     assert digest(STREAMS[name]()) == FROZEN[name]
+
+
+def next_words(rng: np.random.Generator) -> list[int]:
+    return rng.integers(0, 2**32, size=4, dtype=np.uint32).tolist()
+
+
+def test_a_bounded_draw_decides_as_numpy_does_on_known_words():
+    words = np.array([0, 2**31, 2**32 - 1, 12], dtype=np.uint64)
+    accepted, value = _Bounded(3).decide(words)  # Lemire: rejected while (word * 3) mod 2**32 < 2**32 mod 3 = 1
+    assert accepted.tolist() == [False, True, True, True] and value[1:].tolist() == [1, 2, 0]
+    accepted, value = _Bounded(5, swap=True).decide(words)  # swap for position 4: low 3 bits, redrawn above 4
+    assert accepted.tolist() == [True, True, False, True] and value.tolist() == [0, 0, 7, 4]
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("repeats", [0, 1, 7, 60])
+def test_replayed_draws_are_numpys_scalar_draws_and_leave_the_generator_as_they_do(seed, repeats):
+    # Bounds just above 2**31 reject about half the words (more words than first drawn are needed);
+    # a bound of 1 draws nothing. A first draw leaves half a 64-bit output buffered.
+    program = [_Bounded(2**31 + 1), _Bounded(1), _Bounded(3 * 2**30), *[_Bounded(2**31 + 1)] * 3, _Bounded(20)]
+    ours, theirs = np.random.default_rng(seed), np.random.default_rng(seed)
+    ours.integers(7), theirs.integers(7)
+    expected = [[int(theirs.integers(d.n)) for d in program] for _ in range(repeats)]
+    assert _replay(ours, program, repeats).tolist() == (expected or [])
+    assert next_words(ours) == next_words(theirs)
+
+
+@pytest.mark.parametrize("k", [2, 6, 33])
+def test_replayed_permutations_are_numpys(k):
+    ours, theirs = np.random.default_rng(k), np.random.default_rng(k)
+    expected = np.stack([theirs.permutation(k) for _ in range(50)])
+    assert (_permutations(_replay(ours, _permutation_program(k), 50)) == expected).all()
+    assert next_words(ours) == next_words(theirs)
