@@ -211,13 +211,13 @@ class _Sentences:
         if len(counts) != 1:
             raise ValueError(f"templates: expected as many for every attribute, got {sorted(counts)}")
 
-        def slots(attribute: str, words: list[str]) -> list[tuple[int, int, int]]:
+        def sentence_slots(attribute: str, words: list[str]) -> list[tuple[int, int, int]]:
             out = []
             for w in words:
                 out += [(_NAME, 0, i) for i in range(3)] if w == "{name}" else [(_TEXT, vocab.index[w], 0)]
             return [*out, *((_VALUE, 0, i) for i in range(len(VALUE_PARTS[attribute]))), (_TEXT, vocab.index["."], 0)]
 
-        sentences = [slots(attribute, words) for attribute in ATTRIBUTES for words in templates[attribute]]
+        sentences = [sentence_slots(attribute, words) for attribute in ATTRIBUTES for words in templates[attribute]]
         width = max(len(slots) for slots in sentences)
         table = np.zeros((len(sentences), width, 3), dtype=np.int64)
         table[:, :, 0] = _PAD

@@ -146,7 +146,7 @@ class FewShot:
 
     def _classes(self, shape: tuple[int, ...], generator: torch.Generator) -> Tensor:
         """Classes drawn with `class_weights`, exactly as `torch.multinomial(class_weights, n,
-        replacement=True)` draws them for n >= 2 (one uniform double per class, searched in the
+        replacement=True)` draws them for n >= 2 (a uniform double per draw, looked up in the
         cumulative distribution) without summing the 12,800 weights of `paper` again at every call."""
         n = math.prod(shape)
         if n == 0:
