@@ -19,7 +19,7 @@ step's milliseconds and the batch's share of it. Targets: icl-transience `paper`
 fact-learning `paper` at least 10x faster than the base; every preset's batch under 10% of its
 training step.
 
-    python benchmarks/batch_drawing.py                     # ~3 min -> results/batch_drawing.json
+    python benchmarks/batch_drawing.py                     # ~4 min -> results/batch_drawing.json
     python benchmarks/batch_drawing.py --base ''           # current code only (no git)
 """
 

@@ -138,3 +138,15 @@ def test_replayed_permutations_are_numpys(k):
     expected = np.stack([theirs.permutation(k) for _ in range(50)])
     assert (_permutations(_replay(ours, _permutation_program(k), 50)) == expected).all()
     assert next_words(ours) == next_words(theirs)
+
+
+@pytest.mark.parametrize("make", [lambda: FewShot(ZIPF_FEWSHOT), lambda: Biographies(SMALL_BIOS),
+                                  lambda: Biographies(SMALL_BIOS).population(np.arange(60, 70))],
+                         ids=["fewshot", "biographies", "population"])
+def test_a_batch_depends_only_on_the_seed_and_the_step(make):
+    source = make()
+    first = source.batch(5, 16, generator(1, BATCHES, 5))
+    training(source, range(5), 16, seed=1)
+    assert digest([source.batch(5, 16, generator(1, BATCHES, 5))]) == digest([first])
+    assert digest([make().batch(5, 16, generator(1, BATCHES, 5))]) == digest([first])
+    assert digest([source.batch(5, 16, generator(2, BATCHES, 5))]) != digest([first])
