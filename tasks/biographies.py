@@ -76,12 +76,106 @@ PHRASES = {
     "company": ("employer", "has employer", "joined employer", "names employer", "lists employer"),
 }
 MAX_HELDOUT_TEMPLATES = len(OPENERS)
-VALUE_POOLS = {"birth_date": "month", "birth_city": "city", "current_city": "city", "university": "university",
-               "major": "major", "company": "company"}
+VALUE_PARTS = {"birth_date": ("month", "day", "year"), "birth_city": ("city",), "current_city": ("city",),
+               "university": ("university",), "major": ("major",), "company": ("company",)}
+"""The pool of each of an attribute's value tokens."""
+VALUE_POOLS = {attribute: parts[0] for attribute, parts in VALUE_PARTS.items()}
 """The pool of each attribute's (first) value token."""
 VALUE_POSITIONS = {"name": "last_name", "query": "value_query"}
 """Where `value_probes` read the value: the name's last token, and the query of the value."""
 MAX_DAYS = 28  # a day every month has
+
+
+# --- numpy's bounded draws, replayed in bulk ---------------------------------------------------
+# Biographies are drawn with numpy's scalar draws (`rng.permutation(6)` and `rng.integers(n)`, one
+# call per sentence): one call per value costs ~1 us of Python each, ~50 ms for a batch of 640.
+# The functions below give the very same values from the same generator in a few array operations
+# (so every stream stays what it was), by replaying how numpy's Generator (numpy 2.x; PCG64's
+# 32-bit outputs) turns its stream of 32-bit words into bounded integers below 2**32:
+# - `integers(n)`: Lemire's multiply-shift, `(word * n) >> 32`, redrawn while the low 32 bits of
+#   `word * n` are below `(2**32 - n) % n`;
+# - `permutation(k)`: a Fisher-Yates shuffle whose swap for position i = k-1, ..., 1 takes the
+#   word's low bits under the smallest all-ones mask >= i, redrawn while they exceed i.
+# A bound of 1 draws nothing (numpy returns 0). tests/test_batch_streams.py pins the streams.
+
+_WORD = 1 << 32
+
+
+@dataclass(frozen=True)
+class _Bounded:
+    """One bounded draw, uniform in `range(n)`: `rng.integers(n)`, or with `swap`, the swap index
+    of position `n - 1` of `rng.permutation`."""
+
+    n: int
+    swap: bool = False
+
+    def decide(self, words: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(accepted, value) of each 32-bit word (uint64) as this draw's first try."""
+        if self.swap:
+            mask = (1 << (self.n - 1).bit_length()) - 1
+            value = words & np.uint64(mask)
+            return value < self.n, value
+        product = words * np.uint64(self.n)
+        return (product & np.uint64(_WORD - 1)) >= (_WORD - self.n) % self.n, product >> np.uint64(32)
+
+
+def _replay(rng: np.random.Generator, program: Sequence[_Bounded], repeats: int) -> np.ndarray:
+    """[repeats, len(program)]: the values of `repeats` passes of `program` drawn one by one from
+    `rng`, which is left as those scalar draws would leave it."""
+    if any(not 1 <= d.n < _WORD for d in program):
+        raise ValueError(f"program: expected bounds in 1..2**32-1, got {[d.n for d in program]}")
+    out = np.zeros((repeats, len(program)), dtype=np.int64)
+    drawn = [i for i, d in enumerate(program) if d.n > 1]
+    if repeats == 0 or not drawn:
+        return out
+    start = rng.bit_generator.state
+    # Words for the passes plus a margin for redraws (~1.3 per swap): more are drawn if needed,
+    # and the generator is then wound back to the words actually used.
+    words = rng.integers(0, _WORD, size=repeats * (len(drawn) + 2) + 64, dtype=np.uint32).astype(np.uint64)
+    while True:
+        end, spent = len(words), len(words) + 1  # a position past the words: `spent` when they ran out
+        # For each draw, where it ends from each start: just past the first accepted word at or
+        # after the start (`spent` if none is left).
+        after, values = {}, {}
+        for d in {program[i] for i in drawn}:
+            accepted, values[d] = d.decide(words)
+            first = np.where(accepted, np.arange(1, end + 1), spent)
+            after[d] = np.append(np.minimum.accumulate(first[::-1])[::-1], [spent, spent])
+        one_pass = np.arange(end + 2)
+        for i in drawn:
+            one_pass = after[program[i]][one_pass]
+        starts, position, jump = np.empty(repeats, dtype=np.int64), 0, one_pass.tolist()
+        for r in range(repeats):  # passes follow one another: a scalar chain (~50 ns each)
+            starts[r], position = position, jump[position]
+        if position != spent:
+            used = position
+            break
+        words = np.append(words, rng.integers(0, _WORD, size=len(words), dtype=np.uint32).astype(np.uint64))
+    position = starts
+    for i in drawn:
+        position = after[program[i]][position]
+        out[:, i] = values[program[i]][position - 1]
+    rng.bit_generator.state = start
+    rng.integers(0, _WORD, size=used, dtype=np.uint32)
+    return out
+
+
+def _permutations(swaps: np.ndarray) -> np.ndarray:
+    """[rows, k]: the permutations of `range(k)` that `rng.permutation(k)` makes from the swap
+    indices [rows, k - 1] it draws (for positions k - 1, ..., 1)."""
+    rows, k = swaps.shape[0], swaps.shape[1] + 1
+    out = np.tile(np.arange(k), (rows, 1))
+    every = np.arange(rows)
+    for column, position in enumerate(range(k - 1, 0, -1)):
+        j = swaps[:, column]
+        held = out[every, j]
+        out[every, j] = out[:, position]
+        out[:, position] = held
+    return out
+
+
+def _permutation_program(k: int) -> list[_Bounded]:
+    return [_Bounded(position + 1, swap=True) for position in range(k - 1, 0, -1)]
 
 
 def templates(attribute: str, heldout: int) -> tuple[list[list[str]], list[list[str]]]:
@@ -93,6 +187,44 @@ def templates(attribute: str, heldout: int) -> tuple[list[list[str]], list[list[
             words = [*opener.split(), "{name}", *phrase.split()]
             (held if i == j and i < heldout else train).append(words)
     return train, held
+
+
+_PAD, _TEXT, _NAME, _VALUE = range(4)  # what fills a slot of a `_Sentences` layout
+
+
+@dataclass(frozen=True)
+class _Sentences:
+    """Every template of every attribute as the token slots of its sentence, [attribute, template,
+    slot] (shorter sentences padded): `kind` says what fills a slot (a template word `_TEXT`, a `_NAME`
+    token, a `_VALUE` token or `_PAD`), `word` the token of a word, `part` which name or value token;
+    then a sentence ends with the value and a full stop. Every attribute has `count` templates."""
+
+    kind: np.ndarray
+    word: np.ndarray
+    part: np.ndarray
+    count: int
+
+    @classmethod
+    def of(cls, templates: dict[str, list[list[str]]], vocab: Vocabulary) -> _Sentences:
+        counts = {len(ts) for ts in templates.values()}
+        # A template's index is drawn before it is known which attribute's: one bound for all.
+        if len(counts) != 1:
+            raise ValueError(f"templates: expected as many for every attribute, got {sorted(counts)}")
+
+        def sentence_slots(attribute: str, words: list[str]) -> list[tuple[int, int, int]]:
+            out = []
+            for w in words:
+                out += [(_NAME, 0, i) for i in range(3)] if w == "{name}" else [(_TEXT, vocab.index[w], 0)]
+            return [*out, *((_VALUE, 0, i) for i in range(len(VALUE_PARTS[attribute]))), (_TEXT, vocab.index["."], 0)]
+
+        sentences = [sentence_slots(attribute, words) for attribute in ATTRIBUTES for words in templates[attribute]]
+        width = max(len(slots) for slots in sentences)
+        table = np.zeros((len(sentences), width, 3), dtype=np.int64)
+        table[:, :, 0] = _PAD
+        for row, slots in enumerate(sentences):
+            table[row, : len(slots)] = slots
+        table = table.reshape(len(ATTRIBUTES), counts.pop(), width, 3)
+        return cls(table[..., 0], table[..., 1], table[..., 2], table.shape[1])
 
 
 Distribution = Literal["uniform", "power_law", "celebrities"]
@@ -400,22 +532,32 @@ class Biographies:
 
         total = cfg.n_individuals + cfg.n_unseen + cfg.n_finetune
         codes = rng.choice(cfg.first_names * cfg.middle_names * cfg.last_names, total, replace=False)
-        self.names = [[self.pools["first"][c // (cfg.middle_names * cfg.last_names)],
-                       self.pools["middle"][(c // cfg.last_names) % cfg.middle_names],
-                       self.pools["last"][c % cfg.last_names]] for c in codes]
-        self.values = []  # per individual: attribute -> list of value words
-        for _ in range(total):
-            self.values.append({
-                "birth_date": [self.pools["month"][rng.integers(cfg.months)], self.pools["day"][rng.integers(cfg.days)],
-                               self.pools["year"][rng.integers(cfg.years)]],
-                "birth_city": [self.pools["city"][rng.integers(cfg.cities)]],
-                "current_city": [self.pools["city"][rng.integers(cfg.cities)]],
-                "university": [self.pools["university"][rng.integers(cfg.universities)]],
-                "major": [self.pools["major"][rng.integers(cfg.majors)]],
-                "company": [self.pools["company"][rng.integers(cfg.companies)]],
-            })
-        self.seq_len = 1 + sum(max(len(t) for t in ts) + 2 + 1 + len(self.values[0][a])
-                               for a, ts in all_templates.items())
+        name_parts = np.stack([codes // (cfg.middle_names * cfg.last_names),
+                               (codes // cfg.last_names) % cfg.middle_names, codes % cfg.last_names], axis=1)
+        # Each person's value indices, drawn in the order of the attributes and their parts.
+        value_parts = [(a, j, pool) for a, attribute in enumerate(ATTRIBUTES)
+                       for j, pool in enumerate(VALUE_PARTS[attribute])]
+        drawn = _replay(rng, [_Bounded(len(self.pools[pool])) for _, _, pool in value_parts], total)
+        self.names = [[self.pools[pool][c] for pool, c in zip(("first", "middle", "last"), row, strict=True)]
+                      for row in name_parts.tolist()]
+        self.values = [{attribute: [] for attribute in ATTRIBUTES} for _ in range(total)]
+        """Per individual: attribute -> list of value words."""
+        for column, (a, _, pool) in enumerate(value_parts):
+            words = self.pools[pool]
+            for person, index in zip(self.values, drawn[:, column].tolist(), strict=True):
+                person[ATTRIBUTES[a]].append(words[index])
+        # Token ids of every person's name parts [total, 3] and values [total, attribute, part]
+        # (a one-token value is padded with 0), for assembling batches by array indexing.
+        ids = {key: np.array(self.vocab.encode(words)) for key, words in self.pools.items()}
+        self.name_tokens = np.stack([ids[pool][name_parts[:, i]] for i, pool in enumerate(("first", "middle", "last"))],
+                                    axis=1)
+        self.value_tokens = np.zeros((total, len(ATTRIBUTES), 3), dtype=np.int64)
+        for column, (a, j, pool) in enumerate(value_parts):
+            self.value_tokens[:, a, j] = ids[pool][drawn[:, column]]
+        self.seq_len = 1 + sum(max(len(t) for t in ts) + 2 + 1 + len(VALUE_PARTS[a]) for a, ts in all_templates.items())
+        self.sentences = {False: _Sentences.of(self.train_templates, self.vocab),
+                          True: _Sentences.of(self.eval_templates, self.vocab)}
+        """The sentence layouts of the training (False) and held-out (True) templates."""
 
     # --- who is sampled -----------------------------------------------------------------
 
@@ -447,46 +589,47 @@ class Biographies:
 
     def biography(self, person: int, rng: np.random.Generator, heldout: bool = False) -> Batch:
         """One encoded biography with its per-token annotations (unbatched, unpadded)."""
-        templates = self.eval_templates if heldout else self.train_templates
-        words, attribute_of, name_mask, sentence_of = ["<bos>"], [-1], [False], [-1]
-        for sentence, a in enumerate(rng.permutation(len(ATTRIBUTES))):
-            attribute = ATTRIBUTES[a]
-            template = templates[attribute][rng.integers(len(templates[attribute]))]
-            for word in template:
-                parts = self.names[person] if word == "{name}" else [word]
-                words += parts
-                attribute_of += [-1] * len(parts)
-                name_mask += [word == "{name}"] * len(parts)
-            value = self.values[person][attribute]
-            words += [*value, "."]
-            attribute_of += [int(a)] * len(value) + [-1]
-            name_mask += [False] * (len(value) + 1)
-            sentence_of += [sentence] * (len(words) - len(sentence_of))
-        return {"tokens": torch.tensor(self.vocab.encode(words)), "attribute_of": torch.tensor(attribute_of),
-                "name_mask": torch.tensor(name_mask), "sentence_of": torch.tensor(sentence_of)}
-
-    def collate(self, bios: list[Batch], people: np.ndarray) -> Batch:
-        """Pad to `seq_len` (padding is never scored)."""
-        batch = {
-            "tokens": torch.zeros((len(bios), self.seq_len), dtype=torch.long),
-            "attribute_of": torch.full((len(bios), self.seq_len), -1, dtype=torch.long),
-            "name_mask": torch.zeros((len(bios), self.seq_len), dtype=torch.bool),
-            "sentence_of": torch.full((len(bios), self.seq_len), -1, dtype=torch.long),
-        }
-        for row, bio in enumerate(bios):
-            for key, value in bio.items():
-                batch[key][row, : len(value)] = value
-        batch["loss_mask"] = batch["tokens"] != self.vocab.index["<pad>"]
-        batch["individual"] = torch.from_numpy(np.asarray(people, dtype=np.int64))
-        return batch
+        bio = self.sample(np.array([person]), rng, heldout)
+        length = int(bio["loss_mask"].sum())
+        return {key: bio[key][0, :length] for key in ("tokens", "attribute_of", "name_mask", "sentence_of")}
 
     def sample(self, people: np.ndarray, rng: np.random.Generator, heldout: bool = False) -> Batch:
-        return self.collate([self.biography(int(p), rng, heldout) for p in people], people)
+        """A fresh biography of each of `people`, padded to `seq_len` (padding is never scored): its
+        sentences in a random order (`rng.permutation`), each from a random template (`rng.integers`)."""
+        people = np.asarray(people, dtype=np.int64)
+        layout, n, k = self.sentences[heldout], len(people), len(ATTRIBUTES)
+        drawn = _replay(rng, [*_permutation_program(k), *[_Bounded(layout.count)] * k], n)
+        attribute, template = _permutations(drawn[:, : k - 1]), drawn[:, k - 1 :]  # [biography, sentence]
+        kind, part = layout.kind[attribute, template], layout.part[attribute, template]  # [biography, sentence, slot]
+        # Each slot's token and annotations [what, biography, sentence, slot]; a name or value token
+        # is looked up in the biography's own names and values [biography, sentence, 3 + 3].
+        own = np.concatenate([np.broadcast_to(self.name_tokens[people][:, None], (n, k, 3)),
+                              self.value_tokens[people[:, None], attribute]], axis=2)
+        slots = np.empty((4, *kind.shape), dtype=np.int64)
+        slots[0] = np.take_along_axis(own, part + 3 * (kind == _VALUE), axis=2)
+        np.copyto(slots[0], layout.word[attribute, template], where=kind == _TEXT)
+        slots[1] = np.where(kind == _VALUE, attribute[:, :, None], -1)
+        slots[2] = kind == _NAME
+        slots[3] = np.arange(k)[:, None]
+        # Sentences follow one another after BOS: a real slot goes to the position that counts the
+        # real slots up to it (flat indices: one scatter for the four rows).
+        real = (kind != _PAD).reshape(n, -1)
+        destination = (np.cumsum(real, axis=1) + self.seq_len * np.arange(n)[:, None])[real]
+        placed = np.empty((4, n * self.seq_len), dtype=np.int64)
+        placed[:] = np.array([self.vocab.index["<pad>"], -1, 0, -1])[:, None]
+        placed[:, destination] = slots.reshape(4, -1)[:, real.ravel()]
+        tokens, attribute_of, name_mask, sentence_of = torch.from_numpy(placed).view(4, n, self.seq_len)
+        tokens[:, 0] = self.vocab.index["<bos>"]
+        batch = {"tokens": tokens, "attribute_of": attribute_of, "name_mask": name_mask.bool(),
+                 "sentence_of": sentence_of}
+        batch["loss_mask"] = batch["tokens"] != self.vocab.index["<pad>"]
+        batch["individual"] = torch.from_numpy(people)
+        return batch
 
     def batch(self, step: int, batch_size: int, generator: torch.Generator) -> Batch:
         rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,), generator=generator)))
-        people = rng.choice(len(self.probabilities(step)), batch_size, p=self.probabilities(step))
-        return self.sample(people, rng)
+        probabilities = self.probabilities(step)
+        return self.sample(rng.choice(len(probabilities), batch_size, p=probabilities), rng)
 
     def population(self, people: np.ndarray) -> Population:
         """A data source of fresh biographies of `people`, drawn uniformly (e.g. the

@@ -72,10 +72,6 @@ ALLOWED: dict[tuple[str, str, str], str] = {
         "probe tokens drawn from a CPU generator; probe() moves the batch with batch_to",
     ("interp/probing.py", "batch_hash", "numpy_on_device"):
         "hashes a tensor copied to the CPU on the line before (`.detach().cpu()`)",
-    ("tasks/biographies.py", "Biographies.biography", "factory"):
-        "one biography's tensors built from Python lists on the CPU, collated, then moved by the caller",
-    ("tasks/biographies.py", "Biographies.collate", "factory"):
-        "CPU batch assembly; the trainer moves the batch with batch_to, evaluators with attribute_evaluator",
     ("tasks/biographies.py", "Biographies.batch", "factory"):
         "draws the batch's numpy seed from the CPU generator",
     ("tasks/biographies.py", "Population.batch", "factory"):
@@ -83,7 +79,7 @@ ALLOWED: dict[tuple[str, str, str], str] = {
     ("tasks/fewshot.py", "FewShot.__init__", "factory"):
         "the class and exemplar bank, drawn once on the CPU; batches are gathered from it on the CPU",
     ("tasks/fewshot.py", "FewShot._classes", "factory"):
-        "CPU batch generation (a shape product and an empty draw)",
+        "CPU batch generation from the CPU generator (and an empty draw)",
     ("tasks/fewshot.py", "FewShot._draw_excluding", "factory"):
         "CPU batch generation from the CPU generator",
     ("tasks/fewshot.py", "FewShot._distinct_exemplars", "factory"):
