@@ -507,6 +507,19 @@ def test_every_option_has_help_text():
     assert not missing
 
 
+def test_every_command_that_reads_checkpoints_says_it_takes_a_suite():
+    """A checkpoint suite is accepted wherever a run is: each such command's help says so,
+    for the command and for its directory argument."""
+    commands = {name: sub for action in build_parser()._actions if isinstance(action, argparse._SubParsersAction)
+                for name, sub in action.choices.items()}
+    summaries = {choice.dest: choice.help for action in build_parser()._actions
+                 if isinstance(action, argparse._SubParsersAction) for choice in action._choices_actions}
+    for name in ("info", "probe", "llc", "circuit", "plot", "view"):
+        directory = next(a for a in commands[name]._actions if a.dest == "dir")
+        assert "suite" in directory.help, name
+        assert "suite" in summaries[name], name
+        assert "--cache" in commands[name]._option_string_actions, name
+
 def test_an_analysis_directory_with_several_runs_names_them(analysis_copy, capsys):
     shutil.copytree(analysis_copy / "runs" / "main", analysis_copy / "runs" / "other")
     assert main(["probe", str(analysis_copy), "induction"]) == 2
