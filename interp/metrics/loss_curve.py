@@ -93,7 +93,7 @@ def repeated_loss_batch(cfg: ModelSizes, seed: int = 0) -> LossBatch:
     per_sequence = 2 * period * cfg.d_vocab * 4
     sequences = max(1, min(LOSS_SEQUENCES, LOSS_LOGITS_BUDGET // per_sequence))
     tokens = repeated_tokens(sequences, period, cfg.d_vocab, seeding.generator(seed, seeding.LOSS_CURVE))
-    in_repeat = (torch.arange(2 * period) >= period).expand(sequences, -1).clone()
+    in_repeat = (torch.arange(2 * period, device=tokens.device) >= period).expand(sequences, -1).clone()
     about = (f"{sequences} sequences of {period} random tokens repeated twice (seed {seed}; loss_{REPEAT_KEY}: the "
              "second copy, predictable by induction)")
     return LossBatch({"tokens": tokens, REPEAT_KEY: in_repeat}, about, (REPEAT_KEY,))
