@@ -168,7 +168,8 @@ def time_slice(job: TrainingJob, device: torch.device, *, seconds: float, max_st
             break
         if spent > seconds:
             return SliceTiming(setup_s, build_s, spent, None, 0, data_s(1), None, 0.0, untimed=(
-                f"a step of {rows} rows takes {row_step_s:.2g} s here, so one at batch {batch_size} up to "
+                f"a step of {rows} row{'s' if rows > 1 else ''} takes {row_step_s:.2g} s here, so one at batch "
+                f"{batch_size} up to "
                 f"~{duration(row_step_s * batch_size / rows)}: beyond the {seconds:g} s slice"))
         rows = min(2 * rows, batch_size)
     _, first_step_s = clock.time(lambda: stepper.step(0, batch(0)))
