@@ -9,10 +9,11 @@ about a GPU in one command, inside a hard time budget (`--budget-s`, default 480
    limit; a failure (exit status, stderr tail) is collected, not fatal;
 3. throughput: trainer vs plain PyTorch tokens/s in fp32 and bf16 on the induction-heads
    `quick` and `gpu` shapes, with the variants of `benchmarks/train_throughput.py`;
-4. slices: for every analysis with a `gpu` or `paper` preset, the first steps of each run
-   shape it trains (the analysis's own job: model, training config, data and evaluators),
-   one evaluation and one checkpoint, extrapolated to the whole preset and set beside the
-   estimate of docs/performance.md.
+4. slices: for every analysis with a `gpu` or `paper` preset, its plan (`interp.plan`, the
+   table `interp run --plan` prints): the first steps of each run shape it trains (the
+   analysis's own jobs: model, training config, data and evaluators), one evaluation and one
+   checkpoint, extrapolated to the whole preset and set beside the estimate of
+   docs/performance.md.
 
 Every stage checks the time left before each item (and the slices between steps) and stops
 cleanly. `summary.json` (strict JSON) and `summary.md` under `--out` are rewritten after
