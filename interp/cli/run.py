@@ -10,7 +10,7 @@ from pathlib import Path
 from interp.analysis import get_analysis, resolve_config, run_analysis
 from interp.cli.checks import check_device
 from interp.configs import parse_overrides
-from interp.devices import resolve_device, set_threads
+from interp.devices import default_threads, resolve_device, set_threads
 from interp.parallel import Backend, LocalBackend, RayBackend
 from interp.plan import plan_analysis, plan_text
 
@@ -37,8 +37,7 @@ def print_plan(args: argparse.Namespace, overrides: dict[str, str]) -> None:
     """`interp run --plan`: the preset's plan on the device, timed in this process; nothing is written."""
     analysis = get_analysis(args.name)
     config = resolve_config(analysis, args.preset, overrides)
-    if args.threads:
-        set_threads(args.threads)
+    set_threads(args.threads or default_threads())  # the slice is timed here, on the cores others leave idle
     print(plan_text(plan_analysis(analysis, args.preset, config, resolve_device(check_device(args.device)))))
 
 
