@@ -43,6 +43,7 @@ from interp.analysis import (
     Report,
     Run,
     RunsData,
+    RunShape,
     Series,
     Source,
     Table,
@@ -240,11 +241,32 @@ def over_seeds(order: Order, rs: np.ndarray, stats: recovery.RecoveryStats) -> d
             f"prequential_{order}": r4(np.nanmean(stats.prequential))}
 
 
+def sweep_jobs(cfg: AnticipatoryRecoveryConfig) -> dict[tuple[ModelSize, Order, int], TrainingJob]:
+    """Every run of the sweep by (size, order, seed), longest first (which balances the workers);
+    the reference run (`cfg.reference`, cyclic, `cfg.seed`) keeps a checkpoint after every episode."""
+    seeds, reference = [cfg.seed + k for k in range(cfg.seeds)], (cfg.reference, "cyclic", cfg.seed)
+    return {p: sweep_job(cfg, *p, dense=p == reference)
+            for p in sorted(product(cfg.model_sizes, cfg.orders, seeds), key=lambda p: -p[0].cost)}
+
+
+def run_shapes(cfg: AnticipatoryRecoveryConfig) -> list[RunShape]:
+    jobs, reference = sweep_jobs(cfg), (cfg.reference, "cyclic", cfg.seed)
+    shapes = []
+    for size in cfg.model_sizes:
+        plain = [job for key, job in jobs.items() if key[0] == size and key != reference]
+        if plain:
+            shapes.append(RunShape(str(size), plain[0], len(plain),
+                                   f"{len(cfg.orders)} orders x {cfg.seeds} seeds, batch 1"))
+        if size == cfg.reference:
+            shapes.append(RunShape(f"{size} reference", jobs[reference], 1, "the reference run: a checkpoint after "
+                                   "every episode", measure_as=str(size) if plain else ""))
+    return shapes
+
+
 def measure(cfg: AnticipatoryRecoveryConfig, ctx: Context) -> RecoveryResults:
     seeds, reference = [cfg.seed + k for k in range(cfg.seeds)], (cfg.reference, "cyclic", cfg.seed)
     n, episode, largest = cfg.task.n_docs, cfg.task.steps_per_doc, cfg.largest
-    jobs = {p: sweep_job(cfg, *p, dense=p == reference)  # longest first balances the workers
-            for p in sorted(product(cfg.model_sizes, cfg.orders, seeds), key=lambda p: -p[0].cost)}
+    jobs = sweep_jobs(cfg)
     runs = ctx.train(list(jobs.values()))
     saved = {p: itemgetter("losses", "schedule")(json.loads((runs[job.name].path / LOSS_MATRIX).read_text()))
              for p, job in jobs.items()}
@@ -514,6 +536,6 @@ PRESETS = {
 ANALYSIS = Analysis("anticipatory-recovery", "Cyclic fine-tuning: recovery before re-encounter, size sweep, "
                     "shuffled control, toy model", PRESETS, measure, figures, report, preset_workers={"tiny": 1},
                     headline=("gap_growth", "prequential_cyclic", "prequential_shuffled"), view=view,
-                    opens_on=opens_on)
+                    opens_on=opens_on, run_shapes=run_shapes)
 
 __all__ = ["ANALYSIS", "AnticipatoryRecoveryConfig", "ModelSize"]

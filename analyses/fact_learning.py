@@ -54,6 +54,7 @@ from interp.analysis import (
     Report,
     Run,
     RunsData,
+    RunShape,
     Series,
     Source,
     Table,
@@ -402,6 +403,40 @@ def patch_references(main: Run, cfg: FactLearningConfig, main_phases: spans.Plat
             "after": nearest_step(main.steps, after) if after else main.steps[-1]}
 
 
+def make_job(cfg: FactLearningConfig, name: str, kind: Kind, data: BiographiesConfig, baseline: float,
+             train: TrainConfig | None = None, **params: Any) -> TrainingJob:
+    """The run `name` on `data`, whose no-knowledge `baseline` is stored in its config (default
+    training: `cfg.train`, checkpointed at its ends only); `params` are `RunParams`'."""
+    # The reference checkpoint is part of a patched run's identity: a resume from another one is refused.
+    ref = {"patch_from": str(params["patch_from"])} if "patch_from" in params else {}
+    return TrainingJob(name, cfg.model, train or final_only(cfg.train), data, setup_job,
+                       params=RunParams(cfg, kind, **params), show_progress=kind == "main",
+                       extra={"baseline": baseline, **ref})
+
+
+def run_shapes(cfg: FactLearningConfig) -> list[RunShape]:
+    base, budget = replace(cfg.data, seed=cfg.seed), cfg.compare_steps or cfg.train.steps
+    # The baseline is read only by the stop and pause conditions, which a plan never asks.
+    main = make_job(cfg, "main", "main", base, float("nan"), train=cfg.train)
+    side = make_job(cfg, "side", "n", base, float("nan"))
+    patches = len(cfg.patch_steps) or 3
+    finetune = make_job(cfg, "finetune", "finetune", base, float("nan"), train=cfg.finetune)
+    shapes = [RunShape("main", main, 1, "the main run (paused after its plateau while the patching runs start)"),
+              RunShape("power law", side, len(cfg.alphas), f"alpha {', '.join(f'{a:g}' for a in cfg.alphas)}, to the "
+                       "comparison budget", steps=budget, measure_as="main"),
+              RunShape("warm-up", side, 1 if cfg.warmup_individuals else 0, "the warm-up curriculum, to the "
+                       "comparison budget", steps=budget, measure_as="main"),
+              RunShape("n sweep", side, len(cfg.n_sweep), f"n_individuals {', '.join(map(str, cfg.n_sweep))}",
+                       unknown="each n-sweep run stops at its own plateau end", measure_as="main"),
+              RunShape("patched", side, patches, "attention patterns patched in from main-run checkpoints",
+                       unknown="the patched runs' reference checkpoints and the step they stop at (their plateau end, "
+                       f"or {cfg.patch_horizon:g} x the main run's) come from the main run", measure_as="main"),
+              RunShape("fine-tuning", finetune, len(FINETUNE), f"from the main run's last checkpoint: "
+                       f"{', '.join(FINETUNE)}", measure_as="main" if cfg.finetune.batch_size == cfg.train.batch_size
+                       else "")]
+    return [shape for shape in shapes if shape.runs]
+
+
 def measure(cfg: FactLearningConfig, ctx: Context) -> FactLearningResults:
     base = replace(cfg.data, seed=cfg.seed)
     populations = {n: Biographies(replace(base, n_individuals=n)) for n in {base.n_individuals, *cfg.n_sweep}}
@@ -410,11 +445,7 @@ def measure(cfg: FactLearningConfig, ctx: Context) -> FactLearningResults:
 
     def job(name: str, kind: Kind, data: BiographiesConfig = base, train: TrainConfig | None = None,
             **params: Any) -> TrainingJob:
-        # The reference checkpoint is part of a patched run's identity: a resume from another one is refused.
-        ref = {"patch_from": str(params["patch_from"])} if "patch_from" in params else {}
-        return TrainingJob(name, cfg.model, train or final_only(cfg.train), data, setup_job,
-                           params=RunParams(cfg, kind, **params), show_progress=kind == "main",
-                           extra={"baseline": baselines[data.n_individuals], **ref})
+        return make_job(cfg, name, kind, data, baselines[data.n_individuals], train, **params)
 
     # Three stages. The main run pauses once it has left its plateau, so the patching runs,
     # which need its phases and a post-plateau checkpoint, share the cores with its second
@@ -816,6 +847,7 @@ ANALYSIS = Analysis("fact-learning", "Synthetic biographies: plateau at the no-k
                     "distributions, hallucinations, fine-tuning corruption", PRESETS, measure, figures, report,
                     preset_workers={"paper": 1, "tiny": 1},
                     headline=("plateau_end", "final_accuracy", "unseen_loss_final"),
-                    example=biographies.example_biography, view=view, training_rows=training_rows)
+                    example=biographies.example_biography, view=view, training_rows=training_rows,
+                    run_shapes=run_shapes)
 
 __all__ = ["ANALYSIS", "FactLearningConfig", "FactLearningResults", "setup_job"]

@@ -56,6 +56,7 @@ from interp.analysis import (
     Report,
     Run,
     RunsData,
+    RunShape,
     Series,
     Source,
     Table,
@@ -339,6 +340,17 @@ def jobs(cfg: ICLTransienceConfig) -> tuple[TrainingJob, dict[float, TrainingJob
     if cfg.no_decay_control and cfg.train.weight_decay > 0:
         controls["no_decay_control"] = job("no-decay", replace(side, weight_decay=0.0))
     return job("main", cfg.train, show_progress=True), sweep, controls
+
+
+def run_shapes(cfg: ICLTransienceConfig) -> list[RunShape]:
+    main, sweep, controls = jobs(cfg)
+    shapes = [RunShape("main", main, 1, "the main run")]
+    if sweep:
+        shapes.append(RunShape("l2 sweep", next(iter(sweep.values())), len(sweep),
+                               f"one run per L2 lambda ({', '.join(f'{lam:g}' for lam in sweep)})", measure_as="main"))
+    shapes += [RunShape(control.replace("_", " "), job, 1, f"the {control.replace('_', ' ')}", measure_as="main")
+               for control, job in controls.items()]
+    return shapes
 
 
 def dynamics(run: Run, cfg: ICLTransienceConfig) -> Dynamics:
@@ -790,6 +802,6 @@ ANALYSIS = Analysis(
     "icl-transience", "Bursty few-shot Gaussian clusters: ICL vs in-weights learning over training, circuit metrics, "
     "ablations, L2 sweep, negative control and the coopetition toy", PRESETS, measure, figures, report,
     preset_workers={"tiny": 1},
-    headline=("icl_peak", "icl_final", "iwl_final"), view=view, training_rows=training_rows)
+    headline=("icl_peak", "icl_final", "iwl_final"), view=view, training_rows=training_rows, run_shapes=run_shapes)
 
 __all__ = ["ANALYSIS", "ICLTransienceConfig", "jobs"]

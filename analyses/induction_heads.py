@@ -36,6 +36,7 @@ from interp.analysis import (
     Report,
     Run,
     RunsData,
+    RunShape,
     Series,
     Source,
     Table,
@@ -257,9 +258,17 @@ def probe_batch(cfg: InductionHeadsConfig) -> Batch:
     return {"tokens": tokens, "in_repeat": torch.arange(tokens.shape[1]).expand_as(tokens) >= cfg.probe_period}
 
 
+def main_job(cfg: InductionHeadsConfig) -> TrainingJob:
+    """The analysis's one training run."""
+    return TrainingJob("main", cfg.model, cfg.train, cfg.task, setup_job, params=cfg, show_progress=True)
+
+
+def run_shapes(cfg: InductionHeadsConfig) -> list[RunShape]:
+    return [RunShape("main", main_job(cfg), 1, "the one training run")]
+
+
 def measure(cfg: InductionHeadsConfig, ctx: Context) -> InductionResults:
-    job = TrainingJob("main", cfg.model, cfg.train, cfg.task, setup_job, params=cfg, show_progress=True)
-    run = ctx.train([job])["main"]
+    run = ctx.train([main_job(cfg)])["main"]
     layers = list(range(cfg.model.n_layers))
     probes = {
         "prev": heads.previous_token_probe(layers),
@@ -626,6 +635,6 @@ def training_rows(run: Run, n: int, generator: torch.Generator) -> Batch:
 ANALYSIS = Analysis("induction-heads", "Induction-head phase change in a 2-layer attention-only transformer "
                     "(Olsson et al. 2022)", PRESETS, measure, figures, report,
                     headline=("phase_change_step", "induction_score_final", "repeated_loss_after"), view=view,
-                    training_rows=training_rows)
+                    training_rows=training_rows, run_shapes=run_shapes)
 
 __all__ = ["ANALYSIS", "InductionHeadsConfig", "InductionResults"]

@@ -40,6 +40,7 @@ from interp.analysis import (
     Report,
     Run,
     RunsData,
+    RunShape,
     Source,
     Table,
     TrainConfig,
@@ -193,9 +194,34 @@ def replay_jobs(cfg: LowRankForgettingConfig, z: np.ndarray, test_rows: np.ndarr
     return jobs
 
 
+def base_job(cfg: LowRankForgettingConfig) -> TrainingJob:
+    return TrainingJob("base", cfg.model, cfg.train, cfg.upstream, setup_base, show_progress=True)
+
+
+def held_out_tasks(cfg: LowRankForgettingConfig) -> np.ndarray:
+    """The rows of Z whose completion and replay are evaluated (sorted task indices)."""
+    return np.sort(seeding.rng(cfg.seed, 7).choice(cfg.tasks.n_tasks, cfg.test_tasks, replace=False))
+
+
+def run_shapes(cfg: LowRankForgettingConfig) -> list[RunShape]:
+    specs, test_rows = forgetting.task_specs(cfg.tasks), held_out_tasks(cfg)
+    base = CheckpointRef.of("base")  # the base run, once trained: a plan needs only the shape of its jobs
+    replay = cfg.test_tasks * cfg.replay_seeds * len(CONDITIONS) - cfg.test_tasks  # seed-`seed` "none" runs are rows
+    return [RunShape("base", base_job(cfg), 1, "pre-training of the base model"),
+            RunShape("rows of Z", finetune_job(cfg, 0, base, cfg.seed), len(specs),
+                     f"one fine-tuning per task, {round(np.mean([s.steps for s in specs]))} steps on average, from the "
+                     "base run's last checkpoint, each scored on the pool and held-out set (its `finish`)",
+                     steps=round(np.mean([s.steps for s in specs])), finish=True),
+            RunShape("replay", finetune_job(cfg, int(test_rows[0]), base, cfg.seed, "random"), replay,
+                     f"{cfg.test_tasks} held-out tasks x {cfg.replay_seeds} seeds x {len(CONDITIONS)} conditions, less "
+                     "the rows already trained", steps=round(np.mean([specs[i].steps for i in test_rows])),
+                     unknown="the predicted and oracle replay weights come from the rows' forgetting matrix",
+                     measure_as="rows of Z")]
+
+
 def measure(cfg: LowRankForgettingConfig, ctx: Context) -> LowRankForgettingResults:
     corpus, specs = forgetting.upstream_corpus(cfg.upstream), forgetting.task_specs(cfg.tasks)
-    base = ctx.train([TrainingJob("base", cfg.model, cfg.train, cfg.upstream, setup_base, show_progress=True)])["base"]
+    base = ctx.train([base_job(cfg)])["base"]
     model = base.load(device=ctx.device)
     before_pool = lowrank.example_losses(model, corpus.sequences[corpus.pool])
     before_heldout = lowrank.example_losses(model, corpus.sequences[corpus.heldout])
@@ -210,7 +236,7 @@ def measure(cfg: LowRankForgettingConfig, ctx: Context) -> LowRankForgettingResu
     atomic_write_npy(ctx.out / "z_heldout.npy", z_heldout)
     atomic_write_json(ctx.out / TASKS_FILE, [to_dict(spec) for spec in specs])
 
-    test_rows = np.sort(seeding.rng(cfg.seed, 7).choice(len(specs), cfg.test_tasks, replace=False))
+    test_rows = held_out_tasks(cfg)
     completion = lowrank.evaluate_completion(
         z, test_rows, cfg.revealed, lowrank.completion_predictors(cfg.knn_k, cfg.mf_rank, cfg.mf_reg, similarity),
         seeds=range(cfg.seed, cfg.seed + cfg.completion_seeds), top_fraction=cfg.top_fraction)
@@ -363,6 +389,6 @@ def rank1_caption(r: LowRankForgettingResults) -> str:
 
 ANALYSIS = Analysis("lowrank-forgetting", "Forgetting matrices of fine-tuning tasks x upstream examples: low-rank "
                     "fits, completion, replay", PRESETS, measure, figures, report, preset_workers={"gpu": 1, "tiny": 1},
-                    headline=("r2_additive", "r2_shuffled_rank1", "z_mean"), view=view)
+                    headline=("r2_additive", "r2_shuffled_rank1", "z_mean"), view=view, run_shapes=run_shapes)
 
 __all__ = ["ANALYSIS", "LowRankForgettingConfig", "finetune_job"]

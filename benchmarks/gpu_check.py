@@ -9,10 +9,11 @@ about a GPU in one command, inside a hard time budget (`--budget-s`, default 480
    limit; a failure (exit status, stderr tail) is collected, not fatal;
 3. throughput: trainer vs plain PyTorch tokens/s in fp32 and bf16 on the induction-heads
    `quick` and `gpu` shapes, with the variants of `benchmarks/train_throughput.py`;
-4. slices: for every analysis with a `gpu` or `paper` preset, the first steps of each run
-   shape it trains (the analysis's own job: model, training config, data and evaluators),
-   one evaluation and one checkpoint, extrapolated to the whole preset and set beside the
-   estimate of docs/performance.md.
+4. slices: for every analysis with a `gpu` or `paper` preset, its plan (`interp.plan`, the
+   table `interp run --plan` prints): the first steps of each run shape it trains (the
+   analysis's own jobs: model, training config, data and evaluators), one evaluation and one
+   checkpoint, extrapolated to the whole preset and set beside the estimate of
+   docs/performance.md.
 
 Every stage checks the time left before each item (and the slices between steps) and stops
 cleanly. `summary.json` (strict JSON) and `summary.md` under `--out` are rewritten after
@@ -38,8 +39,8 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -50,14 +51,9 @@ from train_throughput import PlainTransformer, run_variant  # noqa: E402
 
 from interp.analysis import Analysis, json_safe, load_all  # noqa: E402
 from interp.bridge import installed_version  # noqa: E402
-from interp.checkpoints import Run  # noqa: E402
-from interp.configs import to_dict  # noqa: E402
 from interp.devices import resolve_device  # noqa: E402
-from interp.ids import CheckpointRef  # noqa: E402
-from interp.model import batch_to, build_model, trainable_parameters  # noqa: E402
-from interp.pipeline import JobSetup, TrainingJob, final_only, task_record  # noqa: E402
-from interp.seeding import BATCHES, generator  # noqa: E402
-from interp.train import Stepper, TrainConfig, checkpoint_schedule  # noqa: E402
+from interp.model import build_model, trainable_parameters  # noqa: E402
+from interp.plan import AnalysisPlan, plan_analysis, plan_json, plan_text  # noqa: E402
 
 STAGES = ("environment", "tiny_presets", "throughput", "slices")
 # Share of the time left when a stage starts that the stage may use; what it leaves goes to the
@@ -95,9 +91,6 @@ DOCS_ESTIMATES: dict[str, DocsEstimate] = {
     "icl-transience": DocsEstimate("paper", "~3-4 h per run, 7 runs (a day)", 7 * 3 * HOUR, 7 * 4 * HOUR),
     "anticipatory-recovery": DocsEstimate("paper", "minutes", None, None),
 }
-# docs/performance.md: the fact-learning paper preset is "~3.7 full runs of compute" (N sweep,
-# power-law and warm-up runs, 3 patching runs, 2 fine-tunings; most stop early).
-FACT_LEARNING_RUN_EQUIVALENTS = 3.7
 
 
 # --- the budget and the summary ------------------------------------------------------------------
@@ -443,265 +436,54 @@ def measure_throughput(shape: ThroughputShape, cfg: Any, batch_size: int, data: 
 # --- 4. slices of the gpu / paper presets -------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class SlicePart:
-    """One run shape of a preset: `runs` runs (or run-equivalents) of `job`, `steps` steps each
-    (0: the job's own). `measure_as` reuses an earlier part's timings (the same model, batch
-    and data) with this part's own step, evaluation and checkpoint counts; `finish` times the
-    job's `finish`, which runs after each of its runs."""
-
-    label: str
-    job: TrainingJob
-    runs: float
-    note: str
-    steps: int = 0
-    measure_as: str = ""
-    finish: bool = False
-
-
-SlicePlan = Callable[[Any], list[SlicePart]]
-
-
-def induction_heads_plan(cfg: Any) -> list[SlicePart]:
-    from analyses import induction_heads as m
-
-    return [SlicePart("main", TrainingJob("main", cfg.model, cfg.train, cfg.task, m.setup_job, params=cfg), 1,
-                      "the one training run")]
-
-
-def lowrank_forgetting_plan(cfg: Any) -> list[SlicePart]:
-    from analyses import lowrank_forgetting as m
-    from tasks import forgetting
-
-    specs = forgetting.task_specs(cfg.tasks)
-    # The job names its base checkpoint only for `train` to load; a slice trains a fresh model.
-    finetune = m.finetune_job(cfg, 0, CheckpointRef.of("base-of-the-slice"), cfg.seed)
-    replay = cfg.test_tasks * cfg.replay_seeds * len(m.CONDITIONS) - cfg.test_tasks  # seed-`seed` "none" runs are rows
-    mean_steps = sum(spec.steps for spec in specs) / len(specs)
-    return [SlicePart("base", TrainingJob("base", cfg.model, cfg.train, cfg.upstream, m.setup_base), 1,
-                      "pre-training of the base model"),
-            SlicePart("finetune", finetune, len(specs) + replay,
-                      f"{len(specs)} rows of Z + {replay} replay runs of {mean_steps:.0f} steps on average "
-                      "(timed without replay), each scored on the pool and held-out set (its `finish`)",
-                      steps=round(mean_steps), finish=True)]
-
-
-def fact_learning_plan(cfg: Any) -> list[SlicePart]:
-    from analyses import fact_learning as m
-
-    data = replace(cfg.data, seed=cfg.seed)
-    # The baseline is read only by the stop and pause conditions, which a slice never asks.
-    main = TrainingJob("main", cfg.model, cfg.train, data, m.setup_job, params=m.RunParams(cfg, "main"),
-                       extra={"baseline": float("nan")})
-    return [SlicePart("main", main, 1, "the main run (evaluated on seen and unseen people)"),
-            SlicePart("other runs", replace(main, train=final_only(cfg.train)), FACT_LEARNING_RUN_EQUIVALENTS - 1,
-                      "the rest of the preset as main-run equivalents (docs/performance.md: ~3.7 full runs of "
-                      "compute in all)", measure_as="main")]
-
-
-def icl_transience_plan(cfg: Any) -> list[SlicePart]:
-    from analyses import icl_transience as m
-
-    main, sweep, controls = m.jobs(cfg)
-    side = [*sweep.values(), *controls.values()]
-    parts = [SlicePart("main", main, 1, "the main run")]
-    if side:
-        parts.append(SlicePart("side runs", side[0], len(side), f"{len(sweep)} L2-sweep runs and {len(controls)} "
-                               "controls, as long as the main run", measure_as="main"))
-    return parts
-
-
-def anticipatory_recovery_plan(cfg: Any) -> list[SlicePart]:
-    from analyses import anticipatory_recovery as m
-
-    per_size = len(cfg.orders) * cfg.seeds
-    parts = []
-    for size in cfg.model_sizes:
-        reference = size == cfg.reference
-        parts.append(SlicePart(str(size), m.sweep_job(cfg, size, "cyclic", cfg.seed, dense=False),
-                               per_size - reference, f"{len(cfg.orders)} orders x {cfg.seeds} seeds, batch 1"))
-        if reference:
-            parts.append(SlicePart(f"{size} reference", m.sweep_job(cfg, size, "cyclic", cfg.seed, dense=True), 1,
-                                   "the reference run: a checkpoint after every episode", measure_as=str(size)))
-    return parts
-
-
-# One plan per analysis: the run shapes its `gpu`/`paper` preset trains, built with the analysis's own jobs.
-SLICE_PLANS: dict[str, SlicePlan] = {
-    "induction-heads": induction_heads_plan,
-    "lowrank-forgetting": lowrank_forgetting_plan,
-    "fact-learning": fact_learning_plan,
-    "icl-transience": icl_transience_plan,
-    "anticipatory-recovery": anticipatory_recovery_plan,
-}
-
-
-def evaluations_per_run(train: TrainConfig, steps: int) -> int:
-    """Evaluations the trainer runs: at step 0, every `eval_every` steps and at the last step."""
-    if not train.eval_every:
-        return 2
-    return 1 + steps // train.eval_every + (1 if steps % train.eval_every else 0)
-
-
-def measure_part(part: SlicePart, device: torch.device, deadline: float, max_steps: int,
-                 scratch: Path) -> dict[str, Any]:
-    """Time one run shape as the trainer runs it: the job's setup (data, evaluators), building
-    the model, a first step (apart: kernel selection, allocator warm-up), then up to
-    `max_steps` steps without a device sync between them (as in `train`), the data alone,
-    one evaluation, one checkpoint and, if asked, the job's `finish`."""
-    job, timing = part.job, {}
-    clock = Clock(device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    setup: JobSetup = clock.time("setup_s", timing, lambda: job.setup(job, device))
-    model = clock.time("build_s", timing, lambda: build_model(job.model, device=device))
-    stepper = Stepper(model, job.train, setup.hooks.fwd_hooks, setup.hooks.batch_patterns)
-    model.train()
-
-    def batch(step: int) -> dict[str, torch.Tensor]:
-        return batch_to(setup.data.batch(step, job.train.batch_size, generator(job.train.seed, BATCHES, step)), device)
-
-    clock.time("first_step_s", timing, lambda: stepper.step(0, batch(0)))
-    steps = 0
-    clock.start()
-    while steps < max_steps:
-        stepper.step(1 + steps, batch(1 + steps))
-        steps += 1
-        if time.perf_counter() > deadline:
-            break
-    timing["step_s"] = clock.stop() / steps
-    timing["steps_measured"] = steps
-    data_steps = min(steps, 10)
-    clock.start()
-    for step in range(data_steps):
-        batch(1 + step)
-    timing["data_s"] = clock.stop() / data_steps
-    if setup.hooks.evaluators:
-        def evaluate() -> None:
-            model.eval()
-            with torch.no_grad():
-                for fn in setup.hooks.evaluators.values():
-                    fn(model)
-            model.train()
-        clock.time("eval_s", timing, evaluate)
-    run = Run.create(scratch / part.label.replace(" ", "_"),
-                     {"model": to_dict(job.model), "train": to_dict(job.train), "task": task_record(job.task)})
-    state = {"step": 0, "optimizer": stepper.optimizer.state_dict(), "loss_sum": 0.0, "loss_count": 0,
-             "stopped": False}
-    clock.time("checkpoint_s", timing, lambda: run.save_checkpoint(0, model, state))
-    if part.finish and setup.finish is not None:
-        clock.time("finish_s", timing, lambda: setup.finish(run))
-    if device.type == "cuda":
-        timing["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
-    shutil.rmtree(run.path, ignore_errors=True)
-    return timing
-
-
-class Clock:
-    """Wall time of device work: synchronizes before reading the clock."""
-
-    def __init__(self, device: torch.device):
-        self.device, self.started = device, 0.0
-
-    def sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-
-    def start(self) -> None:
-        self.sync()
-        self.started = time.perf_counter()
-
-    def stop(self) -> float:
-        self.sync()
-        return time.perf_counter() - self.started
-
-    def time(self, key: str, into: dict[str, Any], fn: Callable[[], Any]) -> Any:
-        self.start()
-        value = fn()
-        into[key] = self.stop()
-        return value
-
-
-def extrapolate(part: SlicePart, timing: dict[str, Any]) -> dict[str, Any]:
-    """Seconds for all of a part's runs: per run, setup + build + steps + evaluations +
-    checkpoints (+ finish)."""
-    train = part.job.train
-    steps = part.steps or train.steps
-    evaluations = evaluations_per_run(train, steps) if "eval_s" in timing else 0
-    checkpoints = len(checkpoint_schedule(train))
-    per_run = (timing["setup_s"] + timing["build_s"] + steps * timing["step_s"]
-               + evaluations * timing.get("eval_s", 0.0) + checkpoints * timing["checkpoint_s"]
-               + timing.get("finish_s", 0.0))
-    return {"steps_per_run": steps, "evaluations_per_run": evaluations, "checkpoints_per_run": checkpoints,
-            "seconds_per_run": per_run, "seconds": part.runs * per_run,
-            "share_steps": steps * timing["step_s"] / per_run if per_run > 0 else None}
-
-
 def slices_stage(summary: Summary, analyses: dict[str, Analysis], device: torch.device, deadline: float,
                  max_steps: int, smoke: bool) -> None:
+    """Each analysis's `gpu`/`paper` preset planned on the device (`interp.plan`, as `interp run
+    --plan` does): the first steps of each run shape it declares, extrapolated to the preset."""
     todo = []
     for name, analysis in analyses.items():
         large = [p for p in LARGE_PRESETS if p in analysis.presets]
         if not large:
             continue
-        if name not in SLICE_PLANS:
-            summary.skip("slices", name, f"no slice plan for its {large[0]} preset: add one to SLICE_PLANS")
+        if analysis.run_shapes is None:
+            summary.skip("slices", name, f"no run shapes for its {large[0]} preset: give it Analysis.run_shapes")
             continue
         todo.append((name, large[0]))
-    scratch = Path(tempfile.mkdtemp(prefix="gpu_check_slices_"))
-    try:
-        for index, (name, preset) in enumerate(todo):
-            left = seconds_to(deadline)
-            if left < 5:
-                summary.skip("slices", f"{name} --preset {preset}", f"budget: {max(0.0, left):.0f} s left")
-                continue
-            # Each analysis gets an equal share of what is left; its step loop stops there.
-            item_deadline = time.perf_counter() + left / (len(todo) - index)
-            measured = "tiny" if smoke else preset
-            print(f"  slice {name} --preset {measured} ...", flush=True)
-            try:
-                item = slice_item(name, preset, measured, analyses[name].presets[measured], device,
-                                  item_deadline, max_steps, scratch)
-            except Exception as err:  # noqa: BLE001 - a failing analysis is reported, the check goes on
-                summary.fail("slices", name, traceback.format_exc())
-                item = {"analysis": name, "preset": preset, "status": "failed", "error": f"{type(err).__name__}: {err}"}
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-            summary.record("slices", item, f"slice {name}: {item['status']}, estimated "
-                           f"{hms(item.get('estimate_s'))} (docs: {item.get('docs_estimate', '-')})")
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+    for index, (name, preset) in enumerate(todo):
+        left = seconds_to(deadline)
+        if left < 5:
+            summary.skip("slices", f"{name} --preset {preset}", f"budget: {max(0.0, left):.0f} s left")
+            continue
+        measured = "tiny" if smoke else preset
+        print(f"  slice {name} --preset {measured} ...", flush=True)
+        try:
+            cfg = analyses[name].presets[measured]
+            timed = [s for s in analyses[name].run_shapes(cfg) if not s.measure_as]
+            # Each analysis gets an equal share of what is left, each of its timed shapes an equal part of that.
+            seconds = left / (len(todo) - index) / max(1, len(timed))
+            plan = plan_analysis(analyses[name], measured, cfg, device, slice_seconds=seconds, max_steps=max_steps)
+            print(plan_text(plan), flush=True)
+            item = slice_item(name, preset, plan)
+        except Exception as err:  # noqa: BLE001 - a failing analysis is reported, the check goes on
+            summary.fail("slices", name, traceback.format_exc())
+            item = {"analysis": name, "preset": preset, "status": "failed", "error": f"{type(err).__name__}: {err}"}
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        summary.record("slices", item, f"slice {name}: {item['status']}, estimated "
+                       f"{hms(item.get('estimate_s'))} (docs: {item.get('docs_estimate', '-')})")
 
 
-def slice_item(name: str, preset: str, measured: str, cfg: Any, device: torch.device, deadline: float,
-               max_steps: int, scratch: Path) -> dict[str, Any]:
-    parts = SLICE_PLANS[name](cfg)
-    timings: dict[str, dict[str, Any]] = {}
-    rows = []
-    for index, part in enumerate(parts):
-        if part.measure_as:
-            timing = timings[part.measure_as]
-        else:
-            own = [p for p in parts[index:] if not p.measure_as]
-            part_deadline = time.perf_counter() + max(0.0, seconds_to(deadline)) / len(own)
-            timing = measure_part(part, device, part_deadline, max_steps, scratch)
-            timings[part.label] = timing
-        job = part.job
-        rows.append({"part": part.label, "runs": part.runs, "note": part.note, "measured_as": part.measure_as or None,
-                     "model": {k: getattr(job.model, k) for k in ("n_layers", "d_model", "n_heads", "d_vocab",
-                                                                  "n_ctx", "attn_only")},
-                     "batch_size": job.train.batch_size, "precision": job.train.precision,
-                     "timing": {k: round(v, 6) if isinstance(v, float) else v for k, v in timing.items()},
-                     **extrapolate(part, timing)})
-    total = sum(row["seconds"] for row in rows)
+def slice_item(name: str, preset: str, plan: AnalysisPlan) -> dict[str, Any]:
+    data = plan_json(plan)
+    total = plan.seconds
     docs = DOCS_ESTIMATES.get(name)
-    item: dict[str, Any] = {"analysis": name, "preset": preset, "measured_preset": measured, "status": "done",
-                            "parts": rows, "estimate_s": total, "estimate": hms(total),
-                            "docs_estimate": docs.text if docs else None,
+    item: dict[str, Any] = {"analysis": name, "preset": preset, "measured_preset": plan.preset, "status": "done",
+                            "parts": data.pop("shapes"), **data, "estimate_s": total, "estimate": hms(total),
+                            "plan": plan_text(plan), "docs_estimate": docs.text if docs else None,
                             "docs_source": "docs/performance.md, GPU presets (one H100)"}
-    if measured != preset:
-        item["note"] = f"smoke: the {measured} preset stands in for {preset}; no comparison with the docs"
-    elif docs is not None and docs.mid_s:
+    if plan.preset != preset:
+        item["note"] = f"smoke: the {plan.preset} preset stands in for {preset}; no comparison with the docs"
+    elif docs is not None and docs.mid_s and total is not None:
         item["estimate_over_docs"] = total / docs.mid_s
     return item
 
@@ -761,16 +543,21 @@ def markdown(data: dict[str, Any]) -> str:
               *md_table(["analysis", "preset", "estimated", "docs estimate", "estimate / docs"],
                         [[i["analysis"], i.get("measured_preset", i["preset"]), i.get("estimate"),
                           i.get("docs_estimate"), i.get("estimate_over_docs")] for i in slices["items"]])]
-    part_rows = [[i["analysis"], p["part"], p["runs"], p["batch_size"], p["precision"], t.get("steps_measured"),
-                  t["first_step_s"], 1e3 * t["step_s"], 1e3 * t["data_s"], t.get("eval_s"), t["checkpoint_s"],
-                  t["setup_s"], t.get("finish_s"), t.get("peak_memory_gib"), hms(p["seconds_per_run"]),
+    part_rows = [[i["analysis"], p["label"], p["runs"], p["batch_size"], p["precision"], t.get("steps_measured"),
+                  t.get("first_step_s"), t.get("step_s") and 1e3 * t["step_s"], t.get("data_s") and 1e3 * t["data_s"],
+                  t.get("eval_s"), t.get("checkpoint_s"), t.get("setup_s"), t.get("finish_s"),
+                  t.get("peak_memory_bytes") and t["peak_memory_bytes"] / 2**30, hms(p["seconds_per_run"]),
                   hms(p["seconds"])]
-                 for i in slices["items"] for p in i.get("parts", []) for t in [p["timing"]]]
+                 for i in slices["items"] for p in i.get("parts", []) for t in [p["timing"] or {}]]
     if part_rows:
         lines += ["Per run shape (`ms/step` includes drawing the batch; `data ms` is that alone):", "",
                   *md_table(["analysis", "part", "runs", "batch", "precision", "steps timed", "first step s",
                              "ms/step", "data ms", "eval s", "ckpt s", "setup s", "finish s", "peak GiB", "per run",
                              "all runs"], part_rows)]
+    for i in slices["items"]:
+        if i.get("plan"):
+            lines += [f"### Plan: {i['analysis']} --preset {i.get('measured_preset', i['preset'])}", "", "```",
+                      i["plan"], "```", ""]
     if data["skipped"]:
         lines += ["## Skipped", "", *md_table(["stage", "item", "reason"],
                                               [[s["stage"], s["item"], s["reason"]] for s in data["skipped"]])]

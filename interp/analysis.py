@@ -74,6 +74,7 @@ from interp.pipeline import (
     AnalysisConfig,
     Context,
     JobSetup,
+    RunShape,
     TrainingJob,
     final_only,
     nearest_step,
@@ -120,7 +121,9 @@ class Analysis(Generic[ConfigT, ResultsT]):
     sampling-based probes such as the LLC (`interp llc`). `preset_workers` names presets whose independent
     runs train on that many local processes unless the caller chooses (`backend`, `--workers`),
     e.g. 1 where starting a pool costs more than the runs; other presets use one per core. It is
-    an execution setting, not part of a preset's config: it never changes a result."""
+    an execution setting, not part of a preset's config: it never changes a result. `run_shapes(config)`
+    declares, before anything trains, the runs `measure` will train (`RunShape`s: a job and how many
+    runs of it): `interp run --plan` and the GPU check read them."""
 
     name: str
     description: str
@@ -134,6 +137,7 @@ class Analysis(Generic[ConfigT, ResultsT]):
     view: Callable[[Source, RunsData], Headline] | None = None
     opens_on: Callable[[Source], str] | None = None
     preset_workers: Mapping[str, int] = field(default_factory=dict)
+    run_shapes: Callable[[ConfigT], Sequence[RunShape]] | None = None
 
     def __post_init__(self) -> None:
         for preset, workers in self.preset_workers.items():
@@ -517,8 +521,8 @@ __all__ = [
     "ANALYSIS_FILE", "MAX_SEED", "Analysis", "AnalysisImportError", "accept_output_dir", "analysis_names", "detail",
     "get_analysis", "inline", "json_safe", "load_all", "read_results", "resolve_config", "results_dict", "run_analysis",
     # configs, jobs and the context that trains them (interp.pipeline, interp.model, interp.train)
-    "AnalysisConfig", "Context", "JobSetup", "ModelConfig", "Run", "TrainConfig", "TrainHooks", "TrainingJob",
-    "final_only", "nearest_step", "read_task",
+    "AnalysisConfig", "Context", "JobSetup", "ModelConfig", "Run", "RunShape", "TrainConfig", "TrainHooks",
+    "TrainingJob", "final_only", "nearest_step", "read_task",
     # probing (interp.probing) and the report (interp.report)
     "Figure", "ProbeTable", "Report", "probe",
     # the explorer's headline (interp.headline)

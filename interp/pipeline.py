@@ -96,6 +96,30 @@ class TrainingJob:
 
 
 @dataclass(frozen=True)
+class RunShape:
+    """`runs` training runs of one shape, as an analysis declares them before it trains
+    (`Analysis.run_shapes`, read by `interp run --plan` and the GPU check): `job`, trained `steps`
+    steps each (0: its own `train.steps`; a mean or an upper bound where runs differ or stop
+    early, as `note` says). `unknown` says what only earlier runs decide (the checkpoint a
+    fine-tuning starts from, replay weights, where a run stops); empty when the config fixes it
+    all. `measure_as` names an earlier shape of the same model, batch and data whose timing this
+    one reuses; `finish` times the job's `finish` too, which runs after each of its runs."""
+
+    label: str
+    job: TrainingJob
+    runs: int
+    note: str = ""
+    steps: int = 0
+    unknown: str = ""
+    measure_as: str = ""
+    finish: bool = False
+
+    @property
+    def steps_per_run(self) -> int:
+        return self.steps or self.job.train.steps
+
+
+@dataclass(frozen=True)
 class _Launch:
     job: TrainingJob
     run_dir: str

@@ -165,6 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write into a non-empty --out that holds no output of this analysis (its files may be "
                         "overwritten)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--plan", action="store_true",
+                   help="train nothing, write nothing: print what the preset would train and cost (runs, parameters, "
+                        "tokens, FLOPs, memory, disk, and wall time from a few timed steps on --device)")
     _add_backend_args(p, "training run of the analysis", "the preset's count where it sets one, else one per core")
     p.set_defaults(fn="interp.cli.run:cmd_run")
 

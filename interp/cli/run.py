@@ -7,10 +7,12 @@ import json
 import shlex
 from pathlib import Path
 
-from interp.analysis import run_analysis
+from interp.analysis import get_analysis, resolve_config, run_analysis
 from interp.cli.checks import check_device
 from interp.configs import parse_overrides
+from interp.devices import default_threads, resolve_device, set_threads
 from interp.parallel import Backend, LocalBackend, RayBackend
+from interp.plan import plan_analysis, plan_text
 
 
 def output_dir(args: argparse.Namespace) -> Path:
@@ -21,11 +23,22 @@ def cmd_run(args: argparse.Namespace) -> None:
     overrides = parse_overrides(args.set)
     if args.seed is not None:
         overrides["seed"] = str(args.seed)
+    if args.plan:
+        print_plan(args, overrides)
+        return
     out = output_dir(args)
     results = run_analysis(args.name, out, args.preset, overrides, device=check_device(args.device),
                            progress=not args.quiet, resume=args.resume, backend=backend(args), force=args.force)
     print(json.dumps(results, indent=2))
     print(f"\nreport: {out / 'report.md'}\nfigures: {out / 'figures'}")
+
+
+def print_plan(args: argparse.Namespace, overrides: dict[str, str]) -> None:
+    """`interp run --plan`: the preset's plan on the device, timed in this process; nothing is written."""
+    analysis = get_analysis(args.name)
+    config = resolve_config(analysis, args.preset, overrides)
+    set_threads(args.threads or default_threads())  # the slice is timed here, on the cores others leave idle
+    print(plan_text(plan_analysis(analysis, args.preset, config, resolve_device(check_device(args.device)))))
 
 
 # (option, attribute, default) of `interp run`, in the order a resume command repeats them.
