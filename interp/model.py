@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 
-from interp.bridge import native_parts
+from interp.bridge import Block, NativeParts, native_parts
 from interp.configs import require, require_literals, require_positive
 from interp.devices import resolve_device
 from interp.hooks import hook_name
@@ -236,32 +236,68 @@ def attention_patterns(model: TransformerBridge, batch: Batch, fused: bool = Tru
 def _fused(model: TransformerBridge, batch: Batch, patterns: Patterns | None = None,
            record: list[Tensor] | None = None) -> Tensor:
     parts = native_parts(model)
-    tokens = batch["tokens"]
-    n_batch, n_pos = tokens.shape
-    h = _embed(model, batch, parts.embed(tokens))
-    if parts.pos is not None:
-        h = h + parts.pos.weight[:n_pos]
-    for layer, block in enumerate(parts.blocks):
-        attn = block.attn
-        x = block.ln1(h)
-        weight = torch.cat([attn.q.weight, attn.k.weight, attn.v.weight])
-        bias = torch.cat([attn.q.bias, attn.k.bias, attn.v.bias])
-        qkv = F.linear(x, weight, bias).view(n_batch, n_pos, 3, parts.n_heads, parts.d_head)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4)
-        if attn.rope is not None:
-            q, k = attn.rope(q, k)
-        if patterns is not None and patterns[layer] is not None:
-            z = patterns[layer].to(v.dtype) @ v
-        elif record is not None:
-            scores = (q @ k.transpose(-1, -2)) / attn.scale
-            causal = torch.ones(n_pos, n_pos, dtype=torch.bool, device=scores.device).tril()
-            record.append(scores.masked_fill(~causal, float("-inf")).softmax(dim=-1))
-            z = record[-1] @ v
-        else:
-            z = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=1.0 / attn.scale)
-        h = h + attn.o(z.transpose(1, 2).reshape(n_batch, n_pos, -1))
-        if block.mlp is not None:
-            h = h + block.mlp.fc_out(block.mlp.act(block.mlp.fc_in(block.mlp.ln(h))))
+    h = _embedded(model, parts, batch)
+    for layer in range(len(parts.blocks)):
+        h = _block(parts, layer, h, None if patterns is None else patterns[layer], record)
+    return parts.unembed(parts.ln_final(h))
+
+
+def _embedded(model: TransformerBridge, parts: NativeParts, batch: Batch) -> Tensor:
+    h = _embed(model, batch, parts.embed(batch["tokens"]))
+    return h if parts.pos is None else h + parts.pos.weight[:batch["tokens"].shape[1]]
+
+
+def _block(parts: NativeParts, layer: int, h: Tensor, pattern: Tensor | None = None,
+           record: list[Tensor] | None = None) -> Tensor:
+    attn = parts.blocks[layer].attn
+    z = fused_attention(parts, layer, parts.blocks[layer].ln1(h), torch.cat([attn.q.weight, attn.k.weight,
+                        attn.v.weight]), torch.cat([attn.q.bias, attn.k.bias, attn.v.bias]), pattern, record)
+    return _mlp_residual(parts.blocks[layer], h + attn.o(z.transpose(1, 2).flatten(2)))
+
+
+def _mlp_residual(block: Block, h: Tensor) -> Tensor:
+    return h if block.mlp is None else h + block.mlp.fc_out(block.mlp.act(block.mlp.fc_in(block.mlp.ln(h))))
+
+
+def fused_attention(parts: NativeParts, layer: int, x: Float[Tensor, "batch pos d_model"], qkv_weight: Tensor,
+                    qkv_bias: Tensor, pattern: Tensor | None = None, record: list[Tensor] | None = None
+                    ) -> Float[Tensor, "batch head pos d_head"]:
+    """Block `layer`'s attention output before W_O, on its normed input `x`, for the heads
+    whose stacked Q, K and V rows (`[3 * heads * d_head, d_model]`, Q first) and biases are
+    given: every head, or one with weights other than the model's (a refined LLC's sample)."""
+    attn = parts.blocks[layer].attn
+    n_batch, n_pos, _ = x.shape
+    qkv = F.linear(x, qkv_weight, qkv_bias).view(n_batch, n_pos, 3, -1, parts.d_head)
+    q, k, v = qkv.permute(2, 0, 3, 1, 4)
+    if attn.rope is not None:
+        q, k = attn.rope(q, k)
+    if pattern is not None:
+        return pattern.to(v.dtype) @ v
+    if record is not None:
+        scores = (q @ k.transpose(-1, -2)) / attn.scale
+        causal = torch.ones(n_pos, n_pos, dtype=torch.bool, device=scores.device).tril()
+        record.append(scores.masked_fill(~causal, float("-inf")).softmax(dim=-1))
+        return record[-1] @ v
+    return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=1.0 / attn.scale)
+
+
+def fused_residual(model: TransformerBridge, batch: Batch, layer: int) -> Float[Tensor, "batch pos d_model"]:
+    """The residual stream entering block `layer` on the fused path."""
+    parts = native_parts(model)
+    h = _embedded(model, parts, batch)
+    for earlier in range(layer):
+        h = _block(parts, earlier, h)
+    return h
+
+
+def fused_logits_after_attention(parts: NativeParts, h: Float[Tensor, "batch pos d_model"], layer: int
+                                 ) -> Float[Tensor, "batch pos vocab"]:
+    """The logits from the residual stream `h` after block `layer`'s attention (its MLP, the later
+    blocks, the final norm and the unembedding), on the fused path of the model `parts` are
+    `native_parts` of."""
+    h = _mlp_residual(parts.blocks[layer], h)
+    for later in range(layer + 1, len(parts.blocks)):
+        h = _block(parts, later, h)
     return parts.unembed(parts.ln_final(h))
 
 

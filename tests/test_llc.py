@@ -342,6 +342,39 @@ def test_refined_probe_reads_as_a_head_grid_and_keeps_its_traces(trained_run, ru
             assert_chains_read_from_traces(sub, row, f"/{component}", traces[int(step)][index], settings)
 
 
+@pytest.mark.parametrize("overrides", [{}, {"attn_only": True, "n_layers": 3}, {"positional": "rotary", "n_heads": 4}])
+def test_a_heads_refined_llc_runs_only_the_head_and_equals_the_whole_model_path(overrides):
+    """Known answer for the head path (the block's input and the other heads' part computed once,
+    each step running the head's attention and the blocks above it): the whole-model path's
+    estimate with the same noise and minibatches, to float rounding (1e-4 of each chain's LLC),
+    in every layer, with an MLP, attention-only and under rotary positions, on the full and a
+    position-restricted loss."""
+    from helpers import D_VOCAB, tiny_model_config
+
+    from interp.ids import HeadId, MlpId
+    from interp.model import build_model
+
+    model = build_model(tiny_model_config(**overrides), device="cpu")
+    tokens = torch.randint(0, D_VOCAB, (24, 12), generator=torch.Generator().manual_seed(3))
+    data = {"tokens": tokens, "repeated": torch.rand(tokens.shape, generator=torch.Generator().manual_seed(4)) < 0.5}
+    settings = LLCSettings(lr=1e-3, gamma=100.0, chains=2, draws=12, burn_in=4, batch_size=4, seed=3)
+    for loss in (language_model_loss, loss_on_positions("repeated")):
+        for head in (HeadId(0, 1), HeadId(model.cfg.n_layers - 1, 0)):
+            masks = component_masks(model, head)
+            assert llc_module._sampled_head(model, loss, masks) == head
+            fast = estimate_llc(model, loss, data, settings, masks)
+            whole = estimate_llc(model, lambda m, rows, loss=loss: loss(m, rows), data, settings, masks)
+            assert fast.init_loss == whole.init_loss and fast.sampled_entries == whole.sampled_entries
+            assert fast.llc_per_chain == pytest.approx(whole.llc_per_chain, rel=1e-4), (head, loss)
+            assert np.allclose(fast.loss_traces, whole.loss_traces, rtol=1e-5, atol=0), (head, loss)
+    # anything but exactly one head's weights, or a loss not of the logits, takes the whole-model path
+    part = {**component_masks(model, HeadId(0, 0)), "blocks.0.attn.q.bias": torch.zeros(
+        model.cfg.n_heads * model.cfg.head_dim, dtype=torch.bool)}
+    for masks, loss in ((component_masks(model, HeadId(0, 0)), gaussian_nll), (part, language_model_loss),
+                        (component_masks(model, MlpId(0)) if not model.cfg.attn_only else None, language_model_loss)):
+        assert llc_module._sampled_head(model, loss, masks) is None
+
+
 def test_refined_probe_refuses_bad_components_and_restrictions():
     from interp.ids import HeadId
 

@@ -20,16 +20,26 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F  # noqa: N812
 from torch import Tensor, nn
 
-from interp.bridge import head_slices, parameter_owner
+from interp.bridge import NativeParts, head_slices, native_parts, parameter_owner
 from interp.checkpoints import CheckpointSource, open_checkpoints
 from interp.circuits.graph import ModelShape
 from interp.errors import InputError, MissingFileError
 from interp.files import atomic_write_json, atomic_write_npy, read_json
 from interp.ids import HeadId, Node
 from interp.metrics.llc_settings import LLCSettings
-from interp.model import Batch, forward, masked_mean_loss, named_trainable_parameters, scored_positions
+from interp.model import (
+    Batch,
+    forward,
+    fused_attention,
+    fused_logits_after_attention,
+    fused_residual,
+    masked_mean_loss,
+    named_trainable_parameters,
+    scored_positions,
+)
 from interp.probing import Probe, ProbeContext, probe_artifacts
 from interp.seeding import LLC_BATCHES, LLC_NOISE, generator
 
@@ -128,10 +138,15 @@ def _sampled(model: nn.Module, settings: LLCSettings,
     return chosen
 
 
-def _chain(model: nn.Module, sampled: list[tuple[str, nn.Parameter, Tensor | None]], loss_fn: LossFn,
-           data: Data, n: int, settings: LLCSettings, chain: int) -> list[float]:
-    """One SGLD chain from the model's current weights; its minibatch loss at every step,
-    stopping at the first non-finite one."""
+StepLoss = Callable[[Tensor], Tensor]
+"""`(row indices into the data) -> that minibatch's mean loss` at the sampled weights."""
+Sampled = list[tuple[str, Tensor, Tensor | None]]
+"""(parameter name, the tensor SGLD moves, mask of the entries sampled or None for all of them)."""
+
+
+def _chain(step_loss: StepLoss, sampled: Sampled, n: int, settings: LLCSettings, chain: int) -> list[float]:
+    """One SGLD chain from the sampled tensors' current values; its minibatch loss at every
+    step, stopping at the first non-finite one."""
     from devinterp.optim import SGMCMC
 
     batches = generator(settings.seed, LLC_BATCHES, chain)
@@ -145,8 +160,7 @@ def _chain(model: nn.Module, sampled: list[tuple[str, nn.Parameter, Tensor | Non
     with torch.random.fork_rng(devices=[]), torch.enable_grad():
         torch.manual_seed(noise_seed)
         for _ in range(settings.burn_in + settings.draws):
-            rows = torch.randint(n, (settings.batch_size,), generator=batches, device="cpu")
-            loss = loss_fn(model, {k: t[rows.to(t.device)] for k, t in data.items()})
+            loss = step_loss(torch.randint(n, (settings.batch_size,), generator=batches, device="cpu"))
             value = float(loss.detach())
             trace.append(value)
             if not math.isfinite(value):
@@ -158,25 +172,48 @@ def _chain(model: nn.Module, sampled: list[tuple[str, nn.Parameter, Tensor | Non
 
 
 def estimate_llc(model: nn.Module, loss_fn: LossFn, data: Data, settings: LLCSettings,
-                 masks: WeightMasks | None = None) -> LLCEstimate:
+                 masks: WeightMasks | None = None, init_loss: float | None = None) -> LLCEstimate:
     """The LLC of `model` at its current weights on `data` (rows drawn with replacement, one
     minibatch per SGLD step), and whether to trust it. The model's weights are left as found.
 
     `masks` (e.g. `component_masks(model, HeadId(1, 0))`): sample only those weight entries,
-    the rest held at their values: the refined LLC of that part of the model."""
+    the rest held at their values: the refined LLC of that part of the model. `init_loss`: the
+    loss at the weights over all the data, when the caller has it (it does not depend on the
+    masks; `refined_llc_probe` computes it once for all components)."""
+    return _estimate(model, loss_fn, data, settings, masks, init_loss, {})
+
+
+def _estimate(model: nn.Module, loss_fn: LossFn, data: Data, settings: LLCSettings, masks: WeightMasks | None,
+              init_loss: float | None, layer_inputs: dict[int, _LayerInputs]) -> LLCEstimate:
+    """`estimate_llc`, reading and filling `layer_inputs` (by layer) for a head's refined LLC."""
     n = _rows(data)
     sampled = _sampled(model, settings, masks)
     entries = sum(p.numel() if mask is None else int(mask.sum()) for _, p, mask in sampled)
+    head = _sampled_head(model, loss_fn, masks)
     saved = [(p, p.detach().clone(), p.requires_grad) for _, p in named_trainable_parameters(model)]
-    sampled_ids = {id(p) for _, p, _ in sampled}
+    # The head path samples copies of the layer's weights: no model parameter needs a gradient
+    sampled_ids = set() if head is not None else {id(p) for _, p, _ in sampled}
     nbeta = settings.effective_nbeta
     try:
         for p, _, _ in saved:
             p.requires_grad_(id(p) in sampled_ids)
-        init_loss = _full_loss(model, loss_fn, data, n, settings.batch_size)
+        if init_loss is None:
+            init_loss = _full_loss(model, loss_fn, data, n, settings.batch_size)
+        one_head = None
+        if head is not None:
+            if head.layer not in layer_inputs:
+                layer_inputs.clear()  # one layer's at a time: they are n_rows x n_ctx x d_model each
+                layer_inputs[head.layer] = _LayerInputs.of(model, head.layer, data, settings.batch_size)
+            one_head = _OneHeadLoss(layer_inputs[head.layer], head, loss_fn, data)
         traces = []
         for chain in range(settings.chains):
-            traces.append(_chain(model, sampled, loss_fn, data, n, settings, chain))
+            if one_head is None:
+                traces.append(_chain(lambda rows: loss_fn(model, {k: t[rows.to(t.device)] for k, t in data.items()}),
+                                     sampled, n, settings, chain))
+            else:
+                copies = [(name, p.detach().clone().requires_grad_(), mask) for name, p, mask in sampled]
+                weights = {name: p for name, p, _ in copies}
+                traces.append(_chain(lambda rows, weights=weights: one_head(weights, rows), copies, n, settings, chain))
             with torch.no_grad():
                 for p, value, _ in saved:
                     p.copy_(value)
@@ -246,24 +283,112 @@ def component_masks(model: nn.Module, component: Component) -> dict[str, Tensor]
     return masks
 
 
-def language_model_loss(model: nn.Module, rows: Data) -> Tensor:
-    """The toolkit's training loss on the rows: mean cross-entropy over the scored positions."""
-    return masked_mean_loss(forward(model, rows), rows)
+@dataclass(frozen=True)
+class ScoredLoss:
+    """The toolkit's training loss, mean cross-entropy over the scored positions, or over only
+    those where `rows[positions]` (a bool `[batch, pos]` mask in the batch, e.g. the
+    repeated-token positions) is True: the data restriction of a refined LLC. A `LossFn`; being
+    a function of the logits, it lets a head's refined LLC skip what the head's weights do not
+    change (`estimate_llc`)."""
 
+    positions: str | None = None
 
-def loss_on_positions(key: str) -> LossFn:
-    """The training loss over only the scored positions where `rows[key]` (a bool `[batch, pos]`
-    mask in the batch, e.g. the repeated-token positions) is True: the data restriction of a
-    refined LLC. Name it in the probe's `loss_name` (e.g. `f"positions={key}"`)."""
+    def __call__(self, model: nn.Module, rows: Data) -> Tensor:
+        return self.of_logits(forward(model, rows), rows)
 
-    def loss(model: nn.Module, rows: Data) -> Tensor:
-        chosen = rows.get(key)
+    def of_logits(self, logits: Tensor, rows: Data) -> Tensor:
+        if self.positions is None:
+            return masked_mean_loss(logits, rows)
+        chosen = rows.get(self.positions)
         if chosen is None or chosen.dtype != torch.bool or chosen.shape != rows["tokens"].shape:
-            raise InputError(f"batch: expected a bool mask {key!r} shaped like the tokens, of the positions the "
-                             f"loss reads; got {None if chosen is None else (chosen.dtype, tuple(chosen.shape))}")
-        return masked_mean_loss(forward(model, rows), {**rows, "loss_mask": scored_positions(rows) & chosen})
+            raise InputError(f"batch: expected a bool mask {self.positions!r} shaped like the tokens, of the positions "
+                             f"the loss reads; got {None if chosen is None else (chosen.dtype, tuple(chosen.shape))}")
+        return masked_mean_loss(logits, {**rows, "loss_mask": scored_positions(rows) & chosen})
 
-    return loss
+
+language_model_loss = ScoredLoss()
+"""The toolkit's training loss on the rows: mean cross-entropy over the scored positions."""
+
+
+def loss_on_positions(key: str) -> ScoredLoss:
+    """The training loss over only the scored positions where `rows[key]` is True (`ScoredLoss`).
+    Name it in the probe's `loss_name` (e.g. `f"positions={key}"`)."""
+    return ScoredLoss(key)
+
+
+def _sampled_head(model: nn.Module, loss_fn: LossFn, masks: WeightMasks | None) -> HeadId | None:
+    """The head whose weights `masks` sample exactly (`component_masks`), when the loss is a
+    function of the fused forward's logits; else None (the whole model runs at every step)."""
+    if masks is None or not isinstance(loss_fn, ScoredLoss):
+        return None
+    splits = {head_slices(name) for name, mask in masks.items() if mask.any()}
+    if None in splits or len({split.layer for split in splits}) != 1:
+        return None
+    layer = next(iter(splits)).layer
+    for head in range(model.cfg.n_heads):
+        expected = component_masks(model, HeadId(layer, head))
+        if expected.keys() == masks.keys() and all(torch.equal(expected[k], masks[k].to(expected[k].device))
+                                                   for k in masks):
+            return HeadId(layer, head)
+    return None
+
+
+@dataclass(frozen=True)
+class _LayerInputs:
+    """What a block's heads' refined LLCs read that their weights do not change, for every row
+    of the data: computed once per layer and checkpoint, shared by the layer's heads and chains."""
+
+    parts: NativeParts
+    layer: int
+    normed: Tensor
+    """The block's normed input (`ln1` of the residual stream entering it), `[row, pos, d_model]`."""
+    attended: Tensor
+    """The residual stream after the block's attention, `[row, pos, d_model]`."""
+    heads: Tensor
+    """Every head's attention output before W_O, `[row, pos, n_heads * d_head]`."""
+
+    @classmethod
+    def of(cls, model: nn.Module, layer: int, data: Data, chunk: int) -> _LayerInputs:
+        parts = native_parts(model)
+        block = parts.blocks[layer]
+        attn = block.attn
+        normed, attended, heads = [], [], []
+        with torch.no_grad():
+            for start in range(0, _rows(data), chunk):
+                h = fused_residual(model, {k: t[start:start + chunk] for k, t in data.items()}, layer)
+                x = block.ln1(h)
+                z = fused_attention(parts, layer, x, torch.cat([attn.q.weight, attn.k.weight, attn.v.weight]),
+                                    torch.cat([attn.q.bias, attn.k.bias, attn.v.bias])).transpose(1, 2).flatten(2)
+                normed.append(x)
+                attended.append(h + attn.o(z))
+                heads.append(z)
+        return cls(parts, layer, torch.cat(normed), torch.cat(attended), torch.cat(heads))
+
+
+class _OneHeadLoss:
+    """A head's refined-LLC minibatch loss with the other weights at their values, from the
+    layer's `_LayerInputs`: each step runs only the head's attention and the blocks above it.
+    The same function as the whole forward, to float rounding (`tests/test_llc.py` pins the
+    estimates to the whole-model path's)."""
+
+    def __init__(self, inputs: _LayerInputs, head: HeadId, loss: ScoredLoss, data: Data) -> None:
+        self.inputs, self.loss, self.data = inputs, loss, data
+        self.columns = slice(head.head * inputs.parts.d_head, (head.head + 1) * inputs.parts.d_head)
+        self.prefix = f"blocks.{head.layer}.attn"
+        o_weight = inputs.parts.blocks[head.layer].attn.o.weight
+        with torch.no_grad():  # the residual stream after attention, less this head's part
+            self.without_head = inputs.attended - F.linear(inputs.heads[..., self.columns], o_weight[:, self.columns])
+
+    def __call__(self, weights: Mapping[str, Tensor], rows: Tensor) -> Tensor:
+        """The loss on `rows` with the head's part of `weights` (the layer's sampled q, k, v and o tensors)."""
+        rows = rows.to(self.without_head.device)
+        qkv = [weights[f"{self.prefix}.{p}.{kind}"][self.columns] for kind in ("weight", "bias") for p in "qkv"]
+        parts, layer = self.inputs.parts, self.inputs.layer
+        z = fused_attention(parts, layer, self.inputs.normed[rows], torch.cat(qkv[:3]), torch.cat(qkv[3:]))
+        h = self.without_head[rows] + F.linear(z.transpose(1, 2).flatten(2),
+                                               weights[f"{self.prefix}.o.weight"][:, self.columns])
+        logits = fused_logits_after_attention(parts, h, layer)
+        return self.loss.of_logits(logits, {k: t[rows.to(t.device)] for k, t in self.data.items()})
 
 
 # --- probes, with their per-chain loss traces ---------------------------------------------------
@@ -342,12 +467,13 @@ def refined_llc_probe(settings: LLCSettings, components: Sequence[Component] | N
         order = ModelShape.of(ctx.model.cfg).nodes() if chosen is None else chosen
         columns: dict[str, float] = {}
         traces = []
-        init_loss = math.nan
+        init_loss = _full_loss(ctx.model, loss, ctx.batch, _rows(ctx.batch), settings.batch_size)
+        layer_inputs: dict[int, _LayerInputs] = {}  # computed once per layer, read by its heads
         for component in order:
-            estimate = estimate_llc(ctx.model, loss, ctx.batch, settings, component_masks(ctx.model, component))
+            estimate = _estimate(ctx.model, loss, ctx.batch, settings, component_masks(ctx.model, component),
+                                 init_loss, layer_inputs)
             columns.update(_columns(estimate, f"/{component}"))
             traces.append(_trace_array(estimate, settings.burn_in + settings.draws))
-            init_loss = estimate.init_loss
         _save_traces(ctx, np.stack(traces), {"probe": name, "axes": ["component", "chain", "sgld_step"],
                                              "components": [str(c) for c in order], "burn_in": settings.burn_in})
         return {**columns, "init_loss": init_loss}
