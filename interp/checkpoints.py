@@ -346,8 +346,8 @@ class Run:
                      for e in sorted(d.iterdir()) if is_temporary(e.name)]
         # What a policy released but a kill kept from being deleted: files no committed checkpoint lists.
         released = [f for step in steps if step in step_dirs
-                    for f in sorted(self.checkpoint_dir(step).iterdir()) if f.name not in own[step]]
-        released += [self.checkpoint_dir(step) for step in steps if step in step_dirs and not own[step]]
+                    for f in ([self.checkpoint_dir(step)] if not own[step] else
+                              sorted(self.checkpoint_dir(step).iterdir())) if f.name not in own[step]]
         scan = scan_jsonl(path / METRICS_FILE)
         rows = row_problems(scan.rows, config, steps[-1] if steps else None)
         return RunState(path, exists, config_error, manifest_error, steps, step_dirs, scan, leftovers=leftovers,

@@ -198,14 +198,14 @@ KEEP_ALL = CheckpointPolicy()
 """Weights at every checkpoint, the training state at the last (the default of `train`)."""
 
 
-def kept_weights(cfg: TrainConfig, policy: CheckpointPolicy) -> set[int]:
-    """The steps at which a finished run trained with `cfg` keeps its weights under `policy`
-    (a run that stopped early also keeps its last checkpoint's, except under "none")."""
+def kept_weights(cfg: TrainConfig, policy: CheckpointPolicy, committed: Sequence[int]) -> set[int]:
+    """Which of the `committed` checkpoints of a run trained with `cfg` keep their weights under
+    `policy` once a later one is committed (the last keeps them anyway, see `keep_checkpoints`)."""
     if policy.weights == "all":
-        return set(checkpoint_schedule(cfg))
+        return set(committed)
     if policy.weights == "log":
-        return set(checkpoint_schedule(replace(cfg, checkpoint_every=0)))
-    return {cfg.steps} if policy.weights == "final" else set()
+        return set(checkpoint_schedule(replace(cfg, checkpoint_every=0))) & set(committed)
+    return {cfg.steps} & set(committed) if policy.weights == "final" else set()
 
 
 def keep_checkpoints(run: Run, cfg: TrainConfig, policy: CheckpointPolicy, *, results_written: bool = False) -> None:
@@ -215,7 +215,7 @@ def keep_checkpoints(run: Run, cfg: TrainConfig, policy: CheckpointPolicy, *, re
     committed = run.committed_steps
     if not committed:
         return
-    last, kept = committed[-1], kept_weights(cfg, policy)
+    last, kept = committed[-1], kept_weights(cfg, policy, committed)
     manifest = run.manifest
     drop: dict[int, list[str]] = {}
     for step in committed:
