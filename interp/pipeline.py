@@ -21,9 +21,10 @@ import torch
 
 from interp.checkpoints import Run
 from interp.configs import from_dict, require, to_dict
+from interp.locking import brief_wait, run_lock
 from interp.model import ModelConfig
 from interp.parallel import Backend, LocalBackend, run_all
-from interp.train import DataSource, TrainConfig, TrainHooks, train
+from interp.train import KEEP_ALL, CheckpointPolicy, DataSource, TrainConfig, TrainHooks, keep_checkpoints, train
 
 RUNS_DIR = "runs"
 T = TypeVar("T")
@@ -82,7 +83,9 @@ class TrainingJob:
     dataclass (stored in the run), `params` any other picklable settings `setup`
     needs, and `extra` further keys stored in the run's config. `show_progress`
     asks for a progress bar when the job runs in this process; `continues` resumes
-    a run an earlier stage paused, even when the analysis itself is not resumed."""
+    a run an earlier stage paused, even when the analysis itself is not resumed.
+    `keep` is which checkpoint files the run keeps (`CheckpointPolicy`; not stored in its
+    config: it changes no result); with `weights="none"` they go once `finish` has run."""
 
     name: str
     model: ModelConfig
@@ -93,6 +96,7 @@ class TrainingJob:
     extra: Mapping[str, Any] = field(default_factory=dict)
     show_progress: bool = False
     continues: bool = False
+    keep: CheckpointPolicy = KEEP_ALL
 
 
 @dataclass(frozen=True)
@@ -113,9 +117,13 @@ def _launch(launch: _Launch) -> str:
     parts = job.setup(job, device)
     run = train(launch.run_dir, job.model, job.train, parts.data, hooks=parts.hooks,
                 config_extra={"task": task_record(job.task), **job.extra}, resume=launch.resume, device=device,
-                progress=launch.progress)
-    if parts.finish is not None:
+                progress=launch.progress, keep=job.keep)
+    # A run whose last weights were released has had its `finish`: they go only after it.
+    if parts.finish is not None and run.committed_steps[-1] in run.steps:
         parts.finish(run)
+    if job.keep.weights == "none":
+        with run_lock(run.path, wait=brief_wait()):
+            keep_checkpoints(run, job.train, job.keep, results_written=True)
     return str(run.path)
 
 

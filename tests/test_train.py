@@ -29,7 +29,7 @@ from interp.model import (
     model_state_dict,
     trainable_parameters,
 )
-from interp.run_layout import MANIFEST_FILE, STATE_FILE, WEIGHTS_FILE
+from interp.run_layout import MANIFEST_FILE, STATE_FILE
 from interp.seeding import BATCHES, generator
 from interp.train import (
     CheckpointPolicy,
