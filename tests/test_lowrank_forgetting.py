@@ -9,8 +9,11 @@ import pytest
 
 from analyses.lowrank_forgetting import CONDITIONS, PRESETS, finetune_job
 from interp.analysis import run_analysis
+from interp.checkpoints import Run
+from interp.cli.info import verify_run
 from interp.configs import ConfigError, with_overrides
 from interp.ids import CheckpointRef
+from interp.run_layout import STATE_FILE, WEIGHTS_FILE
 from tasks.forgetting import FineTuningTask, task_specs
 
 
@@ -61,3 +64,18 @@ def test_tiny_preset_end_to_end(tmp_path):
     assert len(runs) == 1 + cfg.tasks.n_tasks + cfg.test_tasks * (len(CONDITIONS) * cfg.replay_seeds - 1)
     base = json.loads((tmp_path / "runs" / "base" / "config.json").read_text())
     assert base["task"]["type"] == "UpstreamConfig"
+    # A fine-tuning run keeps its scores, config and log but no weights (its step 0 was the base's, referenced),
+    # and still verifies; the base keeps every checkpoint's weights, the training state of its last only.
+    for path in runs:
+        run = Run.open(path)
+        assert verify_run(run) == ([], [])
+        if path.name == "base":
+            assert run.steps == run.committed_steps == [0, 20]
+            assert [p.parent.name for p in path.rglob(STATE_FILE)] == ["step_000020"]
+        else:
+            assert run.steps == [] and run.committed_steps[0] == 0 and not list(path.rglob(WEIGHTS_FILE))
+            assert (path / "pool_example_losses.npy").exists() and (path / "heldout_example_losses.npy").exists()
+    # Resumed, every finished run is taken as it is (its scores are not recomputed from released weights).
+    again = run_analysis("lowrank-forgetting", tmp_path, preset="tiny", progress=False, resume=True)
+    assert {k: v for k, v in again.items() if k != "wall_seconds"} == {
+        k: v for k, v in results.items() if k != "wall_seconds"}
