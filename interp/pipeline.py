@@ -24,6 +24,7 @@ from interp.configs import from_dict, require, to_dict
 from interp.locking import brief_wait, run_lock
 from interp.model import ModelConfig
 from interp.parallel import Backend, LocalBackend, run_all
+from interp.run_layout import CONFIG_FILE
 from interp.train import KEEP_ALL, CheckpointPolicy, DataSource, TrainConfig, TrainHooks, keep_checkpoints, train
 
 RUNS_DIR = "runs"
@@ -168,6 +169,16 @@ class Context:
                             self.progress and job.show_progress and in_process) for job in jobs]
         paths = run_all(_launch, launches, backend)
         return {job.name: Run.open(path) for job, path in zip(jobs, paths, strict=True)}
+
+
+def keep_runs(runs_dir: Path, policy: CheckpointPolicy) -> None:
+    """Release from every run under `runs_dir` the checkpoint files `policy` does not keep, once
+    the results the runs were trained for are written (a sweep point's `results.json`): it
+    only ever drops files, so runs that already keep less stay as they are."""
+    for path in sorted(p for p in runs_dir.iterdir() if (p / CONFIG_FILE).is_file()) if runs_dir.is_dir() else []:
+        run = Run(path)
+        with run_lock(path, wait=brief_wait()):
+            keep_checkpoints(run, from_dict(TrainConfig, run.config["train"]), policy, results_written=True)
 
 
 def nearest_step(steps: Sequence[int], target: int) -> int:
