@@ -22,10 +22,21 @@ import torch
 from interp.checkpoints import Run
 from interp.configs import from_dict, require, to_dict
 from interp.locking import brief_wait, run_lock
+from interp.memory import FLOAT_BYTES, parameter_count
 from interp.model import ModelConfig
 from interp.parallel import Backend, LocalBackend, run_all
 from interp.run_layout import CONFIG_FILE
-from interp.train import KEEP_ALL, CheckpointPolicy, DataSource, TrainConfig, TrainHooks, keep_checkpoints, train
+from interp.train import (
+    KEEP_ALL,
+    CheckpointPolicy,
+    DataSource,
+    TrainConfig,
+    TrainHooks,
+    checkpoint_schedule,
+    keep_checkpoints,
+    kept_weights,
+    train,
+)
 
 RUNS_DIR = "runs"
 T = TypeVar("T")
@@ -169,6 +180,37 @@ class Context:
                             self.progress and job.show_progress and in_process) for job in jobs]
         paths = run_all(_launch, launches, backend)
         return {job.name: Run.open(path) for job, path in zip(jobs, paths, strict=True)}
+
+
+@dataclass(frozen=True)
+class DiskEstimate:
+    """Bytes one run of a job takes on disk: `kept` once it is finished (and its job's results
+    are written), `peak` while it trains (what it keeps so far, plus the last checkpoint with
+    its optimizer state and the next one being written beside it)."""
+
+    kept: int
+    peak: int
+
+
+LOG_ROW_BYTES = 80  # a metrics.jsonl row of the training loss and learning rate; evaluations add more
+RUN_FILES_BYTES = 3_000  # config.json, manifest.json and the last checkpoint's small state.pt
+
+
+def estimate_disk(job: TrainingJob) -> DiskEstimate:
+    """The disk one run of `job` takes under its checkpoint policy (`job.keep`), from its configs
+    alone: float32 weights at each checkpoint kept (an `init_from` run's step 0 is its parent's
+    file), the optimizer state (AdamW's two moments, SGD's momentum) at the last one while it
+    trains, and its log. The job's own files (`finish`'s) are not counted."""
+    cfg = job.train
+    weights = parameter_count(job.model) * FLOAT_BYTES
+    moments = {"adam": 2, "adamw": 2, "sgd": 1 if cfg.momentum else 0}[cfg.optimizer] * weights
+    schedule = checkpoint_schedule(cfg)
+    kept = kept_weights(cfg, job.keep, schedule) - ({0} if cfg.init_from else set())
+    if job.keep.weights != "none":
+        kept.add(cfg.steps)
+    log = LOG_ROW_BYTES * (cfg.steps // cfg.log_every + 1)
+    final = len(kept) * weights + log + RUN_FILES_BYTES
+    return DiskEstimate(kept=final, peak=final + 2 * (weights + moments))
 
 
 def keep_runs(runs_dir: Path, policy: CheckpointPolicy) -> None:
