@@ -30,6 +30,7 @@ from interp import seeding
 from interp.analysis import (
     Analysis,
     AnalysisConfig,
+    CheckpointPolicy,
     Context,
     Figure,
     Frame,
@@ -158,7 +159,10 @@ def finetune_job(cfg: LowRankForgettingConfig, index: int, base: CheckpointRef, 
     weights = None if scores is None else tuple(map(float, lowrank.scaled_softmax(scores, cfg.replay_temperature)))
     ratio = 0.0 if condition == "none" else cfg.replay_ratio
     task = forgetting.FineTuningConfig(cfg.upstream, spec, ratio, weights, replay_seed=seed)
-    return TrainingJob(f"task{index:03d}-{condition}-seed{seed}", cfg.model, train, task, setup_finetune)
+    # The analysis reads a fine-tuning run's final losses only (`SCORES`, written by its `finish`), so the
+    # run keeps no weights after: its step 0 is the base's checkpoint, referenced, and its last one goes.
+    return TrainingJob(f"task{index:03d}-{condition}-seed{seed}", cfg.model, train, task, setup_finetune,
+                       keep=CheckpointPolicy(weights="none"))
 
 
 def train_and_score(ctx: Context, jobs: list[TrainingJob]) -> dict[str, tuple[np.ndarray, ...]]:

@@ -83,7 +83,7 @@ from interp.pipeline import (
 from interp.probing import ProbeTable, probe
 from interp.report import FIGURES_DIR, Figure, Report, write_figures
 from interp.run_layout import ANALYSIS_FILE, CONFIG_FILE, LOCK_FILE
-from interp.train import TrainConfig, TrainHooks
+from interp.train import CheckpointPolicy, TrainConfig, TrainHooks
 
 ENTRY_POINT_GROUP = "interp.analyses"
 RETIRED_CONFIG_FIELDS = ("workers",)
@@ -521,7 +521,8 @@ __all__ = [
     "ANALYSIS_FILE", "MAX_SEED", "Analysis", "AnalysisImportError", "accept_output_dir", "analysis_names", "detail",
     "get_analysis", "inline", "json_safe", "load_all", "read_results", "resolve_config", "results_dict", "run_analysis",
     # configs, jobs and the context that trains them (interp.pipeline, interp.model, interp.train)
-    "AnalysisConfig", "Context", "JobSetup", "ModelConfig", "Run", "RunShape", "TrainConfig", "TrainHooks",
+    "AnalysisConfig", "CheckpointPolicy", "Context", "JobSetup", "ModelConfig", "Run", "RunShape", "TrainConfig",
+    "TrainHooks",
     "TrainingJob", "final_only", "nearest_step", "read_task",
     # probing (interp.probing) and the report (interp.report)
     "Figure", "ProbeTable", "Report", "probe",

@@ -15,7 +15,7 @@ import pickle
 import re
 import secrets
 import shutil
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -24,7 +24,7 @@ import torch
 from safetensors.torch import load_file
 
 from interp.configs import from_dict
-from interp.errors import InputError, MissingFileError
+from interp.errors import InputError, MissingFileError, listing
 from interp.files import (
     NonFiniteError,
     append_jsonl,
@@ -40,6 +40,7 @@ from interp.files import (
     scan_jsonl,
     sha256_file,
 )
+from interp.ids import CheckpointRef
 from interp.model import ModelConfig, build_model, load_model_state_dict, model_state_dict
 from interp.run_layout import (
     CHECKPOINTS_DIR,
@@ -47,6 +48,7 @@ from interp.run_layout import (
     MANIFEST_FILE,
     METRICS_FILE,
     PROBES_DIR,
+    SHARED_KEY,
     STATE_FILE,
     WEIGHTS_FILE,
     CheckpointError,
@@ -171,19 +173,39 @@ class Run:
     def model_config(self) -> ModelConfig:
         return from_dict(ModelConfig, self.config["model"])
 
-    @property
-    def manifest(self) -> dict[str, dict[str, str]]:
+    def _read_manifest(self) -> dict[str, Any]:
         path = self.path / MANIFEST_FILE
         if not path.exists():
-            return {}
+            return {"checkpoints": {}}
         manifest = read_json(path)
         if not isinstance(manifest, dict) or not isinstance(manifest.get("checkpoints"), dict):
             raise RunDamagedError(f"{path} has no 'checkpoints' mapping")
-        return manifest["checkpoints"]
+        if not isinstance(manifest.get(SHARED_KEY, {}), dict):
+            raise RunDamagedError(f"{path}: '{SHARED_KEY}' is not a mapping of steps to checkpoints")
+        return manifest
+
+    @property
+    def manifest(self) -> dict[str, dict[str, str]]:
+        """Every committed checkpoint's files that are kept, with their sha256, by step (as text)."""
+        return self._read_manifest()["checkpoints"]
+
+    @property
+    def committed_steps(self) -> list[int]:
+        """Every checkpoint ever committed, ascending, including those whose files a checkpoint
+        policy released (`interp.train.CheckpointPolicy`): the last is where the run got to and
+        where a resume continues."""
+        return sorted(int(s) for s in self.manifest)
 
     @property
     def steps(self) -> list[int]:
-        return sorted(int(s) for s in self.manifest)
+        """The checkpoints whose weights are kept (those that load), ascending."""
+        return sorted(int(s) for s, files in self.manifest.items() if WEIGHTS_FILE in files)
+
+    def shared_weights(self) -> dict[int, CheckpointRef]:
+        """The checkpoints whose weights are another run's checkpoint, not a copy (a fine-tuning
+        run's step 0 is its parent's), by step; each run directory is relative to this one."""
+        shared = self._read_manifest().get(SHARED_KEY, {})
+        return {int(step): CheckpointRef.parse(ref) for step, ref in shared.items()}
 
     def checkpoint_dir(self, step: int) -> Path:
         return self.path / CHECKPOINTS_DIR / step_dirname(step)
@@ -194,19 +216,38 @@ class Run:
             raise CheckpointError(f"no checkpoint at step {step} in {self.path}; available steps: {self.steps}")
         return manifest[str(step)]
 
+    def file_path(self, step: int, name: str) -> Path:
+        """Where checkpoint `step`'s file `name` is: in its directory, or for weights shared with
+        another run, in that run's checkpoint (followed further if that one shares them too)."""
+        ref = self.shared_weights().get(step) if name == WEIGHTS_FILE else None
+        if ref is None or ref.step is None:
+            return self.checkpoint_dir(step) / name
+        return Run(self.path / ref.run_dir).file_path(ref.step, name)
+
     def _verified_file(self, step: int, name: str) -> Path:
-        expected = self._entry(step)[name]
-        path = self.checkpoint_dir(step) / name
+        entry = self._entry(step)
+        if name not in entry:
+            why = (f"the checkpoint policy kept weights at steps {listing(self.steps)} only"
+                   if name == WEIGHTS_FILE else
+                   f"a resume continues from the last checkpoint only, step {self.committed_steps[-1]}")
+            raise CheckpointError(f"checkpoint {step} of {self.path} no longer holds {name}: {why}")
+        path = self.file_path(step, name)
         if not path.exists():
-            raise CheckpointError(f"checkpoint file missing: {path}")
-        if sha256_file(path) != expected:
+            shared = f" (shared with {self.shared_weights()[step]}, relative to {self.path})" \
+                if name == WEIGHTS_FILE and step in self.shared_weights() else ""
+            raise CheckpointError(f"checkpoint file missing: {path}{shared}")
+        if sha256_file(path) != entry[name]:
             raise CheckpointError(f"checkpoint file {path} does not match its sha256 in {MANIFEST_FILE}")
         return path
 
     def last_step(self) -> int:
-        """The last committed checkpoint's step; a run without one is an error that says so."""
+        """The last checkpoint with weights; a run without one is an error that says so."""
         steps = self.steps
         if not steps:
+            committed = self.committed_steps
+            if committed:
+                raise CheckpointError(f"{self.path} keeps no weights: its checkpoint policy released them once its "
+                                      f"results were written (checkpoints committed: {listing(committed)})")
             raise CheckpointError(f"{self.path} has no checkpoints: {MANIFEST_FILE} lists none "
                                   f"({'it is missing' if not (self.path / MANIFEST_FILE).exists() else 'empty'})")
         return steps[-1]
@@ -238,7 +279,11 @@ class Run:
                                   "holds only tensors and plain data, so this file was not written by it") from None
 
     def checkpoint_hash(self, step: int) -> str:
-        return self._entry(step)[WEIGHTS_FILE]
+        entry = self._entry(step)
+        if WEIGHTS_FILE not in entry:
+            raise CheckpointError(f"checkpoint {step} of {self.path} no longer holds weights: the checkpoint policy "
+                                  f"kept weights at steps {listing(self.steps)} only")
+        return entry[WEIGHTS_FILE]
 
     def __iter__(self) -> Iterator[tuple[int, TransformerBridge]]:
         for step in self.steps:
@@ -255,7 +300,7 @@ class Run:
         # The manifest first: a checkpoint is listed only after its rows are on disk, so rows read
         # after it cover it even while a writer goes on (read the other way, a checkpoint
         # committed in between would seem to lack its rows).
-        steps = self.steps
+        steps = self.committed_steps
         rows = read_jsonl(path)
         config = self.config if (self.path / CONFIG_FILE).exists() else None
         check_metrics_log(path, rows, config, steps[-1] if steps else None)
@@ -285,49 +330,105 @@ class Run:
                 config = self.config
             except RunDamagedError as err:
                 config_error = f"unreadable: {err}"
-        manifest_error, steps = None, []
+        manifest_error, manifest, shared = None, {}, {}
         try:
-            steps = self.steps
+            manifest, shared = self.manifest, self.shared_weights()
         except (RunDamagedError, ValueError) as err:
             manifest_error = f"unreadable: {err}"
+        steps = sorted(int(s) for s in manifest)
+        # The files each committed checkpoint keeps in its own directory (not weights shared with another run).
+        own = {step: {name for name in manifest[str(step)] if not (name == WEIGHTS_FILE and step in shared)}
+               for step in steps}
         checkpoints = path / CHECKPOINTS_DIR
         entries = sorted(checkpoints.iterdir()) if checkpoints.is_dir() else []
         step_dirs = sorted(int(m.group(1)) for e in entries if (m := _STEP_DIR.fullmatch(e.name)) and e.is_dir())
         leftovers = [e for d in (path, checkpoints, path / PROBES_DIR) if d.is_dir()
                      for e in sorted(d.iterdir()) if is_temporary(e.name)]
+        # What a policy released but a kill kept from being deleted: files no committed checkpoint lists.
+        released = [f for step in steps if step in step_dirs
+                    for f in ([self.checkpoint_dir(step)] if not own[step] else
+                              sorted(self.checkpoint_dir(step).iterdir())) if f.name not in own[step]]
         scan = scan_jsonl(path / METRICS_FILE)
         rows = row_problems(scan.rows, config, steps[-1] if steps else None)
         return RunState(path, exists, config_error, manifest_error, steps, step_dirs, scan, leftovers=leftovers,
-                        **rows)
+                        local_steps=[s for s in steps if own[s]], released=released, **rows)
 
     # --- writing (by the holder of the run's lock) ---
-    def save_checkpoint(self, step: int, model: TransformerBridge, state: dict[str, Any]) -> None:
-        weights = {k: v.detach().contiguous().cpu() for k, v in model_state_dict(model).items()}
-        # A checkpoint is what later analyses trust: one with NaN or infinite weights would
-        # load, hash-verify and probe as if it were a trained model.
-        bad = [k for k, v in weights.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
-        if bad:
-            raise NonFiniteError(f"{self.path}: the weights at step {step} are not finite ({', '.join(bad[:3])}"
-                                 f"{', ...' if len(bad) > 3 else ''}); the checkpoint was not written")
+    def save_checkpoint(self, step: int, model: TransformerBridge, state: dict[str, Any],
+                        weights_of: CheckpointRef | None = None) -> None:
+        """Commit checkpoint `step`: `model`'s weights and the training `state`. With `weights_of`
+        (a checkpoint of another run that holds exactly these weights: `init_from`'s), the weights
+        are not copied: the manifest lists that checkpoint's hash and where it is."""
         final = self.checkpoint_dir(step)
+        names = [STATE_FILE]
+        if weights_of is None:
+            weights = {k: v.detach().contiguous().cpu() for k, v in model_state_dict(model).items()}
+            # A checkpoint is what later analyses trust: one with NaN or infinite weights would
+            # load, hash-verify and probe as if it were a trained model.
+            bad = [k for k, v in weights.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+            if bad:
+                raise NonFiniteError(f"{self.path}: the weights at step {step} are not finite ({', '.join(bad[:3])}"
+                                     f"{', ...' if len(bad) > 3 else ''}); the checkpoint was not written")
+            names.insert(0, WEIGHTS_FILE)
         tmp = final.with_name(f".tmp_{final.name}.{os.getpid()}.{secrets.token_hex(4)}")
         tmp.mkdir(parents=True)
         try:
-            save_safetensors(weights, tmp / WEIGHTS_FILE, final / WEIGHTS_FILE)
+            if weights_of is None:
+                save_safetensors(weights, tmp / WEIGHTS_FILE, final / WEIGHTS_FILE)
             torch.save(state, tmp / STATE_FILE)
-            for name in (WEIGHTS_FILE, STATE_FILE):
+            for name in names:
                 with open(tmp / name, "rb") as f:
                     os.fsync(f.fileno())
-            hashes = {name: sha256_file(tmp / name) for name in (WEIGHTS_FILE, STATE_FILE)}
+            hashes = {name: sha256_file(tmp / name) for name in names}
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         fsync_dir(final.parent)
-        manifest = self.manifest
-        manifest[str(step)] = hashes
-        atomic_write_json(self.path / MANIFEST_FILE, {"checkpoints": manifest})
+        manifest = self._read_manifest()
+        shared = manifest.get(SHARED_KEY, {})
+        shared.pop(str(step), None)
+        if weights_of is not None:
+            owner = Run(weights_of.run_dir)
+            parent_step = owner.last_step() if weights_of.step is None else weights_of.step
+            hashes[WEIGHTS_FILE] = owner.checkpoint_hash(parent_step)
+            # Relative, so an analysis directory moved or copied as a whole keeps its references.
+            relative = os.path.relpath(owner.path.resolve(), self.path.resolve())
+            shared[str(step)] = str(CheckpointRef(relative, parent_step))
+        manifest["checkpoints"][str(step)] = hashes
+        self._write_manifest(manifest["checkpoints"], shared)
+
+    def _write_manifest(self, checkpoints: dict[str, dict[str, str]], shared: dict[str, str]) -> None:
+        atomic_write_json(self.path / MANIFEST_FILE, {"checkpoints": checkpoints, **({SHARED_KEY: shared} if shared
+                                                                                    else {})})
+
+    def release(self, files: Mapping[int, Collection[str]]) -> None:
+        """Drop files of committed checkpoints, by step, as a checkpoint policy decides. The
+        manifest stops listing them first and they are deleted after, so a kill in between leaves
+        files no checkpoint lists, which the next writer removes (`RunState.released`). A
+        checkpoint left with no file keeps its entry (it was committed: the last one says where
+        the run got to) and loses its directory. Weights shared with another run stay there."""
+        manifest = self._read_manifest()
+        checkpoints, shared = manifest["checkpoints"], manifest.get(SHARED_KEY, {})
+        doomed: list[Path] = []
+        changed = False
+        for step, names in files.items():
+            entry = checkpoints[str(step)]
+            for name in names:
+                if entry.pop(name, None) is None:
+                    continue
+                changed = True
+                if not (name == WEIGHTS_FILE and shared.pop(str(step), None) is not None):
+                    doomed.append(self.checkpoint_dir(step) / name)
+        if changed:
+            self._write_manifest(checkpoints, shared)
+        for path in doomed:
+            path.unlink(missing_ok=True)
+        for step in files:
+            folder = self.checkpoint_dir(step)
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
 
     def truncate_metrics(self, after_step: int | None) -> None:
         """Keep only the rows logged up to `after_step` (None: none), each once: rows after the
@@ -358,6 +459,11 @@ class Run:
                 path.unlink(missing_ok=True)
         if state.residue is not None:
             shutil.rmtree(self.checkpoint_dir(state.residue), ignore_errors=True)
+        for path in state.released:
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
 
 
 

@@ -238,6 +238,11 @@ def cut_torn_line(path: Path) -> bool:
     return True
 
 
+def bytes_in(path: Path) -> int:
+    """The bytes of every file under `path` (not following links: what the folder itself takes)."""
+    return sum(entry.lstat().st_size for entry in path.rglob("*") if not entry.is_dir() or entry.is_symlink())
+
+
 def is_temporary(name: str) -> bool:
     """Whether `name` is a temporary file or directory of an atomic write (`temp_path`,
     `Run.save_checkpoint`), which only a killed writer leaves behind."""

@@ -21,9 +21,22 @@ import torch
 
 from interp.checkpoints import Run
 from interp.configs import from_dict, require, to_dict
+from interp.locking import brief_wait, run_lock
+from interp.memory import FLOAT_BYTES, parameter_count
 from interp.model import ModelConfig
 from interp.parallel import Backend, LocalBackend, run_all
-from interp.train import DataSource, TrainConfig, TrainHooks, train
+from interp.run_layout import CONFIG_FILE
+from interp.train import (
+    KEEP_ALL,
+    CheckpointPolicy,
+    DataSource,
+    TrainConfig,
+    TrainHooks,
+    checkpoint_schedule,
+    keep_checkpoints,
+    kept_weights,
+    train,
+)
 
 RUNS_DIR = "runs"
 T = TypeVar("T")
@@ -82,7 +95,9 @@ class TrainingJob:
     dataclass (stored in the run), `params` any other picklable settings `setup`
     needs, and `extra` further keys stored in the run's config. `show_progress`
     asks for a progress bar when the job runs in this process; `continues` resumes
-    a run an earlier stage paused, even when the analysis itself is not resumed."""
+    a run an earlier stage paused, even when the analysis itself is not resumed.
+    `keep` is which checkpoint files the run keeps (`CheckpointPolicy`; not stored in its
+    config: it changes no result); with `weights="none"` they go once `finish` has run."""
 
     name: str
     model: ModelConfig
@@ -93,6 +108,7 @@ class TrainingJob:
     extra: Mapping[str, Any] = field(default_factory=dict)
     show_progress: bool = False
     continues: bool = False
+    keep: CheckpointPolicy = KEEP_ALL
 
 
 @dataclass(frozen=True)
@@ -137,9 +153,13 @@ def _launch(launch: _Launch) -> str:
     parts = job.setup(job, device)
     run = train(launch.run_dir, job.model, job.train, parts.data, hooks=parts.hooks,
                 config_extra={"task": task_record(job.task), **job.extra}, resume=launch.resume, device=device,
-                progress=launch.progress)
-    if parts.finish is not None:
+                progress=launch.progress, keep=job.keep)
+    # A run whose last weights were released has had its `finish`: they go only after it.
+    if parts.finish is not None and run.committed_steps[-1] in run.steps:
         parts.finish(run)
+    if job.keep.weights == "none":
+        with run_lock(run.path, wait=brief_wait()):
+            keep_checkpoints(run, job.train, job.keep, results_written=True)
     return str(run.path)
 
 
@@ -184,6 +204,47 @@ class Context:
                             self.progress and job.show_progress and in_process) for job in jobs]
         paths = run_all(_launch, launches, backend)
         return {job.name: Run.open(path) for job, path in zip(jobs, paths, strict=True)}
+
+
+@dataclass(frozen=True)
+class DiskEstimate:
+    """Bytes one run of a job takes on disk: `kept` once it is finished (and its job's results
+    are written), `peak` while it trains (what it keeps so far, plus the last checkpoint with
+    its optimizer state and the next one being written beside it)."""
+
+    kept: int
+    peak: int
+
+
+LOG_ROW_BYTES = 80  # a metrics.jsonl row of the training loss and learning rate; evaluations add more
+RUN_FILES_BYTES = 3_000  # config.json, manifest.json and the last checkpoint's small state.pt
+
+
+def estimate_disk(job: TrainingJob) -> DiskEstimate:
+    """The disk one run of `job` takes under its checkpoint policy (`job.keep`), from its configs
+    alone: float32 weights at each checkpoint kept (an `init_from` run's step 0 is its parent's
+    file), the optimizer state (AdamW's two moments, SGD's momentum) at the last one while it
+    trains, and its log. The job's own files (`finish`'s) are not counted."""
+    cfg = job.train
+    weights = parameter_count(job.model) * FLOAT_BYTES
+    moments = {"adam": 2, "adamw": 2, "sgd": 1 if cfg.momentum else 0}[cfg.optimizer] * weights
+    schedule = checkpoint_schedule(cfg)
+    kept = kept_weights(cfg, job.keep, schedule) - ({0} if cfg.init_from else set())
+    if job.keep.weights != "none":
+        kept.add(cfg.steps)
+    log = LOG_ROW_BYTES * (cfg.steps // cfg.log_every + 1)
+    final = len(kept) * weights + log + RUN_FILES_BYTES
+    return DiskEstimate(kept=final, peak=final + 2 * (weights + moments))
+
+
+def keep_runs(runs_dir: Path, policy: CheckpointPolicy) -> None:
+    """Release from every run under `runs_dir` the checkpoint files `policy` does not keep, once
+    the results the runs were trained for are written (a sweep point's `results.json`): it
+    only ever drops files, so runs that already keep less stay as they are."""
+    for path in sorted(p for p in runs_dir.iterdir() if (p / CONFIG_FILE).is_file()) if runs_dir.is_dir() else []:
+        run = Run(path)
+        with run_lock(path, wait=brief_wait()):
+            keep_checkpoints(run, from_dict(TrainConfig, run.config["train"]), policy, results_written=True)
 
 
 def nearest_step(steps: Sequence[int], target: int) -> int:

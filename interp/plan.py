@@ -23,9 +23,9 @@ import torch
 from interp.analysis import Analysis
 from interp.checkpoints import Run
 from interp.configs import to_dict
-from interp.memory import FLOAT_BYTES, available_memory, estimate_memory, format_bytes, parameter_count
+from interp.memory import available_memory, estimate_memory, format_bytes, parameter_count
 from interp.model import ModelConfig, batch_to, build_model
-from interp.pipeline import JobSetup, RunShape, TrainingJob, task_record
+from interp.pipeline import JobSetup, RunShape, TrainingJob, estimate_disk, task_record
 from interp.seeding import BATCHES, generator
 from interp.train import Stepper, TrainConfig, checkpoint_schedule
 
@@ -51,28 +51,6 @@ def training_flops(cfg: ModelConfig, tokens: int) -> int:
     embeddings = cfg.d_vocab * cfg.d_model + (cfg.n_ctx * cfg.d_model if cfg.positional == "standard" else 0)
     multiplied = trainable_parameter_count(cfg) - embeddings
     return 6 * multiplied * tokens + 6 * cfg.n_layers * cfg.n_ctx * cfg.n_heads * cfg.head_dim * tokens
-
-
-def optimizer_state_count(model: ModelConfig, train: TrainConfig) -> int:
-    """Numbers in the optimizer's state once it has stepped: Adam(W)'s two moments per
-    trainable parameter, SGD's momentum buffer (none without momentum)."""
-    per_parameter = 2 if train.optimizer in ("adam", "adamw") else 1 if train.momentum > 0 else 0
-    return per_parameter * trainable_parameter_count(model)
-
-
-def checkpoint_disk_bytes(model: ModelConfig, train: TrainConfig) -> int:
-    """Bytes of one run's checkpoints (the per-run part of a plan's disk).
-
-    Every step of `checkpoint_schedule(train)` stores the float32 weights (`parameter_count`);
-    the optimizer's state rides along where the trainer keeps it (`interp.train`): not at step 0
-    (it is still empty), nor at the last step or at an episode boundary of a run that resets its
-    optimizer. Metrics, configs and the few numbers beside the state are left out (kilobytes).
-    Issue 32's checkpoint policy brings its own disk estimate: the two are to be reconciled."""
-    schedule = checkpoint_schedule(train)
-    with_state = [s for s in schedule if 0 < s < train.steps
-                  and not (train.reset_optimizer_each_episode and s % train.episode_steps == 0)]
-    weights, state = parameter_count(model), optimizer_state_count(model, train)
-    return FLOAT_BYTES * (len(schedule) * weights + len(with_state) * state)
 
 
 def evaluations_per_run(train: TrainConfig, steps: int) -> int:
@@ -229,6 +207,7 @@ class RunPlan:
     memory_bytes: int
     checkpoints: int
     disk_bytes: int
+    """What one finished run keeps on disk under its job's checkpoint policy (`pipeline.estimate_disk`)."""
     evaluations: int
     timing: SliceTiming | None
     measured_as: str
@@ -295,7 +274,7 @@ def run_plan(shape: RunShape, timing: SliceTiming | None, untimed: str = "") -> 
         parameters=trainable_parameter_count(model), steps=steps, batch_size=train.batch_size, n_ctx=model.n_ctx,
         precision=train.precision, tokens=tokens, flops=training_flops(model, tokens),
         memory_bytes=estimate_memory(model, train.batch_size).total, checkpoints=checkpoints,
-        disk_bytes=checkpoint_disk_bytes(model, train), evaluations=evaluations, timing=timing,
+        disk_bytes=estimate_disk(shape.job).kept, evaluations=evaluations, timing=timing,
         measured_as=shape.measure_as, untimed=untimed or (timing.untimed if timing is not None else ""),
         seconds_per_run=seconds)
 
@@ -408,6 +387,6 @@ def plan_json(plan: AnalysisPlan) -> dict[str, Any]:
             "shapes": [{**asdict(s), "seconds": s.seconds} for s in plan.shapes]}
 
 
-__all__ = ["CPU_CAVEAT", "FLOPS_FORMULA", "AnalysisPlan", "Clock", "RunPlan", "SliceTiming", "checkpoint_disk_bytes",
-           "duration", "evaluations_per_run", "optimizer_state_count", "plan_analysis", "plan_json", "plan_text",
+__all__ = ["CPU_CAVEAT", "FLOPS_FORMULA", "AnalysisPlan", "Clock", "RunPlan", "SliceTiming",
+           "duration", "evaluations_per_run", "plan_analysis", "plan_json", "plan_text",
            "run_plan", "time_slice", "trainable_parameter_count", "training_flops"]

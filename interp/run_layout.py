@@ -4,7 +4,10 @@ Layout (see README):
 
     config.json          everything needed to re-run
     metrics.jsonl        one JSON object per logged step
-    manifest.json        step -> file -> sha256; a checkpoint exists once listed here
+    manifest.json        step -> file -> sha256; a checkpoint exists once listed here, and lists
+                         the files it keeps (a checkpoint policy may release some, see
+                         `interp.train.CheckpointPolicy`); "shared": step -> "run_dir@step" for
+                         weights that are another run's checkpoint (run_dir relative to this run)
     checkpoints/step_000123/weights.safetensors   model weights
     checkpoints/step_000123/state.pt              optimizer state, step, running loss (no code)
     probes/*.jsonl, figures/*.png, report.md, results.json
@@ -22,6 +25,7 @@ from interp.errors import InterpError
 WEIGHTS_FILE = "weights.safetensors"
 STATE_FILE = "state.pt"
 MANIFEST_FILE = "manifest.json"
+SHARED_KEY = "shared"  # in the manifest: checkpoints whose weights are another run's (a fine-tuning run's step 0)
 CONFIG_FILE = "config.json"
 ANALYSIS_FILE = "analysis.json"  # beside runs/ in an analysis directory: its name, preset and config
 METRICS_FILE = "metrics.jsonl"

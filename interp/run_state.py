@@ -53,7 +53,7 @@ class RunState:
     """Why config.json cannot be used (missing or unreadable), or None."""
     manifest_error: str | None
     steps: list[int]
-    """Committed checkpoints: the steps manifest.json lists."""
+    """Committed checkpoints: the steps manifest.json lists (with whatever files they keep)."""
     step_dirs: list[int]
     """Steps with a directory under checkpoints/."""
     metrics: JsonlScan
@@ -66,6 +66,12 @@ class RunState:
     stepless_rows: int = 0
     leftovers: list[Path] = field(default_factory=list)
     """Temporary files and directories of interrupted atomic writes."""
+    local_steps: list[int] = field(default_factory=list)
+    """Committed checkpoints that keep files in their own directory under checkpoints/ (not
+    those whose files a checkpoint policy released, nor weights shared with another run)."""
+    released: list[Path] = field(default_factory=list)
+    """Files (and emptied directories) of committed checkpoints that the manifest no longer
+    lists: a checkpoint policy released them and the writer was killed before deleting them."""
 
     @property
     def last_step(self) -> int | None:
@@ -99,7 +105,7 @@ class RunState:
             out.append(f"{path / CONFIG_FILE} is {self.config_error}")
         if self.manifest_error:
             out.append(f"{path / MANIFEST_FILE} is {self.manifest_error}")
-        gone = [s for s in self.steps if s not in self.step_dirs]
+        gone = [s for s in self.local_steps if s not in self.step_dirs]
         if gone:
             out.append(f"{path / MANIFEST_FILE} lists steps {listing(gone)} that have no directory under "
                        f"{path / CHECKPOINTS_DIR}")
@@ -137,6 +143,9 @@ class RunState:
                        f"{MANIFEST_FILE} (killed while saving it)")
         if self.leftovers:
             out.append(f"{len(self.leftovers)} temporary files of interrupted writes, e.g. {self.leftovers[0]}")
+        if self.released:
+            out.append(f"{len(self.released)} checkpoint files that {MANIFEST_FILE} no longer lists (released by the "
+                       f"checkpoint policy, killed before they were deleted), e.g. {self.released[0]}")
         return out
 
     def problems(self) -> list[str]:

@@ -9,7 +9,9 @@ directory, so any point opens and probes like a single run:
     DIR/figures/<metric>_vs_<key>.png   mean over seeds with a +-1 sd band
 
 A point is complete once its `results.json` exists (`run_analysis` writes it last,
-atomically). Re-running a sweep skips complete points and resumes the others from
+atomically). Its runs then keep only the checkpoint files of the sweep's `keep` policy
+(default `SWEEP_KEEP`: the final weights; the sweep's numbers are in `results.json`).
+Re-running a sweep skips complete points and resumes the others from
 their last checkpoints, so a killed sweep finishes only what is missing. A point
 that raises is recorded with its error; the others run on.
 
@@ -38,15 +40,20 @@ from typing import Any
 
 import numpy as np
 
-from interp.analysis import get_analysis, json_safe, resolve_config, run_analysis
+from interp.analysis import CheckpointPolicy, get_analysis, json_safe, resolve_config, run_analysis
+from interp.configs import to_dict
 from interp.errors import InputError
-from interp.files import atomic_write_bytes, atomic_write_json, dumps_json, read_jsonl
+from interp.files import atomic_write_bytes, atomic_write_json, dumps_json, read_json, read_jsonl
 from interp.parallel import Backend, LocalBackend
+from interp.pipeline import RUNS_DIR, keep_runs
 from interp.viz import plot_curves, save_figure
 
 logger = logging.getLogger(__name__)
 
 RESULTS_FILE = "results.json"
+SWEEP_KEEP = CheckpointPolicy(weights="final")
+"""What a complete point's runs keep by default: the final weights (to probe or fine-tune from),
+no earlier checkpoint and no training state."""
 
 
 @dataclass(frozen=True)
@@ -104,6 +111,7 @@ class PointTask:
     overrides: dict[str, str]
     out: str
     device: str | None = None
+    keep: CheckpointPolicy = SWEEP_KEEP
 
 
 def run_point(task: PointTask) -> dict[str, Any]:
@@ -112,6 +120,7 @@ def run_point(task: PointTask) -> dict[str, Any]:
     try:
         results = run_analysis(task.analysis, task.out, task.preset, task.overrides, device=task.device,
                                progress=False, resume=True, backend=LocalBackend(1))
+        keep_runs(Path(task.out) / RUNS_DIR, task.keep)
         return {"status": "ok", "results": point_results(results),
                 "wall_seconds": round(time.perf_counter() - started, 1)}
     except Exception as err:  # noqa: BLE001 - a sweep reports every failure and runs on
@@ -141,30 +150,33 @@ def scalar_results(results: Mapping[str, Any], prefix: str = "") -> dict[str, fl
 
 def run_sweep(analysis: str, out: str | Path, preset: str = "quick", grid: Mapping[str, Sequence[str]] | None = None,
               seeds: Sequence[int] = (0,), backend: Backend | None = None, device: str | None = None,
-              metrics: Sequence[str] = ()) -> list[dict[str, Any]]:
+              metrics: Sequence[str] = (), keep: CheckpointPolicy = SWEEP_KEEP) -> list[dict[str, Any]]:
     """Run every point not yet complete, write `sweep.jsonl` and the summary figures;
     returns the table rows in grid order. `metrics` chooses the figures' results
-    (default: the analysis's `headline` results)."""
+    (default: the analysis's `headline` results); `keep`, the checkpoint files each complete
+    point's runs keep."""
     out = Path(out)
     grid = {k: list(v) for k, v in (grid or {}).items()}
     points = grid_points(grid, seeds)
     spec = get_analysis(analysis)
     resolve_config(spec, preset, {})  # an unknown preset fails here, before any point runs
     out.mkdir(parents=True, exist_ok=True)
+    _refuse_released_points(out, points)
     atomic_write_json(out / "sweep.json", {"analysis": analysis, "preset": preset, "grid": grid,
-                                           "seeds": list(seeds), "device": device})
+                                           "seeds": list(seeds), "device": device, "keep": to_dict(keep)})
     rows: dict[str, dict[str, Any]] = {}
     todo: list[SweepPoint] = []
     for point in points:
         done = out / "points" / point.name / RESULTS_FILE
         if done.exists():
+            keep_runs(done.parent / RUNS_DIR, keep)  # a sweep killed between the results and the release
             results = json.loads(done.read_text())
             rows[point.name] = _row(point, {"status": "ok", "results": point_results(results),
                                             "wall_seconds": results.get("wall_seconds")}, skipped=True)
         else:
             todo.append(point)
     logger.info("sweep %s: %d points, %d complete, %d to run", out, len(points), len(rows), len(todo))
-    tasks = [PointTask(analysis, preset, p.overrides, str(out / "points" / p.name), device) for p in todo]
+    tasks = [PointTask(analysis, preset, p.overrides, str(out / "points" / p.name), device, keep) for p in todo]
     for index, outcome in (backend or LocalBackend()).imap(run_point, tasks):
         point = todo[index]
         rows[point.name] = _row(point, outcome, skipped=False)
@@ -175,6 +187,22 @@ def run_sweep(analysis: str, out: str | Path, preset: str = "quick", grid: Mappi
     _write_table(out, table)
     summary_figures(out, table, grid, metrics or spec.headline)
     return table
+
+
+def _refuse_released_points(out: Path, points: Sequence[SweepPoint]) -> None:
+    """Refuse to run again a point that was complete and released checkpoints (an earlier `keep`
+    other than "all") but has lost its `results.json`: its numbers, computed again from fewer
+    checkpoints, would differ without saying so."""
+    if not (out / "sweep.json").exists() or not (out / "sweep.jsonl").exists():
+        return
+    kept = read_json(out / "sweep.json").get("keep", {}).get("weights", "all")
+    done = {row["point"] for row in read_table(out) if row.get("status") == "ok"}
+    for point in points:
+        folder = out / "points" / point.name
+        if kept != "all" and point.name in done and not (folder / RESULTS_FILE).exists():
+            raise InputError(f"{folder}: its {RESULTS_FILE} is gone and its runs keep weights of {kept!r} "
+                             "checkpoints only, so its numbers cannot be computed again; delete the folder to train "
+                             "the point again")
 
 
 def _row(point: SweepPoint, outcome: Mapping[str, Any], skipped: bool) -> dict[str, Any]:
@@ -230,5 +258,5 @@ def summary_figures(out: Path, table: Sequence[Mapping[str, Any]], grid: Mapping
     return paths
 
 
-__all__ = ["PointTask", "SweepPoint", "grid_points", "parse_grid", "point_results", "read_table", "run_point",
-           "run_sweep", "scalar_results", "summary_figures"]
+__all__ = ["SWEEP_KEEP", "PointTask", "SweepPoint", "grid_points", "parse_grid", "point_results", "read_table",
+           "run_point", "run_sweep", "scalar_results", "summary_figures"]

@@ -20,7 +20,7 @@ import logging
 import math
 import platform
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol
@@ -51,7 +51,7 @@ from interp.model import (
     named_trainable_parameters,
     trim_padding,
 )
-from interp.run_layout import CONFIG_FILE, RunDamagedError
+from interp.run_layout import CONFIG_FILE, STATE_FILE, WEIGHTS_FILE, RunDamagedError
 from interp.seeding import BATCHES, generator
 
 if TYPE_CHECKING:  # TransformerLens takes seconds to import; these names only annotate
@@ -165,6 +165,70 @@ def checkpoint_schedule(cfg: TrainConfig) -> list[int]:
     if cfg.checkpoint_every:
         steps.update(range(0, cfg.steps + 1, cfg.checkpoint_every))
     return sorted(steps)
+
+
+KeptWeights = Literal["all", "log", "final", "none"]
+KeptState = Literal["latest", "all"]
+
+
+@dataclass(frozen=True)
+class CheckpointPolicy:
+    """Which of a run's checkpoint files stay on disk. It changes what the run directory
+    holds, never a number in it, so it is not part of the run's identity (`config.json`): the
+    job that trains the run declares it (`interp.pipeline.TrainingJob.keep`, `train(keep=...)`).
+
+    `weights`: "all" at every scheduled checkpoint; "log" at step 0, the last step, the
+    `checkpoint_log` log-spaced steps and the explicit `checkpoint_steps` (the `checkpoint_every`
+    ones are then resume points only); "final" at the last step only; "none" at none once the
+    job's own results are written (`keep_checkpoints(..., results_written=True)`; until then at
+    the last step, which they are computed from). `state`: the training state (`state.pt`:
+    optimizer state and running loss), "latest" only at the last checkpoint, the one a resume
+    continues from, or "all" at every one. Whatever the policy, the last committed checkpoint
+    keeps both while the run trains, so a killed run loses nothing it checkpointed; an earlier
+    one loses what the policy drops only once a later one is committed."""
+
+    weights: KeptWeights = "all"
+    state: KeptState = "latest"
+
+    def __post_init__(self) -> None:
+        require_literals(self)
+
+
+KEEP_ALL = CheckpointPolicy()
+"""Weights at every checkpoint, the training state at the last (the default of `train`)."""
+
+
+def kept_weights(cfg: TrainConfig, policy: CheckpointPolicy, committed: Sequence[int]) -> set[int]:
+    """Which of the `committed` checkpoints of a run trained with `cfg` keep their weights under
+    `policy` once a later one is committed (the last keeps them anyway, see `keep_checkpoints`)."""
+    if policy.weights == "all":
+        return set(committed)
+    if policy.weights == "log":
+        return set(checkpoint_schedule(replace(cfg, checkpoint_every=0))) & set(committed)
+    return {cfg.steps} & set(committed) if policy.weights == "final" else set()
+
+
+def keep_checkpoints(run: Run, cfg: TrainConfig, policy: CheckpointPolicy, *, results_written: bool = False) -> None:
+    """Release the files `policy` does not keep from `run`'s committed checkpoints (by the holder
+    of its lock). The last committed checkpoint keeps its weights, unless the policy keeps none and
+    `results_written` says that what the job computes from them is written."""
+    committed = run.committed_steps
+    if not committed:
+        return
+    last, kept = committed[-1], kept_weights(cfg, policy, committed)
+    manifest = run.manifest
+    drop: dict[int, list[str]] = {}
+    for step in committed:
+        names = []
+        if step != last and policy.state == "latest":
+            names.append(STATE_FILE)
+        if step not in kept and (step != last or (policy.weights == "none" and results_written)):
+            names.append(WEIGHTS_FILE)
+        names = [n for n in names if n in manifest[str(step)]]
+        if names:
+            drop[step] = names
+    if drop:
+        run.release(drop)
 
 
 def lr_at(cfg: TrainConfig, step: int) -> float:
@@ -391,6 +455,8 @@ class RunStart:
     """Nothing is left to train: the last step was reached or `stop_when` ended the run."""
     weights: dict[str, Tensor] | None = None
     """Weights to load over the seeded initialization: the resumed checkpoint's or `init_from`'s."""
+    init_from: CheckpointRef | None = None
+    """A new run's `init_from` checkpoint, whose weights its step 0 shares instead of copying."""
     optimizer: dict[str, Any] | None = None
     """The resumed optimizer state; None starts a fresh optimizer."""
     # The running train-loss sum and count since the last log row, so a resumed log
@@ -446,11 +512,11 @@ def _open_run(run_dir: str | Path, config: dict[str, Any], train_cfg: TrainConfi
 
 def _first_start(run: Run, train_cfg: TrainConfig) -> RunStart:
     """Step 0 of a run: the seeded initialization, or `init_from`'s weights."""
-    weights = None
-    if train_cfg.init_from:
-        parent, parent_step = parse_init_from(train_cfg.init_from)
-        weights = parent.load_state_dict(parent_step)
-    return RunStart(run, step=0, resumed=False, finished=False, weights=weights)
+    if not train_cfg.init_from:
+        return RunStart(run, step=0, resumed=False, finished=False)
+    parent, parent_step = parse_init_from(train_cfg.init_from)
+    return RunStart(run, step=0, resumed=False, finished=False, weights=parent.load_state_dict(parent_step),
+                    init_from=CheckpointRef.of(parent.path, parent_step))
 
 
 def _check_evaluation(step: int, row: Mapping[str, float], cfg: TrainConfig) -> None:
@@ -482,6 +548,7 @@ def train(
     resume: bool = False,
     device: str | torch.device | None = None,
     progress: bool = True,
+    keep: CheckpointPolicy = KEEP_ALL,
 ) -> Run:
     """Train a model into `run_dir` and return the `Run`.
 
@@ -508,6 +575,9 @@ def train(
     `hooks.pause_when` ends this call the same way, but the run is not finished: a
     later call with `resume=True` continues it to `train_cfg.steps` (e.g. to
     use a checkpoint from just after a transition while the run goes on).
+
+    `keep` decides which checkpoint files stay once a later checkpoint is committed
+    (`CheckpointPolicy`); the step 0 of an `init_from` run shares its parent's weights file.
     """
     device = resolve_device(device)
     config = _run_config(model_cfg, train_cfg, config_extra or {})  # checked before anything is created
@@ -518,7 +588,7 @@ def train(
         if start.finished:
             return start.run
         try:
-            return _train_from(start, model_cfg, train_cfg, data, hooks, device, progress)
+            return _train_from(start, model_cfg, train_cfg, data, hooks, device, progress, keep)
         except NonFiniteError as err:
             steps = start.run.steps
             kept = f"the run is intact up to its last checkpoint, step {steps[-1]}" if steps else "nothing was saved"
@@ -526,7 +596,7 @@ def train(
 
 
 def _train_from(start: RunStart, model_cfg: ModelConfig, train_cfg: TrainConfig, data: DataSource,
-                hooks: TrainHooks, device: torch.device, progress: bool) -> Run:
+                hooks: TrainHooks, device: torch.device, progress: bool, keep: CheckpointPolicy) -> Run:
     """`train`'s loop from `start`, run by the holder of the run's lock."""
     run = start.run
     model = build_model(model_cfg, device=device)
@@ -549,11 +619,13 @@ def _train_from(start: RunStart, model_cfg: ModelConfig, train_cfg: TrainConfig,
         state = {"step": step, "optimizer": None if discarded else stepper.optimizer.state_dict(),
                  "loss_sum": loss_sum, "loss_count": loss_count, "stopped": stopped}
         try:
-            run.save_checkpoint(step, model, state)  # refuses non-finite weights
+            # A fine-tuning run's step 0 is its parent's checkpoint: referenced, not copied.
+            run.save_checkpoint(step, model, state, weights_of=start.init_from if step == 0 else None)
         except NonFiniteError:
             # Finite losses and gradients can still overflow the weights in the update itself.
             raise NonFiniteError(f"training diverged before step {step}: the weights are not finite; lower the "
                                  f"learning rate (train.lr={train_cfg.lr:g})") from None
+        keep_checkpoints(run, train_cfg, keep)
 
     if not start.resumed:
         if hooks.evaluators:

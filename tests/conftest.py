@@ -23,7 +23,7 @@ from helpers import (
 
 from interp.checkpoints import Run
 from interp.model import build_model, fused_forward
-from interp.train import TrainHooks, checkpoint_schedule, train
+from interp.train import CheckpointPolicy, TrainHooks, checkpoint_schedule, train
 
 # The models are tiny: intra-op threads only add contention (several times slower
 # on a busy 2-core machine) and make timings noisy. INTERP_TEST_THREADS=2 runs the suite with two
@@ -59,7 +59,9 @@ def trained_run(tmp_path_factory) -> TrainedRun:
                 out.bridge_logits[done] = model(tokens).clone()
 
     capture(0, build_model(model_cfg, device="cpu"), float("nan"))  # step 0 = the seeded initialization
-    train(path, model_cfg, train_cfg, out.data, hooks=TrainHooks(callbacks=[capture]), device="cpu", progress=False)
+    # Every checkpoint keeps its training state, so tests can read and damage any of them.
+    train(path, model_cfg, train_cfg, out.data, hooks=TrainHooks(callbacks=[capture]), device="cpu", progress=False,
+          keep=CheckpointPolicy(state="all"))
     return out
 
 

@@ -17,11 +17,12 @@ from safetensors import SafetensorError
 
 from interp import files, locking
 from interp.checkpoints import Run
+from interp.cli.info import verify_run
 from interp.files import loads_json, read_json, read_jsonl, save_safetensors, sha256_file
 from interp.locking import run_lock
 from interp.model import build_model, fused_forward, load_model_state_dict
 from interp.run_layout import LOCK_FILE, MANIFEST_FILE, STATE_FILE, WEIGHTS_FILE, CheckpointError, RunDamagedError
-from interp.train import train
+from interp.train import TrainHooks, train
 
 EXPECTED_STEPS = [0, 2, 4, 6, 8]
 
@@ -280,6 +281,44 @@ def test_init_from_loads_parent_weights(trained_run, tmp_path, parent_step):
     # and the child then trains away from it
     after = child.load_state_dict(2)
     assert any(not torch.equal(after[k], trained_run.states[expected_step][k]) for k in after)
+
+
+def test_init_from_step_0_references_the_parent_checkpoint_instead_of_copying_it(trained_run, tmp_path):
+    """A fine-tuning run's step 0 is its parent's checkpoint: listed with the parent's hash, read from the
+    parent's file (relative to the child, so the folder may move), resumed from, verified, never deleted."""
+    parent_path = tmp_path / "analysis" / "runs" / "parent"
+    shutil.copytree(trained_run.path, parent_path)
+    cfg = tiny_train_config(steps=4, init_from=f"{parent_path}@4", lr=1e-2)
+
+    def fine_tune(path, **kwargs):
+        return train(path, trained_run.model_cfg, cfg, RandomTokens(), device="cpu", progress=False, **kwargs)
+
+    def killed_after_step_1(done: int, model, loss: float) -> None:
+        if done == 1:
+            raise KeyboardInterrupt
+
+    whole = fine_tune(tmp_path / "whole")
+    with pytest.raises(KeyboardInterrupt):  # killed before its second checkpoint: it resumes from the shared step 0
+        fine_tune(parent_path.parent / "child", hooks=TrainHooks(callbacks=[killed_after_step_1]))
+    child = Run.open(parent_path.parent / "child")
+    assert child.steps == [0] and not (child.checkpoint_dir(0) / WEIGHTS_FILE).exists()
+    assert json.loads((child.path / MANIFEST_FILE).read_text())["shared"] == {"0": "../parent@4"}
+    assert child.file_path(0, WEIGHTS_FILE).resolve() == (parent_path / "checkpoints/step_000004" / WEIGHTS_FILE)
+    assert child.checkpoint_hash(0) == trained_run.run.checkpoint_hash(4)
+    assert_state_equal(child.load_state_dict(0), trained_run.states[4])
+    child = fine_tune(child.path, resume=True)
+    for step in (0, 2, 4):
+        assert_state_equal(child.load_state_dict(step), whole.load_state_dict(step))
+    assert child.metrics() == whole.metrics()
+    assert verify_run(child) == ([], [])
+    assert (parent_path / "checkpoints/step_000004" / WEIGHTS_FILE).exists()  # never released with the child's
+
+    moved = tmp_path / "moved"
+    (tmp_path / "analysis").rename(moved)
+    assert_state_equal(Run.open(moved / "runs" / "child").load_state_dict(0), trained_run.states[4])
+    shutil.rmtree(moved / "runs" / "parent")
+    failures, _ = verify_run(Run.open(moved / "runs" / "child"))
+    assert len(failures) == 1 and "step_000004" in failures[0] and "shared with ../parent@4" in failures[0]
 
 
 def test_init_from_a_run_without_checkpoints(tmp_path, trained_run):

@@ -7,10 +7,15 @@ import json
 import numpy as np
 import pytest
 
-from analyses.lowrank_forgetting import CONDITIONS, PRESETS, finetune_job
-from interp.analysis import run_analysis
+from analyses.lowrank_forgetting import CONDITIONS, PRESETS, finetune_job, setup_base
+from interp.analysis import TrainingJob, run_analysis
+from interp.checkpoints import Run
+from interp.cli.info import verify_run
 from interp.configs import ConfigError, with_overrides
+from interp.files import bytes_in
 from interp.ids import CheckpointRef
+from interp.pipeline import estimate_disk
+from interp.run_layout import STATE_FILE, WEIGHTS_FILE
 from tasks.forgetting import FineTuningTask, task_specs
 
 
@@ -61,3 +66,37 @@ def test_tiny_preset_end_to_end(tmp_path):
     assert len(runs) == 1 + cfg.tasks.n_tasks + cfg.test_tasks * (len(CONDITIONS) * cfg.replay_seeds - 1)
     base = json.loads((tmp_path / "runs" / "base" / "config.json").read_text())
     assert base["task"]["type"] == "UpstreamConfig"
+    # A fine-tuning run keeps its scores, config and log but no weights (its step 0 was the base's, referenced),
+    # and still verifies; the base keeps every checkpoint's weights, the training state of its last only.
+    for path in runs:
+        run = Run.open(path)
+        assert verify_run(run) == ([], [])
+        if path.name == "base":
+            assert run.steps == run.committed_steps == [0, 20]
+            assert [p.parent.name for p in path.rglob(STATE_FILE)] == ["step_000020"]
+        else:
+            assert run.steps == [] and run.committed_steps[0] == 0 and not list(path.rglob(WEIGHTS_FILE))
+            assert (path / "pool_example_losses.npy").exists() and (path / "heldout_example_losses.npy").exists()
+    # The disk estimate of each job (what --plan shows) is within 25% of what its run takes.
+    base_job = TrainingJob("base", cfg.model, cfg.train, cfg.upstream, setup_base)
+    assert estimate_disk(base_job).kept == pytest.approx(bytes_in(tmp_path / "runs" / "base"), rel=0.25)
+    row = finetune_job(cfg, 0, CheckpointRef("runs/base"), cfg.seed)
+    scores = sum(p.stat().st_size for p in (tmp_path / "runs" / row.name).glob("*_example_losses.npy"))
+    assert estimate_disk(row).kept == pytest.approx(bytes_in(tmp_path / "runs" / row.name) - scores, rel=0.25)
+    # Resumed, every finished run is taken as it is (its scores are not recomputed from released weights).
+    again = run_analysis("lowrank-forgetting", tmp_path, preset="tiny", progress=False, resume=True)
+    assert {k: v for k, v in again.items() if k != "wall_seconds"} == {
+        k: v for k, v in results.items() if k != "wall_seconds"}
+
+
+def test_the_gpu_preset_fits_in_a_gigabyte_and_a_half_of_disk():
+    """The base keeps its five checkpoints; each of the 466 fine-tuning runs its log and scores only (before the
+    checkpoint policies: a step-0 copy and the final weights each, 13.6 MB apiece, about 12.7 GB in all)."""
+    cfg = PRESETS["gpu"]
+    rows = [finetune_job(cfg, i, CheckpointRef("runs/base"), cfg.seed) for i in range(cfg.tasks.n_tasks)]
+    replays = cfg.test_tasks * (len(CONDITIONS) * cfg.replay_seeds - 1)
+    scores = 2 * 8 * (cfg.upstream.pool_size + cfg.upstream.heldout_size)  # float64 losses, pool and held-out
+    per_row = sum(estimate_disk(job).kept for job in rows) / len(rows) + scores
+    base = estimate_disk(TrainingJob("base", cfg.model, cfg.train, cfg.upstream, setup_base))
+    total = base.kept + (len(rows) + replays) * per_row
+    assert total < 1.5e9 and base.kept > 5 * 13e6

@@ -35,7 +35,7 @@ from interp.metrics import outputs
 from interp.model import ModelConfig
 from interp.probing import Probe, probe
 from interp.run_layout import CONFIG_FILE, LOCK_FILE, MANIFEST_FILE, METRICS_FILE, CheckpointError, RunDamagedError
-from interp.train import TrainConfig, TrainHooks, train
+from interp.train import CheckpointPolicy, TrainConfig, TrainHooks, train
 
 TESTS = Path(__file__).parent
 
@@ -72,8 +72,9 @@ def snapshot_files(root: Path) -> dict[str, bytes]:
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory) -> Run:
-    """The finished tiny run (steps 0..8, checkpoints every 2, a row every step)."""
-    return run_train(tmp_path_factory.mktemp("ref") / "run")
+    """The finished tiny run (steps 0..8, checkpoints every 2, a row every step), keeping every
+    checkpoint's training state, so a test can cut it back to any checkpoint as a kill would."""
+    return run_train(tmp_path_factory.mktemp("ref") / "run", keep=CheckpointPolicy(state="all"))
 
 
 @pytest.fixture
@@ -586,7 +587,7 @@ def test_a_kill_before_checkpoint_0_leaves_no_duplicate_step_0_row(tmp_path, mon
     reference = run_train(tmp_path / "reference", cfg, hooks=TrainHooks(evaluators=evaluators))
     real = Run.save_checkpoint
 
-    def dying(self, step, model, state):
+    def dying(self, step, model, state, weights_of=None):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(Run, "save_checkpoint", dying)

@@ -12,8 +12,12 @@ import time
 
 import pytest
 
+from interp.analysis import CheckpointPolicy
+from interp.checkpoints import Run
 from interp.cli import main
+from interp.cli.info import verify_run
 from interp.parallel import LocalBackend, RayBackend
+from interp.run_layout import STATE_FILE
 from interp.sweep import grid_points, parse_grid, read_table, run_sweep, scalar_results
 
 ANALYSIS = "induction-heads"
@@ -59,12 +63,17 @@ def _results(table):
 
 def test_sweep_table_figures_and_skipping_complete_points(tmp_path):
     grid = {"train.lr": ["1e-3", "3e-3"]}
-    table = run_sweep(ANALYSIS, tmp_path, "tiny", grid, seeds=[0], backend=LocalBackend(workers=2, torch_threads=1))
+    table = run_sweep(ANALYSIS, tmp_path, "tiny", grid, seeds=[0], backend=LocalBackend(workers=2, torch_threads=1),
+                      keep=CheckpointPolicy())
     assert [r["status"] for r in table] == ["ok", "ok"] and not any(r["skipped"] for r in table)
     assert read_table(tmp_path) == table
     assert {r["overrides"]["train.lr"] for r in table} == {"1e-3", "3e-3"}
     assert all("induction_score_final" in r["results"] for r in table)
     assert (tmp_path / "points" / table[0]["point"] / "report.md").exists()
+    # keep="all": a complete point's runs keep every checkpoint's weights, the training state of the last only
+    runs = [Run.open(p) for p in sorted((tmp_path / "points").glob("*/runs/*"))]
+    assert runs and all(run.steps == run.committed_steps and len(run.steps) > 2 for run in runs)
+    assert all(len(list(run.path.rglob(STATE_FILE))) == 1 for run in runs)
     figures = {p.name for p in (tmp_path / "figures").glob("*.png")}
     # The tiny preset shows no phase change (phase_change_step is null), so that headline has no figure.
     assert figures == {"induction_score_final_vs_train.lr.png", "repeated_loss_after_vs_train.lr.png"}
@@ -73,7 +82,8 @@ def test_sweep_table_figures_and_skipping_complete_points(tmp_path):
     second = tmp_path / "points" / table[1]["point"] / "results.json"
     stamp = first.stat().st_mtime_ns
     second.unlink()
-    again = run_sweep(ANALYSIS, tmp_path, "tiny", grid, seeds=[0], backend=LocalBackend(workers=1, torch_threads=1))
+    again = run_sweep(ANALYSIS, tmp_path, "tiny", grid, seeds=[0], backend=LocalBackend(workers=1, torch_threads=1),
+                      keep=CheckpointPolicy())
     assert [r["skipped"] for r in again] == [True, False]
     assert first.stat().st_mtime_ns == stamp
     assert _results(again) == _results(table)  # the re-run point resumed to the same numbers
@@ -93,6 +103,15 @@ def test_cli_sweep_prints_the_table(tmp_path, capsys):
                  "--workers", "1", "--out", str(tmp_path)]) == 0
     printed = capsys.readouterr().out
     assert "train.lr=1e-3,seed=0" in printed and "1 points, 0 failed" in printed
+    # By default (SWEEP_KEEP) a complete point's runs keep their final weights only, and still verify.
+    runs = [Run.open(p) for p in (tmp_path / "points").glob("*/runs/*")]
+    assert runs and all(run.steps == [run.committed_steps[-1]] and verify_run(run) == ([], []) for run in runs)
+    assert all(len(list(run.path.rglob(STATE_FILE))) == 1 for run in runs)
+    # whose numbers could not be computed again from them once its results.json is gone
+    next((tmp_path / "points").glob("*/results.json")).unlink()
+    assert main(["sweep", ANALYSIS, "--preset", "tiny", "--grid", "train.lr=1e-3", "--seeds", "1",
+                 "--workers", "1", "--out", str(tmp_path)]) == 2
+    assert "cannot be computed again" in capsys.readouterr().err
     assert main(["sweep", ANALYSIS, "--preset", "nope", "--out", str(tmp_path / "x")]) == 2
 
 

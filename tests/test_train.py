@@ -29,9 +29,18 @@ from interp.model import (
     model_state_dict,
     trainable_parameters,
 )
-from interp.run_layout import MANIFEST_FILE
+from interp.run_layout import MANIFEST_FILE, STATE_FILE
 from interp.seeding import BATCHES, generator
-from interp.train import TrainConfig, TrainHooks, checkpoint_schedule, lr_at, take_steps, train
+from interp.train import (
+    CheckpointPolicy,
+    TrainConfig,
+    TrainHooks,
+    checkpoint_schedule,
+    keep_checkpoints,
+    lr_at,
+    take_steps,
+    train,
+)
 from tasks.induction import RepeatedSegments, RepeatedSegmentsConfig
 
 
@@ -105,22 +114,100 @@ RESUME_CASES = {
 }
 
 
+POLICY_KILLS = {"all": [3, 5], "log": [3, 7], "final": [1, 9], "none": [5]}
+
+
+@pytest.mark.parametrize("weights", list(POLICY_KILLS))
+def test_a_run_that_keeps_only_some_files_resumes_bitwise(tmp_path, weights):
+    """Under each policy a run killed anywhere loses nothing it checkpointed: its last checkpoint
+    keeps weights and training state, the resume ends with the weights and log of an uninterrupted
+    run that kept everything, and what is left on disk is what the policy says."""
+    model_cfg = tiny_model_config()
+    # log-spaced 1, 3, 10 (of geomspace(1, 10, 3) rounded) with resume points every 2 steps
+    train_cfg = tiny_train_config(optimizer="adamw", steps=10, checkpoint_every=2, checkpoint_log=3)
+    policy = CheckpointPolicy(weights=weights)
+    reference = run_train(tmp_path / "reference", model_cfg, train_cfg, keep=CheckpointPolicy(state="all"))
+    path = tmp_path / "run"
+    for kill in POLICY_KILLS[weights]:
+        with pytest.raises(KeyboardInterrupt):
+            run_train(path, model_cfg, train_cfg, hooks=TrainHooks(callbacks=[Interrupt(kill)]), resume=True,
+                      keep=policy)
+        partial = Run.open(path)
+        last = max(s for s in reference.steps if s <= kill)
+        assert partial.committed_steps == [s for s in reference.steps if s <= kill]
+        assert [s for s in partial.committed_steps if STATE_FILE in partial.manifest[str(s)]] == [last]
+        assert last in partial.steps
+        assert_state_equal(partial.load_state_dict(last), reference.load_state_dict(last))
+        assert partial.load_training_state(last).keys() == reference.load_training_state(last).keys()
+        assert partial.inspect().problems() == []
+    resumed = run_train(path, model_cfg, train_cfg, resume=True, keep=policy)
+    kept = {"all": [0, 1, 2, 3, 4, 6, 8, 10], "log": [0, 1, 3, 10], "final": [10], "none": [10]}[weights]
+    assert resumed.committed_steps == reference.steps
+    assert resumed.steps == kept
+    for step in kept:
+        assert_state_equal(resumed.load_state_dict(step), reference.load_state_dict(step))
+    assert resumed.metrics() == reference.metrics()
+    assert [s for s in resumed.committed_steps if STATE_FILE in resumed.manifest[str(s)]] == [10]
+    assert sorted(int(p.name.split("_")[1]) for p in (path / "checkpoints").iterdir()) == [
+        s for s in reference.steps if s in kept or s == 10]
+    assert resumed.inspect().problems() == []
+    assert run_train(path, model_cfg, train_cfg, resume=True, keep=policy).steps == kept  # finished: as it is
+
+
+def test_weights_none_releases_the_last_checkpoint_only_once_results_are_written(tmp_path):
+    train_cfg = tiny_train_config(steps=4, checkpoint_every=2)
+    policy = CheckpointPolicy(weights="none")
+    run = run_train(tmp_path / "run", tiny_model_config(), train_cfg, keep=policy)
+    assert run.steps == [4]  # what the job's results are computed from
+    keep_checkpoints(run, train_cfg, policy, results_written=True)
+    assert run.steps == [] and run.committed_steps == [0, 2, 4]
+    assert list((tmp_path / "run" / "checkpoints").iterdir()) == [run.checkpoint_dir(4)]  # its state.pt
+    assert run.load_training_state(4)["step"] == 4
+    with pytest.raises(checkpoints.CheckpointError, match="keeps no weights"):
+        run.load()
+    # a resume knows the run is finished, from its last committed checkpoint
+    assert run_train(tmp_path / "run", tiny_model_config(), train_cfg, resume=True, keep=policy).steps == []
+
+
+def test_a_policy_release_killed_before_its_files_are_deleted_is_repaired(tmp_path, monkeypatch):
+    train_cfg = tiny_train_config(steps=6, checkpoint_every=2)
+    reference = run_train(tmp_path / "reference", tiny_model_config(), train_cfg)
+    monkeypatch.setattr(checkpoints.Path, "unlink", lambda self, missing_ok=False: None)  # killed before deleting
+    with pytest.raises(KeyboardInterrupt):
+        run_train(tmp_path / "run", tiny_model_config(), train_cfg, keep=CheckpointPolicy(weights="final"),
+                  hooks=TrainHooks(callbacks=[Interrupt(5)]))
+    monkeypatch.undo()
+    run = Run(tmp_path / "run")
+    state = run.inspect()
+    assert state.damage() == []
+    assert state.released == [run.checkpoint_dir(0), run.checkpoint_dir(2)]  # left with no file: the whole folder
+    assert "no longer lists" in state.repairs()[0]
+    resumed = run_train(tmp_path / "run", tiny_model_config(), train_cfg, resume=True,
+                        keep=CheckpointPolicy(weights="final"))
+    assert resumed.inspect().problems() == []
+    assert resumed.steps == [6]
+    assert_state_equal(resumed.load_state_dict(6), reference.load_state_dict(6))
+    assert [p.name for p in (tmp_path / "run" / "checkpoints").iterdir()] == ["step_000006"]
+
+
 @pytest.mark.parametrize("case", list(RESUME_CASES))
 def test_kill_and_resume_is_bitwise_identical(tmp_path, case):
     overrides, kills = RESUME_CASES[case]
     model_cfg = tiny_model_config()
     train_cfg = tiny_train_config(log_every=1, **overrides)
+    every_state = CheckpointPolicy(state="all")  # the optimizer states of both runs are compared below
 
-    reference = run_train(tmp_path / "reference", model_cfg, train_cfg)
+    reference = run_train(tmp_path / "reference", model_cfg, train_cfg, keep=every_state)
 
     path = tmp_path / "interrupted"
     for kill in kills:
         with pytest.raises(KeyboardInterrupt):
-            run_train(path, model_cfg, train_cfg, hooks=TrainHooks(callbacks=[Interrupt(kill)]), resume=True)
+            run_train(path, model_cfg, train_cfg, hooks=TrainHooks(callbacks=[Interrupt(kill)]), resume=True,
+                      keep=every_state)
         partial = Run.open(path)
         assert partial.steps[-1] <= kill < train_cfg.steps
         assert partial.steps == [s for s in reference.steps if s <= kill]
-    resumed = run_train(path, model_cfg, train_cfg, resume=True)
+    resumed = run_train(path, model_cfg, train_cfg, resume=True, keep=every_state)
 
     assert resumed.steps == reference.steps
     for step in reference.steps:
@@ -683,6 +770,6 @@ def test_take_steps_restarts_the_optimizer_at_episodes(tmp_path):
 def test_episode_boundary_checkpoints_of_a_resetting_run_skip_the_optimizer_state(tmp_path):
     train_cfg = tiny_train_config(steps=6, checkpoint_every=0, checkpoint_steps=(2, 3, 4), optimizer="adam",
                                   episode_steps=3, reset_optimizer_each_episode=True)
-    run = run_train(tmp_path / "run", tiny_model_config(), train_cfg)
+    run = run_train(tmp_path / "run", tiny_model_config(), train_cfg, keep=CheckpointPolicy(state="all"))
     assert [s for s in run.steps if run.load_training_state(s)["optimizer"] is None] == [0, 3, 6]
     assert run.load_training_state(4)["optimizer"]["state"]

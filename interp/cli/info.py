@@ -11,9 +11,10 @@ import torch
 from interp.checkpoints import Run
 from interp.cli.errors import EXIT_FAILED
 from interp.cli.runs import model_config, one_run, run_dirs
-from interp.files import read_json, scan_jsonl
+from interp.files import bytes_in, read_json, scan_jsonl
+from interp.memory import format_bytes
 from interp.probing import cache_rows, probe_cache_files
-from interp.run_layout import ANALYSIS_FILE, CONFIG_FILE, CheckpointError
+from interp.run_layout import ANALYSIS_FILE, CONFIG_FILE, STATE_FILE, WEIGHTS_FILE, CheckpointError
 from interp.suites import HUB_PREFIX, CheckpointSuite, is_suite_folder
 
 
@@ -43,18 +44,30 @@ def _run_status(run: Run) -> tuple[str, bool]:
             "--resume` continues it)"), False
 
 
+def kept_files(run: Run) -> str:
+    """What a run's checkpoints keep, as a checkpoint policy left them: weights at how many of
+    the committed checkpoints, and training states (a resume needs the last one's only)."""
+    manifest, steps = run.manifest, run.committed_steps
+    states = sum(STATE_FILE in manifest[str(step)] for step in steps)
+    return (f"weights at {len(run.steps)} of {len(steps)} checkpoint{'s' * (len(steps) != 1)} and "
+            f"{states} training state{'s' * (states != 1)}")
+
+
 def verify_run(run: Run) -> tuple[list[str], list[str]]:
     """(failures, notes) of a run: every checkpoint's files against their sha256 in the
     manifest and loaded (weights finite), the structure (`Run.inspect`: damage is a failure,
     a killed writer's leftovers a note), completeness, and strict JSON in the probe caches."""
     state = run.inspect()
     failures, notes = list(state.damage()), list(state.repairs())
+    manifest = run.manifest if not state.manifest_error else {}
     for step in state.steps:
-        if step not in state.step_dirs:
+        if step in state.local_steps and step not in state.step_dirs:
             continue  # named by damage()
+        kept = manifest[str(step)]  # only the files the checkpoint policy kept (weights may be another run's)
         try:
-            weights = run.load_state_dict(step)
-            run.load_training_state(step)
+            weights = run.load_state_dict(step) if WEIGHTS_FILE in kept else {}
+            if STATE_FILE in kept:
+                run.load_training_state(step)
         except CheckpointError as err:
             failures.append(str(err))
             continue
@@ -166,7 +179,7 @@ def cmd_info(args: argparse.Namespace) -> int:
                 for line in failures:
                     print(f"    - {line}")
             else:
-                print(f"  verify: OK ({len(run.steps)} checkpoints match their sha256 and load with finite weights)")
+                print(f"  verify: OK ({kept_files(run)} match their sha256 and load, with finite weights)")
             for line in notes:
                 print(f"    note: {line}")
     return EXIT_FAILED if failed else 0
@@ -213,7 +226,10 @@ def _describe(run: Run) -> None:
           f"batch={train_cfg.get('batch_size')}, seed={train_cfg.get('seed')}")
     state = run.inspect()
     steps = state.steps
-    print(f"  checkpoints: {len(steps)} ({steps[0] if steps else '-'} .. {steps[-1] if steps else '-'})")
+    print(f"  checkpoints: {len(steps)} ({steps[0] if steps else '-'} .. {steps[-1] if steps else '-'})"
+          + ("" if state.manifest_error else f"; {kept_files(run)} kept"))
+    print(f"  size: {format_bytes(bytes_in(run.path))} on disk" + "".join(
+        f"; step {step}'s weights are {ref}'s (relative to the run)" for step, ref in run.shared_weights().items()))
     print(f"  status: {run_status(run)[0]}")
     damage = state.damage()
     if damage:

@@ -183,6 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_backend_args(p, "point")
     p.add_argument("--device", default=None, help="device for every point (default: CUDA if present)")
     p.add_argument("--metrics", default="", help="comma-separated results to tabulate and plot (default: headline)")
+    p.add_argument("--keep", choices=["all", "log", "final", "none"], default="final",
+                   help="checkpoint weights each complete point's runs keep (default: final; training states go)")
     p.set_defaults(fn="interp.cli.sweep:cmd_sweep")
 
     p = sub.add_parser("info", parents=[common],

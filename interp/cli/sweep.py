@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
 
 from interp.analysis import get_analysis
 from interp.cli.checks import check_device
 from interp.cli.run import backend
-from interp.sweep import parse_grid, run_sweep
+from interp.sweep import SWEEP_KEEP, parse_grid, run_sweep
 
 
 def sweep_dir(args: argparse.Namespace) -> Path:
@@ -21,7 +22,7 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     out = sweep_dir(args)
     metrics = [m for m in args.metrics.split(",") if m] if args.metrics else []
     table = run_sweep(args.name, out, args.preset, grid, seeds, backend(args), device=check_device(args.device),
-                      metrics=metrics)
+                      metrics=metrics, keep=replace(SWEEP_KEEP, weights=args.keep))
     keys = metrics or list(get_analysis(args.name).headline)
     print("point".ljust(40) + "status   " + " ".join(f"{k[:14]:>14s}" for k in keys))
     for row in table:

@@ -578,7 +578,7 @@ def run_status(run: CheckpointSource) -> str:
     if not isinstance(run, Run):  # a checkpoint suite: no training config says where it was meant to end
         return f"checkpoint suite: {len(run.steps)} checkpoints (steps {run.steps[0]} .. {run.steps[-1]})"
     total = run.config.get("train", {}).get("steps")
-    last = run.steps[-1]
+    last = run.committed_steps[-1]  # where the run got to, whether or not its weights were kept there
     if last == total:
         return f"complete ({last} steps)"
     try:

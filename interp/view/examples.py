@@ -312,6 +312,10 @@ def add_token_strips(runs: dict[str, dict[str, Any]], source_runs: dict[str, Run
         run = source_runs[name]
         examples = [("task", task_example(run)), *(("input", e) for e in inputs[name])]
         cost = strip_bytes(run, [e for _, e in examples])
+        if not run.steps:  # its checkpoint policy kept no weights (the job's results are its own files)
+            runs[name]["strip"] = None
+            runs[name]["notes"].append("no token strips: this run keeps no weights (its checkpoint policy)")
+            continue
         if i and cost > budget:
             runs[name]["strip"] = None
             runs[name]["notes"].append("no token strips in this page (its size budget went to other runs)")
