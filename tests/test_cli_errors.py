@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import RandomTokens, tiny_model_config, tiny_train_config
 from matplotlib.figure import Figure
 from safetensors import SafetensorError
 
@@ -45,6 +46,7 @@ from interp.memory import (
 from interp.model import ModelConfig, build_model, model_state_dict
 from interp.parallel import JobsFailed
 from interp.run_layout import LOCK_FILE, MANIFEST_FILE
+from interp.train import TrainHooks, train
 from interp.viz import save_figure
 
 ROOT = Path(__file__).parents[1]
@@ -549,16 +551,22 @@ def test_verify_names_a_flipped_byte(analysis_copy, capsys):
 
 
 def test_verify_reports_an_incomplete_run(analysis_copy, capsys):
+    """A run killed after its checkpoint at step 6 of 12 (what a kill leaves: that checkpoint
+    holds weights and training state) in an analysis that never wrote its results."""
     run = analysis_copy / "runs" / "main"
-    manifest = strict_json(run / MANIFEST_FILE)
-    last = max(manifest["checkpoints"], key=int)
-    del manifest["checkpoints"][last]
-    (run / MANIFEST_FILE).write_text(json.dumps({"checkpoints": manifest["checkpoints"]}))
-    shutil.rmtree(run / "checkpoints" / f"step_{int(last):06d}")
+    shutil.rmtree(run)
+
+    def interrupt(done: int, model, loss: float) -> None:
+        if done == 7:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(run, tiny_model_config(), tiny_train_config(steps=12, checkpoint_every=3), RandomTokens(),
+              device="cpu", progress=False, hooks=TrainHooks(callbacks=[interrupt]))
     (analysis_copy / "results.json").unlink()
     assert main(["info", str(analysis_copy)]) == 0
     out = capsys.readouterr().out
-    assert "status: INCOMPLETE: last checkpoint at step" in out and "INCOMPLETE: no results.json" in out
+    assert "status: INCOMPLETE: last checkpoint at step 6" in out and "INCOMPLETE: no results.json" in out
     assert main(["info", str(analysis_copy), "--verify"]) == 1
     assert "verify: FAILED" in capsys.readouterr().out
 
