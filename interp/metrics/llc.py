@@ -374,7 +374,6 @@ class _OneHeadLoss:
     def __init__(self, inputs: _LayerInputs, head: HeadId, loss: ScoredLoss, data: Data) -> None:
         self.inputs, self.loss, self.data = inputs, loss, data
         self.columns = slice(head.head * inputs.parts.d_head, (head.head + 1) * inputs.parts.d_head)
-        self.prefix = f"blocks.{head.layer}.attn"
         o_weight = inputs.parts.blocks[head.layer].attn.o.weight
         with torch.no_grad():  # the residual stream after attention, less this head's part
             self.without_head = inputs.attended - F.linear(inputs.heads[..., self.columns], o_weight[:, self.columns])
@@ -382,11 +381,13 @@ class _OneHeadLoss:
     def __call__(self, weights: Mapping[str, Tensor], rows: Tensor) -> Tensor:
         """The loss on `rows` with the head's part of `weights` (the layer's sampled q, k, v and o tensors)."""
         rows = rows.to(self.without_head.device)
-        qkv = [weights[f"{self.prefix}.{p}.{kind}"][self.columns] for kind in ("weight", "bias") for p in "qkv"]
+        by_part = {(split.projection, name.rsplit(".", 1)[1]): w for name, w in weights.items()
+                   if (split := head_slices(name)) is not None}
+        qkv = [by_part[p, kind][self.columns] for kind in ("weight", "bias") for p in "qkv"]
         parts, layer = self.inputs.parts, self.inputs.layer
         z = fused_attention(parts, layer, self.inputs.normed[rows], torch.cat(qkv[:3]), torch.cat(qkv[3:]))
         h = self.without_head[rows] + F.linear(z.transpose(1, 2).flatten(2),
-                                               weights[f"{self.prefix}.o.weight"][:, self.columns])
+                                               by_part["o", "weight"][:, self.columns])
         logits = fused_logits_after_attention(parts, h, layer)
         return self.loss.of_logits(logits, {k: t[rows.to(t.device)] for k, t in self.data.items()})
 
