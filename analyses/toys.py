@@ -24,14 +24,17 @@ rises back: the first strategy is transient.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-from matplotlib.figure import Figure
 
 from interp import seeding
 from interp.configs import require, require_positive
 from interp.metrics import drift, recovery
 from interp.viz import plot_curves, plot_trajectory
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 @dataclass(frozen=True)

@@ -12,12 +12,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import matplotlib.figure
+from typing import TYPE_CHECKING, Any
 
 from interp.files import atomic_write_bytes
 from interp.viz import save_figure
+
+if TYPE_CHECKING:
+    import matplotlib.figure
 
 FIGURES_DIR = "figures"
 

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-from matplotlib.figure import Figure
+
+from interp.viz.curves import new_figure
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 def plot_attention(
@@ -20,7 +25,7 @@ def plot_attention(
         raise ValueError(f"pattern: expected a square [query, key] array, got shape {pattern.shape}")
     n = pattern.shape[0]
     size = min(9.0, 2.5 + 0.12 * n)
-    fig = Figure(figsize=(size + 1.0, size))
+    fig = new_figure(figsize=(size + 1.0, size))
     ax = fig.add_subplot()
     image = ax.imshow(pattern, cmap="Blues", vmin=0.0, vmax=1.0)
     if labels is not None:

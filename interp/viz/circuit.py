@@ -3,18 +3,23 @@ on the left, the logits on the right; edge width is |weight|, colour its sign.""
 
 from __future__ import annotations
 
-from matplotlib.axes import Axes
-from matplotlib.figure import Figure
-from matplotlib.patches import FancyArrowPatch
+from typing import TYPE_CHECKING
 
 from interp.circuits.graph import CircuitGraph
 from interp.ids import HeadId
+from interp.viz.curves import new_figure
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 POSITIVE, NEGATIVE = "#1f77b4", "#d62728"
 INPUT_STYLE = {"q": "arc3,rad=0.18", "k": "arc3,rad=0.0", "v": "arc3,rad=-0.18", None: "arc3,rad=0.0"}
 
 
 def _draw(ax: Axes, graph: CircuitGraph, fraction: float, title: str) -> None:
+    from matplotlib.patches import FancyArrowPatch
+
     shape = graph.shape
     kept = graph.kept(fraction)
     largest = max((abs(w) for w in kept.values()), default=1.0) or 1.0
@@ -44,7 +49,8 @@ def plot_circuit(graph: CircuitGraph, *, title: str = "", fraction: float = 0.1)
     """The edges whose |weight| reaches `fraction` of the largest; q/k/v inputs of a head
     arrive curved up, straight and curved down."""
     shape = graph.shape
-    fig = Figure(figsize=(1.6 * (2 + shape.n_layers * (1 if shape.attn_only else 2)) + 1, 0.7 * shape.n_heads + 1.6))
+    columns = 2 + shape.n_layers * (1 if shape.attn_only else 2)
+    fig = new_figure(figsize=(1.6 * columns + 1, 0.7 * shape.n_heads + 1.6))
     _draw(fig.subplots(), graph, fraction, title or f"{graph.method} circuit at step {graph.step}")
     fig.text(0.01, 0.01, f"blue +, red -; width |weight|; q arcs up, k straight, v down. {graph.metric}"[:140],
              fontsize=6)
@@ -56,7 +62,7 @@ def plot_circuit_diff(before: CircuitGraph, after: CircuitGraph, *, title: str =
     diff = before.diff(after, fraction)
     shape = before.shape
     width = 1.6 * (2 + shape.n_layers * (1 if shape.attn_only else 2)) + 1
-    fig = Figure(figsize=(2 * width, 0.7 * shape.n_heads + 2.0))
+    fig = new_figure(figsize=(2 * width, 0.7 * shape.n_heads + 2.0))
     left, right = fig.subplots(1, 2)
     _draw(left, before, fraction, f"step {before.step}")
     _draw(right, after, fraction, f"step {after.step}")

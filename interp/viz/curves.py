@@ -6,9 +6,20 @@ import os
 import secrets
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from matplotlib.figure import Figure
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+
+def new_figure(**options: Any) -> Figure:
+    """A matplotlib `Figure(**options)`, matplotlib imported on the first one (a quarter of a
+    second: the command line lists analyses, whose modules import this one, without it)."""
+    from matplotlib.figure import Figure
+
+    return Figure(**options)
 
 
 def save_figure(fig: Figure, path: str | Path, dpi: int = 120) -> Path:
@@ -72,7 +83,7 @@ def plot_curves(
     series (e.g. a loss beside accuracies) are drawn dashed on a right-hand axis
     labelled `secondary_label`, logarithmic with `secondary_logy`.
     """
-    fig = Figure(figsize=figsize)
+    fig = new_figure(figsize=figsize)
     ax = fig.add_subplot()
     for name, (steps, values) in series.items():
         steps = plot_steps(steps, logx)
@@ -118,7 +129,7 @@ def plot_bars(
 ) -> Figure:
     """One bar per named value, with optional error bars (e.g. a 95% interval)
     and a labelled horizontal reference line."""
-    fig = Figure(figsize=figsize)
+    fig = new_figure(figsize=figsize)
     ax = fig.add_subplot()
     names = list(values)
     heights = [values[n] for n in names]

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-import numpy as np
-from matplotlib.figure import Figure
+from typing import TYPE_CHECKING
 
-from interp.viz.curves import plot_steps
+import numpy as np
+
+from interp.viz.curves import new_figure, plot_steps
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 def _panel_steps(n_steps: int, n_panels: int) -> list[int]:
@@ -34,7 +38,7 @@ def plot_head_grids(
         raise ValueError(f"titles: expected one per step ({len(steps)}), got {len(titles)}")
     picks = list(range(len(steps))) if titles is not None else _panel_steps(len(steps), n_panels)
     n_layers, n_heads = grid.shape[1:]
-    fig = Figure(figsize=(2.2 * len(picks) + 0.8, 0.55 * n_layers + 1.4))
+    fig = new_figure(figsize=(2.2 * len(picks) + 0.8, 0.55 * n_layers + 1.4))
     axes = fig.subplots(1, len(picks), squeeze=False)[0]
     image = None
     for ax, i in zip(axes, picks, strict=True):
@@ -59,7 +63,7 @@ def plot_head_curves(
 ) -> Figure:
     """Every head's score over training, one panel per layer."""
     n_layers, n_heads = grid.shape[1:]
-    fig = Figure(figsize=(4.2 * n_layers, 3.4))
+    fig = new_figure(figsize=(4.2 * n_layers, 3.4))
     axes = fig.subplots(1, n_layers, squeeze=False, sharey=True)[0]
     x = plot_steps(steps, logx)
     for layer, ax in enumerate(axes):

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+
+from interp.viz.curves import new_figure
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 def plot_matrix(
@@ -27,7 +31,7 @@ def plot_matrix(
     mark boundaries (e.g. epochs, in tick units) on both axes. NaN cells are
     left blank."""
     matrix = np.asarray(matrix, dtype=float)
-    fig = Figure(figsize=figsize)
+    fig = new_figure(figsize=figsize)
     ax = fig.add_subplot()
     limits = {}
     if symmetric:
@@ -36,6 +40,8 @@ def plot_matrix(
     rows, cols = matrix.shape
     extent = (start - 0.5, start + cols - 0.5, start + rows - 0.5, start - 0.5)
     image = ax.imshow(matrix, cmap=cmap, aspect="auto", interpolation="nearest", extent=extent, **limits)
+    from matplotlib.ticker import MaxNLocator
+
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     for position in gridlines:
@@ -63,7 +69,7 @@ def plot_trajectory(
     if coords.ndim != 2 or coords.shape[1] not in (2, 3):
         raise ValueError(f"coords: expected shape [n, 2] or [n, 3], got {coords.shape}")
     colours = np.arange(len(coords)) if colour_by is None else np.asarray(colour_by)
-    fig = Figure(figsize=figsize)
+    fig = new_figure(figsize=figsize)
     three_d = coords.shape[1] == 3
     ax = fig.add_subplot(projection="3d" if three_d else None)
     ax.plot(*coords.T, color="0.6", lw=0.7)
