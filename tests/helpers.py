@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from interp import suites
 from interp.checkpoints import Run
 from interp.model import Batch, ModelConfig, model_state_dict
 from interp.train import TrainConfig
@@ -111,3 +112,17 @@ def square_and_threads(x: int) -> tuple[int, int]:
 def worker_pid(_: int) -> int:
     """A job for process-pool tests: the id of the process that ran it."""
     return os.getpid()
+
+
+class Loads:
+    """Counts the checkpoints `transformers` loads for the suites."""
+
+    def __init__(self, monkeypatch):
+        self.count = 0
+        real = suites._from_pretrained
+
+        def counted(location, **kwargs):
+            self.count += 1
+            return real(location, **kwargs)
+
+        monkeypatch.setattr(suites, "_from_pretrained", counted)

@@ -19,6 +19,7 @@ import pytest
 import torch
 import transformers
 import transformers.utils.hub
+from helpers import Loads
 from transformers import AutoModelForCausalLM, GPTNeoXConfig
 
 from interp import suites
@@ -57,20 +58,6 @@ def save_steps(folder: Path, steps: list[int], name: str = "step{}", seed: int =
 
 def ind_probe() -> dict:
     return {"ind": heads.induction_probe([1], PERIOD)}
-
-
-class Loads:
-    """Counts the checkpoints `transformers` loads for the suites."""
-
-    def __init__(self, monkeypatch):
-        self.count = 0
-        real = suites._from_pretrained
-
-        def counted(location, **kwargs):
-            self.count += 1
-            return real(location, **kwargs)
-
-        monkeypatch.setattr(suites, "_from_pretrained", counted)
 
 
 @pytest.fixture

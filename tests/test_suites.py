@@ -25,6 +25,7 @@ import pytest
 import torch
 import transformers
 import transformers.utils.hub
+from helpers import Loads
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import (
     AutoConfig,
@@ -114,20 +115,6 @@ def save_tokenizer(folder: Path) -> PreTrainedTokenizerFast:
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]")
     tokenizer.save_pretrained(folder)
     return tokenizer
-
-
-class Loads:
-    """Counts the checkpoints `transformers` loads for the suites."""
-
-    def __init__(self, monkeypatch):
-        self.count = 0
-        real = suites._from_pretrained
-
-        def counted(location, **kwargs):
-            self.count += 1
-            return real(location, **kwargs)
-
-        monkeypatch.setattr(suites, "_from_pretrained", counted)
 
 
 def resid_probe(layer: int) -> Probe:
