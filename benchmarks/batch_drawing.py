@@ -43,7 +43,7 @@ from _common import environment, median, spread, sync, table, write_result  # no
 
 from analyses import fact_learning, icl_transience  # noqa: E402
 from interp.devices import resolve_device  # noqa: E402
-from interp.model import batch_to, build_model  # noqa: E402
+from interp.model import build_model, training_batch  # noqa: E402
 from interp.seeding import BATCHES, generator  # noqa: E402
 from interp.train import Stepper  # noqa: E402
 from tasks import biographies, fewshot  # noqa: E402
@@ -123,7 +123,7 @@ def time_train_step(cfg: Any, batch: dict[str, torch.Tensor], steps: int, device
     model = build_model(cfg.model, device=device)
     stepper = Stepper(model, cfg.train)
     model.train()
-    batch = batch_to(batch, device)
+    batch = training_batch(batch, device)
     out = []
     for step in range(steps):
         sync(device)

@@ -31,7 +31,7 @@ from _common import environment, median, spread, sync, table, write_result  # no
 
 from analyses.fact_learning import PRESETS  # noqa: E402
 from interp.devices import resolve_device  # noqa: E402
-from interp.model import batch_to, build_model, masked_mean_loss  # noqa: E402
+from interp.model import build_model, masked_mean_loss, training_batch  # noqa: E402
 from interp.seeding import BATCHES, generator  # noqa: E402
 from interp.train import Stepper  # noqa: E402
 from tasks.biographies import Biographies  # noqa: E402
@@ -87,7 +87,7 @@ def main() -> int:
     cfg = PRESETS[args.preset]
     cfg = replace(cfg, train=replace(cfg.train, batch_size=args.batch_size or cfg.train.batch_size))
     bios = Biographies(cfg.data)
-    batches = [batch_to(bios.batch(s, cfg.train.batch_size, generator(0, BATCHES, s)), device)
+    batches = [training_batch(bios.batch(s, cfg.train.batch_size, generator(0, BATCHES, s)), device)
                for s in range(args.steps)]
     variants = {"plain fp32": time_plain(False), "plain bf16": time_plain(True),
                 "trainer fp32": time_trainer("fp32"), "trainer bf16": time_trainer("bf16")}

@@ -368,6 +368,13 @@ def batch_to(batch: Batch, device: torch.device) -> Batch:
     return {k: v.to(device) for k, v in batch.items()}
 
 
+def training_batch(batch: Batch, device: torch.device) -> Batch:
+    """A drawn batch as a training step takes it (`interp.train.Stepper.step`): trimmed
+    (`trim_padding`) where it was drawn, on the host, then moved to `device`. Trimming reads
+    the batch's mask: on a CUDA batch that would make the host wait for the device every step."""
+    return batch_to(trim_padding(batch), device)
+
+
 def batch_rows(batch: Batch, start: int, stop: int) -> Batch:
     """Rows `start:stop` of `batch`: every tensor with a row per sequence is sliced, the others
     (shared by every row) are kept whole."""

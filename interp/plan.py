@@ -24,7 +24,7 @@ from interp.analysis import Analysis
 from interp.checkpoints import Run
 from interp.configs import to_dict
 from interp.memory import available_memory, estimate_memory, format_bytes, parameter_count
-from interp.model import ModelConfig, batch_to, build_model
+from interp.model import ModelConfig, build_model, training_batch
 from interp.pipeline import JobSetup, RunShape, TrainingJob, estimate_disk, task_record
 from interp.seeding import BATCHES, generator
 from interp.train import Stepper, TrainConfig, checkpoint_schedule
@@ -130,7 +130,7 @@ def time_slice(job: TrainingJob, device: torch.device, *, seconds: float, max_st
     model.train()
 
     def batch(step: int, rows: int = batch_size) -> dict[str, torch.Tensor]:
-        return batch_to(setup.data.batch(step, rows, generator(job.train.seed, BATCHES, step)), device)
+        return training_batch(setup.data.batch(step, rows, generator(job.train.seed, BATCHES, step)), device)
 
     def data_s(steps: int, rows: int = batch_size) -> float:
         clock.start()

@@ -43,13 +43,12 @@ from interp.model import (
     FwdHook,
     ModelConfig,
     Patterns,
-    batch_to,
     build_model,
     forward,
     load_model_state_dict,
     masked_mean_loss,
     named_trainable_parameters,
-    trim_padding,
+    training_batch,
 )
 from interp.run_layout import CONFIG_FILE, STATE_FILE, WEIGHTS_FILE, RunDamagedError
 from interp.seeding import BATCHES, generator
@@ -339,7 +338,8 @@ class Stepper:
         self.device_type = self.params[0].device.type
 
     def step(self, step: int, batch: Batch) -> StepStats:
-        """Update on `batch` as the `step`-th (0-based) step; returns the loss before the update
+        """Update on `batch` (on the model's device, trimmed: `interp.model.training_batch`) as
+        the `step`-th (0-based) step; returns the loss before the update
         and the gradient norm, detached 0-dim tensors on the model's device. Reading them waits
         for the device to finish the step, so callers read them only when they need the numbers
         (`read_steps`, which also stops at the first non-finite one)."""
@@ -348,7 +348,6 @@ class Stepper:
             self.optimizer = make_optimizer(cfg, self.named_params)
         for group in self.optimizer.param_groups:
             group["lr"] = lr_at(cfg, step)
-        batch = trim_padding(batch)
         patterns = self.batch_patterns(batch) if self.batch_patterns else None
         with torch.autocast(self.device_type, torch.bfloat16, enabled=cfg.precision == "bf16"):
             loss = masked_mean_loss(forward(self.model, batch, self.fwd_hooks, patterns), batch)
@@ -387,7 +386,7 @@ def take_steps(
     stats: list[StepStats] = []
     for step in steps:
         batch = data.batch(step, train_cfg.batch_size, generator(train_cfg.seed, BATCHES, step))
-        stats.append(stepper.step(step, batch_to(batch, device)))
+        stats.append(stepper.step(step, training_batch(batch, device)))
     model.eval()
     return read_steps(train_cfg, list(steps), stats)
 
@@ -649,7 +648,8 @@ def _train_from(start: RunStart, model_cfg: ModelConfig, train_cfg: TrainConfig,
     model.train()
     bar = tqdm(total=total, initial=start.step, disable=not progress, desc=run.path.name, leave=False)
     for step in range(start.step, total):
-        batch = batch_to(data.batch(step, train_cfg.batch_size, generator(train_cfg.seed, BATCHES, step)), device)
+        batch = training_batch(data.batch(step, train_cfg.batch_size, generator(train_cfg.seed, BATCHES, step)),
+                               device)
         unread.append(stepper.step(step, batch))
         unread_steps.append(step)
         done = step + 1
