@@ -793,6 +793,14 @@ def view(source: Source, runs: RunsData) -> Headline:
         ])
 
 
+def example(run: Run) -> Batch:
+    """The explorer's example: one novel-class sequence (two held-out classes, each given a
+    random label in context), exemplars as their input vectors: a model that learns in context
+    attends from the query to the label of its class's exemplars, the only way to answer it."""
+    batch = FewShot(read_task(run, FewShotConfig)).evaluation("icl_novel", 1, seeding.generator(0, seeding.EXAMPLES))
+    return {key: batch[key] for key in ("tokens", "vectors", "vector_mask")}
+
+
 def training_rows(run: Run, n: int, generator: torch.Generator) -> Batch:
     """`n` training sequences of the few-shot task `run` was trained on."""
     return FewShot(read_task(run, FewShotConfig)).sample(n, generator)
@@ -802,6 +810,7 @@ ANALYSIS = Analysis(
     "icl-transience", "Bursty few-shot Gaussian clusters: ICL vs in-weights learning over training, circuit metrics, "
     "ablations, L2 sweep, negative control and the coopetition toy", PRESETS, measure, figures, report,
     preset_workers={"tiny": 1},
-    headline=("icl_peak", "icl_final", "iwl_final"), view=view, training_rows=training_rows, run_shapes=run_shapes)
+    headline=("icl_peak", "icl_final", "iwl_final"), example=example, view=view, training_rows=training_rows,
+    run_shapes=run_shapes)
 
 __all__ = ["ANALYSIS", "ICLTransienceConfig", "jobs"]

@@ -112,8 +112,8 @@ class Analysis(Generic[ConfigT, ResultsT]):
     """`measure(config, context)` trains and measures; `figures(config, results, context)`
     draws; `report(config, results)` writes the prose. `headline` names the results a
     sweep plots by default. For the explorer (`interp view`): `example(run)`, when given, is
-    a token sequence of the run's task on which it shows attention (default: random tokens
-    repeated twice); `view(source, runs)` builds the analysis's headline panel from its
+    a token sequence of the run's task on which it shows attention, or a one-row `Batch` with
+    the input vectors of a model that reads them (default: random tokens repeated twice); `view(source, runs)` builds the analysis's headline panel from its
     directory and its runs' page data, reading its results with `read_results` (default: the
     generic view, losses and a head grid); `opens_on(source)` names the run the page opens on
     and computes first (default: "main", else "base", else the first). `training_rows(run, n,
@@ -132,7 +132,7 @@ class Analysis(Generic[ConfigT, ResultsT]):
     figures: Callable[[ConfigT, ResultsT, Context], Iterable[Figure]]
     report: Callable[[ConfigT, ResultsT], Report]
     headline: tuple[str, ...] = ()
-    example: Callable[[Run], Sequence[int]] | None = None
+    example: Callable[[Run], Sequence[int] | Batch] | None = None
     training_rows: Callable[[Run, int, torch.Generator], Batch] | None = None
     view: Callable[[Source, RunsData], Headline] | None = None
     opens_on: Callable[[Source], str] | None = None

@@ -128,6 +128,25 @@ def test_estimate_is_deterministic_and_leaves_the_model_and_global_rng_alone():
     assert estimate_llc(model, gaussian_nll, data, settings) == first
 
 
+def test_each_checkpoint_draws_its_own_streams_and_the_probe_passes_its_step(trained_run, run_copy):
+    """Estimates at different checkpoints have independent errors (their chains' spreads pool
+    into one noise level for the stage boundaries): the same weights at steps 5 and 6 give other
+    traces, while one step's stream is reproducible; the probe samples with the checkpoint's step."""
+    model, data = regular()
+    settings = LLCSettings(lr=5e-3, gamma=0.1, chains=2, draws=30, burn_in=5, batch_size=32, seed=3)
+    at_five = estimate_llc(model, gaussian_nll, data, settings, step=5)
+    assert estimate_llc(model, gaussian_nll, data, settings, step=5) == at_five
+    assert estimate_llc(model, gaussian_nll, data, settings, step=6).loss_traces != at_five.loss_traces
+    assert estimate_llc(model, gaussian_nll, data, settings).loss_traces != at_five.loss_traces
+
+    small = LLCSettings(lr=1e-4, gamma=100.0, chains=2, draws=6, burn_in=2, batch_size=2, seed=0)
+    batch = {"tokens": trained_run.tokens}
+    step = run_copy.steps[-1]
+    table = probing.probe(run_copy, {"llc": llc_probe(small)}, batch, steps=[step], device="cpu").select("llc")
+    direct = estimate_llc(run_copy.load(step, device="cpu"), language_model_loss, batch, small, step=step)
+    assert table["llc"][0] == pytest.approx(direct.llc, rel=1e-5)
+
+
 def test_a_diverging_chain_is_reported_not_trusted():
     model, data = regular()
     estimate = estimate_llc(model, gaussian_nll, data, LLCSettings(lr=5.0, gamma=0.1, chains=2, draws=20,

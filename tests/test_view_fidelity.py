@@ -16,8 +16,11 @@ from test_view import _open, _settle, browser  # noqa: F401 - the module's Chrom
 
 from interp.analysis import run_analysis
 from interp.batches import repeated_tokens
-from interp.view import example_for, view_data, write_view
+from interp.checkpoints import Run
+from interp.model import attention_patterns
+from interp.view import example_for, example_patterns, view_data, write_view
 from interp.view.data import attention_circuit, open_source
+from interp.view.owner import task_example
 
 
 def test_the_example_repeats_distinct_tokens_once(trained_run):
@@ -167,3 +170,28 @@ def test_every_plot_is_titled_no_curve_is_dropped_and_the_slider_moves_each_head
         shots.append([f.screenshot_as_png for f in figures])
     moved = [a != b for a, b in zip(*shots, strict=True)]
     assert all(m or s for m, s in zip(moved, still, strict=True)), f"{name}: moved {moved}, says still {still}"
+
+
+def test_the_icl_example_is_a_task_sequence_with_its_input_vectors(tiny_pages):
+    """The few-shot model reads exemplars as input vectors: its example carries them (labelled
+    x1, x2, ...), and the page's patterns are the model's own attention on tokens and vectors,
+    which token ids alone do not give."""
+    out = tiny_pages("icl-transience").parent.parent
+    run = Run.open(out / "runs" / "main")
+    example = task_example(open_source(out))(run, None)
+    assert set(example.inputs) == {"vectors", "vector_mask"} and example.period == 0
+    assert example.inputs["vectors"].shape[:2] == (1, len(example.tokens))
+    masked = example.inputs["vector_mask"][0].tolist()
+    assert [label for label, vector in zip(example.labels, masked, strict=True) if vector] == \
+        [f"x{i}" for i in range(1, sum(masked) + 1)]
+    step = run.steps[-1]
+    shown = example_patterns(run, example, [step], device="cpu", cache=False)[0].astype(np.float32)
+    model = run.load(step, device="cpu")
+    expected = torch.stack([p[0] for p in attention_patterns(model, example.batch())]).numpy()
+    tokens_only = torch.stack([p[0] for p in attention_patterns(model, {"tokens": example.batch()["tokens"]})]).numpy()
+    np.testing.assert_allclose(shown, expected, atol=1e-3)
+    assert np.abs(expected - tokens_only).max() > 1e-2
+
+    page = view_data(out, device="cpu")
+    main = next(r for r in page["runs"] if r["name"] == "main")
+    assert main["patterns"] is not None and main["patterns_note"] is None and main["example"]["vectors"]

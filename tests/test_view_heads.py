@@ -159,3 +159,39 @@ def test_play_steps_through_every_checkpoint_and_stops_at_the_last(trained_run, 
     assert not state["playing"] and state["a"] <= 1
     errors = _console_errors(browser) + browser.execute_script("return window.interpView.errors")
     assert errors == [], f"browser console errors: {errors}"
+
+
+def test_a_circuit_graph_from_another_step_is_marked_and_blank_beyond_one_checkpoint(trained_run, tmp_path, browser):  # noqa: F811
+    """Graphs saved at the first and last checkpoints only: at the second checkpoint the first
+    graph is shown with a note (1 checkpoint away); in the middle of the run nothing is drawn."""
+    folder = tmp_path / "run"
+    shutil.copytree(trained_run.path, folder)
+    data = view_data(folder, device="cpu")
+    r = data["runs"][0]
+    steps = r["steps"]
+    assert len(steps) >= 5 and r["circuits"], "the test needs a run with 5+ checkpoints and a circuit"
+    c = r["circuits"][0]
+    c["steps"], c["weights"] = [steps[0], steps[-1]], [[1.0] * len(c["edges"])] * 2  # every edge above the cut
+    page = folder / VIEW_DIR / INDEX
+    page.parent.mkdir()
+    page.write_text(render_page(data), encoding="utf-8")
+    _open(browser, page)
+    browser.execute_script("window.interpView.showTab('circuit')")
+
+    def shown(index: int) -> tuple[list[str], int]:
+        browser.execute_script(f"window.interpView.setStep('a', {index})")
+        _settle(browser)
+        layout, data = browser.execute_script(
+            "const gd = document.getElementById('circuit-a'); return [gd.layout, gd.data];")
+        notes = [a["text"] for a in layout.get("annotations") or []]
+        edges = sum(1 for t in data if t.get("mode") == "lines")
+        return notes, edges
+
+    notes, edges = shown(0)
+    assert not notes and edges > 0
+    notes, edges = shown(1)
+    assert notes == [f"not graphed at this step: showing step {steps[0]} (1 checkpoint away)"] and edges > 0
+    notes, edges = shown(len(steps) // 2)
+    assert len(notes) == 1 and notes[0].startswith(f"not graphed at this step: the nearest graphed step, {steps[0]}")
+    assert edges == 0
+    assert not _console_errors(browser)

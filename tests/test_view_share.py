@@ -188,6 +188,29 @@ def test_permalink_reopens_the_same_state(runs_dir, browser):  # noqa: F811
     assert errors == [], f"browser console errors: {errors}"
 
 
+def test_permalink_keeps_the_picked_token_of_a_strip(runs_dir, browser):  # noqa: F811
+    from selenium.webdriver.common.by import By
+
+    page = runs_dir / VIEW_DIR / INDEX
+    _open(browser, page)
+    browser.find_element(By.CSS_SELECTOR, 'nav button[data-tab="tokens"]').click()
+    _settle(browser)
+    browser.find_element(By.CSS_SELECTOR, '.tokens-example[data-example="0"] .token[data-pos="3"]').click()
+    _settle(browser)
+    fragment = browser.execute_script("return location.hash")
+    assert "tab=tokens" in fragment and "tokens=0.3" in fragment, fragment
+
+    _open_at(browser, page, fragment)
+    picked = browser.find_elements(By.CSS_SELECTOR, '.tokens-example[data-example="0"] .token.picked')
+    assert [p.get_attribute("data-pos") for p in picked] == ["3"]
+    title = browser.find_element(By.CSS_SELECTOR, '.tokens-example[data-example="0"] .tokens-panel .pair-title')
+    assert title.text.startswith("position 3:")
+    for bad in ("tokens=0.99999", "tokens=7.1", "tokens=x.1,0.-1"):  # past the strip, no such example, not numbers
+        _open_at(browser, page, "#tab=tokens&" + bad)
+        assert not browser.find_elements(By.CSS_SELECTOR, ".token.picked")
+    assert _console_errors(browser) + browser.execute_script("return window.interpView.errors") == []
+
+
 PWNED = "window.__pwned = 1"
 
 
@@ -247,6 +270,15 @@ def test_runs_side_by_side_with_a_seed_mean_and_band(runs_dir, browser):  # noqa
         .filter((e) => !e.hidden).map((e) => [e.layout.title.text, e.data[0].zmin, e.data[0].zmax]);""")
     assert [g[0].split(" ")[0] for g in grids] == ["s0", "s1", "wide"]
     assert len({(g[1], g[2]) for g in grids}) == 1  # one colour scale for all
+
+    # The overlay's choices grouped (metrics, then one group per probe) and narrowed by the filter.
+    options = "return [...document.querySelectorAll('#runs-quantity option')].map((o) => [o.parentNode.label, o.text])"
+    listed = browser.execute_script(options)
+    assert ["metrics", "eval/score"] in listed and any(group.startswith("probe ") for group, _ in listed)
+    browser.find_element(By.ID, "runs-filter").send_keys("train/")
+    narrowed = browser.execute_script(options)
+    assert narrowed and all("train/" in text or text == "eval/score" for _, text in narrowed), narrowed
+    assert len(narrowed) < len(listed) and ["metrics", "eval/score"] in narrowed  # the chosen one stays
 
     browser.find_element(By.CSS_SELECTOR, '#runs-pick input[data-run="s1"]').click()
     _settle(browser)

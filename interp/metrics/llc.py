@@ -55,6 +55,10 @@ CHAIN_DISAGREEMENT = 0.25
 """Chains disagree when the spread over chains exceeds this fraction of the estimate."""
 RELATIVE_FLOOR = 0.05
 """Slack, as a fraction of the estimate, that keeps a near-zero spread from flagging noise."""
+STREAMS = "streams=per-checkpoint"
+"""In the LLC probes' names: each checkpoint's chains draw from streams of its step
+(`estimate_llc(step=)`); results cached before, from one stream for all checkpoints, are other
+computations and are not returned."""
 
 Data = Mapping[str, Tensor]
 """Named tensors with one row per example along dim 0 (a `Batch` is one)."""
@@ -144,14 +148,17 @@ Sampled = list[tuple[str, Tensor, Tensor | None]]
 """(parameter name, the tensor SGLD moves, mask of the entries sampled or None for all of them)."""
 
 
-def _chain(step_loss: StepLoss, sampled: Sampled, n: int, settings: LLCSettings, chain: int) -> list[float]:
+def _chain(step_loss: StepLoss, sampled: Sampled, n: int, settings: LLCSettings, chain: int,
+           checkpoint: tuple[int, ...]) -> list[float]:
     """One SGLD chain from the sampled tensors' current values; its minibatch loss at every
-    step, stopping at the first non-finite one."""
+    step, stopping at the first non-finite one. `checkpoint`: `(step,)` to draw this
+    checkpoint's own minibatches and noise, or `()` for the seed's."""
     from devinterp.optim import SGMCMC
 
-    batches = generator(settings.seed, LLC_BATCHES, chain)
+    batches = generator(settings.seed, LLC_BATCHES, chain, *checkpoint)
     # Drawn by CPU generators (the toolkit's streams), whatever device the model is on.
-    noise_seed = int(torch.randint(2**62, (1,), generator=generator(settings.seed, LLC_NOISE, chain), device="cpu"))
+    noise_seed = int(torch.randint(2**62, (1,), generator=generator(settings.seed, LLC_NOISE, chain, *checkpoint),
+                                   device="cpu"))
     # devinterp's mask scales the gradient, localization and noise of an entry alike: masked entries never move
     groups = [{"params": [p], "mask": None if mask is None else mask.to(p.dtype)} for _, p, mask in sampled]
     optimizer = SGMCMC.sgld(groups, lr=settings.lr, nbeta=settings.effective_nbeta, localization=settings.gamma)
@@ -172,19 +179,27 @@ def _chain(step_loss: StepLoss, sampled: Sampled, n: int, settings: LLCSettings,
 
 
 def estimate_llc(model: nn.Module, loss_fn: LossFn, data: Data, settings: LLCSettings,
-                 masks: WeightMasks | None = None, init_loss: float | None = None) -> LLCEstimate:
+                 masks: WeightMasks | None = None, init_loss: float | None = None,
+                 step: int | None = None) -> LLCEstimate:
     """The LLC of `model` at its current weights on `data` (rows drawn with replacement, one
     minibatch per SGLD step), and whether to trust it. The model's weights are left as found.
 
     `masks` (e.g. `component_masks(model, HeadId(1, 0))`): sample only those weight entries,
     the rest held at their values: the refined LLC of that part of the model. `init_loss`: the
     loss at the weights over all the data, when the caller has it (it does not depend on the
-    masks; `refined_llc_probe` computes it once for all components)."""
-    return _estimate(model, loss_fn, data, settings, masks, init_loss, {})
+    masks; `refined_llc_probe` computes it once for all components).
+
+    `step`: the checkpoint's training step, when estimates are made at several checkpoints: the
+    chains then draw minibatches and noise from streams of `(settings.seed, step)`, so the
+    estimates at different checkpoints have independent errors. With one stream for every
+    checkpoint, a chain that runs high at one checkpoint runs high at the next, and the chains'
+    spread, seen at every checkpoint, measures the noise of only `chains` draws however many
+    checkpoints there are (`interp.metrics.stages` takes its noise level from that spread)."""
+    return _estimate(model, loss_fn, data, settings, masks, init_loss, {}, step)
 
 
 def _estimate(model: nn.Module, loss_fn: LossFn, data: Data, settings: LLCSettings, masks: WeightMasks | None,
-              init_loss: float | None, layer_inputs: dict[int, _LayerInputs]) -> LLCEstimate:
+              init_loss: float | None, layer_inputs: dict[int, _LayerInputs], step: int | None) -> LLCEstimate:
     """`estimate_llc`, reading and filling `layer_inputs` (by layer) for a head's refined LLC."""
     n = _rows(data)
     sampled = _sampled(model, settings, masks)
@@ -206,14 +221,16 @@ def _estimate(model: nn.Module, loss_fn: LossFn, data: Data, settings: LLCSettin
                 layer_inputs[head.layer] = _LayerInputs.of(model, head.layer, data, settings.batch_size)
             one_head = _OneHeadLoss(layer_inputs[head.layer], head, loss_fn, data)
         traces = []
+        checkpoint = () if step is None else (step,)
         for chain in range(settings.chains):
             if one_head is None:
                 traces.append(_chain(lambda rows: loss_fn(model, {k: t[rows.to(t.device)] for k, t in data.items()}),
-                                     sampled, n, settings, chain))
+                                     sampled, n, settings, chain, checkpoint))
             else:
                 copies = [(name, p.detach().clone().requires_grad_(), mask) for name, p, mask in sampled]
                 weights = {name: p for name, p, _ in copies}
-                traces.append(_chain(lambda rows, weights=weights: one_head(weights, rows), copies, n, settings, chain))
+                traces.append(_chain(lambda rows, weights=weights: one_head(weights, rows), copies, n, settings, chain,
+                                     checkpoint))
             with torch.no_grad():
                 for p, value, _ in saved:
                     p.copy_(value)
@@ -432,12 +449,12 @@ def llc_probe(settings: LLCSettings, loss: LossFn = language_model_loss, loss_na
     `llc`, `llc_std`, `init_loss`, `trustworthy` (1/0) and `llc_chain<c>` (each chain's
     estimate, NaN if it diverged). `loss_name` names `loss` in the cache key. Inside `probe()`
     each checkpoint's loss traces `[chain, sgld step]` are saved (`load_llc_traces`)."""
-    name = f"llc({loss_name};{settings.canonical()})"
+    name = f"llc({loss_name};{settings.canonical()};{STREAMS})"
 
     def fn(ctx: ProbeContext) -> dict[str, float]:
         if ctx.batch is None:
             raise InputError("batch: the LLC probe samples over the probe's batch; pass one")
-        estimate = estimate_llc(ctx.model, loss, ctx.batch, settings)
+        estimate = estimate_llc(ctx.model, loss, ctx.batch, settings, step=ctx.step)
         _save_traces(ctx, _trace_array(estimate, settings.burn_in + settings.draws),
                      {"probe": name, "axes": ["chain", "sgld_step"], "burn_in": settings.burn_in})
         return {**_columns(estimate), "init_loss": estimate.init_loss}
@@ -460,7 +477,7 @@ def refined_llc_probe(settings: LLCSettings, components: Sequence[Component] | N
     if chosen is not None and (not chosen or len(set(chosen)) != len(chosen)):
         raise InputError(f"components: expected distinct components, got {[str(c) for c in chosen]}")
     listed = "all" if chosen is None else ",".join(map(str, chosen))
-    name = f"rllc({loss_name};{settings.canonical()};components={listed})"
+    name = f"rllc({loss_name};{settings.canonical()};components={listed};{STREAMS})"
 
     def fn(ctx: ProbeContext) -> dict[str, float]:
         if ctx.batch is None:
@@ -472,7 +489,7 @@ def refined_llc_probe(settings: LLCSettings, components: Sequence[Component] | N
         layer_inputs: dict[int, _LayerInputs] = {}  # computed once per layer, read by its heads
         for component in order:
             estimate = _estimate(ctx.model, loss, ctx.batch, settings, component_masks(ctx.model, component),
-                                 init_loss, layer_inputs)
+                                 init_loss, layer_inputs, ctx.step)
             columns.update(_columns(estimate, f"/{component}"))
             traces.append(_trace_array(estimate, settings.burn_in + settings.draws))
         _save_traces(ctx, np.stack(traces), {"probe": name, "axes": ["component", "chain", "sgld_step"],

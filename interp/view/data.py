@@ -20,7 +20,7 @@ import logging
 import math
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -69,7 +69,7 @@ PATTERN_BUDGET = 6 * 2**20  # bytes of float16 patterns in one page, over all it
 MAX_SERIES_POINTS = 1500  # points per logged curve (longer logs are thinned evenly, the last point kept)
 MAX_EDGES = 300  # edges per circuit key in the page: the strongest over all steps
 VECTOR_INPUTS_NOTE = ("no example attention patterns: this run's model reads input vectors (d_input {d_input}) beside "
-                      "its tokens, and an example of token ids alone is not its task")
+                      "its tokens, its analysis gives no example with them, and token ids alone are not its task")
 
 
 class ViewError(InputError):
@@ -192,27 +192,34 @@ def check_run(run: Run) -> None:
 # --- the example sequence and its attention patterns -------------------------------------------
 
 
+VECTOR_INPUTS = ("vectors", "vector_mask")
+"""The batch entries beside `tokens` that a model with `d_input > 0` reads (`interp.model.forward`)."""
+
+
 @dataclass(frozen=True)
 class Example:
-    """One token sequence on which every checkpoint's attention is shown: `period` distinct
-    random tokens repeated twice (previous-token and induction heads show on it in any model)."""
+    """One sequence on which every checkpoint's attention is shown: `period` distinct random
+    tokens repeated twice (previous-token and induction heads show on it in any model), or a
+    sequence of the run's task (`period` 0). `inputs`: the one-row input vectors and their mask
+    (`VECTOR_INPUTS`) of a model that reads vectors beside its tokens; empty otherwise."""
 
     tokens: tuple[int, ...]
     period: int
     labels: tuple[str, ...]
     description: str
+    inputs: Mapping[str, torch.Tensor] = field(default_factory=dict, compare=False)
 
     def batch(self) -> dict[str, torch.Tensor]:
-        return {"tokens": torch.tensor([self.tokens], dtype=torch.long)}
+        return {"tokens": torch.tensor([self.tokens], dtype=torch.long), **self.inputs}
 
     @property
     def key(self) -> str:
-        """The example's id: the probe runner's hash of its batch."""
+        """The example's id: the probe runner's hash of its batch (input vectors included)."""
         return batch_hash(self.batch())
 
     def to_json(self) -> dict[str, Any]:
         return {"tokens": list(self.tokens), "labels": list(self.labels), "period": self.period,
-                "description": self.description, "id": self.key}
+                "description": self.description, "id": self.key, "vectors": bool(self.inputs)}
 
 
 def token_labels(run: CheckpointSource, tokens: Sequence[int]) -> tuple[str, ...]:
@@ -233,16 +240,35 @@ def token_labels(run: CheckpointSource, tokens: Sequence[int]) -> tuple[str, ...
 
 
 def example_for(run: Run, period: int | None = None, seed: int = 0,
-                tokens: Sequence[int] | None = None, description: str = "") -> Example:
+                tokens: Sequence[int] | Mapping[str, torch.Tensor] | None = None,
+                description: str = "") -> Example:
     """The example sequence of `run`: `tokens` of its task where given (at most
-    `MAX_EXAMPLE_LEN`; `period` 0: not a repeat), else `period` (default: half the context,
-    at most `MAX_EXAMPLE_LEN / 2` and the vocabulary) distinct random tokens of its vocabulary,
-    repeated twice: each repeated token has one earlier occurrence, an unambiguous induction target."""
+    `MAX_EXAMPLE_LEN`; `period` 0: not a repeat), as token ids or as a one-row batch with the
+    input vectors of a model that reads them (`VECTOR_INPUTS`; their positions are labelled
+    x1, x2, ...), else `period` (default: half the context, at most `MAX_EXAMPLE_LEN / 2` and
+    the vocabulary) distinct random tokens of its vocabulary, repeated twice: each repeated token
+    has one earlier occurrence, an unambiguous induction target."""
     cfg = run.model_config
     if tokens is not None:
-        kept = tuple(int(t) for t in tokens[:min(cfg.n_ctx, MAX_EXAMPLE_LEN)])
-        return Example(kept, 0, token_labels(run, kept), description or f"a sequence of the run's task ({len(kept)} "
-                                                                          "tokens)")
+        length = min(cfg.n_ctx, MAX_EXAMPLE_LEN)
+        inputs: dict[str, torch.Tensor] = {}
+        if isinstance(tokens, Mapping):
+            batch = tokens
+            if "tokens" not in batch or batch["tokens"].dim() != 2 or len(batch["tokens"]) != 1:
+                raise InputError("example: expected a one-row batch with 'tokens' [1, pos], got "
+                                 f"{ {k: list(v.shape) for k, v in batch.items()} }")
+            tokens = batch["tokens"][0].tolist()
+            inputs = {k: batch[k][:, :length].detach().cpu() for k in VECTOR_INPUTS if k in batch}
+            if cfg.d_input and set(inputs) != set(VECTOR_INPUTS):
+                raise InputError(f"example: a model with d_input {cfg.d_input} reads {list(VECTOR_INPUTS)}; the "
+                                 f"batch has {sorted(batch)}")
+        kept = tuple(int(t) for t in tokens[:length])
+        labels = list(token_labels(run, kept))
+        if inputs:
+            for ordinal, position in enumerate(torch.nonzero(inputs["vector_mask"][0]).flatten().tolist(), 1):
+                labels[position] = f"x{ordinal}"
+        return Example(kept, 0, tuple(labels), description or f"a sequence of the run's task ({len(kept)} tokens)",
+                       inputs)
     longest = min(min(cfg.n_ctx, MAX_EXAMPLE_LEN) // 2, cfg.d_vocab)
     if longest < 2:  # a context too short to repeat anything: its random tokens once
         tokens = repeated_tokens(1, cfg.n_ctx, cfg.d_vocab, seeding.generator(seed, seeding.EXAMPLES), 1)[0].tolist()
@@ -614,7 +640,7 @@ def run_data(
     steps = run.steps
     series = metric_series(run)
     example = example or example_for(run, period)
-    shown_steps = pattern_steps(run, example) if patterns and not cfg.d_input else []
+    shown_steps = pattern_steps(run, example) if patterns and _readable(cfg, example) else []
     stacked = example_patterns(run, example, shown_steps, device=device, progress=progress) if shown_steps \
         else None
     probes = cached_probes(run)
@@ -633,7 +659,7 @@ def run_data(
                 "probe": f"{key} attention on the example sequence", "steps": shown_steps, "columns": columns,
                 "values": [nums(grid[i].reshape(-1)) for i in range(len(shown_steps))], "heads": True}
     else:
-        notes.append(VECTOR_INPUTS_NOTE.format(d_input=cfg.d_input) if cfg.d_input
+        notes.append(VECTOR_INPUTS_NOTE.format(d_input=cfg.d_input) if not _readable(cfg, example)
                      else "no example attention patterns in this page (its size budget went to other runs)")
     patterns_note = None if stacked is not None else notes[-1]
     circuits, circuit_notes = saved_circuits(run)
@@ -653,6 +679,11 @@ def run_data(
     }
 
 
+def _readable(cfg: Any, example: Example) -> bool:
+    """Whether the model reads `example` as its task: a model with input vectors needs them."""
+    return not cfg.d_input or bool(example.inputs)
+
+
 def _step_pattern_bytes(cfg: Any, length: int) -> int:
     return cfg.n_layers * cfg.n_heads * length * (length + 1)
 
@@ -669,6 +700,6 @@ def pattern_steps(run: CheckpointSource, example: Example) -> list[int]:
 def pattern_bytes(run: CheckpointSource, example: Example) -> int:
     """Bytes of float16 lower-triangle patterns `run_data` puts in the page for `run`."""
     cfg = run.model_config
-    if cfg.d_input:  # no patterns (`VECTOR_INPUTS_NOTE`)
+    if not _readable(cfg, example):  # no patterns (`VECTOR_INPUTS_NOTE`)
         return 0
     return len(pattern_steps(run, example)) * _step_pattern_bytes(cfg, len(example.tokens))

@@ -7,7 +7,7 @@ grid."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from interp.analysis import ANALYSIS_FILE, Analysis, AnalysisImportError, get_analysis
@@ -58,7 +58,8 @@ def task_example(source: Source) -> Callable[[Run, int | None], Example]:
     def choose(run: Run, period: int | None) -> Example:
         if hook is not None:
             try:
-                return example_for(run, period, tokens=list(hook(run)),
+                drawn = hook(run)
+                return example_for(run, period, tokens=drawn if isinstance(drawn, Mapping) else list(drawn),
                                    description=f"a sequence of the {analysis.name} task")
             except Exception as err:  # noqa: BLE001 - any failure of the hook falls back to the generic example
                 logger.warning("%s: the analysis's example failed (%s: %s); random tokens are shown", run.path,

@@ -5,8 +5,8 @@
    which calls window.interpViewTokens with the page's helpers. Every label goes in as textContent. */
 window.interpViewTokens = function (lib) {
   "use strict";
-  const { $, S, run, stepOf, nearest, F16 } = lib;
-  const picked = {};  // per run and example: the position shown in the detail panel
+  const { $, S, run, stepOf, nearest, F16, scheduleFragment } = lib;
+  const picked = S.picked;  // per run and example ("run#example"): the position shown; in the page's link
 
   const decodedArrays = new Map();
   /** One base64 little-endian array of the strip (float16, or ids as uint16/int32). */
@@ -178,6 +178,7 @@ window.interpViewTokens = function (lib) {
           strips.querySelectorAll(".picked").forEach((b) => b.classList.remove("picked"));
           box.classList.add("picked");
           show(pos);
+          scheduleFragment();
         });
         strips.appendChild(box);
       });

@@ -16,7 +16,7 @@
   const ATTENTION_SCALE = [[0, "#ffffff"], [0.05, "#eef4fb"], [0.3, "#9ecae1"], [0.6, "#3182bd"], [1, "#08306b"]];
   const FONT = { family: "system-ui, -apple-system, Segoe UI, Roboto, DejaVu Sans, sans-serif", size: 12 };
   const S = { run: null, a: 0, b: 0, compare: false, diff: false, tab: "headline", logx: false, cut: 10,
-              probe: {}, head: {}, circuit: {}, groups: {}, frame: 0, headlineHead: null };
+              probe: {}, head: {}, circuit: {}, groups: {}, frame: 0, headlineHead: null, picked: {} };
   Object.assign(S, { quantity: null, band: "minmax", shown: null, runsProbe: null, provenanceWith: "" });
   const API = { data: D, state: S, ready: false, readyAt: null, scriptAt: started, errors: [] };
   window.interpView = API;
@@ -405,7 +405,7 @@
       beyond the distance limit. */
   function markStale(figure, stale) {
     if (!stale) return figure;
-    if (stale.hidden) figure.data[0].z = figure.data[0].z.map((row) => row.map(() => null));
+    if (stale.hidden && figure.data[0] && figure.data[0].z) figure.data[0].z = figure.data[0].z.map((row) => row.map(() => null));
     figure.layout.annotations = (figure.layout.annotations || []).concat([Object.assign(cornerNote(stale.text, "#b35900"),
       stale.hidden ? { x: 0.5, y: 0.5, xanchor: "center", yanchor: "middle" } : { y: 1.0, yanchor: "bottom" })]);
     return figure;
@@ -887,11 +887,9 @@
     select.value = String(S.circuit[r.name]);
   }
 
-  /** The graph index for a checkpoint step: the last saved graph at or before it, else the first. */
+  /** The graph index for a checkpoint step: the nearest saved graph, as a grid shows its nearest probed step. */
   function graphIndex(c, step) {
-    let best = 0;
-    c.steps.forEach((s, i) => { if (s <= step) best = i; });
-    return best;
+    return nearest(c.steps, step);
   }
 
   function maxAbs(rows) {
@@ -953,18 +951,22 @@
     $("circuit-info").textContent = `${c.method}: ${c.metric || "edge weight"}. Source: ${c.source}. ` +
       "Edge width = |weight| (blue positive, red negative; q/k/v inputs enter a head above/at/below its centre)." +
       (c.scale ? ` Full width: |weight| ${fmt(c.scale)}, the weights' own scale (the cut is a percentage of it).` : "");
-    const panels = [];
+    const panels = [], blank = (weights) => weights.map(() => null);
+    const staleAt = {};
     for (const which of sides()) {
-      const step = stepOf(which), i = graphIndex(c, step);
-      panels.push({ id: "circuit-" + which, weights: c.weights[i], scale, diff: false,
-        title: `${S.compare ? (which === "a" ? "A: " : "B: ") : ""}graph at step ${c.steps[i]}` +
+      const step = stepOf(which), i = graphIndex(c, step), stale = staleness(r, c.steps[i], step, "graphed");
+      staleAt[which] = stale;
+      panels.push({ id: "circuit-" + which, weights: stale && stale.hidden ? blank(c.weights[i]) : c.weights[i], scale,
+        diff: false, stale, title: `${S.compare ? (which === "a" ? "A: " : "B: ") : ""}graph at step ${c.steps[i]}` +
           (c.steps[i] !== step ? ` (checkpoint ${step})` : "") });
     }
     if (S.diff) {
       const ia = graphIndex(c, stepOf("a")), ib = graphIndex(c, stepOf("b"));
       const delta = c.weights[ib].map((w, j) => (w === null || c.weights[ia][j] === null ? null : w - c.weights[ia][j]));
-      panels.push({ id: "circuit-diff", weights: delta, scale: maxAbs([delta]), diff: true,
-        title: `diff: step ${c.steps[ib]} minus step ${c.steps[ia]} (green: stronger, purple: weaker)` });
+      // A diff of a graph drawn from a far-away step would pass for the change between the selected steps.
+      const hidden = [staleAt.a, staleAt.b].find((x) => x && x.hidden);
+      panels.push({ id: "circuit-diff", weights: hidden ? blank(delta) : delta, scale: maxAbs([delta]), diff: true,
+        stale: hidden || null, title: `diff: step ${c.steps[ib]} minus step ${c.steps[ia]} (green: stronger, purple: weaker)` });
     }
     // Every panel's box exists once made and is shown or hidden before any plot is drawn, so each
     // plot is drawn at its final width.
@@ -980,7 +982,7 @@
     }
     for (const p of panels) {
       const wrap = $(p.id + "-wrap"), el = $(p.id);
-      const g = graphFigure(c, p.weights, p.scale, p.title, p.diff);
+      const g = markStale(graphFigure(c, p.weights, p.scale, p.title, p.diff), p.stale);
       draw(el, g.data, g.layout);
       let list = $(p.id + "-edges");
       if (!list) { list = document.createElement("div"); list.id = p.id + "-edges"; list.className = "edges"; wrap.appendChild(list); }
@@ -1147,6 +1149,10 @@
     if (S.quantity) params.push(["quantity", S.quantity]);
     if (S.band !== "minmax") params.push(["band", S.band]);
     if (S.shown) params.push(["runs", JSON.stringify(D.runs.map((x) => x.name).filter((n) => S.shown.has(n)))]);
+    // The picked token of each of the run's token strips, as example.position (tokens.js keys them "run#example").
+    const picks = Object.entries(S.picked).filter(([k]) => k.startsWith(r.name + "#") && WHOLE.test(k.slice(r.name.length + 1)))
+      .map(([k, pos]) => `${k.slice(r.name.length + 1)}.${pos}`);
+    if (picks.length) params.push(["tokens", picks.join(",")]);
     return "#" + params.map(([k, v]) => `${k}=${encodeURIComponent(String(v))}`).join("&");
   }
 
@@ -1201,6 +1207,10 @@
       if (Array.isArray(shown)) S.shown = new Set(shown.filter((n) => runsByName.has(n)));
     } catch (err) {
       // not a list of run names: every run is shown
+    }
+    for (const part of (params.get("tokens") || "").split(",")) {
+      const pick = /^(\d+)\.(\d+)$/.exec(part), examples = r.strip ? r.strip.examples : [];
+      if (pick && +pick[1] < examples.length && +pick[2] < examples[+pick[1]].tokens.length) S.picked[`${name}#${pick[1]}`] = +pick[2];
     }
     const a = stepIndex(r, params.get("a")), b = stepIndex(r, params.get("b"));
     S.compare = b >= 0;
@@ -1411,12 +1421,28 @@
   }
 
   let runsBuilt = false;
+  /** The overlay's choices: metrics, then each probe's columns under the probe's name, those
+      whose label holds `filter` (a sweep of many runs and per-head probes has thousands); the
+      chosen one always stays listed. */
+  function fillQuantities(filter) {
+    const pick = $("runs-quantity"), wanted = String(filter).trim().toLowerCase(), groups = new Map();
+    for (const q of quantities()) {
+      if (wanted && !q.label.toLowerCase().includes(wanted) && q.id !== S.quantity) continue;
+      const group = q.kind === "metric" ? "metrics" : `probe ${q.key}`;
+      if (!groups.has(group)) groups.set(group, []);
+      groups.get(group).push(`<option value="${esc(q.id)}">${esc(q.kind === "metric" ? q.key : q.column)}</option>`);
+    }
+    pick.innerHTML = [...groups].map(([g, options]) => `<optgroup label="${esc(g)}">${options.join("")}</optgroup>`).join("");
+    pick.value = S.quantity || "";
+  }
+
   function buildRuns() {
     if (!S.shown) S.shown = new Set(D.runs.map((r) => r.name));
     if (!S.quantity) S.quantity = defaultQuantity();
     const pick = $("runs-quantity");
-    pick.innerHTML = quantities().map((q) => `<option value="${esc(q.id)}">${esc(q.label)}</option>`).join("");
+    fillQuantities("");
     pick.addEventListener("change", () => { S.quantity = pick.value; renderRuns(true); });
+    $("runs-filter").addEventListener("input", (e) => fillQuantities(e.target.value));
     $("runs-band").addEventListener("change", (e) => { S.band = e.target.value; renderRuns(true); });
     $("runs-probe").addEventListener("change", (e) => { S.runsProbe = e.target.value; renderRuns(true); });
     const chips = $("runs-pick");
@@ -1481,7 +1507,7 @@
 
   const TABS = { headline: renderHeadline, curves: renderCurves, heads: renderHeads, circuit: renderCircuit };
   TABS.runs = renderRuns;
-  if (window.interpViewTokens) TABS.tokens = window.interpViewTokens({ $, S, run, stepOf, nearest, F16 });  // tokens.js
+  if (window.interpViewTokens) TABS.tokens = window.interpViewTokens({ $, S, run, stepOf, nearest, F16, scheduleFragment });  // tokens.js
   if (window.interpViewStages) {  // stages.js
     TABS.stages = window.interpViewStages({ $, S, run, stepOf, sides, nearest, draw, plotDiv, note, cursorShapes, lineLayout,
                                             esc, fmt, COLOR, FONT, honestLogSteps, logZero });
