@@ -113,10 +113,11 @@ class Analysis(Generic[ConfigT, ResultsT]):
     draws; `report(config, results)` writes the prose. `headline` names the results a
     sweep plots by default. For the explorer (`interp view`): `example(run)`, when given, is
     a token sequence of the run's task on which it shows attention, or a one-row `Batch` with
-    the input vectors of a model that reads them (default: random tokens repeated twice); `view(source, runs)` builds the analysis's headline panel from its
-    directory and its runs' page data, reading its results with `read_results` (default: the
-    generic view, losses and a head grid); `opens_on(source)` names the run the page opens on
-    and computes first (default: "main", else "base", else the first). `training_rows(run, n,
+    the input vectors of a model that reads them (default: random tokens repeated twice);
+    `view(source, runs)` builds the analysis's headline panel from its directory and its runs'
+    page data, reading its results with `read_results` (default: the generic view, losses and
+    a head grid); `opens_on(source)` names the run the page opens on and computes first
+    (default: "main", else "base", else the first). `training_rows(run, n,
     generator)`, when given, draws `n` rows of the distribution `run` was trained on: the data of
     sampling-based probes such as the LLC (`interp llc`). `preset_workers` names presets whose independent
     runs train on that many local processes unless the caller chooses (`backend`, `--workers`),
