@@ -31,6 +31,12 @@ from interp.train import CheckpointPolicy, TrainHooks, checkpoint_schedule, trai
 torch.set_num_threads(threads_for_tests())
 
 
+def pytest_addoption(parser) -> None:
+    parser.addoption("--analysis-dir", action="append", default=[], metavar="DIR",
+                     help="an analysis folder (e.g. a quick run's) that the explorer's fidelity check "
+                          "(tests/test_view_fidelity.py) uses instead of its own tiny run of that analysis")
+
+
 @pytest.fixture(autouse=True)
 def private_cache_dir(tmp_path_factory, monkeypatch) -> Path:
     """Each test's own folder for caches outside read-only runs (`interp.cache_dirs`): never the

@@ -12,11 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_view import _open, _settle, browser  # noqa: F401 - the module's Chromium fixture, shared
+from test_view import _console_errors, _open, _settle, browser  # noqa: F401 - the module's Chromium fixture, shared
 
 from interp.analysis import run_analysis
 from interp.batches import repeated_tokens
 from interp.checkpoints import Run
+from interp.files import read_json
 from interp.model import attention_patterns
 from interp.view import example_for, example_patterns, view_data, write_view
 from interp.view.data import attention_circuit, open_source
@@ -98,15 +99,21 @@ ANALYSES = ("induction-heads", "anticipatory-recovery", "fact-learning", "icl-tr
 
 
 @pytest.fixture(scope="session")
-def tiny_pages(tmp_path_factory):
-    """Each analysis's tiny preset (run once per session, on first use) with its page written."""
+def tiny_pages(tmp_path_factory, pytestconfig):
+    """Each analysis's tiny preset (run once per session, on first use) with its page written; an
+    analysis folder given with `--analysis-dir DIR` (e.g. a quick run's) replaces its analysis's
+    tiny run: `pytest tests/test_view_fidelity.py --analysis-dir runs/induction -k induction`."""
+    given = {read_json(Path(d) / "analysis.json")["analysis"]: Path(d) for d in pytestconfig.getoption("analysis_dir")}
     made: dict[str, Path] = {}
 
     def page(name: str) -> Path:
         if name not in made:
-            out = tmp_path_factory.mktemp("tiny") / name
-            run_analysis(name, out, "tiny", progress=False)
-            made[name] = write_view(out, device="cpu")
+            if name in given:
+                made[name] = write_view(given[name], device="cpu")
+            else:
+                out = tmp_path_factory.mktemp("tiny") / name
+                run_analysis(name, out, "tiny", progress=False)
+                made[name] = write_view(out, device="cpu")
         return made[name]
 
     return page
@@ -170,6 +177,7 @@ def test_every_plot_is_titled_no_curve_is_dropped_and_the_slider_moves_each_head
         shots.append([f.screenshot_as_png for f in figures])
     moved = [a != b for a, b in zip(*shots, strict=True)]
     assert all(m or s for m, s in zip(moved, still, strict=True)), f"{name}: moved {moved}, says still {still}"
+    assert _console_errors(driver) + driver.execute_script("return window.interpView.errors") == []
 
 
 def test_the_icl_example_is_a_task_sequence_with_its_input_vectors(tiny_pages):
