@@ -56,7 +56,8 @@ from interp.run_layout import (
     step_dirname,
 )
 from interp.run_state import RunState, check_metrics_log, row_problems
-from interp.suites import CheckpointSuite, is_suite_folder, open_suite
+from interp.suite_layouts import is_suite_folder
+from interp.suites import CheckpointSuite, open_suite
 
 if TYPE_CHECKING:  # TransformerLens takes seconds to import; these names only annotate
     from transformer_lens.model_bridge import TransformerBridge

@@ -62,6 +62,13 @@ def listing(items: Sequence[object], limit: int = 6) -> str:
     shown = ", ".join(str(i) for i in items[:limit])
     return f"[{shown}]" if len(items) <= limit else f"[{shown}, ... ({len(items)} in all)]"
 
+
+def first_line(err: BaseException) -> str:
+    """An exception's message cut to its first line (its type where it has none), to quote in a one-line error."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 @dataclass(frozen=True)
 class ErrorRecord:
     """An exception as plain data: what a failed job sends back from its worker (an exception

@@ -22,7 +22,7 @@ import transformers.utils.hub
 from helpers import Loads
 from transformers import AutoModelForCausalLM, GPTNeoXConfig
 
-from interp import suites
+from interp import suite_cache, suites
 from interp.batches import repeated_tokens
 from interp.checkpoints import Run, open_checkpoints
 from interp.cli import main
@@ -139,7 +139,7 @@ def test_folders_given_by_step_open_as_one_suite(tmp_path, monkeypatch):
         with torch.no_grad():
             torch.testing.assert_close(suite.load(step, device="cpu")(TOKENS), logits[saved], atol=1e-4, rtol=0)
     probe(suite, ind_probe(), {"tokens": TOKENS}, device="cpu")
-    assert suite.path.parent == suites.default_cache()  # no one folder to keep its cache in
+    assert suite.path.parent == suite_cache.default_cache()  # no one folder to keep its cache in
 
     with pytest.raises(SuiteError, match=r"folders: .*nowhere \(step 9\): no such folder"):
         open_suite(folders={9: tmp_path / "nowhere"})
@@ -187,11 +187,11 @@ def test_a_copied_or_moved_suite_reprobes_with_zero_loads(tmp_path, monkeypatch)
     again = probe(copied, ind_probe(), {"tokens": TOKENS}, device="cpu")
     assert loads.count == 3  # hashed (its inodes are new), not loaded
     np.testing.assert_array_equal(again.values, first.values)
-    assert copied.path.parent == tmp_path / "elsewhere" / "copy" / suites.DEFAULT_CACHE  # the cache moved with it
+    assert copied.path.parent == tmp_path / "elsewhere" / "copy" / suite_cache.DEFAULT_CACHE  # the cache moved with it
 
     hashed = []
-    real_sha256 = suites.sha256_file
-    monkeypatch.setattr(suites, "sha256_file", lambda path: hashed.append(path) or real_sha256(path))
+    real_sha256 = suite_cache.sha256_file
+    monkeypatch.setattr(suite_cache, "sha256_file", lambda path: hashed.append(path) or real_sha256(path))
     (tmp_path / "suite").rename(tmp_path / "moved")
     probe(open_suite(tmp_path / "moved"), ind_probe(), {"tokens": TOKENS}, device="cpu")
     assert loads.count == 3 and hashed == []  # moved on its file system: the same inodes, nothing hashed
@@ -220,7 +220,7 @@ def test_a_shared_cache_root_finds_each_suite_by_content(tmp_path, monkeypatch):
 
     assert main(["probe", str(tmp_path / "copy-of-a"), "induction", "--layers", "1", "--period", str(PERIOD),
                  "--sequences", "2", "--device", "cpu", "--cache", str(root)]) == 0
-    assert loads.count == 9 and not (tmp_path / "copy-of-a" / suites.DEFAULT_CACHE).exists()
+    assert loads.count == 9 and not (tmp_path / "copy-of-a" / suite_cache.DEFAULT_CACHE).exists()
     assert len(list((suite_a.path / PROBES_DIR).glob("*.jsonl"))) == 2  # the CLI's batch beside the first
 
 

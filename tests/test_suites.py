@@ -36,7 +36,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from interp import suites
+from interp import suite_cache, suites
 from interp.batches import repeated_tokens
 from interp.cli import main
 from interp.files import loads_json
@@ -152,7 +152,7 @@ def test_open_suite_lists_the_step_folders_in_step_order_and_loads_nothing(built
     assert loads.count == 0  # lazy: nothing is loaded until asked for
     assert open_suite(str(folder), steps=[64, 2]).steps == [2, 64]
     assert open_suite(folder, revisions=["step512", "step0"]).steps == [0, 512]
-    assert open_suite(folder).path.parent == folder / suites.DEFAULT_CACHE
+    assert open_suite(folder).path.parent == folder / suite_cache.DEFAULT_CACHE
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -220,8 +220,8 @@ def test_results_are_cached_by_checkpoint_so_a_reprobe_loads_and_hashes_nothing(
     assert loads.count == len(STEPS)
 
     hashed = []
-    real_sha256 = suites.sha256_file
-    monkeypatch.setattr(suites, "sha256_file", lambda path: hashed.append(path) or real_sha256(path))
+    real_sha256 = suite_cache.sha256_file
+    monkeypatch.setattr(suite_cache, "sha256_file", lambda path: hashed.append(path) or real_sha256(path))
     again = probe(open_suite(folder), head_probes(), {"tokens": TOKENS}, device="cpu")  # as a new process would
     assert loads.count == len(STEPS) and hashed == []
     np.testing.assert_array_equal(again.values, first.values)
@@ -231,7 +231,7 @@ def test_results_are_cached_by_checkpoint_so_a_reprobe_loads_and_hashes_nothing(
         rows = [loads_json(line) for line in cache.read_text().splitlines()]
         assert {r["step"] for r in rows} == set(STEPS)
         assert all(r["weights"].startswith("sha256:") for r in rows)
-    loads_json((suite.path / suites.HASHES_FILE).read_bytes())
+    loads_json((suite.path / suite_cache.HASHES_FILE).read_bytes())
 
     # Saving another checkpoint over step10 changes its identity: only it is computed again.
     torch.manual_seed(1)

@@ -15,7 +15,8 @@ from interp.files import bytes_in, read_json, scan_jsonl
 from interp.memory import format_bytes
 from interp.probing import cache_rows, probe_cache_files
 from interp.run_layout import ANALYSIS_FILE, CONFIG_FILE, STATE_FILE, WEIGHTS_FILE, CheckpointError
-from interp.suites import HUB_PREFIX, CheckpointSuite, is_suite_folder
+from interp.suite_layouts import is_suite_folder
+from interp.suites import HUB_PREFIX, CheckpointSuite
 
 
 def run_status(run: Run) -> tuple[str, bool]:

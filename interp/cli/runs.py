@@ -10,7 +10,8 @@ from interp.configs import ConfigError
 from interp.errors import InputError, MissingFileError
 from interp.model import ModelConfig
 from interp.run_layout import ANALYSIS_FILE, CHECKPOINTS_DIR, CONFIG_FILE, MANIFEST_FILE, METRICS_FILE
-from interp.suites import HUB_PREFIX, CheckpointSuite, is_suite_folder, open_suite
+from interp.suite_layouts import is_suite_folder
+from interp.suites import HUB_PREFIX, CheckpointSuite, open_suite
 
 RUN_MARKERS = (CONFIG_FILE, MANIFEST_FILE, METRICS_FILE, CHECKPOINTS_DIR)
 

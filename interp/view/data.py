@@ -53,7 +53,8 @@ from interp.run_layout import (
     METRICS_FILE,
     CheckpointError,
 )
-from interp.suites import is_suite_folder, open_suite
+from interp.suite_layouts import is_suite_folder
+from interp.suites import open_suite
 from interp.view.stages import REFINED_QUANTITY, refined_head_probe, stages_data
 
 logger = logging.getLogger(__name__)
