@@ -128,6 +128,11 @@ def plotly_js() -> str:
     return _static(PLOTLY_JS)
 
 
+APP_SCRIPTS = ("tokens.js", "stages.js", "heads.js", "circuit.js", "share.js", "view.js")
+"""The page's own scripts, in order: each tab's file defines its `window.interpViewX` factory; `view.js`,
+the app, comes last and calls them."""
+
+
 def _static(name: str) -> str:
     return resources.files("interp.view").joinpath("static", name).read_text(encoding="utf-8")
 
@@ -150,8 +155,7 @@ def render_page(data: dict[str, Any]) -> str:
     payload = json.dumps(data, separators=(",", ":"), allow_nan=False).translate(_JSON_MARKUP)
     parts = {"TITLE": _escape(data["title"]), "CSS": _static("view.css"), "DATA": payload,
              "PLOTLY": _inline(plotly_js()),
-             # the Tokens and Stages tabs, then the app that calls them
-             "APP": _inline(_static("tokens.js") + _static("stages.js") + _static("view.js"))}
+             "APP": _inline("".join(_static(name) for name in APP_SCRIPTS))}
     pieces = _PLACEHOLDER.split(_static("page.html"))  # [text, name, text, name, ...]: filled in one pass
     missing = set(parts) - set(pieces[1::2])
     if missing:
