@@ -96,8 +96,8 @@ class InductionHeadsConfig(AnalysisConfig):
     """Checkpoints the refined LLCs are estimated at, evenly spread, first and last kept (0: all)."""
     llc_sampler: LLCSettings = field(default_factory=lambda: LLCSettings(lr=1e-3, gamma=100.0, chains=4, draws=60,
                                                                           burn_in=40, batch_size=32))
-    """Measured on the quick run (`benchmarks/llc_cost.py`): 4.6-4.8 min for its 32 checkpoints on 2 CPU cores,
-    28-31 of 32 estimates trustworthy."""
+    """Measured on the quick run (`benchmarks/llc_cost.py`): 3.0-3.1 min for its 32 checkpoints on 2 quiet CPU
+    cores, 29-32 of 32 estimates trustworthy, stage boundaries within one checkpoint over four sampler seeds."""
     llc_sequences: int = 1024
     """Rows of the training distribution the sampler draws its minibatches from."""
 
