@@ -353,8 +353,8 @@ def measure_development(cfg: InductionHeadsConfig, run: Run, ctx: Context, chang
     if cfg.llc_per_head:
         heads = [HeadId(layer, head) for layer in range(cfg.model.n_layers) for head in range(cfg.model.n_heads)]
         spread = np.linspace(0, len(run.steps) - 1, cfg.llc_per_head_checkpoints or len(run.steps))
-        steps = [run.steps[i] for i in np.unique(spread.round().astype(int))]
-        refined = probe(run, {"rllc": refined_llc_probe(cfg.llc_sampler, heads)}, rows, steps=steps,
+        refined_steps = [run.steps[i] for i in np.unique(spread.round().astype(int))]
+        refined = probe(run, {"rllc": refined_llc_probe(cfg.llc_sampler, heads)}, rows, steps=refined_steps,
                         device=ctx.device, progress=ctx.progress).select("rllc")
         grid = refined.head_grid("llc", cfg.model.n_layers, cfg.model.n_heads)
         final = {HeadId(layer, head): round(float(grid[-1, layer, head]), 4)

@@ -155,6 +155,10 @@ def test_induction_with_llc_reports_its_stages(tmp_path):
     development = json.loads((out / "results.json").read_text())["development"]
     assert development["llc_settings"].startswith("lr=0.001,") and set(development["rllc_final"]) == {
         "L0H0", "L0H1", "L1H0", "L1H1"}
+    estimates = {row["step"]: row["values"]["llc"] for row in map(json.loads, (out / "runs" / "main" / "probes" /
+                                                                             "llc.jsonl").read_text().splitlines())}
+    peak = max(estimates, key=estimates.get)  # the peak among every checkpoint's LLC, not the per-head ones' steps
+    assert (development["llc_peak_step"], development["llc_peak"]) == (peak, estimates[peak])
     assert {"llc.png", "rllc_heads.png"} <= {p.name for p in (out / "figures").glob("*.png")}
     assert "Developmental stages" in (out / "report.md").read_text()
     assert read_results(out, InductionResults).development.rllc_final is not None
