@@ -34,7 +34,7 @@ from interp.probing import cached_computations, probe
 from interp.run_layout import LOCK_FILE, MANIFEST_FILE, PROBES_DIR
 from interp.train import train
 from interp.view import example_for, example_patterns
-from interp.view.data import saved_circuits
+from interp.view.circuits import saved_circuits
 
 PERIOD = N_CTX // 2
 

@@ -172,15 +172,16 @@ def test_an_edited_circuit_graph_is_refused_by_name_and_reported(run_copy):
 
 
 def test_an_edited_pattern_file_is_recomputed_and_reported(run_copy):
-    from interp.view import data as view_data
+    from interp.view.checkpoint_cache import PATTERNS_DIR
+    from interp.view.patterns import example_for, example_patterns
 
-    example = view_data.example_for(run_copy, PERIOD)
-    original = view_data.example_patterns(run_copy, example, device="cpu")
-    folder = run_copy.path / view_data.PATTERNS_DIR / example.key
+    example = example_for(run_copy, PERIOD)
+    original = example_patterns(run_copy, example, device="cpu")
+    folder = run_copy.path / PATTERNS_DIR / example.key
     victim = folder / f"{run_copy.checkpoint_hash(run_copy.steps[-1])[:16]}.npy"
     np.save(victim, np.zeros_like(original[-1]))  # same shape and dtype: only the digest tells
     assert main(["info", str(run_copy.path), "--verify"]) != 0
-    np.testing.assert_array_equal(view_data.example_patterns(run_copy, example, device="cpu"), original)
+    np.testing.assert_array_equal(example_patterns(run_copy, example, device="cpu"), original)
     assert main(["info", str(run_copy.path), "--verify"]) == 0  # recomputed and stored again
 
 

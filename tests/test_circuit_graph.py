@@ -33,7 +33,7 @@ from interp.circuits.weights import composition_probe, copying_probe, qk_matchin
 from interp.cli import main
 from interp.ids import EMBED, LOGITS, EdgeId, HeadId, MlpId, parse_node
 from interp.probing import batch_hash, probe
-from interp.view.data import saved_circuits
+from interp.view.circuits import saved_circuits
 from interp.viz import plot_circuit, plot_circuit_diff
 
 SHAPE = ModelShape(n_layers=2, n_heads=2, attn_only=False)

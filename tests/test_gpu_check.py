@@ -56,7 +56,7 @@ ALLOWED: dict[tuple[str, str, str], str] = {
         "TransformerLens's sparse probe fitted on CPU tensors made with torch.from_numpy: its results are on the CPU",
     ("interp/probing.py", "text_batch", "factory"):
         "token ids from a tokenizer, a CPU batch; probe() moves it with batch_to",
-    ("interp/view/data.py", "Example.batch", "factory"):
+    ("interp/view/patterns.py", "Example.batch", "factory"):
         "the explorer's example as a CPU batch; moved to the device where its patterns are computed",
     ("tasks/biographies.py", "Biographies.value_batch", "factory"):
         "probe labels built from Python lists on the CPU; probe() moves the batch with batch_to",

@@ -359,7 +359,7 @@ def test_the_tiny_model_config_fits_here():
 
 
 def test_the_explorers_pattern_pass_is_checked_before_loading(run_copy, no_loading, monkeypatch):
-    from interp.view.data import example_for, example_patterns
+    from interp.view.patterns import example_for, example_patterns
 
     monkeypatch.setattr(memory_module, "available_memory", lambda device=None: AvailableMemory(10**4, "a test"))
     with pytest.raises(InsufficientMemoryError, match=r"memory bounded by a test\)$"):

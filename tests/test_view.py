@@ -41,8 +41,9 @@ from interp.hooks import hook_name
 from interp.ids import CheckpointRef, EdgeId, HeadId
 from interp.probing import ProbeTable
 from interp.view import VIEW_DIR, ViewError, example_for, example_patterns, owner, view_data, write_view
-from interp.view import data as view_module
 from interp.view import page as page_module
+from interp.view import patterns as patterns_module
+from interp.view.checkpoint_cache import PATTERNS_DIR
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -84,7 +85,7 @@ def test_view_is_one_offline_page(analysis_dir):
 def test_patterns_are_cached_per_checkpoint_hash_and_match_a_bridge_forward(analysis_dir):
     run = Run.open(analysis_dir / "runs" / "main")
     example = example_for(run, 6)  # the tiny preset's probe period, read from analysis.json by the view
-    folder = run.path / view_module.PATTERNS_DIR / example.key
+    folder = run.path / PATTERNS_DIR / example.key
     assert sorted(p.name for p in folder.glob("*.npy")) == sorted(f"{run.checkpoint_hash(s)[:16]}.npy"
                                                                   for s in run.steps)
     assert json.loads((folder / "example.json").read_text())["tokens"] == list(example.tokens)
@@ -106,7 +107,7 @@ def test_a_second_view_computes_nothing_and_shows_the_same(analysis_dir, monkeyp
     def refuse(*args, **kwargs):
         raise AssertionError("patterns were computed again")
 
-    monkeypatch.setattr(view_module, "_compute_patterns", refuse)
+    monkeypatch.setattr(patterns_module, "_compute_patterns", refuse)
     after = view_data(analysis_dir, device="cpu")
     assert {**before, "generated": ""} == {**after, "generated": ""}
 
@@ -133,7 +134,7 @@ def test_page_values_are_the_probe_cache_and_the_patterns(analysis_dir):
     decoded = np.frombuffer(base64.b64decode(patterns["data"][-1]), dtype="<f2").reshape(2, 2, -1)
     np.testing.assert_array_equal(decoded, saved[-1][..., rows, cols])
     scores = shown["probes"]["example.induction"]
-    expected = view_module.pattern_scores(saved, 6)["induction"][-1].reshape(-1)
+    expected = patterns_module.pattern_scores(saved, 6)["induction"][-1].reshape(-1)
     np.testing.assert_allclose(scores["values"][-1], expected, rtol=1e-4)
 
 

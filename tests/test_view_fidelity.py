@@ -20,7 +20,8 @@ from interp.checkpoints import Run
 from interp.files import read_json
 from interp.model import attention_patterns
 from interp.view import example_for, example_patterns, view_data, write_view
-from interp.view.data import attention_circuit, open_source
+from interp.view.circuits import attention_circuit
+from interp.view.data import open_source
 from interp.view.owner import task_example
 
 

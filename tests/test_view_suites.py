@@ -27,9 +27,15 @@ from interp.metrics.loss_curve import (
 )
 from interp.suites import CheckpointSuite, SuiteError
 from interp.view import VIEW_DIR, ViewError, open_source, view_data, write_view
-from interp.view import data as view_module
-from interp.view.data import MAX_PATTERN_STEPS, example_for, pattern_steps
 from interp.view.examples import LossInput
+from interp.view.patterns import (
+    MAX_PATTERN_STEPS,
+    PATTERN_BUDGET,
+    example_for,
+    example_patterns,
+    pattern_bytes,
+    pattern_steps,
+)
 
 STEPS = [0, 10, 20]
 D_VOCAB = 64
@@ -110,7 +116,7 @@ def test_suite_page_shows_the_transformers_models_loss_and_patterns(viewed, buil
     example = run["example"]
     assert example["period"] == 16 and len(example["tokens"]) == 32
     suite = open_source(viewed).runs["tiny-neox"]
-    stored = view_module.example_patterns(suite, example_for(suite))
+    stored = example_patterns(suite, example_for(suite))
     for i, step in enumerate(STEPS):
         with torch.no_grad():
             attentions = built[1][step](torch.tensor([example["tokens"]]), output_attentions=True).attentions
@@ -212,7 +218,7 @@ def test_a_pythia_sized_suite_gets_a_page_within_the_budgets():
     steps = pattern_steps(source, example)
     assert len(example.tokens) == 64 and 2 <= len(steps) == 31 < MAX_PATTERN_STEPS
     assert steps[0] == 0 and steps[-1] == 153
-    assert view_module.pattern_bytes(source, example) <= view_module.PATTERN_BUDGET
+    assert pattern_bytes(source, example) <= PATTERN_BUDGET
 
 
 def test_suite_page_in_headless_chromium_loss_curve_and_pattern(viewed, browser):  # noqa: F811 - the fixture

@@ -22,7 +22,7 @@ from interp.errors import InputError
 from interp.model import ModelConfig, build_model, forward, model_state_dict, token_losses
 from interp.view import VIEW_DIR, view_data
 from interp.view import examples as examples_module
-from interp.view.data import pattern_problems
+from interp.view.checkpoint_cache import pattern_problems
 from interp.view.examples import ExampleInput, parse_tokens, read_example_batch, resolve_examples, token_readouts
 from interp.view.page import INDEX
 

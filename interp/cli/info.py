@@ -99,7 +99,7 @@ def verify_run(run: Run) -> tuple[list[str], list[str]]:
             notes.append(f"{cache}: {len(rows.legacy)} row(s) written before rows carried a digest and their "
                          "numerics: shown by `interp view`/`plot`, recomputed by `probe`")
     failures += _graph_failures(run)
-    from interp.view.data import pattern_problems  # the explorer's module, read only when asked
+    from interp.view.checkpoint_cache import pattern_problems  # the explorer's module, read only when asked
 
     failures += pattern_problems(run)
     return failures, notes

@@ -14,16 +14,10 @@ between two steps, two steps side by side, and each analysis's headline panel.
 """
 
 from interp.headline import Source
-from interp.view.data import (
-    Example,
-    ViewError,
-    example_for,
-    example_patterns,
-    open_source,
-    pattern_scores,
-)
+from interp.view.data import ViewError, open_source
 from interp.view.notebook import NotebookView, show
 from interp.view.page import INDEX, VIEW_DIR, render_page, view_data, write_view
+from interp.view.patterns import Example, example_for, example_patterns, pattern_scores
 
 __all__ = ["INDEX", "VIEW_DIR", "Example", "Source", "ViewError", "example_for", "example_patterns", "open_source",
            "pattern_scores", "render_page", "view_data", "write_view"]

@@ -5,7 +5,7 @@ At each (thinned) checkpoint and for each example, one forward pass
 (`interp.circuits.readout.position_readout`) gives per position the loss of the next token,
 the top-k predictions, the logit lens of every residual-stream entry and the direct logit
 attribution of every head and MLP. It is cached in the run like the attention patterns
-(`interp.view.data.example_patterns`): `token_readouts/<example id>/<checkpoint sha256[:16]>.npz`
+(`interp.view.patterns.example_patterns`): `token_readouts/<example id>/<checkpoint sha256[:16]>.npz`
 with its sha256 beside it, written under the run's lock (a read-only run's: outside it).
 
 `--loss-text`/`--loss-batch` (`LossInput`) choose the batch of the page's loss curve
@@ -38,16 +38,15 @@ from interp.files import atomic_write_bytes, loads_json, read_json
 from interp.hooks import hook_name
 from interp.memory import check_forward_memory, parameter_count
 from interp.metrics.loss_curve import LossBatch, file_loss_batch, repeated_loss_batch, text_loss_batch
-from interp.view.data import (
+from interp.view.checkpoint_cache import (
     READOUTS_DIR,
-    Example,
     cached_file_problem,
     cached_per_checkpoint,
     checkpoint_file_id,
     record_digest,
     thin,
-    token_labels,
 )
+from interp.view.patterns import Example, token_labels
 
 logger = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from interp.files import read_json
 from interp.headline import Headline, Heads, Lines, RunsData, Series, Source, head_probe, main_run, probe_column
 from interp.metrics.loss_curve import LOSS_KEY
 from interp.pipeline import RUNS_DIR
-from interp.view.data import Example, example_for
+from interp.view.patterns import Example, example_for
 
 logger = logging.getLogger(__name__)
 

@@ -24,8 +24,9 @@ import torch
 
 from interp.files import fsync_dir
 from interp.view import owner
-from interp.view.data import FORMAT, PATTERN_BUDGET, ViewError, open_source, pattern_bytes, run_data
+from interp.view.data import FORMAT, ViewError, open_source, run_data
 from interp.view.examples import ExampleInput, LossInput, add_token_strips, resolve_examples, resolve_loss_batch
+from interp.view.patterns import PATTERN_BUDGET, pattern_bytes
 from interp.view.provenance import run_provenance, seed_groups, toolkit_version
 
 VIEW_DIR = "view"
