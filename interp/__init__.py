@@ -21,7 +21,8 @@ if TYPE_CHECKING:
     from interp.checkpoints import CheckpointSource, Run
     from interp.configs import ConfigError
     from interp.model import ModelConfig, build_model
-    from interp.probing import Probe, ProbeTable, probe
+    from interp.probe_table import ProbeTable
+    from interp.probing import Probe, probe
     from interp.run_layout import CheckpointError
     from interp.suites import CheckpointSuite, open_suite
     from interp.train import TrainConfig, TrainHooks, train
@@ -35,7 +36,7 @@ _SOURCES = {
     "ConfigError": "interp.configs",
     "ModelConfig": "interp.model",
     "Probe": "interp.probing",
-    "ProbeTable": "interp.probing",
+    "ProbeTable": "interp.probe_table",
     "Run": "interp.checkpoints",
     "TrainConfig": "interp.train",
     "TrainHooks": "interp.train",

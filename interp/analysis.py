@@ -80,7 +80,8 @@ from interp.pipeline import (
     nearest_step,
     read_task,
 )
-from interp.probing import ProbeTable, probe
+from interp.probe_table import ProbeTable
+from interp.probing import probe
 from interp.report import FIGURES_DIR, Figure, Report, write_figures
 from interp.run_layout import ANALYSIS_FILE, CONFIG_FILE, LOCK_FILE
 from interp.train import CheckpointPolicy, TrainConfig, TrainHooks

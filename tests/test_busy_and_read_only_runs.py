@@ -183,7 +183,7 @@ def test_a_read_only_run_is_probed_once_with_its_cache_outside(run_copy, tmp_pat
     row["values"] = {name: 0.5 for name in row["values"]}
     cache.write_text("\n".join([json.dumps(row), *lines[1:]]) + "\n")
     assert main(["info", str(run_copy.path), "--verify"]) != 0
-    with caplog.at_level(logging.WARNING, logger="interp.probing"):
+    with caplog.at_level(logging.WARNING, logger="interp.probe_cache"):
         again = probe(run_copy, induction(), batch())
     np.testing.assert_array_equal(again.values, expected.values)
     assert counter.run_probes == computed + 1

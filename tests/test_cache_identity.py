@@ -66,7 +66,7 @@ def test_an_edited_row_is_recomputed_with_a_warning_and_reported(run_copy, caplo
     lines[2] = json.dumps(edited)
     cache.write_text("\n".join(lines) + "\n")
     assert main(["info", str(run_copy.path), "--verify"]) != 0  # the edit is reported ...
-    with caplog.at_level(logging.WARNING, logger="interp.probing"):
+    with caplog.at_level(logging.WARNING, logger="interp.probe_cache"):
         again = probe(run_copy, probes, batch())
     np.testing.assert_array_equal(again.values, original.values)  # ... never returned: recomputed
     assert any(str(cache) in r.getMessage() and "edited" in r.getMessage() for r in caplog.records)
@@ -226,7 +226,7 @@ def test_a_run_another_process_writes_past_the_wait_is_probed_without_caching(ru
         while not ready.exists():
             assert holder.poll() is None and time.monotonic() < deadline, "the lock holder did not start"
             time.sleep(0.05)
-        with caplog.at_level(logging.WARNING, logger="interp.probing"):
+        with caplog.at_level(logging.WARNING, logger="interp.probe_cache"):
             got = probe(run_copy, probes, batch())
     finally:
         holder.kill()

@@ -54,7 +54,7 @@ ALLOWED: dict[tuple[str, str, str], str] = {
         "a patching batch drawn from a CPU generator; probe() moves the batch with batch_to",
     ("interp/metrics/probe_fitting.py", "_fit_sparse", "numpy_on_device"):
         "TransformerLens's sparse probe fitted on CPU tensors made with torch.from_numpy: its results are on the CPU",
-    ("interp/probing.py", "text_batch", "factory"):
+    ("interp/probe_batches.py", "text_batch", "factory"):
         "token ids from a tokenizer, a CPU batch; probe() moves it with batch_to",
     ("interp/view/patterns.py", "Example.batch", "factory"):
         "the explorer's example as a CPU batch; moved to the device where its patterns are computed",
@@ -70,7 +70,7 @@ ALLOWED: dict[tuple[str, str, str], str] = {
         "no gradients: a CPU 0.0, as torch's own get_total_norm returns (the fallback for torch < 2.6)",
     ("interp/batches.py", "repeated_tokens", "factory"):
         "probe tokens drawn from a CPU generator; probe() moves the batch with batch_to",
-    ("interp/probing.py", "batch_hash", "numpy_on_device"):
+    ("interp/probe_cache.py", "batch_hash", "numpy_on_device"):
         "hashes a tensor copied to the CPU on the line before (`.detach().cpu()`)",
     ("tasks/biographies.py", "Biographies.batch", "factory"):
         "draws the batch's numpy seed from the CPU generator",

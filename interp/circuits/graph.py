@@ -263,7 +263,7 @@ _SET_ID = re.compile(r"[0-9a-f]{16}|legacy")
 @dataclass(frozen=True, order=True)
 class GraphSetId:
     """A graph set's identity under its key, and its folder's name: 16 hex digits of
-    sha256(probe name, NUL, batch hash), as `interp.probing.probe_artifacts` names a probe's
+    sha256(probe name, NUL, batch hash), as `interp.probe_cache.probe_artifacts` names a probe's
     folder; or `legacy`, the graphs a key held in the old layout."""
 
     text: str
@@ -286,8 +286,8 @@ LEGACY_SET = GraphSetId("legacy")
 @dataclass(frozen=True)
 class GraphSource:
     """What a graph set was computed with: the probe's name (it encodes the method, the metric
-    and their parameters), the batch's hash (`interp.probing.batch_hash`; `no-batch` for
-    weights only) and the numerics (`interp.probing.numerics`: dtype and device class), as
+    and their parameters), the batch's hash (`interp.probe_cache.batch_hash`; `no-batch` for
+    weights only) and the numerics (`interp.probe_cache.numerics`: dtype and device class), as
     the probe cache keys its rows. Equal sources are the same set."""
 
     probe: str

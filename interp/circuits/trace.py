@@ -27,7 +27,9 @@ from interp.circuits.paths import path_patching_probe
 from interp.circuits.weights import composition_probe
 from interp.devices import resolve_device
 from interp.model import Batch
-from interp.probing import Probe, ProbeTable, batch_hash, numerics, probe
+from interp.probe_cache import batch_hash, numerics
+from interp.probe_table import ProbeTable
+from interp.probing import Probe, probe
 
 GraphMethod = Literal["path", "eap", "composition"]
 GRAPH_METHODS: tuple[GraphMethod, ...] = ("path", "eap", "composition")

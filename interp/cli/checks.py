@@ -63,8 +63,8 @@ def plan_chunks(model_cfg: ModelConfig, probes: Mapping[str, Probe], sequences: 
                 device: str | None) -> None:
     """Before the batch is built or a checkpoint loads: refuse in one line, naming the numbers,
     what cannot fit even one sequence at a time, and say when the batch is computed in chunks
-    (`interp.probing.probe_chunk_rows`; the results and their cache are those of the whole batch)."""
-    from interp.probing import probe_chunk_rows  # the probe runner: only for a command that computes
+    (`interp.probe_batches.probe_chunk_rows`; the results and their cache are those of the whole batch)."""
+    from interp.probe_batches import probe_chunk_rows  # the probe runner's: only for a command that computes
 
     rows = probe_chunk_rows(model_cfg, probes, shape_only(sequences, positions), device)
     if rows < sequences:

@@ -13,7 +13,7 @@ from interp.cli.errors import EXIT_FAILED
 from interp.cli.runs import model_config, one_run, run_dirs
 from interp.files import bytes_in, read_json, scan_jsonl
 from interp.memory import format_bytes
-from interp.probing import cache_rows, probe_cache_files
+from interp.probe_cache import cache_rows, probe_cache_files
 from interp.run_layout import ANALYSIS_FILE, CONFIG_FILE, STATE_FILE, WEIGHTS_FILE, CheckpointError
 from interp.suite_layouts import is_suite_folder
 from interp.suites import HUB_PREFIX, CheckpointSuite

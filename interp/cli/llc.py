@@ -22,7 +22,8 @@ from interp.metrics.development import Development, development
 from interp.metrics.llc import refined_llc_probe
 from interp.metrics.llc_settings import LLCSettings
 from interp.model import Batch
-from interp.probing import ProbeTable, probe
+from interp.probe_table import ProbeTable
+from interp.probing import probe
 from interp.suites import CheckpointSuite
 
 

@@ -14,7 +14,7 @@ from interp.checkpoints import Run
 from interp.cli.runs import find_runs, model_config
 from interp.ids import HeadId
 from interp.metrics.loss_curve import LOSS_KEY, cached_loss_curve
-from interp.probing import cached_computations, probe_cache_files
+from interp.probe_cache import cached_computations, probe_cache_files
 from interp.suites import CheckpointSuite
 from interp.viz import plot_curves, plot_head_curves, save_figure
 

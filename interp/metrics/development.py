@@ -18,7 +18,8 @@ from interp.metrics.llc import llc_probe
 from interp.metrics.llc_settings import LLC_KEY, LLCSettings
 from interp.metrics.stages import ChangePoints, Stages, change_points, llc_stages
 from interp.model import Batch
-from interp.probing import Column, ProbeTable, probe
+from interp.probe_table import Column, ProbeTable
+from interp.probing import probe
 
 DYNAMICS_ROWS = 32
 """Rows of the LLC's data whose outputs trace the essential-dynamics trajectory."""

@@ -41,7 +41,9 @@ from interp.errors import InputError
 from interp.files import atomic_write_npy
 from interp.metrics.drift import pca
 from interp.model import Batch, scored_positions
-from interp.probing import Probe, ProbeContext, Text, probe, probe_artifacts, text_batch
+from interp.probe_batches import Text, text_batch
+from interp.probe_cache import probe_artifacts
+from interp.probing import Probe, ProbeContext, probe
 
 OutputKind = Literal["log_softmax", "logits"]
 OUTPUT_KINDS: tuple[OutputKind, ...] = ("log_softmax", "logits")

@@ -53,7 +53,9 @@ from interp.files import atomic_write_json, atomic_write_npy, read_json, save_sa
 from interp.hooks import hook_name
 from interp.metrics.probe_fitting import FitSettings, Kind, ProbeFit, fit_probe
 from interp.model import Batch
-from interp.probing import Probe, ProbeContext, ProbeTable, probe_artifacts
+from interp.probe_cache import probe_artifacts
+from interp.probe_table import ProbeTable
+from interp.probing import Probe, ProbeContext
 from interp.run_layout import PROBES_DIR
 
 VERSION = 1

@@ -40,7 +40,8 @@ from interp.model import (
     named_trainable_parameters,
     scored_positions,
 )
-from interp.probing import Probe, ProbeContext, probe_artifacts
+from interp.probe_cache import probe_artifacts
+from interp.probing import Probe, ProbeContext
 from interp.seeding import LLC_BATCHES, LLC_NOISE, generator
 
 DIVERGENCE_MARGIN = 2.0

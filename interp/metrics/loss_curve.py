@@ -33,15 +33,15 @@ from interp.files import atomic_write_json, read_json
 from interp.locking import RunInUseError
 from interp.metrics.outputs import loss_probe
 from interp.model import Batch
-from interp.probing import (
+from interp.probe_batches import text_batch
+from interp.probe_cache import (
     batch_hash,
     cached_computations,
     computation_artifacts,
-    probe,
     probe_artifacts,
     probe_cache_files,
-    text_batch,
 )
+from interp.probing import probe
 from interp.run_layout import RunDamagedError
 
 logger = logging.getLogger(__name__)
@@ -100,7 +100,7 @@ def repeated_loss_batch(cfg: ModelSizes, seed: int = 0) -> LossBatch:
 
 
 def text_loss_batch(source: CheckpointSource, texts: Sequence[str], flag: str = "--loss-text") -> LossBatch:
-    """`texts` tokenized by the source's tokenizer (`interp.probing.text_batch`: they must
+    """`texts` tokenized by the source's tokenizer (`interp.probe_batches.text_batch`: they must
     tokenize to one length; a source without a tokenizer is refused, naming `flag`)."""
     try:
         batch = text_batch(source, list(texts))
@@ -150,7 +150,7 @@ def _save_about(source: CheckpointSource, probe_obj: Any, loss_batch: LossBatch,
 
 
 def cached_loss_curve(source: CheckpointSource) -> LossCurve | None:
-    """The most complete loss curve cached in `source` (`interp.probing.cached_computations`),
+    """The most complete loss curve cached in `source` (`interp.probe_cache.cached_computations`),
     with its batch's description where one was stored (else the batch's hash alone); None
     when nothing is cached. Runs no model, and hashes no checkpoint when there is no cache."""
     if not any(path.stem == LOSS_KEY for path in probe_cache_files(source)):

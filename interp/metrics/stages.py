@@ -42,7 +42,7 @@ from interp.circuits.graph import CircuitGraph
 from interp.errors import InputError
 from interp.metrics.essential_dynamics import EssentialDynamics
 from interp.metrics.spans import halfway_step, phase_boundaries, phase_change, smooth
-from interp.probing import Column, ProbeTable
+from interp.probe_table import Column, ProbeTable
 
 StageKind = Literal["rising", "falling", "plateau"]
 BoundaryKind = Literal["maximum", "minimum", "plateau start", "plateau end"]

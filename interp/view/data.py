@@ -26,7 +26,7 @@ from interp.ids import HeadId
 from interp.metrics import spans
 from interp.metrics.loss_curve import LOSS_KEY, LossBatch, LossCurve, loss_curve
 from interp.pipeline import RUNS_DIR
-from interp.probing import cached_computations, probe_cache_files
+from interp.probe_cache import cached_computations, probe_cache_files
 from interp.run_layout import (
     CHECKPOINTS_DIR,
     CONFIG_FILE,
@@ -188,7 +188,7 @@ def head_order(name: str) -> tuple[int, int, str]:
 
 def cached_probes(run: Run) -> dict[str, dict[str, Any]]:
     """The probe caches of `run`: for each key, its most complete computation at the current
-    checkpoints (`interp.probing.cached_computations`: one probe, batch and numerics, the
+    checkpoints (`interp.probe_cache.cached_computations`: one probe, batch and numerics, the
     latest on a tie), as `{"probe", "about", "steps", "columns", "values": [step][column], "heads"}`.
     Damaged or edited rows are skipped (a cache can be recomputed)."""
     out: dict[str, dict[str, Any]] = {}

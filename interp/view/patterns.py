@@ -29,7 +29,7 @@ from interp.files import atomic_write_json, atomic_write_npy, read_json
 from interp.hooks import hook_name
 from interp.memory import check_forward_memory
 from interp.model import attention_patterns
-from interp.probing import batch_hash
+from interp.probe_cache import batch_hash
 from interp.view.checkpoint_cache import (
     PATTERNS_DIR,
     cached_file_problem,

@@ -27,7 +27,7 @@ from interp.metrics.essential_dynamics import (
     trajectory_dynamics,
 )
 from interp.metrics.stages import change_points
-from interp.probing import cached_computations, computation_artifacts
+from interp.probe_cache import cached_computations, computation_artifacts
 
 REFINED_QUANTITY = "llc"
 """The refined LLC's column of each component (`llc/<component>`), shown as a per-head probe."""
