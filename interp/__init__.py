@@ -25,7 +25,8 @@ if TYPE_CHECKING:
     from interp.probing import Probe, probe
     from interp.run_layout import CheckpointError
     from interp.suites import CheckpointSuite, open_suite
-    from interp.train import TrainConfig, TrainHooks, train
+    from interp.train import TrainHooks, train
+    from interp.train_config import TrainConfig
 
 # Each public name and the module that defines it, imported on first use (PEP 562): importing
 # `interp` (which `interp.cli` and every submodule do) costs nothing until a name is used.
@@ -38,7 +39,7 @@ _SOURCES = {
     "Probe": "interp.probing",
     "ProbeTable": "interp.probe_table",
     "Run": "interp.checkpoints",
-    "TrainConfig": "interp.train",
+    "TrainConfig": "interp.train_config",
     "TrainHooks": "interp.train",
     "build_model": "interp.model",
     "open_suite": "interp.suites",

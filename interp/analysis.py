@@ -84,7 +84,8 @@ from interp.probe_table import ProbeTable
 from interp.probing import probe
 from interp.report import FIGURES_DIR, Figure, Report, write_figures
 from interp.run_layout import ANALYSIS_FILE, CONFIG_FILE, LOCK_FILE
-from interp.train import CheckpointPolicy, TrainConfig, TrainHooks
+from interp.train import TrainHooks
+from interp.train_config import CheckpointPolicy, TrainConfig
 
 ENTRY_POINT_GROUP = "interp.analyses"
 RETIRED_CONFIG_FIELDS = ("workers",)

@@ -193,7 +193,7 @@ class Run:
     @property
     def committed_steps(self) -> list[int]:
         """Every checkpoint ever committed, ascending, including those whose files a checkpoint
-        policy released (`interp.train.CheckpointPolicy`): the last is where the run got to and
+        policy released (`interp.train_config.CheckpointPolicy`): the last is where the run got to and
         where a resume continues."""
         return sorted(int(s) for s in self.manifest)
 

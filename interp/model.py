@@ -369,7 +369,7 @@ def batch_to(batch: Batch, device: torch.device) -> Batch:
 
 
 def training_batch(batch: Batch, device: torch.device) -> Batch:
-    """A drawn batch as a training step takes it (`interp.train.Stepper.step`): trimmed
+    """A drawn batch as a training step takes it (`interp.train_steps.Stepper.step`): trimmed
     (`trim_padding`) where it was drawn, on the host, then moved to `device`. Trimming reads
     the batch's mask: on a CUDA batch that would make the host wait for the device every step."""
     return batch_to(trim_padding(batch), device)

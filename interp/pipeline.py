@@ -26,16 +26,15 @@ from interp.memory import FLOAT_BYTES, parameter_count
 from interp.model import ModelConfig
 from interp.parallel import Backend, LocalBackend, run_all
 from interp.run_layout import CONFIG_FILE
-from interp.train import (
+from interp.train import TrainHooks, train
+from interp.train_config import (
     KEEP_ALL,
     CheckpointPolicy,
     DataSource,
     TrainConfig,
-    TrainHooks,
     checkpoint_schedule,
     keep_checkpoints,
     kept_weights,
-    train,
 )
 
 RUNS_DIR = "runs"

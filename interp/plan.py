@@ -27,7 +27,8 @@ from interp.memory import available_memory, estimate_memory, format_bytes, param
 from interp.model import ModelConfig, build_model, training_batch
 from interp.pipeline import JobSetup, RunShape, TrainingJob, estimate_disk, task_record
 from interp.seeding import BATCHES, generator
-from interp.train import Stepper, TrainConfig, checkpoint_schedule
+from interp.train_config import TrainConfig, checkpoint_schedule
+from interp.train_steps import Stepper
 
 FLOPS_FORMULA = ("FLOPs = 6*N*T + 6*L*n_ctx*d_attn*T (Kaplan et al. 2020: forward 2 per weight and token, backward "
                  "twice that; N: parameters outside the embedding tables, which are lookups; T: tokens = steps x "

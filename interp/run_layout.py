@@ -6,7 +6,7 @@ Layout (see README):
     metrics.jsonl        one JSON object per logged step
     manifest.json        step -> file -> sha256; a checkpoint exists once listed here, and lists
                          the files it keeps (a checkpoint policy may release some, see
-                         `interp.train.CheckpointPolicy`); "shared": step -> "run_dir@step" for
+                         `interp.train_config.CheckpointPolicy`); "shared": step -> "run_dir@step" for
                          weights that are another run's checkpoint (run_dir relative to this run)
     checkpoints/step_000123/weights.safetensors   model weights
     checkpoints/step_000123/state.pt              optimizer state, step, running loss (no code)

@@ -20,10 +20,9 @@ import logging
 import math
 import platform
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from fnmatch import fnmatchcase
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -32,42 +31,74 @@ from tqdm.auto import tqdm
 
 from interp.bridge import installed_version
 from interp.checkpoints import Run
-from interp.configs import require, require_finite, require_literals, require_positive, to_dict
+from interp.configs import to_dict
 from interp.devices import resolve_device
 from interp.errors import InputError, OutputExistsError
 from interp.files import NonFiniteError
 from interp.ids import CheckpointRef
 from interp.locking import brief_wait, run_lock
-from interp.model import (
-    Batch,
-    FwdHook,
-    ModelConfig,
-    Patterns,
-    build_model,
-    forward,
-    load_model_state_dict,
-    masked_mean_loss,
-    named_trainable_parameters,
-    training_batch,
-)
-from interp.run_layout import CONFIG_FILE, STATE_FILE, WEIGHTS_FILE, RunDamagedError
+from interp.model import FwdHook, ModelConfig, build_model, load_model_state_dict, training_batch
+from interp.run_layout import CONFIG_FILE, RunDamagedError
 from interp.seeding import BATCHES, generator
+from interp.train_config import (
+    KEEP_ALL,
+    CheckpointPolicy,
+    DataSource,
+    KeptState,
+    KeptWeights,
+    Optimizer,
+    Precision,
+    Schedule,
+    TrainConfig,
+    checkpoint_schedule,
+    decayed,
+    keep_checkpoints,
+    kept_weights,
+    lr_at,
+    make_optimizer,
+    selected,
+)
+from interp.train_steps import BatchPatterns, Stepper, StepStats, read_steps, take_steps
 
 if TYPE_CHECKING:  # TransformerLens takes seconds to import; these names only annotate
     from transformer_lens.model_bridge import TransformerBridge
 
+# The config, checkpoint policy, optimizer and step machinery live in `interp.train_config` and
+# `interp.train_steps`; they are re-exported here, where callers have always imported them.
+__all__ = [
+    "KEEP_ALL",
+    "NO_HOOKS",
+    "BatchPatterns",
+    "CheckpointPolicy",
+    "DataSource",
+    "Evaluator",
+    "KeptState",
+    "KeptWeights",
+    "Optimizer",
+    "Precision",
+    "RunStart",
+    "Schedule",
+    "StepCallback",
+    "StepStats",
+    "Stepper",
+    "StopCondition",
+    "TrainConfig",
+    "TrainHooks",
+    "checkpoint_schedule",
+    "decayed",
+    "keep_checkpoints",
+    "kept_weights",
+    "lr_at",
+    "make_optimizer",
+    "parse_init_from",
+    "read_steps",
+    "selected",
+    "take_steps",
+    "train",
+    "versions",
+]
+
 logger = logging.getLogger(__name__)
-
-Optimizer = Literal["adamw", "adam", "sgd"]
-Schedule = Literal["constant", "cosine"]
-Precision = Literal["fp32", "bf16"]
-
-
-class DataSource(Protocol):
-    def batch(self, step: int, batch_size: int, generator: torch.Generator) -> Batch:
-        """The training batch for `step`; a pure function of its arguments."""
-        ...
-
 
 Evaluator = Callable[["TransformerBridge"], Mapping[str, float]]
 """Called in eval mode without gradients; returns named numbers to log."""
@@ -78,191 +109,6 @@ StepCallback = Callable[[int, "TransformerBridge", float], None]
 StopCondition = Callable[[int, Mapping[str, float]], bool]
 """Called after each evaluation with (steps done, that evaluation's row); True ends
 the run there (e.g. once a loss has left its plateau)."""
-
-BatchPatterns = Callable[[Batch], Patterns]
-"""Attention patterns that depend on the batch (e.g. a reference model's on it,
-`interp.pattern_substitution.reference_patterns`), used instead of the model's own at every training
-step; they carry no gradient, so queries and keys are not trained."""
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Optimization, schedule, logging and checkpointing of one training run.
-
-    `l2` adds `l2/2 * ||theta||^2` to the loss (explicit penalty), distinct from
-    decoupled `weight_decay`. Each applies to the parameters whose checkpoint names
-    match one of its patterns, `l2_only` and `decay_only` (fnmatch, e.g.
-    `"blocks.*.attn.*"`: the attention only), or to all when they are empty.
-    `log_every` is an interval: the training loss (averaged over the steps since the
-    last row) and the learning rate are logged every `log_every` steps and at the last;
-    evaluators run every `eval_every` steps (0: at step 0 and the last step only).
-    Checkpoints are taken at step 0, the last step, at `checkpoint_log` log-spaced steps
-    (a count, not an interval: `geomspace(1, steps, checkpoint_log)` rounded; 0: none),
-    every `checkpoint_every` steps (an interval; 0: none) and at each of
-    `checkpoint_steps`. (These names are keys of every saved run's `config.json`, which
-    identifies the run, so they stay.) `init_from` is `"run_dir"` (last step) or `"run_dir@step"`.
-    `precision="bf16"` runs the training forward pass under bfloat16 autocast
-    (weights, optimizer state and evaluation stay float32); bfloat16 keeps float32's
-    exponent range, so it needs no loss scaling.
-    """
-
-    steps: int = 1000
-    batch_size: int = 32
-    optimizer: Optimizer = "adamw"
-    lr: float = 1e-3
-    momentum: float = 0.0
-    beta1: float = 0.9
-    beta2: float = 0.999
-    weight_decay: float = 0.0
-    l2: float = 0.0
-    l2_only: tuple[str, ...] = ()
-    decay_only: tuple[str, ...] = ()
-    schedule: Schedule = "constant"
-    warmup_steps: int = 0
-    min_lr_ratio: float = 0.0
-    grad_clip: float = 0.0
-    precision: Precision = "fp32"
-    log_every: int = 10
-    eval_every: int = 0
-    checkpoint_log: int = 10
-    checkpoint_every: int = 0
-    checkpoint_steps: tuple[int, ...] = ()
-    episode_steps: int = 0
-    reset_optimizer_each_episode: bool = False
-    init_from: str = ""
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        require_finite(self)
-        require_positive(self, "steps", "batch_size", "log_every")
-        require(self.lr > 0, "lr", "a positive learning rate", self.lr)
-        require_literals(self)
-        for name in ("momentum", "weight_decay", "l2", "grad_clip"):
-            value = getattr(self, name)
-            require(value >= 0, name, "a number >= 0", value)
-        for name in ("beta1", "beta2", "min_lr_ratio"):
-            value = getattr(self, name)
-            require(0 <= value <= 1, name, "a number in [0, 1]", value)
-        for name in ("warmup_steps", "eval_every", "checkpoint_log", "checkpoint_every", "episode_steps"):
-            value = getattr(self, name)
-            require(isinstance(value, int) and value >= 0, name, "an integer >= 0", value)
-        bad = [s for s in self.checkpoint_steps if not 0 <= s <= self.steps]
-        require(not bad, "checkpoint_steps", f"steps within [0, {self.steps}]", bad)
-        require(
-            not self.reset_optimizer_each_episode or self.episode_steps > 0,
-            "episode_steps",
-            "a positive episode length when reset_optimizer_each_episode is set",
-            self.episode_steps,
-        )
-
-
-def checkpoint_schedule(cfg: TrainConfig) -> list[int]:
-    """Sorted checkpoint steps: 0, the end, log-spaced, linear and explicit ones."""
-    steps = {0, cfg.steps, *cfg.checkpoint_steps}
-    if cfg.checkpoint_log:
-        steps.update(int(round(s)) for s in np.geomspace(1, cfg.steps, cfg.checkpoint_log))
-    if cfg.checkpoint_every:
-        steps.update(range(0, cfg.steps + 1, cfg.checkpoint_every))
-    return sorted(steps)
-
-
-KeptWeights = Literal["all", "log", "final", "none"]
-KeptState = Literal["latest", "all"]
-
-
-@dataclass(frozen=True)
-class CheckpointPolicy:
-    """Which of a run's checkpoint files stay on disk. It changes what the run directory
-    holds, never a number in it, so it is not part of the run's identity (`config.json`): the
-    job that trains the run declares it (`interp.pipeline.TrainingJob.keep`, `train(keep=...)`).
-
-    `weights`: "all" at every scheduled checkpoint; "log" at step 0, the last step, the
-    `checkpoint_log` log-spaced steps and the explicit `checkpoint_steps` (the `checkpoint_every`
-    ones are then resume points only); "final" at the last step only; "none" at none once the
-    job's own results are written (`keep_checkpoints(..., results_written=True)`; until then at
-    the last step, which they are computed from). `state`: the training state (`state.pt`:
-    optimizer state and running loss), "latest" only at the last checkpoint, the one a resume
-    continues from, or "all" at every one. Whatever the policy, the last committed checkpoint
-    keeps both while the run trains, so a killed run loses nothing it checkpointed; an earlier
-    one loses what the policy drops only once a later one is committed."""
-
-    weights: KeptWeights = "all"
-    state: KeptState = "latest"
-
-    def __post_init__(self) -> None:
-        require_literals(self)
-
-
-KEEP_ALL = CheckpointPolicy()
-"""Weights at every checkpoint, the training state at the last (the default of `train`)."""
-
-
-def kept_weights(cfg: TrainConfig, policy: CheckpointPolicy, committed: Sequence[int]) -> set[int]:
-    """Which of the `committed` checkpoints of a run trained with `cfg` keep their weights under
-    `policy` once a later one is committed (the last keeps them anyway, see `keep_checkpoints`)."""
-    if policy.weights == "all":
-        return set(committed)
-    if policy.weights == "log":
-        return set(checkpoint_schedule(replace(cfg, checkpoint_every=0))) & set(committed)
-    return {cfg.steps} & set(committed) if policy.weights == "final" else set()
-
-
-def keep_checkpoints(run: Run, cfg: TrainConfig, policy: CheckpointPolicy, *, results_written: bool = False) -> None:
-    """Release the files `policy` does not keep from `run`'s committed checkpoints (by the holder
-    of its lock). The last committed checkpoint keeps its weights, unless the policy keeps none and
-    `results_written` says that what the job computes from them is written."""
-    committed = run.committed_steps
-    if not committed:
-        return
-    last, kept = committed[-1], kept_weights(cfg, policy, committed)
-    manifest = run.manifest
-    drop: dict[int, list[str]] = {}
-    for step in committed:
-        names = []
-        if step != last and policy.state == "latest":
-            names.append(STATE_FILE)
-        if step not in kept and (step != last or (policy.weights == "none" and results_written)):
-            names.append(WEIGHTS_FILE)
-        names = [n for n in names if n in manifest[str(step)]]
-        if names:
-            drop[step] = names
-    if drop:
-        run.release(drop)
-
-
-def lr_at(cfg: TrainConfig, step: int) -> float:
-    """Learning rate for the update taken at `step` (0-based)."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    if cfg.schedule == "cosine":
-        span = max(1, cfg.steps - cfg.warmup_steps)
-        progress = min(1.0, (step - cfg.warmup_steps) / span)
-        return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
-    return cfg.lr
-
-
-def selected(patterns: Sequence[str], name: str) -> bool:
-    """Whether the parameter called `name` matches one of `patterns` (all do when there are none)."""
-    return not patterns or any(fnmatchcase(name, pattern) for pattern in patterns)
-
-
-def decayed(cfg: TrainConfig, name: str) -> bool:
-    """Whether `weight_decay` applies to the parameter called `name`."""
-    return selected(cfg.decay_only, name)
-
-
-def make_optimizer(cfg: TrainConfig, named_params: Sequence[tuple[str, Tensor]]) -> torch.optim.Optimizer:
-    groups = [{"params": [p for n, p in named_params if decayed(cfg, n)], "weight_decay": cfg.weight_decay},
-              {"params": [p for n, p in named_params if not decayed(cfg, n)], "weight_decay": 0.0}]
-    groups = [g for g in groups if g["params"]]
-    # The fused kernels update every tensor in one call: the per-tensor loop of the default
-    # implementation is most of an optimizer step at these model sizes (5x slower on CPU).
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, fused=True)
-    betas = (cfg.beta1, cfg.beta2)
-    if cfg.optimizer == "adam":
-        return torch.optim.Adam(groups, lr=cfg.lr, betas=betas, fused=True)
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=betas, fused=True)
 
 
 def parse_init_from(spec: str) -> tuple[Run, int]:
@@ -297,118 +143,6 @@ def _identity(config: Mapping[str, Any]) -> dict[str, Any]:
 
 def _json_roundtrip(obj: Any) -> Any:
     return json.loads(json.dumps(obj))
-
-
-class StepStats(NamedTuple):
-    """What one optimizer step reports, left on the device (reading it waits for the step)."""
-
-    loss: Tensor
-    """The loss before the update, detached, 0-dim."""
-    grad_norm: Tensor
-    """The total gradient norm before clipping, 0-dim: a NaN or infinity here poisons the
-    weights (and the optimizer's moments) even while the loss still reads finite."""
-
-
-def _total_norm(grads: list[Tensor]) -> Tensor:
-    get_total_norm = getattr(torch.nn.utils, "get_total_norm", None)  # torch >= 2.6: one fused pass
-    if get_total_norm is not None:
-        return get_total_norm(grads)
-    if not grads:
-        return torch.zeros(())
-    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
-
-
-class Stepper:
-    """The optimizer step of `train`: learning-rate schedule, explicit L2,
-    gradient clipping and the per-episode optimizer reset. `take_steps` uses
-    the same object, so in-memory fine-tuning updates exactly as a run does."""
-
-    def __init__(self, model: TransformerBridge, cfg: TrainConfig, fwd_hooks: Sequence[FwdHook] = (),
-                 batch_patterns: BatchPatterns | None = None):
-        self.model, self.cfg, self.fwd_hooks, self.batch_patterns = model, cfg, fwd_hooks, batch_patterns
-        self.named_params = named_trainable_parameters(model)
-        self.params = [p for _, p in self.named_params]
-        names = [n for n, _ in self.named_params]
-        for field_name in ("decay_only", "l2_only"):
-            patterns = getattr(cfg, field_name)
-            if patterns and not any(selected(patterns, n) for n in names):
-                raise InputError(f"{field_name}: {list(patterns)} matches no parameter; names are {names}")
-        self.penalized = [p for n, p in self.named_params if selected(cfg.l2_only, n)]
-        self.optimizer = make_optimizer(cfg, self.named_params)
-        self.device_type = self.params[0].device.type
-
-    def step(self, step: int, batch: Batch) -> StepStats:
-        """Update on `batch` (on the model's device, trimmed: `interp.model.training_batch`) as
-        the `step`-th (0-based) step; returns the loss before the update
-        and the gradient norm, detached 0-dim tensors on the model's device. Reading them waits
-        for the device to finish the step, so callers read them only when they need the numbers
-        (`read_steps`, which also stops at the first non-finite one)."""
-        cfg = self.cfg
-        if cfg.reset_optimizer_each_episode and step > 0 and step % cfg.episode_steps == 0:
-            self.optimizer = make_optimizer(cfg, self.named_params)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr_at(cfg, step)
-        patterns = self.batch_patterns(batch) if self.batch_patterns else None
-        with torch.autocast(self.device_type, torch.bfloat16, enabled=cfg.precision == "bf16"):
-            loss = masked_mean_loss(forward(self.model, batch, self.fwd_hooks, patterns), batch)
-        objective = loss
-        if cfg.l2:
-            objective = loss + 0.5 * cfg.l2 * sum(p.pow(2).sum() for p in self.penalized)
-        self.optimizer.zero_grad(set_to_none=True)
-        objective.backward()
-        if cfg.grad_clip:
-            grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
-        else:
-            grad_norm = _total_norm([p.grad for p in self.params if p.grad is not None])
-        self.optimizer.step()
-        return StepStats(loss.detach(), grad_norm.detach())
-
-
-def take_steps(
-    model: TransformerBridge,
-    train_cfg: TrainConfig,
-    data: DataSource,
-    steps: Sequence[int],
-    *,
-    fwd_hooks: Sequence[FwdHook] = (),
-    batch_patterns: BatchPatterns | None = None,
-) -> list[float]:
-    """Train `model` in place on `data`'s batches for `steps`, with a fresh
-    optimizer and no run directory; returns the training losses.
-
-    For short what-if fine-tuning from a checkpoint (e.g. a pairwise recovery
-    matrix), where writing a run per probe would cost more than the training.
-    The update is `train`'s own (`Stepper`); the model is left in eval mode.
-    """
-    device = next(model.parameters()).device
-    stepper = Stepper(model, train_cfg, fwd_hooks, batch_patterns)
-    model.train()
-    stats: list[StepStats] = []
-    for step in steps:
-        batch = data.batch(step, train_cfg.batch_size, generator(train_cfg.seed, BATCHES, step))
-        stats.append(stepper.step(step, training_batch(batch, device)))
-    model.eval()
-    return read_steps(train_cfg, list(steps), stats)
-
-
-def read_steps(cfg: TrainConfig, steps: Sequence[int], stats: Sequence[StepStats]) -> list[float]:
-    """The losses of `steps`, read from the device at once (one wait instead of one per step).
-
-    Raises `NonFiniteError` naming the first step whose loss or gradient norm is NaN or
-    infinite: every step after it trains on garbage, so nothing from it may be logged or saved.
-    """
-    if not stats:
-        return []
-    losses = torch.stack([s.loss for s in stats]).tolist()
-    norms = torch.stack([s.grad_norm for s in stats]).tolist()
-    for step, loss, norm in zip(steps, losses, norms, strict=True):
-        if not (math.isfinite(loss) and math.isfinite(norm)):
-            what = f"the training loss is {loss}" if not math.isfinite(loss) else f"the gradient norm is {norm}"
-            scheduled = f" (the schedule's learning rate there is {lr_at(cfg, step):g})" \
-                if lr_at(cfg, step) != cfg.lr else ""
-            raise NonFiniteError(f"training diverged at step {step}: {what}{scheduled}; lower the learning rate "
-                                 f"(train.lr={cfg.lr:g})")
-    return losses
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ SCANNED = ("interp", "tasks", "analyses")
 
 FACTORIES = frozenset({"arange", "zeros", "ones", "empty", "full", "rand", "randn", "randint", "randperm", "eye",
                        "linspace", "tensor"})
-HOT_LOOP = ("interp/train.py", "Stepper.step")  # the trainer's per-step function
+HOT_LOOP = ("interp/train_steps.py", "Stepper.step")  # the trainer's per-step function
 HOST_READS = frozenset({"item", "numpy", "cpu", "tolist"})
 
 
@@ -66,7 +66,7 @@ ALLOWED: dict[tuple[str, str, str], str] = {
         "a CPU probe batch (query masks); probe() moves it with batch_to",
     ("analyses/icl_transience.py", "<module>", "factory"):
         "ICL_ACCURACY wraps a Python float (accuracy is computed on the host) as the patching metric's value",
-    ("interp/train.py", "_total_norm", "factory"):
+    ("interp/train_steps.py", "_total_norm", "factory"):
         "no gradients: a CPU 0.0, as torch's own get_total_norm returns (the fallback for torch < 2.6)",
     ("interp/batches.py", "repeated_tokens", "factory"):
         "probe tokens drawn from a CPU generator; probe() moves the batch with batch_to",
@@ -222,7 +222,7 @@ class Stepper:
     def step(self, loss):
         return loss.item(), loss.detach()
 '''
-    kinds = [(f.qualname, f.kind, f.code) for f in scan_source("interp/train.py", source)]
+    kinds = [(f.qualname, f.kind, f.code) for f in scan_source("interp/train_steps.py", source)]
     assert kinds == [("make", "factory", "torch.arange(3)"), ("make", "factory", "z(2)"),
                      ("make", "dataloader_workers", "DataLoader([], num_workers=2)"),
                      ("make", "pin_memory", "device.pin_memory()"), ("make", "numpy_on_device", "device.numpy()"),

@@ -7,7 +7,7 @@ from typing import Any
 
 from interp.analysis import analysis_names, get_analysis, load_all
 from interp.model import ModelConfig
-from interp.train import TrainConfig
+from interp.train_config import TrainConfig
 
 
 def preset_summary(config: Any) -> str:

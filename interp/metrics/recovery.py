@@ -18,7 +18,8 @@ import torch
 from jaxtyping import Float, Int
 
 from interp.checkpoints import Run
-from interp.train import DataSource, TrainConfig, take_steps
+from interp.train_config import DataSource, TrainConfig
+from interp.train_steps import take_steps
 
 if TYPE_CHECKING:  # TransformerLens takes seconds to import; these names only annotate
     from transformer_lens.model_bridge import TransformerBridge

@@ -18,7 +18,7 @@ smoothed curve, with the estimate's noise as the scale of what counts as a chang
 
 The stages are the plateaus and the monotone stretches between those boundaries. Steps enter
 only through their order: the smoothing and the plateau lengths count checkpoints, which runs
-space logarithmically early on (`interp.train`'s `checkpoint_log`), i.e. nearly even in log t.
+space logarithmically early on (`interp.train_config.TrainConfig.checkpoint_log`), i.e. nearly even in log t.
 A rise slower than `h` per `min_plateau` checkpoints reads as a staircase of plateaus.
 
 `change_points` sets the boundaries beside the loss's phase changes (`interp.metrics.spans`),
